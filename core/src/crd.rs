@@ -1,0 +1,298 @@
+//! The `ShardPlan` custom resource: what a user applies (`spec`) and what the operator reports
+//! (`status`). `crds/shardplan.yaml` is generated from these types (`make generate`); a test fails when
+//! it drifts. What the schema and CEL rules cannot check (a missing StatefulSet, more replicas than
+//! `capacity`, NATS unreachable) the operator reports as a `Degraded` condition.
+
+use crate::anchor::AnchorState;
+use crate::plan::Member;
+use crate::shardmap::ShardMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Desired spread of a StatefulSet's actors over its pods.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "aether.dev",
+    version = "v1alpha1",
+    kind = "ShardPlan",
+    namespaced,
+    status = "ShardPlanStatus",
+    shortname = "sp",
+    category = "aether",
+    doc = "Keeps the event-sourced actors of a StatefulSet's pods evenly spread over its Ready pods, and moves them with their state when pods join or leave.",
+    printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.epoch"),
+    printcolumn(name = "Members", type_ = "integer", json_path = ".status.memberCount"),
+    printcolumn(name = "Moving", type_ = "integer", json_path = ".status.moving"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardPlanSpec {
+    /// Name of the StatefulSet, in the ShardPlan's namespace, whose pods host the actors. Its Ready pods
+    /// become members.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("statefulSet is immutable: create a new ShardPlan"))]
+    pub stateful_set: String,
+
+    /// Number of shards actors are hashed into (shard = XXH3-64(actor id) mod shards). Immutable: every
+    /// actor's shard depends on it. More shards give finer balance and smaller moves.
+    #[serde(default = "default_shards")]
+    #[schemars(range(min = 1, max = 65536))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("shards is immutable: every actor's shard depends on it"))]
+    pub shards: u32,
+
+    /// How shards are placed on members: AnchorHash (consistent hashing, the default) or Balanced (every
+    /// member within one shard of the others, for few shards).
+    #[serde(default)]
+    pub strategy: Strategy,
+
+    /// Most members the placement can ever hold (AnchorHash buckets). Immutable; the StatefulSet must not
+    /// scale beyond it.
+    #[serde(default = "default_capacity")]
+    #[schemars(range(min = 1, max = 65535))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("capacity is immutable: create a new ShardPlan to change it"))]
+    pub capacity: u32,
+
+    /// How the operator and the nodes reach NATS.
+    #[serde(default)]
+    pub nats: NatsSpec,
+
+    /// Limits on shard migrations.
+    #[serde(default)]
+    pub migration: MigrationSpec,
+
+    /// When true, no new plan is made: membership changes wait until it is false again.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_shards() -> u32 {
+    1024
+}
+
+fn default_capacity() -> u32 {
+    256
+}
+
+/// Placement strategy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema, Hash)]
+pub enum Strategy {
+    /// Consistent hashing (AnchorHash): minimal disruption, near-even load.
+    #[default]
+    AnchorHash,
+    /// Every member within one shard of the others, moving the fewest shards.
+    Balanced,
+}
+
+/// NATS connection settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsSpec {
+    /// NATS server URL(s), comma-separated for a cluster.
+    #[serde(default = "default_nats_url")]
+    #[schemars(length(min = 1))]
+    pub url: String,
+
+    /// Name of a Secret in this namespace with the credentials: keys `user` and `password`, or `token`,
+    /// or `creds` (a .creds file). Absent: no authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+
+    /// First token of every subject, KV bucket and stream name of this ShardPlan.
+    #[serde(default = "default_subject_prefix")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
+    pub subject_prefix: String,
+}
+
+impl Default for NatsSpec {
+    fn default() -> Self {
+        Self {
+            url: default_nats_url(),
+            credentials_secret: None,
+            subject_prefix: default_subject_prefix(),
+        }
+    }
+}
+
+fn default_nats_url() -> String {
+    "nats://nats:4222".to_owned()
+}
+
+fn default_subject_prefix() -> String {
+    "aether".to_owned()
+}
+
+/// Migration limits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationSpec {
+    /// Most shard moves in flight at once, over the whole StatefulSet.
+    #[serde(default = "default_max_concurrent")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_concurrent: u32,
+
+    /// Seconds one shard move may take before it is rolled back and retried.
+    #[serde(default = "default_timeout_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: u32,
+
+    /// Retries of a failed move (with backoff) before the ShardPlan reports Degraded.
+    #[serde(default = "default_max_retries")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_retries: u32,
+}
+
+impl Default for MigrationSpec {
+    fn default() -> Self {
+        Self {
+            max_concurrent: default_max_concurrent(),
+            timeout_seconds: default_timeout_seconds(),
+            max_retries: default_max_retries(),
+        }
+    }
+}
+
+fn default_max_concurrent() -> u32 {
+    4
+}
+
+fn default_timeout_seconds() -> u32 {
+    30
+}
+
+fn default_max_retries() -> u32 {
+    5
+}
+
+/// What the operator observed and decided.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardPlanStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Epoch of the current plan; grows with every plan.
+    #[serde(default)]
+    pub epoch: u64,
+
+    /// Number of members that own shards.
+    #[serde(default)]
+    pub member_count: u32,
+
+    /// Number of shard moves not yet done.
+    #[serde(default)]
+    pub moving: u32,
+
+    /// Pods known to the plan: members and draining pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+
+    /// AnchorHash state, so a restarted operator computes exactly the same plans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<AnchorState>,
+
+    /// Target owner bucket of each shard (base64 of little-endian u16; 65535 = unassigned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_map: Option<ShardMap>,
+
+    /// Shard moves of the current plan that are not done.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<MoveStatus>,
+
+    /// Ready, Rebalancing and Degraded, each with a reason and a message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A pod as the plan sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Pod name.
+    pub pod: String,
+    /// AnchorHash bucket.
+    pub bucket: u16,
+    /// Active (owns shards) or Draining (being deleted; its shards are moving away).
+    pub state: MemberState,
+}
+
+impl From<&Member> for MemberStatus {
+    fn from(m: &Member) -> Self {
+        Self {
+            pod: m.name.clone(),
+            bucket: m.bucket,
+            state: MemberState::Active,
+        }
+    }
+}
+
+/// Member state.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum MemberState {
+    /// Owns shards.
+    Active,
+    /// Being deleted; its shards are moving away.
+    Draining,
+}
+
+/// One shard move and how far it got.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MoveStatus {
+    /// Shard number.
+    pub shard: u32,
+    /// Source pod; absent when the source is gone and the destination rebuilds from the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Destination pod.
+    pub to: String,
+    /// Pending, Transferring, Done or Failed.
+    pub phase: MovePhase,
+    /// Attempts so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// What went wrong last, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Phase of a shard move.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Hash)]
+pub enum MovePhase {
+    /// Waiting for a migration slot.
+    Pending,
+    /// The source is sending the shard.
+    Transferring,
+    /// The destination owns the shard.
+    Done,
+    /// The last attempt failed; it is retried with backoff until `maxRetries`.
+    Failed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_a_minimal_spec() {
+        let spec: ShardPlanSpec =
+            serde_json::from_str(r#"{"statefulSet":"app"}"#).expect("minimal spec parses");
+        assert_eq!(spec.shards, 1024);
+        assert_eq!(spec.capacity, 256);
+        assert_eq!(spec.strategy, Strategy::AnchorHash);
+        assert_eq!(spec.migration.max_concurrent, 4);
+        assert_eq!(spec.nats.subject_prefix, "aether");
+        assert!(!spec.paused);
+    }
+}

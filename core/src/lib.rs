@@ -1,0 +1,21 @@
+//! aether's core: everything the operator and the node sidecars must agree on, with no I/O.
+//!
+//! The data flow is `pods -> operator -> plan -> NATS -> nodes -> routing`. This crate holds the pure
+//! parts of it, each in a file named for what it holds:
+//!
+//! - [`hash`]: where an actor lives: `shard(actor_id)`, the same in every process and language.
+//! - [`anchor`]: AnchorHash, the consistent hash that places shards on member buckets.
+//! - [`shardmap`]: the compact shard -> bucket table that travels in plans and status.
+//! - [`plan`]: the planner, `plan(previous, members, spec) -> Plan`, deterministic and minimal.
+//! - [`crd`]: the `ShardPlan` custom resource (spec, status, validation).
+//! - [`protocol`]: the versioned wire messages between clients, nodes and the operator.
+
+pub mod anchor;
+pub mod crd;
+pub mod error;
+pub mod hash;
+pub mod plan;
+pub mod protocol;
+pub mod shardmap;
+
+pub use error::{Error, Result};
