@@ -189,14 +189,15 @@ impl Anchor {
         // shard's rank inside its class, and the shards that land on one bucket form a class again, with
         // consecutive ranks. Loads stay within a shard or two of even until classes shrink to single
         // shards, which then spread like a random hash.
-        let mut index = u64::from(shard / capacity);
+        // Ranks stay below 65,536 and offsets below capacity, so u32 arithmetic cannot overflow.
+        let mut index = shard / capacity;
         let mut path = mix64(SEED ^ u64::from(b));
         // With n >= 1 every removed bucket has a[b] >= 1, so a[b] == 0 means working.
         while self.a[b as usize] > 0 {
             let ab = self.a[b as usize];
-            let pos = index + u64::from(reduce(path, ab));
-            index = pos / u64::from(ab);
-            let mut h = (pos % u64::from(ab)) as u32;
+            let pos = index + reduce(path, ab);
+            index = pos / ab;
+            let mut h = pos % ab;
             while self.a[h as usize] >= ab {
                 h = self.k[h as usize];
             }

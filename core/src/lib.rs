@@ -9,6 +9,7 @@
 //! - [`plan`]: the planner, `plan(previous, members, spec) -> Plan`, deterministic and minimal.
 //! - [`crd`]: the `ShardPlan` custom resource (spec, status, validation).
 //! - [`protocol`]: the versioned wire messages between clients, nodes and the operator.
+//! - [`route`]: the O(1) `actor id -> owner` table a node builds from each plan.
 
 pub mod anchor;
 pub mod crd;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod hash;
 pub mod plan;
 pub mod protocol;
+pub mod route;
 pub mod shardmap;
 
 pub use error::{Error, Result};

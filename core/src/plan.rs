@@ -314,77 +314,97 @@ fn balanced_map(previous: Option<&Plan>, members: &[Member], shards: u32) -> Sha
     if members.is_empty() {
         return map;
     }
-    let live: BTreeSet<u16> = members.iter().map(|m| m.bucket).collect();
-    let mut held: BTreeMap<u16, Vec<u32>> = live.iter().map(|&b| (b, Vec::new())).collect();
+    // Dense per-bucket tables: this runs over every shard.
+    let slots = usize::from(UNASSIGNED) + 1;
+    let mut live = vec![false; slots];
+    for m in members {
+        live[usize::from(m.bucket)] = true;
+    }
+    let mut held: Vec<Vec<u32>> = vec![Vec::new(); slots];
     let mut pool = Vec::new();
     for s in 0..shards {
         match previous.and_then(|p| p.shard_map.bucket(s)) {
-            Some(b) if live.contains(&b) => held.entry(b).or_default().push(s),
+            Some(b) if live[usize::from(b)] => held[usize::from(b)].push(s),
             _ => pool.push(s),
         }
     }
     let n = members.len() as u32;
     let (q, r) = (shards / n, shards % n);
-    let mut by_load: Vec<(u16, usize)> = held.iter().map(|(&b, v)| (b, v.len())).collect();
+    let mut by_load: Vec<(u16, usize)> = members
+        .iter()
+        .map(|m| (m.bucket, held[usize::from(m.bucket)].len()))
+        .collect();
     // Most loaded first; ties by bucket, so the choice is deterministic.
     by_load.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(&y.0)));
-    let target: BTreeMap<u16, usize> = by_load
-        .iter()
-        .enumerate()
-        .map(|(i, &(b, _))| (b, (q + u32::from((i as u32) < r)) as usize))
-        .collect();
-    for (b, list) in &mut held {
-        let t = target[b];
+    let mut target = vec![0usize; slots];
+    for (i, &(b, _)) in by_load.iter().enumerate() {
+        target[usize::from(b)] = (q + u32::from((i as u32) < r)) as usize;
+    }
+    for m in members {
+        let (list, t) = (&mut held[usize::from(m.bucket)], target[usize::from(m.bucket)]);
         if list.len() > t {
             pool.extend(list.drain(t..));
         }
     }
     pool.sort_unstable();
     let mut pool = pool.into_iter();
-    for (b, list) in &mut held {
-        let t = target[b];
-        while list.len() < t {
-            match pool.next() {
-                Some(s) => list.push(s),
-                None => break,
-            }
-        }
-    }
-    for (b, list) in held {
-        for s in list {
-            map.set(s, b);
+    for m in members {
+        let b = usize::from(m.bucket);
+        let missing = target[b].saturating_sub(held[b].len());
+        held[b].extend(pool.by_ref().take(missing));
+        for &s in &held[b] {
+            map.set(s, m.bucket);
         }
     }
     map
 }
 
 /// Moves from the actual owners (previous targets, minus pending moves) to the new targets.
+///
+/// Runs once per shard, so names are turned into small integers first and the loop compares those.
 fn moves_between(
     previous: &Plan,
     pending: &BTreeSet<u32>,
     next: &Plan,
     members: &[MemberInput],
 ) -> Vec<Move> {
+    const NOBODY: u32 = u32::MAX;
     let present: BTreeSet<&str> = members.iter().map(|m| m.name.as_str()).collect();
-    let pending_from: BTreeMap<u32, Option<&str>> = previous
-        .moves
+    // Ids: a name's index in `names`; only present members get one, so a gone owner is NOBODY.
+    let names: Vec<&str> = present.iter().copied().collect();
+    let id_of = |name: &str| {
+        names
+            .binary_search(&name)
+            .map_or(NOBODY, |i| i as u32)
+    };
+    let by_bucket = |plan: &Plan| {
+        let mut table = vec![NOBODY; usize::from(UNASSIGNED) + 1];
+        for m in &plan.members {
+            table[usize::from(m.bucket)] = id_of(&m.name);
+        }
+        table
+    };
+    let (prev_ids, next_ids) = (by_bucket(previous), by_bucket(next));
+    let mut actual: Vec<u32> = previous
+        .shard_map
+        .buckets()
         .iter()
-        .filter(|m| pending.contains(&m.shard))
-        .map(|m| (m.shard, m.from.as_deref()))
+        .map(|&b| prev_ids[usize::from(b)])
         .collect();
+    actual.resize(next.shards as usize, NOBODY);
+    for m in previous.moves.iter().filter(|m| pending.contains(&m.shard)) {
+        if let Some(slot) = actual.get_mut(m.shard as usize) {
+            *slot = m.from.as_deref().map_or(NOBODY, id_of);
+        }
+    }
     let mut moves = Vec::new();
-    for s in 0..next.shards {
-        let Some(to) = next.owner(s) else { continue };
-        let actual = match pending_from.get(&s) {
-            Some(from) => *from,
-            None => previous.owner(s),
-        };
-        let from = actual.filter(|a| present.contains(a));
-        if from != Some(to) {
+    for (s, (&from, &to_bucket)) in actual.iter().zip(next.shard_map.buckets()).enumerate() {
+        let to = next_ids[usize::from(to_bucket)];
+        if to != NOBODY && from != to {
             moves.push(Move {
-                shard: s,
-                from: from.map(str::to_owned),
-                to: to.to_owned(),
+                shard: s as u32,
+                from: (from != NOBODY).then(|| names[from as usize].to_owned()),
+                to: names[to as usize].to_owned(),
             });
         }
     }
