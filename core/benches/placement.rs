@@ -21,7 +21,9 @@ fn ids() -> Vec<String> {
 }
 
 fn members(n: u32) -> Vec<MemberInput> {
-    (0..n).map(|i| MemberInput::active(format!("app-{i}"))).collect()
+    (0..n)
+        .map(|i| MemberInput::active(format!("app-{i}")))
+        .collect()
 }
 
 fn spec(n: u32, strategy: Strategy) -> PlanSpec {
@@ -40,10 +42,18 @@ fn crate_table(n: u32) -> anchorhash::AnchorHash<&'static str, u32, Xxh3DefaultB
 
 fn lookup(c: &mut Criterion) {
     let ids = ids();
-    let ids: Vec<&'static str> = ids.into_iter().map(|s| &*Box::leak(s.into_boxed_str())).collect();
+    let ids: Vec<&'static str> = ids
+        .into_iter()
+        .map(|s| &*Box::leak(s.into_boxed_str()))
+        .collect();
     for n in [10u32, 100, 1000] {
-        let p = plan(None, &BTreeSet::new(), &members(n), &spec(n, Strategy::AnchorHash))
-            .expect("plans");
+        let p = plan(
+            None,
+            &BTreeSet::new(),
+            &members(n),
+            &spec(n, Strategy::AnchorHash),
+        )
+        .expect("plans");
         let table = RouteTable::new(p.shards, &p.members, &p.shard_map);
         let oracle = crate_table(n);
 
@@ -77,10 +87,17 @@ fn lookup(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("lookup/batch/{n}"));
         g.throughput(Throughput::Elements(BATCH as u64));
         g.bench_function("aether", |b| {
-            b.iter(|| ids.iter().map(|id| table.owner(black_box(id)).unwrap_or(0)).sum::<u32>());
+            b.iter(|| {
+                ids.iter()
+                    .map(|id| table.owner(black_box(id)).unwrap_or(0))
+                    .sum::<u32>()
+            });
         });
         g.bench_function("bare_hash", |b| {
-            b.iter(|| ids.iter().fold(0u64, |acc, id| acc ^ xxh3_64(black_box(id).as_bytes())));
+            b.iter(|| {
+                ids.iter()
+                    .fold(0u64, |acc, id| acc ^ xxh3_64(black_box(id).as_bytes()))
+            });
         });
         g.bench_function("anchorhash_crate", |b| {
             b.iter(|| {
@@ -109,13 +126,17 @@ fn planning(c: &mut Criterion) {
             anchorhash::Builder::with_hasher(Xxh3DefaultBuilder)
                 .with_resources(0..n)
                 .build((2 * n) as u16);
-        g.bench_with_input(BenchmarkId::new("anchorhash_crate_lookups", n), &n, |b, _| {
-            b.iter(|| {
-                (0..SHARDS)
-                    .map(|s| oracle.get_resource(s).copied().unwrap_or(0))
-                    .fold(0u32, u32::wrapping_add)
-            });
-        });
+        g.bench_with_input(
+            BenchmarkId::new("anchorhash_crate_lookups", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    (0..SHARDS)
+                        .map(|s| oracle.get_resource(s).copied().unwrap_or(0))
+                        .fold(0u32, u32::wrapping_add)
+                });
+            },
+        );
     }
     g.finish();
 }

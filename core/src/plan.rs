@@ -341,7 +341,10 @@ fn balanced_map(previous: Option<&Plan>, members: &[Member], shards: u32) -> Sha
         target[usize::from(b)] = (q + u32::from((i as u32) < r)) as usize;
     }
     for m in members {
-        let (list, t) = (&mut held[usize::from(m.bucket)], target[usize::from(m.bucket)]);
+        let (list, t) = (
+            &mut held[usize::from(m.bucket)],
+            target[usize::from(m.bucket)],
+        );
         if list.len() > t {
             pool.extend(list.drain(t..));
         }
@@ -372,11 +375,7 @@ fn moves_between(
     let present: BTreeSet<&str> = members.iter().map(|m| m.name.as_str()).collect();
     // Ids: a name's index in `names`; only present members get one, so a gone owner is NOBODY.
     let names: Vec<&str> = present.iter().copied().collect();
-    let id_of = |name: &str| {
-        names
-            .binary_search(&name)
-            .map_or(NOBODY, |i| i as u32)
-    };
+    let id_of = |name: &str| names.binary_search(&name).map_or(NOBODY, |i| i as u32);
     let by_bucket = |plan: &Plan| {
         let mut table = vec![NOBODY; usize::from(UNASSIGNED) + 1];
         for m in &plan.members {

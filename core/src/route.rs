@@ -25,7 +25,11 @@ impl RouteTable {
     /// The table for `members` (indices refer to this slice) and `shard_map`.
     #[must_use]
     pub fn new(shards: u32, members: &[Member], shard_map: &ShardMap) -> Self {
-        let top = members.iter().map(|m| usize::from(m.bucket) + 1).max().unwrap_or(0);
+        let top = members
+            .iter()
+            .map(|m| usize::from(m.bucket) + 1)
+            .max()
+            .unwrap_or(0);
         let mut member_of_bucket = vec![NONE; top];
         for (i, m) in members.iter().enumerate() {
             member_of_bucket[usize::from(m.bucket)] = i as u32;
@@ -84,7 +88,9 @@ mod tests {
             capacity: 8,
             strategy: Strategy::AnchorHash,
         };
-        let members: Vec<_> = (0..3).map(|i| MemberInput::active(format!("app-{i}"))).collect();
+        let members: Vec<_> = (0..3)
+            .map(|i| MemberInput::active(format!("app-{i}")))
+            .collect();
         let p = plan(None, &BTreeSet::new(), &members, &spec).expect("plans");
         let table = RouteTable::new(p.shards, &p.members, &p.shard_map);
         for id in ["a", "b", "counter/9", "ü"] {

@@ -19,7 +19,10 @@ enum Step {
 
 fn steps() -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(
-        prop_oneof![Just(Step::Join), any::<prop::sample::Index>().prop_map(Step::Leave)],
+        prop_oneof![
+            Just(Step::Join),
+            any::<prop::sample::Index>().prop_map(Step::Leave)
+        ],
         1..40,
     )
 }

@@ -19,8 +19,16 @@ fn documented_vectors_match_the_code() {
         };
         let hash = u64::from_str_radix(cells[1].trim_matches('`'), 16).expect("hex hash");
         assert_eq!(actor_hash(&id), hash, "hash of {id:?}");
-        assert_eq!(shard_of(&id, 1024).to_string(), cells[2], "shard of {id:?} in 1024");
-        assert_eq!(shard_of(&id, 65536).to_string(), cells[3], "shard of {id:?} in 65536");
+        assert_eq!(
+            shard_of(&id, 1024).to_string(),
+            cells[2],
+            "shard of {id:?} in 1024"
+        );
+        assert_eq!(
+            shard_of(&id, 65536).to_string(),
+            cells[3],
+            "shard of {id:?} in 65536"
+        );
         let token = encode_id(&id);
         match cells[4].strip_suffix('…') {
             Some(prefix) => assert!(token.starts_with(prefix), "token of {id:?}"),
@@ -28,7 +36,10 @@ fn documented_vectors_match_the_code() {
         }
         checked += 1;
     }
-    assert!(checked >= 8, "only {checked} vectors found in docs/PROTOCOL.md");
+    assert!(
+        checked >= 8,
+        "only {checked} vectors found in docs/PROTOCOL.md"
+    );
 }
 
 #[test]

@@ -132,14 +132,23 @@ fn another_version_is_a_typed_error() {
     let future = br#"{"v":2,"whatever":"shape"}"#;
     assert_eq!(
         decode::<Request>(future).expect_err("refused"),
-        Error::UnsupportedVersion { got: 2, supported: VERSION }
+        Error::UnsupportedVersion {
+            got: 2,
+            supported: VERSION
+        }
     );
     let same_shape_wrong_version = br#"{"v":9,"actor":{"kind":"counter","id":"a"},"op":"read"}"#;
     assert!(matches!(
         decode::<Request>(same_shape_wrong_version),
         Err(Error::UnsupportedVersion { got: 9, .. })
     ));
-    assert!(matches!(decode::<Request>(b"not json"), Err(Error::Malformed(_))));
-    let reply = ErrorReply::from_decode(&Error::UnsupportedVersion { got: 9, supported: 1 });
+    assert!(matches!(
+        decode::<Request>(b"not json"),
+        Err(Error::Malformed(_))
+    ));
+    let reply = ErrorReply::from_decode(&Error::UnsupportedVersion {
+        got: 9,
+        supported: 1,
+    });
     assert_eq!(reply.code, ErrorCode::UnsupportedVersion);
 }

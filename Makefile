@@ -1,0 +1,50 @@
+# aether: the commands a developer and CI run. `make test` runs every test of the project.
+SHELL := /bin/bash
+CARGO ?= cargo
+# Tools built from Go modules live outside the checkout, keyed by version, so fresh clones reuse them.
+TOOLS_DIR ?= $(HOME)/.cache/aether/tools
+NATS_SERVER_VERSION := v2.15.2
+NATS_SERVER := $(TOOLS_DIR)/nats-server-$(NATS_SERVER_VERSION)/nats-server
+
+.PHONY: all build test lint fmt generate check-generated bench tools clean-tools
+
+all: lint test
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+## test: every test (unit, property, NATS, end-to-end); the tools they need are built first.
+test: tools check-generated
+	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) test --workspace --release
+
+## lint: formatting and clippy, warnings are errors.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## generate: regenerate checked-in files from code (the CRD).
+generate:
+	$(CARGO) run -q --release -p aether-operator --bin crdgen > crds/shardplan.yaml
+
+## check-generated: fail when a generated file differs from the code.
+check-generated: generate
+	@git diff --exit-code -- crds/ || { echo "generated files are stale: run 'make generate' and commit"; exit 1; }
+
+## bench: every benchmark; writes BENCHMARKS.md.
+bench:
+	$(CARGO) bench -p aether-core --bench placement
+	$(CARGO) run -q --release -p aether-core --example balance_report > target/balance.md
+	python3 scripts/bench-report.py target/criterion target/balance.md BENCHMARKS.md
+
+## tools: the test binaries, built from Go modules into $(TOOLS_DIR).
+tools: $(NATS_SERVER)
+
+$(NATS_SERVER):
+	mkdir -p $(dir $@)
+	GOBIN=$(dir $@) go install github.com/nats-io/nats-server/v2@$(NATS_SERVER_VERSION)
+
+clean-tools:
+	rm -rf $(TOOLS_DIR)
