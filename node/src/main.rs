@@ -1,6 +1,113 @@
-//! The node sidecar (see issue: node sidecar). Placeholder until the sidecar lands.
+//! `aether-node run`: the sidecar; `send` and `load`: the command-line client.
 
-fn main() {
-    eprintln!("aether-node: not implemented yet");
-    std::process::exit(2);
+use aether_core::protocol::{ActorRef, Op, Request, encode};
+use aether_node::config::{Cli, Command, NodeConfig};
+use aether_node::metrics::Metrics;
+use aether_node::node::{self, Health};
+use clap::Parser;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("aether-node: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(cfg) => run(cfg).await,
+            Command::Send(args) => {
+                let nats = node::connect(&args.nats, "aether-cli").await?;
+                let client = aether_node::client::Client::new(nats, &args.nats.prefix);
+                let op = match &args.command {
+                    None => Op::Read,
+                    Some(text) => Op::Command {
+                        command: serde_json::from_str(text).map_err(|e| {
+                            aether_node::Error::Config(format!("--command is not JSON: {e}"))
+                        })?,
+                    },
+                };
+                let req = Request::new(ActorRef::new(args.kind, args.id), op, args.command_id);
+                let reply = client.send(&req).await?;
+                println!("{}", String::from_utf8_lossy(&encode(&reply)?));
+                Ok(())
+            }
+            Command::Load(args) => {
+                let nats = node::connect(&args.nats, "aether-load").await?;
+                let client = aether_node::client::Client::new(nats, &args.nats.prefix);
+                let report = aether_node::client::run_load(
+                    &client,
+                    "load",
+                    args.actors,
+                    args.requests,
+                    args.concurrency,
+                    Duration::from_secs(args.max_seconds),
+                )
+                .await;
+                println!("{}", serde_json::json!({"ok": report.ok, "errors": report.errors, "acked": report.acked}));
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aether-node: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: NodeConfig) -> aether_node::Result<()> {
+    init_logs(cfg.log_json);
+    let health = Arc::new(Health::default());
+    let metrics = Arc::new(Metrics::default());
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .map_err(|e| aether_node::Error::Config(format!("--http-addr {}: {e}", cfg.http_addr)))?;
+    let app = aether_node::http::router(health.clone(), metrics.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+    node::run(cfg, health, metrics, terminate()).await
+}
+
+async fn terminate() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

@@ -1,0 +1,187 @@
+//! Node settings: flags with environment fallbacks. The pod's name and namespace come from the downward
+//! API (`POD_NAME`, `POD_NAMESPACE`). A missing or invalid setting stops the process with one line.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The aether node sidecar and its command-line client.
+#[derive(Debug, Parser)]
+#[command(name = "aether-node", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar.
+    Run(NodeConfig),
+    /// Send one request to an actor and print the reply.
+    Send(SendArgs),
+    /// Run a bounded load and print what was acknowledged.
+    Load(LoadArgs),
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// NATS token.
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// NATS nkey seed.
+    #[arg(long, env = "NATS_NKEY", hide_env_values = true)]
+    pub nats_nkey: Option<String>,
+    /// NATS .creds file.
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificate (PEM) for TLS.
+    #[arg(long, env = "NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS (with --nats-tls-key).
+    #[arg(long, env = "NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, env = "NATS_TLS_KEY")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// Subject prefix of the ShardPlan (`spec.nats.subjectPrefix`).
+    #[arg(long, env = "AETHER_SUBJECT_PREFIX", default_value = "aether", value_parser = parse_prefix)]
+    pub prefix: String,
+}
+
+/// Sidecar settings.
+#[derive(Debug, Clone, Args)]
+pub struct NodeConfig {
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// This pod's name (downward API).
+    #[arg(long, env = "POD_NAME", value_parser = parse_pod)]
+    pub pod_name: String,
+    /// This pod's namespace (downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Name of the ShardPlan this pod belongs to.
+    #[arg(long, env = "AETHER_SHARDPLAN")]
+    pub shardplan: String,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "AETHER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Replicas of the event stream (NATS cluster).
+    #[arg(long, env = "AETHER_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+    /// Seconds an actor may stay idle before it is passivated (dropped from memory).
+    #[arg(long, env = "AETHER_PASSIVATE_AFTER", default_value = "300", value_parser = parse_secs)]
+    pub passivate_after: Duration,
+    /// Longest a draining node waits for its shards to move away before it exits.
+    #[arg(long, env = "AETHER_DRAIN_TIMEOUT", default_value = "60", value_parser = parse_secs)]
+    pub drain_timeout: Duration,
+    /// Largest request accepted, bytes.
+    #[arg(long, env = "AETHER_MAX_REQUEST_BYTES", default_value_t = 256 * 1024)]
+    pub max_request_bytes: usize,
+    /// Most requests queued behind a moving shard before callers are told to retry.
+    #[arg(long, env = "AETHER_QUEUE_LIMIT", default_value_t = 10_000)]
+    pub queue_limit: usize,
+    /// Log as JSON lines.
+    #[arg(long, env = "AETHER_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// `send` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Actor kind (counter, doc).
+    #[arg(long, default_value = "counter")]
+    pub kind: String,
+    /// Actor id.
+    #[arg(long)]
+    pub id: String,
+    /// Command as JSON; without it the actor's state is read.
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Command id, for idempotent retries.
+    #[arg(long)]
+    pub command_id: Option<String>,
+}
+
+/// `load` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Number of counter actors.
+    #[arg(long, default_value_t = 100)]
+    pub actors: usize,
+    /// Total commands.
+    #[arg(long, default_value_t = 1000)]
+    pub requests: usize,
+    /// Commands in flight.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Stop after this many seconds even if not all commands were sent.
+    #[arg(long, default_value_t = 60)]
+    pub max_seconds: u64,
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("must match [A-Za-z0-9_-]{1,64}".to_owned())
+    }
+}
+
+fn parse_pod(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if ok && !s.contains('.') {
+        Ok(s.to_owned())
+    } else {
+        Err("must be a pod name: lowercase letters, digits and '-' (it becomes a NATS subject token)".to_owned())
+    }
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|e| format!("seconds expected: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        let err = Cli::try_parse_from(["aether-node", "run", "--shardplan", "p", "--pod-name", "App.0"])
+            .expect_err("invalid pod");
+        assert!(err.to_string().contains("pod name"), "{err}");
+        let err = Cli::try_parse_from([
+            "aether-node", "run", "--shardplan", "p", "--pod-name", "app-0", "--prefix", "a.b",
+        ])
+        .expect_err("invalid prefix");
+        assert!(err.to_string().contains("[A-Za-z0-9_-]"), "{err}");
+        let ok = Cli::try_parse_from(["aether-node", "run", "--shardplan", "p", "--pod-name", "app-0"]);
+        assert!(ok.is_ok());
+    }
+}

@@ -1,0 +1,350 @@
+//! The actor host: one task per local shard, owning that shard's actors in memory. A shard's requests
+//! run one at a time, in arrival order, which is what makes an actor single-writer inside the node; the
+//! log's expected-sequence check makes it single-writer across nodes.
+//!
+//! While its shard moves, a worker is paused: requests queue (never dropped; beyond the queue limit the
+//! caller is told to retry). On hand-off it forwards the queue to the destination; on resume it serves
+//! it.
+
+use crate::behaviour::Behaviour;
+use crate::error::Error;
+use crate::node::Shared;
+use crate::store::{Loaded, Record, SNAPSHOT_EVERY, Snapshot, remember};
+use aether_core::protocol::{
+    ActorRef, ActorReply, ActorSnapshot, Bytes, ErrorCode, ErrorReply, Op, Reply, Request,
+};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// A request waiting for its reply.
+pub type Pending = (Request, oneshot::Sender<Reply>);
+
+/// What a shard worker is asked to do.
+#[derive(Debug)]
+pub enum Cmd {
+    /// Serve a request.
+    Request(Pending),
+    /// Pause and capture the live actors.
+    Pause(oneshot::Sender<Vec<ActorSnapshot>>),
+    /// Unpause and serve the queue.
+    Resume,
+    /// Drop the actors, forward the queue to `to`, and stop.
+    HandOff {
+        /// Destination pod.
+        to: String,
+    },
+    /// Install migrated actors (destination side), then answer.
+    Install(Vec<ActorSnapshot>, oneshot::Sender<()>),
+    /// Drop everything and stop (the shard is no longer ours).
+    Stop,
+}
+
+/// Handle on a shard worker.
+#[derive(Debug, Clone)]
+pub struct ShardHandle {
+    /// Its queue.
+    pub tx: mpsc::UnboundedSender<Cmd>,
+}
+
+/// An actor's state inside a migration transfer.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Captured {
+    #[serde(flatten)]
+    snapshot: Snapshot,
+    /// Sequence of the actor's last snapshot record.
+    #[serde(default)]
+    base: u64,
+}
+
+/// An actor in memory.
+#[derive(Debug)]
+struct Actor {
+    behaviour: Arc<dyn Behaviour>,
+    snapshot: Snapshot,
+    version: u64,
+    seq: u64,
+    base: u64,
+    last_used: Instant,
+}
+
+impl std::fmt::Debug for dyn Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind())
+    }
+}
+
+/// Starts the worker of `shard`.
+pub fn spawn(shared: Arc<Shared>, shard: u32) -> ShardHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let worker = Worker {
+        shared,
+        shard,
+        actors: HashMap::new(),
+        paused: false,
+        queue: VecDeque::new(),
+    };
+    tokio::spawn(worker.run(rx));
+    ShardHandle { tx }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    shard: u32,
+    actors: HashMap<ActorRef, Actor>,
+    paused: bool,
+    queue: VecDeque<Pending>,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        let mut sweep = tokio::time::interval(self.shared.passivate_after.max(Duration::from_secs(1)));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let cmd = tokio::select! {
+                cmd = rx.recv() => cmd,
+                _ = sweep.tick() => { self.passivate(); continue; }
+            };
+            let Some(cmd) = cmd else { break };
+            match cmd {
+                Cmd::Request(p) if self.paused => self.enqueue(p),
+                Cmd::Request((req, tx)) => {
+                    let reply = self.handle(req).await;
+                    let _ = tx.send(reply);
+                }
+                Cmd::Pause(tx) => {
+                    self.paused = true;
+                    let _ = tx.send(self.capture());
+                }
+                Cmd::Resume => {
+                    self.paused = false;
+                    while let Some((req, tx)) = self.queue.pop_front() {
+                        self.shared.metrics.queued.dec();
+                        let reply = self.handle(req).await;
+                        let _ = tx.send(reply);
+                    }
+                }
+                Cmd::HandOff { to } => {
+                    for (req, tx) in self.queue.drain(..) {
+                        self.shared.metrics.queued.dec();
+                        let shared = self.shared.clone();
+                        let to = to.clone();
+                        tokio::spawn(async move {
+                            let _ = tx.send(shared.forward(&to, req).await);
+                        });
+                    }
+                    break;
+                }
+                Cmd::Install(actors, done) => {
+                    self.install(actors);
+                    let _ = done.send(());
+                }
+                Cmd::Stop => break,
+            }
+        }
+        // Requests that raced the stop are answered, never dropped: the caller retries at the owner.
+        while let Ok(cmd) = rx.try_recv() {
+            if let Cmd::Request((req, tx)) = cmd {
+                let _ = tx.send(self.shared.route_again(req));
+            }
+        }
+        for (req, tx) in self.queue.drain(..) {
+            self.shared.metrics.queued.dec();
+            let _ = tx.send(self.shared.route_again(req));
+        }
+        self.shared.metrics.actors.dec_by(self.actors.len() as i64);
+    }
+
+    fn enqueue(&mut self, pending: Pending) {
+        if self.queue.len() >= self.shared.queue_limit {
+            let mut e = ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!("shard {} is moving and its queue is full", self.shard),
+            );
+            e.retry_after_ms = Some(50);
+            let _ = pending.1.send(Reply::error(e));
+            return;
+        }
+        self.shared.metrics.queued.inc();
+        self.queue.push_back(pending);
+    }
+
+    fn passivate(&mut self) {
+        if self.paused {
+            return;
+        }
+        let idle = self.shared.passivate_after;
+        let before = self.actors.len();
+        self.actors.retain(|_, a| a.last_used.elapsed() < idle);
+        self.shared
+            .metrics
+            .actors
+            .dec_by((before - self.actors.len()) as i64);
+    }
+
+    fn capture(&self) -> Vec<ActorSnapshot> {
+        self.actors
+            .iter()
+            .filter_map(|(actor, a)| {
+                let captured = Captured {
+                    snapshot: a.snapshot.clone(),
+                    base: a.base,
+                };
+                let state = serde_json::to_vec(&captured).ok()?;
+                Some(ActorSnapshot {
+                    actor: actor.clone(),
+                    version: a.version,
+                    seq: a.seq,
+                    state: Bytes(state),
+                })
+            })
+            .collect()
+    }
+
+    fn install(&mut self, actors: Vec<ActorSnapshot>) {
+        for snap in actors {
+            let Some(behaviour) = self.shared.registry.get(&snap.actor.kind).cloned() else {
+                continue;
+            };
+            // A state that does not parse is not installed: the actor is rebuilt from the log.
+            let Ok(Captured { snapshot, base }) = serde_json::from_slice(&snap.state.0) else {
+                Shared::count_failure(&self.shared, "bad_snapshot");
+                continue;
+            };
+            let actor = Actor {
+                behaviour,
+                snapshot,
+                version: snap.version,
+                seq: snap.seq,
+                base,
+                last_used: Instant::now(),
+            };
+            if self.actors.insert(snap.actor, actor).is_none() {
+                self.shared.metrics.actors.inc();
+            }
+        }
+    }
+
+    async fn load(&mut self, actor: &ActorRef) -> Result<(), Error> {
+        if self.actors.contains_key(actor) {
+            return Ok(());
+        }
+        let behaviour = self
+            .shared
+            .registry
+            .get(&actor.kind)
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("no behaviour {}", actor.kind)))?;
+        let subject = self.shared.store.subject(self.shard, actor);
+        let b = behaviour.clone();
+        let Loaded {
+            snapshot,
+            version,
+            seq,
+            base,
+        } = self
+            .shared
+            .store
+            .load(&subject, behaviour.initial(), move |s, e| b.apply(s, e))
+            .await?;
+        self.actors.insert(
+            actor.clone(),
+            Actor {
+                behaviour,
+                snapshot,
+                version,
+                seq,
+                base,
+                last_used: Instant::now(),
+            },
+        );
+        self.shared.metrics.actors.inc();
+        Ok(())
+    }
+
+    fn ok(&self, a: &Actor) -> Reply {
+        Reply::ok(ActorReply {
+            version: a.version,
+            state: a.snapshot.state.clone(),
+            node: self.shared.me.clone(),
+        })
+    }
+
+    async fn handle(&mut self, req: Request) -> Reply {
+        // A fenced append means another node wrote first: reload from the log and decide again, once.
+        for attempt in 0..2 {
+            match self.try_handle(&req).await {
+                Ok(reply) => return reply,
+                Err(Error::Fenced(_)) if attempt == 0 => {
+                    self.drop_actor(&req.actor);
+                }
+                Err(e) => {
+                    Shared::count_failure(&self.shared, e.reason());
+                    if matches!(e, Error::Fenced(_) | Error::Nats(_) | Error::Corrupt(_)) {
+                        self.drop_actor(&req.actor);
+                    }
+                    return Reply::error(e.to_reply());
+                }
+            }
+        }
+        Reply::error(ErrorReply::new(ErrorCode::Internal, "unreachable"))
+    }
+
+    fn drop_actor(&mut self, actor: &ActorRef) {
+        if self.actors.remove(actor).is_some() {
+            self.shared.metrics.actors.dec();
+        }
+    }
+
+    async fn try_handle(&mut self, req: &Request) -> Result<Reply, Error> {
+        self.load(&req.actor).await?;
+        let subject = self.shared.store.subject(self.shard, &req.actor);
+        let Some(a) = self.actors.get_mut(&req.actor) else {
+            return Err(Error::Internal("actor vanished after load".into()));
+        };
+        a.last_used = Instant::now();
+        let command = match &req.op {
+            Op::Read => return Ok(self.ok(&self.actors[&req.actor])),
+            Op::Command { command } => command,
+        };
+        if let Some(id) = &req.id
+            && a.snapshot.recent.iter().any(|c| c == id)
+        {
+            // A retry of a command already in the log: answer, do not apply twice.
+            return Ok(self.ok(&self.actors[&req.actor]));
+        }
+        let events = match a.behaviour.decide(&a.snapshot.state, command) {
+            Ok(events) => events,
+            Err(why) => return Ok(Reply::error(ErrorReply::new(ErrorCode::Rejected, why))),
+        };
+        let mut next = a.snapshot.clone();
+        for e in &events {
+            a.behaviour.apply(&mut next.state, e);
+        }
+        if let Some(id) = &req.id {
+            remember(&mut next.recent, id.clone());
+        }
+        let version = a.version + 1;
+        let record = Record {
+            v: 1,
+            cmd: req.id.clone(),
+            events,
+            version,
+            base: a.base,
+            snapshot: (version % SNAPSHOT_EVERY == 0).then(|| next.clone()),
+        };
+        let expected = a.seq;
+        let seq = self.shared.store.append(&subject, expected, &record).await?;
+        let Some(a) = self.actors.get_mut(&req.actor) else {
+            return Err(Error::Internal("actor vanished during append".into()));
+        };
+        a.snapshot = next;
+        a.version = version;
+        a.seq = seq;
+        if record.snapshot.is_some() {
+            a.base = seq;
+        }
+        Ok(self.ok(&self.actors[&req.actor]))
+    }
+}

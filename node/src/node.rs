@@ -1,0 +1,743 @@
+//! The node: NATS in, actors and migrations out. It watches the plan, serves requests for any actor
+//! (locally, by forwarding once to the owner, or with a redirect), runs the moves it is the source of,
+//! accepts the ones it is the destination of, and reports progress to the operator.
+
+use crate::behaviour::Registry;
+use crate::config::NodeConfig;
+use crate::error::{Error, Result};
+use crate::host::{self, Cmd, ShardHandle};
+use crate::metrics::Metrics;
+use crate::migration::{self, Accept, Action, Event, Incoming, SourceMove};
+use crate::routing::Routing;
+use crate::store::EventStore;
+use aether_core::crd::MovePhase;
+use aether_core::plan::Move;
+use aether_core::protocol::{
+    ActorSnapshot, ErrorCode, ErrorReply, Names, NodeEvent, NodeEventKind, PlanMessage, Progress,
+    Reply, Request, Transfer, TransferAck, VERSION, decode, encode,
+};
+use async_nats::jetstream;
+use futures::StreamExt;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, oneshot};
+
+/// Hops a request may take between nodes: one forward from the node it reached, and one more from a
+/// source that just handed its shard off.
+pub const MAX_HOPS: u8 = 2;
+/// Bytes of actor state per transfer chunk (NATS's default max payload is 1 MiB).
+pub const CHUNK_BYTES: usize = 512 * 1024;
+/// Time to wait for a forwarded request's reply.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Health as `/readyz` reports it, available before NATS is.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Why the node is not ready; `None` when it is.
+    pub problem: Mutex<Option<String>>,
+}
+
+impl Health {
+    /// Sets or clears the problem.
+    pub fn set(&self, problem: Option<String>) {
+        if let Ok(mut p) = self.problem.lock() {
+            *p = problem;
+        }
+    }
+
+    /// The current problem.
+    #[must_use]
+    pub fn problem(&self) -> Option<String> {
+        self.problem.lock().map_or_else(|_| Some("health lock poisoned".into()), |p| p.clone())
+    }
+}
+
+/// State shared by the node's tasks.
+#[derive(Debug)]
+pub struct Shared {
+    /// This pod.
+    pub me: String,
+    /// Subjects and buckets.
+    pub names: Names,
+    /// NATS.
+    pub client: async_nats::Client,
+    /// The event log.
+    pub store: EventStore,
+    /// Actor kinds.
+    pub registry: Registry,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Idle time before an actor is passivated.
+    pub passivate_after: Duration,
+    /// Queue limit per moving shard.
+    pub queue_limit: usize,
+    /// Largest request accepted.
+    pub max_request_bytes: usize,
+    routing: RwLock<Option<Routing>>,
+    shards: Mutex<HashMap<u32, ShardHandle>>,
+    incoming: Mutex<HashMap<u32, Incoming>>,
+    moving: Mutex<HashSet<u32>>,
+    migrations: Mutex<Arc<Semaphore>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock means a panic elsewhere; the data (maps of handles) is still consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Connects the pieces; does not start any task.
+    pub fn new(
+        cfg: &NodeConfig,
+        client: async_nats::Client,
+        store: EventStore,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            me: cfg.pod_name.clone(),
+            names: Names::new(cfg.nats.prefix.clone()),
+            client,
+            store,
+            registry: Registry::builtin(),
+            metrics,
+            passivate_after: cfg.passivate_after,
+            queue_limit: cfg.queue_limit,
+            max_request_bytes: cfg.max_request_bytes,
+            routing: RwLock::new(None),
+            shards: Mutex::new(HashMap::new()),
+            incoming: Mutex::new(HashMap::new()),
+            moving: Mutex::new(HashSet::new()),
+            migrations: Mutex::new(Arc::new(Semaphore::new(4))),
+        })
+    }
+
+    /// Counts a failure by reason.
+    pub fn count_failure(this: &Arc<Self>, reason: &'static str) {
+        Metrics::inc(&this.metrics.failures, reason);
+    }
+
+    fn routing(&self) -> Option<Routing> {
+        self.routing.read().ok().and_then(|r| r.clone())
+    }
+
+    fn with_routing<T>(&self, f: impl FnOnce(&mut Routing) -> T) -> Option<T> {
+        let mut guard = self.routing.write().ok()?;
+        guard.as_mut().map(f)
+    }
+
+    /// The epoch held, 0 before the first plan.
+    #[must_use]
+    pub fn epoch(&self) -> u64 {
+        self.routing.read().ok().and_then(|r| r.as_ref().map(Routing::epoch)).unwrap_or(0)
+    }
+
+    /// Number of moves of the current plan not done yet.
+    #[must_use]
+    pub fn pending_moves(&self) -> usize {
+        self.routing.read().ok().and_then(|r| r.as_ref().map(Routing::pending_count)).unwrap_or(0)
+    }
+
+    /// True while the current plan lists this pod as a member.
+    #[must_use]
+    pub fn is_member(&self) -> bool {
+        self.routing.read().ok().and_then(|r| r.as_ref().map(|r| r.is_member(&self.me))).unwrap_or(false)
+    }
+
+    /// Number of local shard workers.
+    #[must_use]
+    pub fn local_shards(&self) -> usize {
+        lock(&self.shards).len()
+    }
+
+    fn worker(self: &Arc<Self>, shard: u32) -> ShardHandle {
+        lock(&self.shards)
+            .entry(shard)
+            .or_insert_with(|| host::spawn(self.clone(), shard))
+            .clone()
+    }
+
+    fn stop_worker(&self, shard: u32) {
+        if let Some(h) = lock(&self.shards).remove(&shard) {
+            let _ = h.tx.send(Cmd::Stop);
+        }
+    }
+
+    /// The answer for a request a stopped worker still held: where to go now.
+    #[must_use]
+    pub fn route_again(&self, req: Request) -> Reply {
+        let Some(r) = self.routing() else {
+            return Reply::error(unavailable("no plan yet", 100));
+        };
+        let shard = r.shard(&req.actor.id);
+        match r.owner(shard) {
+            Some(owner) if owner != self.me => Reply::error(redirect(owner, r.epoch(), shard)),
+            _ => Reply::error(unavailable(&format!("shard {shard} is changing owner"), 20)),
+        }
+    }
+
+    /// Serves a decoded request: here, by forwarding, or with a redirect.
+    pub async fn dispatch(self: &Arc<Self>, req: Request) -> Reply {
+        let Some(r) = self.routing() else {
+            Metrics::inc(&self.metrics.messages, "unavailable");
+            return Reply::error(unavailable("this node has no plan yet", 100));
+        };
+        let shard = r.shard(&req.actor.id);
+        match r.owner(shard) {
+            Some(owner) if owner == self.me => {
+                Metrics::inc(&self.metrics.messages, "local");
+                let (tx, rx) = oneshot::channel();
+                if self.worker(shard).tx.send(Cmd::Request((req, tx))).is_err() {
+                    return Reply::error(unavailable("shard worker stopped", 20));
+                }
+                rx.await
+                    .unwrap_or_else(|_| Reply::error(unavailable("shard worker stopped", 20)))
+            }
+            Some(owner) if req.hops < MAX_HOPS => {
+                Metrics::inc(&self.metrics.messages, "forwarded");
+                let owner = owner.to_owned();
+                self.forward(&owner, req).await
+            }
+            Some(owner) => {
+                Metrics::inc(&self.metrics.messages, "redirected");
+                Reply::error(redirect(owner, r.epoch(), shard))
+            }
+            None => {
+                Metrics::inc(&self.metrics.messages, "unavailable");
+                Reply::error(unavailable("the plan has no members", 500))
+            }
+        }
+    }
+
+    /// Sends a request on to `to` and relays its reply.
+    pub async fn forward(&self, to: &str, mut req: Request) -> Reply {
+        req.hops = req.hops.saturating_add(1);
+        req.epoch = self.epoch();
+        let bytes = match encode(&req) {
+            Ok(b) => b,
+            Err(e) => return Reply::error(ErrorReply::new(ErrorCode::Internal, e.to_string())),
+        };
+        let sent = tokio::time::timeout(
+            FORWARD_TIMEOUT,
+            self.client.request(self.names.node_requests(to), bytes.into()),
+        )
+        .await;
+        match sent {
+            Ok(Ok(msg)) => decode::<Reply>(&msg.payload).unwrap_or_else(|e| {
+                Reply::error(ErrorReply::new(ErrorCode::Internal, format!("{to} answered: {e}")))
+            }),
+            Ok(Err(e)) => Reply::error(unavailable(&format!("owner {to} did not answer: {e}"), 100)),
+            Err(_) => Reply::error(unavailable(&format!("owner {to} timed out"), 100)),
+        }
+    }
+
+    /// Handles raw request bytes: size check, decode, dispatch. Never panics on bad bytes.
+    pub async fn handle_request_bytes(self: &Arc<Self>, bytes: &[u8]) -> Reply {
+        if bytes.len() > self.max_request_bytes {
+            Metrics::inc(&self.metrics.malformed, "too_large");
+            return Reply::error(ErrorReply::new(
+                ErrorCode::TooLarge,
+                format!("request of {} bytes exceeds {} bytes", bytes.len(), self.max_request_bytes),
+            ));
+        }
+        let req = match decode::<Request>(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                Metrics::inc(&self.metrics.malformed, "request");
+                return Reply::error(ErrorReply::from_decode(&e));
+            }
+        };
+        if let Err(e) = req.actor.validate() {
+            Metrics::inc(&self.metrics.malformed, "request");
+            return Reply::error(ErrorReply::from_decode(&e));
+        }
+        if self.registry.get(&req.actor.kind).is_none() {
+            return Reply::error(ErrorReply::new(
+                ErrorCode::UnknownKind,
+                format!("no actor kind {:?} (this node hosts counter, doc)", req.actor.kind),
+            ));
+        }
+        self.dispatch(req).await
+    }
+
+    /// Takes a new plan: ignored unless its epoch is higher; then local shards follow it.
+    pub fn on_plan(self: &Arc<Self>, plan: PlanMessage) {
+        {
+            let Ok(mut guard) = self.routing.write() else { return };
+            if let Some(cur) = guard.as_ref()
+                && plan.epoch <= cur.epoch()
+            {
+                self.metrics.stale_plans.inc();
+                tracing::info!(held = cur.epoch(), got = plan.epoch, "ignoring a plan that is not newer");
+                return;
+            }
+            *lock(&self.migrations) = Arc::new(Semaphore::new(plan.max_concurrent.max(1) as usize));
+            *guard = Some(Routing::new(plan));
+        }
+        let Some(r) = self.routing() else { return };
+        self.metrics.epoch.set(r.epoch() as i64);
+        tracing::info!(epoch = r.epoch(), moves = r.plan.moves.len(), "new plan");
+        let hosted: Vec<u32> = lock(&self.shards).keys().copied().collect();
+        for shard in hosted {
+            if r.owner(shard) != Some(self.me.as_str()) {
+                // Not ours and no move from us: whoever owns it rebuilds from the log.
+                self.stop_worker(shard);
+            }
+        }
+        lock(&self.incoming).retain(|_, inc| inc.epoch >= r.epoch());
+        let timeout = Duration::from_secs(u64::from(r.plan.timeout_seconds.max(1)));
+        let epoch = r.epoch();
+        for mv in r.moves_from(&self.me) {
+            if lock(&self.moving).insert(mv.shard) {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let shard = mv.shard;
+                    this.clone().migrate(mv, epoch, timeout).await;
+                    lock(&this.moving).remove(&shard);
+                });
+            }
+        }
+    }
+
+    /// Runs one source-side move through the [`SourceMove`] state machine.
+    async fn migrate(self: Arc<Self>, mv: Move, epoch: u64, timeout: Duration) {
+        let permits = lock(&self.migrations).clone();
+        let Ok(_permit) = permits.acquire_owned().await else { return };
+        if self.epoch() != epoch {
+            // A newer plan arrived while this move waited; it decides anew.
+            return;
+        }
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let shard = mv.shard;
+        let to = mv.to.clone();
+        let mut machine = SourceMove::default();
+        let mut actions: VecDeque<Action> = machine.on(Event::Start).into();
+        let mut chunks: Vec<Transfer> = Vec::new();
+        let mut moved = 0u32;
+        self.report(epoch, shard, MovePhase::Transferring, 0, 0, None).await;
+        while let Some(action) = actions.pop_front() {
+            let next = match action {
+                Action::PauseAndCapture => {
+                    let (tx, rx) = oneshot::channel();
+                    let _ = self.worker(shard).tx.send(Cmd::Pause(tx));
+                    let actors = rx.await.unwrap_or_default();
+                    moved = actors.len() as u32;
+                    chunks = chunk(actors, epoch, shard, &self.me);
+                    machine.on(Event::Captured { chunks: chunks.len() as u32 })
+                }
+                Action::Send { chunk, delay_ms } => {
+                    if delay_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        machine.on(Event::Deadline)
+                    } else {
+                        let event = self.send_chunk(&to, &chunks[chunk as usize], deadline - now).await;
+                        machine.on(event)
+                    }
+                }
+                Action::HandOff => {
+                    if let Some(h) = lock(&self.shards).remove(&shard) {
+                        let _ = h.tx.send(Cmd::HandOff { to: to.clone() });
+                    }
+                    self.with_routing(|r| r.move_done(shard));
+                    Vec::new()
+                }
+                Action::Resume => {
+                    let _ = self.worker(shard).tx.send(Cmd::Resume);
+                    Vec::new()
+                }
+                Action::ReportDone => {
+                    let took = started.elapsed();
+                    self.metrics.move_seconds.observe(took.as_secs_f64());
+                    Metrics::inc(&self.metrics.moves, "done");
+                    self.report(epoch, shard, MovePhase::Done, moved, took.as_millis() as u64, None)
+                        .await;
+                    Vec::new()
+                }
+                Action::ReportFailed(why) => {
+                    Metrics::inc(&self.metrics.moves, "failed");
+                    tracing::warn!(shard, to = %to, %why, "move failed, shard kept");
+                    let took = started.elapsed().as_millis() as u64;
+                    self.report(epoch, shard, MovePhase::Failed, 0, took, Some(why)).await;
+                    Vec::new()
+                }
+            };
+            actions.extend(next);
+        }
+    }
+
+    async fn send_chunk(&self, to: &str, chunk: &Transfer, left: Duration) -> Event {
+        let n = chunk.chunk;
+        let bytes = match encode(chunk) {
+            Ok(b) => b,
+            Err(e) => return Event::NoAnswer { chunk: n, reason: e.to_string() },
+        };
+        let sent = tokio::time::timeout(left, self.client.request(self.names.node_migrate(to), bytes.into())).await;
+        match sent {
+            Err(_) => Event::NoAnswer { chunk: n, reason: "timed out".into() },
+            Ok(Err(e)) => Event::NoAnswer { chunk: n, reason: e.to_string() },
+            Ok(Ok(msg)) => match decode::<TransferAck>(&msg.payload) {
+                Ok(TransferAck { error: Some(error), .. }) => Event::Refused { chunk: n, error },
+                Ok(ack) if ack.chunk == n && ack.shard == chunk.shard => Event::Acked { chunk: n },
+                Ok(_) => Event::NoAnswer { chunk: n, reason: "ack for another chunk".into() },
+                Err(e) => Event::NoAnswer { chunk: n, reason: format!("bad ack: {e}") },
+            },
+        }
+    }
+
+    /// Destination side of a transfer chunk.
+    pub async fn on_transfer(self: &Arc<Self>, bytes: &[u8]) -> TransferAck {
+        let chunk = match decode::<Transfer>(bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                Metrics::inc(&self.metrics.malformed, "transfer");
+                return ack(0, 0, 0, Some(ErrorReply::from_decode(&e)));
+            }
+        };
+        let (epoch, shard, n) = (chunk.epoch, chunk.shard, chunk.chunk);
+        let Some(r) = self.routing() else {
+            return ack(epoch, shard, n, Some(unavailable("no plan yet", 50)));
+        };
+        let source = r
+            .move_of(shard)
+            .filter(|m| m.to == self.me)
+            .and_then(|m| m.from.clone());
+        let decision = {
+            let mut incoming = lock(&self.incoming);
+            let mut slot = incoming.remove(&shard);
+            let d = migration::accept_chunk(&mut slot, r.epoch(), source.as_deref(), chunk);
+            if let Some(s) = slot {
+                incoming.insert(shard, s);
+            }
+            d
+        };
+        match decision {
+            Ok(Accept::More | Accept::Duplicate) => ack(epoch, shard, n, None),
+            Ok(Accept::Install(actors)) => {
+                self.install(shard, actors).await;
+                lock(&self.incoming).remove(&shard);
+                self.with_routing(|r| r.move_done(shard));
+                ack(epoch, shard, n, None)
+            }
+            Err(e) => ack(epoch, shard, n, Some(e)),
+        }
+    }
+
+    async fn install(self: &Arc<Self>, shard: u32, actors: Vec<ActorSnapshot>) {
+        let (tx, rx) = oneshot::channel();
+        if self.worker(shard).tx.send(Cmd::Install(actors, tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// A progress report from any node: done moves change the owner.
+    pub fn on_progress(self: &Arc<Self>, bytes: &[u8]) {
+        let Ok(p) = decode::<Progress>(bytes) else {
+            Metrics::inc(&self.metrics.malformed, "progress");
+            return;
+        };
+        if p.epoch != self.epoch() {
+            return;
+        }
+        match p.phase {
+            MovePhase::Done => {
+                self.with_routing(|r| r.move_done(p.shard));
+            }
+            MovePhase::Failed => {
+                // If this node installed the shard but the source never saw the ack, the source kept
+                // it: drop the copy so there is one owner.
+                let mine = self
+                    .routing()
+                    .and_then(|r| r.move_of(p.shard).cloned())
+                    .is_some_and(|m| m.to == self.me);
+                if mine {
+                    self.stop_worker(p.shard);
+                    lock(&self.incoming).remove(&p.shard);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn report(
+        &self,
+        epoch: u64,
+        shard: u32,
+        phase: MovePhase,
+        actors: u32,
+        duration_ms: u64,
+        error: Option<String>,
+    ) {
+        let p = Progress { v: VERSION, epoch, shard, node: self.me.clone(), phase, actors, duration_ms, error };
+        if let Ok(bytes) = encode(&p)
+            && let Err(e) = self.client.publish(self.names.progress(), bytes.into()).await
+        {
+            tracing::warn!(error = %e, "progress report not sent");
+            Self::count_failure_ref(&self.metrics, "progress");
+        }
+    }
+
+    fn count_failure_ref(metrics: &Metrics, reason: &'static str) {
+        Metrics::inc(&metrics.failures, reason);
+    }
+
+    /// Tells the operator this node is leaving.
+    pub async fn announce(&self, event: NodeEventKind) -> Result<()> {
+        let ev = NodeEvent { v: VERSION, node: self.me.clone(), event };
+        self.client
+            .publish(self.names.node_events(), encode(&ev)?.into())
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        self.client.flush().await.map_err(|e| Error::Nats(e.to_string()))
+    }
+
+    /// True once this node may exit while draining: not a member, nothing leaving from it.
+    #[must_use]
+    pub fn drained(&self) -> bool {
+        let Some(r) = self.routing() else { return true };
+        !r.is_member(&self.me) && r.moves_from(&self.me).is_empty() && lock(&self.moving).is_empty()
+    }
+}
+
+fn ack(epoch: u64, shard: u32, chunk: u32, error: Option<ErrorReply>) -> TransferAck {
+    TransferAck { v: VERSION, epoch, shard, chunk, error }
+}
+
+fn unavailable(msg: &str, retry_ms: u64) -> ErrorReply {
+    let mut e = ErrorReply::new(ErrorCode::Unavailable, msg);
+    e.retry_after_ms = Some(retry_ms);
+    e
+}
+
+fn redirect(owner: &str, epoch: u64, shard: u32) -> ErrorReply {
+    let mut e = ErrorReply::new(ErrorCode::Redirect, format!("{owner} owns shard {shard}"));
+    e.owner = Some(owner.to_owned());
+    e.epoch = Some(epoch);
+    e
+}
+
+/// Splits captured actors into transfer chunks of at most [`CHUNK_BYTES`] of state (at least one chunk).
+#[must_use]
+pub fn chunk(actors: Vec<ActorSnapshot>, epoch: u64, shard: u32, from: &str) -> Vec<Transfer> {
+    let mut chunks: Vec<Vec<ActorSnapshot>> = vec![Vec::new()];
+    let mut size = 0;
+    for a in actors {
+        let len = a.state.0.len() + a.actor.id.len() + 64;
+        if size + len > CHUNK_BYTES && chunks.last().is_some_and(|c| !c.is_empty()) {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        if let Some(c) = chunks.last_mut() {
+            c.push(a);
+        }
+    }
+    let n = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, actors)| Transfer {
+            v: VERSION,
+            epoch,
+            shard,
+            from: from.to_owned(),
+            chunk: i as u32,
+            last: i + 1 == n,
+            actors,
+        })
+        .collect()
+}
+
+/// Connects to NATS with the configured credentials and TLS.
+pub async fn connect(args: &crate::config::NatsArgs, name: &str) -> Result<async_nats::Client> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None);
+    if let (Some(user), Some(pass)) = (&args.nats_user, &args.nats_password) {
+        opts = opts.user_and_password(user.clone(), pass.clone());
+    }
+    if let Some(token) = &args.nats_token {
+        opts = opts.token(token.clone());
+    }
+    if let Some(seed) = &args.nats_nkey {
+        opts = opts.nkey(seed.clone());
+    }
+    if let Some(path) = &args.nats_creds {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| Error::Config(format!("--nats-creds {}: {e}", path.display())))?;
+    }
+    if let Some(ca) = &args.nats_tls_ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&args.nats_tls_cert, &args.nats_tls_key) {
+        opts = opts.add_client_certificate(cert.clone(), key.clone()).require_tls(true);
+    }
+    let urls: Vec<async_nats::ServerAddr> = args
+        .nats_url
+        .split(',')
+        .map(|u| u.trim().parse().map_err(|e| Error::Config(format!("--nats-url {u:?}: {e}"))))
+        .collect::<Result<_>>()?;
+    opts.connect(urls)
+        .await
+        .map_err(|e| Error::Nats(format!("connect {}: {e}", args.nats_url)))
+}
+
+/// Runs the node until `shutdown` resolves, then drains: announces it is leaving, serves until a plan
+/// without it arrives and its outgoing moves are done (at most `drain_timeout`), and returns.
+pub async fn run(
+    cfg: NodeConfig,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    health.set(Some(format!("connecting to NATS at {}", cfg.nats.nats_url)));
+    let client = connect(&cfg.nats, &cfg.pod_name).await?;
+    let names = Names::new(cfg.nats.prefix.clone());
+    let js = jetstream::new(client.clone());
+    let store = loop {
+        match EventStore::open(js.clone(), names.clone(), cfg.stream_replicas).await {
+            Ok(s) => break s,
+            Err(e) => {
+                health.set(Some(format!("NATS at {} not usable: {e}", cfg.nats.nats_url)));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let shared = Shared::new(&cfg, client.clone(), store, metrics);
+
+    let mut requests = subscribe_requests(&shared).await?;
+    let mut transfers = client
+        .subscribe(names.node_migrate(&shared.me))
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
+    let mut progress = client
+        .subscribe(names.progress())
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
+    let watcher = tokio::spawn(watch_plans(shared.clone(), js.clone(), names.clone(), cfg.stream_replicas));
+    let health_task = tokio::spawn(watch_health(client.clone(), health.clone()));
+    let _ = shared.announce(NodeEventKind::Up).await;
+    tracing::info!(pod = %shared.me, prefix = %cfg.nats.prefix, "node serving");
+
+    tokio::pin!(shutdown);
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut check = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            Some(msg) = requests.next() => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let reply = shared.handle_request_bytes(&msg.payload).await;
+                    if let Some(to) = msg.reply {
+                        match encode(&reply) {
+                            Ok(bytes) => { let _ = shared.client.publish(to, bytes.into()).await; }
+                            Err(e) => tracing::error!(error = %e, "reply not encodable"),
+                        }
+                    }
+                });
+            }
+            Some(msg) = transfers.next() => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let ack = shared.on_transfer(&msg.payload).await;
+                    if let (Some(to), Ok(bytes)) = (msg.reply, encode(&ack)) {
+                        let _ = shared.client.publish(to, bytes.into()).await;
+                    }
+                });
+            }
+            Some(msg) = progress.next() => shared.on_progress(&msg.payload),
+            () = &mut shutdown, if drain_deadline.is_none() => {
+                tracing::info!("SIGTERM: draining");
+                health.set(Some("draining: shards are moving away".into()));
+                if let Err(e) = shared.announce(NodeEventKind::Leaving).await {
+                    tracing::warn!(error = %e, "could not announce leaving");
+                }
+                drain_deadline = Some(tokio::time::Instant::now() + cfg.drain_timeout);
+            }
+            _ = check.tick() => {
+                if let Some(d) = drain_deadline {
+                    if shared.drained() {
+                        tracing::info!("drained: exiting");
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= d {
+                        tracing::warn!("drain timeout: exiting with shards still assigned; their next owner rebuilds them from the log");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    watcher.abort();
+    health_task.abort();
+    let _ = client.drain().await;
+    Ok(())
+}
+
+type Messages = futures::stream::SelectAll<async_nats::Subscriber>;
+
+async fn subscribe_requests(shared: &Arc<Shared>) -> Result<Messages> {
+    let any = shared
+        .client
+        .queue_subscribe(shared.names.any_node(), Names::NODE_QUEUE.to_owned())
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
+    let mine = shared
+        .client
+        .subscribe(shared.names.node_requests(&shared.me))
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
+    Ok(futures::stream::select_all([any, mine]))
+}
+
+async fn watch_plans(shared: Arc<Shared>, js: jetstream::Context, names: Names, replicas: usize) {
+    loop {
+        let result: Result<()> = async {
+            let bucket = crate::plans::open_bucket(&js, &names, replicas).await?;
+            let mut watch = bucket
+                .watch_with_history(Names::PLAN_KEY)
+                .await
+                .map_err(|e| Error::Nats(format!("watch plans: {e}")))?;
+            while let Some(entry) = watch.next().await {
+                let entry = entry.map_err(|e| Error::Nats(format!("watch plans: {e}")))?;
+                if entry.operation != jetstream::kv::Operation::Put {
+                    continue;
+                }
+                match decode::<PlanMessage>(&entry.value) {
+                    Ok(plan) => shared.on_plan(plan),
+                    Err(e) => {
+                        Metrics::inc(&shared.metrics.malformed, "plan");
+                        tracing::warn!(error = %e, "ignoring a malformed plan");
+                    }
+                }
+            }
+            Err(Error::Nats("plan watch ended".into()))
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "plan watch interrupted; resuming");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn watch_health(client: async_nats::Client, health: Arc<Health>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let draining = health.problem().is_some_and(|p| p.starts_with("draining"));
+        if draining {
+            continue;
+        }
+        match client.connection_state() {
+            async_nats::connection::State::Connected => health.set(None),
+            other => health.set(Some(format!("NATS connection is {other:?}: not serving"))),
+        }
+    }
+}
