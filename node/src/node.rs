@@ -157,6 +157,13 @@ impl Shared {
             .clone()
     }
 
+    /// Stops every shard worker (on exit).
+    pub fn stop_all_workers(&self) {
+        for (_, h) in lock(&self.shards).drain() {
+            let _ = h.tx.send(Cmd::Stop);
+        }
+    }
+
     fn stop_worker(&self, shard: u32) {
         if let Some(h) = lock(&self.shards).remove(&shard) {
             let _ = h.tx.send(Cmd::Stop);
@@ -588,96 +595,150 @@ pub async fn connect(args: &crate::config::NatsArgs, name: &str) -> Result<async
         .map_err(|e| Error::Nats(format!("connect {}: {e}", args.nats_url)))
 }
 
-/// Runs the node until `shutdown` resolves, then drains: announces it is leaving, serves until a plan
-/// without it arrives and its outgoing moves are done (at most `drain_timeout`), and returns.
+/// Runs the node until `shutdown` resolves; see [`Node::serve`].
 pub async fn run(
     cfg: NodeConfig,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    health.set(Some(format!("connecting to NATS at {}", cfg.nats.nats_url)));
-    let client = connect(&cfg.nats, &cfg.pod_name).await?;
-    let names = Names::new(cfg.nats.prefix.clone());
-    let js = jetstream::new(client.clone());
-    let store = loop {
-        match EventStore::open(js.clone(), names.clone(), cfg.stream_replicas).await {
-            Ok(s) => break s,
-            Err(e) => {
-                health.set(Some(format!("NATS at {} not usable: {e}", cfg.nats.nats_url)));
-                tokio::time::sleep(Duration::from_millis(500)).await;
+    Node::connect(cfg, health, metrics).await?.serve(shutdown).await
+}
+
+/// A connected node, subscribed and ready to serve.
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    health: Arc<Health>,
+    shared: Arc<Shared>,
+    js: jetstream::Context,
+    requests: Messages,
+    transfers: async_nats::Subscriber,
+    progress: async_nats::Subscriber,
+}
+
+impl Node {
+    /// Connects to NATS (waiting while it is unreachable, saying so in `health`), opens the event
+    /// stream and subscribes.
+    pub async fn connect(cfg: NodeConfig, health: Arc<Health>, metrics: Arc<Metrics>) -> Result<Self> {
+        health.set(Some(format!("connecting to NATS at {}", cfg.nats.nats_url)));
+        let client = connect(&cfg.nats, &cfg.pod_name).await?;
+        let names = Names::new(cfg.nats.prefix.clone());
+        let js = jetstream::new(client.clone());
+        let store = loop {
+            match EventStore::open(js.clone(), names.clone(), cfg.stream_replicas).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    health.set(Some(format!("NATS at {} not usable: {e}", cfg.nats.nats_url)));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
-        }
-    };
-    let shared = Shared::new(&cfg, client.clone(), store, metrics);
+        };
+        let shared = Shared::new(&cfg, client.clone(), store, metrics);
+        let requests = subscribe_requests(&shared).await?;
+        let transfers = client
+            .subscribe(names.node_migrate(&shared.me))
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        let progress = client
+            .subscribe(names.progress())
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        Ok(Self {
+            cfg,
+            health,
+            shared,
+            js,
+            requests,
+            transfers,
+            progress,
+        })
+    }
 
-    let mut requests = subscribe_requests(&shared).await?;
-    let mut transfers = client
-        .subscribe(names.node_migrate(&shared.me))
-        .await
-        .map_err(|e| Error::Nats(e.to_string()))?;
-    let mut progress = client
-        .subscribe(names.progress())
-        .await
-        .map_err(|e| Error::Nats(e.to_string()))?;
-    let watcher = tokio::spawn(watch_plans(shared.clone(), js.clone(), names.clone(), cfg.stream_replicas));
-    let health_task = tokio::spawn(watch_health(client.clone(), health.clone()));
-    let _ = shared.announce(NodeEventKind::Up).await;
-    tracing::info!(pod = %shared.me, prefix = %cfg.nats.prefix, "node serving");
+    /// The node's shared state (for tests and embedding).
+    #[must_use]
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
 
-    tokio::pin!(shutdown);
-    let mut drain_deadline: Option<tokio::time::Instant> = None;
-    let mut check = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            Some(msg) = requests.next() => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let reply = shared.handle_request_bytes(&msg.payload).await;
-                    if let Some(to) = msg.reply {
-                        match encode(&reply) {
-                            Ok(bytes) => { let _ = shared.client.publish(to, bytes.into()).await; }
-                            Err(e) => tracing::error!(error = %e, "reply not encodable"),
+    /// Serves until `shutdown` resolves, then drains: announces it is leaving, serves until a plan
+    /// without it arrives and its outgoing moves are done (at most `drain_timeout`), and returns.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        let Self {
+            cfg,
+            health,
+            shared,
+            js,
+            mut requests,
+            mut transfers,
+            mut progress,
+        } = self;
+        let client = shared.client.clone();
+        let watcher = tokio::spawn(watch_plans(
+            shared.clone(),
+            js,
+            shared.names.clone(),
+            cfg.stream_replicas,
+        ));
+        let health_task = tokio::spawn(watch_health(client.clone(), health.clone()));
+        let _ = shared.announce(NodeEventKind::Up).await;
+        tracing::info!(pod = %shared.me, prefix = %cfg.nats.prefix, "node serving");
+
+        tokio::pin!(shutdown);
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        let mut check = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                Some(msg) = requests.next() => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let reply = shared.handle_request_bytes(&msg.payload).await;
+                        if let Some(to) = msg.reply {
+                            match encode(&reply) {
+                                Ok(bytes) => { let _ = shared.client.publish(to, bytes.into()).await; }
+                                Err(e) => tracing::error!(error = %e, "reply not encodable"),
+                            }
+                        }
+                    });
+                }
+                Some(msg) = transfers.next() => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let ack = shared.on_transfer(&msg.payload).await;
+                        if let (Some(to), Ok(bytes)) = (msg.reply, encode(&ack)) {
+                            let _ = shared.client.publish(to, bytes.into()).await;
+                        }
+                    });
+                }
+                Some(msg) = progress.next() => shared.on_progress(&msg.payload),
+                () = &mut shutdown, if drain_deadline.is_none() => {
+                    tracing::info!("SIGTERM: draining");
+                    health.set(Some("draining: shards are moving away".into()));
+                    if let Err(e) = shared.announce(NodeEventKind::Leaving).await {
+                        tracing::warn!(error = %e, "could not announce leaving");
+                    }
+                    drain_deadline = Some(tokio::time::Instant::now() + cfg.drain_timeout);
+                }
+                _ = check.tick() => {
+                    if let Some(d) = drain_deadline {
+                        if shared.drained() {
+                            tracing::info!("drained: exiting");
+                            break;
+                        }
+                        if tokio::time::Instant::now() >= d {
+                            tracing::warn!("drain timeout: exiting with shards still assigned; their next owner rebuilds them from the log");
+                            break;
                         }
                     }
-                });
-            }
-            Some(msg) = transfers.next() => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let ack = shared.on_transfer(&msg.payload).await;
-                    if let (Some(to), Ok(bytes)) = (msg.reply, encode(&ack)) {
-                        let _ = shared.client.publish(to, bytes.into()).await;
-                    }
-                });
-            }
-            Some(msg) = progress.next() => shared.on_progress(&msg.payload),
-            () = &mut shutdown, if drain_deadline.is_none() => {
-                tracing::info!("SIGTERM: draining");
-                health.set(Some("draining: shards are moving away".into()));
-                if let Err(e) = shared.announce(NodeEventKind::Leaving).await {
-                    tracing::warn!(error = %e, "could not announce leaving");
-                }
-                drain_deadline = Some(tokio::time::Instant::now() + cfg.drain_timeout);
-            }
-            _ = check.tick() => {
-                if let Some(d) = drain_deadline {
-                    if shared.drained() {
-                        tracing::info!("drained: exiting");
-                        break;
-                    }
-                    if tokio::time::Instant::now() >= d {
-                        tracing::warn!("drain timeout: exiting with shards still assigned; their next owner rebuilds them from the log");
-                        break;
-                    }
                 }
             }
         }
+        watcher.abort();
+        health_task.abort();
+        shared.stop_all_workers();
+        let _ = client.drain().await;
+        Ok(())
     }
-    watcher.abort();
-    health_task.abort();
-    let _ = client.drain().await;
-    Ok(())
 }
 
 type Messages = futures::stream::SelectAll<async_nats::Subscriber>;

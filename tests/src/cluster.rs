@@ -1,0 +1,158 @@
+//! Nodes for tests: in-process nodes (fast, inspectable) and OS-process nodes (real signals), plus
+//! plan publishing exactly as the operator does it (core planner -> `PlanMessage` -> KV).
+
+use crate::Process;
+use aether_core::crd::Strategy;
+use aether_core::plan::{MemberInput, Plan, PlanSpec, plan};
+use aether_core::protocol::{Names, PlanMessage};
+use aether_node::config::{NatsArgs, NodeConfig};
+use aether_node::metrics::Metrics;
+use aether_node::node::{Health, Node, Shared};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// NATS settings for a test node.
+#[must_use]
+pub fn nats_args(url: &str, prefix: &str) -> NatsArgs {
+    NatsArgs {
+        nats_url: url.to_owned(),
+        nats_user: None,
+        nats_password: None,
+        nats_token: None,
+        nats_nkey: None,
+        nats_creds: None,
+        nats_tls_ca: None,
+        nats_tls_cert: None,
+        nats_tls_key: None,
+        prefix: prefix.to_owned(),
+    }
+}
+
+/// Settings of a test node.
+#[must_use]
+pub fn node_config(url: &str, prefix: &str, name: &str) -> NodeConfig {
+    NodeConfig {
+        nats: nats_args(url, prefix),
+        pod_name: name.to_owned(),
+        namespace: "default".to_owned(),
+        shardplan: "test".to_owned(),
+        http_addr: "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+        stream_replicas: 1,
+        passivate_after: Duration::from_secs(300),
+        drain_timeout: Duration::from_secs(20),
+        max_request_bytes: 64 * 1024,
+        queue_limit: 10_000,
+        log_json: false,
+    }
+}
+
+/// A node running in this process.
+#[derive(Debug)]
+pub struct TestNode {
+    /// Pod name.
+    pub name: String,
+    /// Its state.
+    pub shared: Arc<Shared>,
+    /// Its health.
+    pub health: Arc<Health>,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<aether_node::Result<()>>>,
+}
+
+impl TestNode {
+    /// Starts a node and waits until it is subscribed.
+    pub async fn start(url: &str, prefix: &str, name: &str) -> Self {
+        Self::start_with(node_config(url, prefix, name)).await
+    }
+
+    /// Starts a node with these settings.
+    pub async fn start_with(cfg: NodeConfig) -> Self {
+        let name = cfg.pod_name.clone();
+        let health = Arc::new(Health::default());
+        let metrics = Arc::new(Metrics::default());
+        let node = Node::connect(cfg, health.clone(), metrics.clone())
+            .await
+            .unwrap_or_else(|e| panic!("node {name} did not start: {e}"));
+        let shared = node.shared();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(node.serve(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            name,
+            shared,
+            health,
+            metrics,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Delivers "SIGTERM": the node drains.
+    pub fn terminate(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits until the node has exited (after [`TestNode::terminate`]).
+    pub async fn exited(&mut self, timeout: Duration) -> aether_node::Result<()> {
+        let task = self.task.take().unwrap_or_else(|| panic!("{} already joined", self.name));
+        tokio::time::timeout(timeout, task)
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within {timeout:?}", self.name))
+            .unwrap_or_else(|e| panic!("{} panicked: {e}", self.name))
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        self.shared.stop_all_workers();
+    }
+}
+
+/// A node as a separate OS process (`aether-node run`).
+pub fn spawn_process(bin: &Path, url: &str, prefix: &str, name: &str, http_port: u16) -> Process {
+    let child = Command::new(bin)
+        .args(["run", "--shardplan", "test", "--pod-name", name, "--nats-url", url, "--prefix", prefix])
+        .args(["--http-addr", &format!("127.0.0.1:{http_port}"), "--drain-timeout", "20"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    Process { child }
+}
+
+/// The next plan for `members` (active pod names), as the operator computes it.
+#[must_use]
+pub fn next_plan(previous: Option<&Plan>, members: &[&str], shards: u32, capacity: u32) -> Plan {
+    let members: Vec<MemberInput> = members.iter().map(|m| MemberInput::active(*m)).collect();
+    let spec = PlanSpec {
+        shards,
+        capacity,
+        strategy: Strategy::AnchorHash,
+    };
+    plan(previous, &BTreeSet::new(), &members, &spec).unwrap_or_else(|e| panic!("plan: {e}"))
+}
+
+/// Publishes a plan to the KV bucket the way the operator does.
+pub async fn publish(client: &async_nats::Client, prefix: &str, plan: &Plan, timeout_seconds: u32) {
+    let js = async_nats::jetstream::new(client.clone());
+    let bucket = aether_node::plans::open_bucket(&js, &Names::new(prefix), 1)
+        .await
+        .unwrap_or_else(|e| panic!("plan bucket: {e}"));
+    aether_node::plans::publish(&bucket, &PlanMessage::new(plan, 4, timeout_seconds))
+        .await
+        .unwrap_or_else(|e| panic!("publish plan: {e}"));
+}
