@@ -319,10 +319,14 @@ pub struct Transfer {
     pub from: String,
     /// Chunk number, from 0.
     pub chunk: u32,
-    /// True on the last chunk: the destination owns the shard once it acks it.
+    /// True on the last chunk: the destination installs the actors, but does not serve them yet.
     pub last: bool,
     /// Actors in this chunk.
     pub actors: Vec<ActorSnapshot>,
+    /// The commit, sent after the last chunk's ack (no actors): the source has given the shard up and
+    /// the destination serves it from now on. Until then exactly one node, the source, serves it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub commit: bool,
 }
 
 /// The destination's answer to a [`Transfer`] chunk.

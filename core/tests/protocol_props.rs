@@ -75,7 +75,7 @@ proptest! {
     #[test]
     fn transfers_round_trip(actors in prop::collection::vec((actor(), any::<u64>(), any::<u64>(), prop::collection::vec(any::<u8>(), 0..64)), 0..8), epoch in any::<u64>(), shard in any::<u32>(), chunk in any::<u32>(), last in any::<bool>(), err in proptest::option::of(error_reply())) {
         let msg = Transfer {
-            v: VERSION, epoch, shard, from: "app-1".into(), chunk, last,
+            v: VERSION, epoch, shard, from: "app-1".into(), chunk, last, commit: !last,
             actors: actors.into_iter().map(|(actor, version, seq, state)| ActorSnapshot { actor, version, seq, state: Bytes(state) }).collect(),
         };
         let back: Transfer = decode(&encode(&msg).expect("encodes")).expect("decodes");

@@ -85,7 +85,10 @@ impl Behaviour for Document {
             let key = key.as_str().ok_or("delete takes a string key")?;
             Ok(vec![json!({"deleted": key})])
         } else {
-            Err(r#"unknown doc command: expected {"put": {"key", "value"}} or {"delete": key}"#.to_owned())
+            Err(
+                r#"unknown doc command: expected {"put": {"key", "value"}} or {"delete": key}"#
+                    .to_owned(),
+            )
         }
     }
 
@@ -95,7 +98,10 @@ impl Behaviour for Document {
         };
         if let Some(put) = event.get("put") {
             if let Some(key) = put.get("key").and_then(Value::as_str) {
-                map.insert(key.to_owned(), put.get("value").cloned().unwrap_or(Value::Null));
+                map.insert(
+                    key.to_owned(),
+                    put.get("value").cloned().unwrap_or(Value::Null),
+                );
             }
         } else if let Some(key) = event.get("deleted").and_then(Value::as_str) {
             map.remove(key);
@@ -157,10 +163,26 @@ mod tests {
 
     #[test]
     fn counter_folds() {
-        let s = run(&Counter, &[json!({"add": 2}), json!({"add": 5}), json!({"set": 1}), json!({"add": -3})]);
+        let s = run(
+            &Counter,
+            &[
+                json!({"add": 2}),
+                json!({"add": 5}),
+                json!({"set": 1}),
+                json!({"add": -3}),
+            ],
+        );
         assert_eq!(s, json!({"value": -2}));
-        assert!(Counter.decide(&json!({"value": i64::MAX}), &json!({"add": 1})).is_err());
-        assert!(Counter.decide(&json!({"value": 0}), &json!({"mul": 2})).is_err());
+        assert!(
+            Counter
+                .decide(&json!({"value": i64::MAX}), &json!({"add": 1}))
+                .is_err()
+        );
+        assert!(
+            Counter
+                .decide(&json!({"value": 0}), &json!({"mul": 2}))
+                .is_err()
+        );
     }
 
     #[test]
@@ -174,6 +196,10 @@ mod tests {
             ],
         );
         assert_eq!(s, json!({"b": [1, 2]}));
-        assert!(Document.decide(&json!({}), &json!({"put": {"value": 1}})).is_err());
+        assert!(
+            Document
+                .decide(&json!({}), &json!({"put": {"value": 1}}))
+                .is_err()
+        );
     }
 }

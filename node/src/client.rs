@@ -2,7 +2,9 @@
 //! answer, and a bounded load generator that records every acknowledged command.
 
 use crate::error::{Error, Result};
-use aether_core::protocol::{ActorRef, ErrorCode, Names, Op, Outcome, Reply, Request, decode, encode};
+use aether_core::protocol::{
+    ActorRef, ErrorCode, Names, Op, Outcome, Reply, Request, decode, encode,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,10 +33,13 @@ impl Client {
     /// One attempt at `subject`.
     pub async fn request_once(&self, subject: String, req: &Request) -> Result<Reply> {
         let bytes = encode(req)?;
-        let msg = tokio::time::timeout(Duration::from_secs(10), self.nats.request(subject, bytes.into()))
-            .await
-            .map_err(|_| Error::Nats("request timed out".into()))?
-            .map_err(|e| Error::Nats(e.to_string()))?;
+        let msg = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.nats.request(subject, bytes.into()),
+        )
+        .await
+        .map_err(|_| Error::Nats("request timed out".into()))?
+        .map_err(|e| Error::Nats(e.to_string()))?;
         Ok(decode::<Reply>(&msg.payload)?)
     }
 
@@ -55,10 +60,15 @@ impl Client {
                             .map_or_else(|| self.names.any_node(), |o| self.names.node_requests(o));
                         last = e.message.clone();
                     }
-                    Outcome::Error(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) => {
+                    Outcome::Error(e)
+                        if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) =>
+                    {
                         last = e.message.clone();
                         subject = self.names.any_node();
-                        tokio::time::sleep(Duration::from_millis(e.retry_after_ms.unwrap_or(50).min(1000))).await;
+                        tokio::time::sleep(Duration::from_millis(
+                            e.retry_after_ms.unwrap_or(50).min(1000),
+                        ))
+                        .await;
                     }
                     _ => return Ok(reply),
                 },
@@ -69,7 +79,10 @@ impl Client {
                 }
             }
         }
-        Err(Error::Nats(format!("no final answer within {:?}: {last}", self.deadline)))
+        Err(Error::Nats(format!(
+            "no final answer within {:?}: {last}",
+            self.deadline
+        )))
     }
 
     /// Adds `n` to a counter with command id `id`; returns the reply.
@@ -86,7 +99,8 @@ impl Client {
 
     /// Reads an actor.
     pub async fn read(&self, kind: &str, actor: &str) -> Result<Reply> {
-        self.send(&Request::new(ActorRef::new(kind, actor), Op::Read, None)).await
+        self.send(&Request::new(ActorRef::new(kind, actor), Op::Read, None))
+            .await
     }
 }
 
@@ -115,10 +129,24 @@ pub async fn run_load(
 ) -> LoadReport {
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let run_id = format!("{:x}", start.elapsed().as_nanos() ^ u128::from(std::process::id()));
+    // Command ids must be unique across runs, or a run's commands are answered as retries of another's.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let run_id = format!(
+        "{now:x}-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    );
     let mut tasks = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (client, next, prefix, run_id) = (client.clone(), next.clone(), actor_prefix.to_owned(), run_id.clone());
+        let (client, next, prefix, run_id) = (
+            client.clone(),
+            next.clone(),
+            actor_prefix.to_owned(),
+            run_id.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut report = LoadReport::default();
             loop {
@@ -129,7 +157,10 @@ pub async fn run_load(
                 let actor = format!("{prefix}-{}", i % actors.max(1));
                 let t = Instant::now();
                 match client.add(&actor, 1, format!("{run_id}-{i}")).await {
-                    Ok(Reply { outcome: Outcome::Ok(_), .. }) => {
+                    Ok(Reply {
+                        outcome: Outcome::Ok(_),
+                        ..
+                    }) => {
                         report.ok += 1;
                         report.latencies_us.push(t.elapsed().as_micros() as u64);
                         *report.acked.entry(actor).or_default() += 1;

@@ -142,7 +142,8 @@ pub struct LoadArgs {
 fn parse_prefix(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(s.to_owned())
     } else {
@@ -153,7 +154,8 @@ fn parse_prefix(s: &str) -> Result<String, String> {
 fn parse_pod(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 253
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
     if ok && !s.contains('.') {
         Ok(s.to_owned())
     } else {
@@ -173,15 +175,36 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_with_a_reason() {
-        let err = Cli::try_parse_from(["aether-node", "run", "--shardplan", "p", "--pod-name", "App.0"])
-            .expect_err("invalid pod");
+        let err = Cli::try_parse_from([
+            "aether-node",
+            "run",
+            "--shardplan",
+            "p",
+            "--pod-name",
+            "App.0",
+        ])
+        .expect_err("invalid pod");
         assert!(err.to_string().contains("pod name"), "{err}");
         let err = Cli::try_parse_from([
-            "aether-node", "run", "--shardplan", "p", "--pod-name", "app-0", "--prefix", "a.b",
+            "aether-node",
+            "run",
+            "--shardplan",
+            "p",
+            "--pod-name",
+            "app-0",
+            "--prefix",
+            "a.b",
         ])
         .expect_err("invalid prefix");
         assert!(err.to_string().contains("[A-Za-z0-9_-]"), "{err}");
-        let ok = Cli::try_parse_from(["aether-node", "run", "--shardplan", "p", "--pod-name", "app-0"]);
+        let ok = Cli::try_parse_from([
+            "aether-node",
+            "run",
+            "--shardplan",
+            "p",
+            "--pod-name",
+            "app-0",
+        ]);
         assert!(ok.is_ok());
     }
 }

@@ -99,7 +99,8 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-        let mut sweep = tokio::time::interval(self.shared.passivate_after.max(Duration::from_secs(1)));
+        let mut sweep =
+            tokio::time::interval(self.shared.passivate_after.max(Duration::from_secs(1)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let cmd = tokio::select! {
@@ -335,7 +336,11 @@ impl Worker {
             snapshot: (version % SNAPSHOT_EVERY == 0).then(|| next.clone()),
         };
         let expected = a.seq;
-        let seq = self.shared.store.append(&subject, expected, &record).await?;
+        let seq = self
+            .shared
+            .store
+            .append(&subject, expected, &record)
+            .await?;
         let Some(a) = self.actors.get_mut(&req.actor) else {
             return Err(Error::Internal("actor vanished during append".into()));
         };

@@ -49,16 +49,37 @@ impl Default for Metrics {
         let epoch = Gauge::default();
         let actors = Gauge::default();
         let queued = Gauge::default();
-        let move_seconds = Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0]);
+        let move_seconds =
+            Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0]);
         registry.register("messages", "Requests by route", messages.clone());
-        registry.register("malformed", "Undecodable messages by type", malformed.clone());
-        registry.register("stale_plans", "Plans ignored for a non-increasing epoch", stale_plans.clone());
+        registry.register(
+            "malformed",
+            "Undecodable messages by type",
+            malformed.clone(),
+        );
+        registry.register(
+            "stale_plans",
+            "Plans ignored for a non-increasing epoch",
+            stale_plans.clone(),
+        );
         registry.register("plan_epoch", "Plan epoch held", epoch.clone());
         registry.register("actors_hosted", "Actors in memory", actors.clone());
-        registry.register("queue_depth", "Requests queued behind moving shards", queued.clone());
-        registry.register("move_duration_seconds", "Shard move durations (source side)", move_seconds.clone());
+        registry.register(
+            "queue_depth",
+            "Requests queued behind moving shards",
+            queued.clone(),
+        );
+        registry.register(
+            "move_duration_seconds",
+            "Shard move durations (source side)",
+            move_seconds.clone(),
+        );
         registry.register("failures", "Failures by reason", failures.clone());
-        registry.register("moves", "Shard moves by outcome (source side)", moves.clone());
+        registry.register(
+            "moves",
+            "Shard moves by outcome (source side)",
+            moves.clone(),
+        );
         Self {
             registry,
             messages,

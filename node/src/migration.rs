@@ -2,10 +2,12 @@
 //! (`node.rs`) feeds them events (acks, timeouts, captures) and carries out the actions they return.
 //!
 //! Source side, one shard, one epoch (DESIGN.md, "Migration of one shard"):
-//! `Start -> PauseAndCapture -> Captured -> Send(0..n) -> all acked -> HandOff -> ReportDone`.
-//! Any refusal, timeout or deadline before the last ack: `Resume` (the source keeps the shard) and
-//! `ReportFailed`. A chunk refused as "retry later" (the destination has not seen the plan yet) is sent
-//! again after a short delay until the deadline.
+//! `Start -> PauseAndCapture -> Captured -> Send(0..n) -> all acked -> HandOff + Commit -> committed
+//! -> ReportDone`. Any refusal, timeout or deadline before the last ack: `Resume` (the source keeps the
+//! shard) and `ReportFailed`. A chunk refused as "retry later" (the destination has not seen the plan
+//! yet) is sent again after a short delay until the deadline. After the last ack the decision is made:
+//! the source has given the shard up, and it repeats the commit until the destination confirms it, so
+//! the destination starts serving exactly when the source has stopped.
 //!
 //! Destination side: [`Incoming`] accepts chunks of exactly one (shard, epoch, source) in order, refuses
 //! older epochs, and owns the shard once the last chunk is in.
@@ -29,6 +31,8 @@ pub enum Phase {
         /// Number of chunks.
         chunks: u32,
     },
+    /// The source gave the shard up; the commit is not confirmed yet.
+    Committing,
     /// The destination owns the shard; the source has forwarded its queue.
     Done,
     /// The move failed; the source kept the shard.
@@ -66,6 +70,10 @@ pub enum Event {
     },
     /// The move's overall deadline passed.
     Deadline,
+    /// The destination confirmed the commit (or answered it at all: any answer is final).
+    Committed,
+    /// The commit got no answer; it is repeated.
+    CommitUnanswered,
 }
 
 /// What the shell must do next.
@@ -82,6 +90,11 @@ pub enum Action {
     },
     /// Drop the local copies, forward the queued messages to the destination.
     HandOff,
+    /// Send the commit.
+    Commit {
+        /// Wait this long first.
+        delay_ms: u64,
+    },
     /// Unpause: the source keeps the shard and serves its queue.
     Resume,
     /// Report the move done.
@@ -122,8 +135,8 @@ impl SourceMove {
             }
             (&Phase::Sending { next, chunks }, Event::Acked { chunk }) if chunk == next => {
                 if next + 1 == chunks {
-                    self.phase = Phase::Done;
-                    vec![A::HandOff, A::ReportDone]
+                    self.phase = Phase::Committing;
+                    vec![A::HandOff, A::Commit { delay_ms: 0 }]
                 } else {
                     self.phase = Phase::Sending {
                         next: next + 1,
@@ -144,11 +157,21 @@ impl SourceMove {
                 }]
             }
             (&Phase::Sending { next, .. }, Event::Refused { chunk, error }) if chunk == next => {
-                self.fail(format!("destination refused chunk {chunk}: {}", error.message))
+                self.fail(format!(
+                    "destination refused chunk {chunk}: {}",
+                    error.message
+                ))
             }
             (&Phase::Sending { next, .. }, Event::NoAnswer { chunk, reason }) if chunk == next => {
                 self.fail(format!("no answer to chunk {chunk}: {reason}"))
             }
+            (Phase::Committing, Event::Committed) => {
+                self.phase = Phase::Done;
+                vec![A::ReportDone]
+            }
+            (Phase::Committing, Event::CommitUnanswered) => vec![A::Commit {
+                delay_ms: RETRY_DELAY_MS,
+            }],
             (Phase::Capturing | Phase::Sending { .. }, Event::Deadline) => {
                 self.fail("the move took longer than timeoutSeconds".to_owned())
             }
@@ -193,6 +216,8 @@ pub enum Accept {
     Install(Vec<ActorSnapshot>),
     /// Already had it (a retry after a lost ack): ack again, change nothing.
     Duplicate,
+    /// The commit: serve the shard from now on.
+    Commit,
 }
 
 /// Decides on a chunk. `holding` is the destination's plan epoch; `expected_source` the source its
@@ -206,7 +231,10 @@ pub fn accept_chunk(
     if chunk.epoch < holding {
         let mut e = ErrorReply::new(
             ErrorCode::StaleEpoch,
-            format!("transfer for epoch {} but this node holds epoch {holding}", chunk.epoch),
+            format!(
+                "transfer for epoch {} but this node holds epoch {holding}",
+                chunk.epoch
+            ),
         );
         e.epoch = Some(holding);
         return Err(e);
@@ -228,7 +256,14 @@ pub fn accept_chunk(
             ),
         ));
     }
-    let same = |i: &Incoming| i.shard == chunk.shard && i.epoch == chunk.epoch && i.from == chunk.from;
+    if chunk.commit {
+        // Whatever was installed (or nothing, after a restart: the log has it all), the source has
+        // let go: the shard is ours.
+        *incoming = None;
+        return Ok(Accept::Commit);
+    }
+    let same =
+        |i: &Incoming| i.shard == chunk.shard && i.epoch == chunk.epoch && i.from == chunk.from;
     if !incoming.as_ref().is_some_and(same) {
         if chunk.chunk != 0 {
             return Err(ErrorReply::new(
@@ -280,6 +315,7 @@ mod tests {
             from: "app-0".into(),
             chunk: n,
             last,
+            commit: false,
             actors: vec![ActorSnapshot {
                 actor: ActorRef::new("counter", format!("a{n}")),
                 version: 1,
@@ -293,11 +329,36 @@ mod tests {
     fn happy_path() {
         let mut m = SourceMove::default();
         assert_eq!(m.on(Event::Start), vec![Action::PauseAndCapture]);
-        assert_eq!(m.on(Event::Captured { chunks: 2 }), vec![Action::Send { chunk: 0, delay_ms: 0 }]);
-        assert_eq!(m.on(Event::Acked { chunk: 0 }), vec![Action::Send { chunk: 1, delay_ms: 0 }]);
-        assert_eq!(m.on(Event::Acked { chunk: 1 }), vec![Action::HandOff, Action::ReportDone]);
+        assert_eq!(
+            m.on(Event::Captured { chunks: 2 }),
+            vec![Action::Send {
+                chunk: 0,
+                delay_ms: 0
+            }]
+        );
+        assert_eq!(
+            m.on(Event::Acked { chunk: 0 }),
+            vec![Action::Send {
+                chunk: 1,
+                delay_ms: 0
+            }]
+        );
+        assert_eq!(
+            m.on(Event::Acked { chunk: 1 }),
+            vec![Action::HandOff, Action::Commit { delay_ms: 0 }]
+        );
+        assert!(
+            m.on(Event::Deadline).is_empty(),
+            "no rollback after the hand-off"
+        );
+        assert_eq!(
+            m.on(Event::CommitUnanswered),
+            vec![Action::Commit {
+                delay_ms: RETRY_DELAY_MS
+            }]
+        );
+        assert_eq!(m.on(Event::Committed), vec![Action::ReportDone]);
         assert!(m.finished());
-        assert!(m.on(Event::Deadline).is_empty(), "no rollback after the hand-off");
     }
 
     #[test]
@@ -305,7 +366,10 @@ mod tests {
         let mut m = SourceMove::default();
         m.on(Event::Start);
         m.on(Event::Captured { chunks: 1 });
-        let actions = m.on(Event::NoAnswer { chunk: 0, reason: "timed out".into() });
+        let actions = m.on(Event::NoAnswer {
+            chunk: 0,
+            reason: "timed out".into(),
+        });
         assert_eq!(actions[0], Action::Resume);
         assert!(matches!(&actions[1], Action::ReportFailed(r) if r.contains("timed out")));
     }
@@ -319,7 +383,10 @@ mod tests {
         e.retry_after_ms = Some(5);
         assert_eq!(
             m.on(Event::Refused { chunk: 0, error: e }),
-            vec![Action::Send { chunk: 0, delay_ms: 5 }]
+            vec![Action::Send {
+                chunk: 0,
+                delay_ms: 5
+            }]
         );
         assert_eq!(m.on(Event::Deadline)[0], Action::Resume);
     }
@@ -331,22 +398,44 @@ mod tests {
         assert_eq!(stale.code, ErrorCode::StaleEpoch);
         let ahead = accept_chunk(&mut inc, 5, Some("app-0"), chunk(6, 0, true)).expect_err("ahead");
         assert_eq!(ahead.code, ErrorCode::Unavailable);
-        let wrong = accept_chunk(&mut inc, 5, Some("app-9"), chunk(5, 0, true)).expect_err("source");
+        let wrong =
+            accept_chunk(&mut inc, 5, Some("app-9"), chunk(5, 0, true)).expect_err("source");
         assert_eq!(wrong.code, ErrorCode::StaleEpoch);
-        assert!(accept_chunk(&mut inc, 5, Some("app-0"), chunk(5, 1, false)).is_err(), "gap");
-        assert_eq!(accept_chunk(&mut inc, 5, Some("app-0"), chunk(5, 0, false)), Ok(Accept::More));
-        assert_eq!(accept_chunk(&mut inc, 5, Some("app-0"), chunk(5, 0, false)), Ok(Accept::Duplicate));
+        assert!(
+            accept_chunk(&mut inc, 5, Some("app-0"), chunk(5, 1, false)).is_err(),
+            "gap"
+        );
+        assert_eq!(
+            accept_chunk(&mut inc, 5, Some("app-0"), chunk(5, 0, false)),
+            Ok(Accept::More)
+        );
+        assert_eq!(
+            accept_chunk(&mut inc, 5, Some("app-0"), chunk(5, 0, false)),
+            Ok(Accept::Duplicate)
+        );
         match accept_chunk(&mut inc, 5, Some("app-0"), chunk(5, 1, true)) {
             Ok(Accept::Install(actors)) => assert_eq!(actors.len(), 2),
             other => panic!("expected install, got {other:?}"),
         }
+        let mut commit = chunk(5, 2, true);
+        commit.commit = true;
+        commit.actors.clear();
+        assert_eq!(
+            accept_chunk(&mut inc, 5, Some("app-0"), commit.clone()),
+            Ok(Accept::Commit)
+        );
+        commit.epoch = 4;
+        assert!(
+            accept_chunk(&mut inc, 5, Some("app-0"), commit).is_err(),
+            "an old commit is refused"
+        );
     }
 
     proptest! {
         /// Whatever the events, a move ends with exactly one of hand-off or resume, never both, and
         /// never hands off before every chunk was acked.
         #[test]
-        fn outcome_is_exclusive(chunks in 1u32..5, events in prop::collection::vec(0u8..5, 0..30)) {
+        fn outcome_is_exclusive(chunks in 1u32..5, events in prop::collection::vec(0u8..7, 0..30)) {
             let mut m = SourceMove::default();
             let mut actions = m.on(Event::Start);
             actions.extend(m.on(Event::Captured { chunks }));
@@ -358,6 +447,8 @@ mod tests {
                     1 => Event::NoAnswer { chunk: next, reason: "x".into() },
                     2 => Event::Refused { chunk: next, error: ErrorReply::new(ErrorCode::Unavailable, "later") },
                     3 => Event::Deadline,
+                    4 => Event::CommitUnanswered,
+                    5 => Event::Committed,
                     _ => Event::Acked { chunk: next + 7 },
                 };
                 let out = m.on(ev);
@@ -369,7 +460,10 @@ mod tests {
             let handoffs = actions.iter().filter(|a| **a == Action::HandOff).count();
             let resumes = actions.iter().filter(|a| **a == Action::Resume).count();
             prop_assert!(handoffs + resumes <= 1);
-            prop_assert_eq!(m.finished(), handoffs + resumes == 1);
+            // Finished: rolled back, or handed off and committed; never Done without the commit.
+            let reported_done = actions.contains(&Action::ReportDone);
+            prop_assert_eq!(reported_done, m.phase == Phase::Done);
+            prop_assert_eq!(m.finished(), resumes == 1 || reported_done);
         }
     }
 }

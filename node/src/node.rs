@@ -49,7 +49,9 @@ impl Health {
     /// The current problem.
     #[must_use]
     pub fn problem(&self) -> Option<String> {
-        self.problem.lock().map_or_else(|_| Some("health lock poisoned".into()), |p| p.clone())
+        self.problem
+            .lock()
+            .map_or_else(|_| Some("health lock poisoned".into()), |p| p.clone())
     }
 }
 
@@ -129,25 +131,58 @@ impl Shared {
     /// The epoch held, 0 before the first plan.
     #[must_use]
     pub fn epoch(&self) -> u64 {
-        self.routing.read().ok().and_then(|r| r.as_ref().map(Routing::epoch)).unwrap_or(0)
+        self.routing
+            .read()
+            .ok()
+            .and_then(|r| r.as_ref().map(Routing::epoch))
+            .unwrap_or(0)
     }
 
     /// Number of moves of the current plan not done yet.
     #[must_use]
     pub fn pending_moves(&self) -> usize {
-        self.routing.read().ok().and_then(|r| r.as_ref().map(Routing::pending_count)).unwrap_or(0)
+        self.routing
+            .read()
+            .ok()
+            .and_then(|r| r.as_ref().map(Routing::pending_count))
+            .unwrap_or(0)
     }
 
     /// True while the current plan lists this pod as a member.
     #[must_use]
     pub fn is_member(&self) -> bool {
-        self.routing.read().ok().and_then(|r| r.as_ref().map(|r| r.is_member(&self.me))).unwrap_or(false)
+        self.routing
+            .read()
+            .ok()
+            .and_then(|r| r.as_ref().map(|r| r.is_member(&self.me)))
+            .unwrap_or(false)
     }
 
     /// Number of local shard workers.
     #[must_use]
     pub fn local_shards(&self) -> usize {
         lock(&self.shards).len()
+    }
+
+    /// The worker of a shard this node owns now, started if needed; `None` when the shard is not ours.
+    /// The ownership check and the start happen under the shard lock, which hand-offs also take, so
+    /// no worker can start on a shard that was just handed off (it would serve stale reads).
+    fn owned_worker(self: &Arc<Self>, shard: u32) -> Option<ShardHandle> {
+        let mut shards = lock(&self.shards);
+        // Checked even when a worker exists: a destination holds installed actors before the commit.
+        let mine = self.routing.read().ok().is_some_and(|r| {
+            r.as_ref()
+                .is_some_and(|r| r.owner(shard) == Some(self.me.as_str()))
+        });
+        if !mine {
+            return None;
+        }
+        if let Some(h) = shards.get(&shard) {
+            return Some(h.clone());
+        }
+        let h = host::spawn(self.clone(), shard);
+        shards.insert(shard, h.clone());
+        Some(h)
     }
 
     fn worker(self: &Arc<Self>, shard: u32) -> ShardHandle {
@@ -194,7 +229,10 @@ impl Shared {
             Some(owner) if owner == self.me => {
                 Metrics::inc(&self.metrics.messages, "local");
                 let (tx, rx) = oneshot::channel();
-                if self.worker(shard).tx.send(Cmd::Request((req, tx))).is_err() {
+                let Some(worker) = self.owned_worker(shard) else {
+                    return self.route_again(req);
+                };
+                if worker.tx.send(Cmd::Request((req, tx))).is_err() {
                     return Reply::error(unavailable("shard worker stopped", 20));
                 }
                 rx.await
@@ -226,14 +264,20 @@ impl Shared {
         };
         let sent = tokio::time::timeout(
             FORWARD_TIMEOUT,
-            self.client.request(self.names.node_requests(to), bytes.into()),
+            self.client
+                .request(self.names.node_requests(to), bytes.into()),
         )
         .await;
         match sent {
             Ok(Ok(msg)) => decode::<Reply>(&msg.payload).unwrap_or_else(|e| {
-                Reply::error(ErrorReply::new(ErrorCode::Internal, format!("{to} answered: {e}")))
+                Reply::error(ErrorReply::new(
+                    ErrorCode::Internal,
+                    format!("{to} answered: {e}"),
+                ))
             }),
-            Ok(Err(e)) => Reply::error(unavailable(&format!("owner {to} did not answer: {e}"), 100)),
+            Ok(Err(e)) => {
+                Reply::error(unavailable(&format!("owner {to} did not answer: {e}"), 100))
+            }
             Err(_) => Reply::error(unavailable(&format!("owner {to} timed out"), 100)),
         }
     }
@@ -244,7 +288,11 @@ impl Shared {
             Metrics::inc(&self.metrics.malformed, "too_large");
             return Reply::error(ErrorReply::new(
                 ErrorCode::TooLarge,
-                format!("request of {} bytes exceeds {} bytes", bytes.len(), self.max_request_bytes),
+                format!(
+                    "request of {} bytes exceeds {} bytes",
+                    bytes.len(),
+                    self.max_request_bytes
+                ),
             ));
         }
         let req = match decode::<Request>(bytes) {
@@ -261,7 +309,10 @@ impl Shared {
         if self.registry.get(&req.actor.kind).is_none() {
             return Reply::error(ErrorReply::new(
                 ErrorCode::UnknownKind,
-                format!("no actor kind {:?} (this node hosts counter, doc)", req.actor.kind),
+                format!(
+                    "no actor kind {:?} (this node hosts counter, doc)",
+                    req.actor.kind
+                ),
             ));
         }
         self.dispatch(req).await
@@ -270,12 +321,18 @@ impl Shared {
     /// Takes a new plan: ignored unless its epoch is higher; then local shards follow it.
     pub fn on_plan(self: &Arc<Self>, plan: PlanMessage) {
         {
-            let Ok(mut guard) = self.routing.write() else { return };
+            let Ok(mut guard) = self.routing.write() else {
+                return;
+            };
             if let Some(cur) = guard.as_ref()
                 && plan.epoch <= cur.epoch()
             {
                 self.metrics.stale_plans.inc();
-                tracing::info!(held = cur.epoch(), got = plan.epoch, "ignoring a plan that is not newer");
+                tracing::info!(
+                    held = cur.epoch(),
+                    got = plan.epoch,
+                    "ignoring a plan that is not newer"
+                );
                 return;
             }
             *lock(&self.migrations) = Arc::new(Semaphore::new(plan.max_concurrent.max(1) as usize));
@@ -309,7 +366,9 @@ impl Shared {
     /// Runs one source-side move through the [`SourceMove`] state machine.
     async fn migrate(self: Arc<Self>, mv: Move, epoch: u64, timeout: Duration) {
         let permits = lock(&self.migrations).clone();
-        let Ok(_permit) = permits.acquire_owned().await else { return };
+        let Ok(_permit) = permits.acquire_owned().await else {
+            return;
+        };
         if self.epoch() != epoch {
             // A newer plan arrived while this move waited; it decides anew.
             return;
@@ -322,7 +381,8 @@ impl Shared {
         let mut actions: VecDeque<Action> = machine.on(Event::Start).into();
         let mut chunks: Vec<Transfer> = Vec::new();
         let mut moved = 0u32;
-        self.report(epoch, shard, MovePhase::Transferring, 0, 0, None).await;
+        self.report(epoch, shard, MovePhase::Transferring, 0, 0, None)
+            .await;
         while let Some(action) = actions.pop_front() {
             let next = match action {
                 Action::PauseAndCapture => {
@@ -331,7 +391,9 @@ impl Shared {
                     let actors = rx.await.unwrap_or_default();
                     moved = actors.len() as u32;
                     chunks = chunk(actors, epoch, shard, &self.me);
-                    machine.on(Event::Captured { chunks: chunks.len() as u32 })
+                    machine.on(Event::Captured {
+                        chunks: chunks.len() as u32,
+                    })
                 }
                 Action::Send { chunk, delay_ms } => {
                     if delay_ms > 0 {
@@ -341,16 +403,45 @@ impl Shared {
                     if now >= deadline {
                         machine.on(Event::Deadline)
                     } else {
-                        let event = self.send_chunk(&to, &chunks[chunk as usize], deadline - now).await;
+                        let event = self
+                            .send_chunk(&to, &chunks[chunk as usize], deadline - now)
+                            .await;
                         machine.on(event)
                     }
                 }
                 Action::HandOff => {
-                    if let Some(h) = lock(&self.shards).remove(&shard) {
+                    // Routing first, under the shard lock: see `owned_worker`.
+                    let mut shards = lock(&self.shards);
+                    self.with_routing(|r| r.epoch() == epoch && r.move_done(shard));
+                    if let Some(h) = shards.remove(&shard) {
                         let _ = h.tx.send(Cmd::HandOff { to: to.clone() });
                     }
-                    self.with_routing(|r| r.move_done(shard));
                     Vec::new()
+                }
+                Action::Commit { delay_ms } => {
+                    if delay_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    }
+                    if self.epoch() != epoch {
+                        // A newer plan decides who owns the shard now.
+                        machine.on(Event::Committed)
+                    } else {
+                        let commit = Transfer {
+                            v: VERSION,
+                            epoch,
+                            shard,
+                            from: self.me.clone(),
+                            chunk: chunks.len() as u32,
+                            last: true,
+                            actors: Vec::new(),
+                            commit: true,
+                        };
+                        let event = match self.send_chunk(&to, &commit, FORWARD_TIMEOUT).await {
+                            Event::NoAnswer { .. } => Event::CommitUnanswered,
+                            _ => Event::Committed,
+                        };
+                        machine.on(event)
+                    }
                 }
                 Action::Resume => {
                     let _ = self.worker(shard).tx.send(Cmd::Resume);
@@ -360,15 +451,23 @@ impl Shared {
                     let took = started.elapsed();
                     self.metrics.move_seconds.observe(took.as_secs_f64());
                     Metrics::inc(&self.metrics.moves, "done");
-                    self.report(epoch, shard, MovePhase::Done, moved, took.as_millis() as u64, None)
-                        .await;
+                    self.report(
+                        epoch,
+                        shard,
+                        MovePhase::Done,
+                        moved,
+                        took.as_millis() as u64,
+                        None,
+                    )
+                    .await;
                     Vec::new()
                 }
                 Action::ReportFailed(why) => {
                     Metrics::inc(&self.metrics.moves, "failed");
                     tracing::warn!(shard, to = %to, %why, "move failed, shard kept");
                     let took = started.elapsed().as_millis() as u64;
-                    self.report(epoch, shard, MovePhase::Failed, 0, took, Some(why)).await;
+                    self.report(epoch, shard, MovePhase::Failed, 0, took, Some(why))
+                        .await;
                     Vec::new()
                 }
             };
@@ -380,17 +479,41 @@ impl Shared {
         let n = chunk.chunk;
         let bytes = match encode(chunk) {
             Ok(b) => b,
-            Err(e) => return Event::NoAnswer { chunk: n, reason: e.to_string() },
+            Err(e) => {
+                return Event::NoAnswer {
+                    chunk: n,
+                    reason: e.to_string(),
+                };
+            }
         };
-        let sent = tokio::time::timeout(left, self.client.request(self.names.node_migrate(to), bytes.into())).await;
+        let sent = tokio::time::timeout(
+            left,
+            self.client
+                .request(self.names.node_migrate(to), bytes.into()),
+        )
+        .await;
         match sent {
-            Err(_) => Event::NoAnswer { chunk: n, reason: "timed out".into() },
-            Ok(Err(e)) => Event::NoAnswer { chunk: n, reason: e.to_string() },
+            Err(_) => Event::NoAnswer {
+                chunk: n,
+                reason: "timed out".into(),
+            },
+            Ok(Err(e)) => Event::NoAnswer {
+                chunk: n,
+                reason: e.to_string(),
+            },
             Ok(Ok(msg)) => match decode::<TransferAck>(&msg.payload) {
-                Ok(TransferAck { error: Some(error), .. }) => Event::Refused { chunk: n, error },
+                Ok(TransferAck {
+                    error: Some(error), ..
+                }) => Event::Refused { chunk: n, error },
                 Ok(ack) if ack.chunk == n && ack.shard == chunk.shard => Event::Acked { chunk: n },
-                Ok(_) => Event::NoAnswer { chunk: n, reason: "ack for another chunk".into() },
-                Err(e) => Event::NoAnswer { chunk: n, reason: format!("bad ack: {e}") },
+                Ok(_) => Event::NoAnswer {
+                    chunk: n,
+                    reason: "ack for another chunk".into(),
+                },
+                Err(e) => Event::NoAnswer {
+                    chunk: n,
+                    reason: format!("bad ack: {e}"),
+                },
             },
         }
     }
@@ -424,9 +547,12 @@ impl Shared {
         match decision {
             Ok(Accept::More | Accept::Duplicate) => ack(epoch, shard, n, None),
             Ok(Accept::Install(actors)) => {
+                // Installed, not served: the source still serves until it commits.
                 self.install(shard, actors).await;
-                lock(&self.incoming).remove(&shard);
-                self.with_routing(|r| r.move_done(shard));
+                ack(epoch, shard, n, None)
+            }
+            Ok(Accept::Commit) => {
+                self.with_routing(|r| r.epoch() == epoch && r.move_done(shard));
                 ack(epoch, shard, n, None)
             }
             Err(e) => ack(epoch, shard, n, Some(e)),
@@ -478,9 +604,21 @@ impl Shared {
         duration_ms: u64,
         error: Option<String>,
     ) {
-        let p = Progress { v: VERSION, epoch, shard, node: self.me.clone(), phase, actors, duration_ms, error };
+        let p = Progress {
+            v: VERSION,
+            epoch,
+            shard,
+            node: self.me.clone(),
+            phase,
+            actors,
+            duration_ms,
+            error,
+        };
         if let Ok(bytes) = encode(&p)
-            && let Err(e) = self.client.publish(self.names.progress(), bytes.into()).await
+            && let Err(e) = self
+                .client
+                .publish(self.names.progress(), bytes.into())
+                .await
         {
             tracing::warn!(error = %e, "progress report not sent");
             Self::count_failure_ref(&self.metrics, "progress");
@@ -493,12 +631,19 @@ impl Shared {
 
     /// Tells the operator this node is leaving.
     pub async fn announce(&self, event: NodeEventKind) -> Result<()> {
-        let ev = NodeEvent { v: VERSION, node: self.me.clone(), event };
+        let ev = NodeEvent {
+            v: VERSION,
+            node: self.me.clone(),
+            event,
+        };
         self.client
             .publish(self.names.node_events(), encode(&ev)?.into())
             .await
             .map_err(|e| Error::Nats(e.to_string()))?;
-        self.client.flush().await.map_err(|e| Error::Nats(e.to_string()))
+        self.client
+            .flush()
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))
     }
 
     /// True once this node may exit while draining: not a member, nothing leaving from it.
@@ -510,7 +655,13 @@ impl Shared {
 }
 
 fn ack(epoch: u64, shard: u32, chunk: u32, error: Option<ErrorReply>) -> TransferAck {
-    TransferAck { v: VERSION, epoch, shard, chunk, error }
+    TransferAck {
+        v: VERSION,
+        epoch,
+        shard,
+        chunk,
+        error,
+    }
 }
 
 fn unavailable(msg: &str, retry_ms: u64) -> ErrorReply {
@@ -554,6 +705,7 @@ pub fn chunk(actors: Vec<ActorSnapshot>, epoch: u64, shard: u32, from: &str) -> 
             chunk: i as u32,
             last: i + 1 == n,
             actors,
+            commit: false,
         })
         .collect()
 }
@@ -583,12 +735,18 @@ pub async fn connect(args: &crate::config::NatsArgs, name: &str) -> Result<async
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
     if let (Some(cert), Some(key)) = (&args.nats_tls_cert, &args.nats_tls_key) {
-        opts = opts.add_client_certificate(cert.clone(), key.clone()).require_tls(true);
+        opts = opts
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
     }
     let urls: Vec<async_nats::ServerAddr> = args
         .nats_url
         .split(',')
-        .map(|u| u.trim().parse().map_err(|e| Error::Config(format!("--nats-url {u:?}: {e}"))))
+        .map(|u| {
+            u.trim()
+                .parse()
+                .map_err(|e| Error::Config(format!("--nats-url {u:?}: {e}")))
+        })
         .collect::<Result<_>>()?;
     opts.connect(urls)
         .await
@@ -602,7 +760,10 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    Node::connect(cfg, health, metrics).await?.serve(shutdown).await
+    Node::connect(cfg, health, metrics)
+        .await?
+        .serve(shutdown)
+        .await
 }
 
 /// A connected node, subscribed and ready to serve.
@@ -620,7 +781,11 @@ pub struct Node {
 impl Node {
     /// Connects to NATS (waiting while it is unreachable, saying so in `health`), opens the event
     /// stream and subscribes.
-    pub async fn connect(cfg: NodeConfig, health: Arc<Health>, metrics: Arc<Metrics>) -> Result<Self> {
+    pub async fn connect(
+        cfg: NodeConfig,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
         health.set(Some(format!("connecting to NATS at {}", cfg.nats.nats_url)));
         let client = connect(&cfg.nats, &cfg.pod_name).await?;
         let names = Names::new(cfg.nats.prefix.clone());
@@ -629,7 +794,10 @@ impl Node {
             match EventStore::open(js.clone(), names.clone(), cfg.stream_replicas).await {
                 Ok(s) => break s,
                 Err(e) => {
-                    health.set(Some(format!("NATS at {} not usable: {e}", cfg.nats.nats_url)));
+                    health.set(Some(format!(
+                        "NATS at {} not usable: {e}",
+                        cfg.nats.nats_url
+                    )));
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }

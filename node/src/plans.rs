@@ -6,7 +6,11 @@ use aether_core::protocol::{Names, PlanMessage, encode};
 use async_nats::jetstream::{self, kv};
 
 /// Opens (creating if needed) the plan bucket of `names`.
-pub async fn open_bucket(js: &jetstream::Context, names: &Names, replicas: usize) -> Result<kv::Store> {
+pub async fn open_bucket(
+    js: &jetstream::Context,
+    names: &Names,
+    replicas: usize,
+) -> Result<kv::Store> {
     let bucket = names.plan_bucket();
     match js.get_key_value(&bucket).await {
         Ok(store) => Ok(store),
@@ -44,12 +48,22 @@ pub async fn publish(store: &kv::Store, plan: &PlanMessage) -> Result<u64> {
                 store
                     .update(Names::PLAN_KEY, bytes.clone().into(), entry.revision)
                     .await
-                    .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string()))
+                    .map_err(|e| {
+                        (
+                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                            e.to_string(),
+                        )
+                    })
             }
             _ => store
                 .create(Names::PLAN_KEY, bytes.clone().into())
                 .await
-                .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())),
+                .map_err(|e| {
+                    (
+                        e.kind() == kv::CreateErrorKind::AlreadyExists,
+                        e.to_string(),
+                    )
+                }),
         };
         match result {
             Ok(revision) => return Ok(revision),

@@ -119,15 +119,22 @@ mod tests {
             capacity: 8,
             strategy: Strategy::AnchorHash,
         };
-        let two: Vec<_> = (0..2).map(|i| MemberInput::active(format!("app-{i}"))).collect();
-        let three: Vec<_> = (0..3).map(|i| MemberInput::active(format!("app-{i}"))).collect();
+        let two: Vec<_> = (0..2)
+            .map(|i| MemberInput::active(format!("app-{i}")))
+            .collect();
+        let three: Vec<_> = (0..3)
+            .map(|i| MemberInput::active(format!("app-{i}")))
+            .collect();
         let p1 = plan(None, &BTreeSet::new(), &two, &spec).expect("plan");
         let p2 = plan(Some(&p1), &BTreeSet::new(), &three, &spec).expect("plan");
         let mut r = Routing::new(PlanMessage::new(&p2, 4, 30));
         let m = p2.moves.first().expect("a move to app-2").clone();
         assert_eq!(r.owner(m.shard), m.from.as_deref());
         assert_eq!(r.target(m.shard), Some("app-2"));
-        assert_eq!(r.moves_from(m.from.as_deref().unwrap_or("")).is_empty(), false);
+        assert_eq!(
+            r.moves_from(m.from.as_deref().unwrap_or("")).is_empty(),
+            false
+        );
         assert!(r.move_done(m.shard));
         assert_eq!(r.owner(m.shard), Some("app-2"));
         assert!(!r.move_done(m.shard));

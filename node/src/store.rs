@@ -101,13 +101,7 @@ impl EventStore {
         if let Some(cmd) = &record.cmd {
             msg = msg.message_id(format!("{subject}:{cmd}"));
         }
-        let ack = async {
-            self.js
-                .send_publish(subject.to_owned(), msg)
-                .await?
-                .await
-        }
-        .await;
+        let ack = async { self.js.send_publish(subject.to_owned(), msg).await?.await }.await;
         match ack {
             Ok(ack) => Ok(ack.sequence),
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
@@ -119,7 +113,9 @@ impl EventStore {
             Err(e) => {
                 // The write may have landed before the ack was lost: the log is the truth.
                 match self.last(subject).await {
-                    Ok(Some((seq, last))) if last.cmd.is_some() && last.cmd == record.cmd => Ok(seq),
+                    Ok(Some((seq, last))) if last.cmd.is_some() && last.cmd == record.cmd => {
+                        Ok(seq)
+                    }
                     _ => Err(Error::Nats(format!("append to {subject}: {e}"))),
                 }
             }
@@ -177,7 +173,10 @@ impl EventStore {
         } else {
             let base = self.record_at(last.base, subject).await?;
             let snap = base.snapshot.ok_or_else(|| {
-                Error::Corrupt(format!("{subject}@{}: base record has no snapshot", last.base))
+                Error::Corrupt(format!(
+                    "{subject}@{}: base record has no snapshot",
+                    last.base
+                ))
             })?;
             (snap, base.version, last.base + 1)
         };
@@ -198,7 +197,9 @@ impl EventStore {
             .map_err(|e| Error::Nats(format!("replay {subject}: {e}")))?;
         while let Some(msg) = messages.next().await {
             let msg = msg.map_err(|e| Error::Nats(format!("replay {subject}: {e}")))?;
-            let info = msg.info().map_err(|e| Error::Nats(format!("replay {subject}: {e}")))?;
+            let info = msg
+                .info()
+                .map_err(|e| Error::Nats(format!("replay {subject}: {e}")))?;
             let at = info.stream_sequence;
             if at > seq {
                 break;
@@ -230,7 +231,8 @@ impl EventStore {
             .direct_get(seq)
             .await
             .map_err(|e| Error::Nats(format!("{subject}@{seq}: {e}")))?;
-        serde_json::from_slice(&m.payload).map_err(|e| Error::Corrupt(format!("{subject}@{seq}: {e}")))
+        serde_json::from_slice(&m.payload)
+            .map_err(|e| Error::Corrupt(format!("{subject}@{seq}: {e}")))
     }
 }
 

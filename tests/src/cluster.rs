@@ -104,7 +104,10 @@ impl TestNode {
 
     /// Waits until the node has exited (after [`TestNode::terminate`]).
     pub async fn exited(&mut self, timeout: Duration) -> aether_node::Result<()> {
-        let task = self.task.take().unwrap_or_else(|| panic!("{} already joined", self.name));
+        let task = self
+            .task
+            .take()
+            .unwrap_or_else(|| panic!("{} already joined", self.name));
         tokio::time::timeout(timeout, task)
             .await
             .unwrap_or_else(|_| panic!("{} did not exit within {timeout:?}", self.name))
@@ -124,8 +127,23 @@ impl Drop for TestNode {
 /// A node as a separate OS process (`aether-node run`).
 pub fn spawn_process(bin: &Path, url: &str, prefix: &str, name: &str, http_port: u16) -> Process {
     let child = Command::new(bin)
-        .args(["run", "--shardplan", "test", "--pod-name", name, "--nats-url", url, "--prefix", prefix])
-        .args(["--http-addr", &format!("127.0.0.1:{http_port}"), "--drain-timeout", "20"])
+        .args([
+            "run",
+            "--shardplan",
+            "test",
+            "--pod-name",
+            name,
+            "--nats-url",
+            url,
+            "--prefix",
+            prefix,
+        ])
+        .args([
+            "--http-addr",
+            &format!("127.0.0.1:{http_port}"),
+            "--drain-timeout",
+            "20",
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -25,7 +25,10 @@ where
 {
     let start = Instant::now();
     while !cond().await {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -36,11 +39,17 @@ where
 pub fn nats_server_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("AETHER_NATS_SERVER") {
         let p = PathBuf::from(p);
-        assert!(p.is_file(), "AETHER_NATS_SERVER={} is not a file: run `make tools`", p.display());
+        assert!(
+            p.is_file(),
+            "AETHER_NATS_SERVER={} is not a file: run `make tools`",
+            p.display()
+        );
         return p;
     }
     let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|d| d.join("nats-server")).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
     });
     on_path.unwrap_or_else(|| {
         panic!("nats-server not found: run the tests with `make test` (it builds nats-server) or set AETHER_NATS_SERVER")
@@ -51,7 +60,10 @@ pub fn nats_server_binary() -> PathBuf {
 #[must_use]
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    let dir = exe.parent().and_then(Path::parent).unwrap_or_else(|| panic!("odd test path {}", exe.display()));
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("odd test path {}", exe.display()));
     let bin = dir.join(name);
     assert!(
         bin.is_file(),
@@ -93,7 +105,14 @@ impl NatsServer {
 
     fn spawn(&mut self) {
         let child = Command::new(nats_server_binary())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(self.store.path())
             .args(&self.extra)
             .stdout(Stdio::null())
@@ -103,7 +122,11 @@ impl NatsServer {
         self.child = Some(child);
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "nats-server did not listen on {}", self.port);
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "nats-server did not listen on {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -154,7 +177,9 @@ pub struct Process {
 impl Process {
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
     }
 
     /// Sends SIGKILL and reaps it.

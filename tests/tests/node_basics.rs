@@ -26,7 +26,10 @@ async fn three_nodes(nats: &NatsServer, prefix: &str) -> (Vec<TestNode>, aether_
     let plan = next_plan(None, &["app-0", "app-1", "app-2"], 64, 8);
     publish(&nats.connect().await, prefix, &plan, 10).await;
     for n in &nodes {
-        wait_for("every node to hold the plan", T, || async { n.shared.epoch() == plan.epoch }).await;
+        wait_for("every node to hold the plan", T, || async {
+            n.shared.epoch() == plan.epoch
+        })
+        .await;
     }
     (nodes, plan)
 }
@@ -38,27 +41,51 @@ async fn commands_are_served_from_any_node_and_logged_before_the_reply() {
     let nc = nats.connect().await;
     let client = Client::new(nc.clone(), "basic");
     let js = async_nats::jetstream::new(nc.clone());
-    let stream = js.get_stream("basic-events").await.expect("event stream exists");
+    let stream = js
+        .get_stream("basic-events")
+        .await
+        .expect("event stream exists");
     for i in 0..30 {
         let actor = format!("user-{i}");
         for k in 1..=3 {
-            let reply = client.add(&actor, k, format!("c-{i}-{k}")).await.expect("answer");
-            let Outcome::Ok(ok) = &reply.outcome else { panic!("{reply:?}") };
+            let reply = client
+                .add(&actor, k, format!("c-{i}-{k}"))
+                .await
+                .expect("answer");
+            let Outcome::Ok(ok) = &reply.outcome else {
+                panic!("{reply:?}")
+            };
             // Acknowledged means in JetStream: the actor's last record is this version.
             let shard = aether_core::hash::shard_of(&actor, plan.shards);
-            let subject = Names::new("basic").actor_subject(shard, &ActorRef::new("counter", &actor));
-            let last = stream.direct_get_last_for_subject(&subject).await.expect("record in the log");
-            let record: serde_json::Value = serde_json::from_slice(&last.payload).expect("json record");
+            let subject =
+                Names::new("basic").actor_subject(shard, &ActorRef::new("counter", &actor));
+            let last = stream
+                .direct_get_last_for_subject(&subject)
+                .await
+                .expect("record in the log");
+            let record: serde_json::Value =
+                serde_json::from_slice(&last.payload).expect("json record");
             assert_eq!(record["version"].as_u64(), Some(ok.version));
-            assert_eq!(plan.owner(shard), Some(ok.node.as_str()), "answered by the owner");
+            assert_eq!(
+                plan.owner(shard),
+                Some(ok.node.as_str()),
+                "answered by the owner"
+            );
         }
-        assert_eq!(value(&client.read("counter", &actor).await.expect("read")), 6);
+        assert_eq!(
+            value(&client.read("counter", &actor).await.expect("read")),
+            6
+        );
     }
     // Requests reached non-owners too (queue group) and were forwarded once.
     let forwarded: usize = nodes
         .iter()
         .map(|n| n.metrics.render())
-        .map(|m| m.lines().filter(|l| l.contains("kind=\"forwarded\"")).count())
+        .map(|m| {
+            m.lines()
+                .filter(|l| l.contains("kind=\"forwarded\""))
+                .count()
+        })
         .sum();
     assert!(forwarded > 0, "some requests were forwarded");
 }
@@ -68,11 +95,19 @@ async fn a_retried_command_id_is_applied_once() {
     let nats = NatsServer::start();
     let (_nodes, _plan) = three_nodes(&nats, "idem").await;
     let client = Client::new(nats.connect().await, "idem");
-    let first = client.add("acct", 10, "same-id".into()).await.expect("answer");
-    let again = client.add("acct", 10, "same-id".into()).await.expect("answer");
+    let first = client
+        .add("acct", 10, "same-id".into())
+        .await
+        .expect("answer");
+    let again = client
+        .add("acct", 10, "same-id".into())
+        .await
+        .expect("answer");
     assert_eq!(value(&first), 10);
     assert_eq!(value(&again), 10, "the retry is answered, not applied");
-    let Outcome::Ok(a) = &again.outcome else { unreachable!() };
+    let Outcome::Ok(a) = &again.outcome else {
+        unreachable!()
+    };
     assert_eq!(a.version, 1);
 }
 
@@ -86,7 +121,10 @@ async fn malformed_oversized_and_unknown_requests_get_error_replies() {
         let nc = nc.clone();
         let subject = names.any_node();
         async move {
-            let msg = nc.request(subject, bytes.into()).await.expect("a reply, not silence");
+            let msg = nc
+                .request(subject, bytes.into())
+                .await
+                .expect("a reply, not silence");
             decode::<Reply>(&msg.payload).expect("a protocol reply")
         }
     };
@@ -94,28 +132,63 @@ async fn malformed_oversized_and_unknown_requests_get_error_replies() {
         Outcome::Error(e) => e.code,
         Outcome::Ok(_) => panic!("expected an error"),
     };
-    assert_eq!(code(ask(b"\x00\xffnot json".to_vec()).await), ErrorCode::Malformed);
-    assert_eq!(code(ask(br#"{"v":7,"x":1}"#.to_vec()).await), ErrorCode::UnsupportedVersion);
+    assert_eq!(
+        code(ask(b"\x00\xffnot json".to_vec()).await),
+        ErrorCode::Malformed
+    );
+    assert_eq!(
+        code(ask(br#"{"v":7,"x":1}"#.to_vec()).await),
+        ErrorCode::UnsupportedVersion
+    );
     let huge = Request::new(
         ActorRef::new("doc", "big"),
-        Op::Command { command: json!({"put": {"key": "k", "value": "x".repeat(100_000)}}) },
+        Op::Command {
+            command: json!({"put": {"key": "k", "value": "x".repeat(100_000)}}),
+        },
         Some("big-1".into()),
     );
-    assert_eq!(code(ask(encode(&huge).expect("encodes")).await), ErrorCode::TooLarge);
+    assert_eq!(
+        code(ask(encode(&huge).expect("encodes")).await),
+        ErrorCode::TooLarge
+    );
     let unknown = Request::new(ActorRef::new("nope", "a"), Op::Read, None);
-    assert_eq!(code(ask(encode(&unknown).expect("encodes")).await), ErrorCode::UnknownKind);
-    let rejected = Request::new(ActorRef::new("counter", "a"), Op::Command { command: json!({"mul": 2}) }, None);
-    assert_eq!(code(ask(encode(&rejected).expect("encodes")).await), ErrorCode::Rejected);
+    assert_eq!(
+        code(ask(encode(&unknown).expect("encodes")).await),
+        ErrorCode::UnknownKind
+    );
+    let rejected = Request::new(
+        ActorRef::new("counter", "a"),
+        Op::Command {
+            command: json!({"mul": 2}),
+        },
+        None,
+    );
+    assert_eq!(
+        code(ask(encode(&rejected).expect("encodes")).await),
+        ErrorCode::Rejected
+    );
     let malformed: u64 = nodes
         .iter()
-        .flat_map(|n| n.metrics.render().lines().map(str::to_owned).collect::<Vec<_>>())
+        .flat_map(|n| {
+            n.metrics
+                .render()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
         .filter(|l| l.starts_with("aether_node_malformed_total"))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
         .sum();
-    assert!(malformed >= 3, "malformed and oversized requests are counted, saw {malformed}");
+    assert!(
+        malformed >= 3,
+        "malformed and oversized requests are counted, saw {malformed}"
+    );
     // Still serving.
     let client = Client::new(nc.clone(), "bad");
-    assert_eq!(value(&client.add("fine", 1, "f-1".into()).await.expect("answer")), 1);
+    assert_eq!(
+        value(&client.add("fine", 1, "f-1".into()).await.expect("answer")),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,11 +207,21 @@ async fn a_plan_with_a_lower_epoch_is_ignored() {
     let old = encode(&PlanMessage::new(&plan, 4, 10)).expect("encodes");
     kv.put(Names::PLAN_KEY, old.into()).await.expect("put");
     wait_for("the stale plan to be seen and counted", T, || async {
-        nodes.iter().all(|n| n.metrics.render().contains("aether_node_stale_plans_total 1"))
+        nodes.iter().all(|n| {
+            n.metrics
+                .render()
+                .contains("aether_node_stale_plans_total 1")
+        })
     })
     .await;
     assert!(nodes.iter().all(|n| n.shared.epoch() == 2));
     // The publisher refuses to go back too.
-    let bucket = aether_node::plans::open_bucket(&js, &Names::new("stale"), 1).await.expect("bucket");
-    assert!(aether_node::plans::publish(&bucket, &PlanMessage::new(&plan, 4, 10)).await.is_err());
+    let bucket = aether_node::plans::open_bucket(&js, &Names::new("stale"), 1)
+        .await
+        .expect("bucket");
+    assert!(
+        aether_node::plans::publish(&bucket, &PlanMessage::new(&plan, 4, 10))
+            .await
+            .is_err()
+    );
 }

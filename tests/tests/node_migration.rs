@@ -1,0 +1,395 @@
+//! Shard migration against a real nats-server: live moves under load, failing destinations, a killed
+//! source, a NATS restart, fencing, and draining on SIGTERM.
+
+use aether_core::crd::MovePhase;
+use aether_core::protocol::{ActorRef, Names, NodeEvent, NodeEventKind, Outcome, Progress, decode};
+use aether_node::client::{Client, run_load};
+use aether_node::store::{EventStore, Record};
+use aether_tests::cluster::{TestNode, next_plan, publish, spawn_process};
+use aether_tests::{NatsServer, free_port, wait_for, workspace_binary};
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+const SHARDS: u32 = 64;
+
+/// Collects progress reports published on `{prefix}.progress`.
+async fn progress_log(nc: &async_nats::Client, prefix: &str) -> Arc<Mutex<Vec<Progress>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut sub = nc
+        .subscribe(Names::new(prefix).progress())
+        .await
+        .expect("subscribe");
+    let sink = log.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Ok(p) = decode::<Progress>(&m.payload) {
+                sink.lock().expect("lock").push(p);
+            }
+        }
+    });
+    log
+}
+
+fn counter_value(reply: &aether_core::protocol::Reply) -> (i64, u64) {
+    match &reply.outcome {
+        Outcome::Ok(ok) => (ok.state["value"].as_i64().unwrap_or(i64::MIN), ok.version),
+        Outcome::Error(e) => panic!("error reply: {e:?}"),
+    }
+}
+
+/// Every acknowledged add is in the state, and the version counts exactly the applied adds.
+async fn assert_nothing_acked_lost(
+    nc: &async_nats::Client,
+    prefix: &str,
+    client: &Client,
+    acked: &BTreeMap<String, i64>,
+    exact: bool,
+) {
+    let store = EventStore::open(
+        async_nats::jetstream::new(nc.clone()),
+        Names::new(prefix),
+        1,
+    )
+    .await
+    .expect("store");
+    for (actor, sum) in acked {
+        let reply = client.read("counter", actor).await.expect("read");
+        let (value, version) = counter_value(&reply);
+        if value != *sum {
+            let subject = store.subject(
+                aether_core::hash::shard_of(actor, SHARDS),
+                &ActorRef::new("counter", actor.as_str()),
+            );
+            let last = store.last(&subject).await.expect("log readable");
+            eprintln!(
+                "{actor}: read {value} (v{version}), acked {sum}, log's last record: {last:?}"
+            );
+        }
+        if exact {
+            assert_eq!(
+                value, *sum,
+                "{actor}: state equals its acknowledged commands (reply {reply:?})"
+            );
+        } else {
+            assert!(value >= *sum, "{actor}: {value} < {sum} acknowledged");
+        }
+        assert_eq!(
+            value as u64, version,
+            "{actor}: every add is one record, versions have no gaps"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_moves_while_clients_keep_writing() {
+    let nats = NatsServer::start();
+    let prefix = "live";
+    let nc = nats.connect().await;
+    let progress = progress_log(&nc, prefix).await;
+    let mut nodes = Vec::new();
+    for name in ["app-0", "app-1", "app-2"] {
+        nodes.push(TestNode::start(&nats.url(), prefix, name).await);
+    }
+    let p1 = next_plan(None, &["app-0", "app-1", "app-2"], SHARDS, 8);
+    publish(&nc, prefix, &p1, 10).await;
+    for n in &nodes {
+        wait_for("plan 1", T, || async { n.shared.epoch() == 1 }).await;
+    }
+    let client = Client::new(nc.clone(), prefix);
+    // Warm every actor so the moves carry live state.
+    let warm = run_load(&client, "acct", 200, 200, 8, T).await;
+    assert_eq!(warm.errors, 0);
+
+    let load = {
+        let client = client.clone();
+        tokio::spawn(async move { run_load(&client, "acct", 200, 3000, 16, T).await })
+    };
+    nodes.push(TestNode::start(&nats.url(), prefix, "app-3").await);
+    let p2 = next_plan(Some(&p1), &["app-0", "app-1", "app-2", "app-3"], SHARDS, 8);
+    assert!(!p2.moves.is_empty());
+    assert!(
+        p2.moves.iter().all(|m| m.to == "app-3"),
+        "a join moves shards only to the joiner"
+    );
+    publish(&nc, prefix, &p2, 10).await;
+    for n in &nodes {
+        wait_for("plan 2 with every move done", T, || async {
+            n.shared.epoch() == 2 && n.shared.pending_moves() == 0
+        })
+        .await;
+    }
+    let report = load.await.expect("load task");
+    assert_eq!(report.errors, 0, "no command failed during the move");
+    let mut acked = warm.acked.clone();
+    for (k, v) in report.acked {
+        *acked.entry(k).or_default() += v;
+    }
+    assert_nothing_acked_lost(&nc, prefix, &client, &acked, true).await;
+
+    let done: Vec<Progress> = progress
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|p| p.epoch == 2)
+        .cloned()
+        .collect();
+    let moved_done = done.iter().filter(|p| p.phase == MovePhase::Done).count();
+    assert_eq!(
+        moved_done,
+        p2.moves.len(),
+        "every move reported done: {done:?}"
+    );
+    assert!(
+        done.iter().any(|p| p.actors > 0),
+        "live actors moved with their state"
+    );
+    // The new owner answers for the moved shards, with the state of before the move.
+    for m in &p2.moves {
+        let actor = (0..200)
+            .map(|i| format!("acct-{i}"))
+            .find(|a| aether_core::hash::shard_of(a, SHARDS) == m.shard);
+        if let Some(actor) = actor {
+            let reply = client.read("counter", &actor).await.expect("read");
+            let Outcome::Ok(ok) = &reply.outcome else {
+                panic!("{reply:?}")
+            };
+            assert_eq!(ok.node, "app-3");
+            assert_eq!(ok.state["value"].as_i64(), acked.get(&actor).copied());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_silent_destination_rolls_the_move_back() {
+    let nats = NatsServer::start();
+    let prefix = "ghost";
+    let nc = nats.connect().await;
+    let progress = progress_log(&nc, prefix).await;
+    let mut nodes = Vec::new();
+    for name in ["app-0", "app-1"] {
+        nodes.push(TestNode::start(&nats.url(), prefix, name).await);
+    }
+    let p1 = next_plan(None, &["app-0", "app-1"], SHARDS, 8);
+    publish(&nc, prefix, &p1, 1).await;
+    for n in &nodes {
+        wait_for("plan 1", T, || async { n.shared.epoch() == 1 }).await;
+    }
+    let client = Client::new(nc.clone(), prefix);
+    let before = run_load(&client, "acct", 100, 300, 8, T).await;
+    assert_eq!(before.errors, 0);
+    // app-8 has no process at all; app-9 listens for transfers and never answers (it died mid-transfer).
+    let _silent = nc
+        .subscribe(Names::new(prefix).node_migrate("app-9"))
+        .await
+        .expect("subscribe");
+    let p2 = next_plan(Some(&p1), &["app-0", "app-1", "app-8", "app-9"], SHARDS, 8);
+    publish(&nc, prefix, &p2, 1).await;
+    wait_for("every move to fail", T, || async {
+        let log = progress.lock().expect("lock");
+        p2.moves.iter().all(|m| {
+            log.iter()
+                .any(|p| p.epoch == 2 && p.shard == m.shard && p.phase == MovePhase::Failed)
+        })
+    })
+    .await;
+    let log = progress.lock().expect("lock").clone();
+    assert!(
+        log.iter()
+            .any(|p| p.error.as_deref().is_some_and(|e| e.contains("timed out"))),
+        "silent: {log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|p| p.error.as_deref().is_some_and(|e| e.contains("no answer"))),
+        "missing: {log:?}"
+    );
+    assert!(
+        !log.iter()
+            .any(|p| p.epoch == 2 && p.phase == MovePhase::Done)
+    );
+    // The sources kept their shards: every acknowledged command is still there, and writes go on.
+    assert_nothing_acked_lost(&nc, prefix, &client, &before.acked, true).await;
+    let after = run_load(&client, "acct", 100, 200, 8, T).await;
+    assert_eq!(
+        after.errors, 0,
+        "the sources still serve the shards they kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_source_loses_nothing_acknowledged() {
+    let bin = workspace_binary("aether-node");
+    let nats = NatsServer::start();
+    let prefix = "kill";
+    let nc = nats.connect().await;
+    let mut procs = Vec::new();
+    for name in ["app-0", "app-1", "app-2"] {
+        procs.push(spawn_process(&bin, &nats.url(), prefix, name, free_port()));
+    }
+    let p1 = next_plan(None, &["app-0", "app-1", "app-2"], SHARDS, 8);
+    publish(&nc, prefix, &p1, 5).await;
+    let client = Client::new(nc.clone(), prefix);
+    let before = run_load(&client, "acct", 100, 600, 16, T).await;
+    assert_eq!(before.errors, 0);
+    // A rebalance starts (app-3 joins), and app-0, a source, dies at once.
+    let _app3 = TestNode::start(&nats.url(), prefix, "app-3").await;
+    let p2 = next_plan(Some(&p1), &["app-0", "app-1", "app-2", "app-3"], SHARDS, 8);
+    publish(&nc, prefix, &p2, 5).await;
+    procs[0].kill();
+    // The operator sees the pod gone and plans it out: its shards have no source now.
+    let p3 = next_plan(Some(&p2), &["app-1", "app-2", "app-3"], SHARDS, 8);
+    publish(&nc, prefix, &p3, 5).await;
+    let after = run_load(&client, "acct", 100, 300, 16, T).await;
+    assert_eq!(
+        after.errors, 0,
+        "the new owners serve app-0's shards from the log"
+    );
+    let mut acked = before.acked.clone();
+    for (k, v) in after.acked {
+        *acked.entry(k).or_default() += v;
+    }
+    assert_nothing_acked_lost(&nc, prefix, &client, &acked, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_mid_move_loses_nothing_acknowledged() {
+    let mut nats = NatsServer::start();
+    let prefix = "restart";
+    let nc = nats.connect().await;
+    let mut nodes = Vec::new();
+    for name in ["app-0", "app-1"] {
+        nodes.push(TestNode::start(&nats.url(), prefix, name).await);
+    }
+    let p1 = next_plan(None, &["app-0", "app-1"], SHARDS, 8);
+    publish(&nc, prefix, &p1, 5).await;
+    for n in &nodes {
+        wait_for("plan 1", T, || async { n.shared.epoch() == 1 }).await;
+    }
+    let client = Client::new(nc.clone(), prefix);
+    let warm = run_load(&client, "acct", 100, 200, 8, T).await;
+    assert_eq!(warm.errors, 0);
+    let load = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            run_load(&client, "acct", 100, 1500, 8, Duration::from_secs(40)).await
+        })
+    };
+    nodes.push(TestNode::start(&nats.url(), prefix, "app-2").await);
+    let p2 = next_plan(Some(&p1), &["app-0", "app-1", "app-2"], SHARDS, 8);
+    publish(&nc, prefix, &p2, 5).await;
+    nats.restart();
+    let report = load.await.expect("load");
+    let mut acked = warm.acked.clone();
+    for (k, v) in report.acked {
+        *acked.entry(k).or_default() += v;
+    }
+    // Commands whose reply was lost in the restart may have landed without an ack: at least the
+    // acknowledged ones are there, and versions still count exactly the applied records.
+    assert_nothing_acked_lost(&nc, prefix, &client, &acked, false).await;
+    assert!(report.ok > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_writer_is_fenced_and_the_owner_recovers() {
+    let nats = NatsServer::start();
+    let prefix = "fence";
+    let nc = nats.connect().await;
+    let node = TestNode::start(&nats.url(), prefix, "app-0").await;
+    let p1 = next_plan(None, &["app-0"], SHARDS, 4);
+    publish(&nc, prefix, &p1, 5).await;
+    wait_for("plan", T, || async { node.shared.epoch() == 1 }).await;
+    let client = Client::new(nc.clone(), prefix);
+    assert_eq!(
+        counter_value(&client.add("hot", 1, "a".into()).await.expect("add")).0,
+        1
+    );
+
+    // Another writer, holding the same position in the log, races: exactly one append wins.
+    let js = async_nats::jetstream::new(nc.clone());
+    let store = EventStore::open(js, Names::new(prefix), 1)
+        .await
+        .expect("store");
+    let actor = ActorRef::new("counter", "hot");
+    let subject = store.subject(aether_core::hash::shard_of("hot", SHARDS), &actor);
+    let (seq, last) = store
+        .last(&subject)
+        .await
+        .expect("read")
+        .expect("one record");
+    let rec = |v| Record {
+        v: 1,
+        cmd: None,
+        events: vec![serde_json::json!({"added": 100})],
+        version: v,
+        base: 0,
+        snapshot: None,
+    };
+    store
+        .append(&subject, seq, &rec(last.version + 1))
+        .await
+        .expect("first writer wins");
+    let second = store.append(&subject, seq, &rec(last.version + 1)).await;
+    assert!(
+        matches!(second, Err(aether_node::Error::Fenced(_))),
+        "stale writer refused: {second:?}"
+    );
+
+    // The node's cached position is now stale: its next append is fenced, it reloads and applies.
+    let (value, version) = counter_value(&client.add("hot", 1, "b".into()).await.expect("add"));
+    assert_eq!((value, version), (102, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_node_before_it_exits() {
+    let bin = workspace_binary("aether-node");
+    let nats = NatsServer::start();
+    let prefix = "drain";
+    let nc = nats.connect().await;
+    let mut events = nc
+        .subscribe(Names::new(prefix).node_events())
+        .await
+        .expect("subscribe");
+    let a0 = TestNode::start(&nats.url(), prefix, "app-0").await;
+    let mut leaving = spawn_process(&bin, &nats.url(), prefix, "app-1", free_port());
+    let p1 = next_plan(None, &["app-0", "app-1"], SHARDS, 4);
+    publish(&nc, prefix, &p1, 5).await;
+    wait_for("plan", T, || async { a0.shared.epoch() == 1 }).await;
+    let client = Client::new(nc.clone(), prefix);
+    let before = run_load(&client, "acct", 60, 300, 8, T).await;
+    assert_eq!(before.errors, 0);
+
+    leaving.terminate();
+    let announced = tokio::time::timeout(T, async {
+        while let Some(m) = events.next().await {
+            if let Ok(NodeEvent {
+                node,
+                event: NodeEventKind::Leaving,
+                ..
+            }) = decode::<NodeEvent>(&m.payload)
+            {
+                return node;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("a leaving announcement");
+    assert_eq!(announced, "app-1");
+    assert!(
+        leaving.wait_timeout(Duration::from_millis(300)).is_none(),
+        "it serves until planned out"
+    );
+    // The operator plans it out; it moves its shards away, then exits 0.
+    let p2 = next_plan(Some(&p1), &["app-0"], SHARDS, 4);
+    publish(&nc, prefix, &p2, 5).await;
+    let status = leaving.wait_timeout(T).expect("exits after draining");
+    assert!(status.success(), "exit status {status:?}");
+    wait_for("app-0 owns everything", T, || async {
+        a0.shared.pending_moves() == 0
+    })
+    .await;
+    assert_nothing_acked_lost(&nc, prefix, &client, &before.acked, true).await;
+}
