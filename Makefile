@@ -14,7 +14,9 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## test: every test (unit, property, NATS, end-to-end); the tools they need are built first.
+# The end-to-end tests start the workspace's binaries as OS processes, so those are built first.
 test: tools check-generated
+	$(CARGO) build --workspace --release --bins
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) test --workspace --release
 
 ## lint: formatting and clippy, warnings are errors.

@@ -320,6 +320,7 @@ impl Shared {
 
     /// Takes a new plan: ignored unless its epoch is higher; then local shards follow it.
     pub fn on_plan(self: &Arc<Self>, plan: PlanMessage) {
+        let previous;
         {
             let Ok(mut guard) = self.routing.write() else {
                 return;
@@ -336,15 +337,18 @@ impl Shared {
                 return;
             }
             *lock(&self.migrations) = Arc::new(Semaphore::new(plan.max_concurrent.max(1) as usize));
-            *guard = Some(Routing::new(plan));
+            previous = guard.replace(Routing::new(plan));
         }
         let Some(r) = self.routing() else { return };
         self.metrics.epoch.set(r.epoch() as i64);
         tracing::info!(epoch = r.epoch(), moves = r.plan.moves.len(), "new plan");
         let hosted: Vec<u32> = lock(&self.shards).keys().copied().collect();
+        let me = Some(self.me.as_str());
         for shard in hosted {
-            if r.owner(shard) != Some(self.me.as_str()) {
-                // Not ours and no move from us: whoever owns it rebuilds from the log.
+            let owned_before = previous.as_ref().is_some_and(|p| p.owner(shard) == me);
+            if r.owner(shard) != me || !owned_before {
+                // Not ours (whoever owns it rebuilds from the log), or actors installed by a move that
+                // was never committed: they may be older than the log, so they go and are reloaded.
                 self.stop_worker(shard);
             }
         }

@@ -131,10 +131,7 @@ mod tests {
         let m = p2.moves.first().expect("a move to app-2").clone();
         assert_eq!(r.owner(m.shard), m.from.as_deref());
         assert_eq!(r.target(m.shard), Some("app-2"));
-        assert_eq!(
-            r.moves_from(m.from.as_deref().unwrap_or("")).is_empty(),
-            false
-        );
+        assert!(!r.moves_from(m.from.as_deref().unwrap_or("")).is_empty());
         assert!(r.move_done(m.shard));
         assert_eq!(r.owner(m.shard), Some("app-2"));
         assert!(!r.move_done(m.shard));

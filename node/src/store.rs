@@ -14,6 +14,8 @@ use std::time::Duration;
 
 /// A record carries a snapshot of the state every this many records.
 pub const SNAPSHOT_EVERY: u64 = 32;
+/// Longest an actor's replay may take before the request fails (and may be retried).
+pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Command ids an actor remembers for idempotent retries.
 pub const RECENT_COMMANDS: usize = 64;
 
@@ -195,7 +197,16 @@ impl EventStore {
             .messages()
             .await
             .map_err(|e| Error::Nats(format!("replay {subject}: {e}")))?;
-        while let Some(msg) = messages.next().await {
+        // A replay that stalls (a lost consumer, a server going away) must not hold the shard forever.
+        let replay_deadline = tokio::time::Instant::now() + REPLAY_TIMEOUT;
+        while let Some(msg) = tokio::time::timeout_at(replay_deadline, messages.next())
+            .await
+            .map_err(|_| {
+                Error::Nats(format!(
+                    "replay of {subject} took longer than {REPLAY_TIMEOUT:?}"
+                ))
+            })?
+        {
             let msg = msg.map_err(|e| Error::Nats(format!("replay {subject}: {e}")))?;
             let info = msg
                 .info()
