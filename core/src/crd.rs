@@ -267,6 +267,9 @@ pub struct MoveStatus {
     /// What went wrong last, if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// A failed move is not retried before this time (exponential backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// Phase of a shard move.

@@ -1,3 +1,11 @@
-//! aether's operator: watches a ShardPlan's pods, plans with `aether-core`, publishes over NATS.
+//! aether's operator: `pods -> plan -> status -> NATS`. Its files, in data-flow order:
+//!
+//! - `membership.rs`: which pods are members (Ready) or draining (being deleted);
+//! - `decide.rs`: the reconcile decisions, pure: next status, next plan, Events;
+//! - `controller.rs`: the kube-rs Controller that observes, applies the decision (status by
+//!   server-side apply first, then the plan to NATS KV) and follows progress reports;
+//! - `crdgen.rs`: the CRD YAML from the Rust types.
 
 pub mod crdgen;
+pub mod decide;
+pub mod membership;

@@ -1,0 +1,497 @@
+//! The reconcile decisions, pure: from what was observed (spec, status, StatefulSet, pods, progress
+//! reports, NATS health) to the next status and, when the membership changed or a failed move is due a
+//! retry, the next plan to publish. `controller.rs` gathers the observations and applies the decision:
+//! status first (server-side apply), then the plan to NATS, then Events.
+
+use aether_core::crd::{
+    MemberState, MemberStatus, MovePhase, MoveStatus, ShardPlanSpec, ShardPlanStatus,
+};
+use aether_core::plan::{Member, MemberInput, Move, Plan, PlanSpec, plan};
+use aether_core::protocol::{PlanMessage, Progress};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// The facts a reconcile starts from.
+#[derive(Debug, Clone)]
+pub struct Observed<'a> {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// The spec.
+    pub spec: &'a ShardPlanSpec,
+    /// The current status, if any.
+    pub status: Option<&'a ShardPlanStatus>,
+    /// `spec.replicas` of the StatefulSet; `None` when it does not exist.
+    pub replicas: Option<i32>,
+    /// Members from the pods.
+    pub members: Vec<MemberInput>,
+    /// Progress reports received since the last reconcile.
+    pub progress: Vec<Progress>,
+    /// Why NATS cannot be used, if it cannot.
+    pub nats_problem: Option<String>,
+    /// Now.
+    pub now: Time,
+}
+
+/// A Kubernetes Event to emit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// True for a Warning, false for Normal.
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// Text.
+    pub message: String,
+}
+
+/// What to do.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The status to write.
+    pub status: ShardPlanStatus,
+    /// A plan to publish after the status is written.
+    pub publish: Option<PlanMessage>,
+    /// Events to emit.
+    pub notes: Vec<Note>,
+    /// When to look again.
+    pub requeue: Duration,
+}
+
+/// Delay before retrying a move that failed `attempts` times: 1 s, 2 s, 4 s, ... at most 60 s.
+#[must_use]
+pub fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+}
+
+/// The plan a status describes (the previous plan of the next reconcile).
+#[must_use]
+pub fn plan_from_status(status: &ShardPlanStatus) -> Option<Plan> {
+    let placement = status.placement.clone()?;
+    let shard_map = status.shard_map.clone()?;
+    let mut members: Vec<Member> = status
+        .members
+        .iter()
+        .filter(|m| m.state == MemberState::Active)
+        .map(|m| Member {
+            name: m.pod.clone(),
+            bucket: m.bucket,
+        })
+        .collect();
+    members.sort_by_key(|m| m.bucket);
+    Some(Plan {
+        epoch: status.epoch,
+        shards: shard_map.len() as u32,
+        members,
+        shard_map,
+        moves: status
+            .moves
+            .iter()
+            .map(|m| Move {
+                shard: m.shard,
+                from: m.from.clone(),
+                to: m.to.clone(),
+            })
+            .collect(),
+        placement,
+    })
+}
+
+/// Decides the next status and plan.
+#[must_use]
+pub fn decide(o: &Observed<'_>) -> Decision {
+    let mut status = o.status.cloned().unwrap_or_default();
+    status.observed_generation = o.generation;
+    let mut notes = Vec::new();
+    let previous = o.status.and_then(plan_from_status);
+
+    apply_progress(&mut status, &o.progress, &o.now);
+
+    let problem = if o.replicas.is_none() {
+        Some((
+            "StatefulSetMissing",
+            format!(
+                "StatefulSet {:?} does not exist in this namespace: create it or fix spec.statefulSet",
+                o.spec.stateful_set
+            ),
+        ))
+    } else if o.replicas.is_some_and(|r| r > o.spec.capacity as i32) {
+        Some((
+            "TooManyReplicas",
+            format!(
+                "the StatefulSet asks for {} replicas but spec.capacity is {}: scale down, or create a new ShardPlan with a larger capacity",
+                o.replicas.unwrap_or_default(),
+                o.spec.capacity
+            ),
+        ))
+    } else {
+        o.nats_problem
+            .as_ref()
+            .map(|p| ("NatsUnreachable", format!("{p}: check spec.nats.url and the credentials Secret")))
+    };
+
+    let active: BTreeSet<&str> =
+        o.members.iter().filter(|m| !m.draining).map(|m| m.name.as_str()).collect();
+    let planned: BTreeSet<&str> = previous
+        .as_ref()
+        .map(|p| p.members.iter().map(|m| m.name.as_str()).collect())
+        .unwrap_or_default();
+    let membership_changed = active != planned;
+    let retry_due = status.moves.iter().any(|m| {
+        m.phase == MovePhase::Failed
+            && m.attempts <= o.spec.migration.max_retries
+            && m.retry_after.as_ref().is_none_or(|t| t.0 <= o.now.0)
+    });
+    let exhausted: Vec<u32> = status
+        .moves
+        .iter()
+        .filter(|m| m.attempts > o.spec.migration.max_retries)
+        .map(|m| m.shard)
+        .collect();
+
+    let mut publish = None;
+    let mut degraded = problem.clone();
+    if problem.is_none() && !o.spec.paused && (membership_changed || retry_due) {
+        let pending: BTreeSet<u32> = status.moves.iter().map(|m| m.shard).collect();
+        let spec = PlanSpec {
+            shards: o.spec.shards,
+            capacity: o.spec.capacity,
+            strategy: o.spec.strategy,
+        };
+        match plan(previous.as_ref(), &pending, &o.members, &spec) {
+            Ok(next) => {
+                let attempts: BTreeMap<u32, &MoveStatus> =
+                    status.moves.iter().map(|m| (m.shard, m)).collect();
+                notes.push(Note {
+                    warning: false,
+                    reason: if membership_changed { "Rebalancing" } else { "RetryingMoves" },
+                    message: format!(
+                        "epoch {}: {} members, {} shards to move",
+                        next.epoch,
+                        next.members.len(),
+                        next.moves.len()
+                    ),
+                });
+                status.moves = next
+                    .moves
+                    .iter()
+                    .map(|m| {
+                        let before = attempts.get(&m.shard);
+                        MoveStatus {
+                            shard: m.shard,
+                            from: m.from.clone(),
+                            to: m.to.clone(),
+                            // A move without a source is done as soon as its owner has the plan.
+                            phase: MovePhase::Pending,
+                            attempts: before.map_or(0, |b| b.attempts),
+                            last_error: before.and_then(|b| b.last_error.clone()),
+                            retry_after: None,
+                        }
+                    })
+                    .filter(|m| m.from.is_some())
+                    .collect();
+                status.epoch = next.epoch;
+                status.members = next.members.iter().map(MemberStatus::from).collect();
+                for d in o.members.iter().filter(|m| m.draining) {
+                    if status.moves.iter().any(|mv| mv.from.as_deref() == Some(&d.name)) {
+                        status.members.push(MemberStatus {
+                            pod: d.name.clone(),
+                            bucket: u16::MAX,
+                            state: MemberState::Draining,
+                        });
+                    }
+                }
+                status.placement = Some(next.placement.clone());
+                status.shard_map = Some(next.shard_map.clone());
+                publish = Some(PlanMessage::new(
+                    &next,
+                    o.spec.migration.max_concurrent,
+                    o.spec.migration.timeout_seconds,
+                ));
+            }
+            Err(e) => degraded = Some(("InvalidPlan", e.to_string())),
+        }
+    }
+    if degraded.is_none() && !exhausted.is_empty() {
+        degraded = Some((
+            "MoveFailed",
+            format!(
+                "{} shard moves failed more than spec.migration.maxRetries={} times (shards {:?}); see status.moves[].lastError",
+                exhausted.len(),
+                o.spec.migration.max_retries,
+                exhausted.iter().take(8).collect::<Vec<_>>()
+            ),
+        ));
+    }
+
+    status.member_count = status
+        .members
+        .iter()
+        .filter(|m| m.state == MemberState::Active)
+        .count() as u32;
+    status.moving = status.moves.len() as u32;
+    let g = o.generation;
+    let now = &o.now;
+    match &degraded {
+        Some((reason, message)) => {
+            if o.status.and_then(|s| condition(s, "Degraded")).is_none_or(|c| c.reason != *reason) {
+                notes.push(Note { warning: true, reason, message: message.clone() });
+            }
+            set(&mut status.conditions, "Degraded", true, reason, message, g, now);
+        }
+        None => set(&mut status.conditions, "Degraded", false, "AsExpected", "", g, now),
+    }
+    let moving = status.moving;
+    if o.spec.paused && membership_changed {
+        set(&mut status.conditions, "Rebalancing", false, "Paused", "spec.paused is true: membership changes wait", g, now);
+    } else if moving > 0 {
+        let msg = format!("epoch {}: {moving} shard moves in flight", status.epoch);
+        set(&mut status.conditions, "Rebalancing", true, "MovingShards", &msg, g, now);
+    } else {
+        set(&mut status.conditions, "Rebalancing", false, "Balanced", "", g, now);
+    }
+    let waiting = membership_changed && publish.is_none();
+    let ready = degraded.is_none() && moving == 0 && status.member_count > 0 && !waiting;
+    let (reason, msg) = if ready {
+        ("Balanced", format!("epoch {}: {} members own every shard", status.epoch, status.member_count))
+    } else if status.member_count == 0 && degraded.is_none() {
+        ("NoMembers", "no Ready pod of the StatefulSet yet".to_owned())
+    } else if let Some((r, m)) = &degraded {
+        (*r, m.clone())
+    } else {
+        ("Rebalancing", format!("{moving} shard moves in flight"))
+    };
+    set(&mut status.conditions, "Ready", ready, reason, &msg, g, now);
+
+    let requeue = if moving > 0 || degraded.is_some() {
+        let next_retry = status
+            .moves
+            .iter()
+            .filter(|m| m.phase == MovePhase::Failed)
+            .map(|m| backoff(m.attempts))
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        next_retry.min(Duration::from_secs(5))
+    } else {
+        Duration::from_secs(300)
+    };
+    Decision { status, publish, notes, requeue }
+}
+
+/// Folds progress reports of the current epoch into the moves.
+fn apply_progress(status: &mut ShardPlanStatus, reports: &[Progress], now: &Time) {
+    for p in reports.iter().filter(|p| p.epoch == status.epoch) {
+        let Some(i) = status.moves.iter().position(|m| m.shard == p.shard) else { continue };
+        match p.phase {
+            MovePhase::Done => {
+                status.moves.remove(i);
+            }
+            MovePhase::Failed => {
+                let m = &mut status.moves[i];
+                m.phase = MovePhase::Failed;
+                m.attempts += 1;
+                m.last_error = p.error.clone();
+                let wait = k8s_openapi::jiff::SignedDuration::try_from(backoff(m.attempts))
+                    .unwrap_or(k8s_openapi::jiff::SignedDuration::from_secs(60));
+                m.retry_after = now.0.checked_add(wait).ok().map(Time);
+            }
+            phase => status.moves[i].phase = phase,
+        }
+    }
+}
+
+fn condition<'a>(status: &'a ShardPlanStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// Sets a condition, keeping its transition time when its status did not change.
+fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    on: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let status = if on { "True" } else { "False" }.to_owned();
+    let since = conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation: generation,
+        last_transition_time: since,
+    });
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aether_core::protocol::VERSION;
+
+    fn spec() -> ShardPlanSpec {
+        serde_json::from_value(serde_json::json!({"statefulSet": "app", "shards": 64, "capacity": 8}))
+            .expect("spec")
+    }
+
+    fn now() -> Time {
+        Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+    }
+
+    fn observe<'a>(spec: &'a ShardPlanSpec, status: Option<&'a ShardPlanStatus>, pods: &[&str]) -> Observed<'a> {
+        Observed {
+            generation: Some(1),
+            spec,
+            status,
+            replicas: Some(pods.len() as i32),
+            members: pods.iter().map(|p| MemberInput::active(*p)).collect(),
+            progress: Vec::new(),
+            nats_problem: None,
+            now: now(),
+        }
+    }
+
+    fn cond<'a>(s: &'a ShardPlanStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).expect("condition set")
+    }
+
+    fn done(epoch: u64, shard: u32) -> Progress {
+        Progress { v: VERSION, epoch, shard, node: "x".into(), phase: MovePhase::Done, actors: 0, duration_ms: 1, error: None }
+    }
+
+    #[test]
+    fn first_members_get_a_plan_and_ready() {
+        let s = spec();
+        let d = decide(&observe(&s, None, &["app-0", "app-1"]));
+        let p = d.publish.expect("a plan");
+        assert_eq!(p.epoch, 1);
+        assert!(p.moves.is_empty());
+        assert_eq!(d.status.epoch, 1);
+        assert_eq!(d.status.member_count, 2);
+        assert_eq!(cond(&d.status, "Ready").status, "True");
+        assert_eq!(cond(&d.status, "Degraded").status, "False");
+        // Same observation again: nothing to publish, same status.
+        let again = decide(&observe(&s, Some(&d.status), &["app-0", "app-1"]));
+        assert!(again.publish.is_none());
+        assert_eq!(again.status, d.status);
+    }
+
+    #[test]
+    fn a_join_rebalances_until_every_move_is_done() {
+        let s = spec();
+        let one = decide(&observe(&s, None, &["app-0", "app-1"])).status;
+        let two = decide(&observe(&s, Some(&one), &["app-0", "app-1", "app-2"]));
+        let plan = two.publish.expect("epoch 2");
+        assert_eq!(plan.epoch, 2);
+        assert!(!plan.moves.is_empty());
+        assert_eq!(two.status.moving as usize, plan.moves.len());
+        assert_eq!(cond(&two.status, "Rebalancing").status, "True");
+        assert_eq!(cond(&two.status, "Ready").status, "False");
+        assert!(two.notes.iter().any(|n| n.reason == "Rebalancing"));
+        let mut o = observe(&s, Some(&two.status), &["app-0", "app-1", "app-2"]);
+        o.progress = plan.moves.iter().map(|m| done(2, m.shard)).collect();
+        let three = decide(&o);
+        assert!(three.publish.is_none(), "progress alone makes no new plan");
+        assert_eq!(three.status.moving, 0);
+        assert_eq!(cond(&three.status, "Ready").status, "True");
+    }
+
+    #[test]
+    fn a_restarted_operator_makes_the_same_next_plan() {
+        let s = spec();
+        let one = decide(&observe(&s, None, &["app-0", "app-1"])).status;
+        // Round-trip the status through JSON as the API server stores it.
+        let stored: ShardPlanStatus =
+            serde_json::from_str(&serde_json::to_string(&one).expect("json")).expect("parse");
+        let a = decide(&observe(&s, Some(&one), &["app-0", "app-1", "app-2"])).publish;
+        let b = decide(&observe(&s, Some(&stored), &["app-0", "app-1", "app-2"])).publish;
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn failed_moves_are_retried_then_degraded() {
+        let mut s = spec();
+        s.migration.max_retries = 1;
+        let one = decide(&observe(&s, None, &["app-0", "app-1"])).status;
+        let two = decide(&observe(&s, Some(&one), &["app-0", "app-1", "app-2"]));
+        let shard = two.publish.as_ref().expect("plan").moves[0].shard;
+        let fail = |epoch| Progress {
+            v: VERSION, epoch, shard, node: "app-0".into(), phase: MovePhase::Failed,
+            actors: 0, duration_ms: 5, error: Some("no answer to chunk 0: timed out".into()),
+        };
+        let mut o = observe(&s, Some(&two.status), &["app-0", "app-1", "app-2"]);
+        o.progress = vec![fail(2)];
+        let waiting = decide(&o);
+        assert!(waiting.publish.is_none(), "not before the backoff");
+        let mut o = observe(&s, Some(&waiting.status), &["app-0", "app-1", "app-2"]);
+        o.now = Time(now().0 + k8s_openapi::jiff::SignedDuration::from_secs(2));
+        let three = decide(&o);
+        let retry = three.publish.as_ref().expect("a retry plan");
+        assert_eq!(retry.epoch, 3);
+        assert!(retry.moves.iter().any(|m| m.shard == shard), "the failed move is planned again");
+        let mv = three.status.moves.iter().find(|m| m.shard == shard).expect("kept");
+        assert_eq!(mv.attempts, 1);
+        assert_eq!(mv.last_error.as_deref(), Some("no answer to chunk 0: timed out"));
+        let mut o = observe(&s, Some(&three.status), &["app-0", "app-1", "app-2"]);
+        o.progress = vec![fail(3)];
+        o.now = Time(now().0 + k8s_openapi::jiff::SignedDuration::from_secs(100));
+        let four = decide(&o);
+        assert!(four.publish.is_none(), "retries exhausted");
+        let degraded = cond(&four.status, "Degraded");
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "MoveFailed"));
+        assert!(degraded.message.contains("maxRetries"));
+    }
+
+    #[test]
+    fn bad_surroundings_are_degraded_with_what_to_fix() {
+        let s = spec();
+        let mut o = observe(&s, None, &["app-0"]);
+        o.replicas = None;
+        let d = decide(&o);
+        assert!(d.publish.is_none());
+        let c = cond(&d.status, "Degraded");
+        assert_eq!(c.reason, "StatefulSetMissing");
+        assert!(c.message.contains("spec.statefulSet"));
+        assert!(d.notes.iter().any(|n| n.warning));
+
+        let mut o = observe(&s, None, &["app-0"]);
+        o.replicas = Some(9);
+        assert_eq!(cond(&decide(&o).status, "Degraded").reason, "TooManyReplicas");
+
+        let mut o = observe(&s, None, &["app-0"]);
+        o.nats_problem = Some("cannot connect to nats://nats:4222".into());
+        let d = decide(&o);
+        assert_eq!(cond(&d.status, "Degraded").reason, "NatsUnreachable");
+        assert_eq!(cond(&d.status, "Ready").status, "False");
+    }
+
+    #[test]
+    fn paused_plans_nothing_and_says_so() {
+        let mut s = spec();
+        let one = decide(&observe(&s, None, &["app-0", "app-1"])).status;
+        s.paused = true;
+        let d = decide(&observe(&s, Some(&one), &["app-0", "app-1", "app-2"]));
+        assert!(d.publish.is_none());
+        assert_eq!(cond(&d.status, "Rebalancing").reason, "Paused");
+        assert_eq!(d.status.epoch, 1);
+    }
+
+    #[test]
+    fn a_draining_pod_is_planned_out_and_listed_while_it_drains() {
+        let s = spec();
+        let one = decide(&observe(&s, None, &["app-0", "app-1", "app-2"])).status;
+        let mut o = observe(&s, Some(&one), &["app-0", "app-1"]);
+        o.members.push(MemberInput::draining("app-2"));
+        let d = decide(&o);
+        let p = d.publish.expect("plan");
+        assert!(p.moves.iter().all(|m| m.from.as_deref() == Some("app-2")));
+        assert!(d.status.members.iter().any(|m| m.pod == "app-2" && m.state == MemberState::Draining));
+        assert_eq!(d.status.member_count, 2);
+    }
+}
