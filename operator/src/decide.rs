@@ -124,13 +124,20 @@ pub fn decide(o: &Observed<'_>) -> Decision {
             ),
         ))
     } else {
-        o.nats_problem
-            .as_ref()
-            .map(|p| ("NatsUnreachable", format!("{p}: check spec.nats.url and the credentials Secret")))
+        o.nats_problem.as_ref().map(|p| {
+            (
+                "NatsUnreachable",
+                format!("{p}: check spec.nats.url and the credentials Secret"),
+            )
+        })
     };
 
-    let active: BTreeSet<&str> =
-        o.members.iter().filter(|m| !m.draining).map(|m| m.name.as_str()).collect();
+    let active: BTreeSet<&str> = o
+        .members
+        .iter()
+        .filter(|m| !m.draining)
+        .map(|m| m.name.as_str())
+        .collect();
     let planned: BTreeSet<&str> = previous
         .as_ref()
         .map(|p| p.members.iter().map(|m| m.name.as_str()).collect())
@@ -163,7 +170,11 @@ pub fn decide(o: &Observed<'_>) -> Decision {
                     status.moves.iter().map(|m| (m.shard, m)).collect();
                 notes.push(Note {
                     warning: false,
-                    reason: if membership_changed { "Rebalancing" } else { "RetryingMoves" },
+                    reason: if membership_changed {
+                        "Rebalancing"
+                    } else {
+                        "RetryingMoves"
+                    },
                     message: format!(
                         "epoch {}: {} members, {} shards to move",
                         next.epoch,
@@ -192,7 +203,11 @@ pub fn decide(o: &Observed<'_>) -> Decision {
                 status.epoch = next.epoch;
                 status.members = next.members.iter().map(MemberStatus::from).collect();
                 for d in o.members.iter().filter(|m| m.draining) {
-                    if status.moves.iter().any(|mv| mv.from.as_deref() == Some(&d.name)) {
+                    if status
+                        .moves
+                        .iter()
+                        .any(|mv| mv.from.as_deref() == Some(&d.name))
+                    {
                         status.members.push(MemberStatus {
                             pod: d.name.clone(),
                             bucket: u16::MAX,
@@ -233,28 +248,84 @@ pub fn decide(o: &Observed<'_>) -> Decision {
     let now = &o.now;
     match &degraded {
         Some((reason, message)) => {
-            if o.status.and_then(|s| condition(s, "Degraded")).is_none_or(|c| c.reason != *reason) {
-                notes.push(Note { warning: true, reason, message: message.clone() });
+            if o.status
+                .and_then(|s| condition(s, "Degraded"))
+                .is_none_or(|c| c.reason != *reason)
+            {
+                notes.push(Note {
+                    warning: true,
+                    reason,
+                    message: message.clone(),
+                });
             }
-            set(&mut status.conditions, "Degraded", true, reason, message, g, now);
+            set(
+                &mut status.conditions,
+                "Degraded",
+                true,
+                reason,
+                message,
+                g,
+                now,
+            );
         }
-        None => set(&mut status.conditions, "Degraded", false, "AsExpected", "", g, now),
+        None => set(
+            &mut status.conditions,
+            "Degraded",
+            false,
+            "AsExpected",
+            "",
+            g,
+            now,
+        ),
     }
     let moving = status.moving;
     if o.spec.paused && membership_changed {
-        set(&mut status.conditions, "Rebalancing", false, "Paused", "spec.paused is true: membership changes wait", g, now);
+        set(
+            &mut status.conditions,
+            "Rebalancing",
+            false,
+            "Paused",
+            "spec.paused is true: membership changes wait",
+            g,
+            now,
+        );
     } else if moving > 0 {
         let msg = format!("epoch {}: {moving} shard moves in flight", status.epoch);
-        set(&mut status.conditions, "Rebalancing", true, "MovingShards", &msg, g, now);
+        set(
+            &mut status.conditions,
+            "Rebalancing",
+            true,
+            "MovingShards",
+            &msg,
+            g,
+            now,
+        );
     } else {
-        set(&mut status.conditions, "Rebalancing", false, "Balanced", "", g, now);
+        set(
+            &mut status.conditions,
+            "Rebalancing",
+            false,
+            "Balanced",
+            "",
+            g,
+            now,
+        );
     }
     let waiting = membership_changed && publish.is_none();
     let ready = degraded.is_none() && moving == 0 && status.member_count > 0 && !waiting;
     let (reason, msg) = if ready {
-        ("Balanced", format!("epoch {}: {} members own every shard", status.epoch, status.member_count))
+        (
+            "Balanced",
+            format!(
+                "epoch {}: {} members own every shard",
+                status.epoch, status.member_count
+            ),
+        )
     } else if status.member_count == 0 && degraded.is_none() {
-        ("NoMembers", "no Ready pod of the StatefulSet yet".to_owned())
+        (
+            "NoMembers",
+            "no Ready pod of the StatefulSet yet".to_owned(),
+        )
     } else if let Some((r, m)) = &degraded {
         (*r, m.clone())
     } else {
@@ -274,13 +345,20 @@ pub fn decide(o: &Observed<'_>) -> Decision {
     } else {
         Duration::from_secs(300)
     };
-    Decision { status, publish, notes, requeue }
+    Decision {
+        status,
+        publish,
+        notes,
+        requeue,
+    }
 }
 
 /// Folds progress reports of the current epoch into the moves.
 fn apply_progress(status: &mut ShardPlanStatus, reports: &[Progress], now: &Time) {
     for p in reports.iter().filter(|p| p.epoch == status.epoch) {
-        let Some(i) = status.moves.iter().position(|m| m.shard == p.shard) else { continue };
+        let Some(i) = status.moves.iter().position(|m| m.shard == p.shard) else {
+            continue;
+        };
         match p.phase {
             MovePhase::Done => {
                 status.moves.remove(i);
@@ -300,7 +378,10 @@ fn apply_progress(status: &mut ShardPlanStatus, reports: &[Progress], now: &Time
 }
 
 fn condition<'a>(status: &'a ShardPlanStatus, type_: &str) -> Option<&'a Condition> {
-    status.conditions.iter().find(|c| c.type_ == type_ && c.status == "True")
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
 }
 
 /// Sets a condition, keeping its transition time when its status did not change.
@@ -336,15 +417,21 @@ mod tests {
     use aether_core::protocol::VERSION;
 
     fn spec() -> ShardPlanSpec {
-        serde_json::from_value(serde_json::json!({"statefulSet": "app", "shards": 64, "capacity": 8}))
-            .expect("spec")
+        serde_json::from_value(
+            serde_json::json!({"statefulSet": "app", "shards": 64, "capacity": 8}),
+        )
+        .expect("spec")
     }
 
     fn now() -> Time {
         Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
     }
 
-    fn observe<'a>(spec: &'a ShardPlanSpec, status: Option<&'a ShardPlanStatus>, pods: &[&str]) -> Observed<'a> {
+    fn observe<'a>(
+        spec: &'a ShardPlanSpec,
+        status: Option<&'a ShardPlanStatus>,
+        pods: &[&str],
+    ) -> Observed<'a> {
         Observed {
             generation: Some(1),
             spec,
@@ -358,11 +445,23 @@ mod tests {
     }
 
     fn cond<'a>(s: &'a ShardPlanStatus, t: &str) -> &'a Condition {
-        s.conditions.iter().find(|c| c.type_ == t).expect("condition set")
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .expect("condition set")
     }
 
     fn done(epoch: u64, shard: u32) -> Progress {
-        Progress { v: VERSION, epoch, shard, node: "x".into(), phase: MovePhase::Done, actors: 0, duration_ms: 1, error: None }
+        Progress {
+            v: VERSION,
+            epoch,
+            shard,
+            node: "x".into(),
+            phase: MovePhase::Done,
+            actors: 0,
+            duration_ms: 1,
+            error: None,
+        }
     }
 
     #[test]
@@ -422,8 +521,14 @@ mod tests {
         let two = decide(&observe(&s, Some(&one), &["app-0", "app-1", "app-2"]));
         let shard = two.publish.as_ref().expect("plan").moves[0].shard;
         let fail = |epoch| Progress {
-            v: VERSION, epoch, shard, node: "app-0".into(), phase: MovePhase::Failed,
-            actors: 0, duration_ms: 5, error: Some("no answer to chunk 0: timed out".into()),
+            v: VERSION,
+            epoch,
+            shard,
+            node: "app-0".into(),
+            phase: MovePhase::Failed,
+            actors: 0,
+            duration_ms: 5,
+            error: Some("no answer to chunk 0: timed out".into()),
         };
         let mut o = observe(&s, Some(&two.status), &["app-0", "app-1", "app-2"]);
         o.progress = vec![fail(2)];
@@ -434,17 +539,31 @@ mod tests {
         let three = decide(&o);
         let retry = three.publish.as_ref().expect("a retry plan");
         assert_eq!(retry.epoch, 3);
-        assert!(retry.moves.iter().any(|m| m.shard == shard), "the failed move is planned again");
-        let mv = three.status.moves.iter().find(|m| m.shard == shard).expect("kept");
+        assert!(
+            retry.moves.iter().any(|m| m.shard == shard),
+            "the failed move is planned again"
+        );
+        let mv = three
+            .status
+            .moves
+            .iter()
+            .find(|m| m.shard == shard)
+            .expect("kept");
         assert_eq!(mv.attempts, 1);
-        assert_eq!(mv.last_error.as_deref(), Some("no answer to chunk 0: timed out"));
+        assert_eq!(
+            mv.last_error.as_deref(),
+            Some("no answer to chunk 0: timed out")
+        );
         let mut o = observe(&s, Some(&three.status), &["app-0", "app-1", "app-2"]);
         o.progress = vec![fail(3)];
         o.now = Time(now().0 + k8s_openapi::jiff::SignedDuration::from_secs(100));
         let four = decide(&o);
         assert!(four.publish.is_none(), "retries exhausted");
         let degraded = cond(&four.status, "Degraded");
-        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "MoveFailed"));
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "MoveFailed")
+        );
         assert!(degraded.message.contains("maxRetries"));
     }
 
@@ -462,7 +581,10 @@ mod tests {
 
         let mut o = observe(&s, None, &["app-0"]);
         o.replicas = Some(9);
-        assert_eq!(cond(&decide(&o).status, "Degraded").reason, "TooManyReplicas");
+        assert_eq!(
+            cond(&decide(&o).status, "Degraded").reason,
+            "TooManyReplicas"
+        );
 
         let mut o = observe(&s, None, &["app-0"]);
         o.nats_problem = Some("cannot connect to nats://nats:4222".into());
@@ -491,7 +613,12 @@ mod tests {
         let d = decide(&o);
         let p = d.publish.expect("plan");
         assert!(p.moves.iter().all(|m| m.from.as_deref() == Some("app-2")));
-        assert!(d.status.members.iter().any(|m| m.pod == "app-2" && m.state == MemberState::Draining));
+        assert!(
+            d.status
+                .members
+                .iter()
+                .any(|m| m.pod == "app-2" && m.state == MemberState::Draining)
+        );
         assert_eq!(d.status.member_count, 2);
     }
 }

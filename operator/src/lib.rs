@@ -6,6 +6,7 @@
 //!   server-side apply first, then the plan to NATS KV) and follows progress reports;
 //! - `crdgen.rs`: the CRD YAML from the Rust types.
 
+pub mod controller;
 pub mod crdgen;
 pub mod decide;
 pub mod membership;

@@ -46,7 +46,8 @@ pub(crate) mod tests {
         Pod {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
-                deletion_timestamp: deleting.then(|| Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)),
+                deletion_timestamp: deleting
+                    .then(|| Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)),
                 ..ObjectMeta::default()
             },
             status: Some(PodStatus {

@@ -1,0 +1,501 @@
+//! The kube-rs Controller: observe (ShardPlan, StatefulSet, pods, NATS, progress reports), decide
+//! (`decide.rs`), apply: the status first (server-side apply on the status subresource), then the plan
+//! to the NATS KV bucket, then Kubernetes Events. A plan in the status but not in NATS (a crash or NATS
+//! outage between the two writes) is published on the next reconcile, so status always leads.
+
+use crate::decide::{Decision, Note, Observed, decide, plan_from_status};
+use crate::membership;
+use aether_core::crd::{ShardPlan, ShardPlanStatus};
+use aether_core::protocol::{Names, PlanMessage, Progress, decode};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Field manager of the status writes.
+pub const MANAGER: &str = "aether-operator";
+
+/// The operator's one error type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API refused or failed a call.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// A NATS call failed.
+    #[error("nats: {0}")]
+    Nats(String),
+    /// The object lacks what every object has (a namespace).
+    #[error("invalid object: {0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// Metric label: a fixed category per variant.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Self::Kube(_) => "kube",
+            Self::Nats(_) => "nats",
+            Self::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// Result with the operator's [`enum@Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Label of per-reason metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// The reason.
+    pub reason: &'static str,
+}
+
+/// Label of per-ShardPlan metrics (bounded by the number of ShardPlans).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlanLabel {
+    /// namespace/name.
+    pub shardplan: String,
+}
+
+/// Operator metrics, served at `/metrics`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles run.
+    pub reconciles: Counter,
+    /// Reconcile errors by reason.
+    pub errors: Family<Reason, Counter>,
+    /// Current epoch per ShardPlan.
+    pub epoch: Family<PlanLabel, Gauge>,
+    /// Moves not done per ShardPlan.
+    pub moving: Family<PlanLabel, Gauge>,
+    /// Seconds to decide (plan computation included).
+    pub plan_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("aether_operator");
+        let reconciles = Counter::default();
+        let errors = Family::<Reason, Counter>::default();
+        let epoch = Family::<PlanLabel, Gauge>::default();
+        let moving = Family::<PlanLabel, Gauge>::default();
+        let plan_seconds = Histogram::new([0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25]);
+        registry.register("reconciles", "Reconciles run", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconcile errors by reason",
+            errors.clone(),
+        );
+        registry.register("plan_epoch", "Current plan epoch", epoch.clone());
+        registry.register("moves_in_flight", "Shard moves not done", moving.clone());
+        registry.register(
+            "decide_seconds",
+            "Time to decide a reconcile, plan included",
+            plan_seconds.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            errors,
+            epoch,
+            moving,
+            plan_seconds,
+        }
+    }
+}
+
+impl Metrics {
+    /// Prometheus text exposition.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// A NATS connection with the plan subscriptions made on it.
+#[derive(Debug)]
+struct NatsConn {
+    client: async_nats::Client,
+    prefixes: Vec<String>,
+}
+
+/// State shared by reconciles.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    nats: tokio::sync::Mutex<HashMap<String, NatsConn>>,
+    progress: Arc<Mutex<HashMap<String, Vec<Progress>>>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context for `client`, reporting Events as `identity`.
+    #[must_use]
+    pub fn new(client: Client, identity: &str, metrics: Arc<Metrics>) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: Some(identity.to_owned()),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            nats: tokio::sync::Mutex::new(HashMap::new()),
+            progress: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The NATS connection for a ShardPlan (cached per URL and credentials), subscribed to its progress.
+    async fn nats(&self, sp: &ShardPlan, ns: &str) -> Result<async_nats::Client> {
+        let spec = &sp.spec.nats;
+        let mut opts = async_nats::ConnectOptions::new().name(MANAGER);
+        let mut key = spec.url.clone();
+        if let Some(secret) = &spec.credentials_secret {
+            let s = Api::<Secret>::namespaced(self.client.clone(), ns)
+                .get_opt(secret)
+                .await?
+                .ok_or_else(|| {
+                    Error::Nats(format!("credentials Secret {secret:?} not found in {ns}"))
+                })?;
+            let data = s.data.unwrap_or_default();
+            let get = |k: &str| {
+                data.get(k)
+                    .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            };
+            key.push_str(&format!(
+                "|{secret}@{}",
+                s.metadata.resource_version.unwrap_or_default()
+            ));
+            if let (Some(u), Some(p)) = (get("user"), get("password")) {
+                opts = opts.user_and_password(u, p);
+            } else if let Some(t) = get("token") {
+                opts = opts.token(t);
+            } else if let Some(c) = get("creds") {
+                opts = opts
+                    .credentials(&c)
+                    .map_err(|e| Error::Nats(format!("Secret {secret:?} key creds: {e}")))?;
+            } else {
+                return Err(Error::Nats(format!(
+                    "Secret {secret:?} has none of the keys user+password, token or creds"
+                )));
+            }
+        }
+        let mut conns = self.nats.lock().await;
+        if !conns.contains_key(&key) {
+            let urls: Vec<async_nats::ServerAddr> = spec
+                .url
+                .split(',')
+                .map(|u| {
+                    u.trim()
+                        .parse()
+                        .map_err(|e| Error::Nats(format!("spec.nats.url {u:?}: {e}")))
+                })
+                .collect::<Result<_>>()?;
+            let client = tokio::time::timeout(Duration::from_secs(5), opts.connect(urls))
+                .await
+                .map_err(|_| Error::Nats(format!("cannot connect to {} within 5s", spec.url)))?
+                .map_err(|e| Error::Nats(format!("cannot connect to {}: {e}", spec.url)))?;
+            conns.insert(
+                key.clone(),
+                NatsConn {
+                    client,
+                    prefixes: Vec::new(),
+                },
+            );
+        }
+        let conn = conns
+            .get_mut(&key)
+            .ok_or_else(|| Error::Nats("connection vanished".into()))?;
+        let prefix = spec.subject_prefix.clone();
+        if !conn.prefixes.contains(&prefix) {
+            let mut sub = conn
+                .client
+                .subscribe(Names::new(&prefix).progress())
+                .await
+                .map_err(|e| Error::Nats(e.to_string()))?;
+            let sink = self.progress.clone();
+            let p = prefix.clone();
+            tokio::spawn(async move {
+                while let Some(m) = sub.next().await {
+                    if let Ok(report) = decode::<Progress>(&m.payload)
+                        && let Ok(mut map) = sink.lock()
+                    {
+                        map.entry(p.clone()).or_default().push(report);
+                    }
+                }
+            });
+            conn.prefixes.push(prefix);
+        }
+        Ok(conn.client.clone())
+    }
+
+    fn take_progress(&self, prefix: &str) -> Vec<Progress> {
+        self.progress
+            .lock()
+            .map(|mut m| m.remove(prefix).unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+/// One reconcile of a ShardPlan.
+pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.metrics.reconciles.inc();
+    let ns = sp
+        .namespace()
+        .ok_or_else(|| Error::Invalid("ShardPlan without namespace".into()))?;
+    let name = sp.name_any();
+    let sts = Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&sp.spec.stateful_set)
+        .await?;
+    let pods = match &sts {
+        Some(s) => list_pods(&ctx.client, &ns, s).await?,
+        None => Vec::new(),
+    };
+    let (nats, nats_problem) = match ctx.nats(&sp, &ns).await {
+        Ok(c) => (Some(c), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let prefix = sp.spec.nats.subject_prefix.clone();
+    let progress = ctx.take_progress(&prefix);
+    let started = Instant::now();
+    let observed = Observed {
+        generation: sp.metadata.generation,
+        spec: &sp.spec,
+        status: sp.status.as_ref(),
+        replicas: sts
+            .as_ref()
+            .map(|s| s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)),
+        members: membership::members(&pods),
+        progress: progress.clone(),
+        nats_problem,
+        now: Time(k8s_openapi::jiff::Timestamp::now()),
+    };
+    let Decision {
+        status,
+        publish,
+        notes,
+        requeue,
+    } = decide(&observed);
+    ctx.metrics
+        .plan_seconds
+        .observe(started.elapsed().as_secs_f64());
+
+    if let Err(e) = write_status(&ctx.client, &ns, &name, &status).await {
+        // Nothing was decided for good: hand the reports back for the next attempt.
+        if let Ok(mut map) = ctx.progress.lock() {
+            map.entry(prefix).or_default().splice(0..0, progress);
+        }
+        return Err(e);
+    }
+    let label = PlanLabel {
+        shardplan: format!("{ns}/{name}"),
+    };
+    ctx.metrics
+        .epoch
+        .get_or_create(&label)
+        .set(status.epoch as i64);
+    ctx.metrics
+        .moving
+        .get_or_create(&label)
+        .set(i64::from(status.moving));
+
+    if let Some(client) = nats {
+        let msg = publish.or_else(|| {
+            plan_from_status(&status).map(|p| {
+                PlanMessage::new(
+                    &p,
+                    sp.spec.migration.max_concurrent,
+                    sp.spec.migration.timeout_seconds,
+                )
+            })
+        });
+        if let Some(msg) = msg {
+            ensure_published(&client, &prefix, msg).await?;
+        }
+    }
+    for note in notes {
+        emit(&ctx, &sp, note).await;
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// Publishes `msg` unless the bucket already holds its epoch or a later one.
+async fn ensure_published(
+    client: &async_nats::Client,
+    prefix: &str,
+    msg: PlanMessage,
+) -> Result<()> {
+    let js = async_nats::jetstream::new(client.clone());
+    let bucket = aether_node::plans::open_bucket(&js, &Names::new(prefix), 1)
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
+    let held = bucket
+        .get(Names::PLAN_KEY)
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?
+        .and_then(|v| decode::<PlanMessage>(&v).ok())
+        .map_or(0, |p| p.epoch);
+    if held >= msg.epoch {
+        return Ok(());
+    }
+    aether_node::plans::publish(&bucket, &msg)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::Nats(e.to_string()))
+}
+
+async fn list_pods(client: &Client, ns: &str, sts: &StatefulSet) -> Result<Vec<Pod>> {
+    let labels = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default();
+    let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let sts_name = sts.name_any();
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&selector.join(",")))
+        .await?;
+    // Only the StatefulSet's own pods, not others that happen to match its labels.
+    Ok(pods
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.owner_references()
+                .iter()
+                .any(|o| o.kind == "StatefulSet" && o.name == sts_name)
+        })
+        .collect())
+}
+
+async fn write_status(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    status: &ShardPlanStatus,
+) -> Result<()> {
+    let api = Api::<ShardPlan>::namespaced(client.clone(), ns);
+    let patch = serde_json::json!({
+        "apiVersion": ShardPlan::api_version(&()),
+        "kind": ShardPlan::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn emit(ctx: &Context, sp: &ShardPlan, note: Note) {
+    let ev = Event {
+        type_: if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: note.reason.into(),
+        note: Some(note.message),
+        action: "Plan".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &sp.object_ref(&())).await {
+        tracing::warn!(error = %e, "event not recorded");
+    }
+}
+
+/// Requeue with backoff on errors; the error is logged and counted, never a crash.
+pub fn error_policy(sp: Arc<ShardPlan>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .errors
+        .get_or_create(&Reason {
+            reason: error.reason(),
+        })
+        .inc();
+    tracing::warn!(shardplan = %sp.name_any(), error = %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let plans = Api::<ShardPlan>::all(client.clone());
+    let controller = Controller::new(plans, watcher::Config::default());
+    let store = controller.store();
+    let store2 = store.clone();
+    controller
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+            move |pod: Pod| {
+                let ns = pod.namespace();
+                let owner = pod
+                    .owner_references()
+                    .iter()
+                    .find(|o| o.kind == "StatefulSet")
+                    .map(|o| o.name.clone());
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|sp| {
+                        sp.namespace() == ns && Some(&sp.spec.stateful_set) == owner.as_ref()
+                    })
+                    .map(|sp| ObjectRef::from_obj(&*sp))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<StatefulSet>::all(client),
+            watcher::Config::default(),
+            move |sts: StatefulSet| {
+                let (ns, name) = (sts.namespace(), sts.name_any());
+                store2
+                    .state()
+                    .into_iter()
+                    .filter(|sp| sp.namespace() == ns && sp.spec.stateful_set == name)
+                    .map(|sp| ObjectRef::from_obj(&*sp))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile dispatch");
+            }
+        })
+        .await;
+}
