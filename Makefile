@@ -5,8 +5,10 @@ CARGO ?= cargo
 TOOLS_DIR ?= $(HOME)/.cache/aether/tools
 NATS_SERVER_VERSION := v2.15.2
 NATS_SERVER := $(TOOLS_DIR)/nats-server-$(NATS_SERVER_VERSION)/nats-server
+HELM_VERSION := v3.22.0
+HELM := $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 
-.PHONY: all build test lint fmt generate check-generated bench tools clean-tools
+.PHONY: all build test lint fmt generate check-generated chart-check bench tools clean-tools
 
 all: lint test
 
@@ -15,7 +17,7 @@ build:
 
 ## test: every test (unit, property, NATS, end-to-end); the tools they need are built first.
 # The end-to-end tests start the workspace's binaries as OS processes, so those are built first.
-test: tools check-generated
+test: tools check-generated chart-check
 	$(CARGO) build --workspace --release --bins
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) test --workspace --release
 
@@ -30,10 +32,19 @@ fmt:
 ## generate: regenerate checked-in files from code (the CRD).
 generate:
 	$(CARGO) run -q --release -p aether-operator --bin crdgen > crds/shardplan.yaml
+	cp crds/shardplan.yaml charts/aether/crds/shardplan.yaml
 
 ## check-generated: fail when a generated file differs from the code.
 check-generated: generate
-	@git diff --exit-code -- crds/ || { echo "generated files are stale: run 'make generate' and commit"; exit 1; }
+	@git diff --exit-code -- crds/ charts/aether/crds/ || { echo "generated files are stale: run 'make generate' and commit"; exit 1; }
+
+## chart-check: helm lint, and a render of every template with the example on.
+chart-check: $(HELM)
+	$(HELM) lint charts/aether --set example.enabled=true
+	$(HELM) template t charts/aether --set example.enabled=true > target/chart-render.yaml
+	@for kind in Deployment ClusterRole Role StatefulSet PodDisruptionBudget ShardPlan; do \
+	  grep -q "^kind: $$kind$$" target/chart-render.yaml || { echo "chart render lacks a $$kind"; exit 1; }; done
+	@! $(HELM) template t charts/aether --set nats.url=bogus > /dev/null 2>&1 || { echo "values.schema.json accepted a bad nats.url"; exit 1; }
 
 ## bench: every benchmark; writes BENCHMARKS.md.
 bench:
@@ -42,11 +53,15 @@ bench:
 	python3 scripts/bench-report.py target/criterion target/balance.md BENCHMARKS.md
 
 ## tools: the test binaries, built from Go modules into $(TOOLS_DIR).
-tools: $(NATS_SERVER)
+tools: $(NATS_SERVER) $(HELM)
 
 $(NATS_SERVER):
 	mkdir -p $(dir $@)
 	GOBIN=$(dir $@) go install github.com/nats-io/nats-server/v2@$(NATS_SERVER_VERSION)
+
+$(HELM):
+	mkdir -p $(dir $@)
+	GOBIN=$(dir $@) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 clean-tools:
 	rm -rf $(TOOLS_DIR)

@@ -1,0 +1,10 @@
+# Build from the repository root: docker build -f docker/operator.Dockerfile .
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p aether-operator --bin aether-operator
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/aether-operator /usr/local/bin/aether-operator
+USER nonroot
+ENTRYPOINT ["/usr/local/bin/aether-operator"]
