@@ -25,7 +25,7 @@ build_k8s() {
   modfile=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
   go mod edit -require="k8s.io/kubernetes@$K8S_VERSION"
   # Every k8s.io module k8s.io/kubernetes requires at v0.0.0 is a staging module: pin it.
-  grep -E '^\s+k8s\.io/[^ ]+ v0\.0\.0' "$modfile" | awk '{print $1}' | sort -u | while read -r m; do
+  grep -E '^\s+k8s\.io/[^ ]+ v0\.0\.0\s*$' "$modfile" | awk '{print $1}' | sort -u | while read -r m; do
     go mod edit -replace="$m=$m@$staging"
   done
   printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n\t_ "k8s.io/kubernetes/cmd/kube-scheduler/app"\n)\n' > tools.go

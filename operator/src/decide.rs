@@ -333,17 +333,18 @@ pub fn decide(o: &Observed<'_>) -> Decision {
     };
     set(&mut status.conditions, "Ready", ready, reason, &msg, g, now);
 
-    let requeue = if moving > 0 || degraded.is_some() {
-        let next_retry = status
-            .moves
-            .iter()
-            .filter(|m| m.phase == MovePhase::Failed)
-            .map(|m| backoff(m.attempts))
-            .min()
-            .unwrap_or(Duration::from_secs(1));
-        next_retry.min(Duration::from_secs(5))
-    } else {
-        Duration::from_secs(300)
+    // Progress reports arrive over NATS between reconciles: look again soon while moves are in flight.
+    let failed_retry = status
+        .moves
+        .iter()
+        .filter(|m| m.phase == MovePhase::Failed)
+        .map(|m| backoff(m.attempts))
+        .min();
+    let requeue = match (failed_retry, moving > 0, degraded.is_some()) {
+        (Some(wait), _, _) => wait.min(Duration::from_secs(10)),
+        (None, true, _) => Duration::from_secs(1),
+        (None, false, true) => Duration::from_secs(10),
+        (None, false, false) => Duration::from_secs(300),
     };
     Decision {
         status,

@@ -33,13 +33,24 @@ fn status_body(code: u16, reason: &str) -> Body {
     )
 }
 
-async fn expect(handle: &mut Handle, method: Method, path: &str) -> (Request<Body>, tower_test::mock::SendResponse<Response<Body>>) {
+async fn expect(
+    handle: &mut Handle,
+    method: Method,
+    path: &str,
+) -> (
+    Request<Body>,
+    tower_test::mock::SendResponse<Response<Body>>,
+) {
     let (req, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
         .await
         .unwrap_or_else(|_| panic!("no {method} {path} within 10s"))
         .unwrap_or_else(|| panic!("client gone before {method} {path}"));
     assert_eq!(req.method(), method);
-    assert!(req.uri().path() == path, "expected {path}, got {}", req.uri());
+    assert!(
+        req.uri().path() == path,
+        "expected {path}, got {}",
+        req.uri()
+    );
     (req, send)
 }
 
@@ -55,9 +66,24 @@ async fn a_conflicting_status_write_is_an_error_and_publishes_nothing() {
     let ctx = Context::new(client, "test", Arc::new(Metrics::default()));
     let run = tokio::spawn(reconcile(shardplan(), ctx.clone()));
 
-    let (_, send) = expect(&mut handle, Method::GET, "/apis/apps/v1/namespaces/default/statefulsets/app").await;
-    send.send_response(Response::builder().status(StatusCode::NOT_FOUND).body(status_body(404, "NotFound")).expect("response"));
-    let (req, send) = expect(&mut handle, Method::PATCH, "/apis/aether.dev/v1alpha1/namespaces/default/shardplans/plan/status").await;
+    let (_, send) = expect(
+        &mut handle,
+        Method::GET,
+        "/apis/apps/v1/namespaces/default/statefulsets/app",
+    )
+    .await;
+    send.send_response(
+        Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(status_body(404, "NotFound"))
+            .expect("response"),
+    );
+    let (req, send) = expect(
+        &mut handle,
+        Method::PATCH,
+        "/apis/aether.dev/v1alpha1/namespaces/default/shardplans/plan/status",
+    )
+    .await;
     let patch = body_json(req).await;
     let degraded = patch["status"]["conditions"]
         .as_array()
@@ -65,14 +91,27 @@ async fn a_conflicting_status_write_is_an_error_and_publishes_nothing() {
         .expect("a Degraded condition");
     assert_eq!(degraded["status"], "True");
     assert_eq!(degraded["reason"], "StatefulSetMissing");
-    assert!(degraded["message"].as_str().is_some_and(|m| m.contains("spec.statefulSet")));
-    send.send_response(Response::builder().status(StatusCode::CONFLICT).body(status_body(409, "Conflict")).expect("response"));
+    assert!(
+        degraded["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.statefulSet"))
+    );
+    send.send_response(
+        Response::builder()
+            .status(StatusCode::CONFLICT)
+            .body(status_body(409, "Conflict"))
+            .expect("response"),
+    );
 
     let result = run.await.expect("reconcile task");
     let err = result.expect_err("a conflict is an error");
     assert_eq!(err.reason(), "conflict");
     // No Event and no other call after the failed write.
-    assert!(tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), handle.next_request())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -89,32 +128,87 @@ async fn an_unreachable_nats_is_reported_with_what_to_fix() {
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}}, "serviceName": "app",
                  "template": {"metadata": {"labels": {"app": "app"}}, "spec": {"containers": []}}}
     });
-    let (_, send) = expect(&mut handle, Method::GET, "/apis/apps/v1/namespaces/default/statefulsets/app").await;
-    send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&sts).expect("json"))).expect("response"));
+    let (_, send) = expect(
+        &mut handle,
+        Method::GET,
+        "/apis/apps/v1/namespaces/default/statefulsets/app",
+    )
+    .await;
+    send.send_response(
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(&sts).expect("json")))
+            .expect("response"),
+    );
     let (req, send) = expect(&mut handle, Method::GET, "/api/v1/namespaces/default/pods").await;
-    assert!(req.uri().query().is_some_and(|q| q.contains("labelSelector=app%3Dapp")), "{}", req.uri());
-    let pods = serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []});
-    send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&pods).expect("json"))).expect("response"));
+    assert!(
+        req.uri()
+            .query()
+            .is_some_and(|q| q.contains("labelSelector=app%3Dapp")),
+        "{}",
+        req.uri()
+    );
+    let pods =
+        serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []});
+    send.send_response(
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(&pods).expect("json")))
+            .expect("response"),
+    );
 
-    let (req, send) = expect(&mut handle, Method::PATCH, "/apis/aether.dev/v1alpha1/namespaces/default/shardplans/plan/status").await;
+    let (req, send) = expect(
+        &mut handle,
+        Method::PATCH,
+        "/apis/aether.dev/v1alpha1/namespaces/default/shardplans/plan/status",
+    )
+    .await;
     let patch = body_json(req).await;
-    let cs = patch["status"]["conditions"].as_array().cloned().unwrap_or_default();
-    let degraded = cs.iter().find(|c| c["type"] == "Degraded").expect("Degraded");
+    let cs = patch["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let degraded = cs
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .expect("Degraded");
     assert_eq!(degraded["reason"], "NatsUnreachable");
-    assert!(degraded["message"].as_str().is_some_and(|m| m.contains("spec.nats.url")));
+    assert!(
+        degraded["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.nats.url"))
+    );
     let ready = cs.iter().find(|c| c["type"] == "Ready").expect("Ready");
     assert_eq!(ready["status"], "False");
     let mut echoed = serde_json::to_value(&*sp).expect("json");
     echoed["status"] = patch["status"].clone();
-    send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&echoed).expect("json"))).expect("response"));
+    send.send_response(
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(&echoed).expect("json")))
+            .expect("response"),
+    );
 
     // A Warning Event says the same.
-    let (req, send) = expect(&mut handle, Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events").await;
+    let (req, send) = expect(
+        &mut handle,
+        Method::POST,
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+    )
+    .await;
     let event = body_json(req).await;
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["reason"], "NatsUnreachable");
-    send.send_response(Response::builder().status(StatusCode::CREATED).body(Body::from(serde_json::to_vec(&event).expect("json"))).expect("response"));
+    send.send_response(
+        Response::builder()
+            .status(StatusCode::CREATED)
+            .body(Body::from(serde_json::to_vec(&event).expect("json")))
+            .expect("response"),
+    );
 
-    let action = run.await.expect("task").expect("a degraded reconcile is not an error");
-    assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(5)));
+    let action = run
+        .await
+        .expect("task")
+        .expect("a degraded reconcile is not an error");
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(10))
+    );
 }
