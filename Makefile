@@ -6,6 +6,8 @@ TOOLS_DIR ?= $(HOME)/.cache/aether/tools
 NATS_SERVER_VERSION := v2.15.2
 NATS_SERVER := $(TOOLS_DIR)/nats-server-$(NATS_SERVER_VERSION)/nats-server
 HELM_VERSION := v3.22.0
+# The Kubernetes minor the Rust types (k8s-openapi v1_36) and tools/build-k8s.sh use.
+K8S_VERSION := v1.36.3
 HELM := $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 
 .PHONY: all build test lint fmt generate check-generated chart-check bench tools clean-tools
@@ -40,11 +42,12 @@ check-generated: generate
 
 ## chart-check: helm lint, and a render of every template with the example on.
 chart-check: $(HELM)
-	$(HELM) lint charts/aether --set example.enabled=true
-	$(HELM) template t charts/aether --set example.enabled=true > target/chart-render.yaml
+	$(HELM) lint charts/aether --kube-version $(K8S_VERSION) --set example.enabled=true
+	mkdir -p target
+	$(HELM) template t charts/aether --kube-version $(K8S_VERSION) --set example.enabled=true > target/chart-render.yaml
 	@for kind in Deployment ClusterRole Role StatefulSet PodDisruptionBudget ShardPlan; do \
 	  grep -q "^kind: $$kind$$" target/chart-render.yaml || { echo "chart render lacks a $$kind"; exit 1; }; done
-	@! $(HELM) template t charts/aether --set nats.url=bogus > /dev/null 2>&1 || { echo "values.schema.json accepted a bad nats.url"; exit 1; }
+	@! $(HELM) template t charts/aether --kube-version $(K8S_VERSION) --set nats.url=bogus > /dev/null 2>&1 || { echo "values.schema.json accepted a bad nats.url"; exit 1; }
 
 ## bench: every benchmark; writes BENCHMARKS.md.
 bench:
