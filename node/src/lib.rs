@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod migration;
 pub mod node;
 pub mod plans;
+pub mod process;
 pub mod routing;
 pub mod store;
 

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: NodeConfig) -> aether_node::Result<()> {
-    init_logs(cfg.log_json);
+    aether_node::process::init_logs(cfg.log_json);
     let health = Arc::new(Health::default());
     let metrics = Arc::new(Metrics::default());
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
@@ -79,40 +79,5 @@ async fn run(cfg: NodeConfig) -> aether_node::Result<()> {
             tracing::error!(error = %e, "http server stopped");
         }
     });
-    node::run(cfg, health, metrics, terminate()).await
-}
-
-async fn terminate() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    node::run(cfg, health, metrics, aether_node::process::terminate()).await
 }

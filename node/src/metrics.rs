@@ -104,10 +104,6 @@ impl Metrics {
     /// Prometheus text exposition.
     #[must_use]
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        crate::process::render_metrics(&self.registry)
     }
 }

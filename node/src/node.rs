@@ -743,15 +743,7 @@ pub async fn connect(args: &crate::config::NatsArgs, name: &str) -> Result<async
             .add_client_certificate(cert.clone(), key.clone())
             .require_tls(true);
     }
-    let urls: Vec<async_nats::ServerAddr> = args
-        .nats_url
-        .split(',')
-        .map(|u| {
-            u.trim()
-                .parse()
-                .map_err(|e| Error::Config(format!("--nats-url {u:?}: {e}")))
-        })
-        .collect::<Result<_>>()?;
+    let urls = crate::process::nats_urls(&args.nats_url, "--nats-url")?;
     opts.connect(urls)
         .await
         .map_err(|e| Error::Nats(format!("connect {}: {e}", args.nats_url)))

@@ -126,11 +126,7 @@ impl Metrics {
     /// Prometheus text exposition.
     #[must_use]
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        aether_node::process::render_metrics(&self.registry)
     }
 }
 
@@ -211,15 +207,8 @@ impl Context {
         }
         let mut conns = self.nats.lock().await;
         if !conns.contains_key(&key) {
-            let urls: Vec<async_nats::ServerAddr> = spec
-                .url
-                .split(',')
-                .map(|u| {
-                    u.trim()
-                        .parse()
-                        .map_err(|e| Error::Nats(format!("spec.nats.url {u:?}: {e}")))
-                })
-                .collect::<Result<_>>()?;
+            let urls = aether_node::process::nats_urls(&spec.url, "spec.nats.url")
+                .map_err(|e| Error::Nats(e.to_string()))?;
             let client = tokio::time::timeout(Duration::from_secs(5), opts.connect(urls))
                 .await
                 .map_err(|_| Error::Nats(format!("cannot connect to {} within 5s", spec.url)))?

@@ -36,7 +36,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logs(args.log_json);
+    aether_node::process::init_logs(args.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,7 +92,7 @@ async fn run(args: Args) -> Result<(), String> {
         tracing::info!(identity = %args.identity, "standing by for the leader Lease");
         tokio::select! {
             changed = leader.changed() => changed.map_err(|e| format!("lease watch: {e}"))?,
-            () = shutdown_signal() => return Ok(()),
+            () = aether_node::process::terminate() => return Ok(()),
         }
     }
     tracing::info!(identity = %args.identity, "leading");
@@ -100,7 +100,7 @@ async fn run(args: Args) -> Result<(), String> {
     let mut lost = leader.clone();
     let stop = async move {
         tokio::select! {
-            () = shutdown_signal() => {}
+            () = aether_node::process::terminate() => {}
             _ = async { while lost.changed().await.is_ok() && *lost.borrow() {} } => {
                 tracing::warn!("leadership lost: stopping");
             }
@@ -120,32 +120,4 @@ async fn metrics_text(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
         )],
         m.render(),
     )
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
-fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

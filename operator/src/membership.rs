@@ -47,7 +47,7 @@ pub(crate) mod tests {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
                 deletion_timestamp: deleting
-                    .then(|| Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)),
+                    .then_some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)),
                 ..ObjectMeta::default()
             },
             status: Some(PodStatus {
