@@ -8,6 +8,9 @@ NATS_SERVER := $(TOOLS_DIR)/nats-server-$(NATS_SERVER_VERSION)/nats-server
 HELM_VERSION := v3.22.0
 # The Kubernetes minor the Rust types (k8s-openapi v1_36) and tools/build-k8s.sh use.
 K8S_VERSION := v1.36.3
+ETCD_VERSION := v3.6.16
+KUBE_APISERVER := $(TOOLS_DIR)/kubernetes-$(K8S_VERSION)/kube-apiserver
+ETCD := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
 HELM := $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 
 .PHONY: all build test lint fmt generate check-generated chart-check bench tools clean-tools
@@ -21,7 +24,8 @@ build:
 # The end-to-end tests start the workspace's binaries as OS processes, so those are built first.
 test: tools check-generated chart-check
 	$(CARGO) build --workspace --release --bins
-	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) test --workspace --release
+	AETHER_NATS_SERVER=$(NATS_SERVER) AETHER_ETCD=$(ETCD) AETHER_KUBE_APISERVER=$(KUBE_APISERVER) \
+	  $(CARGO) test --workspace --release
 
 ## lint: formatting and clippy, warnings are errors.
 lint:
@@ -55,8 +59,15 @@ bench:
 	$(CARGO) run -q --release -p aether-core --example balance_report > target/balance.md
 	python3 scripts/bench-report.py target/criterion target/balance.md BENCHMARKS.md
 
-## tools: the test binaries, built from Go modules into $(TOOLS_DIR).
-tools: $(NATS_SERVER) $(HELM)
+## tools: the test binaries, built from Go modules into $(TOOLS_DIR) (first time: ~25 min on 2 cores,
+## most of it the Kubernetes control plane; then reused).
+tools: $(NATS_SERVER) $(HELM) $(ETCD) $(KUBE_APISERVER)
+
+$(ETCD):
+	TOOLS_DIR=$(TOOLS_DIR) ETCD_VERSION=$(ETCD_VERSION) tools/build-k8s.sh etcd
+
+$(KUBE_APISERVER):
+	TOOLS_DIR=$(TOOLS_DIR) K8S_VERSION=$(K8S_VERSION) tools/build-k8s.sh k8s
 
 $(NATS_SERVER):
 	mkdir -p $(dir $@)

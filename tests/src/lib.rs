@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod k8s;
 
 /// A free TCP port on loopback (bound and released; good enough for tests on one machine).
 #[must_use]

@@ -1,0 +1,211 @@
+//! The operator against a real kube-apiserver (and etcd), with node sidecars on a real nats-server:
+//! CRD validation, a plan written to status and NATS, a scale-up rebalanced by the nodes until Ready,
+//! and a missing StatefulSet reported as Degraded.
+
+use aether_core::crd::{ShardPlan, ShardPlanStatus};
+use aether_core::protocol::{Names, PlanMessage, decode};
+use aether_tests::cluster::TestNode;
+use aether_tests::k8s::ApiServer;
+use aether_tests::{NatsServer, Process, free_port, wait_for, workspace_binary};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, CustomResourceExt};
+use serde_json::json;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+async fn add_pod(pods: &Api<Pod>, sts: &StatefulSet, name: &str) {
+    let uid = sts.metadata.uid.clone().unwrap_or_default();
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "app"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "app", "uid": uid, "controller": true}]},
+        "spec": {"containers": [{"name": "app", "image": "app"}]}
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+    // What the kubelet would report once the containers run and pass their readiness probe.
+    let status = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("pod status");
+}
+
+fn status_of(sp: &ShardPlan) -> ShardPlanStatus {
+    sp.status.clone().unwrap_or_default()
+}
+
+fn condition(sp: &ShardPlan, t: &str) -> Option<(String, String)> {
+    status_of(sp)
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == t)
+        .map(|c| (c.status, c.reason))
+}
+
+async fn nats_epoch(nc: &async_nats::Client, prefix: &str) -> u64 {
+    let js = async_nats::jetstream::new(nc.clone());
+    let Ok(kv) = js.get_key_value(Names::new(prefix).plan_bucket()).await else {
+        return 0;
+    };
+    match kv.get(Names::PLAN_KEY).await {
+        Ok(Some(v)) => decode::<PlanMessage>(&v).map_or(0, |p| p.epoch),
+        _ => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_plans_publishes_and_follows_a_scale_up() {
+    let api = ApiServer::start().await;
+    let client = api.client().await;
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &ShardPlan::crd())
+        .await
+        .expect("CRD");
+    let plans: Api<ShardPlan> = Api::namespaced(client.clone(), "default");
+    wait_for("the CRD to be served", T, || async {
+        plans.list(&Default::default()).await.is_ok()
+    })
+    .await;
+
+    // Bad input is refused by the API server with a message that says what is wrong.
+    let bad: ShardPlan = serde_json::from_value(json!({
+        "apiVersion": "aether.dev/v1alpha1", "kind": "ShardPlan", "metadata": {"name": "bad"},
+        "spec": {"statefulSet": "app", "shards": 0}
+    }))
+    .expect("object");
+    let err = plans
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect_err("shards 0 is refused");
+    assert!(err.to_string().contains("spec.shards"), "{err}");
+
+    let sts: StatefulSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "app"},
+        "spec": {"replicas": 3, "serviceName": "app", "selector": {"matchLabels": {"app": "app"}},
+                 "template": {"metadata": {"labels": {"app": "app"}}, "spec": {"containers": [{"name": "app", "image": "app"}]}}}
+    }))
+    .expect("sts");
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &sts)
+        .await
+        .expect("statefulset");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let name = format!("app-{i}");
+        add_pod(&pods, &sts, &name).await;
+        nodes.push(TestNode::start(&nats.url(), "actors", &name).await);
+    }
+
+    let op_port = free_port();
+    let _operator = Process {
+        child: Command::new(workspace_binary("aether-operator"))
+            .args(["--http-addr", &format!("127.0.0.1:{op_port}")])
+            .env("KUBECONFIG", api.kubeconfig())
+            .env("POD_NAMESPACE", "default")
+            .env("POD_NAME", "operator-0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("operator"),
+    };
+
+    let sp: ShardPlan = serde_json::from_value(json!({
+        "apiVersion": "aether.dev/v1alpha1", "kind": "ShardPlan", "metadata": {"name": "actors"},
+        "spec": {"statefulSet": "app", "shards": 128, "capacity": 8,
+                 "nats": {"url": nats.url(), "subjectPrefix": "actors"}}
+    }))
+    .expect("object");
+    plans
+        .create(&PostParams::default(), &sp)
+        .await
+        .expect("ShardPlan");
+    wait_for("epoch 1, 3 members, Ready", T, || async {
+        plans.get("actors").await.is_ok_and(|sp| {
+            status_of(&sp).epoch == 1
+                && status_of(&sp).member_count == 3
+                && condition(&sp, "Ready").is_some_and(|c| c.0 == "True")
+        })
+    })
+    .await;
+    wait_for("the plan in NATS", T, || async {
+        nats_epoch(&nc, "actors").await == 1
+    })
+    .await;
+    for n in &nodes {
+        wait_for("every node on epoch 1", T, || async {
+            n.shared.epoch() == 1
+        })
+        .await;
+    }
+
+    // Immutable fields stay immutable.
+    let err = plans
+        .patch(
+            "actors",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"shards": 256}})),
+        )
+        .await
+        .expect_err("shards is immutable");
+    assert!(err.to_string().contains("immutable"), "{err}");
+
+    // Scale up: a fourth Ready pod with its sidecar. The operator plans epoch 2, the nodes move the
+    // shards and report, and the status converges back to Ready with nothing moving.
+    add_pod(&pods, &sts, "app-3").await;
+    nodes.push(TestNode::start(&nats.url(), "actors", "app-3").await);
+    wait_for("epoch 2 with moves", T, || async {
+        plans
+            .get("actors")
+            .await
+            .is_ok_and(|sp| status_of(&sp).epoch >= 2)
+    })
+    .await;
+    wait_for(
+        "rebalanced: Ready, 4 members, nothing moving",
+        T,
+        || async {
+            plans.get("actors").await.is_ok_and(|sp| {
+                let s = status_of(&sp);
+                s.member_count == 4
+                    && s.moving == 0
+                    && condition(&sp, "Ready").is_some_and(|c| c.0 == "True")
+            })
+        },
+    )
+    .await;
+    let sp = plans.get("actors").await.expect("get");
+    assert_eq!(
+        nats_epoch(&nc, "actors").await,
+        status_of(&sp).epoch,
+        "status and NATS agree"
+    );
+
+    // A ShardPlan whose StatefulSet does not exist says so.
+    let orphan: ShardPlan = serde_json::from_value(json!({
+        "apiVersion": "aether.dev/v1alpha1", "kind": "ShardPlan", "metadata": {"name": "orphan"},
+        "spec": {"statefulSet": "nope", "nats": {"url": nats.url(), "subjectPrefix": "orphan"}}
+    }))
+    .expect("object");
+    plans
+        .create(&PostParams::default(), &orphan)
+        .await
+        .expect("orphan");
+    wait_for("Degraded: StatefulSetMissing", T, || async {
+        plans.get("orphan").await.is_ok_and(|sp| {
+            condition(&sp, "Degraded") == Some(("True".into(), "StatefulSetMissing".into()))
+        })
+    })
+    .await;
+}
