@@ -85,8 +85,71 @@ def placement(root, balance):
     return "\n".join(out)
 
 
+def nats_sections(path):
+    try:
+        with open(path) as f:
+            r = json.load(f)
+    except FileNotFoundError:
+        return "## NATS benchmarks\n\nNot run (target/nats-bench.json missing).\n"
+    out = []
+    raw = r["raw_request_reply"]
+    out.append("## Routed reads vs raw NATS request/reply\n")
+    out.append(
+        f"{r['requests']} requests, {r['in_flight']} in flight, one client, two node sidecars and nats-server on "
+        "the same 2 cores. `local`: sent to the owner; `forwarded`: sent to the other node, which forwards once. "
+        "Baseline: a plain NATS responder echoing 100 bytes. Goal: throughput >= 0.5x raw.\n"
+    )
+    out.append("| path | ops/s | p50 | p99 | throughput / raw | goal |")
+    out.append("|---|---|---|---|---|---|")
+    out.append(f"| raw request/reply | {raw['ops_per_s']:.0f} | {raw['p50_us']} us | {raw['p99_us']} us | 1.00x | |")
+    for key, label in (("read_local", "routed read, on the owner"), ("read_forwarded", "routed read, forwarded")):
+        f = r[key]
+        ratio = f["ops_per_s"] / raw["ops_per_s"]
+        out.append(f"| {label} | {f['ops_per_s']:.0f} | {f['p50_us']} us | {f['p99_us']} us | {ratio:.2f}x | {verdict(ratio >= 0.5)} |")
+    out.append("")
+    js = r["raw_jetstream_publish"]
+    cmd = r["command_local"]
+    ratio = cmd["ops_per_s"] / js["ops_per_s"]
+    out.append("## Routed commands vs raw JetStream publish\n")
+    out.append(
+        "A `counter` command over 100 actors, sent to the owner: decide, append one ~120-byte record with "
+        "the expected-sequence header, await the ack, reply. Baseline: JetStream publish+ack of 120 bytes "
+        "(file storage). Goal: throughput >= 0.8x raw.\n"
+    )
+    out.append("| path | ops/s | p50 | p99 | throughput / raw | goal |")
+    out.append("|---|---|---|---|---|---|")
+    out.append(f"| raw JetStream publish+ack | {js['ops_per_s']:.0f} | {js['p50_us']} us | {js['p99_us']} us | 1.00x | |")
+    out.append(f"| routed command | {cmd['ops_per_s']:.0f} | {cmd['p50_us']} us | {cmd['p99_us']} us | {ratio:.2f}x | {verdict(ratio >= 0.8)} |")
+    out.append("")
+    out.append("## Shard migration and per-actor unavailability\n")
+    out.append(
+        "One shard of `doc` actors with 1 KB of state moves between two nodes while 8 readers keep reading "
+        "its actors. Move time is the source's, from pause to the destination's commit. Baseline: the same "
+        "bytes as 512 KiB NATS request/replies between two plain clients. Goals: >= 0.5x raw bytes/s; "
+        "p99 unavailability <= 50 ms for 1,000 actors (the reads' latency during the move window; `max` is "
+        "the longest any read waited).\n"
+    )
+    out.append("| actors | move | actors/s | MB/s | raw MB/s | bytes/s / raw | read p50 | read p99 | read max | goals |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    for m in r["migrations"]:
+        ratio = m["bytes_per_s"] / m["raw_bytes_per_s"]
+        ok = ratio >= 0.5 and (m["actors"] > 5000 or m["read_during_move_p99_us"] <= 50_000)
+        out.append(
+            f"| {m['actors']} | {m['move_ms']} ms | {m['actors_per_s']:.0f} | {m['bytes_per_s'] / 1e6:.1f} | "
+            f"{m['raw_bytes_per_s'] / 1e6:.1f} | {ratio:.2f}x | {m['read_during_move_p50_us'] / 1000:.1f} ms | "
+            f"{m['read_during_move_p99_us'] / 1000:.1f} ms | {m['read_during_move_max_us'] / 1000:.1f} ms | {verdict(ok)} |"
+        )
+    out.append("")
+    out.append(
+        "Not measured yet: latency of actors that do not move during a rebalance vs without one (goal p99 "
+        "<= 1.5x).\n"
+    )
+    return "\n".join(out)
+
+
 def main():
     root, balance, output = sys.argv[1:4]
+    nats = sys.argv[4] if len(sys.argv) > 4 else None
     doc = [
         "# Benchmarks\n",
         "Written by `make bench` (scripts/bench-report.py) from one run; each figure is measured beside its "
@@ -94,8 +157,10 @@ def main():
         "## Machine\n",
         machine(),
         "Command: `make bench` (criterion, release profile, `cargo bench -p aether-core --bench placement`, "
-        "then `cargo run --release -p aether-core --example balance_report`).\n",
+        "`cargo run --release -p aether-core --example balance_report`, then `cargo bench -p aether-tests "
+        "--bench nats` against a nats-server it starts on loopback).\n",
         placement(root, balance),
+        nats_sections(nats) if nats else "",
     ]
     with open(output, "w") as f:
         f.write("\n".join(doc))

@@ -1,0 +1,310 @@
+//! NATS-side benchmarks (`make bench`): each figure beside its raw NATS / JetStream baseline, measured
+//! in the same run on loopback, bounded in count and time. Writes `target/nats-bench.json`, which
+//! scripts/bench-report.py turns into sections of BENCHMARKS.md.
+
+use aether_core::crd::MovePhase;
+use aether_core::hash::shard_of;
+use aether_core::protocol::{ActorRef, Names, Op, Progress, Request, decode, encode};
+use aether_node::client::Client;
+use aether_tests::cluster::{TestNode, next_plan, publish};
+use aether_tests::{NatsServer, wait_for};
+use futures::StreamExt;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SHARDS: u32 = 64;
+const IN_FLIGHT: usize = 16;
+const T: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Figure {
+    ops_per_s: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+fn figure(mut lat: Vec<u64>, elapsed: Duration) -> Figure {
+    lat.sort_unstable();
+    let pick = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    Figure {
+        ops_per_s: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: pick(0.5),
+        p99_us: pick(0.99),
+    }
+}
+
+/// Runs `n` calls of `op`, `IN_FLIGHT` at a time; returns throughput and latency.
+async fn drive<F, Fut>(n: usize, op: F) -> Figure
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let (op, next) = (op.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let t = Instant::now();
+                assert!(op(i).await, "operation {i} failed");
+                lat.push(t.elapsed().as_micros() as u64);
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("task"));
+    }
+    figure(lat, start.elapsed())
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let report = rt.block_on(run());
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/nats-bench.json");
+    std::fs::write(path, serde_json::to_vec_pretty(&report).expect("json")).expect("write report");
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}
+
+async fn run() -> serde_json::Value {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let prefix = "bench";
+    let mut nodes = Vec::new();
+    for name in ["app-0", "app-1"] {
+        nodes.push(TestNode::start(&nats.url(), prefix, name).await);
+    }
+    let p1 = next_plan(None, &["app-0", "app-1"], SHARDS, 4);
+    publish(&nc, prefix, &p1, 60).await;
+    for n in &nodes {
+        wait_for("plan", T, || async { n.shared.epoch() == 1 }).await;
+    }
+    let names = Names::new(prefix);
+    let n = 20_000;
+
+    // 1. Routed read vs raw request/reply (100-byte payloads both).
+    let mut responder = nc.subscribe("raw.echo").await.expect("sub");
+    let echo = nc.clone();
+    tokio::spawn(async move {
+        while let Some(m) = responder.next().await {
+            if let Some(r) = m.reply {
+                let _ = echo.publish(r, m.payload).await;
+            }
+        }
+    });
+    let raw_payload = bytes::Bytes::from(vec![b'x'; 100]);
+    let c = nc.clone();
+    let raw_rr = drive(n, move |_| {
+        let (c, p) = (c.clone(), raw_payload.clone());
+        async move { c.request("raw.echo", p).await.is_ok() }
+    })
+    .await;
+    // Actors owned by app-0; requests sent to app-1 (forwarded) and to app-0 directly (local).
+    let owned: Vec<String> = (0..)
+        .map(|i| format!("reader-{i}"))
+        .filter(|a| p1.owner(shard_of(a, SHARDS)) == Some("app-0"))
+        .take(100)
+        .collect();
+    let client = Client::new(nc.clone(), prefix);
+    for a in &owned {
+        client.add(a, 1, format!("warm-{a}")).await.expect("warm");
+    }
+    let read_req = |a: &str| {
+        encode(&Request::new(ActorRef::new("counter", a), Op::Read, None)).expect("encode")
+    };
+    let reads: Arc<Vec<bytes::Bytes>> =
+        Arc::new(owned.iter().map(|a| read_req(a).into()).collect());
+    let routed_read = |subject: String| {
+        let (c, reads) = (nc.clone(), reads.clone());
+        move |i: usize| {
+            let (c, subject, body) = (c.clone(), subject.clone(), reads[i % reads.len()].clone());
+            async move { c.request(subject, body).await.is_ok() }
+        }
+    };
+    let read_forwarded = drive(n, routed_read(names.node_requests("app-1"))).await;
+    let read_local = drive(n, routed_read(names.node_requests("app-0"))).await;
+
+    // 2. Routed command (appends one record) vs raw JetStream publish+ack of the same size.
+    let js = async_nats::jetstream::new(nc.clone());
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "raw".into(),
+        subjects: vec!["raw.js.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("raw stream");
+    let record_size = 120;
+    let jsc = js.clone();
+    let raw_js = drive(n, move |i| {
+        let js = jsc.clone();
+        async move {
+            let payload = bytes::Bytes::from(vec![b'y'; record_size]);
+            match js.publish(format!("raw.js.{}", i % 100), payload).await {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    let cmds: Arc<Vec<String>> = Arc::new(owned.clone());
+    let c = nc.clone();
+    let subject = names.node_requests("app-0");
+    let command_local = drive(n, move |i| {
+        let (c, cmds, subject) = (c.clone(), cmds.clone(), subject.clone());
+        async move {
+            let req = Request::new(
+                ActorRef::new("counter", cmds[i % cmds.len()].as_str()),
+                Op::Command {
+                    command: json!({"add": 1}),
+                },
+                Some(format!("bench-{i}")),
+            );
+            c.request(subject, encode(&req).expect("encode").into())
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+
+    // 3 and 4. Migration of one shard with 1,000 and 10,000 actors of 1 KB, and how long a request to
+    // a moving actor waits; beside a raw bulk transfer of the same bytes in 512 KiB request/replies.
+    let mut migrations = Vec::new();
+    let mut epoch_plan = p1.clone();
+    for (round, actors) in [(0usize, 1000usize), (1, 10_000)] {
+        let shard = (round as u32) * 7 + 3;
+        let from = epoch_plan.owner(shard).expect("owner").to_owned();
+        let ids: Vec<String> = (0..)
+            .map(|i| format!("m{round}-{i}"))
+            .filter(|a| shard_of(a, SHARDS) == shard)
+            .take(actors)
+            .collect();
+        let value = "v".repeat(1000);
+        let ids = Arc::new(ids);
+        let (c2, ids2, subject) = (nc.clone(), ids.clone(), names.node_requests(&from));
+        drive(ids.len(), move |i| {
+            let (c, ids, subject, value) =
+                (c2.clone(), ids2.clone(), subject.clone(), value.clone());
+            async move {
+                let req = Request::new(
+                    ActorRef::new("doc", ids[i].as_str()),
+                    Op::Command {
+                        command: json!({"put": {"key": "data", "value": value}}),
+                    },
+                    Some(format!("fill-{i}")),
+                );
+                c.request(subject, encode(&req).expect("encode").into())
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
+        // Move the shard: a joiner that takes it (planned by hand: only this shard moves).
+        let to = if from == "app-0" { "app-1" } else { "app-0" };
+        let mut next = epoch_plan.clone();
+        next.epoch += 1;
+        let to_bucket = next
+            .members
+            .iter()
+            .find(|m| m.name == to)
+            .expect("member")
+            .bucket;
+        next.shard_map.set(shard, to_bucket);
+        next.moves = vec![aether_core::plan::Move {
+            shard,
+            from: Some(from.clone()),
+            to: to.to_owned(),
+        }];
+        let mut progress = nc.subscribe(names.progress()).await.expect("sub");
+        // Readers hammer the moving actors through the move; their latencies are the unavailability.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut readers = Vec::new();
+        for r in 0..8 {
+            let (client, ids, stop) = (Client::new(nc.clone(), prefix), ids.clone(), stop.clone());
+            readers.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut i = r;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let _ = client.read("doc", &ids[i % ids.len()]).await;
+                    lat.push(t.elapsed().as_micros() as u64);
+                    i += 8;
+                }
+                lat
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        publish(&nc, prefix, &next, 60).await;
+        let done = tokio::time::timeout(T, async {
+            while let Some(m) = progress.next().await {
+                if let Ok(p) = decode::<Progress>(&m.payload)
+                    && p.shard == shard
+                    && p.epoch == next.epoch
+                    && matches!(p.phase, MovePhase::Done | MovePhase::Failed)
+                {
+                    return p;
+                }
+            }
+            panic!("progress stream ended");
+        })
+        .await
+        .expect("the move finishes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut lat = Vec::new();
+        for r in readers {
+            lat.extend(r.await.expect("reader"));
+        }
+        lat.sort_unstable();
+        let bytes_moved = done.actors as usize * 1100;
+        // Raw baseline: the same bytes in 512 KiB request/replies between two plain clients.
+        let chunk = bytes::Bytes::from(vec![b'z'; 512 * 1024]);
+        let chunks = bytes_moved.div_ceil(512 * 1024).max(1);
+        let t = Instant::now();
+        for _ in 0..chunks {
+            nc.request("raw.echo", chunk.clone())
+                .await
+                .expect("raw chunk");
+        }
+        let raw_secs = t.elapsed().as_secs_f64();
+        let secs = done.duration_ms.max(1) as f64 / 1000.0;
+        migrations.push(json!({
+            "actors": done.actors,
+            "phase": format!("{:?}", done.phase),
+            "move_ms": done.duration_ms,
+            "actors_per_s": f64::from(done.actors) / secs,
+            "bytes_per_s": bytes_moved as f64 / secs,
+            "raw_bytes_per_s": (chunks * 512 * 1024) as f64 / raw_secs,
+            "read_during_move_p50_us": lat.get(lat.len() / 2).copied().unwrap_or(0),
+            "read_during_move_p99_us": lat.get(lat.len() * 99 / 100).copied().unwrap_or(0),
+            "read_during_move_max_us": lat.last().copied().unwrap_or(0),
+        }));
+        epoch_plan = next;
+    }
+
+    json!({
+        "in_flight": IN_FLIGHT,
+        "requests": n,
+        "raw_request_reply": raw_rr,
+        "read_forwarded": read_forwarded,
+        "read_local": read_local,
+        "raw_jetstream_publish": raw_js,
+        "command_local": command_local,
+        "migrations": migrations,
+    })
+}
