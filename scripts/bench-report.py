@@ -129,15 +129,16 @@ def nats_sections(path):
         "p99 unavailability <= 50 ms for 1,000 actors (the reads' latency during the move window; `max` is "
         "the longest any read waited).\n"
     )
-    out.append("| actors | move | actors/s | MB/s | raw MB/s | bytes/s / raw | read p50 | read p99 | read max | goals |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    out.append("| actors | move | actors/s | MB/s | raw MB/s | bytes/s / raw | bytes goal | read p50 | read p99 | read max | unavailability goal |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for m in r["migrations"]:
         ratio = m["bytes_per_s"] / m["raw_bytes_per_s"]
-        ok = ratio >= 0.5 and (m["actors"] > 5000 or m["read_during_move_p99_us"] <= 50_000)
+        unavailable = verdict(m["read_during_move_p99_us"] <= 50_000) if m["actors"] <= 5000 else "(no goal)"
         out.append(
             f"| {m['actors']} | {m['move_ms']} ms | {m['actors_per_s']:.0f} | {m['bytes_per_s'] / 1e6:.1f} | "
-            f"{m['raw_bytes_per_s'] / 1e6:.1f} | {ratio:.2f}x | {m['read_during_move_p50_us'] / 1000:.1f} ms | "
-            f"{m['read_during_move_p99_us'] / 1000:.1f} ms | {m['read_during_move_max_us'] / 1000:.1f} ms | {verdict(ok)} |"
+            f"{m['raw_bytes_per_s'] / 1e6:.1f} | {ratio:.2f}x | {verdict(ratio >= 0.5)} | "
+            f"{m['read_during_move_p50_us'] / 1000:.1f} ms | {m['read_during_move_p99_us'] / 1000:.1f} ms | "
+            f"{m['read_during_move_max_us'] / 1000:.1f} ms | {unavailable} |"
         )
     out.append("")
     out.append(

@@ -225,3 +225,41 @@ async fn a_plan_with_a_lower_epoch_is_ignored() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_is_rebuilt_from_its_last_snapshot_and_the_records_after_it() {
+    let nats = NatsServer::start();
+    let prefix = "snap";
+    let nc = nats.connect().await;
+    let first = TestNode::start(&nats.url(), prefix, "app-0").await;
+    let p1 = next_plan(None, &["app-0"], 64, 4);
+    publish(&nc, prefix, &p1, 10).await;
+    wait_for("plan 1", T, || async { first.shared.epoch() == 1 }).await;
+    let client = Client::new(nc.clone(), prefix);
+    let n = 2 * aether_node::store::SNAPSHOT_EVERY + 6;
+    for i in 0..n {
+        client.add("long", 1, format!("s-{i}")).await.expect("add");
+    }
+    // app-0 goes away; app-1 owns everything and has never seen the actor: it reads the last record
+    // (no snapshot), the snapshot record it points at, and replays the 6 records after it.
+    drop(first);
+    let second = TestNode::start(&nats.url(), prefix, "app-1").await;
+    let p2 = next_plan(Some(&p1), &["app-1"], 64, 4);
+    publish(&nc, prefix, &p2, 10).await;
+    wait_for("plan 2", T, || async { second.shared.epoch() == 2 }).await;
+    let reply = client.read("counter", "long").await.expect("read");
+    let Outcome::Ok(ok) = &reply.outcome else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(ok.node, "app-1");
+    assert_eq!(
+        (ok.state["value"].as_i64(), ok.version),
+        (Some(n as i64), n)
+    );
+    // Its recent command ids came along: a retry of the last command is not applied again.
+    let again = client
+        .add("long", 1, format!("s-{}", n - 1))
+        .await
+        .expect("retry");
+    assert_eq!(value(&again), n as i64);
+}
