@@ -174,3 +174,31 @@ pub async fn publish(client: &async_nats::Client, prefix: &str, plan: &Plan, tim
         .await
         .unwrap_or_else(|e| panic!("publish plan: {e}"));
 }
+
+/// Starts in-process nodes named `names`, publishes the first plan for them and waits until every node
+/// holds it.
+pub async fn start_cluster(
+    nats_url: &str,
+    client: &async_nats::Client,
+    prefix: &str,
+    names: &[&str],
+    shards: u32,
+    capacity: u32,
+    timeout_seconds: u32,
+) -> (Vec<TestNode>, Plan) {
+    let mut nodes = Vec::new();
+    for name in names {
+        nodes.push(TestNode::start(nats_url, prefix, name).await);
+    }
+    let plan = next_plan(None, names, shards, capacity);
+    publish(client, prefix, &plan, timeout_seconds).await;
+    for n in &nodes {
+        crate::wait_for(
+            "every node to hold the first plan",
+            Duration::from_secs(30),
+            || async { n.shared.epoch() == plan.epoch },
+        )
+        .await;
+    }
+    (nodes, plan)
+}

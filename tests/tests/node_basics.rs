@@ -4,7 +4,7 @@ use aether_core::protocol::{
     ActorRef, ErrorCode, Names, Op, Outcome, PlanMessage, Reply, Request, decode, encode,
 };
 use aether_node::client::Client;
-use aether_tests::cluster::{TestNode, next_plan, publish};
+use aether_tests::cluster::{TestNode, next_plan, publish, start_cluster};
 use aether_tests::{NatsServer, wait_for};
 use serde_json::json;
 use std::time::Duration;
@@ -19,19 +19,17 @@ fn value(reply: &Reply) -> i64 {
 }
 
 async fn three_nodes(nats: &NatsServer, prefix: &str) -> (Vec<TestNode>, aether_core::plan::Plan) {
-    let mut nodes = Vec::new();
-    for name in ["app-0", "app-1", "app-2"] {
-        nodes.push(TestNode::start(&nats.url(), prefix, name).await);
-    }
-    let plan = next_plan(None, &["app-0", "app-1", "app-2"], 64, 8);
-    publish(&nats.connect().await, prefix, &plan, 10).await;
-    for n in &nodes {
-        wait_for("every node to hold the plan", T, || async {
-            n.shared.epoch() == plan.epoch
-        })
-        .await;
-    }
-    (nodes, plan)
+    let nc = nats.connect().await;
+    start_cluster(
+        &nats.url(),
+        &nc,
+        prefix,
+        &["app-0", "app-1", "app-2"],
+        64,
+        8,
+        10,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ use aether_core::crd::MovePhase;
 use aether_core::protocol::{ActorRef, Names, NodeEvent, NodeEventKind, Outcome, Progress, decode};
 use aether_node::client::{Client, run_load};
 use aether_node::store::{EventStore, Record};
-use aether_tests::cluster::{TestNode, next_plan, publish, spawn_process};
+use aether_tests::cluster::{TestNode, next_plan, publish, spawn_process, start_cluster};
 use aether_tests::{NatsServer, free_port, wait_for, workspace_binary};
 use futures::StreamExt;
 use std::collections::BTreeMap;
@@ -89,15 +89,16 @@ async fn a_shard_moves_while_clients_keep_writing() {
     let prefix = "live";
     let nc = nats.connect().await;
     let progress = progress_log(&nc, prefix).await;
-    let mut nodes = Vec::new();
-    for name in ["app-0", "app-1", "app-2"] {
-        nodes.push(TestNode::start(&nats.url(), prefix, name).await);
-    }
-    let p1 = next_plan(None, &["app-0", "app-1", "app-2"], SHARDS, 8);
-    publish(&nc, prefix, &p1, 10).await;
-    for n in &nodes {
-        wait_for("plan 1", T, || async { n.shared.epoch() == 1 }).await;
-    }
+    let (mut nodes, p1) = start_cluster(
+        &nats.url(),
+        &nc,
+        prefix,
+        &["app-0", "app-1", "app-2"],
+        SHARDS,
+        8,
+        10,
+    )
+    .await;
     let client = Client::new(nc.clone(), prefix);
     // Warm every actor so the moves carry live state.
     let warm = run_load(&client, "acct", 200, 200, 8, T).await;
@@ -168,15 +169,8 @@ async fn a_missing_or_silent_destination_rolls_the_move_back() {
     let prefix = "ghost";
     let nc = nats.connect().await;
     let progress = progress_log(&nc, prefix).await;
-    let mut nodes = Vec::new();
-    for name in ["app-0", "app-1"] {
-        nodes.push(TestNode::start(&nats.url(), prefix, name).await);
-    }
-    let p1 = next_plan(None, &["app-0", "app-1"], SHARDS, 8);
-    publish(&nc, prefix, &p1, 1).await;
-    for n in &nodes {
-        wait_for("plan 1", T, || async { n.shared.epoch() == 1 }).await;
-    }
+    let (_nodes, p1) =
+        start_cluster(&nats.url(), &nc, prefix, &["app-0", "app-1"], SHARDS, 8, 1).await;
     let client = Client::new(nc.clone(), prefix);
     let before = run_load(&client, "acct", 100, 300, 8, T).await;
     assert_eq!(before.errors, 0);
@@ -259,15 +253,8 @@ async fn a_nats_restart_mid_move_loses_nothing_acknowledged() {
     let mut nats = NatsServer::start();
     let prefix = "restart";
     let nc = nats.connect().await;
-    let mut nodes = Vec::new();
-    for name in ["app-0", "app-1"] {
-        nodes.push(TestNode::start(&nats.url(), prefix, name).await);
-    }
-    let p1 = next_plan(None, &["app-0", "app-1"], SHARDS, 8);
-    publish(&nc, prefix, &p1, 5).await;
-    for n in &nodes {
-        wait_for("plan 1", T, || async { n.shared.epoch() == 1 }).await;
-    }
+    let (mut nodes, p1) =
+        start_cluster(&nats.url(), &nc, prefix, &["app-0", "app-1"], SHARDS, 8, 5).await;
     let client = Client::new(nc.clone(), prefix);
     let warm = run_load(&client, "acct", 100, 200, 8, T).await;
     assert_eq!(warm.errors, 0);
