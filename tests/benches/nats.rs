@@ -248,7 +248,45 @@ async fn run() -> serde_json::Value {
                 lat
             }));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Readers of actors that do not move: their latency before the move (baseline) and during it.
+        let phase = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let stable: Arc<Vec<String>> = Arc::new(
+            owned
+                .iter()
+                .filter(|a| shard_of(a, SHARDS) != shard)
+                .cloned()
+                .collect(),
+        );
+        let mut steady = Vec::new();
+        for r in 0..4 {
+            let (client, ids, phase) = (
+                Client::new(nc.clone(), prefix),
+                stable.clone(),
+                phase.clone(),
+            );
+            steady.push(tokio::spawn(async move {
+                let (mut before, mut during) = (Vec::new(), Vec::new());
+                let mut i = r;
+                loop {
+                    let p = phase.load(std::sync::atomic::Ordering::Relaxed);
+                    if p == 2 {
+                        break;
+                    }
+                    let t = Instant::now();
+                    let _ = client.read("counter", &ids[i % ids.len()]).await;
+                    let us = t.elapsed().as_micros() as u64;
+                    if p == 0 {
+                        before.push(us)
+                    } else {
+                        during.push(us)
+                    }
+                    i += 4;
+                }
+                (before, during)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        phase.store(1, std::sync::atomic::Ordering::Relaxed);
         publish(&nc, prefix, &next, 60).await;
         let done = tokio::time::timeout(T, async {
             while let Some(m) = progress.next().await {
@@ -264,6 +302,17 @@ async fn run() -> serde_json::Value {
         })
         .await
         .expect("the move finishes");
+        phase.store(2, std::sync::atomic::Ordering::Relaxed);
+        let (mut before, mut during) = (Vec::new(), Vec::new());
+        for t in steady {
+            let (b, d) = t.await.expect("steady reader");
+            before.extend(b);
+            during.extend(d);
+        }
+        let (before, during) = (
+            figure(before, Duration::from_secs(1)),
+            figure(during, Duration::from_secs(1)),
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut lat = Vec::new();
@@ -293,6 +342,11 @@ async fn run() -> serde_json::Value {
             "read_during_move_p50_us": lat.get(lat.len() / 2).copied().unwrap_or(0),
             "read_during_move_p99_us": lat.get(lat.len() * 99 / 100).copied().unwrap_or(0),
             "read_during_move_max_us": lat.last().copied().unwrap_or(0),
+            "steady_before_p50_us": before.p50_us,
+            "steady_before_p99_us": before.p99_us,
+            "steady_during_p50_us": during.p50_us,
+            "steady_during_p99_us": during.p99_us,
+            "steady_during_samples": during.ops_per_s as u64,
         }));
         epoch_plan = next;
     }
