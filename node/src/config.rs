@@ -173,38 +173,18 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
+    fn parse(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let base = ["aether-node", "run", "--shardplan", "p"];
+        Cli::try_parse_from(base.iter().chain(extra))
+    }
+
     #[test]
     fn bad_settings_are_refused_with_a_reason() {
-        let err = Cli::try_parse_from([
-            "aether-node",
-            "run",
-            "--shardplan",
-            "p",
-            "--pod-name",
-            "App.0",
-        ])
-        .expect_err("invalid pod");
+        let err = parse(&["--pod-name", "App.0"]).expect_err("invalid pod");
         assert!(err.to_string().contains("pod name"), "{err}");
-        let err = Cli::try_parse_from([
-            "aether-node",
-            "run",
-            "--shardplan",
-            "p",
-            "--pod-name",
-            "app-0",
-            "--prefix",
-            "a.b",
-        ])
-        .expect_err("invalid prefix");
+        let err = parse(&["--pod-name", "app-0", "--prefix", "a.b"]).expect_err("invalid prefix");
         assert!(err.to_string().contains("[A-Za-z0-9_-]"), "{err}");
-        let ok = Cli::try_parse_from([
-            "aether-node",
-            "run",
-            "--shardplan",
-            "p",
-            "--pod-name",
-            "app-0",
-        ]);
+        let ok = parse(&["--pod-name", "app-0"]);
         assert!(ok.is_ok());
     }
 }

@@ -210,7 +210,7 @@ impl Worker {
             };
             // A state that does not parse is not installed: the actor is rebuilt from the log.
             let Ok(Captured { snapshot, base }) = serde_json::from_slice(&snap.state.0) else {
-                Shared::count_failure(&self.shared, "bad_snapshot");
+                self.shared.count_failure("bad_snapshot");
                 continue;
             };
             let actor = Actor {
@@ -281,7 +281,7 @@ impl Worker {
                     self.drop_actor(&req.actor);
                 }
                 Err(e) => {
-                    Shared::count_failure(&self.shared, e.reason());
+                    self.shared.count_failure(e.reason());
                     if matches!(e, Error::Fenced(_) | Error::Nats(_) | Error::Corrupt(_)) {
                         self.drop_actor(&req.actor);
                     }

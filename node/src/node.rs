@@ -115,8 +115,8 @@ impl Shared {
     }
 
     /// Counts a failure by reason.
-    pub fn count_failure(this: &Arc<Self>, reason: &'static str) {
-        Metrics::inc(&this.metrics.failures, reason);
+    pub fn count_failure(&self, reason: &'static str) {
+        Metrics::inc(&self.metrics.failures, reason);
     }
 
     fn routing(&self) -> Option<Routing> {
@@ -156,12 +156,6 @@ impl Shared {
             .ok()
             .and_then(|r| r.as_ref().map(|r| r.is_member(&self.me)))
             .unwrap_or(false)
-    }
-
-    /// Number of local shard workers.
-    #[must_use]
-    pub fn local_shards(&self) -> usize {
-        lock(&self.shards).len()
     }
 
     /// The worker of a shard this node owns now, started if needed; `None` when the shard is not ours.
@@ -625,12 +619,8 @@ impl Shared {
                 .await
         {
             tracing::warn!(error = %e, "progress report not sent");
-            Self::count_failure_ref(&self.metrics, "progress");
+            self.count_failure("progress");
         }
-    }
-
-    fn count_failure_ref(metrics: &Metrics, reason: &'static str) {
-        Metrics::inc(&metrics.failures, reason);
     }
 
     /// Tells the operator this node is leaving.

@@ -69,12 +69,6 @@ impl Routing {
         self.pending.remove(&shard).is_some()
     }
 
-    /// True when `shard` has a move still pending.
-    #[must_use]
-    pub fn is_pending(&self, shard: u32) -> bool {
-        self.pending.contains_key(&shard)
-    }
-
     /// Number of moves still pending.
     #[must_use]
     pub fn pending_count(&self) -> usize {

@@ -23,14 +23,18 @@ fn shardplan() -> Arc<ShardPlan> {
     Arc::new(sp)
 }
 
-fn status_body(code: u16, reason: &str) -> Body {
-    Body::from(
-        serde_json::to_vec(&serde_json::json!({
-            "kind": "Status", "apiVersion": "v1", "status": "Failure",
-            "message": reason, "reason": reason, "code": code
-        }))
-        .expect("json"),
-    )
+fn status_json(code: u16, reason: &str) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": reason, "reason": reason, "code": code
+    })
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .body(Body::from(serde_json::to_vec(body).expect("json")))
+        .expect("response")
 }
 
 async fn expect(
@@ -72,12 +76,10 @@ async fn a_conflicting_status_write_is_an_error_and_publishes_nothing() {
         "/apis/apps/v1/namespaces/default/statefulsets/app",
     )
     .await;
-    send.send_response(
-        Response::builder()
-            .status(StatusCode::NOT_FOUND)
-            .body(status_body(404, "NotFound"))
-            .expect("response"),
-    );
+    send.send_response(json_response(
+        StatusCode::NOT_FOUND,
+        &status_json(404, "NotFound"),
+    ));
     let (req, send) = expect(
         &mut handle,
         Method::PATCH,
@@ -96,12 +98,10 @@ async fn a_conflicting_status_write_is_an_error_and_publishes_nothing() {
             .as_str()
             .is_some_and(|m| m.contains("spec.statefulSet"))
     );
-    send.send_response(
-        Response::builder()
-            .status(StatusCode::CONFLICT)
-            .body(status_body(409, "Conflict"))
-            .expect("response"),
-    );
+    send.send_response(json_response(
+        StatusCode::CONFLICT,
+        &status_json(409, "Conflict"),
+    ));
 
     let result = run.await.expect("reconcile task");
     let err = result.expect_err("a conflict is an error");
@@ -134,11 +134,7 @@ async fn an_unreachable_nats_is_reported_with_what_to_fix() {
         "/apis/apps/v1/namespaces/default/statefulsets/app",
     )
     .await;
-    send.send_response(
-        Response::builder()
-            .body(Body::from(serde_json::to_vec(&sts).expect("json")))
-            .expect("response"),
-    );
+    send.send_response(json_response(StatusCode::OK, &sts));
     let (req, send) = expect(&mut handle, Method::GET, "/api/v1/namespaces/default/pods").await;
     assert!(
         req.uri()
@@ -149,11 +145,7 @@ async fn an_unreachable_nats_is_reported_with_what_to_fix() {
     );
     let pods =
         serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []});
-    send.send_response(
-        Response::builder()
-            .body(Body::from(serde_json::to_vec(&pods).expect("json")))
-            .expect("response"),
-    );
+    send.send_response(json_response(StatusCode::OK, &pods));
 
     let (req, send) = expect(
         &mut handle,
@@ -180,11 +172,7 @@ async fn an_unreachable_nats_is_reported_with_what_to_fix() {
     assert_eq!(ready["status"], "False");
     let mut echoed = serde_json::to_value(&*sp).expect("json");
     echoed["status"] = patch["status"].clone();
-    send.send_response(
-        Response::builder()
-            .body(Body::from(serde_json::to_vec(&echoed).expect("json")))
-            .expect("response"),
-    );
+    send.send_response(json_response(StatusCode::OK, &echoed));
 
     // A Warning Event says the same.
     let (req, send) = expect(
@@ -196,12 +184,7 @@ async fn an_unreachable_nats_is_reported_with_what_to_fix() {
     let event = body_json(req).await;
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["reason"], "NatsUnreachable");
-    send.send_response(
-        Response::builder()
-            .status(StatusCode::CREATED)
-            .body(Body::from(serde_json::to_vec(&event).expect("json")))
-            .expect("response"),
-    );
+    send.send_response(json_response(StatusCode::CREATED, &event));
 
     let action = run
         .await

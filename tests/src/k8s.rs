@@ -3,7 +3,7 @@
 //! create pods themselves and mark them Ready through the status subresource, as a kubelet would.
 
 use crate::{Process, free_port};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -170,12 +170,6 @@ impl ApiServer {
         .await
         .unwrap_or_else(|e| panic!("kube config: {e}"));
         kube::Client::try_from(config).unwrap_or_else(|e| panic!("kube client: {e}"))
-    }
-
-    /// The directory of the server's files.
-    #[must_use]
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 
