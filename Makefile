@@ -10,6 +10,7 @@ HELM_VERSION := v3.22.0
 K8S_VERSION := v1.36.3
 ETCD_VERSION := v3.6.16
 KUBE_APISERVER := $(TOOLS_DIR)/kubernetes-$(K8S_VERSION)/kube-apiserver
+KUBECTL := $(TOOLS_DIR)/kubernetes-$(K8S_VERSION)/kubectl
 ETCD := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
 HELM := $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 
@@ -24,7 +25,7 @@ build:
 # The end-to-end tests start the workspace's binaries as OS processes, so those are built first.
 test: tools check-generated chart-check
 	$(CARGO) build --workspace --release --bins
-	AETHER_NATS_SERVER=$(NATS_SERVER) AETHER_ETCD=$(ETCD) AETHER_KUBE_APISERVER=$(KUBE_APISERVER) \
+	AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) AETHER_ETCD=$(ETCD) AETHER_KUBE_APISERVER=$(KUBE_APISERVER) \
 	  $(CARGO) test --workspace --release
 
 ## lint: formatting and clippy, warnings are errors.
@@ -62,12 +63,12 @@ bench: tools
 
 ## tools: the test binaries, built from Go modules into $(TOOLS_DIR) (first time: ~25 min on 2 cores,
 ## most of it the Kubernetes control plane; then reused).
-tools: $(NATS_SERVER) $(HELM) $(ETCD) $(KUBE_APISERVER)
+tools: $(NATS_SERVER) $(HELM) $(ETCD) $(KUBE_APISERVER) $(KUBECTL)
 
 $(ETCD):
 	TOOLS_DIR=$(TOOLS_DIR) ETCD_VERSION=$(ETCD_VERSION) tools/build-k8s.sh etcd
 
-$(KUBE_APISERVER):
+$(KUBE_APISERVER) $(KUBECTL):
 	TOOLS_DIR=$(TOOLS_DIR) K8S_VERSION=$(K8S_VERSION) tools/build-k8s.sh k8s
 
 $(NATS_SERVER):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes control plane (kube-apiserver, kube-controller-manager, kube-scheduler) and etcd
+# Builds the Kubernetes control plane (kube-apiserver, kube-controller-manager, kube-scheduler), kubectl and etcd
 # from the Go module proxy into $TOOLS_DIR/<name>-<version>/, once per version.
 #
 # `go install k8s.io/kubernetes/cmd/...@v` cannot work: k8s.io/kubernetes's go.mod replaces every
@@ -14,7 +14,8 @@ staging=v0.${K8S_VERSION#v1.}
 
 build_k8s() {
   local out="$TOOLS_DIR/kubernetes-$K8S_VERSION"
-  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/kube-scheduler" ]; then
+  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/kube-scheduler" ] \
+    && [ -x "$out/kubectl" ]; then
     return
   fi
   local dir="$WORK/kubernetes-$K8S_VERSION"
@@ -28,10 +29,10 @@ build_k8s() {
   grep -E '^\s+k8s\.io/[^ ]+ v0\.0\.0\s*$' "$modfile" | awk '{print $1}' | sort -u | while read -r m; do
     go mod edit -replace="$m=$m@$staging"
   done
-  printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n\t_ "k8s.io/kubernetes/cmd/kube-scheduler/app"\n)\n' > tools.go
+  printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n\t_ "k8s.io/kubernetes/cmd/kube-scheduler/app"\n\t_ "k8s.io/kubectl/pkg/cmd"\n)\n' > tools.go
   GOFLAGS=-mod=mod go mod tidy >/dev/null
   local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${K8S_VERSION#v1.}"
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
     [ -x "$out/$cmd" ] || go build -trimpath -ldflags "$ldflags" -o "$out/$cmd" "k8s.io/kubernetes/cmd/$cmd"
   done
 }

@@ -81,6 +81,11 @@ pub struct Shared {
     incoming: Mutex<HashMap<u32, Incoming>>,
     moving: Mutex<HashSet<u32>>,
     migrations: Mutex<Arc<Semaphore>>,
+    /// Shards this node handed off, and to whom: a later plan that lists the same move again (its
+    /// operator had not seen the Done report yet) is answered Done at once, without a second transfer.
+    handed_off: Mutex<HashMap<u32, String>>,
+    /// Done reports of a plan this node does not hold yet (progress and plans travel separately).
+    early_done: Mutex<Vec<(u64, u32)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -111,6 +116,8 @@ impl Shared {
             incoming: Mutex::new(HashMap::new()),
             moving: Mutex::new(HashSet::new()),
             migrations: Mutex::new(Arc::new(Semaphore::new(4))),
+            handed_off: Mutex::new(HashMap::new()),
+            early_done: Mutex::new(Vec::new()),
         })
     }
 
@@ -315,6 +322,7 @@ impl Shared {
     /// Takes a new plan: ignored unless its epoch is higher; then local shards follow it.
     pub fn on_plan(self: &Arc<Self>, plan: PlanMessage) {
         let previous;
+        let already_done: Vec<u32>;
         {
             let Ok(mut guard) = self.routing.write() else {
                 return;
@@ -331,7 +339,32 @@ impl Shared {
                 return;
             }
             *lock(&self.migrations) = Arc::new(Semaphore::new(plan.max_concurrent.max(1) as usize));
-            previous = guard.replace(Routing::new(plan));
+            let mut routing = Routing::new(plan);
+            {
+                let listed: HashMap<u32, String> = routing
+                    .moves_from(&self.me)
+                    .into_iter()
+                    .map(|m| (m.shard, m.to))
+                    .collect();
+                let mut handed = lock(&self.handed_off);
+                handed.retain(|shard, to| listed.get(shard) == Some(to));
+                already_done = handed.keys().copied().collect();
+            }
+            // Done before anyone sees this plan, so this node never serves those shards again.
+            for shard in &already_done {
+                routing.move_done(*shard);
+            }
+            // Moves reported done before this plan reached this node.
+            let epoch = routing.epoch();
+            let mut early = lock(&self.early_done);
+            early.retain(|(e, shard)| {
+                if *e == epoch {
+                    routing.move_done(*shard);
+                }
+                *e > epoch
+            });
+            drop(early);
+            previous = guard.replace(routing);
         }
         let Some(r) = self.routing() else { return };
         self.metrics.epoch.set(r.epoch() as i64);
@@ -349,14 +382,45 @@ impl Shared {
         lock(&self.incoming).retain(|_, inc| inc.epoch >= r.epoch());
         let timeout = Duration::from_secs(u64::from(r.plan.timeout_seconds.max(1)));
         let epoch = r.epoch();
+        if !already_done.is_empty() {
+            let this = self.clone();
+            tokio::spawn(async move {
+                for shard in already_done {
+                    this.report(epoch, shard, MovePhase::Done, 0, 0, None).await;
+                }
+            });
+        }
         for mv in r.moves_from(&self.me) {
             if lock(&self.moving).insert(mv.shard) {
-                let this = self.clone();
-                tokio::spawn(async move {
-                    let shard = mv.shard;
-                    this.clone().migrate(mv, epoch, timeout).await;
-                    lock(&this.moving).remove(&shard);
+                tokio::spawn(self.clone().run_moves(mv, epoch, timeout));
+            }
+        }
+    }
+
+    /// Runs a move of one shard, then any newer move of that shard that a plan listed meanwhile (its
+    /// own spawn was skipped while this one was in `moving`).
+    async fn run_moves(self: Arc<Self>, mut mv: Move, mut epoch: u64, mut timeout: Duration) {
+        let shard = mv.shard;
+        loop {
+            self.clone().migrate(mv, epoch, timeout).await;
+            let next = {
+                let mut moving = lock(&self.moving);
+                let next = self.routing().filter(|r| r.epoch() > epoch).and_then(|r| {
+                    let m = r
+                        .moves_from(&self.me)
+                        .into_iter()
+                        .find(|m| m.shard == shard)?;
+                    let t = Duration::from_secs(u64::from(r.plan.timeout_seconds.max(1)));
+                    Some((m, r.epoch(), t))
                 });
+                if next.is_none() {
+                    moving.remove(&shard);
+                }
+                next
+            };
+            match next {
+                Some((m, e, t)) => (mv, epoch, timeout) = (m, e, t),
+                None => return,
             }
         }
     }
@@ -410,6 +474,7 @@ impl Shared {
                 Action::HandOff => {
                     // Routing first, under the shard lock: see `owned_worker`.
                     let mut shards = lock(&self.shards);
+                    lock(&self.handed_off).insert(shard, to.clone());
                     self.with_routing(|r| r.epoch() == epoch && r.move_done(shard));
                     if let Some(h) = shards.remove(&shard) {
                         let _ = h.tx.send(Cmd::HandOff { to: to.clone() });
@@ -546,6 +611,7 @@ impl Shared {
             Ok(Accept::More | Accept::Duplicate) => ack(epoch, shard, n, None),
             Ok(Accept::Install(actors)) => {
                 // Installed, not served: the source still serves until it commits.
+                lock(&self.handed_off).remove(&shard);
                 self.install(shard, actors).await;
                 ack(epoch, shard, n, None)
             }
@@ -570,13 +636,26 @@ impl Shared {
             Metrics::inc(&self.metrics.malformed, "progress");
             return;
         };
-        if p.epoch != self.epoch() {
-            return;
-        }
         match p.phase {
             MovePhase::Done => {
-                self.with_routing(|r| r.move_done(p.shard));
+                // Under the routing lock, so a plan installed meanwhile cannot miss it.
+                let Ok(mut guard) = self.routing.write() else {
+                    return;
+                };
+                let held = guard.as_ref().map_or(0, Routing::epoch);
+                if p.epoch == held {
+                    if let Some(r) = guard.as_mut() {
+                        r.move_done(p.shard);
+                    }
+                } else if p.epoch > held {
+                    let mut early = lock(&self.early_done);
+                    // Bounded: a plan has at most 65,536 moves.
+                    if early.len() < 1 << 16 {
+                        early.push((p.epoch, p.shard));
+                    }
+                }
             }
+            _ if p.epoch != self.epoch() => {}
             MovePhase::Failed => {
                 // If this node installed the shard but the source never saw the ack, the source kept
                 // it: drop the copy so there is one owner.

@@ -262,6 +262,14 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
         .namespace()
         .ok_or_else(|| Error::Invalid("ShardPlan without namespace".into()))?;
     let name = sp.name_any();
+    // The cache may not hold this operator's last status write yet; deciding from it would plan from
+    // an old status and drop the progress reports of the moves it no longer lists. Read it fresh.
+    let Some(sp) = Api::<ShardPlan>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&name)
+        .await?
+    else {
+        return Ok(Action::await_change());
+    };
     let sts = Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&sp.spec.stateful_set)
         .await?;

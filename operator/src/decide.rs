@@ -143,6 +143,32 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         .map(|p| p.members.iter().map(|m| m.name.as_str()).collect())
         .unwrap_or_default();
     let membership_changed = active != planned;
+    // A move whose source pod is gone (deleted, or its process died while draining) never reports:
+    // re-plan, so its shard's new owner rebuilds the actors from the log instead of waiting forever.
+    let present: BTreeSet<&str> = o.members.iter().map(|m| m.name.as_str()).collect();
+    let mut sources_gone: Vec<&str> = status
+        .moves
+        .iter()
+        .filter_map(|m| m.from.as_deref())
+        .filter(|f| !present.contains(f))
+        .collect();
+    sources_gone.sort_unstable();
+    sources_gone.dedup();
+    if !sources_gone.is_empty() {
+        let shards = status
+            .moves
+            .iter()
+            .filter(|m| m.from.as_deref().is_some_and(|f| sources_gone.contains(&f)))
+            .count();
+        notes.push(Note {
+            warning: true,
+            reason: "SourceGone",
+            message: format!(
+                "{} left before handing over {shards} shards: their new owners rebuild those actors from the log",
+                sources_gone.join(", ")
+            ),
+        });
+    }
     let retry_due = status.moves.iter().any(|m| {
         m.phase == MovePhase::Failed
             && m.attempts <= o.spec.migration.max_retries
@@ -157,7 +183,10 @@ pub fn decide(o: &Observed<'_>) -> Decision {
 
     let mut publish = None;
     let mut degraded = problem.clone();
-    if problem.is_none() && !o.spec.paused && (membership_changed || retry_due) {
+    if problem.is_none()
+        && !o.spec.paused
+        && (membership_changed || retry_due || !sources_gone.is_empty())
+    {
         let pending: BTreeSet<u32> = status.moves.iter().map(|m| m.shard).collect();
         let spec = PlanSpec {
             shards: o.spec.shards,
@@ -170,7 +199,7 @@ pub fn decide(o: &Observed<'_>) -> Decision {
                     status.moves.iter().map(|m| (m.shard, m)).collect();
                 notes.push(Note {
                     warning: false,
-                    reason: if membership_changed {
+                    reason: if membership_changed || !sources_gone.is_empty() {
                         "Rebalancing"
                     } else {
                         "RetryingMoves"
@@ -621,5 +650,28 @@ mod tests {
                 .any(|m| m.pod == "app-2" && m.state == MemberState::Draining)
         );
         assert_eq!(d.status.member_count, 2);
+    }
+
+    #[test]
+    fn moves_from_a_draining_pod_that_vanished_are_replanned_from_the_log() {
+        let s = spec();
+        let one = decide(&observe(&s, None, &["app-0", "app-1", "app-2"])).status;
+        let mut o = observe(&s, Some(&one), &["app-0", "app-1"]);
+        o.members.push(MemberInput::draining("app-2"));
+        let two = decide(&o).status;
+        assert!(two.moves.iter().any(|m| m.from.as_deref() == Some("app-2")));
+        // app-2's process dies and its pod is deleted before any move is done.
+        let d = decide(&observe(&s, Some(&two), &["app-0", "app-1"]));
+        let p = d.publish.expect("a new plan");
+        assert_eq!(p.epoch, two.epoch + 1);
+        assert!(p.moves.iter().all(|m| m.from.is_none()), "{:?}", p.moves);
+        assert!(d.status.moves.is_empty(), "nothing left to wait for");
+        assert!(d.status.members.iter().all(|m| m.pod != "app-2"));
+        assert!(
+            d.notes
+                .iter()
+                .any(|n| n.warning && n.reason == "SourceGone" && n.message.contains("app-2"))
+        );
+        assert_eq!(cond(&d.status, "Ready").status, "True");
     }
 }

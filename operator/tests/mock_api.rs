@@ -58,6 +58,20 @@ async fn expect(
     (req, send)
 }
 
+/// The reconcile reads the ShardPlan fresh first (the cache may be behind its own status write).
+async fn serve_fresh_read(handle: &mut Handle, sp: &ShardPlan) {
+    let (_, send) = expect(
+        handle,
+        Method::GET,
+        "/apis/aether.dev/v1alpha1/namespaces/default/shardplans/plan",
+    )
+    .await;
+    send.send_response(json_response(
+        StatusCode::OK,
+        &serde_json::to_value(sp).expect("json"),
+    ));
+}
+
 async fn body_json(req: Request<Body>) -> serde_json::Value {
     let bytes = req.into_body().collect_bytes().await.expect("body");
     serde_json::from_slice(&bytes).expect("json body")
@@ -68,7 +82,9 @@ async fn a_conflicting_status_write_is_an_error_and_publishes_nothing() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     let ctx = Context::new(client, "test", Arc::new(Metrics::default()));
-    let run = tokio::spawn(reconcile(shardplan(), ctx.clone()));
+    let sp = shardplan();
+    let run = tokio::spawn(reconcile(sp.clone(), ctx.clone()));
+    serve_fresh_read(&mut handle, &sp).await;
 
     let (_, send) = expect(
         &mut handle,
@@ -121,6 +137,7 @@ async fn an_unreachable_nats_is_reported_with_what_to_fix() {
     let ctx = Context::new(client, "test", Arc::new(Metrics::default()));
     let sp = shardplan();
     let run = tokio::spawn(reconcile(sp.clone(), ctx.clone()));
+    serve_fresh_read(&mut handle, &sp).await;
 
     let sts = serde_json::json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet",

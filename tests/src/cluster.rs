@@ -4,11 +4,13 @@
 use crate::Process;
 use aether_core::crd::Strategy;
 use aether_core::plan::{MemberInput, Plan, PlanSpec, plan};
-use aether_core::protocol::{Names, PlanMessage};
+use aether_core::protocol::{ActorRef, Names, Outcome, PlanMessage};
+use aether_node::client::Client;
 use aether_node::config::{NatsArgs, NodeConfig};
 use aether_node::metrics::Metrics;
 use aether_node::node::{Health, Node, Shared};
-use std::collections::BTreeSet;
+use aether_node::store::EventStore;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -201,4 +203,57 @@ pub async fn start_cluster(
         .await;
     }
     (nodes, plan)
+}
+
+/// A counter's (value, version) from a reply; panics on an error reply.
+#[must_use]
+pub fn counter_value(reply: &aether_core::protocol::Reply) -> (i64, u64) {
+    match &reply.outcome {
+        Outcome::Ok(ok) => (ok.state["value"].as_i64().unwrap_or(i64::MIN), ok.version),
+        Outcome::Error(e) => panic!("error reply: {e:?}"),
+    }
+}
+
+/// Every acknowledged add is in the state, and the version counts exactly the applied adds.
+pub async fn assert_nothing_acked_lost(
+    shards: u32,
+    nc: &async_nats::Client,
+    prefix: &str,
+    client: &Client,
+    acked: &BTreeMap<String, i64>,
+    exact: bool,
+) {
+    let store = EventStore::open(
+        async_nats::jetstream::new(nc.clone()),
+        Names::new(prefix),
+        1,
+    )
+    .await
+    .expect("store");
+    for (actor, sum) in acked {
+        let reply = client.read("counter", actor).await.expect("read");
+        let (value, version) = counter_value(&reply);
+        if value != *sum {
+            let subject = store.subject(
+                aether_core::hash::shard_of(actor, shards),
+                &ActorRef::new("counter", actor.as_str()),
+            );
+            let last = store.last(&subject).await.expect("log readable");
+            eprintln!(
+                "{actor}: read {value} (v{version}), acked {sum}, log's last record: {last:?}"
+            );
+        }
+        if exact {
+            assert_eq!(
+                value, *sum,
+                "{actor}: state equals its acknowledged commands (reply {reply:?})"
+            );
+        } else {
+            assert!(value >= *sum, "{actor}: {value} < {sum} acknowledged");
+        }
+        assert_eq!(
+            value as u64, version,
+            "{actor}: every add is one record, versions have no gaps"
+        );
+    }
 }

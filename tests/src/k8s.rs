@@ -1,6 +1,7 @@
-//! A real Kubernetes API server for tests: etcd and kube-apiserver built from Go modules
-//! (`tools/build-k8s.sh`), on loopback ports, with a token for an admin user. No kubelet runs, so tests
-//! create pods themselves and mark them Ready through the status subresource, as a kubelet would.
+//! A real Kubernetes control plane for tests: etcd, kube-apiserver, kube-controller-manager and
+//! kube-scheduler built from Go modules (`tools/build-k8s.sh`), on loopback ports, with a token for an
+//! admin user. [`ApiServer`] is etcd and the API server alone (tests then create pods themselves);
+//! [`ControlPlane`] adds the controllers and the scheduler, and `crate::kubelet` plays the kubelet.
 
 use crate::{Process, free_port};
 use std::path::PathBuf;
@@ -13,20 +14,45 @@ pub const K8S_VERSION: &str = "v1.36.3";
 pub const ETCD_VERSION: &str = "v3.6.16";
 const TOKEN: &str = "aether-test-admin-token";
 
-fn tool(name: &str, dir: &str, env: &str) -> PathBuf {
+/// Helm version (`make tools`).
+pub const HELM_VERSION: &str = "v3.22.0";
+
+/// A tool built by `make tools`: `$env` if set, else `$AETHER_TOOLS_DIR` (default
+/// `~/.cache/aether/tools`)`/<dir>/<name>`. Panics (the test fails) naming what to run when it is missing.
+#[must_use]
+pub fn tool(name: &str, dir: &str, env: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let p = home.join(".cache/aether/tools").join(dir).join(name);
+    let tools = std::env::var_os("AETHER_TOOLS_DIR").map_or_else(
+        || {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".cache/aether/tools")
+        },
+        PathBuf::from,
+    );
+    let p = tools.join(dir).join(name);
     assert!(
         p.is_file(),
-        "{} is missing: run `make tools` (tools/build-k8s.sh) or set {env}",
+        "{} is missing: run `make tools` or set {env}",
         p.display()
     );
     p
+}
+
+/// A Kubernetes binary of [`K8S_VERSION`] (kube-apiserver, kubectl, ...).
+#[must_use]
+pub fn k8s_tool(name: &str) -> PathBuf {
+    let env = format!("AETHER_{}", name.to_uppercase().replace('-', "_"));
+    tool(name, &format!("kubernetes-{K8S_VERSION}"), &env)
+}
+
+/// The helm binary.
+#[must_use]
+pub fn helm() -> PathBuf {
+    tool("helm", &format!("helm-{HELM_VERSION}"), "AETHER_HELM")
 }
 
 /// etcd plus kube-apiserver, torn down on drop.
@@ -85,43 +111,39 @@ impl ApiServer {
         std::fs::write(&tokens, format!("{TOKEN},admin,admin,system:masters\n"))
             .unwrap_or_else(|e| panic!("token file: {e}"));
         let port = free_port();
-        let apiserver = Command::new(tool(
-            "kube-apiserver",
-            &format!("kubernetes-{K8S_VERSION}"),
-            "AETHER_KUBE_APISERVER",
-        ))
-        .args(["--etcd-servers", &format!("http://127.0.0.1:{client}")])
-        .args([
-            "--bind-address",
-            "127.0.0.1",
-            "--secure-port",
-            &port.to_string(),
-        ])
-        .arg("--cert-dir")
-        .arg(dir.path().join("certs"))
-        .arg("--token-auth-file")
-        .arg(&tokens)
-        .arg("--service-account-key-file")
-        .arg(&key)
-        .arg("--service-account-signing-key-file")
-        .arg(&key)
-        .args(["--service-account-issuer", "https://kubernetes.default.svc"])
-        .args([
-            "--authorization-mode",
-            "RBAC",
-            "--service-cluster-ip-range",
-            "10.0.0.0/24",
-        ])
-        .args([
-            "--disable-admission-plugins",
-            "ServiceAccount",
-            "--advertise-address",
-            "127.0.0.1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("kube-apiserver: {e}"));
+        let apiserver = Command::new(k8s_tool("kube-apiserver"))
+            .args(["--etcd-servers", &format!("http://127.0.0.1:{client}")])
+            .args([
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                &port.to_string(),
+            ])
+            .arg("--cert-dir")
+            .arg(dir.path().join("certs"))
+            .arg("--token-auth-file")
+            .arg(&tokens)
+            .arg("--service-account-key-file")
+            .arg(&key)
+            .arg("--service-account-signing-key-file")
+            .arg(&key)
+            .args(["--service-account-issuer", "https://kubernetes.default.svc"])
+            .args([
+                "--authorization-mode",
+                "RBAC",
+                "--service-cluster-ip-range",
+                "10.0.0.0/24",
+            ])
+            .args([
+                "--disable-admission-plugins",
+                "ServiceAccount",
+                "--advertise-address",
+                "127.0.0.1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("kube-apiserver: {e}"));
         let s = Self {
             _etcd: etcd,
             _apiserver: Process { child: apiserver },
@@ -147,15 +169,32 @@ impl ApiServer {
         s
     }
 
+    /// `https://127.0.0.1:<port>`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The directory of this server's files (etcd data, keys, kubeconfigs).
+    #[must_use]
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes a kubeconfig for `token` at `path`.
+    pub fn write_kubeconfig(&self, path: &std::path::Path, user: &str, token: &str) {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context: {{cluster: test, user: {user}, namespace: default}}\ncurrent-context: test\n",
+            self.url()
+        );
+        std::fs::write(path, text).unwrap_or_else(|e| panic!("kubeconfig: {e}"));
+    }
+
     /// A kubeconfig for the admin user, written next to the server's files.
     #[must_use]
     pub fn kubeconfig(&self) -> PathBuf {
         let path = self.dir.path().join("kubeconfig");
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: test\n  context: {{cluster: test, user: admin, namespace: default}}\ncurrent-context: test\n",
-            self.port
-        );
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("kubeconfig: {e}"));
+        self.write_kubeconfig(&path, "admin", TOKEN);
         path
     }
 
@@ -171,6 +210,102 @@ impl ApiServer {
         .unwrap_or_else(|e| panic!("kube config: {e}"));
         kube::Client::try_from(config).unwrap_or_else(|e| panic!("kube client: {e}"))
     }
+}
+
+/// The whole control plane: etcd, kube-apiserver, kube-controller-manager and kube-scheduler. Nodes and
+/// pods are played by `crate::kubelet::Kubelet`.
+#[derive(Debug)]
+pub struct ControlPlane {
+    _controller_manager: Process,
+    _scheduler: Process,
+    /// The API server (and etcd).
+    pub api: ApiServer,
+}
+
+impl ControlPlane {
+    /// Starts etcd and the API server, then the controller manager and the scheduler.
+    pub async fn start() -> Self {
+        let api = ApiServer::start().await;
+        let kubeconfig = api.kubeconfig();
+        let key = api.dir().join("sa.key");
+        let controller_manager = Command::new(k8s_tool("kube-controller-manager"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--authentication-kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--authorization-kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--service-account-private-key-file")
+            .arg(&key)
+            .args(["--bind-address", "127.0.0.1", "--secure-port"])
+            .arg(free_port().to_string())
+            .args([
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+            ])
+            .args(["--controllers", "*", "-v", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("kube-controller-manager: {e}"));
+        let scheduler = Command::new(k8s_tool("kube-scheduler"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--authentication-kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--authorization-kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--bind-address", "127.0.0.1", "--secure-port"])
+            .arg(free_port().to_string())
+            .args(["--leader-elect=false", "-v", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("kube-scheduler: {e}"));
+        Self {
+            _controller_manager: Process {
+                child: controller_manager,
+            },
+            _scheduler: Process { child: scheduler },
+            api,
+        }
+    }
+
+    /// An admin client.
+    pub async fn client(&self) -> kube::Client {
+        self.api.client().await
+    }
+
+    /// The admin kubeconfig.
+    #[must_use]
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.api.kubeconfig()
+    }
+}
+
+/// Runs a command-line tool (helm, kubectl) with `stdin`; returns success and stdout+stderr.
+#[must_use]
+pub fn run_tool(program: &std::path::Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    if let Some(mut pipe) = child.stdin.take() {
+        let _ = pipe.write_all(stdin.unwrap_or_default().as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 fn http_get(path: &str) -> http::Request<Vec<u8>> {

@@ -5,10 +5,12 @@ use aether_core::crd::MovePhase;
 use aether_core::protocol::{ActorRef, Names, NodeEvent, NodeEventKind, Outcome, Progress, decode};
 use aether_node::client::{Client, run_load};
 use aether_node::store::{EventStore, Record};
-use aether_tests::cluster::{TestNode, next_plan, publish, spawn_process, start_cluster};
+use aether_tests::cluster::{
+    TestNode, assert_nothing_acked_lost, counter_value, next_plan, publish, spawn_process,
+    start_cluster,
+};
 use aether_tests::{NatsServer, free_port, wait_for, workspace_binary};
 use futures::StreamExt;
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,56 +33,6 @@ async fn progress_log(nc: &async_nats::Client, prefix: &str) -> Arc<Mutex<Vec<Pr
         }
     });
     log
-}
-
-fn counter_value(reply: &aether_core::protocol::Reply) -> (i64, u64) {
-    match &reply.outcome {
-        Outcome::Ok(ok) => (ok.state["value"].as_i64().unwrap_or(i64::MIN), ok.version),
-        Outcome::Error(e) => panic!("error reply: {e:?}"),
-    }
-}
-
-/// Every acknowledged add is in the state, and the version counts exactly the applied adds.
-async fn assert_nothing_acked_lost(
-    nc: &async_nats::Client,
-    prefix: &str,
-    client: &Client,
-    acked: &BTreeMap<String, i64>,
-    exact: bool,
-) {
-    let store = EventStore::open(
-        async_nats::jetstream::new(nc.clone()),
-        Names::new(prefix),
-        1,
-    )
-    .await
-    .expect("store");
-    for (actor, sum) in acked {
-        let reply = client.read("counter", actor).await.expect("read");
-        let (value, version) = counter_value(&reply);
-        if value != *sum {
-            let subject = store.subject(
-                aether_core::hash::shard_of(actor, SHARDS),
-                &ActorRef::new("counter", actor.as_str()),
-            );
-            let last = store.last(&subject).await.expect("log readable");
-            eprintln!(
-                "{actor}: read {value} (v{version}), acked {sum}, log's last record: {last:?}"
-            );
-        }
-        if exact {
-            assert_eq!(
-                value, *sum,
-                "{actor}: state equals its acknowledged commands (reply {reply:?})"
-            );
-        } else {
-            assert!(value >= *sum, "{actor}: {value} < {sum} acknowledged");
-        }
-        assert_eq!(
-            value as u64, version,
-            "{actor}: every add is one record, versions have no gaps"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,7 +80,7 @@ async fn a_shard_moves_while_clients_keep_writing() {
     for (k, v) in report.acked {
         *acked.entry(k).or_default() += v;
     }
-    assert_nothing_acked_lost(&nc, prefix, &client, &acked, true).await;
+    assert_nothing_acked_lost(SHARDS, &nc, prefix, &client, &acked, true).await;
 
     let done: Vec<Progress> = progress
         .lock()
@@ -205,7 +157,7 @@ async fn a_missing_or_silent_destination_rolls_the_move_back() {
             .any(|p| p.epoch == 2 && p.phase == MovePhase::Done)
     );
     // The sources kept their shards: every acknowledged command is still there, and writes go on.
-    assert_nothing_acked_lost(&nc, prefix, &client, &before.acked, true).await;
+    assert_nothing_acked_lost(SHARDS, &nc, prefix, &client, &before.acked, true).await;
     let after = run_load(&client, "acct", 100, 200, 8, T).await;
     assert_eq!(
         after.errors, 0,
@@ -245,7 +197,7 @@ async fn a_killed_source_loses_nothing_acknowledged() {
     for (k, v) in after.acked {
         *acked.entry(k).or_default() += v;
     }
-    assert_nothing_acked_lost(&nc, prefix, &client, &acked, true).await;
+    assert_nothing_acked_lost(SHARDS, &nc, prefix, &client, &acked, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,7 +227,7 @@ async fn a_nats_restart_mid_move_loses_nothing_acknowledged() {
     }
     // Commands whose reply was lost in the restart may have landed without an ack: at least the
     // acknowledged ones are there, and versions still count exactly the applied records.
-    assert_nothing_acked_lost(&nc, prefix, &client, &acked, false).await;
+    assert_nothing_acked_lost(SHARDS, &nc, prefix, &client, &acked, false).await;
     assert!(report.ok > 0);
 }
 
@@ -378,5 +330,5 @@ async fn sigterm_drains_the_node_before_it_exits() {
         a0.shared.pending_moves() == 0
     })
     .await;
-    assert_nothing_acked_lost(&nc, prefix, &client, &before.acked, true).await;
+    assert_nothing_acked_lost(SHARDS, &nc, prefix, &client, &before.acked, true).await;
 }

@@ -1,0 +1,604 @@
+//! A kubelet for tests: one fake Node whose pods run as OS processes on this machine.
+//!
+//! No container runtime exists here, so an image is mapped to a host binary (`aether-node`,
+//! `aether-operator`); a container of any other image "runs" without a process. For every pod the
+//! scheduler binds to the node it does what a kubelet does, in small:
+//! - resolves the container's environment (`value`, the downward API's `fieldRef`), and gives a pod with
+//!   a service account a kubeconfig holding a token from the TokenRequest API (`KUBECONFIG`), so the
+//!   process has exactly that account's permissions;
+//! - gives each pod its own loopback address (127.0.0.x) as pod IP, in place of a network namespace: a
+//!   listen address `0.0.0.0` in the args becomes the pod IP, and `AETHER_HTTP_ADDR` is set to the pod
+//!   IP and the container's first port;
+//! - restarts a process that exits (restartPolicy Always), probes `readinessProbe.httpGet` every 250 ms
+//!   and writes phase, pod IP, the Ready condition and container statuses to the pod's status;
+//! - when the pod is deleted: SIGTERM, waits up to the grace period, SIGKILL, then deletes the pod
+//!   object (grace 0), as the kubelet does once the containers have stopped;
+//! - renews the node's Lease so the node lifecycle controller keeps it Ready.
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Container, Node, Pod, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const TICK: Duration = Duration::from_millis(250);
+const RESTART_BACKOFF: Duration = Duration::from_millis(500);
+
+/// How the kubelet runs pods.
+#[derive(Debug, Clone)]
+pub struct KubeletConfig {
+    /// The Node's name.
+    pub node: String,
+    /// Image repository suffix -> host binary, e.g. `("aether-node", path)`.
+    pub images: Vec<(String, PathBuf)>,
+    /// Extra environment for every process (e.g. `RUST_LOG`).
+    pub env: Vec<(String, String)>,
+    /// API server URL written into the pods' kubeconfigs.
+    pub api_server: String,
+    /// Where pods' kubeconfigs and logs go.
+    pub dir: PathBuf,
+}
+
+#[derive(Default)]
+struct Registry {
+    /// `namespace/name` -> process ids of the pod's running containers.
+    pods: HashMap<String, Vec<u32>>,
+    next_ip: u32,
+}
+
+/// The fake node and its pod runner; everything stops (processes killed) on drop.
+pub struct Kubelet {
+    tasks: Vec<JoinHandle<()>>,
+    registry: Arc<Mutex<Registry>>,
+}
+
+impl std::fmt::Debug for Kubelet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kubelet").finish_non_exhaustive()
+    }
+}
+
+impl Kubelet {
+    /// Registers the Node (Ready, room for 110 pods) and starts running the pods bound to it.
+    pub async fn start(client: Client, cfg: KubeletConfig) -> Self {
+        register_node(&client, &cfg.node).await;
+        let registry = Arc::new(Mutex::new(Registry::default()));
+        let heartbeat = tokio::spawn(heartbeat(client.clone(), cfg.node.clone()));
+        let runner = tokio::spawn(watch_pods(client, Arc::new(cfg), registry.clone()));
+        Self {
+            tasks: vec![heartbeat, runner],
+            registry,
+        }
+    }
+
+    /// Sends SIGKILL to every process of pod `namespace/name` (they restart, as containers do, unless
+    /// the pod is being deleted). False when no process of that pod runs here.
+    pub fn kill(&self, namespace: &str, name: &str) -> bool {
+        self.signal(namespace, name, "KILL")
+    }
+
+    /// Sends `signal` (`KILL`, `STOP`, `CONT`, ...) to every process of pod `namespace/name`.
+    pub fn signal(&self, namespace: &str, name: &str, signal: &str) -> bool {
+        let pids = {
+            let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            reg.pods
+                .get(&format!("{namespace}/{name}"))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let mut killed = false;
+        for pid in pids {
+            killed |= std::process::Command::new("kill")
+                .args([&format!("-{signal}"), &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+        }
+        killed
+    }
+
+    /// Names of the pods running here, `namespace/name`.
+    #[must_use]
+    pub fn running(&self) -> Vec<String> {
+        let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<String> = reg.pods.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn now() -> serde_json::Value {
+    serde_json::to_value(Time(k8s_openapi::jiff::Timestamp::now())).unwrap_or_default()
+}
+
+async fn register_node(client: &Client, name: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+    }))
+    .unwrap_or_else(|e| panic!("node object: {e}"));
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap_or_else(|e| panic!("create node {name}: {e}"));
+    let status = json!({"status": {
+        "capacity": {"cpu": "32", "memory": "64Gi", "pods": "110"},
+        "allocatable": {"cpu": "32", "memory": "64Gi", "pods": "110"},
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                        "message": "aether test kubelet", "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
+        "nodeInfo": {"kubeletVersion": crate::k8s::K8S_VERSION, "operatingSystem": "linux", "architecture": "amd64",
+                     "containerRuntimeVersion": "host://processes", "kernelVersion": "", "osImage": "", "kubeProxyVersion": "",
+                     "bootID": "", "machineID": "", "systemUUID": ""}
+    }});
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("node status: {e}"));
+}
+
+/// Renews the node Lease every 10 s (the node lifecycle controller marks a node without one NotReady).
+async fn heartbeat(client: Client, node: String) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let nodes: Api<Node> = Api::all(client);
+    loop {
+        let lease = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": node},
+            "spec": {"holderIdentity": node, "leaseDurationSeconds": 40,
+                     "renewTime": MicroTime(k8s_openapi::jiff::Timestamp::now())}
+        });
+        let pp = PatchParams::apply("aether-test-kubelet").force();
+        if let Err(e) = leases.patch(&node, &pp, &Patch::Apply(&lease)).await {
+            eprintln!("kubelet: node lease: {e}");
+        }
+        let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "aether test kubelet", "lastHeartbeatTime": now()}]}});
+        let _ = nodes
+            .patch_status(&node, &PatchParams::default(), &Patch::Strategic(&status))
+            .await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+/// Watches the pods bound to this node; one task per pod (by UID) gets every new version of it.
+async fn watch_pods(client: Client, cfg: Arc<KubeletConfig>, registry: Arc<Mutex<Registry>>) {
+    use futures::StreamExt;
+    let pods: Api<Pod> = Api::all(client.clone());
+    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node));
+    let mut stream = watcher(pods, wc).boxed();
+    let mut running: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
+    while let Some(ev) = stream.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                eprintln!("kubelet: pod watch: {e}");
+                continue;
+            }
+        };
+        match ev {
+            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                if let Some(tx) = running.get(&uid) {
+                    let _ = tx.send(Some(pod));
+                } else {
+                    let (tx, rx) = watch::channel(Some(pod.clone()));
+                    let ip = {
+                        let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
+                        reg.next_ip += 1;
+                        // 127.0.1.1, 127.0.1.2, ...: each pod its own address.
+                        format!("127.0.{}.{}", 1 + reg.next_ip / 250, 1 + reg.next_ip % 250)
+                    };
+                    running.insert(uid, tx);
+                    let run = PodRun {
+                        client: client.clone(),
+                        cfg: cfg.clone(),
+                        ip,
+                        registry: registry.clone(),
+                    };
+                    tokio::spawn(run.run(rx));
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                if let Some(tx) = running.remove(&uid) {
+                    let _ = tx.send(None);
+                }
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+        running.retain(|_, tx| !tx.is_closed());
+    }
+}
+
+fn pod_key(pod: &Pod) -> Option<String> {
+    Some(format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref()?,
+        pod.metadata.name.as_deref()?
+    ))
+}
+
+/// One container: the resolved command and its process.
+struct Proc {
+    name: String,
+    image: String,
+    program: Option<PathBuf>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    probe: Option<(u16, String)>,
+    child: Option<Child>,
+    exited_at: Option<Instant>,
+    restarts: u32,
+}
+
+struct PodRun {
+    client: Client,
+    cfg: Arc<KubeletConfig>,
+    ip: String,
+    registry: Arc<Mutex<Registry>>,
+}
+
+impl PodRun {
+    async fn run(self, mut updates: watch::Receiver<Option<Pod>>) {
+        let Some(pod) = updates.borrow_and_update().clone() else {
+            return;
+        };
+        let key = pod_key(&pod).unwrap_or_default();
+        let (ns, name) = (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let kubeconfig = self.kubeconfig_for(&pod).await;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut procs: Vec<Proc> = spec
+            .containers
+            .iter()
+            .map(|c| self.resolve(&pod, c, kubeconfig.as_ref()))
+            .collect();
+        let started = now();
+        let mut last_ready = None;
+        let mut deleting = pod.metadata.deletion_timestamp.is_some().then_some(pod);
+        loop {
+            if let Some(pod) = deleting.take() {
+                let grace = pod
+                    .metadata
+                    .deletion_grace_period_seconds
+                    .or(spec.termination_grace_period_seconds)
+                    .unwrap_or(30);
+                stop_all(&mut procs, Duration::from_secs(grace.max(0) as u64)).await;
+                let dp =
+                    DeleteParams {
+                        grace_period_seconds: Some(0),
+                        preconditions: pod.metadata.uid.clone().map(|uid| {
+                            kube::api::Preconditions {
+                                uid: Some(uid),
+                                resource_version: None,
+                            }
+                        }),
+                        ..DeleteParams::default()
+                    };
+                let _ = api.delete(&name, &dp).await;
+                break;
+            }
+            for p in &mut procs {
+                p.keep_running(&self.cfg.dir, &name);
+            }
+            {
+                let pids = procs
+                    .iter()
+                    .filter_map(|p| p.child.as_ref().and_then(Child::id))
+                    .collect();
+                let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+                reg.pods.insert(key.clone(), pids);
+            }
+            let mut ready = true;
+            for p in &mut procs {
+                ready &= p.ready(&self.ip).await;
+            }
+            let restarts: u32 = procs.iter().map(|p| p.restarts).sum();
+            if last_ready != Some((ready, restarts)) {
+                let status = pod_status(&procs, &self.ip, ready, &started);
+                if api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await
+                    .is_ok()
+                {
+                    last_ready = Some((ready, restarts));
+                }
+            }
+            tokio::select! {
+                changed = updates.changed() => {
+                    let latest = if changed.is_ok() { updates.borrow_and_update().clone() } else { None };
+                    match latest {
+                        Some(pod) if pod.metadata.deletion_timestamp.is_some() => deleting = Some(pod),
+                        Some(_) => {}
+                        // The pod object is gone (force-deleted): stop at once.
+                        None => {
+                            stop_all(&mut procs, Duration::ZERO).await;
+                            break;
+                        }
+                    }
+                }
+                () = tokio::time::sleep(TICK) => {}
+            }
+        }
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        reg.pods.remove(&key);
+    }
+
+    /// A kubeconfig with a token of the pod's service account, when it has one and the account exists.
+    async fn kubeconfig_for(&self, pod: &Pod) -> Option<PathBuf> {
+        let spec = pod.spec.as_ref()?;
+        if spec.automount_service_account_token == Some(false) {
+            return None;
+        }
+        let sa = spec.service_account_name.clone()?;
+        let ns = pod.metadata.namespace.clone()?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &ns);
+        let req: TokenRequest = serde_json::from_value(json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": [], "expirationSeconds": 86400}
+        }))
+        .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let token = loop {
+            match accounts
+                .create_subresource::<TokenRequest, TokenRequest>(
+                    "token",
+                    &sa,
+                    &PostParams::default(),
+                    &req,
+                )
+                .await
+            {
+                Ok(tr) => break tr.status?.token?,
+                Err(e) if Instant::now() > deadline => {
+                    eprintln!("kubelet: no token for service account {ns}/{sa}: {e}");
+                    return None;
+                }
+                Err(_) => tokio::time::sleep(TICK).await,
+            }
+        };
+        let name = pod.metadata.name.clone()?;
+        let path = self.cfg.dir.join(format!("{ns}-{name}.kubeconfig"));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\nusers:\n- name: {sa}\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: {sa}, namespace: {ns}}}\ncurrent-context: c\n",
+            self.cfg.api_server
+        );
+        std::fs::write(&path, text).ok()?;
+        Some(path)
+    }
+
+    fn resolve(&self, pod: &Pod, c: &Container, kubeconfig: Option<&PathBuf>) -> Proc {
+        let image = c.image.clone().unwrap_or_default();
+        let repo = image.rsplit_once(':').map_or(image.as_str(), |(r, _)| r);
+        let program = self
+            .cfg
+            .images
+            .iter()
+            .find(|(suffix, _)| repo.ends_with(suffix.as_str()))
+            .map(|(_, p)| p.clone());
+        let field = |path: &str| -> String {
+            let m = &pod.metadata;
+            let s = pod.spec.as_ref();
+            match path {
+                "metadata.name" => m.name.clone().unwrap_or_default(),
+                "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
+                "metadata.uid" => m.uid.clone().unwrap_or_default(),
+                "spec.nodeName" => self.cfg.node.clone(),
+                "spec.serviceAccountName" => s
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_default(),
+                "status.podIP" => self.ip.clone(),
+                "status.hostIP" => "127.0.0.1".into(),
+                other => {
+                    eprintln!("kubelet: fieldRef {other} is not supported; empty");
+                    String::new()
+                }
+            }
+        };
+        let unbind = |s: &str| s.replace("0.0.0.0", &self.ip);
+        let mut env: Vec<(String, String)> = self.cfg.env.clone();
+        let ports = c.ports.clone().unwrap_or_default();
+        if let Some(p) = ports.first() {
+            env.push((
+                "AETHER_HTTP_ADDR".into(),
+                format!("{}:{}", self.ip, p.container_port),
+            ));
+        }
+        if let Some(k) = kubeconfig {
+            env.push(("KUBECONFIG".into(), k.display().to_string()));
+        }
+        for e in c.env.clone().unwrap_or_default() {
+            let value = match (e.value, e.value_from) {
+                (Some(v), _) => v,
+                (None, Some(from)) => from
+                    .field_ref
+                    .map(|f| field(&f.field_path))
+                    .unwrap_or_default(),
+                (None, None) => String::new(),
+            };
+            env.push((e.name, unbind(&value)));
+        }
+        let mut args: Vec<String> = c.command.clone().unwrap_or_default();
+        args.extend(c.args.clone().unwrap_or_default());
+        let args = args.iter().map(|a| unbind(a)).collect();
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .map(|h| {
+                let port = match &h.port {
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => *n as u16,
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => ports
+                        .iter()
+                        .find(|p| p.name.as_deref() == Some(s.as_str()))
+                        .map_or(0, |p| p.container_port as u16),
+                };
+                (port, h.path.clone().unwrap_or_else(|| "/".into()))
+            });
+        Proc {
+            name: c.name.clone(),
+            image,
+            program,
+            args,
+            env,
+            probe,
+            child: None,
+            exited_at: None,
+            restarts: 0,
+        }
+    }
+}
+
+impl Proc {
+    /// Starts the process, or restarts it after it exited (after a short back-off).
+    fn keep_running(&mut self, dir: &std::path::Path, pod: &str) {
+        let Some(program) = self.program.clone() else {
+            return;
+        };
+        if let Some(c) = self.child.as_mut() {
+            match c.try_wait() {
+                Ok(None) => return,
+                Ok(Some(_)) | Err(_) => {
+                    self.child = None;
+                    self.exited_at = Some(Instant::now());
+                    self.restarts += 1;
+                }
+            }
+        }
+        if self
+            .exited_at
+            .is_some_and(|t| t.elapsed() < RESTART_BACKOFF)
+        {
+            return;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{pod}-{}.log", self.name)));
+        let mut cmd = Command::new(&program);
+        cmd.args(&self.args)
+            .envs(self.env.iter().cloned())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+        match log {
+            Ok(f) => cmd.stderr(f),
+            Err(_) => cmd.stderr(std::process::Stdio::null()),
+        };
+        match cmd.spawn() {
+            Ok(child) => self.child = Some(child),
+            Err(e) => {
+                eprintln!("kubelet: cannot start {}: {e}", program.display());
+                self.exited_at = Some(Instant::now());
+            }
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.program.is_none() || self.child.is_some()
+    }
+
+    async fn ready(&mut self, ip: &str) -> bool {
+        if !self.running() {
+            return false;
+        }
+        match (&self.probe, &self.program) {
+            (Some((port, path)), Some(_)) => http_ok(ip, *port, path).await,
+            _ => true,
+        }
+    }
+}
+
+/// SIGTERM to every process, SIGKILL to those still running after `grace`.
+async fn stop_all(procs: &mut [Proc], grace: Duration) {
+    for p in procs.iter_mut() {
+        if let Some(pid) = p.child.as_ref().and_then(Child::id) {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+    let deadline = Instant::now() + grace;
+    for p in procs.iter_mut() {
+        if let Some(mut c) = p.child.take() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, c.wait()).await.is_err() {
+                let _ = c.kill().await;
+            }
+        }
+    }
+}
+
+/// GET `path` on `ip:port`; true on a 2xx or 3xx answer within a second, as the kubelet's probe.
+async fn http_ok(ip: &str, port: u16, path: &str) -> bool {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect((ip, port)).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).await.ok()?;
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let code: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some((200..400).contains(&code))
+    };
+    tokio::time::timeout(Duration::from_secs(1), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+fn pod_status(
+    procs: &[Proc],
+    ip: &str,
+    ready: bool,
+    started: &serde_json::Value,
+) -> serde_json::Value {
+    let r = if ready { "True" } else { "False" };
+    let containers: Vec<serde_json::Value> = procs
+        .iter()
+        .map(|p| {
+            let state = if p.running() {
+                json!({"running": {"startedAt": started}})
+            } else {
+                json!({"waiting": {"reason": "CrashLoopBackOff"}})
+            };
+            json!({"name": p.name, "image": p.image, "imageID": "", "ready": p.running() && ready,
+                   "started": p.running(), "restartCount": p.restarts, "state": state})
+        })
+        .collect();
+    json!({"status": {
+        "phase": "Running", "hostIP": "127.0.0.1", "podIP": ip, "podIPs": [{"ip": ip}], "startTime": started,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": started},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": started},
+            {"type": "ContainersReady", "status": r, "lastTransitionTime": now()},
+            {"type": "Ready", "status": r, "lastTransitionTime": now()}
+        ],
+        "containerStatuses": containers
+    }})
+}

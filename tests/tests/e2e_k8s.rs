@@ -1,0 +1,384 @@
+//! End to end on a real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)
+//! with the test kubelet running pods as processes and a real nats-server: what a user does.
+//!
+//! `helm install` the chart (the operator Deployment runs with its ServiceAccount's token, so the
+//! chart's RBAC is what it has), `kubectl apply` the README's ShardPlan and a bad one, write a few
+//! thousand actors, `kubectl scale` the StatefulSet 3 -> 5 -> 2 with a client writing throughout, and
+//! SIGKILL a node process during the scale-down.
+
+use aether_core::crd::ShardPlan;
+use aether_node::client::{Client, LoadReport, run_load};
+use aether_tests::cluster::assert_nothing_acked_lost;
+use aether_tests::k8s::{ControlPlane, run_tool};
+use aether_tests::kubelet::{Kubelet, KubeletConfig};
+use aether_tests::{NatsServer, wait_for, workspace_binary};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+const NS: &str = "aether-system";
+const PREFIX: &str = "actors";
+const SHARDS: u32 = 1024;
+const ACTORS: usize = 2000;
+const T: Duration = Duration::from_secs(120);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Owner pod of every shard, from the status (shard map + member buckets).
+fn owners(sp: &ShardPlan) -> Vec<String> {
+    let s = sp.status.clone().unwrap_or_default();
+    let by_bucket: BTreeMap<u16, String> = s
+        .members
+        .iter()
+        .map(|m| (m.bucket, m.pod.clone()))
+        .collect();
+    let map = s
+        .shard_map
+        .unwrap_or_else(|| panic!("status has no shard map"));
+    (0..SHARDS)
+        .map(|shard| {
+            map.bucket(shard)
+                .and_then(|b| by_bucket.get(&b).cloned())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn settled(sp: &ShardPlan, members: u32) -> bool {
+    let s = sp.status.clone().unwrap_or_default();
+    s.member_count == members
+        && s.moving == 0
+        && s.observed_generation == sp.metadata.generation
+        && s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut all = vec![
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap_or_default(),
+        "-n",
+        NS,
+    ];
+    all.extend_from_slice(args);
+    run_tool(&aether_tests::k8s::k8s_tool("kubectl"), &all, stdin)
+}
+
+/// Writes adds of 1 over the actors until `stop`, in bounded batches.
+fn writer(client: Client, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<LoadReport> {
+    tokio::spawn(async move {
+        let mut total = LoadReport::default();
+        while !stop.load(Ordering::Relaxed) {
+            let r = run_load(&client, "acct", ACTORS, 200, 8, T).await;
+            total.ok += r.ok;
+            total.errors += r.errors;
+            for (k, v) in r.acked {
+                *total.acked.entry(k).or_default() += v;
+            }
+        }
+        total
+    })
+}
+
+async fn wait_settled(plans: &Api<ShardPlan>, members: u32, after_epoch: u64) -> ShardPlan {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let sp = plans.get("actors").await.expect("get the ShardPlan");
+        let s = sp.status.clone().unwrap_or_default();
+        if s.epoch > after_epoch && settled(&sp, members) {
+            return sp;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not settled on {members} members after epoch {after_epoch} within {T:?}: {}",
+            brief(&sp)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The status in a few lines: epoch, members, conditions and the first moves.
+fn brief(sp: &ShardPlan) -> String {
+    let s = sp.status.clone().unwrap_or_default();
+    let conditions: Vec<String> = s
+        .conditions
+        .iter()
+        .map(|c| format!("{}={} {} {}", c.type_, c.status, c.reason, c.message))
+        .collect();
+    let moves: Vec<String> = s
+        .moves
+        .iter()
+        .take(5)
+        .map(|m| {
+            format!(
+                "shard {} {:?}->{} {:?} attempts {} {}",
+                m.shard,
+                m.from,
+                m.to,
+                m.phase,
+                m.attempts,
+                m.last_error.clone().unwrap_or_default()
+            )
+        })
+        .collect();
+    format!(
+        "epoch {} generation {:?}/{:?} members {:?} moving {} conditions {conditions:?} moves {moves:?}",
+        s.epoch,
+        s.observed_generation,
+        sp.metadata.generation,
+        s.members
+            .iter()
+            .map(|m| (&m.pod, m.bucket, &m.state))
+            .collect::<Vec<_>>(),
+        s.moving
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client().await;
+    let kubeconfig = cp.kubeconfig();
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    // Pods' logs and kubeconfigs: a temporary directory, or $AETHER_TEST_LOGS to keep them.
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let logs = std::env::var_os("AETHER_TEST_LOGS")
+        .map_or_else(|| tmp.path().to_path_buf(), PathBuf::from);
+    std::fs::create_dir_all(&logs).expect("log dir");
+    let rust_log = std::env::var("AETHER_POD_RUST_LOG").unwrap_or_else(|_| "warn".into());
+    let kubelet = Kubelet::start(
+        client.clone(),
+        KubeletConfig {
+            node: "node-0".into(),
+            images: vec![
+                ("aether-node".into(), workspace_binary("aether-node")),
+                (
+                    "aether-operator".into(),
+                    workspace_binary("aether-operator"),
+                ),
+            ],
+            env: vec![("RUST_LOG".into(), rust_log)],
+            api_server: cp.api.url(),
+            dir: logs,
+        },
+    )
+    .await;
+
+    // helm install: CRD, RBAC, the operator (2 replicas, one leader) and the example StatefulSet with
+    // its sidecars, PDB and ShardPlan.
+    let chart = repo().join("charts/aether");
+    let nats_url = format!("nats.url={}", nats.url());
+    let (ok, out) = run_tool(
+        &aether_tests::k8s::helm(),
+        &[
+            "install",
+            "aether",
+            chart.to_str().unwrap_or_default(),
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap_or_default(),
+            "--namespace",
+            NS,
+            "--create-namespace",
+            "--set",
+            &nats_url,
+            "--set",
+            "example.enabled=true",
+            "--set",
+            "example.terminationGracePeriodSeconds=40",
+        ],
+        None,
+    );
+    assert!(ok, "helm install failed: {out}");
+
+    let plans: Api<ShardPlan> = Api::namespaced(client.clone(), NS);
+    let first = wait_settled(&plans, 3, 0).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let holder = leases
+        .get("aether-operator")
+        .await
+        .expect("the leader Lease exists (RBAC lets the operator write it)")
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    assert!(
+        holder.starts_with("aether-"),
+        "an operator pod leads: {holder:?}"
+    );
+
+    // kubectl apply the README's ShardPlan (same name: it adds the migration limits), and bad ones.
+    let example = std::fs::read_to_string(repo().join("examples/shardplan.yaml"))
+        .expect("examples/shardplan.yaml")
+        .replace("nats://nats:4222", &nats.url());
+    let (ok, out) = kubectl(&kubeconfig, &["apply", "-f", "-"], Some(&example));
+    assert!(ok, "kubectl apply of the example failed: {out}");
+    assert!(out.contains("shardplan.aether.dev/actors"), "{out}");
+    let (ok, out) = kubectl(
+        &kubeconfig,
+        &["apply", "-f", "-"],
+        Some(&example.replace("shards: 1024", "shards: 512")),
+    );
+    assert!(!ok && out.contains("shards is immutable"), "{out}");
+    let zero = example
+        .replace("name: actors", "name: bad")
+        .replace("shards: 1024", "shards: 0");
+    let (ok, out) = kubectl(&kubeconfig, &["apply", "-f", "-"], Some(&zero));
+    assert!(!ok && out.contains("spec.shards"), "{out}");
+    let applied = wait_settled(&plans, 3, 0).await;
+    assert_eq!(
+        applied.spec.migration.max_concurrent, 4,
+        "the applied limits are in the spec"
+    );
+
+    // A few thousand actors with known state.
+    let app = Client::new(nc.clone(), PREFIX);
+    let warm = run_load(&app, "acct", ACTORS, ACTORS, 16, T).await;
+    assert_eq!(warm.errors, 0, "warm-up commands failed");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = writer(app.clone(), stop.clone());
+
+    // 3 -> 5: only shards that now belong to a new pod moved.
+    let before = owners(&first);
+    let epoch = first.status.clone().unwrap_or_default().epoch;
+    let (ok, out) = kubectl(
+        &kubeconfig,
+        &["scale", "statefulset", "actors", "--replicas=5"],
+        None,
+    );
+    assert!(ok, "{out}");
+    let five = wait_settled(&plans, 5, epoch).await;
+    let after = owners(&five);
+    let mut moved = 0;
+    for (shard, (a, b)) in before.iter().zip(&after).enumerate() {
+        if a != b {
+            moved += 1;
+            assert!(
+                b == "actors-3" || b == "actors-4",
+                "shard {shard} moved between survivors: {a} -> {b}"
+            );
+        }
+    }
+    let joiners = after
+        .iter()
+        .filter(|o| *o == "actors-3" || *o == "actors-4")
+        .count();
+    assert_eq!(
+        moved, joiners,
+        "every shard of a joiner moved, nothing else"
+    );
+    eprintln!("3 -> 5: {moved} of {SHARDS} shards moved");
+
+    // 5 -> 2, and SIGKILL the node of a leaving pod while its shards move away.
+    let epoch = five.status.clone().unwrap_or_default().epoch;
+    let (ok, out) = kubectl(
+        &kubeconfig,
+        &["scale", "statefulset", "actors", "--replicas=2"],
+        None,
+    );
+    assert!(ok, "{out}");
+    // actors-4 hangs (SIGSTOP) as soon as it is told to go, so moves from it are planned and cannot
+    // finish; then it dies (SIGKILL) and the kubelet removes its pod.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    wait_for("actors-4 terminating", T, || async {
+        pods.get("actors-4")
+            .await
+            .is_ok_and(|p| p.metadata.deletion_timestamp.is_some())
+    })
+    .await;
+    assert!(
+        kubelet.signal(NS, "actors-4", "STOP"),
+        "actors-4 has a node process"
+    );
+    wait_for("moves from actors-4 planned", T, || async {
+        plans.get("actors").await.is_ok_and(|sp| {
+            let s = sp.status.clone().unwrap_or_default();
+            s.epoch > epoch
+                && s.moves
+                    .iter()
+                    .any(|m| m.from.as_deref() == Some("actors-4"))
+        })
+    })
+    .await;
+    assert!(kubelet.kill(NS, "actors-4"), "actors-4 has a node process");
+    let mut seen = Vec::new();
+    let two = {
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            let sp = plans.get("actors").await.expect("get");
+            let s = sp.status.clone().unwrap_or_default();
+            for m in &s.moves {
+                let line = format!(
+                    "{:?} from {:?} attempts {} {}",
+                    m.phase,
+                    m.from,
+                    m.attempts,
+                    m.last_error.clone().unwrap_or_default()
+                );
+                if !seen.contains(&line) {
+                    seen.push(line);
+                }
+            }
+            if s.epoch > epoch && settled(&sp, 2) && kubelet.running().len() == 4 {
+                break sp;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not settled on 2 members: {}",
+                brief(&sp)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    eprintln!("5 -> 2 with actors-4 killed, moves seen: {seen:#?}");
+    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+    let warnings: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
+        .collect();
+    eprintln!("warning events: {warnings:#?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("SourceGone") && w.contains("actors-4")),
+        "the ShardPlan's events say actors-4 left before handing over its shards"
+    );
+    let last = owners(&two);
+    for (shard, (a, b)) in after.iter().zip(&last).enumerate() {
+        if a == "actors-0" || a == "actors-1" {
+            assert_eq!(a, b, "shard {shard} of a survivor moved");
+        }
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let report = load.await.expect("writer");
+    eprintln!(
+        "writer: {} acknowledged, {} failed during the scaling",
+        report.ok, report.errors
+    );
+    assert!(report.ok > 0, "the writer wrote during the scaling");
+    let mut acked = warm.acked;
+    for (k, v) in report.acked {
+        *acked.entry(k).or_default() += v;
+    }
+    assert_nothing_acked_lost(SHARDS, &nc, PREFIX, &app, &acked, report.errors == 0).await;
+}
