@@ -14,7 +14,7 @@ KUBECTL := $(TOOLS_DIR)/kubernetes-$(K8S_VERSION)/kubectl
 ETCD := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
 HELM := $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 
-.PHONY: all build test lint fmt generate check-generated chart-check bench tools clean-tools
+.PHONY: all build test lint fmt generate check-generated chart-check bench demo tools clean-tools
 
 all: lint test
 
@@ -27,6 +27,12 @@ test: tools check-generated chart-check
 	$(CARGO) build --workspace --release --bins
 	AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) AETHER_ETCD=$(ETCD) AETHER_KUBE_APISERVER=$(KUBE_APISERVER) \
 	  $(CARGO) test --workspace --release
+
+## demo: a local control plane, NATS and pods as processes; helm install, kubectl apply, a workload,
+## kubectl scale 3 -> 5 -> 2 while `kubectl get shardplans -w` shows the plan. Ctrl-C tears down.
+demo: tools
+	$(CARGO) build --release --bins --example demo -p aether-tests -p aether-node -p aether-operator
+	AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) $${CARGO_TARGET_DIR:-target}/release/examples/demo
 
 ## lint: formatting and clippy, warnings are errors.
 lint:

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 pub mod cluster;
 pub mod k8s;
 pub mod kubelet;
+pub mod stack;
 
 /// A free TCP port on loopback (bound and released; good enough for tests on one machine).
 #[must_use]

@@ -9,28 +9,21 @@
 use aether_core::crd::ShardPlan;
 use aether_node::client::{Client, LoadReport, run_load};
 use aether_tests::cluster::assert_nothing_acked_lost;
-use aether_tests::k8s::{ControlPlane, run_tool};
-use aether_tests::kubelet::{Kubelet, KubeletConfig};
-use aether_tests::{NatsServer, wait_for, workspace_binary};
+use aether_tests::stack::{NS, Stack};
+use aether_tests::wait_for;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-const NS: &str = "aether-system";
 const PREFIX: &str = "actors";
 const SHARDS: u32 = 1024;
 const ACTORS: usize = 2000;
 const T: Duration = Duration::from_secs(120);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Owner pod of every shard, from the status (shard map + member buckets).
 fn owners(sp: &ShardPlan) -> Vec<String> {
@@ -60,17 +53,6 @@ fn settled(sp: &ShardPlan, members: u32) -> bool {
         && s.conditions
             .iter()
             .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
-fn kubectl(kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut all = vec![
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap_or_default(),
-        "-n",
-        NS,
-    ];
-    all.extend_from_slice(args);
-    run_tool(&aether_tests::k8s::k8s_tool("kubectl"), &all, stdin)
 }
 
 /// Writes adds of 1 over the actors until `stop`, in bounded batches.
@@ -145,59 +127,14 @@ fn brief(sp: &ShardPlan) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
-    let cp = ControlPlane::start().await;
-    let client = cp.client().await;
-    let kubeconfig = cp.kubeconfig();
-    let nats = NatsServer::start();
-    let nc = nats.connect().await;
-    // Pods' logs and kubeconfigs: a temporary directory, or $AETHER_TEST_LOGS to keep them.
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let logs = std::env::var_os("AETHER_TEST_LOGS")
-        .map_or_else(|| tmp.path().to_path_buf(), PathBuf::from);
-    std::fs::create_dir_all(&logs).expect("log dir");
-    let rust_log = std::env::var("AETHER_POD_RUST_LOG").unwrap_or_else(|_| "warn".into());
-    let kubelet = Kubelet::start(
-        client.clone(),
-        KubeletConfig {
-            node: "node-0".into(),
-            images: vec![
-                ("aether-node".into(), workspace_binary("aether-node")),
-                (
-                    "aether-operator".into(),
-                    workspace_binary("aether-operator"),
-                ),
-            ],
-            env: vec![("RUST_LOG".into(), rust_log)],
-            api_server: cp.api.url(),
-            dir: logs,
-        },
-    )
-    .await;
+    let stack = Stack::start().await;
+    let client = stack.cp.client().await;
+    let nc = stack.nats.connect().await;
+    let kubelet = &stack.kubelet;
 
     // helm install: CRD, RBAC, the operator (2 replicas, one leader) and the example StatefulSet with
     // its sidecars, PDB and ShardPlan.
-    let chart = repo().join("charts/aether");
-    let nats_url = format!("nats.url={}", nats.url());
-    let (ok, out) = run_tool(
-        &aether_tests::k8s::helm(),
-        &[
-            "install",
-            "aether",
-            chart.to_str().unwrap_or_default(),
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap_or_default(),
-            "--namespace",
-            NS,
-            "--create-namespace",
-            "--set",
-            &nats_url,
-            "--set",
-            "example.enabled=true",
-            "--set",
-            "example.terminationGracePeriodSeconds=40",
-        ],
-        None,
-    );
+    let (ok, out) = stack.helm_install(&["example.terminationGracePeriodSeconds=40"]);
     assert!(ok, "helm install failed: {out}");
 
     let plans: Api<ShardPlan> = Api::namespaced(client.clone(), NS);
@@ -216,14 +153,11 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
     );
 
     // kubectl apply the README's ShardPlan (same name: it adds the migration limits), and bad ones.
-    let example = std::fs::read_to_string(repo().join("examples/shardplan.yaml"))
-        .expect("examples/shardplan.yaml")
-        .replace("nats://nats:4222", &nats.url());
-    let (ok, out) = kubectl(&kubeconfig, &["apply", "-f", "-"], Some(&example));
+    let example = stack.example_shardplan();
+    let (ok, out) = stack.kubectl(&["apply", "-f", "-"], Some(&example));
     assert!(ok, "kubectl apply of the example failed: {out}");
     assert!(out.contains("shardplan.aether.dev/actors"), "{out}");
-    let (ok, out) = kubectl(
-        &kubeconfig,
+    let (ok, out) = stack.kubectl(
         &["apply", "-f", "-"],
         Some(&example.replace("shards: 1024", "shards: 512")),
     );
@@ -231,7 +165,7 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
     let zero = example
         .replace("name: actors", "name: bad")
         .replace("shards: 1024", "shards: 0");
-    let (ok, out) = kubectl(&kubeconfig, &["apply", "-f", "-"], Some(&zero));
+    let (ok, out) = stack.kubectl(&["apply", "-f", "-"], Some(&zero));
     assert!(!ok && out.contains("spec.shards"), "{out}");
     let applied = wait_settled(&plans, 3, 0).await;
     assert_eq!(
@@ -249,11 +183,7 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
     // 3 -> 5: only shards that now belong to a new pod moved.
     let before = owners(&first);
     let epoch = first.status.clone().unwrap_or_default().epoch;
-    let (ok, out) = kubectl(
-        &kubeconfig,
-        &["scale", "statefulset", "actors", "--replicas=5"],
-        None,
-    );
+    let (ok, out) = stack.kubectl(&["scale", "statefulset", "actors", "--replicas=5"], None);
     assert!(ok, "{out}");
     let five = wait_settled(&plans, 5, epoch).await;
     let after = owners(&five);
@@ -279,11 +209,7 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
 
     // 5 -> 2, and SIGKILL the node of a leaving pod while its shards move away.
     let epoch = five.status.clone().unwrap_or_default().epoch;
-    let (ok, out) = kubectl(
-        &kubeconfig,
-        &["scale", "statefulset", "actors", "--replicas=2"],
-        None,
-    );
+    let (ok, out) = stack.kubectl(&["scale", "statefulset", "actors", "--replicas=2"], None);
     assert!(ok, "{out}");
     // actors-4 hangs (SIGSTOP) as soon as it is told to go, so moves from it are planned and cannot
     // finish; then it dies (SIGKILL) and the kubelet removes its pod.
