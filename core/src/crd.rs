@@ -285,6 +285,37 @@ pub enum MovePhase {
     Failed,
 }
 
+/// The CustomResourceDefinition as applied: [`kube::CustomResourceExt::crd`] without the schema
+/// formats the API server does not know (`uint16`, `uint32`, `uint64`: it warns about each on every
+/// apply). Their non-negativity is kept as `minimum: 0` where no minimum is set.
+#[must_use]
+pub fn definition()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    fn clean(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                let unsigned = map
+                    .get("format")
+                    .and_then(|f| f.as_str())
+                    .is_some_and(|f| f.starts_with("uint"));
+                if unsigned {
+                    map.remove("format");
+                    map.entry("minimum").or_insert(serde_json::json!(0));
+                }
+                map.values_mut().for_each(clean);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(clean),
+            _ => {}
+        }
+    }
+    let crd = <ShardPlan as kube::CustomResourceExt>::crd();
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    clean(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -415,6 +415,13 @@ async fn write_status(
 }
 
 async fn emit(ctx: &Context, sp: &ShardPlan, note: Note) {
+    // kube's Recorder folds events with the same type, reason and action into one series and keeps the
+    // first note, so "epoch 2: ..." would show as "epoch 1: ..." with a count. The note as the action
+    // keeps distinct messages distinct and still folds repeats, as client-go does (action: max 128 B).
+    let mut action = note.message.clone();
+    while action.len() > 128 {
+        action.pop();
+    }
     let ev = Event {
         type_: if note.warning {
             EventType::Warning
@@ -423,7 +430,7 @@ async fn emit(ctx: &Context, sp: &ShardPlan, note: Note) {
         },
         reason: note.reason.into(),
         note: Some(note.message),
-        action: "Plan".into(),
+        action,
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&ev, &sp.object_ref(&())).await {

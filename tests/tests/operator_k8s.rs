@@ -10,8 +10,8 @@ use aether_tests::{NatsServer, Process, free_port, wait_for, workspace_binary};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, CustomResourceExt};
 use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -68,7 +68,7 @@ async fn the_operator_plans_publishes_and_follows_a_scale_up() {
     let nc = nats.connect().await;
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &ShardPlan::crd())
+    crds.create(&PostParams::default(), &aether_core::crd::definition())
         .await
         .expect("CRD");
     let plans: Api<ShardPlan> = Api::namespaced(client.clone(), "default");
