@@ -1,6 +1,8 @@
-//! The actor host: one task per local shard, owning that shard's actors in memory. A shard's requests
-//! run one at a time, in arrival order, which is what makes an actor single-writer inside the node; the
-//! log's expected-sequence check makes it single-writer across nodes.
+//! The actor host: one task per local shard, owning that shard's actors in memory. An actor's requests
+//! run one at a time, in arrival order, which is what makes it single-writer inside the node; the log's
+//! expected-sequence check makes it single-writer across nodes. Appends of different actors of a shard
+//! overlap: a command's append is in flight while the worker serves other actors, and requests for an
+//! actor with an append in flight wait behind it.
 //!
 //! While its shard moves, a worker is paused: requests queue (never dropped; beyond the queue limit the
 //! caller is told to retry). On hand-off it forwards the queue to the destination; on resume it serves
@@ -13,7 +15,11 @@ use crate::store::{Loaded, Record, SNAPSHOT_EVERY, Snapshot, remember};
 use aether_core::protocol::{
     ActorRef, ActorReply, ActorSnapshot, Bytes, ErrorCode, ErrorReply, Op, Reply, Request,
 };
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -84,6 +90,8 @@ pub fn spawn(shared: Arc<Shared>, shard: u32) -> ShardHandle {
         actors: HashMap::new(),
         paused: false,
         queue: VecDeque::new(),
+        inflight: FuturesUnordered::new(),
+        busy: HashMap::new(),
     };
     tokio::spawn(worker.run(rx));
     ShardHandle { tx }
@@ -95,6 +103,38 @@ struct Worker {
     actors: HashMap<ActorRef, Actor>,
     paused: bool,
     queue: VecDeque<Pending>,
+    /// Appends in flight, one per busy actor.
+    inflight: FuturesUnordered<Pin<Box<dyn Future<Output = Appended> + Send>>>,
+    /// Actors with an append in flight, and the requests waiting for it.
+    busy: HashMap<ActorRef, VecDeque<Pending>>,
+}
+
+/// A command whose record was appended (or not).
+struct Appended {
+    req: Request,
+    tx: oneshot::Sender<Reply>,
+    attempt: u8,
+    result: Result<u64, Error>,
+    next: Snapshot,
+    version: u64,
+    snapshotted: bool,
+}
+
+/// What a request needs after the decision.
+enum Step {
+    Reply(Reply),
+    Append {
+        subject: String,
+        expected: u64,
+        record: Record,
+        next: Snapshot,
+    },
+}
+
+enum Next {
+    Appended(Appended),
+    Cmd(Option<Cmd>),
+    Sweep,
 }
 
 impl Worker {
@@ -103,30 +143,43 @@ impl Worker {
             tokio::time::interval(self.shared.passivate_after.max(Duration::from_secs(1)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let cmd = tokio::select! {
-                cmd = rx.recv() => cmd,
-                _ = sweep.tick() => { self.passivate(); continue; }
+            let next = tokio::select! {
+                biased;
+                Some(done) = self.inflight.next(), if !self.inflight.is_empty() => Next::Appended(done),
+                cmd = rx.recv() => Next::Cmd(cmd),
+                _ = sweep.tick() => Next::Sweep,
             };
-            let Some(cmd) = cmd else { break };
+            let cmd = match next {
+                Next::Appended(done) => {
+                    self.complete(done).await;
+                    continue;
+                }
+                Next::Sweep => {
+                    self.passivate();
+                    continue;
+                }
+                Next::Cmd(None) => break,
+                Next::Cmd(Some(cmd)) => cmd,
+            };
             match cmd {
                 Cmd::Request(p) if self.paused => self.enqueue(p),
-                Cmd::Request((req, tx)) => {
-                    let reply = self.handle(req).await;
-                    let _ = tx.send(reply);
-                }
+                Cmd::Request(p) => self.dispatch(p, 0).await,
                 Cmd::Pause(tx) => {
                     self.paused = true;
+                    // Appends in flight, and the requests that arrived before the pause, finish first.
+                    self.drain().await;
                     let _ = tx.send(self.capture());
                 }
                 Cmd::Resume => {
                     self.paused = false;
-                    while let Some((req, tx)) = self.queue.pop_front() {
+                    let queued = std::mem::take(&mut self.queue);
+                    for p in queued {
                         self.shared.metrics.queued.dec();
-                        let reply = self.handle(req).await;
-                        let _ = tx.send(reply);
+                        self.dispatch(p, 0).await;
                     }
                 }
                 Cmd::HandOff { to } => {
+                    self.drain().await;
                     for (req, tx) in self.queue.drain(..) {
                         self.shared.metrics.queued.dec();
                         let shared = self.shared.clone();
@@ -144,6 +197,7 @@ impl Worker {
                 Cmd::Stop => break,
             }
         }
+        self.drain().await;
         // Requests that raced the stop are answered, never dropped: the caller retries at the owner.
         while let Ok(cmd) = rx.try_recv() {
             if let Cmd::Request((req, tx)) = cmd {
@@ -177,7 +231,9 @@ impl Worker {
         }
         let idle = self.shared.passivate_after;
         let before = self.actors.len();
-        self.actors.retain(|_, a| a.last_used.elapsed() < idle);
+        let busy = &self.busy;
+        self.actors
+            .retain(|k, a| busy.contains_key(k) || a.last_used.elapsed() < idle);
         self.shared
             .metrics
             .actors
@@ -272,24 +328,105 @@ impl Worker {
         })
     }
 
-    async fn handle(&mut self, req: Request) -> Reply {
-        // A fenced append means another node wrote first: reload from the log and decide again, once.
-        for attempt in 0..2 {
-            match self.try_handle(&req).await {
-                Ok(reply) => return reply,
-                Err(Error::Fenced(_)) if attempt == 0 => {
+    /// Serves a request: at once, or by starting its append; behind the actor's append in flight.
+    async fn dispatch(&mut self, (req, tx): Pending, attempt: u8) {
+        if let Some(waiting) = self.busy.get_mut(&req.actor) {
+            waiting.push_back((req, tx));
+            return;
+        }
+        match self.prepare(&req).await {
+            Ok(Step::Reply(reply)) => {
+                let _ = tx.send(reply);
+            }
+            Ok(Step::Append {
+                subject,
+                expected,
+                record,
+                next,
+            }) => {
+                self.busy.insert(req.actor.clone(), VecDeque::new());
+                let shared = self.shared.clone();
+                self.inflight.push(Box::pin(async move {
+                    let result = shared.store.append(&subject, expected, &record).await;
+                    Appended {
+                        req,
+                        tx,
+                        attempt,
+                        result,
+                        next,
+                        version: record.version,
+                        snapshotted: record.snapshot.is_some(),
+                    }
+                }));
+            }
+            Err(e) => {
+                self.shared.count_failure(e.reason());
+                if matches!(e, Error::Nats(_) | Error::Corrupt(_)) {
                     self.drop_actor(&req.actor);
                 }
-                Err(e) => {
-                    self.shared.count_failure(e.reason());
-                    if matches!(e, Error::Fenced(_) | Error::Nats(_) | Error::Corrupt(_)) {
-                        self.drop_actor(&req.actor);
-                    }
-                    return Reply::error(e.to_reply());
-                }
+                let _ = tx.send(Reply::error(e.to_reply()));
             }
         }
-        Reply::error(ErrorReply::new(ErrorCode::Internal, "unreachable"))
+    }
+
+    /// An append finished: answer, then serve what waited for that actor, in order.
+    async fn complete(&mut self, done: Appended) {
+        let Appended {
+            req,
+            tx,
+            attempt,
+            result,
+            next,
+            version,
+            snapshotted,
+        } = done;
+        let mut retry = None;
+        match result {
+            Ok(seq) => {
+                let reply = match self.actors.get_mut(&req.actor) {
+                    Some(a) => {
+                        a.snapshot = next;
+                        a.version = version;
+                        a.seq = seq;
+                        if snapshotted {
+                            a.base = seq;
+                        }
+                        self.ok(&self.actors[&req.actor])
+                    }
+                    None => Reply::error(ErrorReply::new(
+                        ErrorCode::Internal,
+                        "actor vanished during append",
+                    )),
+                };
+                let _ = tx.send(reply);
+            }
+            // Another node wrote first: reload from the log and decide again, once.
+            Err(Error::Fenced(_)) if attempt == 0 => {
+                self.drop_actor(&req.actor);
+                retry = Some((req.clone(), tx));
+            }
+            Err(e) => {
+                self.shared.count_failure(e.reason());
+                if matches!(e, Error::Fenced(_) | Error::Nats(_) | Error::Corrupt(_)) {
+                    self.drop_actor(&req.actor);
+                }
+                let _ = tx.send(Reply::error(e.to_reply()));
+            }
+        }
+        let waiting = self.busy.remove(&req.actor).unwrap_or_default();
+        if let Some(p) = retry {
+            self.dispatch(p, 1).await;
+        }
+        for p in waiting {
+            self.dispatch(p, 0).await;
+        }
+    }
+
+    /// Finishes every append in flight (and what waits behind them).
+    async fn drain(&mut self) {
+        while let Some(done) = self.inflight.next().await {
+            self.complete(done).await;
+        }
     }
 
     fn drop_actor(&mut self, actor: &ActorRef) {
@@ -298,7 +435,8 @@ impl Worker {
         }
     }
 
-    async fn try_handle(&mut self, req: &Request) -> Result<Reply, Error> {
+    /// Loads the actor and decides: a reply now, or a record to append.
+    async fn prepare(&mut self, req: &Request) -> Result<Step, Error> {
         self.load(&req.actor).await?;
         let subject = self.shared.store.subject(self.shard, &req.actor);
         let Some(a) = self.actors.get_mut(&req.actor) else {
@@ -306,18 +444,23 @@ impl Worker {
         };
         a.last_used = Instant::now();
         let command = match &req.op {
-            Op::Read => return Ok(self.ok(&self.actors[&req.actor])),
+            Op::Read => return Ok(Step::Reply(self.ok(&self.actors[&req.actor]))),
             Op::Command { command } => command,
         };
         if let Some(id) = &req.id
             && a.snapshot.recent.iter().any(|c| c == id)
         {
             // A retry of a command already in the log: answer, do not apply twice.
-            return Ok(self.ok(&self.actors[&req.actor]));
+            return Ok(Step::Reply(self.ok(&self.actors[&req.actor])));
         }
         let events = match a.behaviour.decide(&a.snapshot.state, command) {
             Ok(events) => events,
-            Err(why) => return Ok(Reply::error(ErrorReply::new(ErrorCode::Rejected, why))),
+            Err(why) => {
+                return Ok(Step::Reply(Reply::error(ErrorReply::new(
+                    ErrorCode::Rejected,
+                    why,
+                ))));
+            }
         };
         let mut next = a.snapshot.clone();
         for e in &events {
@@ -335,21 +478,11 @@ impl Worker {
             base: a.base,
             snapshot: (version % SNAPSHOT_EVERY == 0).then(|| next.clone()),
         };
-        let expected = a.seq;
-        let seq = self
-            .shared
-            .store
-            .append(&subject, expected, &record)
-            .await?;
-        let Some(a) = self.actors.get_mut(&req.actor) else {
-            return Err(Error::Internal("actor vanished during append".into()));
-        };
-        a.snapshot = next;
-        a.version = version;
-        a.seq = seq;
-        if record.snapshot.is_some() {
-            a.base = seq;
-        }
-        Ok(self.ok(&self.actors[&req.actor]))
+        Ok(Step::Append {
+            subject,
+            expected: a.seq,
+            record,
+            next,
+        })
     }
 }
