@@ -117,6 +117,18 @@ pub struct LoadReport {
     pub latencies_us: Vec<u64>,
 }
 
+impl LoadReport {
+    /// Adds another run's figures to these.
+    pub fn absorb(&mut self, other: Self) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.latencies_us.extend(other.latencies_us);
+        for (k, v) in other.acked {
+            *self.acked.entry(k).or_default() += v;
+        }
+    }
+}
+
 /// Sends `requests` adds of 1 over `actors` counters (`{prefix}-{i}`), `concurrency` at a time, for
 /// at most `max` time. Every command has a unique id, so retries are safe.
 pub async fn run_load(
@@ -174,12 +186,7 @@ pub async fn run_load(
     let mut total = LoadReport::default();
     for t in tasks {
         if let Ok(r) = t.await {
-            total.ok += r.ok;
-            total.errors += r.errors;
-            total.latencies_us.extend(r.latencies_us);
-            for (k, v) in r.acked {
-                *total.acked.entry(k).or_default() += v;
-            }
+            total.absorb(r);
         }
     }
     total

@@ -129,11 +129,7 @@ async fn demo(stack: &Stack) -> Result<(), String> {
             let mut total = LoadReport::default();
             while !stop.load(Ordering::Relaxed) {
                 let r = run_load(&app, "acct", ACTORS, ACTORS, 8, Duration::from_secs(60)).await;
-                total.ok += r.ok;
-                total.errors += r.errors;
-                for (k, v) in r.acked {
-                    *total.acked.entry(k).or_default() += v;
-                }
+                total.absorb(r);
             }
             total
         })

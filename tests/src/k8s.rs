@@ -183,11 +183,8 @@ impl ApiServer {
 
     /// Writes a kubeconfig for `token` at `path`.
     pub fn write_kubeconfig(&self, path: &std::path::Path, user: &str, token: &str) {
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context: {{cluster: test, user: {user}, namespace: default}}\ncurrent-context: test\n",
-            self.url()
-        );
-        std::fs::write(path, text).unwrap_or_else(|e| panic!("kubeconfig: {e}"));
+        std::fs::write(path, kubeconfig_text(&self.url(), user, token, "default"))
+            .unwrap_or_else(|e| panic!("kubeconfig: {e}"));
     }
 
     /// A kubeconfig for the admin user, written next to the server's files.
@@ -228,38 +225,14 @@ impl ControlPlane {
         let api = ApiServer::start().await;
         let kubeconfig = api.kubeconfig();
         let key = api.dir().join("sa.key");
-        let controller_manager = Command::new(k8s_tool("kube-controller-manager"))
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .arg("--authentication-kubeconfig")
-            .arg(&kubeconfig)
-            .arg("--authorization-kubeconfig")
-            .arg(&kubeconfig)
+        let controller_manager = component("kube-controller-manager", &kubeconfig)
             .arg("--service-account-private-key-file")
             .arg(&key)
-            .args(["--bind-address", "127.0.0.1", "--secure-port"])
-            .arg(free_port().to_string())
-            .args([
-                "--leader-elect=false",
-                "--use-service-account-credentials=false",
-            ])
-            .args(["--controllers", "*", "-v", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .arg("--use-service-account-credentials=false")
+            .args(["--controllers", "*"])
             .spawn()
             .unwrap_or_else(|e| panic!("kube-controller-manager: {e}"));
-        let scheduler = Command::new(k8s_tool("kube-scheduler"))
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .arg("--authentication-kubeconfig")
-            .arg(&kubeconfig)
-            .arg("--authorization-kubeconfig")
-            .arg(&kubeconfig)
-            .args(["--bind-address", "127.0.0.1", "--secure-port"])
-            .arg(free_port().to_string())
-            .args(["--leader-elect=false", "-v", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let scheduler = component("kube-scheduler", &kubeconfig)
             .spawn()
             .unwrap_or_else(|e| panic!("kube-scheduler: {e}"));
         Self {
@@ -281,6 +254,33 @@ impl ControlPlane {
     pub fn kubeconfig(&self) -> PathBuf {
         self.api.kubeconfig()
     }
+}
+
+/// A controller-manager or scheduler command: the admin kubeconfig for everything, loopback on a free
+/// port, no leader election, quiet.
+fn component(name: &str, kubeconfig: &std::path::Path) -> Command {
+    let mut cmd = Command::new(k8s_tool(name));
+    for flag in [
+        "--kubeconfig",
+        "--authentication-kubeconfig",
+        "--authorization-kubeconfig",
+    ] {
+        cmd.arg(flag).arg(kubeconfig);
+    }
+    cmd.args(["--bind-address", "127.0.0.1", "--secure-port"])
+        .arg(free_port().to_string())
+        .args(["--leader-elect=false", "-v", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// A kubeconfig for `server` with a bearer `token` of `user`, default namespace `namespace`.
+#[must_use]
+pub fn kubeconfig_text(server: &str, user: &str, token: &str, namespace: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    insecure-skip-tls-verify: true\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context: {{cluster: test, user: {user}, namespace: {namespace}}}\ncurrent-context: test\n"
+    )
 }
 
 /// Runs a command-line tool (helm, kubectl) with `stdin`; returns success and stdout+stderr.

@@ -382,10 +382,7 @@ impl PodRun {
         };
         let name = pod.metadata.name.clone()?;
         let path = self.cfg.dir.join(format!("{ns}-{name}.kubeconfig"));
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\nusers:\n- name: {sa}\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: {sa}, namespace: {ns}}}\ncurrent-context: c\n",
-            self.cfg.api_server
-        );
+        let text = crate::k8s::kubeconfig_text(&self.cfg.api_server, &sa, &token, &ns);
         std::fs::write(&path, text).ok()?;
         Some(path)
     }

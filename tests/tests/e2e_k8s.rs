@@ -61,11 +61,7 @@ fn writer(client: Client, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Load
         let mut total = LoadReport::default();
         while !stop.load(Ordering::Relaxed) {
             let r = run_load(&client, "acct", ACTORS, 200, 8, T).await;
-            total.ok += r.ok;
-            total.errors += r.errors;
-            for (k, v) in r.acked {
-                *total.acked.entry(k).or_default() += v;
-            }
+            total.absorb(r);
         }
         total
     })
