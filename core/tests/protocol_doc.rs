@@ -63,3 +63,26 @@ fn documented_messages_decode() {
     }
     assert!(checked >= 10, "only {checked} examples found");
 }
+
+#[test]
+fn documented_binary_transfer_matches_the_encoder() {
+    use aether_core::protocol::{Transfer, decode, decode_transfer, encode_transfer};
+    let doc = include_str!("../../docs/PROTOCOL.md");
+    let start = doc
+        .find("```hex\n")
+        .expect("docs/PROTOCOL.md has a hex example")
+        + 7;
+    let len = doc[start..].find("```").expect("hex block ends");
+    let hex: String = doc[start..start + len].split_whitespace().collect();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    let json = doc
+        .lines()
+        .find(|l| l.starts_with("{\"v\":1,\"epoch\":4,\"shard\":17,\"from\""))
+        .expect("the JSON transfer example");
+    let transfer: Transfer = decode(json.as_bytes()).expect("JSON example decodes");
+    assert_eq!(encode_transfer(&transfer).expect("encodes"), bytes);
+    assert_eq!(decode_transfer(&bytes).expect("binary decodes"), transfer);
+}

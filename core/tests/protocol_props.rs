@@ -4,8 +4,8 @@ use aether_core::Error;
 use aether_core::crd::MovePhase;
 use aether_core::protocol::{
     ActorRef, ActorReply, ActorSnapshot, Bytes, ErrorCode, ErrorReply, NodeEvent, NodeEventKind,
-    Op, PlanMessage, Progress, Reply, Request, Transfer, TransferAck, VERSION, decode, decode_id,
-    encode, encode_id,
+    Op, PlanMessage, Progress, Reply, Request, TRANSFER_MAGIC, Transfer, TransferAck, VERSION,
+    decode, decode_id, decode_transfer, encode, encode_id, encode_transfer,
 };
 use proptest::prelude::*;
 
@@ -79,7 +79,12 @@ proptest! {
             actors: actors.into_iter().map(|(actor, version, seq, state)| ActorSnapshot { actor, version, seq, state: Bytes(state) }).collect(),
         };
         let back: Transfer = decode(&encode(&msg).expect("encodes")).expect("decodes");
-        prop_assert_eq!(back, msg);
+        prop_assert_eq!(&back, &msg);
+        // The binary form carries the same message, and the one decoder reads both forms.
+        let binary = encode_transfer(&msg).expect("encodes");
+        prop_assert_eq!(binary[0], TRANSFER_MAGIC);
+        prop_assert_eq!(&decode_transfer(&binary).expect("decodes"), &msg);
+        prop_assert_eq!(&decode_transfer(&encode(&msg).expect("encodes")).expect("decodes"), &msg);
         let ack = TransferAck { v: VERSION, epoch, shard, chunk, error: err };
         let back: TransferAck = decode(&encode(&ack).expect("encodes")).expect("decodes");
         prop_assert_eq!(back, ack);
@@ -100,6 +105,10 @@ proptest! {
         let _ = decode::<Request>(&bytes);
         let _ = decode::<Reply>(&bytes);
         let _ = decode::<Transfer>(&bytes);
+        let _ = decode_transfer(&bytes);
+        let mut binary = vec![TRANSFER_MAGIC];
+        binary.extend_from_slice(&bytes);
+        let _ = decode_transfer(&binary);
         let _ = decode::<TransferAck>(&bytes);
         let _ = decode::<Progress>(&bytes);
         let _ = decode::<PlanMessage>(&bytes);
@@ -113,6 +122,24 @@ proptest! {
             bytes[at] = b;
         }
         match decode::<Request>(&bytes) {
+            Ok(_) | Err(Error::Malformed(_) | Error::UnsupportedVersion { .. }) => {}
+            Err(other) => prop_assert!(false, "unexpected error kind {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mutated_binary_transfers_never_panic(actors in prop::collection::vec((actor(), prop::collection::vec(any::<u8>(), 0..32)), 0..4), flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
+        let msg = Transfer {
+            v: VERSION, epoch: 7, shard: 3, from: "app-1".into(), chunk: 0, last: true, commit: false,
+            actors: actors.into_iter().map(|(actor, state)| ActorSnapshot { actor, version: 1, seq: 2, state: Bytes(state) }).collect(),
+        };
+        let mut bytes = encode_transfer(&msg).expect("encodes");
+        for (i, b) in flips {
+            let at = i.index(bytes.len() - 1) + 1;
+            bytes[at] = b;
+        }
+        bytes.truncate(cut.index(bytes.len() + 1).max(1));
+        match decode_transfer(&bytes) {
             Ok(_) | Err(Error::Malformed(_) | Error::UnsupportedVersion { .. }) => {}
             Err(other) => prop_assert!(false, "unexpected error kind {other:?}"),
         }
@@ -145,6 +172,10 @@ fn another_version_is_a_typed_error() {
     assert!(matches!(
         decode::<Request>(b"not json"),
         Err(Error::Malformed(_))
+    ));
+    assert!(matches!(
+        decode_transfer(&[TRANSFER_MAGIC, 2, 0]),
+        Err(Error::UnsupportedVersion { got: 2, .. })
     ));
     let reply = ErrorReply::from_decode(&Error::UnsupportedVersion {
         got: 9,

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::node::Shared;
 use crate::store::{Loaded, Record, SNAPSHOT_EVERY, Snapshot, remember};
 use aether_core::protocol::{
-    ActorRef, ActorReply, ActorSnapshot, Bytes, ErrorCode, ErrorReply, Op, Reply, Request,
+    ActorRef, ActorReply, ActorSnapshot, ErrorCode, ErrorReply, Op, Reply, Request, TransferWriter,
 };
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -32,17 +32,17 @@ pub type Pending = (Request, oneshot::Sender<Reply>);
 pub enum Cmd {
     /// Serve a request.
     Request(Pending),
-    /// Pause and capture the live actors.
-    Pause(oneshot::Sender<Vec<ActorSnapshot>>),
-    /// Unpause and serve the queue.
-    Resume,
+    /// Pause, and lend the live actors to the move.
+    Pause(oneshot::Sender<Lent>),
+    /// Take the lent actors back, unpause and serve the queue.
+    Resume(Lent),
     /// Drop the actors, forward the queue to `to`, and stop.
     HandOff {
         /// Destination pod.
         to: String,
     },
     /// Install migrated actors (destination side), then answer.
-    Install(Vec<ActorSnapshot>, oneshot::Sender<()>),
+    Install(Staged, oneshot::Sender<()>),
     /// Drop everything and stop (the shard is no longer ours).
     Stop,
 }
@@ -54,14 +54,111 @@ pub struct ShardHandle {
     pub tx: mpsc::UnboundedSender<Cmd>,
 }
 
-/// An actor's state inside a migration transfer.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Captured {
-    #[serde(flatten)]
-    snapshot: Snapshot,
+/// An actor's state inside a migration transfer: `{"state", "recent", "base"}`, written from the
+/// actor in place (no copy) and read without serde's `flatten` (which buffers every value first).
+#[derive(serde::Serialize)]
+struct CapturedRef<'a> {
+    state: &'a serde_json::Value,
+    recent: &'a [String],
     /// Sequence of the actor's last snapshot record.
+    base: u64,
+}
+
+/// What [`CapturedRef`] wrote.
+#[derive(serde::Deserialize)]
+struct Captured {
+    state: serde_json::Value,
+    #[serde(default)]
+    recent: Vec<String>,
     #[serde(default)]
     base: u64,
+}
+
+/// A paused shard's actors, lent to its move: serialised chunk by chunk as the move sends them
+/// (off the worker, which only queues while paused), given back if the move rolls back, dropped
+/// after the hand-off.
+#[derive(Debug, Default)]
+pub struct Lent {
+    actors: Vec<(ActorRef, Actor)>,
+    next: usize,
+}
+
+impl Lent {
+    /// Number of actors.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.actors.len()
+    }
+
+    /// True when the shard had no live actors.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.actors.is_empty()
+    }
+
+    /// Writes up to `max_actors` of the next actors into `chunk`, stopping once it holds at least
+    /// `max_bytes`; true when none are left. An actor whose state cannot be written is left out: its
+    /// new owner rebuilds it from the log.
+    pub fn fill(
+        &mut self,
+        chunk: &mut TransferWriter,
+        max_bytes: usize,
+        max_actors: usize,
+    ) -> bool {
+        let stop = self.next.saturating_add(max_actors).min(self.actors.len());
+        while self.next < stop && chunk.len() < max_bytes {
+            let (actor, a) = &self.actors[self.next];
+            self.next += 1;
+            let written = chunk.actor(actor, a.version, a.seq, |out| {
+                serde_json::to_writer(
+                    out,
+                    &CapturedRef {
+                        state: &a.snapshot.state,
+                        recent: &a.snapshot.recent,
+                        base: a.base,
+                    },
+                )
+            });
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "actor left out of a transfer: rebuilt from the log");
+            }
+        }
+        self.next >= self.actors.len()
+    }
+}
+
+/// Migrated actors, parsed off the worker (in the transfer's own task) and ready to install.
+#[derive(Debug, Default)]
+pub struct Staged(Vec<(ActorRef, Actor)>);
+
+impl Staged {
+    /// Parses captured actors and adds them. A state that does not parse, or of a kind this node
+    /// lacks, is left out and counted: such an actor is rebuilt from the log when it is next used.
+    pub fn add(&mut self, shared: &Shared, actors: impl IntoIterator<Item = ActorSnapshot>) {
+        let now = Instant::now();
+        let staged = actors.into_iter().filter_map(|snap| {
+            let behaviour = shared.registry.get(&snap.actor.kind).cloned()?;
+            let Ok(Captured {
+                state,
+                recent,
+                base,
+            }) = serde_json::from_slice(&snap.state.0)
+            else {
+                shared.count_failure("bad_snapshot");
+                return None;
+            };
+            let actor = Actor {
+                behaviour,
+                snapshot: Snapshot { state, recent },
+                version: snap.version,
+                seq: snap.seq,
+                base,
+                last_used: now,
+            };
+            Some((snap.actor, actor))
+        });
+        self.0.extend(staged);
+    }
 }
 
 /// An actor in memory.
@@ -85,7 +182,7 @@ impl std::fmt::Debug for dyn Behaviour {
 pub fn spawn(shared: Arc<Shared>, shard: u32) -> ShardHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let worker = Worker {
-        shared,
+        shared: shared.clone(),
         shard,
         actors: HashMap::new(),
         paused: false,
@@ -93,7 +190,8 @@ pub fn spawn(shared: Arc<Shared>, shard: u32) -> ShardHandle {
         inflight: FuturesUnordered::new(),
         busy: HashMap::new(),
     };
-    tokio::spawn(worker.run(rx));
+    // On the serving runtime even when a migration (on its own runtime) starts the worker.
+    shared.serving.spawn(worker.run(rx));
     ShardHandle { tx }
 }
 
@@ -168,9 +266,14 @@ impl Worker {
                     self.paused = true;
                     // Appends in flight, and the requests that arrived before the pause, finish first.
                     self.drain().await;
-                    let _ = tx.send(self.capture());
+                    let actors: Vec<_> = std::mem::take(&mut self.actors).into_iter().collect();
+                    self.shared.metrics.actors.dec_by(actors.len() as i64);
+                    if let Err(lent) = tx.send(Lent { actors, next: 0 }) {
+                        self.restore(lent);
+                    }
                 }
-                Cmd::Resume => {
+                Cmd::Resume(lent) => {
+                    self.restore(lent);
                     self.paused = false;
                     let queued = std::mem::take(&mut self.queue);
                     for p in queued {
@@ -240,44 +343,15 @@ impl Worker {
             .dec_by((before - self.actors.len()) as i64);
     }
 
-    fn capture(&self) -> Vec<ActorSnapshot> {
-        self.actors
-            .iter()
-            .filter_map(|(actor, a)| {
-                let captured = Captured {
-                    snapshot: a.snapshot.clone(),
-                    base: a.base,
-                };
-                let state = serde_json::to_vec(&captured).ok()?;
-                Some(ActorSnapshot {
-                    actor: actor.clone(),
-                    version: a.version,
-                    seq: a.seq,
-                    state: Bytes(state),
-                })
-            })
-            .collect()
+    /// Takes lent actors back (a move that rolled back).
+    fn restore(&mut self, lent: Lent) {
+        self.shared.metrics.actors.inc_by(lent.actors.len() as i64);
+        self.actors.extend(lent.actors);
     }
 
-    fn install(&mut self, actors: Vec<ActorSnapshot>) {
-        for snap in actors {
-            let Some(behaviour) = self.shared.registry.get(&snap.actor.kind).cloned() else {
-                continue;
-            };
-            // A state that does not parse is not installed: the actor is rebuilt from the log.
-            let Ok(Captured { snapshot, base }) = serde_json::from_slice(&snap.state.0) else {
-                self.shared.count_failure("bad_snapshot");
-                continue;
-            };
-            let actor = Actor {
-                behaviour,
-                snapshot,
-                version: snap.version,
-                seq: snap.seq,
-                base,
-                last_used: Instant::now(),
-            };
-            if self.actors.insert(snap.actor, actor).is_none() {
+    fn install(&mut self, staged: Staged) {
+        for (actor, a) in staged.0 {
+            if self.actors.insert(actor, a).is_none() {
                 self.shared.metrics.actors.inc();
             }
         }

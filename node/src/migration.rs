@@ -2,17 +2,26 @@
 //! (`node.rs`) feeds them events (acks, timeouts, captures) and carries out the actions they return.
 //!
 //! Source side, one shard, one epoch (DESIGN.md, "Migration of one shard"):
-//! `Start -> PauseAndCapture -> Captured -> Send(0..n) -> all acked -> HandOff + Commit -> committed
-//! -> ReportDone`. Any refusal, timeout or deadline before the last ack: `Resume` (the source keeps the
-//! shard) and `ReportFailed`. A chunk refused as "retry later" (the destination has not seen the plan
-//! yet) is sent again after a short delay until the deadline. After the last ack the decision is made:
-//! the source has given the shard up, and it repeats the commit until the destination confirms it, so
-//! the destination starts serving exactly when the source has stopped.
+//! `Start -> PauseAndCapture -> Captured -> Send(0), Produced(0), Send(1), ... -> all acked -> HandOff +
+//! Commit -> committed -> ReportDone`. Chunks are produced (serialised) one at a time as they are
+//! sent, so the source encodes chunk `k + 1` while chunk `k` travels and the destination parses it;
+//! at most [`WINDOW`] are unacked at once. Any refusal, timeout or deadline before the last ack:
+//! `Resume` (the source keeps the shard) and `ReportFailed`. A chunk refused as "retry later" (the
+//! destination has not seen the plan yet) is sent again after a short delay until the deadline. After
+//! the last ack the decision is made: the source has given the shard up, and it repeats the commit
+//! until the destination confirms it, so the destination starts serving exactly when the source has
+//! stopped.
 //!
-//! Destination side: [`Incoming`] accepts chunks of exactly one (shard, epoch, source) in order, refuses
-//! older epochs, and owns the shard once the last chunk is in.
+//! Destination side: [`Incoming`] accepts the chunks of exactly one (shard, epoch, source) in any
+//! order (they travel concurrently), stages each one's actors (installed, not served), refuses older
+//! epochs, and serves the shard once the commit comes.
 
-use aether_core::protocol::{ActorSnapshot, ErrorCode, ErrorReply, Transfer};
+use aether_core::protocol::{ErrorCode, ErrorReply, Transfer};
+use std::collections::BTreeSet;
+
+/// Chunks a source keeps unacked at once: the next chunk is on the wire while the destination
+/// decodes and stages the previous one.
+pub const WINDOW: u32 = 3;
 
 /// Delay before a chunk refused with `Unavailable` is sent again.
 pub const RETRY_DELAY_MS: u64 = 20;
@@ -22,14 +31,18 @@ pub const RETRY_DELAY_MS: u64 = 20;
 pub enum Phase {
     /// Created, nothing done.
     Idle,
-    /// The shard is paused; waiting for its actors' captured state.
+    /// The shard is paused; waiting for its actors.
     Capturing,
-    /// Sending chunk `next` of `chunks`.
+    /// Sending the chunks: `0..sent` were asked for, `0..produced` of them exist.
     Sending {
-        /// Chunk in flight.
-        next: u32,
-        /// Number of chunks.
-        chunks: u32,
+        /// Chunks asked for (a prefix); chunk `sent - 1` may still be being produced.
+        sent: u32,
+        /// Chunks produced.
+        produced: u32,
+        /// Number of chunks, once the last one is produced.
+        total: Option<u32>,
+        /// Chunks acked.
+        acked: BTreeSet<u32>,
     },
     /// The source gave the shard up; the commit is not confirmed yet.
     Committing,
@@ -44,10 +57,14 @@ pub enum Phase {
 pub enum Event {
     /// Begin the move.
     Start,
-    /// The shard is paused and its state captured into this many chunks (at least 1).
-    Captured {
-        /// Number of chunks.
-        chunks: u32,
+    /// The shard is paused and its actors are in hand.
+    Captured,
+    /// A chunk asked for with `Send` was produced and sent; `last`: no actors are left after it.
+    Produced {
+        /// Chunk number.
+        chunk: u32,
+        /// The last chunk.
+        last: bool,
     },
     /// The destination acked a chunk.
     Acked {
@@ -61,7 +78,7 @@ pub enum Event {
         /// Its error.
         error: ErrorReply,
     },
-    /// No answer in time, or no destination listening.
+    /// No answer in time, or no destination listening (or the chunk could not be produced).
     NoAnswer {
         /// Chunk number.
         chunk: u32,
@@ -79,9 +96,10 @@ pub enum Event {
 /// What the shell must do next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Pause the shard (queue new messages) and capture its live actors.
+    /// Pause the shard (queue new messages) and take its live actors.
     PauseAndCapture,
-    /// Send a chunk.
+    /// Send a chunk: the next one (produce it from the actors left, then report `Produced`), or
+    /// again one produced before.
     Send {
         /// Chunk number.
         chunk: u32,
@@ -125,46 +143,19 @@ impl SourceMove {
                 self.phase = Phase::Capturing;
                 vec![A::PauseAndCapture]
             }
-            (Phase::Capturing, Event::Captured { chunks }) => {
-                let chunks = chunks.max(1);
-                self.phase = Phase::Sending { next: 0, chunks };
+            (Phase::Capturing, Event::Captured) => {
+                self.phase = Phase::Sending {
+                    sent: 1,
+                    produced: 0,
+                    total: None,
+                    acked: BTreeSet::new(),
+                };
                 vec![A::Send {
                     chunk: 0,
                     delay_ms: 0,
                 }]
             }
-            (&Phase::Sending { next, chunks }, Event::Acked { chunk }) if chunk == next => {
-                if next + 1 == chunks {
-                    self.phase = Phase::Committing;
-                    vec![A::HandOff, A::Commit { delay_ms: 0 }]
-                } else {
-                    self.phase = Phase::Sending {
-                        next: next + 1,
-                        chunks,
-                    };
-                    vec![A::Send {
-                        chunk: next + 1,
-                        delay_ms: 0,
-                    }]
-                }
-            }
-            (&Phase::Sending { next, .. }, Event::Refused { chunk, error })
-                if chunk == next && error.code == ErrorCode::Unavailable =>
-            {
-                vec![A::Send {
-                    chunk,
-                    delay_ms: error.retry_after_ms.unwrap_or(RETRY_DELAY_MS),
-                }]
-            }
-            (&Phase::Sending { next, .. }, Event::Refused { chunk, error }) if chunk == next => {
-                self.fail(format!(
-                    "destination refused chunk {chunk}: {}",
-                    error.message
-                ))
-            }
-            (&Phase::Sending { next, .. }, Event::NoAnswer { chunk, reason }) if chunk == next => {
-                self.fail(format!("no answer to chunk {chunk}: {reason}"))
-            }
+            (Phase::Sending { .. }, event) => self.sending(event),
             (Phase::Committing, Event::Committed) => {
                 self.phase = Phase::Done;
                 vec![A::ReportDone]
@@ -172,10 +163,70 @@ impl SourceMove {
             (Phase::Committing, Event::CommitUnanswered) => vec![A::Commit {
                 delay_ms: RETRY_DELAY_MS,
             }],
-            (Phase::Capturing | Phase::Sending { .. }, Event::Deadline) => {
-                self.fail("the move took longer than timeoutSeconds".to_owned())
+            (Phase::Capturing, Event::Deadline) => {
+                self.fail("timed out: the move took longer than timeoutSeconds".to_owned())
             }
             // Late or duplicate events after the outcome, or out of order: nothing to do.
+            _ => Vec::new(),
+        }
+    }
+
+    /// Events while chunks travel. Only events about a produced chunk that is not acked yet count;
+    /// the rest are late or duplicate.
+    fn sending(&mut self, event: Event) -> Vec<Action> {
+        let Phase::Sending {
+            sent,
+            produced,
+            total,
+            acked,
+        } = &mut self.phase
+        else {
+            return Vec::new();
+        };
+        let open = |chunk: u32| chunk < *produced && !acked.contains(&chunk);
+        match event {
+            Event::Deadline => {
+                self.fail("timed out: the move took longer than timeoutSeconds".to_owned())
+            }
+            Event::Produced { chunk, last } if chunk + 1 == *sent && *produced < *sent => {
+                *produced = *sent;
+                if last {
+                    *total = Some(*sent);
+                    Vec::new()
+                } else {
+                    next_chunk(sent, acked)
+                }
+            }
+            Event::Acked { chunk } if open(chunk) => {
+                acked.insert(chunk);
+                if Some(acked.len() as u32) == *total {
+                    self.phase = Phase::Committing;
+                    vec![Action::HandOff, Action::Commit { delay_ms: 0 }]
+                } else if total.is_none() && produced == sent {
+                    next_chunk(sent, acked)
+                } else {
+                    Vec::new()
+                }
+            }
+            Event::Refused { chunk, error } if open(chunk) => {
+                if error.code == ErrorCode::Unavailable {
+                    vec![Action::Send {
+                        chunk,
+                        delay_ms: error.retry_after_ms.unwrap_or(RETRY_DELAY_MS),
+                    }]
+                } else {
+                    self.fail(format!(
+                        "destination refused chunk {chunk}: {}",
+                        error.message
+                    ))
+                }
+            }
+            // Also a chunk that could not be produced (`chunk == produced`).
+            Event::NoAnswer { chunk, reason }
+                if open(chunk) || (chunk == *produced && chunk < *sent) =>
+            {
+                self.fail(format!("no answer to chunk {chunk}: {reason}"))
+            }
             _ => Vec::new(),
         }
     }
@@ -192,6 +243,18 @@ impl SourceMove {
     }
 }
 
+/// Asks for the next chunk when the window has room.
+fn next_chunk(sent: &mut u32, acked: &BTreeSet<u32>) -> Vec<Action> {
+    if *sent - acked.len() as u32 >= WINDOW {
+        return Vec::new();
+    }
+    *sent += 1;
+    vec![Action::Send {
+        chunk: *sent - 1,
+        delay_ms: 0,
+    }]
+}
+
 /// Destination side: the chunks received so far of one incoming shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Incoming {
@@ -201,20 +264,22 @@ pub struct Incoming {
     pub epoch: u64,
     /// Source pod.
     pub from: String,
-    /// Next chunk expected.
-    pub next: u32,
-    /// Actors received.
-    pub actors: Vec<ActorSnapshot>,
+    /// Chunks received (and staged).
+    pub received: BTreeSet<u32>,
+    /// The source committed: the shard is served here.
+    pub committed: bool,
 }
 
 /// What to do with a chunk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Accept {
-    /// Keep it; more chunks follow.
-    More,
-    /// The last chunk: install `actors` and own the shard.
-    Install(Vec<ActorSnapshot>),
-    /// Already had it (a retry after a lost ack): ack again, change nothing.
+    /// Stage the chunk's actors: installed, not served until the commit. `fresh`: the first chunk of
+    /// this move to arrive; whatever an earlier move of the shard staged here goes first.
+    Stage {
+        /// First chunk of this move.
+        fresh: bool,
+    },
+    /// Already had it (a retry after a lost ack, or a late copy): ack again, change nothing.
     Duplicate,
     /// The commit: serve the shard from now on.
     Commit,
@@ -226,7 +291,7 @@ pub fn accept_chunk(
     incoming: &mut Option<Incoming>,
     holding: u64,
     expected_source: Option<&str>,
-    chunk: Transfer,
+    chunk: &Transfer,
 ) -> Result<Accept, ErrorReply> {
     if chunk.epoch < holding {
         let mut e = ErrorReply::new(
@@ -256,55 +321,37 @@ pub fn accept_chunk(
             ),
         ));
     }
-    if chunk.commit {
-        // Whatever was installed (or nothing, after a restart: the log has it all), the source has
-        // let go: the shard is ours.
-        *incoming = None;
-        return Ok(Accept::Commit);
-    }
     let same =
         |i: &Incoming| i.shard == chunk.shard && i.epoch == chunk.epoch && i.from == chunk.from;
-    if !incoming.as_ref().is_some_and(same) {
-        if chunk.chunk != 0 {
-            return Err(ErrorReply::new(
-                ErrorCode::Malformed,
-                format!("chunk {} before chunk 0", chunk.chunk),
-            ));
-        }
+    let fresh = !incoming.as_ref().is_some_and(same);
+    if fresh {
         *incoming = Some(Incoming {
             shard: chunk.shard,
             epoch: chunk.epoch,
             from: chunk.from.clone(),
-            next: 0,
-            actors: Vec::new(),
+            received: BTreeSet::new(),
+            committed: false,
         });
     }
     let Some(inc) = incoming.as_mut() else {
         return Err(ErrorReply::new(ErrorCode::Internal, "no incoming shard"));
     };
-    if chunk.chunk < inc.next {
+    if chunk.commit {
+        // Whatever was staged (or nothing, after a restart: the log has it all), the source has
+        // let go: the shard is ours.
+        inc.committed = true;
+        return Ok(Accept::Commit);
+    }
+    if inc.committed || !inc.received.insert(chunk.chunk) {
         return Ok(Accept::Duplicate);
     }
-    if chunk.chunk > inc.next {
-        return Err(ErrorReply::new(
-            ErrorCode::Malformed,
-            format!("chunk {} but expected {}", chunk.chunk, inc.next),
-        ));
-    }
-    inc.next += 1;
-    inc.actors.extend(chunk.actors);
-    if chunk.last {
-        let actors = std::mem::take(&mut inc.actors);
-        Ok(Accept::Install(actors))
-    } else {
-        Ok(Accept::More)
-    }
+    Ok(Accept::Stage { fresh })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aether_core::protocol::{ActorRef, Bytes, VERSION};
+    use aether_core::protocol::{ActorRef, ActorSnapshot, Bytes, VERSION};
     use proptest::prelude::*;
 
     fn chunk(epoch: u64, n: u32, last: bool) -> Transfer {
@@ -325,26 +372,58 @@ mod tests {
         }
     }
 
-    #[test]
-    fn happy_path() {
+    fn send(chunk: u32) -> Action {
+        Action::Send { chunk, delay_ms: 0 }
+    }
+
+    /// The shell's part: every new chunk asked for is produced at once; `chunks` exist in all.
+    /// Returns the actions that are not about producing.
+    fn produce(
+        m: &mut SourceMove,
+        actions: Vec<Action>,
+        chunks: u32,
+        made: &mut u32,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        let mut todo: std::collections::VecDeque<Action> = actions.into();
+        while let Some(a) = todo.pop_front() {
+            if let Action::Send { chunk, .. } = a
+                && chunk == *made
+            {
+                *made += 1;
+                todo.extend(m.on(Event::Produced {
+                    chunk,
+                    last: chunk + 1 == chunks,
+                }));
+            }
+            out.push(a);
+        }
+        out
+    }
+
+    fn started(chunks: u32) -> (SourceMove, Vec<Action>, u32) {
         let mut m = SourceMove::default();
         assert_eq!(m.on(Event::Start), vec![Action::PauseAndCapture]);
-        assert_eq!(
-            m.on(Event::Captured { chunks: 2 }),
-            vec![Action::Send {
-                chunk: 0,
-                delay_ms: 0
-            }]
+        let mut made = 0;
+        let first = m.on(Event::Captured);
+        let actions = produce(&mut m, first, chunks, &mut made);
+        (m, actions, made)
+    }
+
+    #[test]
+    fn happy_path() {
+        let (mut m, first, _) = started(2);
+        assert_eq!(first, vec![send(0), send(1)]);
+        assert!(
+            m.on(Event::Acked { chunk: 1 }).is_empty(),
+            "acks in any order"
+        );
+        assert!(
+            m.on(Event::Acked { chunk: 1 }).is_empty(),
+            "a duplicate ack"
         );
         assert_eq!(
             m.on(Event::Acked { chunk: 0 }),
-            vec![Action::Send {
-                chunk: 1,
-                delay_ms: 0
-            }]
-        );
-        assert_eq!(
-            m.on(Event::Acked { chunk: 1 }),
             vec![Action::HandOff, Action::Commit { delay_ms: 0 }]
         );
         assert!(
@@ -362,10 +441,71 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_destination_rolls_back() {
+    fn an_empty_shard_sends_one_empty_chunk() {
+        let (mut m, first, _) = started(1);
+        assert_eq!(first, vec![send(0)]);
+        assert_eq!(m.on(Event::Acked { chunk: 0 })[0], Action::HandOff);
+    }
+
+    #[test]
+    fn at_most_a_window_of_chunks_is_unacked() {
+        let (mut m, first, mut made) = started(10);
+        assert_eq!(first, (0..WINDOW).map(send).collect::<Vec<_>>());
+        // Each ack lets exactly one more chunk go, in order.
+        for n in 0..(10 - WINDOW) {
+            let next = m.on(Event::Acked { chunk: n });
+            assert_eq!(produce(&mut m, next, 10, &mut made), vec![send(WINDOW + n)]);
+        }
+        for n in (10 - WINDOW)..9 {
+            assert!(m.on(Event::Acked { chunk: n }).is_empty());
+        }
+        assert!(
+            m.on(Event::Acked { chunk: 42 }).is_empty(),
+            "an ack for a chunk never sent"
+        );
+        assert_eq!(m.on(Event::Acked { chunk: 9 })[0], Action::HandOff);
+    }
+
+    #[test]
+    fn no_hand_off_before_the_last_chunk_is_known() {
         let mut m = SourceMove::default();
         m.on(Event::Start);
-        m.on(Event::Captured { chunks: 1 });
+        assert_eq!(m.on(Event::Captured), vec![send(0)]);
+        // Chunk 0 was asked for but not produced yet: its ack cannot count.
+        assert!(m.on(Event::Acked { chunk: 0 }).is_empty());
+        assert_eq!(
+            m.on(Event::Produced {
+                chunk: 0,
+                last: false
+            }),
+            vec![send(1)]
+        );
+        assert_eq!(m.on(Event::Acked { chunk: 0 }), Vec::new());
+        assert!(
+            m.on(Event::Produced {
+                chunk: 1,
+                last: true
+            })
+            .is_empty()
+        );
+        assert_eq!(m.on(Event::Acked { chunk: 1 })[0], Action::HandOff);
+    }
+
+    #[test]
+    fn a_chunk_that_cannot_be_produced_rolls_back() {
+        let mut m = SourceMove::default();
+        m.on(Event::Start);
+        m.on(Event::Captured);
+        let actions = m.on(Event::NoAnswer {
+            chunk: 0,
+            reason: "not encodable".into(),
+        });
+        assert_eq!(actions[0], Action::Resume);
+    }
+
+    #[test]
+    fn a_dead_destination_rolls_back() {
+        let (mut m, _, _) = started(1);
         let actions = m.on(Event::NoAnswer {
             chunk: 0,
             reason: "timed out".into(),
@@ -376,9 +516,7 @@ mod tests {
 
     #[test]
     fn a_destination_behind_is_retried_until_the_deadline() {
-        let mut m = SourceMove::default();
-        m.on(Event::Start);
-        m.on(Event::Captured { chunks: 1 });
+        let (mut m, _, _) = started(1);
         let mut e = ErrorReply::new(ErrorCode::Unavailable, "not yet");
         e.retry_after_ms = Some(5);
         assert_eq!(
@@ -392,69 +530,85 @@ mod tests {
     }
 
     #[test]
-    fn destination_checks_epochs_and_order() {
+    fn destination_checks_epochs_and_sources() {
         let mut inc = None;
-        let stale = accept_chunk(&mut inc, 5, Some("app-0"), chunk(4, 0, true)).expect_err("stale");
+        let stale =
+            accept_chunk(&mut inc, 5, Some("app-0"), &chunk(4, 0, true)).expect_err("stale");
         assert_eq!(stale.code, ErrorCode::StaleEpoch);
-        let ahead = accept_chunk(&mut inc, 5, Some("app-0"), chunk(6, 0, true)).expect_err("ahead");
+        let ahead =
+            accept_chunk(&mut inc, 5, Some("app-0"), &chunk(6, 0, true)).expect_err("ahead");
         assert_eq!(ahead.code, ErrorCode::Unavailable);
         let wrong =
-            accept_chunk(&mut inc, 5, Some("app-9"), chunk(5, 0, true)).expect_err("source");
+            accept_chunk(&mut inc, 5, Some("app-9"), &chunk(5, 0, true)).expect_err("source");
         assert_eq!(wrong.code, ErrorCode::StaleEpoch);
-        assert!(
-            accept_chunk(&mut inc, 5, Some("app-0"), chunk(5, 1, false)).is_err(),
-            "gap"
+        assert!(inc.is_none(), "nothing refused is remembered");
+    }
+
+    #[test]
+    fn destination_stages_chunks_in_any_order_once() {
+        let mut inc = None;
+        let accept =
+            |inc: &mut Option<Incoming>, c: &Transfer| accept_chunk(inc, 5, Some("app-0"), c);
+        assert_eq!(
+            accept(&mut inc, &chunk(5, 1, false)),
+            Ok(Accept::Stage { fresh: true })
         );
         assert_eq!(
-            accept_chunk(&mut inc, 5, Some("app-0"), chunk(5, 0, false)),
-            Ok(Accept::More)
+            accept(&mut inc, &chunk(5, 2, true)),
+            Ok(Accept::Stage { fresh: false })
         );
+        assert_eq!(accept(&mut inc, &chunk(5, 1, false)), Ok(Accept::Duplicate));
         assert_eq!(
-            accept_chunk(&mut inc, 5, Some("app-0"), chunk(5, 0, false)),
-            Ok(Accept::Duplicate)
+            accept(&mut inc, &chunk(5, 0, false)),
+            Ok(Accept::Stage { fresh: false })
         );
-        match accept_chunk(&mut inc, 5, Some("app-0"), chunk(5, 1, true)) {
-            Ok(Accept::Install(actors)) => assert_eq!(actors.len(), 2),
-            other => panic!("expected install, got {other:?}"),
-        }
-        let mut commit = chunk(5, 2, true);
+        let mut commit = chunk(5, 3, true);
         commit.commit = true;
         commit.actors.clear();
+        assert_eq!(accept(&mut inc, &commit), Ok(Accept::Commit));
         assert_eq!(
-            accept_chunk(&mut inc, 5, Some("app-0"), commit.clone()),
-            Ok(Accept::Commit)
+            accept(&mut inc, &chunk(5, 0, false)),
+            Ok(Accept::Duplicate),
+            "a late copy after the commit changes nothing"
         );
         commit.epoch = 4;
         assert!(
-            accept_chunk(&mut inc, 5, Some("app-0"), commit).is_err(),
+            accept_chunk(&mut inc, 5, Some("app-0"), &commit).is_err(),
             "an old commit is refused"
         );
     }
 
     proptest! {
-        /// Whatever the events, a move ends with exactly one of hand-off or resume, never both, and
-        /// never hands off before every chunk was acked.
+        /// Whatever the events, a move ends with exactly one of hand-off or resume, never both, never
+        /// hands off before every chunk was acked, and never has more than a window of chunks unacked.
         #[test]
-        fn outcome_is_exclusive(chunks in 1u32..5, events in prop::collection::vec(0u8..7, 0..30)) {
-            let mut m = SourceMove::default();
-            let mut actions = m.on(Event::Start);
-            actions.extend(m.on(Event::Captured { chunks }));
-            let mut acked = 0u32;
-            for e in events {
-                let next = match m.phase { Phase::Sending { next, .. } => next, _ => 0 };
+        fn outcome_is_exclusive(chunks in 1u32..8, events in prop::collection::vec((0u8..7, 0u32..10), 0..40)) {
+            let (mut m, mut actions, mut made) = started(chunks);
+            let mut acked = BTreeSet::new();
+            for (e, chunk) in events {
                 let ev = match e {
-                    0 => { acked = acked.max(next + 1); Event::Acked { chunk: next } }
-                    1 => Event::NoAnswer { chunk: next, reason: "x".into() },
-                    2 => Event::Refused { chunk: next, error: ErrorReply::new(ErrorCode::Unavailable, "later") },
+                    0 => {
+                        if chunk < made && matches!(m.phase, Phase::Sending { .. }) {
+                            acked.insert(chunk);
+                        }
+                        Event::Acked { chunk }
+                    }
+                    1 => Event::NoAnswer { chunk, reason: "x".into() },
+                    2 => Event::Refused { chunk, error: ErrorReply::new(ErrorCode::Unavailable, "later") },
                     3 => Event::Deadline,
                     4 => Event::CommitUnanswered,
                     5 => Event::Committed,
-                    _ => Event::Acked { chunk: next + 7 },
+                    _ => Event::Refused { chunk, error: ErrorReply::new(ErrorCode::StaleEpoch, "no") },
                 };
                 let out = m.on(ev);
+                let out = produce(&mut m, out, chunks, &mut made);
                 if out.contains(&Action::HandOff) {
-                    prop_assert_eq!(acked, chunks);
+                    prop_assert_eq!(acked.len() as u32, chunks);
                 }
+                if let Phase::Sending { sent, acked, .. } = &m.phase {
+                    prop_assert!(*sent - acked.len() as u32 <= WINDOW);
+                }
+                prop_assert!(made <= chunks, "never a chunk past the last");
                 actions.extend(out);
             }
             let handoffs = actions.iter().filter(|a| **a == Action::HandOff).count();

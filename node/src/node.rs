@@ -13,8 +13,9 @@ use crate::store::EventStore;
 use aether_core::crd::MovePhase;
 use aether_core::plan::Move;
 use aether_core::protocol::{
-    ActorSnapshot, ErrorCode, ErrorReply, Names, NodeEvent, NodeEventKind, PlanMessage, Progress,
-    Reply, Request, Transfer, TransferAck, VERSION, decode, encode,
+    ErrorCode, ErrorReply, Names, NodeEvent, NodeEventKind, PlanMessage, Progress, Reply, Request,
+    Transfer, TransferAck, TransferWriter, VERSION, decode, decode_transfer, encode,
+    encode_transfer,
 };
 use async_nats::jetstream;
 use futures::StreamExt;
@@ -22,6 +23,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinSet;
 
 /// Hops a request may take between nodes: one forward from the node it reached, and one more from a
 /// source that just handed its shard off.
@@ -62,10 +64,17 @@ pub struct Shared {
     pub me: String,
     /// Subjects and buckets.
     pub names: Names,
-    /// NATS.
+    /// NATS: requests, appends, plans, progress.
     pub client: async_nats::Client,
+    /// A second NATS connection for migration transfers, so a shard's megabytes never sit in front
+    /// of a request's reply in one socket.
+    pub bulk: async_nats::Client,
     /// The event log.
     pub store: EventStore,
+    /// The runtime that serves requests and runs the shard workers.
+    pub serving: tokio::runtime::Handle,
+    /// The runtime that runs migrations ([`MigrationRuntime`]).
+    pub moves: tokio::runtime::Handle,
     /// Actor kinds.
     pub registry: Registry,
     /// Metrics.
@@ -98,13 +107,18 @@ impl Shared {
     pub fn new(
         cfg: &NodeConfig,
         client: async_nats::Client,
+        bulk: async_nats::Client,
         store: EventStore,
+        moves: tokio::runtime::Handle,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
             me: cfg.pod_name.clone(),
             names: Names::new(cfg.nats.prefix.clone()),
             client,
+            bulk,
+            serving: tokio::runtime::Handle::current(),
+            moves,
             store,
             registry: Registry::builtin(),
             metrics,
@@ -392,7 +406,7 @@ impl Shared {
         }
         for mv in r.moves_from(&self.me) {
             if lock(&self.moving).insert(mv.shard) {
-                tokio::spawn(self.clone().run_moves(mv, epoch, timeout));
+                self.moves.spawn(self.clone().run_moves(mv, epoch, timeout));
             }
         }
     }
@@ -425,7 +439,9 @@ impl Shared {
         }
     }
 
-    /// Runs one source-side move through the [`SourceMove`] state machine.
+    /// Runs one source-side move through the [`SourceMove`] state machine. The shard's actors are
+    /// serialised chunk by chunk as the machine asks for chunks; each chunk travels in its own task
+    /// (up to [`migration::WINDOW`] unacked), and their answers come back as events.
     async fn migrate(self: Arc<Self>, mv: Move, epoch: u64, timeout: Duration) {
         let permits = lock(&self.migrations).clone();
         let Ok(_permit) = permits.acquire_owned().await else {
@@ -436,39 +452,65 @@ impl Shared {
             return;
         }
         let started = Instant::now();
-        let deadline = started + timeout;
+        let deadline = tokio::time::Instant::from_std(started + timeout);
         let shard = mv.shard;
         let to = mv.to.clone();
         let mut machine = SourceMove::default();
         let mut actions: VecDeque<Action> = machine.on(Event::Start).into();
-        let mut chunks: Vec<Transfer> = Vec::new();
-        let mut moved = 0u32;
+        let mut lent = host::Lent::default();
+        let mut chunks: Vec<bytes::Bytes> = Vec::new();
+        let mut sends: JoinSet<Event> = JoinSet::new();
         self.report(epoch, shard, MovePhase::Transferring, 0, 0, None)
             .await;
-        while let Some(action) = actions.pop_front() {
+        loop {
+            let Some(action) = actions.pop_front() else {
+                if machine.finished() || sends.is_empty() {
+                    break;
+                }
+                let event = tokio::select! {
+                    Some(Ok(event)) = sends.join_next() => event,
+                    () = tokio::time::sleep_until(deadline) => Event::Deadline,
+                };
+                actions.extend(machine.on(event));
+                continue;
+            };
             let next = match action {
                 Action::PauseAndCapture => {
                     let (tx, rx) = oneshot::channel();
                     let _ = self.worker(shard).tx.send(Cmd::Pause(tx));
-                    let actors = rx.await.unwrap_or_default();
-                    moved = actors.len() as u32;
-                    chunks = chunk(actors, epoch, shard, &self.me);
-                    machine.on(Event::Captured {
-                        chunks: chunks.len() as u32,
-                    })
+                    lent = rx.await.unwrap_or_default();
+                    machine.on(Event::Captured)
                 }
                 Action::Send { chunk, delay_ms } => {
-                    if delay_ms > 0 {
-                        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    let mut produced = None;
+                    if chunk as usize == chunks.len() {
+                        // A new chunk: serialise the next actors straight into it.
+                        match TransferWriter::new(epoch, shard, &self.me, chunk, CHUNK_BYTES + 4096)
+                        {
+                            Ok(mut w) => {
+                                let last = lent.fill(&mut w, CHUNK_BYTES, usize::MAX);
+                                chunks.push(w.finish(last, false).into());
+                                produced = Some(last);
+                            }
+                            Err(e) => {
+                                actions.extend(machine.on(Event::NoAnswer {
+                                    chunk,
+                                    reason: e.to_string(),
+                                }));
+                                continue;
+                            }
+                        }
                     }
-                    let now = Instant::now();
-                    if now >= deadline {
-                        machine.on(Event::Deadline)
-                    } else {
-                        let event = self
-                            .send_chunk(&to, &chunks[chunk as usize], deadline - now)
-                            .await;
-                        machine.on(event)
+                    let body = chunks.get(chunk as usize).cloned().unwrap_or_default();
+                    let (this, to) = (self.clone(), to.clone());
+                    let delay = Duration::from_millis(delay_ms);
+                    sends.spawn(async move {
+                        this.send_chunk(&to, shard, chunk, body, delay, deadline)
+                            .await
+                    });
+                    match produced {
+                        Some(last) => machine.on(Event::Produced { chunk, last }),
+                        None => Vec::new(),
                     }
                 }
                 Action::HandOff => {
@@ -489,29 +531,40 @@ impl Shared {
                         // A newer plan decides who owns the shard now.
                         machine.on(Event::Committed)
                     } else {
+                        let n = chunks.len() as u32;
                         let commit = Transfer {
                             v: VERSION,
                             epoch,
                             shard,
                             from: self.me.clone(),
-                            chunk: chunks.len() as u32,
+                            chunk: n,
                             last: true,
                             actors: Vec::new(),
                             commit: true,
                         };
-                        let event = match self.send_chunk(&to, &commit, FORWARD_TIMEOUT).await {
-                            Event::NoAnswer { .. } => Event::CommitUnanswered,
+                        let body = encode_transfer(&commit).unwrap_or_default().into();
+                        let until = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+                        let event = match self
+                            .send_chunk(&to, shard, n, body, Duration::ZERO, until)
+                            .await
+                        {
+                            Event::NoAnswer { .. } | Event::Deadline => Event::CommitUnanswered,
                             _ => Event::Committed,
                         };
                         machine.on(event)
                     }
                 }
                 Action::Resume => {
-                    let _ = self.worker(shard).tx.send(Cmd::Resume);
+                    // To the worker that lent them; if a newer plan stopped it, the actors go.
+                    let lent = std::mem::take(&mut lent);
+                    if let Some(h) = lock(&self.shards).get(&shard) {
+                        let _ = h.tx.send(Cmd::Resume(lent));
+                    }
                     Vec::new()
                 }
                 Action::ReportDone => {
                     let took = started.elapsed();
+                    let moved = lent.len() as u32;
                     self.metrics.move_seconds.observe(took.as_secs_f64());
                     Metrics::inc(&self.metrics.moves, "done");
                     self.report(
@@ -538,28 +591,22 @@ impl Shared {
         }
     }
 
-    async fn send_chunk(&self, to: &str, chunk: &Transfer, left: Duration) -> Event {
-        let n = chunk.chunk;
-        let bytes = match encode(chunk) {
-            Ok(b) => b,
-            Err(e) => {
-                return Event::NoAnswer {
-                    chunk: n,
-                    reason: e.to_string(),
-                };
-            }
-        };
-        let sent = tokio::time::timeout(
-            left,
-            self.client
-                .request(self.names.node_migrate(to), bytes.into()),
-        )
-        .await;
-        match sent {
-            Err(_) => Event::NoAnswer {
-                chunk: n,
-                reason: "timed out".into(),
-            },
+    /// Sends one encoded chunk (or the commit) after `delay`; its answer as an event.
+    async fn send_chunk(
+        &self,
+        to: &str,
+        shard: u32,
+        n: u32,
+        body: bytes::Bytes,
+        delay: Duration,
+        deadline: tokio::time::Instant,
+    ) -> Event {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let request = self.bulk.request(self.names.node_migrate(to), body);
+        match tokio::time::timeout_at(deadline, request).await {
+            Err(_) => Event::Deadline,
             Ok(Err(e)) => Event::NoAnswer {
                 chunk: n,
                 reason: e.to_string(),
@@ -568,7 +615,7 @@ impl Shared {
                 Ok(TransferAck {
                     error: Some(error), ..
                 }) => Event::Refused { chunk: n, error },
-                Ok(ack) if ack.chunk == n && ack.shard == chunk.shard => Event::Acked { chunk: n },
+                Ok(ack) if ack.chunk == n && ack.shard == shard => Event::Acked { chunk: n },
                 Ok(_) => Event::NoAnswer {
                     chunk: n,
                     reason: "ack for another chunk".into(),
@@ -581,9 +628,11 @@ impl Shared {
         }
     }
 
-    /// Destination side of a transfer chunk.
+    /// Destination side of a transfer chunk. Chunks of one move arrive concurrently: each is
+    /// decoded and parsed in its own task, then staged in the shard's worker (installed, not served)
+    /// before its ack; the commit makes the shard served here.
     pub async fn on_transfer(self: &Arc<Self>, bytes: &[u8]) -> TransferAck {
-        let chunk = match decode::<Transfer>(bytes) {
+        let mut chunk = match decode_transfer(bytes) {
             Ok(c) => c,
             Err(e) => {
                 Metrics::inc(&self.metrics.malformed, "transfer");
@@ -598,35 +647,44 @@ impl Shared {
             .move_of(shard)
             .filter(|m| m.to == self.me)
             .and_then(|m| m.from.clone());
-        let decision = {
+        // Parsed before the decision, off any lock (and on the migration runtime).
+        let mut staged = host::Staged::default();
+        staged.add(self, std::mem::take(&mut chunk.actors));
+        let installed = {
             let mut incoming = lock(&self.incoming);
             let mut slot = incoming.remove(&shard);
-            let d = migration::accept_chunk(&mut slot, r.epoch(), source.as_deref(), chunk);
+            let decision = migration::accept_chunk(&mut slot, r.epoch(), source.as_deref(), &chunk);
             if let Some(s) = slot {
                 incoming.insert(shard, s);
             }
-            d
+            // Acted on under the lock, so a fresh move's clean-up cannot overtake a chunk staged
+            // after it.
+            match decision {
+                Ok(Accept::Stage { fresh }) => {
+                    if fresh {
+                        lock(&self.handed_off).remove(&shard);
+                        self.stop_worker(shard);
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    let cmd = Cmd::Install(std::mem::take(&mut staged), tx);
+                    let _ = self.worker(shard).tx.send(cmd);
+                    Ok(Some(rx))
+                }
+                Ok(Accept::Duplicate) => Ok(None),
+                Ok(Accept::Commit) => {
+                    self.with_routing(|r| r.epoch() == epoch && r.move_done(shard));
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
         };
-        match decision {
-            Ok(Accept::More | Accept::Duplicate) => ack(epoch, shard, n, None),
-            Ok(Accept::Install(actors)) => {
-                // Installed, not served: the source still serves until it commits.
-                lock(&self.handed_off).remove(&shard);
-                self.install(shard, actors).await;
+        match installed {
+            Ok(Some(rx)) => {
+                let _ = rx.await;
                 ack(epoch, shard, n, None)
             }
-            Ok(Accept::Commit) => {
-                self.with_routing(|r| r.epoch() == epoch && r.move_done(shard));
-                ack(epoch, shard, n, None)
-            }
+            Ok(None) => ack(epoch, shard, n, None),
             Err(e) => ack(epoch, shard, n, Some(e)),
-        }
-    }
-
-    async fn install(self: &Arc<Self>, shard: u32, actors: Vec<ActorSnapshot>) {
-        let (tx, rx) = oneshot::channel();
-        if self.worker(shard).tx.send(Cmd::Install(actors, tx)).is_ok() {
-            let _ = rx.await;
         }
     }
 
@@ -750,39 +808,6 @@ fn redirect(owner: &str, epoch: u64, shard: u32) -> ErrorReply {
     e
 }
 
-/// Splits captured actors into transfer chunks of at most [`CHUNK_BYTES`] of state (at least one chunk).
-#[must_use]
-pub fn chunk(actors: Vec<ActorSnapshot>, epoch: u64, shard: u32, from: &str) -> Vec<Transfer> {
-    let mut chunks: Vec<Vec<ActorSnapshot>> = vec![Vec::new()];
-    let mut size = 0;
-    for a in actors {
-        let len = a.state.0.len() + a.actor.id.len() + 64;
-        if size + len > CHUNK_BYTES && chunks.last().is_some_and(|c| !c.is_empty()) {
-            chunks.push(Vec::new());
-            size = 0;
-        }
-        size += len;
-        if let Some(c) = chunks.last_mut() {
-            c.push(a);
-        }
-    }
-    let n = chunks.len();
-    chunks
-        .into_iter()
-        .enumerate()
-        .map(|(i, actors)| Transfer {
-            v: VERSION,
-            epoch,
-            shard,
-            from: from.to_owned(),
-            chunk: i as u32,
-            last: i + 1 == n,
-            actors,
-            commit: false,
-        })
-        .collect()
-}
-
 /// Connects to NATS with the configured credentials and TLS.
 pub async fn connect(args: &crate::config::NatsArgs, name: &str) -> Result<async_nats::Client> {
     let mut opts = async_nats::ConnectOptions::new()
@@ -834,6 +859,7 @@ pub async fn run(
 /// A connected node, subscribed and ready to serve.
 #[derive(Debug)]
 pub struct Node {
+    moves: MigrationRuntime,
     cfg: NodeConfig,
     health: Arc<Health>,
     shared: Arc<Shared>,
@@ -867,17 +893,35 @@ impl Node {
                 }
             }
         };
-        let shared = Shared::new(&cfg, client.clone(), store, metrics);
+        let moves = MigrationRuntime::start()?;
+        // Connected from the migration runtime, so the transfers' socket work runs there too.
+        let (nats, name) = (cfg.nats.clone(), format!("{}/migrations", cfg.pod_name));
+        let bulk = moves
+            .handle()
+            .spawn(async move { connect(&nats, &name).await })
+            .await
+            .map_err(|e| Error::Internal(format!("migration runtime: {e}")))??;
+        let shared = Shared::new(
+            &cfg,
+            client.clone(),
+            bulk.clone(),
+            store,
+            moves.handle(),
+            metrics,
+        );
         let requests = subscribe_requests(&shared).await?;
-        let transfers = client
+        let transfers = bulk
             .subscribe(names.node_migrate(&shared.me))
             .await
             .map_err(|e| Error::Nats(e.to_string()))?;
+        // The subscription is in place at the server before anyone learns this node is up.
+        bulk.flush().await.map_err(|e| Error::Nats(e.to_string()))?;
         let progress = client
             .subscribe(names.progress())
             .await
             .map_err(|e| Error::Nats(e.to_string()))?;
         Ok(Self {
+            moves,
             cfg,
             health,
             shared,
@@ -898,6 +942,7 @@ impl Node {
     /// without it arrives and its outgoing moves are done (at most `drain_timeout`), and returns.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         let Self {
+            moves,
             cfg,
             health,
             shared,
@@ -936,10 +981,10 @@ impl Node {
                 }
                 Some(msg) = transfers.next() => {
                     let shared = shared.clone();
-                    tokio::spawn(async move {
+                    shared.moves.clone().spawn(async move {
                         let ack = shared.on_transfer(&msg.payload).await;
                         if let (Some(to), Ok(bytes)) = (msg.reply, encode(&ack)) {
-                            let _ = shared.client.publish(to, bytes.into()).await;
+                            let _ = shared.bulk.publish(to, bytes.into()).await;
                         }
                     });
                 }
@@ -970,11 +1015,67 @@ impl Node {
         health_task.abort();
         shared.stop_all_workers();
         let _ = client.drain().await;
+        let _ = shared.bulk.drain().await;
+        drop(moves);
         Ok(())
     }
 }
 
 type Messages = futures::stream::SelectAll<async_nats::Subscriber>;
+
+/// The runtime that runs migrations, both ends: one thread at a lower CPU priority than request
+/// serving (nice +10 on Linux: about a tenth of a core when serving keeps every core busy, all the
+/// idle CPU otherwise), so moving a shard's megabytes does not stretch the latency of actors that
+/// stay. Shut down without blocking when dropped.
+#[derive(Debug)]
+pub struct MigrationRuntime(Option<tokio::runtime::Runtime>);
+
+/// Niceness of the migration thread (0 is the default, 19 the lowest priority).
+pub const MIGRATION_NICENESS: i32 = 10;
+
+impl MigrationRuntime {
+    /// Starts its thread.
+    pub fn start() -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .thread_name("aether-moves")
+            .on_thread_start(lower_priority)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("migration runtime: {e}")))?;
+        Ok(Self(Some(rt)))
+    }
+
+    /// Where to spawn migration work.
+    #[must_use]
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl Drop for MigrationRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // A thread's own niceness: setpriority(PRIO_PROCESS, tid) applies to that thread on Linux.
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), MIGRATION_NICENESS) {
+        tracing::warn!(error = %e, "migration thread keeps the default CPU priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
 
 async fn subscribe_requests(shared: &Arc<Shared>) -> Result<Messages> {
     let any = shared
