@@ -1,5 +1,5 @@
 //! Shard migration against a real nats-server: live moves under load, failing destinations, a killed
-//! source, a NATS restart, fencing, and draining on SIGTERM.
+//! source, a NATS restart, fencing, draining on SIGTERM, and a shard of many chunks.
 
 use aether_core::crd::MovePhase;
 use aether_core::protocol::{ActorRef, Names, NodeEvent, NodeEventKind, Outcome, Progress, decode};
@@ -331,4 +331,101 @@ async fn sigterm_drains_the_node_before_it_exits() {
     })
     .await;
     assert_nothing_acked_lost(SHARDS, &nc, prefix, &client, &before.acked, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_of_many_chunks_moves_every_actor_with_its_state() {
+    use aether_core::protocol::{Op, Request};
+    let nats = NatsServer::start();
+    let prefix = "bulk";
+    let nc = nats.connect().await;
+    let progress = progress_log(&nc, prefix).await;
+    let (nodes, p1) =
+        start_cluster(&nats.url(), &nc, prefix, &["app-0", "app-1"], SHARDS, 8, 30).await;
+    let client = Client::new(nc.clone(), prefix);
+    // 2,000 documents of ~1 KB in one shard: several 512 KiB chunks, three in flight at once.
+    let shard = 5;
+    let n = 2000;
+    assert!(
+        n * 1000 > 3 * aether_node::node::CHUNK_BYTES,
+        "the shard spans more than three chunks"
+    );
+    let ids: Vec<String> = (0..)
+        .map(|i| format!("doc-{i}"))
+        .filter(|a| aether_core::hash::shard_of(a, SHARDS) == shard)
+        .take(n)
+        .collect();
+    let value = |id: &str| format!("{id}:{}", "x".repeat(1000));
+    for chunk in ids.chunks(100) {
+        let writes = chunk.iter().map(|id| {
+            let req = Request::new(
+                ActorRef::new("doc", id.as_str()),
+                Op::Command {
+                    command: serde_json::json!({"put": {"key": "body", "value": value(id)}}),
+                },
+                Some(format!("put-{id}")),
+            );
+            let client = client.clone();
+            async move { client.send(&req).await }
+        });
+        for reply in futures::future::join_all(writes).await {
+            let reply = reply.expect("put");
+            assert!(matches!(reply.outcome, Outcome::Ok(_)), "{reply:?}");
+        }
+    }
+    // Move that one shard to the other node (planned by hand: only it moves).
+    let from = p1.owner(shard).expect("owner").to_owned();
+    let to = if from == "app-0" { "app-1" } else { "app-0" };
+    let mut p2 = p1.clone();
+    p2.epoch += 1;
+    let bucket = p2
+        .members
+        .iter()
+        .find(|m| m.name == to)
+        .expect("member")
+        .bucket;
+    p2.shard_map.set(shard, bucket);
+    p2.moves = vec![aether_core::plan::Move {
+        shard,
+        from: Some(from.clone()),
+        to: to.to_owned(),
+    }];
+    publish(&nc, prefix, &p2, 30).await;
+    wait_for("the move to finish", T, || async {
+        progress.lock().expect("lock").iter().any(|p| {
+            p.epoch == p2.epoch
+                && p.shard == shard
+                && matches!(p.phase, MovePhase::Done | MovePhase::Failed)
+        })
+    })
+    .await;
+    let done = progress
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|p| p.epoch == p2.epoch && p.shard == shard && p.phase != MovePhase::Transferring)
+        .cloned()
+        .expect("a final report");
+    assert_eq!(done.phase, MovePhase::Done, "{done:?}");
+    assert_eq!(done.actors as usize, n, "every live actor travelled");
+    let hosted = |name: &str| {
+        nodes
+            .iter()
+            .find(|node| node.name == name)
+            .map(|node| node.shared.metrics.actors.get())
+            .expect("node")
+    };
+    assert_eq!(hosted(to), n as i64, "the destination installed them all");
+    assert_eq!(hosted(&from), 0, "the source let them go");
+    // Each document answers from the destination with the state written before the move, read from
+    // memory: its version is that of the write, one event.
+    for id in &ids {
+        let reply = client.read("doc", id).await.expect("read");
+        let Outcome::Ok(ok) = &reply.outcome else {
+            panic!("{id}: {reply:?}")
+        };
+        assert_eq!(ok.node, to, "{id} is served by the destination");
+        assert_eq!(ok.version, 1, "{id}");
+        assert_eq!(ok.state["body"].as_str(), Some(value(id).as_str()), "{id}");
+    }
 }
