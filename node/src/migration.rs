@@ -285,14 +285,13 @@ pub enum Accept {
     Commit,
 }
 
-/// Decides on a chunk. `holding` is the destination's plan epoch; `expected_source` the source its
-/// plan names for this shard, if it has a move for it.
-pub fn accept_chunk(
-    incoming: &mut Option<Incoming>,
+/// The checks that need no state: the chunk's epoch is the one this node holds and its plan has this
+/// move from this source. Cheap, so a destination runs them before parsing a chunk's actors.
+pub fn check_chunk(
     holding: u64,
     expected_source: Option<&str>,
     chunk: &Transfer,
-) -> Result<Accept, ErrorReply> {
+) -> Result<(), ErrorReply> {
     if chunk.epoch < holding {
         let mut e = ErrorReply::new(
             ErrorCode::StaleEpoch,
@@ -321,6 +320,18 @@ pub fn accept_chunk(
             ),
         ));
     }
+    Ok(())
+}
+
+/// Decides on a chunk. `holding` is the destination's plan epoch; `expected_source` the source its
+/// plan names for this shard, if it has a move for it.
+pub fn accept_chunk(
+    incoming: &mut Option<Incoming>,
+    holding: u64,
+    expected_source: Option<&str>,
+    chunk: &Transfer,
+) -> Result<Accept, ErrorReply> {
+    check_chunk(holding, expected_source, chunk)?;
     let same =
         |i: &Incoming| i.shard == chunk.shard && i.epoch == chunk.epoch && i.from == chunk.from;
     let fresh = !incoming.as_ref().is_some_and(same);

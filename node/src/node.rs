@@ -647,6 +647,10 @@ impl Shared {
             .move_of(shard)
             .filter(|m| m.to == self.me)
             .and_then(|m| m.from.clone());
+        if let Err(e) = migration::check_chunk(r.epoch(), source.as_deref(), &chunk) {
+            // Refused before any parsing (a retry after the plan arrives parses it once).
+            return ack(epoch, shard, n, Some(e));
+        }
         // Parsed before the decision, off any lock (and on the migration runtime).
         let mut staged = host::Staged::default();
         staged.add(self, std::mem::take(&mut chunk.actors));

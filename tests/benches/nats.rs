@@ -6,7 +6,7 @@ use aether_core::crd::MovePhase;
 use aether_core::hash::shard_of;
 use aether_core::protocol::{ActorRef, Names, Op, Progress, Request, decode, encode};
 use aether_node::client::Client;
-use aether_tests::cluster::{TestNode, next_plan, publish};
+use aether_tests::cluster::{TestNode, move_one_shard, next_plan, publish};
 use aether_tests::{NatsServer, wait_for};
 use futures::StreamExt;
 use serde_json::json;
@@ -216,20 +216,7 @@ async fn run() -> serde_json::Value {
         .await;
         // Move the shard: a joiner that takes it (planned by hand: only this shard moves).
         let to = if from == "app-0" { "app-1" } else { "app-0" };
-        let mut next = epoch_plan.clone();
-        next.epoch += 1;
-        let to_bucket = next
-            .members
-            .iter()
-            .find(|m| m.name == to)
-            .expect("member")
-            .bucket;
-        next.shard_map.set(shard, to_bucket);
-        next.moves = vec![aether_core::plan::Move {
-            shard,
-            from: Some(from.clone()),
-            to: to.to_owned(),
-        }];
+        let next = move_one_shard(&epoch_plan, shard, to);
         let mut progress = nc.subscribe(names.progress()).await.expect("sub");
         // Readers hammer the moving actors through the move; their latencies are the unavailability.
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

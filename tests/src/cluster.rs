@@ -166,6 +166,31 @@ pub fn next_plan(previous: Option<&Plan>, members: &[&str], shards: u32, capacit
     plan(previous, &BTreeSet::new(), &members, &spec).unwrap_or_else(|e| panic!("plan: {e}"))
 }
 
+/// The plan after `plan` in which only `shard` moves, from its owner to the member `to` (a plan made
+/// by hand, to move exactly one shard).
+#[must_use]
+pub fn move_one_shard(plan: &Plan, shard: u32, to: &str) -> Plan {
+    let from = plan
+        .owner(shard)
+        .expect("the shard has an owner")
+        .to_owned();
+    let bucket = plan
+        .members
+        .iter()
+        .find(|m| m.name == to)
+        .expect("`to` is a member")
+        .bucket;
+    let mut next = plan.clone();
+    next.epoch += 1;
+    next.shard_map.set(shard, bucket);
+    next.moves = vec![aether_core::plan::Move {
+        shard,
+        from: Some(from),
+        to: to.to_owned(),
+    }];
+    next
+}
+
 /// Publishes a plan to the KV bucket the way the operator does.
 pub async fn publish(client: &async_nats::Client, prefix: &str, plan: &Plan, timeout_seconds: u32) {
     let js = async_nats::jetstream::new(client.clone());

@@ -6,8 +6,8 @@ use aether_core::protocol::{ActorRef, Names, NodeEvent, NodeEventKind, Outcome, 
 use aether_node::client::{Client, run_load};
 use aether_node::store::{EventStore, Record};
 use aether_tests::cluster::{
-    TestNode, assert_nothing_acked_lost, counter_value, next_plan, publish, spawn_process,
-    start_cluster,
+    TestNode, assert_nothing_acked_lost, counter_value, move_one_shard, next_plan, publish,
+    spawn_process, start_cluster,
 };
 use aether_tests::{NatsServer, free_port, wait_for, workspace_binary};
 use futures::StreamExt;
@@ -376,36 +376,21 @@ async fn a_shard_of_many_chunks_moves_every_actor_with_its_state() {
     // Move that one shard to the other node (planned by hand: only it moves).
     let from = p1.owner(shard).expect("owner").to_owned();
     let to = if from == "app-0" { "app-1" } else { "app-0" };
-    let mut p2 = p1.clone();
-    p2.epoch += 1;
-    let bucket = p2
-        .members
-        .iter()
-        .find(|m| m.name == to)
-        .expect("member")
-        .bucket;
-    p2.shard_map.set(shard, bucket);
-    p2.moves = vec![aether_core::plan::Move {
-        shard,
-        from: Some(from.clone()),
-        to: to.to_owned(),
-    }];
+    let p2 = move_one_shard(&p1, shard, to);
     publish(&nc, prefix, &p2, 30).await;
+    let final_report = || {
+        progress
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|p| p.epoch == p2.epoch && p.shard == shard && p.phase != MovePhase::Transferring)
+            .cloned()
+    };
     wait_for("the move to finish", T, || async {
-        progress.lock().expect("lock").iter().any(|p| {
-            p.epoch == p2.epoch
-                && p.shard == shard
-                && matches!(p.phase, MovePhase::Done | MovePhase::Failed)
-        })
+        final_report().is_some()
     })
     .await;
-    let done = progress
-        .lock()
-        .expect("lock")
-        .iter()
-        .find(|p| p.epoch == p2.epoch && p.shard == shard && p.phase != MovePhase::Transferring)
-        .cloned()
-        .expect("a final report");
+    let done = final_report().expect("a final report");
     assert_eq!(done.phase, MovePhase::Done, "{done:?}");
     assert_eq!(done.actors as usize, n, "every live actor travelled");
     let hosted = |name: &str| {
