@@ -9,6 +9,7 @@
 //! it.
 
 use crate::behaviour::Behaviour;
+use crate::capture;
 use crate::error::Error;
 use crate::node::Shared;
 use crate::store::{Loaded, Record, SNAPSHOT_EVERY, Snapshot, remember};
@@ -54,32 +55,13 @@ pub struct ShardHandle {
     pub tx: mpsc::UnboundedSender<Cmd>,
 }
 
-/// An actor's state inside a migration transfer: `{"state", "recent", "base"}`, written from the
-/// actor in place (no copy) and read without serde's `flatten` (which buffers every value first).
-#[derive(serde::Serialize)]
-struct CapturedRef<'a> {
-    state: &'a serde_json::Value,
-    recent: &'a [String],
-    /// Sequence of the actor's last snapshot record.
-    base: u64,
-}
-
-/// What [`CapturedRef`] wrote.
-#[derive(serde::Deserialize)]
-struct Captured {
-    state: serde_json::Value,
-    #[serde(default)]
-    recent: Vec<String>,
-    #[serde(default)]
-    base: u64,
-}
-
 /// A paused shard's actors, lent to its move: serialised chunk by chunk as the move sends them
 /// (off the worker, which only queues while paused), given back if the move rolls back, dropped
 /// after the hand-off.
 #[derive(Debug, Default)]
 pub struct Lent {
     actors: Vec<(ActorRef, Actor)>,
+    packed: Vec<(ActorRef, Packed)>,
     next: usize,
 }
 
@@ -87,77 +69,98 @@ impl Lent {
     /// Number of actors.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.actors.len()
+        self.actors.len() + self.packed.len()
     }
 
     /// True when the shard had no live actors.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.actors.is_empty()
+        self.len() == 0
     }
 
     /// Writes up to `max_actors` of the next actors into `chunk`, stopping once it holds at least
-    /// `max_bytes`; true when none are left. An actor whose state cannot be written is left out: its
-    /// new owner rebuilds it from the log.
+    /// `max_bytes`; true when none are left. An actor still packed as it arrived is copied as it
+    /// is. An actor whose state cannot be written is left out: its new owner rebuilds it from the log.
     pub fn fill(
         &mut self,
         chunk: &mut TransferWriter,
         max_bytes: usize,
         max_actors: usize,
     ) -> bool {
-        let stop = self.next.saturating_add(max_actors).min(self.actors.len());
+        let stop = self.next.saturating_add(max_actors).min(self.len());
         while self.next < stop && chunk.len() < max_bytes {
-            let (actor, a) = &self.actors[self.next];
+            let i = self.next;
             self.next += 1;
-            let written = chunk.actor(actor, a.version, a.seq, |out| {
-                serde_json::to_writer(
-                    out,
-                    &CapturedRef {
-                        state: &a.snapshot.state,
-                        recent: &a.snapshot.recent,
-                        base: a.base,
-                    },
-                )
-            });
+            let written = match self.actors.get(i) {
+                Some((actor, a)) => chunk.actor(actor, a.version, a.seq, |out| {
+                    capture::write(out, &a.snapshot, a.base)
+                }),
+                None => {
+                    let (actor, p) = &self.packed[i - self.actors.len()];
+                    chunk.actor(actor, p.version, p.seq, |out| {
+                        out.extend_from_slice(&p.state);
+                        Ok::<(), Error>(())
+                    })
+                }
+            };
             if let Err(e) = written {
                 tracing::warn!(error = %e, "actor left out of a transfer: rebuilt from the log");
             }
         }
-        self.next >= self.actors.len()
+        self.next >= self.len()
     }
 }
 
-/// Migrated actors, parsed off the worker (in the transfer's own task) and ready to install.
+/// Migrated actors, ready to install: kept as they arrived and unpacked when first used, so a
+/// move costs the destination a copy per actor, not a parse.
 #[derive(Debug, Default)]
-pub struct Staged(Vec<(ActorRef, Actor)>);
+pub struct Staged(Vec<(ActorRef, Packed)>);
 
 impl Staged {
-    /// Parses captured actors and adds them. A state that does not parse, or of a kind this node
-    /// lacks, is left out and counted: such an actor is rebuilt from the log when it is next used.
+    /// Adds captured actors. One of a kind this node lacks is left out and counted: such an actor
+    /// is refused when used, as it would be had it never moved.
     pub fn add(&mut self, shared: &Shared, actors: impl IntoIterator<Item = ActorSnapshot>) {
         let now = Instant::now();
         let staged = actors.into_iter().filter_map(|snap| {
-            let behaviour = shared.registry.get(&snap.actor.kind).cloned()?;
-            let Ok(Captured {
-                state,
-                recent,
-                base,
-            }) = serde_json::from_slice(&snap.state.0)
-            else {
-                shared.count_failure("bad_snapshot");
+            let Some(behaviour) = shared.registry.get(&snap.actor.kind).cloned() else {
+                shared.count_failure("unknown_kind");
                 return None;
             };
-            let actor = Actor {
+            let packed = Packed {
                 behaviour,
-                snapshot: Snapshot { state, recent },
+                state: snap.state.0,
                 version: snap.version,
                 seq: snap.seq,
-                base,
-                last_used: now,
+                since: now,
             };
-            Some((snap.actor, actor))
+            Some((snap.actor, packed))
         });
         self.0.extend(staged);
+    }
+}
+
+/// A migrated actor not used since it arrived: its captured state, unparsed.
+#[derive(Debug)]
+pub struct Packed {
+    behaviour: Arc<dyn Behaviour>,
+    state: Vec<u8>,
+    version: u64,
+    seq: u64,
+    since: Instant,
+}
+
+impl Packed {
+    /// The live actor, or why its state does not read.
+    fn unpack(self) -> Result<Actor, Error> {
+        let (snapshot, base) = capture::read(&self.state)?;
+        Ok(Actor {
+            behaviour: self.behaviour,
+            snapshot,
+            version: self.version,
+            seq: self.seq,
+            base,
+            last_used: Instant::now(),
+        })
     }
 }
 
@@ -185,6 +188,7 @@ pub fn spawn(shared: Arc<Shared>, shard: u32) -> ShardHandle {
         shared: shared.clone(),
         shard,
         actors: HashMap::new(),
+        packed: HashMap::new(),
         paused: false,
         queue: VecDeque::new(),
         inflight: FuturesUnordered::new(),
@@ -199,6 +203,8 @@ struct Worker {
     shared: Arc<Shared>,
     shard: u32,
     actors: HashMap<ActorRef, Actor>,
+    /// Migrated actors not used since they arrived (never also in `actors`).
+    packed: HashMap<ActorRef, Packed>,
     paused: bool,
     queue: VecDeque<Pending>,
     /// Appends in flight, one per busy actor.
@@ -266,9 +272,13 @@ impl Worker {
                     self.paused = true;
                     // Appends in flight, and the requests that arrived before the pause, finish first.
                     self.drain().await;
-                    let actors: Vec<_> = std::mem::take(&mut self.actors).into_iter().collect();
-                    self.shared.metrics.actors.dec_by(actors.len() as i64);
-                    if let Err(lent) = tx.send(Lent { actors, next: 0 }) {
+                    let lent = Lent {
+                        actors: std::mem::take(&mut self.actors).into_iter().collect(),
+                        packed: std::mem::take(&mut self.packed).into_iter().collect(),
+                        next: 0,
+                    };
+                    self.shared.metrics.actors.dec_by(lent.len() as i64);
+                    if let Err(lent) = tx.send(lent) {
                         self.restore(lent);
                     }
                 }
@@ -311,7 +321,12 @@ impl Worker {
             self.shared.metrics.queued.dec();
             let _ = tx.send(self.shared.route_again(req));
         }
-        self.shared.metrics.actors.dec_by(self.actors.len() as i64);
+        self.shared.metrics.actors.dec_by(self.hosted() as i64);
+    }
+
+    /// Actors in memory, live or packed.
+    fn hosted(&self) -> usize {
+        self.actors.len() + self.packed.len()
     }
 
     fn enqueue(&mut self, pending: Pending) {
@@ -333,25 +348,28 @@ impl Worker {
             return;
         }
         let idle = self.shared.passivate_after;
-        let before = self.actors.len();
+        let before = self.hosted();
         let busy = &self.busy;
         self.actors
             .retain(|k, a| busy.contains_key(k) || a.last_used.elapsed() < idle);
+        self.packed.retain(|_, p| p.since.elapsed() < idle);
         self.shared
             .metrics
             .actors
-            .dec_by((before - self.actors.len()) as i64);
+            .dec_by((before - self.hosted()) as i64);
     }
 
     /// Takes lent actors back (a move that rolled back).
     fn restore(&mut self, lent: Lent) {
-        self.shared.metrics.actors.inc_by(lent.actors.len() as i64);
+        self.shared.metrics.actors.inc_by(lent.len() as i64);
         self.actors.extend(lent.actors);
+        self.packed.extend(lent.packed);
     }
 
     fn install(&mut self, staged: Staged) {
-        for (actor, a) in staged.0 {
-            if self.actors.insert(actor, a).is_none() {
+        for (actor, p) in staged.0 {
+            let replaced = self.actors.remove(&actor).is_some();
+            if self.packed.insert(actor, p).is_none() && !replaced {
                 self.shared.metrics.actors.inc();
             }
         }
@@ -360,6 +378,20 @@ impl Worker {
     async fn load(&mut self, actor: &ActorRef) -> Result<(), Error> {
         if self.actors.contains_key(actor) {
             return Ok(());
+        }
+        if let Some(p) = self.packed.remove(actor) {
+            match p.unpack() {
+                Ok(a) => {
+                    self.actors.insert(actor.clone(), a);
+                    return Ok(());
+                }
+                Err(e) => {
+                    // Rebuilt from the log below, as if it had not moved with its state.
+                    tracing::warn!(error = %e, "migrated state unreadable: replaying the log");
+                    self.shared.count_failure("bad_snapshot");
+                    self.shared.metrics.actors.dec();
+                }
+            }
         }
         let behaviour = self
             .shared
@@ -504,7 +536,7 @@ impl Worker {
     }
 
     fn drop_actor(&mut self, actor: &ActorRef) {
-        if self.actors.remove(actor).is_some() {
+        if self.actors.remove(actor).is_some() || self.packed.remove(actor).is_some() {
             self.shared.metrics.actors.dec();
         }
     }

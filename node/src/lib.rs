@@ -4,12 +4,13 @@
 //! - `routing.rs`: who owns each shard now (plan target, or the source of a pending move).
 //! - `host.rs`: one task per local shard, holding its actors; pause/queue/hand-off for moves.
 //! - `store.rs`: the JetStream event log with fenced appends and inline snapshots.
-//! - `migration.rs`: the move protocol as pure state machines.
+//! - `migration.rs`: the move protocol as pure state machines; `capture.rs`: an actor's state in a transfer.
 //! - `behaviour.rs`: actor kinds (`counter`, `doc`).
 //! - `plans.rs`: the plan KV bucket (shared with the operator).
 //! - `client.rs`: the client library and load generator; `http.rs`, `metrics.rs`, `config.rs`.
 
 pub mod behaviour;
+pub mod capture;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -334,7 +334,7 @@ async fn sigterm_drains_the_node_before_it_exits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shard_of_many_chunks_moves_every_actor_with_its_state() {
+async fn a_shard_of_many_chunks_moves_there_and_back_with_every_actors_state() {
     use aether_core::protocol::{Op, Request};
     let nats = NatsServer::start();
     let prefix = "bulk";
@@ -378,39 +378,83 @@ async fn a_shard_of_many_chunks_moves_every_actor_with_its_state() {
     let to = if from == "app-0" { "app-1" } else { "app-0" };
     let p2 = move_one_shard(&p1, shard, to);
     publish(&nc, prefix, &p2, 30).await;
-    let final_report = || {
+    let report_of = |epoch: u64| {
         progress
             .lock()
             .expect("lock")
             .iter()
-            .find(|p| p.epoch == p2.epoch && p.shard == shard && p.phase != MovePhase::Transferring)
+            .find(|p| p.epoch == epoch && p.shard == shard && p.phase != MovePhase::Transferring)
             .cloned()
     };
     wait_for("the move to finish", T, || async {
-        final_report().is_some()
+        report_of(p2.epoch).is_some()
     })
     .await;
-    let done = final_report().expect("a final report");
+    let done = report_of(p2.epoch).expect("a final report");
     assert_eq!(done.phase, MovePhase::Done, "{done:?}");
     assert_eq!(done.actors as usize, n, "every live actor travelled");
-    let hosted = |name: &str| {
+    let node = |name: &str| {
         nodes
             .iter()
             .find(|node| node.name == name)
-            .map(|node| node.shared.metrics.actors.get())
+            .map(|node| node.shared.clone())
             .expect("node")
+    };
+    let hosted = |name: &str| node(name).metrics.actors.get();
+    let unreadable = |name: &str| {
+        node(name)
+            .metrics
+            .failures
+            .get_or_create(&aether_node::metrics::Kind {
+                kind: "bad_snapshot",
+            })
+            .get()
     };
     assert_eq!(hosted(to), n as i64, "the destination installed them all");
     assert_eq!(hosted(&from), 0, "the source let them go");
-    // Each document answers from the destination with the state written before the move, read from
-    // memory: its version is that of the write, one event.
-    for id in &ids {
-        let reply = client.read("doc", id).await.expect("read");
-        let Outcome::Ok(ok) = &reply.outcome else {
-            panic!("{id}: {reply:?}")
-        };
-        assert_eq!(ok.node, to, "{id} is served by the destination");
-        assert_eq!(ok.version, 1, "{id}");
-        assert_eq!(ok.state["body"].as_str(), Some(value(id).as_str()), "{id}");
-    }
+    // Each document answers from its owner with the state written before the moves, read from
+    // memory (an unreadable migrated state would be counted and the log replayed instead).
+    let read_all = |ids: &[String], owner: &str| {
+        let (client, owner, ids) = (client.clone(), owner.to_owned(), ids.to_vec());
+        async move {
+            for id in &ids {
+                let reply = client.read("doc", id).await.expect("read");
+                let Outcome::Ok(ok) = &reply.outcome else {
+                    panic!("{id}: {reply:?}")
+                };
+                assert_eq!(ok.node, owner, "{id} is served by its owner");
+                assert_eq!(ok.version, 1, "{id}");
+                assert_eq!(ok.state["body"].as_str(), Some(value(id).as_str()), "{id}");
+            }
+        }
+    };
+    // Half are used at the destination (unpacked); the rest stay as they arrived, and move back
+    // as they are: both kinds travel again with their state.
+    let (used, untouched) = ids.split_at(n / 2);
+    read_all(used, to).await;
+    let p3 = move_one_shard(&p2, shard, &from);
+    publish(&nc, prefix, &p3, 30).await;
+    wait_for("the move back to finish", T, || async {
+        report_of(p3.epoch).is_some()
+    })
+    .await;
+    let back = report_of(p3.epoch).expect("a final report");
+    assert_eq!(back.phase, MovePhase::Done, "{back:?}");
+    assert_eq!(
+        back.actors as usize, n,
+        "used and untouched actors travelled"
+    );
+    assert_eq!(
+        hosted(&from),
+        n as i64,
+        "the first owner installed them all"
+    );
+    assert_eq!(hosted(to), 0, "the second owner let them go");
+    read_all(untouched, &from).await;
+    read_all(used, &from).await;
+    assert_eq!(
+        unreadable(to) + unreadable(&from),
+        0,
+        "every migrated state read"
+    );
 }

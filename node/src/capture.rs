@@ -1,0 +1,135 @@
+//! An actor's state inside a migration transfer: `{state, recent, base}` as MessagePack, a map with
+//! field names (so a field can be added later). MessagePack copies strings as they are where JSON
+//! escapes and unescapes them byte by byte: writing and reading a 1 KB document costs about half.
+//!
+//! Nodes of an earlier version wrote this as JSON. A state whose first byte is `{` is read as JSON
+//! (a MessagePack map starts with 0x80-0x8f, 0xde or 0xdf), so a mixed-version cluster still moves
+//! actors with their state.
+
+use crate::error::{Error, Result};
+use crate::store::Snapshot;
+use serde_json::Value;
+
+/// What is written, borrowed from the live actor (no copy).
+#[derive(serde::Serialize)]
+struct CapturedRef<'a> {
+    state: &'a Value,
+    recent: &'a [String],
+    /// Sequence of the actor's last snapshot record.
+    base: u64,
+}
+
+/// What is read back.
+#[derive(serde::Deserialize)]
+struct Captured {
+    state: Value,
+    #[serde(default)]
+    recent: Vec<String>,
+    #[serde(default)]
+    base: u64,
+}
+
+/// Appends an actor's captured state to `out`.
+///
+/// # Errors
+/// When the state cannot be written (a map key that is not a string cannot come from JSON, so in
+/// practice never); `out` may then hold part of it, and the caller drops the actor's entry.
+pub fn write(out: &mut Vec<u8>, snapshot: &Snapshot, base: u64) -> Result<()> {
+    let captured = CapturedRef {
+        state: &snapshot.state,
+        recent: &snapshot.recent,
+        base,
+    };
+    rmp_serde::encode::write_named(out, &captured)
+        .map_err(|e| Error::Corrupt(format!("actor state not capturable: {e}")))
+}
+
+/// Reads a captured state (MessagePack, or JSON from an older node): the snapshot and its base.
+///
+/// # Errors
+/// [`Error::Corrupt`] when the bytes are neither.
+pub fn read(bytes: &[u8]) -> Result<(Snapshot, u64)> {
+    let captured: Captured = if bytes.first() == Some(&b'{') {
+        serde_json::from_slice(bytes)
+            .map_err(|e| Error::Corrupt(format!("captured state (JSON): {e}")))?
+    } else {
+        rmp_serde::from_slice(bytes)
+            .map_err(|e| Error::Corrupt(format!("captured state (MessagePack): {e}")))?
+    };
+    let Captured {
+        state,
+        recent,
+        base,
+    } = captured;
+    Ok((Snapshot { state, recent }, base))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e300f64..1e300).prop_map(Value::from),
+            ".{0,40}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,12}", inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn every_state_reads_back_as_written(
+            state in value(),
+            recent in prop::collection::vec(".{0,20}", 0..5),
+            base in any::<u64>(),
+        ) {
+            let snapshot = Snapshot { state, recent };
+            let mut out = vec![0xAE];
+            write(&mut out, &snapshot, base).expect("writable");
+            prop_assert_ne!(out[1], b'{');
+            prop_assert_eq!(read(&out[1..]).expect("readable"), (snapshot, base));
+        }
+
+        #[test]
+        fn random_bytes_are_an_error_never_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = read(&bytes);
+        }
+    }
+
+    #[test]
+    fn a_json_state_from_an_older_node_is_read() {
+        let old = br#"{"state":{"data":"v"},"recent":["c-1"],"base":7}"#;
+        let (snapshot, base) = read(old).expect("json");
+        assert_eq!(snapshot.state, json!({"data": "v"}));
+        assert_eq!(snapshot.recent, vec!["c-1".to_owned()]);
+        assert_eq!(base, 7);
+    }
+
+    #[test]
+    fn a_string_is_stored_as_is_not_escaped() {
+        let snapshot = Snapshot {
+            state: json!({"data": "a\"b\\c\n"}),
+            recent: Vec::new(),
+        };
+        let mut out = Vec::new();
+        write(&mut out, &snapshot, 0).expect("writable");
+        let raw = b"a\"b\\c\n";
+        assert!(out.windows(raw.len()).any(|w| w == raw), "{out:?}");
+        assert!(matches!(
+            read(&out[..out.len() - 1]),
+            Err(Error::Corrupt(_))
+        ));
+    }
+}
