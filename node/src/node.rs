@@ -589,6 +589,8 @@ impl Shared {
             };
             actions.extend(next);
         }
+        // After the report: what the move still holds (nothing once rolled back) is freed slowly.
+        lent.release();
     }
 
     /// Sends one encoded chunk (or the commit) after `delay`; its answer as an event.
@@ -1029,8 +1031,10 @@ type Messages = futures::stream::SelectAll<async_nats::Subscriber>;
 
 /// The runtime that runs migrations, both ends: one thread at a lower CPU priority than request
 /// serving (nice +10 on Linux: about a tenth of a core when serving keeps every core busy, all the
-/// idle CPU otherwise), so moving a shard's megabytes does not stretch the latency of actors that
-/// stay. Shut down without blocking when dropped.
+/// idle CPU otherwise), which gives its core back every few actors ([`host::YIELD_EVERY`]), so
+/// moving a shard's megabytes does not stretch the latency of actors that stay. SCHED_IDLE would
+/// disturb them even less, but a thread cannot leave it without privileges, so moves off a saturated
+/// node (when scaling out matters most) would nearly stop. Shut down without blocking when dropped.
 #[derive(Debug)]
 pub struct MigrationRuntime(Option<tokio::runtime::Runtime>);
 

@@ -4,7 +4,8 @@
 
 use aether_core::crd::MovePhase;
 use aether_core::hash::shard_of;
-use aether_core::protocol::{ActorRef, Names, Op, Progress, Request, decode, encode};
+use aether_core::plan::Plan;
+use aether_core::protocol::{ActorRef, Names, Op, Outcome, Progress, Request, decode, encode};
 use aether_node::client::Client;
 use aether_tests::cluster::{TestNode, move_one_shard, next_plan, publish};
 use aether_tests::{NatsServer, wait_for};
@@ -16,6 +17,9 @@ use std::time::{Duration, Instant};
 const SHARDS: u32 = 64;
 const IN_FLIGHT: usize = 16;
 const T: Duration = Duration::from_secs(60);
+/// Moves per shard size measured alone (throughput), and under readers (latencies, pooled).
+const QUIET_MOVES: usize = 5;
+const LOADED_MOVES: usize = 3;
 
 #[derive(Debug, Clone, serde::Serialize)]
 struct Figure {
@@ -36,6 +40,62 @@ fn figure(mut lat: Vec<u64>, elapsed: Duration) -> Figure {
         p50_us: pick(0.5),
         p99_us: pick(0.99),
     }
+}
+
+/// The middle of `v` (sorted in place).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Reads every actor of `ids` once (16 at a time).
+async fn read_all(nc: &async_nats::Client, prefix: &str, ids: &Arc<Vec<String>>) {
+    let (client, ids) = (Client::new(nc.clone(), prefix), ids.clone());
+    drive(ids.len(), move |i| {
+        let (client, ids) = (client.clone(), ids.clone());
+        async move {
+            client
+                .read("doc", &ids[i])
+                .await
+                .is_ok_and(|r| matches!(r.outcome, Outcome::Ok(_)))
+        }
+    })
+    .await;
+}
+
+/// Moves `shard` to the other node (a plan made by hand: only it moves) and waits for the source's
+/// final report; the new plan and that report.
+async fn move_shard(
+    nc: &async_nats::Client,
+    prefix: &str,
+    plan: &Plan,
+    shard: u32,
+) -> (Plan, Progress) {
+    let names = Names::new(prefix);
+    let to = if plan.owner(shard) == Some("app-0") {
+        "app-1"
+    } else {
+        "app-0"
+    };
+    let next = move_one_shard(plan, shard, to);
+    let mut progress = nc.subscribe(names.progress()).await.expect("sub");
+    publish(nc, prefix, &next, 60).await;
+    let done = tokio::time::timeout(T, async {
+        while let Some(m) = progress.next().await {
+            if let Ok(p) = decode::<Progress>(&m.payload)
+                && p.shard == shard
+                && p.epoch == next.epoch
+                && matches!(p.phase, MovePhase::Done | MovePhase::Failed)
+            {
+                return p;
+            }
+        }
+        panic!("progress stream ended");
+    })
+    .await
+    .expect("the move finishes");
+    assert_eq!(done.phase, MovePhase::Done, "{done:?}");
+    (next, done)
 }
 
 /// Runs `n` calls of `op`, `IN_FLIGHT` at a time; returns throughput and latency.
@@ -182,10 +242,13 @@ async fn run() -> serde_json::Value {
     })
     .await;
 
-    // 3 and 4. Migration of one shard with 1,000 and 10,000 actors of 1 KB, and how long a request to
-    // a moving actor waits; beside a raw bulk transfer of the same bytes in 512 KiB request/replies.
+    // 3, 4 and 5. Migration of one shard with 1,000 and 10,000 actors of 1 KB. Throughput: QUIET_MOVES
+    // moves with nothing else running, each beside a raw bulk transfer of the same bytes in 512 KiB
+    // request/replies, medians compared. Then LOADED_MOVES moves while readers keep reading the moving
+    // actors (unavailability) and actors of other shards (latency of actors that stay), samples pooled.
     let mut migrations = Vec::new();
     let mut epoch_plan = p1.clone();
+    let echo = nc.clone();
     for (round, actors) in [(0usize, 1000usize), (1, 10_000)] {
         let shard = (round as u32) * 7 + 3;
         let from = epoch_plan.owner(shard).expect("owner").to_owned();
@@ -214,118 +277,128 @@ async fn run() -> serde_json::Value {
             }
         })
         .await;
-        // Move the shard: a joiner that takes it (planned by hand: only this shard moves).
-        let to = if from == "app-0" { "app-1" } else { "app-0" };
-        let next = move_one_shard(&epoch_plan, shard, to);
-        let mut progress = nc.subscribe(names.progress()).await.expect("sub");
-        // Readers hammer the moving actors through the move; their latencies are the unavailability.
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut readers = Vec::new();
-        for r in 0..8 {
-            let (client, ids, stop) = (Client::new(nc.clone(), prefix), ids.clone(), stop.clone());
-            readers.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                let mut i = r;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let t = Instant::now();
-                    let _ = client.read("doc", &ids[i % ids.len()]).await;
-                    lat.push(t.elapsed().as_micros() as u64);
-                    i += 8;
+        let bytes_moved = ids.len() * 1100;
+        let raw_ms = || {
+            let (nc, chunk) = (echo.clone(), bytes::Bytes::from(vec![b'z'; 512 * 1024]));
+            async move {
+                let t = Instant::now();
+                for _ in 0..bytes_moved.div_ceil(512 * 1024) {
+                    nc.request("raw.echo", chunk.clone())
+                        .await
+                        .expect("raw chunk");
                 }
-                lat
-            }));
-        }
-        // Readers of actors that do not move: their latency before the move (baseline) and during it.
-        let phase = Arc::new(std::sync::atomic::AtomicU8::new(0));
-        let stable: Arc<Vec<String>> = Arc::new(
-            owned
-                .iter()
-                .filter(|a| shard_of(a, SHARDS) != shard)
-                .cloned()
-                .collect(),
-        );
-        let mut steady = Vec::new();
-        for r in 0..4 {
-            let (client, ids, phase) = (
-                Client::new(nc.clone(), prefix),
-                stable.clone(),
-                phase.clone(),
-            );
-            steady.push(tokio::spawn(async move {
-                let (mut before, mut during) = (Vec::new(), Vec::new());
-                let mut i = r;
-                loop {
-                    let p = phase.load(std::sync::atomic::Ordering::Relaxed);
-                    if p == 2 {
-                        break;
-                    }
-                    let t = Instant::now();
-                    let _ = client.read("counter", &ids[i % ids.len()]).await;
-                    let us = t.elapsed().as_micros() as u64;
-                    if p == 0 {
-                        before.push(us)
-                    } else {
-                        during.push(us)
-                    }
-                    i += 4;
-                }
-                (before, during)
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        phase.store(1, std::sync::atomic::Ordering::Relaxed);
-        publish(&nc, prefix, &next, 60).await;
-        let done = tokio::time::timeout(T, async {
-            while let Some(m) = progress.next().await {
-                if let Ok(p) = decode::<Progress>(&m.payload)
-                    && p.shard == shard
-                    && p.epoch == next.epoch
-                    && matches!(p.phase, MovePhase::Done | MovePhase::Failed)
-                {
-                    return p;
-                }
+                t.elapsed().as_secs_f64() * 1000.0
             }
-            panic!("progress stream ended");
-        })
-        .await
-        .expect("the move finishes");
-        phase.store(2, std::sync::atomic::Ordering::Relaxed);
-        let (mut before, mut during) = (Vec::new(), Vec::new());
-        for t in steady {
-            let (b, d) = t.await.expect("steady reader");
-            before.extend(b);
-            during.extend(d);
+        };
+        let (mut quiet_ms, mut raw, mut moved) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..QUIET_MOVES {
+            // Every actor is used first, so each move captures live actors (an actor moved on
+            // unused is copied as it arrived, which would flatter the figure).
+            read_all(&nc, prefix, &ids).await;
+            let (next, done) = move_shard(&nc, prefix, &epoch_plan, shard).await;
+            // The shard also holds a few of the read benchmark's counters.
+            assert!(done.actors as usize >= actors, "{done:?}");
+            moved = done.actors as usize;
+            quiet_ms.push(done.duration_ms as f64);
+            raw.push(raw_ms().await);
+            epoch_plan = next;
         }
-        let (before, during) = (
+        let (mut lat, mut before, mut during, mut loaded_ms) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..LOADED_MOVES {
+            read_all(&nc, prefix, &ids).await;
+            // Readers hammer the moving actors through the move; their latencies are the unavailability.
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut readers = Vec::new();
+            for r in 0..8 {
+                let (client, ids, stop) =
+                    (Client::new(nc.clone(), prefix), ids.clone(), stop.clone());
+                readers.push(tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut i = r;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let t = Instant::now();
+                        let _ = client.read("doc", &ids[i % ids.len()]).await;
+                        lat.push(t.elapsed().as_micros() as u64);
+                        i += 8;
+                    }
+                    lat
+                }));
+            }
+            // Readers of actors that do not move: their latency before the move (baseline) and during it.
+            let phase = Arc::new(std::sync::atomic::AtomicU8::new(0));
+            let stable: Arc<Vec<String>> = Arc::new(
+                owned
+                    .iter()
+                    .filter(|a| shard_of(a, SHARDS) != shard)
+                    .cloned()
+                    .collect(),
+            );
+            let mut steady = Vec::new();
+            for r in 0..4 {
+                let (client, ids, phase) = (
+                    Client::new(nc.clone(), prefix),
+                    stable.clone(),
+                    phase.clone(),
+                );
+                steady.push(tokio::spawn(async move {
+                    let (mut before, mut during) = (Vec::new(), Vec::new());
+                    let mut i = r;
+                    loop {
+                        let p = phase.load(std::sync::atomic::Ordering::Relaxed);
+                        if p == 2 {
+                            break;
+                        }
+                        let t = Instant::now();
+                        let _ = client.read("counter", &ids[i % ids.len()]).await;
+                        let us = t.elapsed().as_micros() as u64;
+                        if p == 0 {
+                            before.push(us)
+                        } else {
+                            during.push(us)
+                        }
+                        i += 4;
+                    }
+                    (before, during)
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            phase.store(1, std::sync::atomic::Ordering::Relaxed);
+            let (next, done) = move_shard(&nc, prefix, &epoch_plan, shard).await;
+            phase.store(2, std::sync::atomic::Ordering::Relaxed);
+            assert!(done.actors as usize >= actors, "{done:?}");
+            loaded_ms.push(done.duration_ms as f64);
+            epoch_plan = next;
+            for t in steady {
+                let (b, d) = t.await.expect("steady reader");
+                before.extend(b);
+                during.extend(d);
+            }
+            // The readers go on a little after the move: reads redirected to the new owner count too.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for r in readers {
+                lat.extend(r.await.expect("reader"));
+            }
+        }
+        lat.sort_unstable();
+        let (samples_during, before, during) = (
+            during.len(),
             figure(before, Duration::from_secs(1)),
             figure(during, Duration::from_secs(1)),
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut lat = Vec::new();
-        for r in readers {
-            lat.extend(r.await.expect("reader"));
-        }
-        lat.sort_unstable();
-        let bytes_moved = done.actors as usize * 1100;
-        // Raw baseline: the same bytes in 512 KiB request/replies between two plain clients.
-        let chunk = bytes::Bytes::from(vec![b'z'; 512 * 1024]);
-        let chunks = bytes_moved.div_ceil(512 * 1024).max(1);
-        let t = Instant::now();
-        for _ in 0..chunks {
-            nc.request("raw.echo", chunk.clone())
-                .await
-                .expect("raw chunk");
-        }
-        let raw_secs = t.elapsed().as_secs_f64();
-        let secs = done.duration_ms.max(1) as f64 / 1000.0;
+        let (move_ms, raw_ms) = (median(&mut quiet_ms), median(&mut raw));
         migrations.push(json!({
-            "actors": done.actors,
-            "phase": format!("{:?}", done.phase),
-            "move_ms": done.duration_ms,
-            "actors_per_s": f64::from(done.actors) / secs,
-            "bytes_per_s": bytes_moved as f64 / secs,
-            "raw_bytes_per_s": (chunks * 512 * 1024) as f64 / raw_secs,
+            "actors": moved,
+            "quiet_moves": QUIET_MOVES,
+            "move_ms": move_ms,
+            "moves_ms": quiet_ms,
+            "raw_ms": raw,
+            "actors_per_s": moved as f64 * 1000.0 / move_ms.max(1.0),
+            "bytes_per_s": bytes_moved as f64 * 1000.0 / move_ms.max(1.0),
+            "raw_bytes_per_s": bytes_moved as f64 * 1000.0 / raw_ms.max(0.001),
+            "loaded_moves": LOADED_MOVES,
+            "loaded_move_ms": median(&mut loaded_ms),
             "read_during_move_p50_us": lat.get(lat.len() / 2).copied().unwrap_or(0),
             "read_during_move_p99_us": lat.get(lat.len() * 99 / 100).copied().unwrap_or(0),
             "read_during_move_max_us": lat.last().copied().unwrap_or(0),
@@ -333,9 +406,8 @@ async fn run() -> serde_json::Value {
             "steady_before_p99_us": before.p99_us,
             "steady_during_p50_us": during.p50_us,
             "steady_during_p99_us": during.p99_us,
-            "steady_during_samples": during.ops_per_s as u64,
+            "steady_during_samples": samples_during,
         }));
-        epoch_plan = next;
     }
 
     json!({
