@@ -233,11 +233,16 @@ impl Shared {
         }
     }
 
-    /// Serves a decoded request: here, by forwarding, or with a redirect.
-    pub async fn dispatch(self: &Arc<Self>, req: Request) -> Reply {
+    /// Serves a decoded request: here, by passing it on to its owner, or with a redirect. `None`
+    /// when it was passed on: the owner answers `reply_to` itself.
+    pub async fn dispatch(
+        self: &Arc<Self>,
+        req: Request,
+        reply_to: Option<async_nats::Subject>,
+    ) -> Option<Reply> {
         let Some(r) = self.routing() else {
             Metrics::inc(&self.metrics.messages, "unavailable");
-            return Reply::error(unavailable("this node has no plan yet", 100));
+            return Some(Reply::error(unavailable("this node has no plan yet", 100)));
         };
         let shard = r.shard(&req.actor.id);
         match r.owner(shard) {
@@ -245,28 +250,63 @@ impl Shared {
                 Metrics::inc(&self.metrics.messages, "local");
                 let (tx, rx) = oneshot::channel();
                 let Some(worker) = self.owned_worker(shard) else {
-                    return self.route_again(req);
+                    return Some(self.route_again(req));
                 };
                 if worker.tx.send(Cmd::Request((req, tx))).is_err() {
-                    return Reply::error(unavailable("shard worker stopped", 20));
+                    return Some(Reply::error(unavailable("shard worker stopped", 20)));
                 }
-                rx.await
-                    .unwrap_or_else(|_| Reply::error(unavailable("shard worker stopped", 20)))
+                Some(
+                    rx.await
+                        .unwrap_or_else(|_| Reply::error(unavailable("shard worker stopped", 20))),
+                )
             }
             Some(owner) if req.hops < MAX_HOPS => {
                 Metrics::inc(&self.metrics.messages, "forwarded");
                 let owner = owner.to_owned();
-                self.forward(&owner, req).await
+                self.pass_on(&owner, req, reply_to).await
             }
             Some(owner) => {
                 Metrics::inc(&self.metrics.messages, "redirected");
-                Reply::error(redirect(owner, r.epoch(), shard))
+                Some(Reply::error(redirect(owner, r.epoch(), shard)))
             }
             None => {
                 Metrics::inc(&self.metrics.messages, "unavailable");
-                Reply::error(unavailable("the plan has no members", 500))
+                Some(Reply::error(unavailable("the plan has no members", 500)))
             }
         }
+    }
+
+    /// Passes a request on to `to` with the caller's reply subject, so the owner answers the caller
+    /// directly (one hop through NATS fewer than relaying its reply). If `to` has no subscriber, NATS
+    /// tells the caller (no responders) and the client retries; an error only when publishing fails.
+    async fn pass_on(
+        &self,
+        to: &str,
+        mut req: Request,
+        reply_to: Option<async_nats::Subject>,
+    ) -> Option<Reply> {
+        req.hops = req.hops.saturating_add(1);
+        req.epoch = self.epoch();
+        let bytes = match encode(&req) {
+            Ok(b) => b,
+            Err(e) => {
+                return Some(Reply::error(ErrorReply::new(
+                    ErrorCode::Internal,
+                    e.to_string(),
+                )));
+            }
+        };
+        let subject = self.names.node_requests(to);
+        let sent = match reply_to {
+            Some(reply) => {
+                self.client
+                    .publish_with_reply(subject, reply, bytes.into())
+                    .await
+            }
+            None => self.client.publish(subject, bytes.into()).await,
+        };
+        sent.err()
+            .map(|e| Reply::error(unavailable(&format!("could not pass on to {to}: {e}"), 100)))
     }
 
     /// Sends a request on to `to` and relays its reply.
@@ -297,40 +337,45 @@ impl Shared {
         }
     }
 
-    /// Handles raw request bytes: size check, decode, dispatch. Never panics on bad bytes.
-    pub async fn handle_request_bytes(self: &Arc<Self>, bytes: &[u8]) -> Reply {
+    /// Handles raw request bytes: size check, decode, dispatch; the answer for `reply_to`, or `None`
+    /// when the request was passed on to its owner, who answers. Never panics on bad bytes.
+    pub async fn handle_request_bytes(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        reply_to: Option<async_nats::Subject>,
+    ) -> Option<Reply> {
         if bytes.len() > self.max_request_bytes {
             Metrics::inc(&self.metrics.malformed, "too_large");
-            return Reply::error(ErrorReply::new(
+            return Some(Reply::error(ErrorReply::new(
                 ErrorCode::TooLarge,
                 format!(
                     "request of {} bytes exceeds {} bytes",
                     bytes.len(),
                     self.max_request_bytes
                 ),
-            ));
+            )));
         }
         let req = match decode::<Request>(bytes) {
             Ok(r) => r,
             Err(e) => {
                 Metrics::inc(&self.metrics.malformed, "request");
-                return Reply::error(ErrorReply::from_decode(&e));
+                return Some(Reply::error(ErrorReply::from_decode(&e)));
             }
         };
         if let Err(e) = req.actor.validate() {
             Metrics::inc(&self.metrics.malformed, "request");
-            return Reply::error(ErrorReply::from_decode(&e));
+            return Some(Reply::error(ErrorReply::from_decode(&e)));
         }
         if self.registry.get(&req.actor.kind).is_none() {
-            return Reply::error(ErrorReply::new(
+            return Some(Reply::error(ErrorReply::new(
                 ErrorCode::UnknownKind,
                 format!(
                     "no actor kind {:?} (this node hosts counter, doc)",
                     req.actor.kind
                 ),
-            ));
+            )));
         }
-        self.dispatch(req).await
+        self.dispatch(req, reply_to).await
     }
 
     /// Takes a new plan: ignored unless its epoch is higher; then local shards follow it.
@@ -976,8 +1021,8 @@ impl Node {
                 Some(msg) = requests.next() => {
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        let reply = shared.handle_request_bytes(&msg.payload).await;
-                        if let Some(to) = msg.reply {
+                        let reply = shared.handle_request_bytes(&msg.payload, msg.reply.clone()).await;
+                        if let (Some(reply), Some(to)) = (reply, msg.reply) {
                             match encode(&reply) {
                                 Ok(bytes) => { let _ = shared.client.publish(to, bytes.into()).await; }
                                 Err(e) => tracing::error!(error = %e, "reply not encodable"),
