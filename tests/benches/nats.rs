@@ -19,6 +19,8 @@ const IN_FLIGHT: usize = 16;
 const T: Duration = Duration::from_secs(60);
 /// Moves per shard size measured alone (throughput), and under readers (latencies, pooled).
 const QUIET_MOVES: usize = 5;
+/// Runs of each request/reply figure, interleaved with its baseline.
+const ROUNDS: usize = 3;
 const LOADED_MOVES: usize = 3;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -40,6 +42,18 @@ fn figure(mut lat: Vec<u64>, elapsed: Duration) -> Figure {
         p50_us: pick(0.5),
         p99_us: pick(0.99),
     }
+}
+
+/// The run of median throughput.
+fn middle(runs: &[Figure]) -> Figure {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s));
+    sorted[sorted.len() / 2].clone()
+}
+
+/// Throughput of each run, in order.
+fn ops(runs: &[Figure]) -> Vec<f64> {
+    runs.iter().map(|f| f.ops_per_s.round()).collect()
 }
 
 /// The middle of `v` (sorted in place).
@@ -169,12 +183,13 @@ async fn run() -> serde_json::Value {
         }
     });
     let raw_payload = bytes::Bytes::from(vec![b'x'; 100]);
-    let c = nc.clone();
-    let raw_rr = drive(n, move |_| {
-        let (c, p) = (c.clone(), raw_payload.clone());
-        async move { c.request("raw.echo", p).await.is_ok() }
-    })
-    .await;
+    let raw_rr = || {
+        let (c, p) = (nc.clone(), raw_payload.clone());
+        move |_: usize| {
+            let (c, p) = (c.clone(), p.clone());
+            async move { c.request("raw.echo", p).await.is_ok() }
+        }
+    };
     // Actors owned by app-0; requests sent to app-1 (forwarded) and to app-0 directly (local).
     let owned: Vec<String> = (0..)
         .map(|i| format!("reader-{i}"))
@@ -197,10 +212,18 @@ async fn run() -> serde_json::Value {
             async move { c.request(subject, body).await.is_ok() }
         }
     };
-    let read_forwarded = drive(n, routed_read(names.node_requests("app-1"))).await;
-    let read_local = drive(n, routed_read(names.node_requests("app-0"))).await;
+    // Each path runs ROUNDS times, interleaved with its baseline; the medians are compared.
+    let (mut raw_rr_runs, mut forwarded_runs, mut local_runs) =
+        (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        raw_rr_runs.push(drive(n, raw_rr()).await);
+        forwarded_runs.push(drive(n, routed_read(names.node_requests("app-1"))).await);
+        local_runs.push(drive(n, routed_read(names.node_requests("app-0"))).await);
+    }
 
-    // 2. Routed command (appends one record) vs raw JetStream publish+ack of the same size.
+    // 2. Routed command (appends one record) vs raw JetStream publish+ack of the same size; and, to
+    // show what the extra hop costs by itself, a plain responder that publishes each request's
+    // payload to JetStream and replies after the ack.
     let js = async_nats::jetstream::new(nc.clone());
     js.get_or_create_stream(async_nats::jetstream::stream::Config {
         name: "raw".into(),
@@ -210,37 +233,73 @@ async fn run() -> serde_json::Value {
     .await
     .expect("raw stream");
     let record_size = 120;
-    let jsc = js.clone();
-    let raw_js = drive(n, move |i| {
-        let js = jsc.clone();
-        async move {
-            let payload = bytes::Bytes::from(vec![b'y'; record_size]);
-            match js.publish(format!("raw.js.{}", i % 100), payload).await {
-                Ok(ack) => ack.await.is_ok(),
-                Err(_) => false,
+    let raw_js = || {
+        let js = js.clone();
+        move |i: usize| {
+            let js = js.clone();
+            async move {
+                let payload = bytes::Bytes::from(vec![b'y'; record_size]);
+                match js.publish(format!("raw.js.{}", i % 100), payload).await {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                }
             }
         }
-    })
-    .await;
-    let cmds: Arc<Vec<String>> = Arc::new(owned.clone());
-    let c = nc.clone();
-    let subject = names.node_requests("app-0");
-    let command_local = drive(n, move |i| {
-        let (c, cmds, subject) = (c.clone(), cmds.clone(), subject.clone());
-        async move {
-            let req = Request::new(
-                ActorRef::new("counter", cmds[i % cmds.len()].as_str()),
-                Op::Command {
-                    command: json!({"add": 1}),
-                },
-                Some(format!("bench-{i}")),
-            );
-            c.request(subject, encode(&req).expect("encode").into())
-                .await
-                .is_ok()
+    };
+    let mut relay = nc.subscribe("raw.relay").await.expect("sub");
+    let (relay_nc, relay_js) = (nc.clone(), js.clone());
+    tokio::spawn(async move {
+        let mut i = 0usize;
+        while let Some(m) = relay.next().await {
+            let (nc, js) = (relay_nc.clone(), relay_js.clone());
+            i += 1;
+            tokio::spawn(async move {
+                let stored = match js.publish(format!("raw.js.{}", i % 100), m.payload).await {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                };
+                if let (true, Some(r)) = (stored, m.reply) {
+                    let _ = nc.publish(r, bytes::Bytes::from_static(b"ok")).await;
+                }
+            });
         }
-    })
-    .await;
+    });
+    let raw_relay = || {
+        let c = nc.clone();
+        move |_: usize| {
+            let c = c.clone();
+            async move {
+                let payload = bytes::Bytes::from(vec![b'y'; record_size]);
+                c.request("raw.relay", payload).await.is_ok()
+            }
+        }
+    };
+    let cmds: Arc<Vec<String>> = Arc::new(owned.clone());
+    let command = |round: usize| {
+        let (c, cmds, subject) = (nc.clone(), cmds.clone(), names.node_requests("app-0"));
+        move |i: usize| {
+            let (c, cmds, subject) = (c.clone(), cmds.clone(), subject.clone());
+            async move {
+                let req = Request::new(
+                    ActorRef::new("counter", cmds[i % cmds.len()].as_str()),
+                    Op::Command {
+                        command: json!({"add": 1}),
+                    },
+                    // Unique per round: a repeated id would be answered as a retry.
+                    Some(format!("bench-{round}-{i}")),
+                );
+                c.request(subject, encode(&req).expect("encode").into())
+                    .await
+                    .is_ok()
+            }
+        }
+    };
+    let (mut raw_js_runs, mut relay_runs, mut command_runs) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        raw_js_runs.push(drive(n, raw_js()).await);
+        relay_runs.push(drive(n, raw_relay()).await);
+        command_runs.push(drive(n, command(round)).await);
+    }
 
     // 3, 4 and 5. Migration of one shard with 1,000 and 10,000 actors of 1 KB. Throughput: QUIET_MOVES
     // moves with nothing else running, each beside a raw bulk transfer of the same bytes in 512 KiB
@@ -413,11 +472,21 @@ async fn run() -> serde_json::Value {
     json!({
         "in_flight": IN_FLIGHT,
         "requests": n,
-        "raw_request_reply": raw_rr,
-        "read_forwarded": read_forwarded,
-        "read_local": read_local,
-        "raw_jetstream_publish": raw_js,
-        "command_local": command_local,
+        "rounds": ROUNDS,
+        "raw_request_reply": middle(&raw_rr_runs),
+        "read_forwarded": middle(&forwarded_runs),
+        "read_local": middle(&local_runs),
+        "raw_jetstream_publish": middle(&raw_js_runs),
+        "raw_relay_jetstream": middle(&relay_runs),
+        "command_local": middle(&command_runs),
+        "runs_ops_per_s": {
+            "raw_request_reply": ops(&raw_rr_runs),
+            "read_forwarded": ops(&forwarded_runs),
+            "read_local": ops(&local_runs),
+            "raw_jetstream_publish": ops(&raw_js_runs),
+            "raw_relay_jetstream": ops(&relay_runs),
+            "command_local": ops(&command_runs),
+        },
         "migrations": migrations,
     })
 }
