@@ -242,7 +242,8 @@ struct Appended {
     tx: oneshot::Sender<Reply>,
     attempt: u8,
     result: Result<u64, Error>,
-    next: Snapshot,
+    /// The actor's state once the append lands.
+    next: serde_json::Value,
     version: u64,
     snapshotted: bool,
 }
@@ -254,7 +255,7 @@ enum Step {
         subject: String,
         expected: u64,
         record: Record,
-        next: Snapshot,
+        next: serde_json::Value,
     },
 }
 
@@ -514,7 +515,10 @@ impl Worker {
             Ok(seq) => {
                 let reply = match self.actors.get_mut(&req.actor) {
                     Some(a) => {
-                        a.snapshot = next;
+                        a.snapshot.state = next;
+                        if let Some(id) = &req.id {
+                            remember(&mut a.snapshot.recent, id.clone());
+                        }
                         a.version = version;
                         a.seq = seq;
                         if snapshotted {
@@ -591,21 +595,30 @@ impl Worker {
                 ))));
             }
         };
-        let mut next = a.snapshot.clone();
+        // The next state only: the recent command ids (up to 64 strings) are updated in place once
+        // the append lands, and copied only into the records that carry a snapshot.
+        let mut next = a.snapshot.state.clone();
         for e in &events {
-            a.behaviour.apply(&mut next.state, e);
-        }
-        if let Some(id) = &req.id {
-            remember(&mut next.recent, id.clone());
+            a.behaviour.apply(&mut next, e);
         }
         let version = a.version + 1;
+        let snapshot = (version % SNAPSHOT_EVERY == 0).then(|| {
+            let mut recent = a.snapshot.recent.clone();
+            if let Some(id) = &req.id {
+                remember(&mut recent, id.clone());
+            }
+            Snapshot {
+                state: next.clone(),
+                recent,
+            }
+        });
         let record = Record {
             v: 1,
             cmd: req.id.clone(),
             events,
             version,
             base: a.base,
-            snapshot: (version % SNAPSHOT_EVERY == 0).then(|| next.clone()),
+            snapshot,
         };
         Ok(Step::Append {
             subject,
