@@ -102,8 +102,8 @@ def nats_sections(path):
     out.append(
         f"{r['requests']} requests per run, {r['in_flight']} in flight, one client, two node sidecars and "
         f"nats-server on the same 2 cores; {r['rounds']} runs of each path interleaved with its baseline, the "
-        "median run shown. `on the owner`: sent to the owner; `forwarded`: sent to the other node, which passes "
-        "it on to the owner with the caller's reply subject (the owner answers the caller). Baseline: a plain "
+        "median run shown. `on the owner`: sent to the owner; `forwarded`: sent to the other node, which forwards "
+        "it to the owner and relays the owner's reply bytes unchanged. Baseline: a plain "
         "NATS responder echoing 100 bytes. Goal: throughput >= 0.5x raw.\n"
     )
     out.append("| path | ops/s | p50 | p99 | throughput / raw | goal | ops/s of each run |")
@@ -191,9 +191,12 @@ def missed(r):
     if fwd < 0.5:
         rows.append(
             f"- Forwarded read: {fwd:.2f}x raw, {100 * (1 - fwd / 0.5):.0f}% short of 0.5x. It crosses nats-server "
-            "three times (client to node, node to owner, owner to client) where the baseline crosses it twice, "
-            "with a decode and an encode at each node, on the same two cores as the server; a client that "
-            "sends to the owner (one hop) is the fast path.")
+            "four times where the baseline crosses it twice, on the same two cores as the server; a client that "
+            "sends to the owner (one hop) is the fast path. Passing the request on with the caller's reply "
+            "subject (three crossings) reached 0.42-0.54x in trial runs (2026-11-26), but when the owner is "
+            "gone NATS tells only the publisher (no responders), so callers would wait for their own timeout "
+            "(10 s in the client) instead of an `unavailable` answer at once; the relay was kept, and it now "
+            "passes the owner's reply bytes through without decoding them.")
     cmd = r["command_local"]["ops_per_s"] / js
     if cmd < 0.8:
         relay = r["raw_relay_jetstream"]["ops_per_s"] / js
@@ -232,13 +235,16 @@ def missed(r):
         "## Missed goals: by how much, and why\n",
         *rows,
         "",
-        "Profile (`perf record -a -F 499` of the NATS bench, both cores, session of 2026-11-25): nats-server "
-        "41% of the samples, the bench process (client and both sidecars) 42%, idle 16%. The sidecar side is "
-        "flat: kernel scheduling and TCP first (`finish_task_switch` 5.8%), then memmove, malloc and free "
-        "(~5%), async-nats connection handling, serde_json (~1%); no function stands out, so the ratios "
-        "above come from the shape of the work (hops, per-actor JSON state, cores shared with the server), "
-        "not a slow spot. (That profile predates the binary transfers; a timing of one 10,000-actor move "
-        "then showed the capture, JSON state then base64 in JSON, at ~5 us per actor, more than the sending.)\n",
+        "Profiles (session of 2026-11-26, `perf record` of the NATS bench process; nats-server is a "
+        "separate process and takes ~43% of both cores' samples during the run). Migration threads, "
+        "`-F 1999`, after the MessagePack and packed-actor changes: ~75 ms of CPU for both moves, most of it "
+        "freeing the moved actors after the hand-off (`_int_free`, `cfree`, ~29%), `memmove` (~16%) and page "
+        "faults of fresh chunk buffers; writing MessagePack ~5%. Before them, `serde_json` string escaping "
+        "alone was ~21% and the 10,000-actor move took 76-192 ms. Command phase, `--call-graph dwarf`: "
+        "async-nats connection handling ~37% of the process (a `writev` per message ~16%), malloc and free "
+        "~19%, the shard worker ~22% of which cloning the actor's recent command ids for every command was "
+        "~7% (removed: they are now updated in place). No single function stands out after that: the ratios "
+        "above come from the shape of the work (hops through the server, 2 cores shared with it).\n",
     ])
 
 

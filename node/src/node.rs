@@ -233,16 +233,11 @@ impl Shared {
         }
     }
 
-    /// Serves a decoded request: here, by passing it on to its owner, or with a redirect. `None`
-    /// when it was passed on: the owner answers `reply_to` itself.
-    pub async fn dispatch(
-        self: &Arc<Self>,
-        req: Request,
-        reply_to: Option<async_nats::Subject>,
-    ) -> Option<Reply> {
+    /// Serves a decoded request: here, by forwarding, or with a redirect.
+    pub async fn dispatch(self: &Arc<Self>, req: Request) -> Answer {
         let Some(r) = self.routing() else {
             Metrics::inc(&self.metrics.messages, "unavailable");
-            return Some(Reply::error(unavailable("this node has no plan yet", 100)));
+            return Answer::Reply(Reply::error(unavailable("this node has no plan yet", 100)));
         };
         let shard = r.shard(&req.actor.id);
         match r.owner(shard) {
@@ -250,12 +245,12 @@ impl Shared {
                 Metrics::inc(&self.metrics.messages, "local");
                 let (tx, rx) = oneshot::channel();
                 let Some(worker) = self.owned_worker(shard) else {
-                    return Some(self.route_again(req));
+                    return Answer::Reply(self.route_again(req));
                 };
                 if worker.tx.send(Cmd::Request((req, tx))).is_err() {
-                    return Some(Reply::error(unavailable("shard worker stopped", 20)));
+                    return Answer::Reply(Reply::error(unavailable("shard worker stopped", 20)));
                 }
-                Some(
+                Answer::Reply(
                     rx.await
                         .unwrap_or_else(|_| Reply::error(unavailable("shard worker stopped", 20))),
                 )
@@ -263,59 +258,34 @@ impl Shared {
             Some(owner) if req.hops < MAX_HOPS => {
                 Metrics::inc(&self.metrics.messages, "forwarded");
                 let owner = owner.to_owned();
-                self.pass_on(&owner, req, reply_to).await
+                self.relay(&owner, req).await
             }
             Some(owner) => {
                 Metrics::inc(&self.metrics.messages, "redirected");
-                Some(Reply::error(redirect(owner, r.epoch(), shard)))
+                Answer::Reply(Reply::error(redirect(owner, r.epoch(), shard)))
             }
             None => {
                 Metrics::inc(&self.metrics.messages, "unavailable");
-                Some(Reply::error(unavailable("the plan has no members", 500)))
+                Answer::Reply(Reply::error(unavailable("the plan has no members", 500)))
             }
         }
     }
 
-    /// Passes a request on to `to` with the caller's reply subject, so the owner answers the caller
-    /// directly (one hop through NATS fewer than relaying its reply). If `to` has no subscriber, NATS
-    /// tells the caller (no responders) and the client retries; an error only when publishing fails.
-    async fn pass_on(
-        &self,
-        to: &str,
-        mut req: Request,
-        reply_to: Option<async_nats::Subject>,
-    ) -> Option<Reply> {
+    /// Sends a request on to its owner `to` and relays the owner's reply bytes as they are (no
+    /// decode and encode). Relayed rather than passed on with the caller's reply subject, which
+    /// saves a hop: an owner that is gone would then leave the caller waiting for its own timeout,
+    /// where a relay answers `unavailable` at once (NATS's "no responders").
+    async fn relay(&self, to: &str, mut req: Request) -> Answer {
         req.hops = req.hops.saturating_add(1);
         req.epoch = self.epoch();
         let bytes = match encode(&req) {
             Ok(b) => b,
             Err(e) => {
-                return Some(Reply::error(ErrorReply::new(
+                return Answer::Reply(Reply::error(ErrorReply::new(
                     ErrorCode::Internal,
                     e.to_string(),
                 )));
             }
-        };
-        let subject = self.names.node_requests(to);
-        let sent = match reply_to {
-            Some(reply) => {
-                self.client
-                    .publish_with_reply(subject, reply, bytes.into())
-                    .await
-            }
-            None => self.client.publish(subject, bytes.into()).await,
-        };
-        sent.err()
-            .map(|e| Reply::error(unavailable(&format!("could not pass on to {to}: {e}"), 100)))
-    }
-
-    /// Sends a request on to `to` and relays its reply.
-    pub async fn forward(&self, to: &str, mut req: Request) -> Reply {
-        req.hops = req.hops.saturating_add(1);
-        req.epoch = self.epoch();
-        let bytes = match encode(&req) {
-            Ok(b) => b,
-            Err(e) => return Reply::error(ErrorReply::new(ErrorCode::Internal, e.to_string())),
         };
         let sent = tokio::time::timeout(
             FORWARD_TIMEOUT,
@@ -324,29 +294,36 @@ impl Shared {
         )
         .await;
         match sent {
-            Ok(Ok(msg)) => decode::<Reply>(&msg.payload).unwrap_or_else(|e| {
+            Ok(Ok(msg)) => Answer::Relayed(msg.payload),
+            Ok(Err(e)) => Answer::Reply(Reply::error(unavailable(
+                &format!("owner {to} did not answer: {e}"),
+                100,
+            ))),
+            Err(_) => Answer::Reply(Reply::error(unavailable(
+                &format!("owner {to} timed out"),
+                100,
+            ))),
+        }
+    }
+
+    /// Sends a request on to `to` and returns its reply (decoded, for a caller inside the node).
+    pub async fn forward(&self, to: &str, req: Request) -> Reply {
+        match self.relay(to, req).await {
+            Answer::Reply(reply) => reply,
+            Answer::Relayed(bytes) => decode::<Reply>(&bytes).unwrap_or_else(|e| {
                 Reply::error(ErrorReply::new(
                     ErrorCode::Internal,
                     format!("{to} answered: {e}"),
                 ))
             }),
-            Ok(Err(e)) => {
-                Reply::error(unavailable(&format!("owner {to} did not answer: {e}"), 100))
-            }
-            Err(_) => Reply::error(unavailable(&format!("owner {to} timed out"), 100)),
         }
     }
 
-    /// Handles raw request bytes: size check, decode, dispatch; the answer for `reply_to`, or `None`
-    /// when the request was passed on to its owner, who answers. Never panics on bad bytes.
-    pub async fn handle_request_bytes(
-        self: &Arc<Self>,
-        bytes: &[u8],
-        reply_to: Option<async_nats::Subject>,
-    ) -> Option<Reply> {
+    /// Handles raw request bytes: size check, decode, dispatch. Never panics on bad bytes.
+    pub async fn handle_request_bytes(self: &Arc<Self>, bytes: &[u8]) -> Answer {
         if bytes.len() > self.max_request_bytes {
             Metrics::inc(&self.metrics.malformed, "too_large");
-            return Some(Reply::error(ErrorReply::new(
+            return Answer::Reply(Reply::error(ErrorReply::new(
                 ErrorCode::TooLarge,
                 format!(
                     "request of {} bytes exceeds {} bytes",
@@ -359,15 +336,15 @@ impl Shared {
             Ok(r) => r,
             Err(e) => {
                 Metrics::inc(&self.metrics.malformed, "request");
-                return Some(Reply::error(ErrorReply::from_decode(&e)));
+                return Answer::Reply(Reply::error(ErrorReply::from_decode(&e)));
             }
         };
         if let Err(e) = req.actor.validate() {
             Metrics::inc(&self.metrics.malformed, "request");
-            return Some(Reply::error(ErrorReply::from_decode(&e)));
+            return Answer::Reply(Reply::error(ErrorReply::from_decode(&e)));
         }
         if self.registry.get(&req.actor.kind).is_none() {
-            return Some(Reply::error(ErrorReply::new(
+            return Answer::Reply(Reply::error(ErrorReply::new(
                 ErrorCode::UnknownKind,
                 format!(
                     "no actor kind {:?} (this node hosts counter, doc)",
@@ -375,7 +352,7 @@ impl Shared {
                 ),
             )));
         }
-        self.dispatch(req, reply_to).await
+        self.dispatch(req).await
     }
 
     /// Takes a new plan: ignored unless its epoch is higher; then local shards follow it.
@@ -1021,12 +998,19 @@ impl Node {
                 Some(msg) = requests.next() => {
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        let reply = shared.handle_request_bytes(&msg.payload, msg.reply.clone()).await;
-                        if let (Some(reply), Some(to)) = (reply, msg.reply) {
-                            match encode(&reply) {
-                                Ok(bytes) => { let _ = shared.client.publish(to, bytes.into()).await; }
-                                Err(e) => tracing::error!(error = %e, "reply not encodable"),
-                            }
+                        let answer = shared.handle_request_bytes(&msg.payload).await;
+                        if let Some(to) = msg.reply {
+                            let bytes = match answer {
+                                Answer::Reply(reply) => match encode(&reply) {
+                                    Ok(bytes) => bytes.into(),
+                                    Err(e) => {
+                                        tracing::error!(error = %e, "reply not encodable");
+                                        return;
+                                    }
+                                },
+                                Answer::Relayed(bytes) => bytes,
+                            };
+                            let _ = shared.client.publish(to, bytes).await;
                         }
                     });
                 }
@@ -1082,6 +1066,15 @@ type Messages = futures::stream::SelectAll<async_nats::Subscriber>;
 /// node (when scaling out matters most) would nearly stop. Shut down without blocking when dropped.
 #[derive(Debug)]
 pub struct MigrationRuntime(Option<tokio::runtime::Runtime>);
+
+/// What a node answers a request with.
+#[derive(Debug)]
+pub enum Answer {
+    /// Its own reply.
+    Reply(Reply),
+    /// The owner's reply to a forwarded request, as the owner encoded it.
+    Relayed(bytes::Bytes),
+}
 
 /// Niceness of the migration thread (0 is the default, 19 the lowest priority).
 pub const MIGRATION_NICENESS: i32 = 10;

@@ -261,3 +261,43 @@ async fn an_actor_is_rebuilt_from_its_last_snapshot_and_the_records_after_it() {
         .expect("retry");
     assert_eq!(value(&again), n as i64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_forwarded_to_an_owner_that_is_gone_is_answered_unavailable_at_once() {
+    let nats = NatsServer::start();
+    let (mut nodes, plan) = three_nodes(&nats, "gone").await;
+    let client = Client::new(nats.connect().await, "gone");
+    let names = Names::new("gone");
+    // An actor of app-2, asked at app-0, which forwards the request and relays the owner's reply.
+    let actor = (0..)
+        .map(|i| format!("g-{i}"))
+        .find(|a| plan.owner(aether_core::hash::shard_of(a, plan.shards)) == Some("app-2"))
+        .expect("an actor of app-2");
+    let req = Request::new(ActorRef::new("counter", &actor), Op::Read, None);
+    let reply = client
+        .request_once(names.node_requests("app-0"), &req)
+        .await
+        .expect("an answer");
+    match &reply.outcome {
+        Outcome::Ok(ok) => assert_eq!(ok.node, "app-2", "the owner's reply, relayed"),
+        Outcome::Error(e) => panic!("{e:?}"),
+    }
+    // app-2 stops serving while the plan still names it: the caller is told to retry at once (NATS
+    // reports no responders to the forwarding node), not left waiting for its own timeout.
+    let gone = nodes.pop().expect("app-2");
+    assert_eq!(gone.name, "app-2");
+    drop(gone);
+    wait_for("app-0 to answer that app-2 does not", T, || async {
+        let asked = std::time::Instant::now();
+        let answer = client
+            .request_once(names.node_requests("app-0"), &req)
+            .await;
+        let unavailable = matches!(
+            &answer,
+            Ok(Reply { outcome: Outcome::Error(e), .. })
+                if e.code == ErrorCode::Unavailable && e.message.contains("app-2")
+        );
+        unavailable && asked.elapsed() < Duration::from_secs(2)
+    })
+    .await;
+}
