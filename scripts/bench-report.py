@@ -223,8 +223,8 @@ def missed(r):
             rows.append(
                 f"- Non-moving actors during the moves of {m['actors']}: p99 {during:.2f}x before, "
                 f"{100 * (during / 1.5 - 1):.0f}% over 1.5x. The move runs on its own thread at nice +10, over its "
-                "own NATS connection, and yields its core every 16 actors (before the yields, trial runs gave "
-                "1.8-3.9x); what remains is the CPU nats-server spends relaying the shard's megabytes and the "
+                "own NATS connection, and yields its core every 16 actors (trial runs of 2026-11-26: 1.8-3.9x before "
+                "the yields, 0.9-2.1x after, varying from run to run with the 4 readers' p99); what remains is the CPU nats-server spends relaying the shard's megabytes and the "
                 "socket copies, on the same 2 cores as everything else. Trial runs (2026-11-26): the migration "
                 "thread at SCHED_IDLE gave 0.95-1.65x, but its 10,000-actor moves under readers took 175-200 ms "
                 "instead of 70-100 ms, and an unprivileged thread cannot leave SCHED_IDLE, so a saturated "
