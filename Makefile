@@ -61,11 +61,13 @@ chart-check: $(HELM)
 	@! $(HELM) template t charts/aether --kube-version $(K8S_VERSION) --set nats.url=bogus > /dev/null 2>&1 || { echo "values.schema.json accepted a bad nats.url"; exit 1; }
 
 ## bench: every benchmark; writes BENCHMARKS.md.
+# Criterion writes under the cargo target directory (CARGO_TARGET_DIR when set); the rest under target/.
 bench: tools
+	mkdir -p target
 	$(CARGO) bench -p aether-core --bench placement
 	$(CARGO) run -q --release -p aether-core --example balance_report > target/balance.md
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench nats
-	python3 scripts/bench-report.py target/criterion target/balance.md BENCHMARKS.md target/nats-bench.json
+	python3 scripts/bench-report.py $${CARGO_TARGET_DIR:-target}/criterion target/balance.md BENCHMARKS.md target/nats-bench.json
 
 ## tools: the test binaries, built from Go modules into $(TOOLS_DIR) (first time: ~25 min on 2 cores,
 ## most of it the Kubernetes control plane; then reused).
