@@ -653,8 +653,8 @@ impl Shared {
     }
 
     /// Destination side of a transfer chunk. Chunks of one move arrive concurrently: each is
-    /// decoded and parsed in its own task, then staged in the shard's worker (installed, not served)
-    /// before its ack; the commit makes the shard served here.
+    /// decoded in its own task, then its actors are staged, packed, in the shard's worker
+    /// (installed, not served) before its ack; the commit makes the shard served here.
     pub async fn on_transfer(self: &Arc<Self>, bytes: &[u8]) -> TransferAck {
         let mut chunk = match decode_transfer(bytes) {
             Ok(c) => c,
@@ -675,7 +675,7 @@ impl Shared {
             // Refused before any parsing (a retry after the plan arrives parses it once).
             return ack(epoch, shard, n, Some(e));
         }
-        // Parsed before the decision, off any lock (and on the migration runtime).
+        // Staged before the decision, off any lock (and on the migration runtime).
         let mut staged = host::Staged::default();
         staged.add(self, std::mem::take(&mut chunk.actors));
         let installed = {
@@ -811,6 +811,15 @@ impl Shared {
         let Some(r) = self.routing() else { return true };
         !r.is_member(&self.me) && r.moves_from(&self.me).is_empty() && lock(&self.moving).is_empty()
     }
+}
+
+/// What a node answers a request with.
+#[derive(Debug)]
+pub enum Answer {
+    /// Its own reply.
+    Reply(Reply),
+    /// The owner's reply to a forwarded request, as the owner encoded it.
+    Relayed(bytes::Bytes),
 }
 
 fn ack(epoch: u64, shard: u32, chunk: u32, error: Option<ErrorReply>) -> TransferAck {
@@ -1066,15 +1075,6 @@ type Messages = futures::stream::SelectAll<async_nats::Subscriber>;
 /// node (when scaling out matters most) would nearly stop. Shut down without blocking when dropped.
 #[derive(Debug)]
 pub struct MigrationRuntime(Option<tokio::runtime::Runtime>);
-
-/// What a node answers a request with.
-#[derive(Debug)]
-pub enum Answer {
-    /// Its own reply.
-    Reply(Reply),
-    /// The owner's reply to a forwarded request, as the owner encoded it.
-    Relayed(bytes::Bytes),
-}
 
 /// Niceness of the migration thread (0 is the default, 19 the lowest priority).
 pub const MIGRATION_NICENESS: i32 = 10;

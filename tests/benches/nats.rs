@@ -44,6 +44,14 @@ fn figure(mut lat: Vec<u64>, elapsed: Duration) -> Figure {
     }
 }
 
+/// Publishes `payload` to the raw stream (one of 100 subjects) and waits for its ack.
+async fn js_store(js: &async_nats::jetstream::Context, i: usize, payload: bytes::Bytes) -> bool {
+    match js.publish(format!("raw.js.{}", i % 100), payload).await {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// The run of median throughput.
 fn middle(runs: &[Figure]) -> Figure {
     let mut sorted = runs.to_vec();
@@ -237,13 +245,7 @@ async fn run() -> serde_json::Value {
         let js = js.clone();
         move |i: usize| {
             let js = js.clone();
-            async move {
-                let payload = bytes::Bytes::from(vec![b'y'; record_size]);
-                match js.publish(format!("raw.js.{}", i % 100), payload).await {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
-                }
-            }
+            async move { js_store(&js, i, bytes::Bytes::from(vec![b'y'; record_size])).await }
         }
     };
     let mut relay = nc.subscribe("raw.relay").await.expect("sub");
@@ -254,11 +256,7 @@ async fn run() -> serde_json::Value {
             let (nc, js) = (relay_nc.clone(), relay_js.clone());
             i += 1;
             tokio::spawn(async move {
-                let stored = match js.publish(format!("raw.js.{}", i % 100), m.payload).await {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
-                };
-                if let (true, Some(r)) = (stored, m.reply) {
+                if let (true, Some(r)) = (js_store(&js, i, m.payload).await, m.reply) {
                     let _ = nc.publish(r, bytes::Bytes::from_static(b"ok")).await;
                 }
             });
