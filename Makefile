@@ -66,6 +66,7 @@ bench: tools
 	mkdir -p target
 	$(CARGO) bench -p aether-core --bench placement
 	$(CARGO) run -q --release -p aether-core --example balance_report > target/balance.md
+	$(CARGO) bench -p aether-node --bench routing
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench nats
 	python3 scripts/bench-report.py $${CARGO_TARGET_DIR:-target}/criterion target/balance.md BENCHMARKS.md target/nats-bench.json
 

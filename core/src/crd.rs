@@ -4,8 +4,10 @@
 //! `capacity`, NATS unreachable) the operator reports as a `Degraded` condition.
 
 use crate::anchor::AnchorState;
-use crate::plan::Member;
+use crate::plan::Plan;
 use crate::shardmap::ShardMap;
+use crate::types::Move;
+pub use crate::types::{Member, MovePhase, Strategy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -84,16 +86,6 @@ fn default_shards() -> u32 {
 
 fn default_capacity() -> u32 {
     256
-}
-
-/// Placement strategy.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema, Hash)]
-pub enum Strategy {
-    /// Consistent hashing (AnchorHash): minimal disruption, near-even load.
-    #[default]
-    AnchorHash,
-    /// Every member within one shard of the others, moving the fewest shards.
-    Balanced,
 }
 
 /// NATS connection settings.
@@ -272,17 +264,52 @@ pub struct MoveStatus {
     pub retry_after: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
-/// Phase of a shard move.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Hash)]
-pub enum MovePhase {
-    /// Waiting for a migration slot.
-    Pending,
-    /// The source is sending the shard.
-    Transferring,
-    /// The destination owns the shard.
-    Done,
-    /// The last attempt failed; it is retried with backoff until `maxRetries`.
-    Failed,
+impl ShardPlanStatus {
+    /// The plan this status describes: its members, shard map and the moves in flight; `None`
+    /// before the first plan.
+    #[must_use]
+    pub fn plan(&self) -> Option<Plan> {
+        let placement = self.placement.clone()?;
+        let shard_map = self.shard_map.clone()?;
+        let mut members: Vec<Member> = self
+            .members
+            .iter()
+            .filter(|m| m.state == MemberState::Active)
+            .map(|m| Member {
+                name: m.pod.clone(),
+                bucket: m.bucket,
+            })
+            .collect();
+        members.sort_by_key(|m| m.bucket);
+        Some(Plan {
+            epoch: self.epoch,
+            shards: shard_map.len() as u32,
+            members,
+            shard_map,
+            moves: self
+                .moves
+                .iter()
+                .map(|m| Move {
+                    shard: m.shard,
+                    from: m.from.clone(),
+                    to: m.to.clone(),
+                })
+                .collect(),
+            placement,
+        })
+    }
+
+    /// The condition of a type, whatever its status.
+    #[must_use]
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// True when the condition of a type is `True`.
+    #[must_use]
+    pub fn is(&self, type_: &str) -> bool {
+        self.condition(type_).is_some_and(|c| c.status == "True")
+    }
 }
 
 /// The CustomResourceDefinition as applied: [`kube::CustomResourceExt::crd`] without the schema

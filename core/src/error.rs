@@ -33,6 +33,9 @@ pub enum Error {
     /// Bytes that are not a message of the protocol.
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// A field over one of the protocol's size limits (docs/PROTOCOL.md, "Limits").
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// A message of a protocol version this build does not speak.
     #[error("unsupported protocol version {got} (this build speaks {supported})")]
     UnsupportedVersion { got: u64, supported: u16 },

@@ -7,11 +7,14 @@
 //! - [`anchor`]: AnchorHash, the consistent hash that places shards on member buckets.
 //! - [`shardmap`]: the compact shard -> bucket table that travels in plans and status.
 //! - [`plan`]: the planner, `plan(previous, members, spec) -> Plan`, deterministic and minimal.
-//! - [`crd`]: the `ShardPlan` custom resource (spec, status, validation).
+//! - [`types`]: strategy, members, moves and their phases, shared by all of the above.
+//! - [`crd`]: the `ShardPlan` custom resource (spec, status, validation); behind the default feature
+//!   `k8s` (the node sidecar builds without kube and k8s-openapi).
 //! - [`protocol`]: the versioned wire messages between clients, nodes and the operator.
 //! - [`route`]: the O(1) `actor id -> owner` table a node builds from each plan.
 
 pub mod anchor;
+#[cfg(feature = "k8s")]
 pub mod crd;
 pub mod error;
 pub mod hash;
@@ -19,5 +22,6 @@ pub mod plan;
 pub mod protocol;
 pub mod route;
 pub mod shardmap;
+pub mod types;
 
 pub use error::{Error, Result};

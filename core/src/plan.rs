@@ -20,10 +20,10 @@
 //! its new owner takes it at once and rebuilds its actors from the JetStream log.
 
 use crate::anchor::{Anchor, AnchorState};
-use crate::crd::Strategy;
 use crate::error::{Error, Result};
 use crate::hash::MAX_SHARDS;
 use crate::shardmap::{PackedU16, ShardMap, UNASSIGNED};
+pub use crate::types::{Member, Move, Strategy};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -65,27 +65,6 @@ impl MemberInput {
             draining: true,
         }
     }
-}
-
-/// A member of a plan and its AnchorHash bucket.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Hash)]
-pub struct Member {
-    /// Pod name.
-    pub name: String,
-    /// Stable bucket id.
-    pub bucket: u16,
-}
-
-/// One shard changing owner.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Hash)]
-pub struct Move {
-    /// Shard number.
-    pub shard: u32,
-    /// Current owner; `None` when it is gone and the destination rebuilds from the log.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    /// New owner.
-    pub to: String,
 }
 
 /// A placement with its epoch: what the nodes execute.

@@ -77,8 +77,8 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::Strategy;
     use crate::plan::{MemberInput, PlanSpec, plan};
+    use crate::types::Strategy;
     use std::collections::BTreeSet;
 
     #[test]

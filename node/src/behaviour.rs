@@ -145,6 +145,14 @@ impl Registry {
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn Behaviour>> {
         self.kinds.get(kind)
     }
+
+    /// The kinds hosted, sorted.
+    #[must_use]
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut k: Vec<_> = self.kinds.keys().copied().collect();
+        k.sort_unstable();
+        k
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Node settings: flags with environment fallbacks. The pod's name and namespace come from the downward
-//! API (`POD_NAME`, `POD_NAMESPACE`). A missing or invalid setting stops the process with one line.
+//! Node settings: flags with environment fallbacks. The pod's name comes from the downward API
+//! (`POD_NAME`); the ShardPlan a node serves is named by its subject prefix alone. A missing or
+//! invalid setting stops the process with one line.
 
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
@@ -70,12 +71,6 @@ pub struct NodeConfig {
     /// This pod's name (downward API).
     #[arg(long, env = "POD_NAME", value_parser = parse_pod)]
     pub pod_name: String,
-    /// This pod's namespace (downward API).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    pub namespace: String,
-    /// Name of the ShardPlan this pod belongs to.
-    #[arg(long, env = "AETHER_SHARDPLAN")]
-    pub shardplan: String,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "AETHER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -174,7 +169,7 @@ mod tests {
     use super::*;
 
     fn parse(extra: &[&str]) -> Result<Cli, clap::Error> {
-        let base = ["aether-node", "run", "--shardplan", "p"];
+        let base = ["aether-node", "run"];
         Cli::try_parse_from(base.iter().chain(extra))
     }
 

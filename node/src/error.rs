@@ -1,5 +1,6 @@
 //! The node's one error type. Request handling maps each variant to an error reply code.
 
+use crate::metrics::Failure;
 use aether_core::protocol::{ErrorCode, ErrorReply};
 
 /// What can go wrong in a node.
@@ -14,12 +15,19 @@ pub enum Error {
     /// Another writer appended to the actor first (expected-sequence check).
     #[error("fenced: {0}")]
     Fenced(String),
+    /// JetStream already holds a record with this command id (its duplicate window): the command
+    /// was applied before; the stream sequence of that record.
+    #[error("duplicate of the record at sequence {0}")]
+    Duplicate(u64),
     /// A message or record over a size limit.
     #[error("too large: {0}")]
     TooLarge(String),
     /// A record in the log that cannot be read.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The plan bucket or process plumbing shared with the operator.
+    #[error(transparent)]
+    Shared(#[from] aether_nats::Error),
     /// A protocol error from the core.
     #[error(transparent)]
     Protocol(#[from] aether_core::Error),
@@ -34,16 +42,18 @@ pub enum Error {
 impl Error {
     /// Metric label: a fixed category per variant, never a Debug string.
     #[must_use]
-    pub fn reason(&self) -> &'static str {
+    pub fn failure(&self) -> Failure {
         match self {
-            Self::Config(_) => "config",
-            Self::Nats(_) => "nats",
-            Self::Fenced(_) => "fenced",
-            Self::TooLarge(_) => "too_large",
-            Self::Corrupt(_) => "corrupt",
-            Self::Protocol(_) => "protocol",
-            Self::Internal(_) => "internal",
-            Self::Http(_) => "http",
+            Self::Config(_) => Failure::Config,
+            Self::Nats(_) => Failure::Nats,
+            Self::Fenced(_) => Failure::Fenced,
+            Self::Duplicate(_) => Failure::Duplicate,
+            Self::TooLarge(_) => Failure::TooLarge,
+            Self::Corrupt(_) => Failure::Corrupt,
+            Self::Protocol(_) => Failure::Protocol,
+            Self::Shared(_) => Failure::Nats,
+            Self::Internal(_) => Failure::Internal,
+            Self::Http(_) => Failure::Http,
         }
     }
 
@@ -53,11 +63,7 @@ impl Error {
         let code = match self {
             Self::TooLarge(_) => ErrorCode::TooLarge,
             Self::Protocol(e) => return ErrorReply::from_decode(e),
-            Self::Fenced(_) => {
-                let mut e = ErrorReply::new(ErrorCode::Unavailable, self.to_string());
-                e.retry_after_ms = Some(50);
-                return e;
-            }
+            Self::Fenced(_) => return ErrorReply::unavailable(self.to_string(), 50),
             _ => ErrorCode::Internal,
         };
         ErrorReply::new(code, self.to_string())

@@ -5,14 +5,16 @@
 //! actor with an append in flight wait behind it.
 //!
 //! While its shard moves, a worker is paused: requests queue (never dropped; beyond the queue limit the
-//! caller is told to retry). On hand-off it forwards the queue to the destination; on resume it serves
-//! it.
+//! caller is told to retry). On resume it serves the queue; when stopped (hand-off, or the shard is
+//! no longer this node's) it finishes its appends and hands every request it still holds back to
+//! whoever stopped it, which forwards them or tells their callers where to go. A worker knows nothing
+//! of routing: it gets a [`HostContext`] and never calls back into the node.
 
-use crate::behaviour::Behaviour;
+use crate::behaviour::{Behaviour, Registry};
 use crate::capture;
 use crate::error::Error;
-use crate::node::Shared;
-use crate::store::{Loaded, Record, SNAPSHOT_EVERY, Snapshot, remember};
+use crate::metrics::{Failure, Metrics};
+use crate::store::{EventStore, Loaded, Record, SNAPSHOT_EVERY, Snapshot, remember};
 use aether_core::protocol::{
     ActorRef, ActorReply, ActorSnapshot, ErrorCode, ErrorReply, Op, Reply, Request, TransferWriter,
 };
@@ -28,6 +30,34 @@ use tokio::sync::{mpsc, oneshot};
 /// A request waiting for its reply.
 pub type Pending = (Request, oneshot::Sender<Reply>);
 
+/// What a shard worker needs from its node: nothing about routing.
+#[derive(Debug)]
+pub struct HostContext {
+    /// This pod (named in replies).
+    pub me: String,
+    /// Actor kinds.
+    pub registry: Registry,
+    /// The event log.
+    pub store: EventStore,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Idle time before an actor is passivated.
+    pub passivate_after: Duration,
+    /// Queue limit of a paused (moving) shard.
+    pub queue_limit: usize,
+    /// The runtime that serves requests: workers run there even when a migration starts them.
+    pub serving: tokio::runtime::Handle,
+    /// Every worker task, joined on shutdown.
+    pub tasks: tokio_util::task::TaskTracker,
+}
+
+impl HostContext {
+    /// Counts a failure.
+    pub fn count_failure(&self, failure: Failure) {
+        self.metrics.failure(failure);
+    }
+}
+
 /// What a shard worker is asked to do.
 #[derive(Debug)]
 pub enum Cmd {
@@ -37,15 +67,11 @@ pub enum Cmd {
     Pause(oneshot::Sender<Lent>),
     /// Take the lent actors back, unpause and serve the queue.
     Resume(Lent),
-    /// Drop the actors, forward the queue to `to`, and stop.
-    HandOff {
-        /// Destination pod.
-        to: String,
-    },
     /// Install migrated actors (destination side), then answer.
     Install(Staged, oneshot::Sender<()>),
-    /// Drop everything and stop (the shard is no longer ours).
-    Stop,
+    /// Finish the appends in flight, drop the actors and stop; the requests still held (queued
+    /// while paused, or sent meanwhile) go back on the channel, for the stopper to route.
+    Stop(oneshot::Sender<Vec<Pending>>),
 }
 
 /// Handle on a shard worker.
@@ -142,11 +168,11 @@ pub struct Staged(Vec<(ActorRef, Packed)>);
 impl Staged {
     /// Adds captured actors. One of a kind this node lacks is left out and counted: such an actor
     /// is refused when used, as it would be had it never moved.
-    pub fn add(&mut self, shared: &Shared, actors: impl IntoIterator<Item = ActorSnapshot>) {
+    pub fn add(&mut self, ctx: &HostContext, actors: impl IntoIterator<Item = ActorSnapshot>) {
         let now = Instant::now();
         let staged = actors.into_iter().filter_map(|snap| {
-            let Some(behaviour) = shared.registry.get(&snap.actor.kind).cloned() else {
-                shared.count_failure("unknown_kind");
+            let Some(behaviour) = ctx.registry.get(&snap.actor.kind).cloned() else {
+                ctx.count_failure(Failure::UnknownKind);
                 return None;
             };
             let packed = Packed {
@@ -205,10 +231,10 @@ impl std::fmt::Debug for dyn Behaviour {
 }
 
 /// Starts the worker of `shard`.
-pub fn spawn(shared: Arc<Shared>, shard: u32) -> ShardHandle {
+pub fn spawn(ctx: &Arc<HostContext>, shard: u32) -> ShardHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let worker = Worker {
-        shared: shared.clone(),
+        ctx: ctx.clone(),
         shard,
         actors: HashMap::new(),
         packed: HashMap::new(),
@@ -218,12 +244,12 @@ pub fn spawn(shared: Arc<Shared>, shard: u32) -> ShardHandle {
         busy: HashMap::new(),
     };
     // On the serving runtime even when a migration (on its own runtime) starts the worker.
-    shared.serving.spawn(worker.run(rx));
+    ctx.tasks.spawn_on(worker.run(rx), &ctx.serving);
     ShardHandle { tx }
 }
 
 struct Worker {
-    shared: Arc<Shared>,
+    ctx: Arc<HostContext>,
     shard: u32,
     actors: HashMap<ActorRef, Actor>,
     /// Migrated actors not used since they arrived (never also in `actors`).
@@ -267,9 +293,9 @@ enum Next {
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-        let mut sweep =
-            tokio::time::interval(self.shared.passivate_after.max(Duration::from_secs(1)));
+        let mut sweep = tokio::time::interval(self.ctx.passivate_after.max(Duration::from_secs(1)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopped = None;
         loop {
             let next = tokio::select! {
                 biased;
@@ -301,7 +327,7 @@ impl Worker {
                         packed: std::mem::take(&mut self.packed).into_iter().collect(),
                         next: 0,
                     };
-                    self.shared.metrics.actors.dec_by(lent.len() as i64);
+                    self.ctx.metrics.actors.dec_by(lent.len() as i64);
                     if let Err(lent) = tx.send(lent) {
                         self.restore(lent);
                     }
@@ -311,41 +337,37 @@ impl Worker {
                     self.paused = false;
                     let queued = std::mem::take(&mut self.queue);
                     for p in queued {
-                        self.shared.metrics.queued.dec();
+                        self.ctx.metrics.queued.dec();
                         self.dispatch(p, 0).await;
                     }
-                }
-                Cmd::HandOff { to } => {
-                    self.drain().await;
-                    for (req, tx) in self.queue.drain(..) {
-                        self.shared.metrics.queued.dec();
-                        let shared = self.shared.clone();
-                        let to = to.clone();
-                        tokio::spawn(async move {
-                            let _ = tx.send(shared.forward(&to, req).await);
-                        });
-                    }
-                    break;
                 }
                 Cmd::Install(actors, done) => {
                     self.install(actors);
                     let _ = done.send(());
                 }
-                Cmd::Stop => break,
+                Cmd::Stop(back) => {
+                    stopped = Some(back);
+                    break;
+                }
             }
         }
         self.drain().await;
-        // Requests that raced the stop are answered, never dropped: the caller retries at the owner.
+        // Requests that raced the stop go back too, never dropped: the stopper routes them.
+        rx.close();
+        let mut leftovers: Vec<Pending> = self.queue.drain(..).collect();
+        self.ctx.metrics.queued.dec_by(leftovers.len() as i64);
         while let Ok(cmd) = rx.try_recv() {
-            if let Cmd::Request((req, tx)) = cmd {
-                let _ = tx.send(self.shared.route_again(req));
+            match cmd {
+                Cmd::Request(p) => leftovers.push(p),
+                Cmd::Stop(back) if stopped.is_none() => stopped = Some(back),
+                _ => {}
             }
         }
-        for (req, tx) in self.queue.drain(..) {
-            self.shared.metrics.queued.dec();
-            let _ = tx.send(self.shared.route_again(req));
+        self.ctx.metrics.actors.dec_by(self.hosted() as i64);
+        if let Some(back) = stopped {
+            // If the stopper is gone, the callers' reply channels close and they are told so.
+            let _ = back.send(leftovers);
         }
-        self.shared.metrics.actors.dec_by(self.hosted() as i64);
     }
 
     /// Actors in memory, live or packed.
@@ -354,7 +376,7 @@ impl Worker {
     }
 
     fn enqueue(&mut self, pending: Pending) {
-        if self.queue.len() >= self.shared.queue_limit {
+        if self.queue.len() >= self.ctx.queue_limit {
             let mut e = ErrorReply::new(
                 ErrorCode::Unavailable,
                 format!("shard {} is moving and its queue is full", self.shard),
@@ -363,7 +385,7 @@ impl Worker {
             let _ = pending.1.send(Reply::error(e));
             return;
         }
-        self.shared.metrics.queued.inc();
+        self.ctx.metrics.queued.inc();
         self.queue.push_back(pending);
     }
 
@@ -371,13 +393,13 @@ impl Worker {
         if self.paused {
             return;
         }
-        let idle = self.shared.passivate_after;
+        let idle = self.ctx.passivate_after;
         let before = self.hosted();
         let busy = &self.busy;
         self.actors
             .retain(|k, a| busy.contains_key(k) || a.last_used.elapsed() < idle);
         self.packed.retain(|_, p| p.since.elapsed() < idle);
-        self.shared
+        self.ctx
             .metrics
             .actors
             .dec_by((before - self.hosted()) as i64);
@@ -385,7 +407,7 @@ impl Worker {
 
     /// Takes lent actors back (a move that rolled back).
     fn restore(&mut self, lent: Lent) {
-        self.shared.metrics.actors.inc_by(lent.len() as i64);
+        self.ctx.metrics.actors.inc_by(lent.len() as i64);
         self.actors.extend(lent.actors);
         self.packed.extend(lent.packed);
     }
@@ -394,7 +416,7 @@ impl Worker {
         for (actor, p) in staged.0 {
             let replaced = self.actors.remove(&actor).is_some();
             if self.packed.insert(actor, p).is_none() && !replaced {
-                self.shared.metrics.actors.inc();
+                self.ctx.metrics.actors.inc();
             }
         }
     }
@@ -412,18 +434,18 @@ impl Worker {
                 Err(e) => {
                     // Rebuilt from the log below, as if it had not moved with its state.
                     tracing::warn!(error = %e, "migrated state unreadable: replaying the log");
-                    self.shared.count_failure("bad_snapshot");
-                    self.shared.metrics.actors.dec();
+                    self.ctx.count_failure(Failure::BadSnapshot);
+                    self.ctx.metrics.actors.dec();
                 }
             }
         }
         let behaviour = self
-            .shared
+            .ctx
             .registry
             .get(&actor.kind)
             .cloned()
             .ok_or_else(|| Error::Internal(format!("no behaviour {}", actor.kind)))?;
-        let subject = self.shared.store.subject(self.shard, actor);
+        let subject = self.ctx.store.subject(self.shard, actor);
         let b = behaviour.clone();
         let Loaded {
             snapshot,
@@ -431,7 +453,7 @@ impl Worker {
             seq,
             base,
         } = self
-            .shared
+            .ctx
             .store
             .load(&subject, behaviour.initial(), move |s, e| b.apply(s, e))
             .await?;
@@ -446,7 +468,7 @@ impl Worker {
                 last_used: Instant::now(),
             },
         );
-        self.shared.metrics.actors.inc();
+        self.ctx.metrics.actors.inc();
         Ok(())
     }
 
@@ -454,7 +476,7 @@ impl Worker {
         Reply::ok(ActorReply {
             version: a.version,
             state: a.snapshot.state.clone(),
-            node: self.shared.me.clone(),
+            node: self.ctx.me.clone(),
         })
     }
 
@@ -475,7 +497,7 @@ impl Worker {
                 next,
             }) => {
                 self.busy.insert(req.actor.clone(), VecDeque::new());
-                let shared = self.shared.clone();
+                let shared = self.ctx.clone();
                 self.inflight.push(Box::pin(async move {
                     let result = shared.store.append(&subject, expected, &record).await;
                     Appended {
@@ -490,7 +512,7 @@ impl Worker {
                 }));
             }
             Err(e) => {
-                self.shared.count_failure(e.reason());
+                self.ctx.count_failure(e.failure());
                 if matches!(e, Error::Nats(_) | Error::Corrupt(_)) {
                     self.drop_actor(&req.actor);
                 }
@@ -533,13 +555,31 @@ impl Worker {
                 };
                 let _ = tx.send(reply);
             }
+            // The command is in the log already (a retry older than the ids the actor remembers):
+            // not applied again; the caller gets the state as the log has it.
+            Err(Error::Duplicate(at)) => {
+                self.ctx.count_failure(Failure::Duplicate);
+                tracing::info!(command = ?req.id, at, "a retry JetStream recognised: answered from the log");
+                self.drop_actor(&req.actor);
+                let reply = match self.load(&req.actor).await {
+                    Ok(()) => match self.actors.get(&req.actor) {
+                        Some(a) => self.ok(a),
+                        None => Reply::error(ErrorReply::new(
+                            ErrorCode::Internal,
+                            "actor vanished after load",
+                        )),
+                    },
+                    Err(e) => Reply::error(e.to_reply()),
+                };
+                let _ = tx.send(reply);
+            }
             // Another node wrote first: reload from the log and decide again, once.
             Err(Error::Fenced(_)) if attempt == 0 => {
                 self.drop_actor(&req.actor);
                 retry = Some((req.clone(), tx));
             }
             Err(e) => {
-                self.shared.count_failure(e.reason());
+                self.ctx.count_failure(e.failure());
                 if matches!(e, Error::Fenced(_) | Error::Nats(_) | Error::Corrupt(_)) {
                     self.drop_actor(&req.actor);
                 }
@@ -564,14 +604,14 @@ impl Worker {
 
     fn drop_actor(&mut self, actor: &ActorRef) {
         if self.actors.remove(actor).is_some() || self.packed.remove(actor).is_some() {
-            self.shared.metrics.actors.dec();
+            self.ctx.metrics.actors.dec();
         }
     }
 
     /// Loads the actor and decides: a reply now, or a record to append.
     async fn prepare(&mut self, req: &Request) -> Result<Step, Error> {
         self.load(&req.actor).await?;
-        let subject = self.shared.store.subject(self.shard, &req.actor);
+        let subject = self.ctx.store.subject(self.shard, &req.actor);
         let Some(a) = self.actors.get_mut(&req.actor) else {
             return Err(Error::Internal("actor vanished after load".into()));
         };

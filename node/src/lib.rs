@@ -1,12 +1,14 @@
 //! aether's node sidecar, one per pod. Data flow through its files:
 //!
-//! - `node.rs`: NATS in: plan watch, requests, transfers, progress; routing decisions; migrations.
-//! - `routing.rs`: who owns each shard now (plan target, or the source of a pending move).
-//! - `host.rs`: one task per local shard, holding its actors; pause/queue/hand-off for moves.
+//! - `node.rs`: wiring: connections, subscriptions, the plan watch, health, shutdown; the shared state.
+//! - `ownership.rs`: who serves which shard (pure): plans, progress, hand-offs and commits in,
+//!   routes and effects out.
+//! - `requests.rs`: a request's way: decode, route, serve here, forward or redirect.
+//! - `moves.rs`: a move's two ends, carrying out the machines of `migration.rs` (pure).
+//! - `host.rs`: one task per local shard, holding its actors; pause/queue for moves.
 //! - `store.rs`: the JetStream event log with fenced appends and inline snapshots.
-//! - `migration.rs`: the move protocol as pure state machines; `capture.rs`: an actor's state in a transfer.
+//! - `capture.rs`: an actor's state in a transfer.
 //! - `behaviour.rs`: actor kinds (`counter`, `doc`).
-//! - `plans.rs`: the plan KV bucket (shared with the operator).
 //! - `client.rs`: the client library and load generator; `http.rs`, `metrics.rs`, `config.rs`.
 
 pub mod behaviour;
@@ -18,10 +20,10 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod migration;
+pub mod moves;
 pub mod node;
-pub mod plans;
-pub mod process;
-pub mod routing;
+pub mod ownership;
+pub mod requests;
 pub mod store;
 
 pub use error::{Error, Result};

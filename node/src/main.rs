@@ -67,7 +67,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: NodeConfig) -> aether_node::Result<()> {
-    aether_node::process::init_logs(cfg.log_json);
+    aether_nats::process::init_logs(cfg.log_json);
     let health = Arc::new(Health::default());
     let metrics = Arc::new(Metrics::default());
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
@@ -79,5 +79,5 @@ async fn run(cfg: NodeConfig) -> aether_node::Result<()> {
             tracing::error!(error = %e, "http server stopped");
         }
     });
-    node::run(cfg, health, metrics, aether_node::process::terminate()).await
+    node::run(cfg, health, metrics, aether_nats::process::terminate()).await
 }

@@ -1,4 +1,5 @@
-//! Prometheus metrics of a node, served at `/metrics`. Labels come from fixed sets, never from ids.
+//! Prometheus metrics of a node, served at `/metrics`. Every label value comes from one enum per
+//! family ([`Route`], [`Malformed`], [`Failure`], [`MoveOutcome`]), never from ids or error text.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,9 +11,106 @@ use prometheus_client::registry::Registry;
 /// A label with one fixed-vocabulary value.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Kind {
-    /// The value.
+    /// The value, from one of the enums below.
     pub kind: &'static str,
 }
+
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),*
+        }
+
+        impl $name {
+            /// The label value.
+            #[must_use]
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),*
+                }
+            }
+        }
+    };
+}
+
+label_enum!(
+    /// How a request was routed (`aether_node_messages_total{kind}`).
+    Route {
+        /// Served here.
+        Local => "local",
+        /// Sent on to the owner.
+        Forwarded => "forwarded",
+        /// Answered with a redirect.
+        Redirected => "redirected",
+        /// Answered unavailable (no plan, no members).
+        Unavailable => "unavailable",
+    }
+);
+
+label_enum!(
+    /// What could not be decoded (`aether_node_malformed_total{kind}`).
+    Malformed {
+        /// A request.
+        Request => "request",
+        /// A request over the size limit.
+        TooLarge => "too_large",
+        /// A transfer chunk.
+        Transfer => "transfer",
+        /// A progress report.
+        Progress => "progress",
+        /// A plan.
+        Plan => "plan",
+    }
+);
+
+label_enum!(
+    /// Failures (`aether_node_failures_total{kind}`).
+    Failure {
+        /// A setting.
+        Config => "config",
+        /// NATS or JetStream.
+        Nats => "nats",
+        /// Another writer appended first.
+        Fenced => "fenced",
+        /// Over a size limit.
+        TooLarge => "too_large",
+        /// An unreadable log record.
+        Corrupt => "corrupt",
+        /// A protocol error.
+        Protocol => "protocol",
+        /// An invariant of the node.
+        Internal => "internal",
+        /// The HTTP server.
+        Http => "http",
+        /// A migrated actor of a kind this node lacks.
+        UnknownKind => "unknown_kind",
+        /// A migrated actor whose state does not read (rebuilt from the log).
+        BadSnapshot => "bad_snapshot",
+        /// A progress report not sent.
+        Progress => "progress",
+        /// A reply not sent.
+        Reply => "reply",
+        /// JetStream answered an append as a duplicate of an earlier one with the same command id
+        /// (the actor is reloaded from the log; the command is not applied again).
+        Duplicate => "duplicate",
+        /// A shard worker ended without being stopped (restarted; its actors reload).
+        WorkerDied => "worker_died",
+    }
+);
+
+label_enum!(
+    /// Outcomes of moves this node was the source of (`aether_node_moves_total{kind}`).
+    MoveOutcome {
+        /// The destination confirmed the commit.
+        Done => "done",
+        /// Rolled back: the source kept the shard.
+        Failed => "failed",
+        /// Handed off, but a newer plan came before the commit was confirmed.
+        Superseded => "superseded",
+    }
+);
 
 /// Every metric of a node.
 #[derive(Debug)]
@@ -34,17 +132,17 @@ pub struct Metrics {
     pub move_seconds: Histogram,
     /// Failures by reason.
     pub failures: Family<Kind, Counter>,
-    /// Moves by outcome (done, failed) as source.
+    /// Moves by outcome as source.
     pub moves: Family<Kind, Counter>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("aether_node");
-        let messages = Family::<Kind, Counter>::default();
-        let malformed = Family::<Kind, Counter>::default();
-        let failures = Family::<Kind, Counter>::default();
-        let moves = Family::<Kind, Counter>::default();
+        let messages = Family::default();
+        let malformed = Family::default();
+        let failures = Family::default();
+        let moves = Family::default();
         let stale_plans = Counter::default();
         let epoch = Gauge::default();
         let actors = Gauge::default();
@@ -96,14 +194,65 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts one occurrence in a labelled family.
-    pub fn inc(family: &Family<Kind, Counter>, kind: &'static str) {
-        family.get_or_create(&Kind { kind }).inc();
+    /// Counts a routed request.
+    pub fn route(&self, kind: Route) {
+        self.messages
+            .get_or_create(&Kind {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts an undecodable message.
+    pub fn malformed(&self, kind: Malformed) {
+        self.malformed
+            .get_or_create(&Kind {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a failure.
+    pub fn failure(&self, kind: Failure) {
+        self.failures
+            .get_or_create(&Kind {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a move's outcome.
+    pub fn move_outcome(&self, kind: MoveOutcome) {
+        self.moves
+            .get_or_create(&Kind {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// The count of one failure kind (for tests).
+    #[must_use]
+    pub fn failures_of(&self, kind: Failure) -> u64 {
+        self.failures
+            .get_or_create(&Kind {
+                kind: kind.as_str(),
+            })
+            .get()
+    }
+
+    /// The count of one kind of undecodable message (for tests).
+    #[must_use]
+    pub fn malformed_of(&self, kind: Malformed) -> u64 {
+        self.malformed
+            .get_or_create(&Kind {
+                kind: kind.as_str(),
+            })
+            .get()
     }
 
     /// Prometheus text exposition.
     #[must_use]
     pub fn render(&self) -> String {
-        crate::process::render_metrics(&self.registry)
+        aether_nats::process::render_metrics(&self.registry)
     }
 }

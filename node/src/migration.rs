@@ -2,8 +2,9 @@
 //! (`node.rs`) feeds them events (acks, timeouts, captures) and carries out the actions they return.
 //!
 //! Source side, one shard, one epoch (DESIGN.md, "Migration of one shard"):
-//! `Start -> PauseAndCapture -> Captured -> Send(0), Produced(0), Send(1), ... -> all acked -> HandOff +
-//! Commit -> committed -> ReportDone`. Chunks are produced (serialised) one at a time as they are
+//! `Start -> PauseAndCapture -> Captured -> Produce(0), Produced(0), Produce(1), ... -> all acked ->
+//! HandOff + Commit -> committed -> ReportDone`. The machine decides everything the protocol decides:
+//! a new chunk (`Produce`) or one sent again (`Resend`), when to hand off, to commit, to give up. Chunks are produced (serialised) one at a time as they are
 //! sent, so the source encodes chunk `k + 1` while chunk `k` travels and the destination parses it;
 //! at most [`WINDOW`] are unacked at once. Any refusal, timeout or deadline before the last ack:
 //! `Resume` (the source keeps the shard) and `ReportFailed`. A chunk refused as "retry later" (the
@@ -44,10 +45,15 @@ pub enum Phase {
         /// Chunks acked.
         acked: BTreeSet<u32>,
     },
-    /// The source gave the shard up; the commit is not confirmed yet.
-    Committing,
+    /// The source gave the shard up; the commit (numbered `chunk`) is not confirmed yet.
+    Committing {
+        /// The commit's chunk number.
+        chunk: u32,
+    },
     /// The destination owns the shard; the source has forwarded its queue.
     Done,
+    /// Handed off, but a newer plan came before the commit was confirmed: that plan decides.
+    Superseded,
     /// The move failed; the source kept the shard.
     RolledBack(String),
 }
@@ -59,12 +65,20 @@ pub enum Event {
     Start,
     /// The shard is paused and its actors are in hand.
     Captured,
-    /// A chunk asked for with `Send` was produced and sent; `last`: no actors are left after it.
+    /// A chunk asked for with [`Action::Produce`] was made and sent; `last`: no actors are left
+    /// after it.
     Produced {
         /// Chunk number.
         chunk: u32,
         /// The last chunk.
         last: bool,
+    },
+    /// A chunk asked for with [`Action::Produce`] could not be made.
+    ProduceFailed {
+        /// Chunk number.
+        chunk: u32,
+        /// Why.
+        reason: String,
     },
     /// The destination acked a chunk.
     Acked {
@@ -78,7 +92,7 @@ pub enum Event {
         /// Its error.
         error: ErrorReply,
     },
-    /// No answer in time, or no destination listening (or the chunk could not be produced).
+    /// No answer in time, or no destination listening.
     NoAnswer {
         /// Chunk number.
         chunk: u32,
@@ -87,10 +101,15 @@ pub enum Event {
     },
     /// The move's overall deadline passed.
     Deadline,
-    /// The destination confirmed the commit (or answered it at all: any answer is final).
+    /// The destination confirmed the commit.
     Committed,
+    /// The destination refused the commit: it holds a newer plan, which decides who serves.
+    CommitRefused(ErrorReply),
     /// The commit got no answer; it is repeated.
     CommitUnanswered,
+    /// A newer plan arrived: a move not yet handed off goes on (the shell's new plan decides
+    /// anew); a commit not yet confirmed is not sent again.
+    Superseded,
 }
 
 /// What the shell must do next.
@@ -98,27 +117,38 @@ pub enum Event {
 pub enum Action {
     /// Pause the shard (queue new messages) and take its live actors.
     PauseAndCapture,
-    /// Send a chunk: the next one (produce it from the actors left, then report `Produced`), or
-    /// again one produced before.
-    Send {
+    /// Make chunk `chunk` from the actors not sent yet and send it; answer with
+    /// [`Event::Produced`] or [`Event::ProduceFailed`].
+    Produce {
+        /// Chunk number (always the next one).
+        chunk: u32,
+    },
+    /// Send again a chunk made before, after a delay.
+    Resend {
         /// Chunk number.
         chunk: u32,
         /// Wait this long first.
         delay_ms: u64,
     },
-    /// Drop the local copies, forward the queued messages to the destination.
+    /// Stop serving the shard: drop the local copies, forward the queued messages to the
+    /// destination.
     HandOff,
-    /// Send the commit.
+    /// Send the commit, numbered after the last chunk.
     Commit {
+        /// The commit's chunk number (the number of chunks).
+        chunk: u32,
         /// Wait this long first.
         delay_ms: u64,
     },
     /// Unpause: the source keeps the shard and serves its queue.
     Resume,
-    /// Report the move done.
+    /// Report the move done: the destination confirmed the commit.
     ReportDone,
-    /// Report the move failed, with why.
+    /// Report the move failed, with why: the source kept the shard.
     ReportFailed(String),
+    /// Report nothing: the shard was handed off but the commit was not confirmed before a newer
+    /// plan came; that plan decides who serves it (the destination never served it).
+    ReportSuperseded,
 }
 
 /// One source-side move.
@@ -150,23 +180,36 @@ impl SourceMove {
                     total: None,
                     acked: BTreeSet::new(),
                 };
-                vec![A::Send {
-                    chunk: 0,
-                    delay_ms: 0,
-                }]
+                vec![A::Produce { chunk: 0 }]
             }
             (Phase::Sending { .. }, event) => self.sending(event),
-            (Phase::Committing, Event::Committed) => {
+            (Phase::Committing { .. }, Event::Committed) => {
                 self.phase = Phase::Done;
                 vec![A::ReportDone]
             }
-            (Phase::Committing, Event::CommitUnanswered) => vec![A::Commit {
+            (Phase::Committing { chunk }, Event::CommitUnanswered) => vec![A::Commit {
+                chunk: *chunk,
                 delay_ms: RETRY_DELAY_MS,
             }],
+            (Phase::Committing { chunk }, Event::CommitRefused(e))
+                if e.code == ErrorCode::Unavailable =>
+            {
+                vec![A::Commit {
+                    chunk: *chunk,
+                    delay_ms: e.retry_after_ms.unwrap_or(RETRY_DELAY_MS),
+                }]
+            }
+            (Phase::Committing { .. }, Event::CommitRefused(_) | Event::Superseded) => {
+                self.phase = Phase::Superseded;
+                vec![A::ReportSuperseded]
+            }
             (Phase::Capturing, Event::Deadline) => {
                 self.fail("timed out: the move took longer than timeoutSeconds".to_owned())
             }
-            // Late or duplicate events after the outcome, or out of order: nothing to do.
+            // Late or duplicate events after the outcome, or out of order: nothing to do. A newer
+            // plan before the hand-off changes nothing here: the move runs to its end (the new
+            // plan's routing already decides where requests go) and the destination refuses its
+            // chunks once it holds the newer plan.
             _ => Vec::new(),
         }
     }
@@ -197,11 +240,22 @@ impl SourceMove {
                     next_chunk(sent, acked)
                 }
             }
+            Event::ProduceFailed { chunk, reason } if chunk + 1 == *sent && *produced < *sent => {
+                self.fail(format!("chunk {chunk} could not be made: {reason}"))
+            }
             Event::Acked { chunk } if open(chunk) => {
                 acked.insert(chunk);
-                if Some(acked.len() as u32) == *total {
-                    self.phase = Phase::Committing;
-                    vec![Action::HandOff, Action::Commit { delay_ms: 0 }]
+                if let Some(n) = *total
+                    && acked.len() as u32 == n
+                {
+                    self.phase = Phase::Committing { chunk: n };
+                    vec![
+                        Action::HandOff,
+                        Action::Commit {
+                            chunk: n,
+                            delay_ms: 0,
+                        },
+                    ]
                 } else if total.is_none() && produced == sent {
                     next_chunk(sent, acked)
                 } else {
@@ -210,7 +264,7 @@ impl SourceMove {
             }
             Event::Refused { chunk, error } if open(chunk) => {
                 if error.code == ErrorCode::Unavailable {
-                    vec![Action::Send {
+                    vec![Action::Resend {
                         chunk,
                         delay_ms: error.retry_after_ms.unwrap_or(RETRY_DELAY_MS),
                     }]
@@ -221,10 +275,7 @@ impl SourceMove {
                     ))
                 }
             }
-            // Also a chunk that could not be produced (`chunk == produced`).
-            Event::NoAnswer { chunk, reason }
-                if open(chunk) || (chunk == *produced && chunk < *sent) =>
-            {
+            Event::NoAnswer { chunk, reason } if open(chunk) => {
                 self.fail(format!("no answer to chunk {chunk}: {reason}"))
             }
             _ => Vec::new(),
@@ -239,7 +290,16 @@ impl SourceMove {
     /// True once the move has an outcome.
     #[must_use]
     pub fn finished(&self) -> bool {
-        matches!(self.phase, Phase::Done | Phase::RolledBack(_))
+        matches!(
+            self.phase,
+            Phase::Done | Phase::RolledBack(_) | Phase::Superseded
+        )
+    }
+
+    /// True between the hand-off and the outcome of the commit.
+    #[must_use]
+    pub fn committing(&self) -> bool {
+        matches!(self.phase, Phase::Committing { .. })
     }
 }
 
@@ -249,13 +309,14 @@ fn next_chunk(sent: &mut u32, acked: &BTreeSet<u32>) -> Vec<Action> {
         return Vec::new();
     }
     *sent += 1;
-    vec![Action::Send {
-        chunk: *sent - 1,
-        delay_ms: 0,
-    }]
+    vec![Action::Produce { chunk: *sent - 1 }]
 }
 
-/// Destination side: the chunks received so far of one incoming shard.
+/// Destination side, one incoming shard: the chunks received so far of exactly one (shard, epoch,
+/// source). Chunks arrive in any order (they travel concurrently) and maybe twice; the first chunk
+/// of a move clears whatever an earlier move of the shard staged; the commit makes the shard served
+/// here. Rolled back (its staged actors dropped) when the source reports the move failed or a newer
+/// plan replaces it ([`crate::ownership::Ownership`] does both).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Incoming {
     /// Shard.
@@ -266,6 +327,8 @@ pub struct Incoming {
     pub from: String,
     /// Chunks received (and staged).
     pub received: BTreeSet<u32>,
+    /// Number of chunks, once the one flagged `last` arrived.
+    pub total: Option<u32>,
     /// The source committed: the shard is served here.
     pub committed: bool,
 }
@@ -286,45 +349,41 @@ pub enum Accept {
 }
 
 /// The checks that need no state: the chunk's epoch is the one this node holds and its plan has this
-/// move from this source. Cheap, so a destination runs them before parsing a chunk's actors.
+/// move from this source. Cheap, so a destination runs them before staging a chunk's actors.
 pub fn check_chunk(
     holding: u64,
     expected_source: Option<&str>,
     chunk: &Transfer,
 ) -> Result<(), ErrorReply> {
     if chunk.epoch < holding {
-        let mut e = ErrorReply::new(
-            ErrorCode::StaleEpoch,
+        return Err(ErrorReply::stale_epoch(
             format!(
                 "transfer for epoch {} but this node holds epoch {holding}",
                 chunk.epoch
             ),
-        );
-        e.epoch = Some(holding);
-        return Err(e);
+            holding,
+        ));
     }
     if chunk.epoch > holding {
-        let mut e = ErrorReply::new(
-            ErrorCode::Unavailable,
+        return Err(ErrorReply::unavailable(
             format!("this node has not seen plan epoch {} yet", chunk.epoch),
-        );
-        e.retry_after_ms = Some(RETRY_DELAY_MS);
-        return Err(e);
+            RETRY_DELAY_MS,
+        ));
     }
     if expected_source != Some(chunk.from.as_str()) {
-        return Err(ErrorReply::new(
-            ErrorCode::StaleEpoch,
+        return Err(ErrorReply::stale_epoch(
             format!(
                 "plan epoch {holding} has no move of shard {} from {} to this node",
                 chunk.shard, chunk.from
             ),
+            holding,
         ));
     }
     Ok(())
 }
 
-/// Decides on a chunk. `holding` is the destination's plan epoch; `expected_source` the source its
-/// plan names for this shard, if it has a move for it.
+/// Decides on a chunk. `incoming` is the shard's incoming move, if any; `holding` the destination's
+/// plan epoch; `expected_source` the source its plan names for this shard, if it has a move for it.
 pub fn accept_chunk(
     incoming: &mut Option<Incoming>,
     holding: u64,
@@ -336,18 +395,28 @@ pub fn accept_chunk(
         |i: &Incoming| i.shard == chunk.shard && i.epoch == chunk.epoch && i.from == chunk.from;
     let fresh = !incoming.as_ref().is_some_and(same);
     if fresh {
-        *incoming = Some(Incoming {
-            shard: chunk.shard,
-            epoch: chunk.epoch,
-            from: chunk.from.clone(),
-            received: BTreeSet::new(),
-            committed: false,
-        });
+        *incoming = None;
     }
-    let Some(inc) = incoming.as_mut() else {
-        return Err(ErrorReply::new(ErrorCode::Internal, "no incoming shard"));
-    };
+    let inc = incoming.get_or_insert_with(|| Incoming {
+        shard: chunk.shard,
+        epoch: chunk.epoch,
+        from: chunk.from.clone(),
+        received: BTreeSet::new(),
+        total: None,
+        committed: false,
+    });
     if chunk.commit {
+        if let Some(total) = inc.total
+            && chunk.chunk != total
+        {
+            return Err(ErrorReply::new(
+                ErrorCode::Malformed,
+                format!(
+                    "commit numbered {} but the move has {total} chunks",
+                    chunk.chunk
+                ),
+            ));
+        }
         // Whatever was staged (or nothing, after a restart: the log has it all), the source has
         // let go: the shard is ours.
         inc.committed = true;
@@ -355,6 +424,9 @@ pub fn accept_chunk(
     }
     if inc.committed || !inc.received.insert(chunk.chunk) {
         return Ok(Accept::Duplicate);
+    }
+    if chunk.last {
+        inc.total = Some(chunk.chunk + 1);
     }
     Ok(Accept::Stage { fresh })
 }
@@ -384,7 +456,11 @@ mod tests {
     }
 
     fn send(chunk: u32) -> Action {
-        Action::Send { chunk, delay_ms: 0 }
+        Action::Produce { chunk }
+    }
+
+    fn commit(chunk: u32, delay_ms: u64) -> Action {
+        Action::Commit { chunk, delay_ms }
     }
 
     /// The shell's part: every new chunk asked for is produced at once; `chunks` exist in all.
@@ -398,9 +474,8 @@ mod tests {
         let mut out = Vec::new();
         let mut todo: std::collections::VecDeque<Action> = actions.into();
         while let Some(a) = todo.pop_front() {
-            if let Action::Send { chunk, .. } = a
-                && chunk == *made
-            {
+            if let Action::Produce { chunk } = a {
+                assert_eq!(chunk, *made, "chunks are made in order");
                 *made += 1;
                 todo.extend(m.on(Event::Produced {
                     chunk,
@@ -435,7 +510,7 @@ mod tests {
         );
         assert_eq!(
             m.on(Event::Acked { chunk: 0 }),
-            vec![Action::HandOff, Action::Commit { delay_ms: 0 }]
+            vec![Action::HandOff, commit(2, 0)]
         );
         assert!(
             m.on(Event::Deadline).is_empty(),
@@ -443,12 +518,43 @@ mod tests {
         );
         assert_eq!(
             m.on(Event::CommitUnanswered),
-            vec![Action::Commit {
-                delay_ms: RETRY_DELAY_MS
-            }]
+            vec![commit(2, RETRY_DELAY_MS)]
         );
         assert_eq!(m.on(Event::Committed), vec![Action::ReportDone]);
         assert!(m.finished());
+    }
+
+    #[test]
+    fn a_newer_plan_before_the_commit_is_confirmed_reports_nothing() {
+        let (mut m, _, _) = started(1);
+        assert_eq!(m.on(Event::Acked { chunk: 0 })[0], Action::HandOff);
+        assert_eq!(m.on(Event::Superseded), vec![Action::ReportSuperseded]);
+        assert!(m.finished());
+        assert!(m.on(Event::Committed).is_empty(), "a late confirmation");
+        let (mut m, _, _) = started(1);
+        m.on(Event::Acked { chunk: 0 });
+        let behind = ErrorReply::unavailable("no plan yet", 7);
+        assert_eq!(m.on(Event::CommitRefused(behind)), vec![commit(1, 7)]);
+        let newer = ErrorReply::stale_epoch("newer", 9);
+        assert_eq!(
+            m.on(Event::CommitRefused(newer)),
+            vec![Action::ReportSuperseded]
+        );
+    }
+
+    #[test]
+    fn a_commit_must_follow_the_last_chunk() {
+        let mut inc = None;
+        assert!(accept_chunk(&mut inc, 5, Some("app-0"), &chunk(5, 1, true)).is_ok());
+        let mut commit = chunk(5, 3, true);
+        commit.commit = true;
+        let wrong = accept_chunk(&mut inc, 5, Some("app-0"), &commit).expect_err("numbered 3");
+        assert_eq!(wrong.code, ErrorCode::Malformed);
+        commit.chunk = 2;
+        assert_eq!(
+            accept_chunk(&mut inc, 5, Some("app-0"), &commit),
+            Ok(Accept::Commit)
+        );
     }
 
     #[test]
@@ -507,11 +613,12 @@ mod tests {
         let mut m = SourceMove::default();
         m.on(Event::Start);
         m.on(Event::Captured);
-        let actions = m.on(Event::NoAnswer {
+        let actions = m.on(Event::ProduceFailed {
             chunk: 0,
             reason: "not encodable".into(),
         });
         assert_eq!(actions[0], Action::Resume);
+        assert!(m.finished());
     }
 
     #[test]
@@ -532,7 +639,7 @@ mod tests {
         e.retry_after_ms = Some(5);
         assert_eq!(
             m.on(Event::Refused { chunk: 0, error: e }),
-            vec![Action::Send {
+            vec![Action::Resend {
                 chunk: 0,
                 delay_ms: 5
             }]
@@ -593,7 +700,7 @@ mod tests {
         /// Whatever the events, a move ends with exactly one of hand-off or resume, never both, never
         /// hands off before every chunk was acked, and never has more than a window of chunks unacked.
         #[test]
-        fn outcome_is_exclusive(chunks in 1u32..8, events in prop::collection::vec((0u8..7, 0u32..10), 0..40)) {
+        fn outcome_is_exclusive(chunks in 1u32..8, events in prop::collection::vec((0u8..9, 0u32..10), 0..40)) {
             let (mut m, mut actions, mut made) = started(chunks);
             let mut acked = BTreeSet::new();
             for (e, chunk) in events {
@@ -609,6 +716,8 @@ mod tests {
                     3 => Event::Deadline,
                     4 => Event::CommitUnanswered,
                     5 => Event::Committed,
+                    7 => Event::Superseded,
+                    8 => Event::CommitRefused(ErrorReply::new(ErrorCode::StaleEpoch, "newer")),
                     _ => Event::Refused { chunk, error: ErrorReply::new(ErrorCode::StaleEpoch, "no") },
                 };
                 let out = m.on(ev);
@@ -628,7 +737,9 @@ mod tests {
             // Finished: rolled back, or handed off and committed; never Done without the commit.
             let reported_done = actions.contains(&Action::ReportDone);
             prop_assert_eq!(reported_done, m.phase == Phase::Done);
-            prop_assert_eq!(m.finished(), resumes == 1 || reported_done);
+            let superseded = actions.contains(&Action::ReportSuperseded);
+            prop_assert!(!superseded || handoffs == 1, "superseded only after a hand-off");
+            prop_assert_eq!(m.finished(), resumes == 1 || reported_done || superseded);
         }
     }
 }

@@ -94,7 +94,9 @@ impl EventStore {
     }
 
     /// Appends a record if the actor's last sequence is still `expected`; returns the new sequence.
-    /// `Err(Error::Fenced)` when another writer got there first.
+    /// `Err(Error::Fenced)` when another writer got there first; `Err(Error::Duplicate)` when the
+    /// stream already holds a record of this command id (JetStream's duplicate window): nothing was
+    /// appended, the command's effect is in the log already.
     pub async fn append(&self, subject: &str, expected: u64, record: &Record) -> Result<u64> {
         let payload = serde_json::to_vec(record).map_err(|e| Error::Internal(e.to_string()))?;
         let mut msg = jetstream::message::PublishMessage::build()
@@ -105,6 +107,7 @@ impl EventStore {
         }
         let ack = async { self.js.send_publish(subject.to_owned(), msg).await?.await }.await;
         match ack {
+            Ok(ack) if ack.duplicate => Err(Error::Duplicate(ack.sequence)),
             Ok(ack) => Ok(ack.sequence),
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
                 Err(Error::Fenced(format!("{subject}: {e}")))

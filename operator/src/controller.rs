@@ -6,7 +6,7 @@
 use crate::decide::{Decision, Note, Observed, decide, plan_from_status};
 use crate::membership;
 use aether_core::crd::{ShardPlan, ShardPlanStatus};
-use aether_core::protocol::{Names, PlanMessage, Progress, decode};
+use aether_core::protocol::{Names, NodeEvent, NodeEventKind, PlanMessage, Progress, decode};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -23,9 +23,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// Field manager of the status writes.
 pub const MANAGER: &str = "aether-operator";
@@ -126,7 +127,7 @@ impl Metrics {
     /// Prometheus text exposition.
     #[must_use]
     pub fn render(&self) -> String {
-        aether_node::process::render_metrics(&self.registry)
+        aether_nats::process::render_metrics(&self.registry)
     }
 }
 
@@ -145,6 +146,11 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     nats: tokio::sync::Mutex<HashMap<String, NatsConn>>,
     progress: Arc<Mutex<HashMap<String, Vec<Progress>>>>,
+    /// Pods whose node announced it is leaving, per subject prefix (until it announces `up`).
+    leaving: Arc<Mutex<HashMap<String, BTreeSet<String>>>>,
+    /// Reconciles asked for by NATS news (a node leaving), outside the Kubernetes watches.
+    wake: mpsc::UnboundedSender<()>,
+    woken: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -161,12 +167,16 @@ impl Context {
             controller: MANAGER.into(),
             instance: Some(identity.to_owned()),
         };
+        let (wake, woken) = mpsc::unbounded_channel();
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
             nats: tokio::sync::Mutex::new(HashMap::new()),
             progress: Arc::new(Mutex::new(HashMap::new())),
+            leaving: Arc::new(Mutex::new(HashMap::new())),
+            wake,
+            woken: Mutex::new(Some(woken)),
         })
     }
 
@@ -207,7 +217,7 @@ impl Context {
         }
         let mut conns = self.nats.lock().await;
         if !conns.contains_key(&key) {
-            let urls = aether_node::process::nats_urls(&spec.url, "spec.nats.url")
+            let urls = aether_nats::process::nats_urls(&spec.url, "spec.nats.url")
                 .map_err(|e| Error::Nats(e.to_string()))?;
             let client = tokio::time::timeout(Duration::from_secs(5), opts.connect(urls))
                 .await
@@ -242,9 +252,40 @@ impl Context {
                     }
                 }
             });
+            let mut events = conn
+                .client
+                .subscribe(Names::new(&prefix).node_events())
+                .await
+                .map_err(|e| Error::Nats(e.to_string()))?;
+            let (leaving, wake, p) = (self.leaving.clone(), self.wake.clone(), prefix.clone());
+            tokio::spawn(async move {
+                while let Some(m) = events.next().await {
+                    let Ok(ev) = decode::<NodeEvent>(&m.payload) else {
+                        continue;
+                    };
+                    if let Ok(mut map) = leaving.lock() {
+                        let pods = map.entry(p.clone()).or_default();
+                        match ev.event {
+                            NodeEventKind::Leaving => pods.insert(ev.node),
+                            NodeEventKind::Up => pods.remove(&ev.node),
+                        };
+                    }
+                    // Planned out at once, not when the pod goes NotReady or is deleted.
+                    if ev.event == NodeEventKind::Leaving {
+                        let _ = wake.send(());
+                    }
+                }
+            });
             conn.prefixes.push(prefix);
         }
         Ok(conn.client.clone())
+    }
+
+    fn leaving(&self, prefix: &str) -> BTreeSet<String> {
+        self.leaving
+            .lock()
+            .map(|m| m.get(prefix).cloned().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     fn take_progress(&self, prefix: &str) -> Vec<Progress> {
@@ -255,7 +296,8 @@ impl Context {
     }
 }
 
-/// One reconcile of a ShardPlan.
+/// One reconcile of a ShardPlan; its log lines carry the ShardPlan (one span per reconcile).
+#[tracing::instrument(skip_all, fields(shardplan = %format!("{}/{}", sp.namespace().unwrap_or_default(), sp.name_any())))]
 pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconciles.inc();
     let ns = sp
@@ -291,7 +333,7 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
         replicas: sts
             .as_ref()
             .map(|s| s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)),
-        members: membership::members(&pods),
+        members: membership::members(&pods, &ctx.leaving(&prefix)),
         progress: progress.clone(),
         nats_problem,
         now: Time(k8s_openapi::jiff::Timestamp::now()),
@@ -352,7 +394,7 @@ async fn ensure_published(
     msg: PlanMessage,
 ) -> Result<()> {
     let js = async_nats::jetstream::new(client.clone());
-    let bucket = aether_node::plans::open_bucket(&js, &Names::new(prefix), 1)
+    let bucket = aether_nats::plans::open_bucket(&js, &Names::new(prefix), 1)
         .await
         .map_err(|e| Error::Nats(e.to_string()))?;
     let held = bucket
@@ -364,7 +406,7 @@ async fn ensure_published(
     if held >= msg.epoch {
         return Ok(());
     }
-    aether_node::plans::publish(&bucket, &msg)
+    aether_nats::plans::publish(&bucket, &msg)
         .await
         .map(|_| ())
         .map_err(|e| Error::Nats(e.to_string()))
@@ -459,6 +501,14 @@ pub async fn run(
     let plans = Api::<ShardPlan>::all(client.clone());
     let controller = Controller::new(plans, watcher::Config::default());
     let store = controller.store();
+    let woken = ctx.woken.lock().ok().and_then(|mut w| w.take());
+    let controller = match woken {
+        // Every ShardPlan is reconciled (they are few); the one of the leaving pod plans it out.
+        Some(rx) => controller.reconcile_all_on(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|()| ((), rx))
+        })),
+        None => controller,
+    };
     let store2 = store.clone();
     controller
         .watches(

@@ -6,7 +6,7 @@
 use aether_core::crd::{
     MemberState, MemberStatus, MovePhase, MoveStatus, ShardPlanSpec, ShardPlanStatus,
 };
-use aether_core::plan::{Member, MemberInput, Move, Plan, PlanSpec, plan};
+use aether_core::plan::{MemberInput, Plan, PlanSpec, plan};
 use aether_core::protocol::{PlanMessage, Progress};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,34 +66,7 @@ pub fn backoff(attempts: u32) -> Duration {
 /// The plan a status describes (the previous plan of the next reconcile).
 #[must_use]
 pub fn plan_from_status(status: &ShardPlanStatus) -> Option<Plan> {
-    let placement = status.placement.clone()?;
-    let shard_map = status.shard_map.clone()?;
-    let mut members: Vec<Member> = status
-        .members
-        .iter()
-        .filter(|m| m.state == MemberState::Active)
-        .map(|m| Member {
-            name: m.pod.clone(),
-            bucket: m.bucket,
-        })
-        .collect();
-    members.sort_by_key(|m| m.bucket);
-    Some(Plan {
-        epoch: status.epoch,
-        shards: shard_map.len() as u32,
-        members,
-        shard_map,
-        moves: status
-            .moves
-            .iter()
-            .map(|m| Move {
-                shard: m.shard,
-                from: m.from.clone(),
-                to: m.to.clone(),
-            })
-            .collect(),
-        placement,
-    })
+    status.plan()
 }
 
 /// Decides the next status and plan.
@@ -408,10 +381,7 @@ fn apply_progress(status: &mut ShardPlanStatus, reports: &[Progress], now: &Time
 }
 
 fn condition<'a>(status: &'a ShardPlanStatus, type_: &str) -> Option<&'a Condition> {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == "True")
+    status.condition(type_).filter(|c| c.status == "True")
 }
 
 /// Sets a condition, keeping its transition time when its status did not change.

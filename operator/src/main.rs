@@ -36,7 +36,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    aether_node::process::init_logs(args.log_json);
+    aether_nats::process::init_logs(args.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,7 +92,7 @@ async fn run(args: Args) -> Result<(), String> {
         tracing::info!(identity = %args.identity, "standing by for the leader Lease");
         tokio::select! {
             changed = leader.changed() => changed.map_err(|e| format!("lease watch: {e}"))?,
-            () = aether_node::process::terminate() => return Ok(()),
+            () = aether_nats::process::terminate() => return Ok(()),
         }
     }
     tracing::info!(identity = %args.identity, "leading");
@@ -100,7 +100,7 @@ async fn run(args: Args) -> Result<(), String> {
     let mut lost = leader.clone();
     let stop = async move {
         tokio::select! {
-            () = aether_node::process::terminate() => {}
+            () = aether_nats::process::terminate() => {}
             _ = async { while lost.changed().await.is_ok() && *lost.borrow() {} } => {
                 tracing::warn!("leadership lost: stopping");
             }

@@ -1,11 +1,13 @@
 //! Which pods are members: the first step of `pods -> plan`. Pure, from the watched Pod objects.
 //!
 //! A Ready, Running pod that is not being deleted is an active member. A pod being deleted
-//! (`deletionTimestamp` set) is draining: it keeps serving while its shards move away, so it is planned
-//! out first but stays the source of its moves. Every other pod (Pending, not Ready) is not a member.
+//! (`deletionTimestamp` set), or whose node sidecar announced it is leaving (SIGTERM, the `leaving`
+//! node event), is draining: it keeps serving while its shards move away, so it is planned out first
+//! but stays the source of its moves. Every other pod (Pending, not Ready) is not a member.
 
 use aether_core::plan::{MemberInput, natural_cmp};
 use k8s_openapi::api::core::v1::Pod;
+use std::collections::BTreeSet;
 
 /// True when the pod's Ready condition is True.
 #[must_use]
@@ -18,12 +20,12 @@ pub fn is_ready(pod: &Pod) -> bool {
 
 /// The planner's view of the pods, ordered naturally by name.
 #[must_use]
-pub fn members(pods: &[Pod]) -> Vec<MemberInput> {
+pub fn members(pods: &[Pod], leaving: &BTreeSet<String>) -> Vec<MemberInput> {
     let mut out: Vec<MemberInput> = pods
         .iter()
         .filter_map(|p| {
             let name = p.metadata.name.clone()?;
-            if p.metadata.deletion_timestamp.is_some() {
+            if p.metadata.deletion_timestamp.is_some() || (is_ready(p) && leaving.contains(&name)) {
                 Some(MemberInput::draining(name))
             } else if is_ready(p) {
                 Some(MemberInput::active(name))
@@ -71,7 +73,7 @@ pub(crate) mod tests {
             mk_pod("app-3", false, false),
             mk_pod("app-1", true, true),
         ];
-        let m = members(&pods);
+        let m = members(&pods, &BTreeSet::new());
         assert_eq!(
             m,
             vec![
@@ -79,6 +81,16 @@ pub(crate) mod tests {
                 MemberInput::active("app-2"),
                 MemberInput::active("app-10"),
             ]
+        );
+        let leaving = BTreeSet::from(["app-2".to_owned(), "app-3".to_owned()]);
+        assert_eq!(
+            members(&pods, &leaving),
+            vec![
+                MemberInput::draining("app-1"),
+                MemberInput::draining("app-2"),
+                MemberInput::active("app-10"),
+            ],
+            "a Ready pod that announced it is leaving drains; a pod not Ready stays out"
         );
     }
 }

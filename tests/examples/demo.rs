@@ -37,23 +37,10 @@ fn run(stack: &Stack, shown: &str, args: &[&str]) -> Result<(), String> {
 }
 
 async fn settled(plans: &Api<ShardPlan>, members: u32, after_epoch: u64) -> Result<u64, String> {
-    let start = Instant::now();
-    loop {
-        if let Ok(sp) = plans.get("actors").await {
-            let s = sp.status.clone().unwrap_or_default();
-            let ready = s
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            if s.epoch > after_epoch && s.member_count == members && s.moving == 0 && ready {
-                return Ok(s.epoch);
-            }
-        }
-        if start.elapsed() > Duration::from_secs(180) {
-            return Err(format!("the ShardPlan did not settle on {members} members"));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let timeout = Duration::from_secs(180);
+    let sp =
+        aether_tests::stack::wait_settled(plans, "actors", members, after_epoch, timeout).await?;
+    Ok(sp.status.map_or(0, |s| s.epoch))
 }
 
 async fn demo(stack: &Stack) -> Result<(), String> {

@@ -41,8 +41,6 @@ pub fn node_config(url: &str, prefix: &str, name: &str) -> NodeConfig {
     NodeConfig {
         nats: nats_args(url, prefix),
         pod_name: name.to_owned(),
-        namespace: "default".to_owned(),
-        shardplan: "test".to_owned(),
         http_addr: "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
         stream_replicas: 1,
         passivate_after: Duration::from_secs(300),
@@ -131,8 +129,6 @@ pub fn spawn_process(bin: &Path, url: &str, prefix: &str, name: &str, http_port:
     let child = Command::new(bin)
         .args([
             "run",
-            "--shardplan",
-            "test",
             "--pod-name",
             name,
             "--nats-url",
@@ -194,10 +190,10 @@ pub fn move_one_shard(plan: &Plan, shard: u32, to: &str) -> Plan {
 /// Publishes a plan to the KV bucket the way the operator does.
 pub async fn publish(client: &async_nats::Client, prefix: &str, plan: &Plan, timeout_seconds: u32) {
     let js = async_nats::jetstream::new(client.clone());
-    let bucket = aether_node::plans::open_bucket(&js, &Names::new(prefix), 1)
+    let bucket = aether_nats::plans::open_bucket(&js, &Names::new(prefix), 1)
         .await
         .unwrap_or_else(|e| panic!("plan bucket: {e}"));
-    aether_node::plans::publish(&bucket, &PlanMessage::new(plan, 4, timeout_seconds))
+    aether_nats::plans::publish(&bucket, &PlanMessage::new(plan, 4, timeout_seconds))
         .await
         .unwrap_or_else(|e| panic!("publish plan: {e}"));
 }

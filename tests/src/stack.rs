@@ -5,7 +5,10 @@
 use crate::k8s::{ControlPlane, helm, k8s_tool, run_tool};
 use crate::kubelet::{Kubelet, KubeletConfig};
 use crate::{NatsServer, workspace_binary};
+use aether_core::crd::ShardPlan;
+use kube::Api;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Namespace the chart is installed into.
 pub const NS: &str = "aether-system";
@@ -115,4 +118,92 @@ impl Stack {
 fn path_str(p: &Path) -> &str {
     p.to_str()
         .unwrap_or_else(|| panic!("{} is not UTF-8", p.display()))
+}
+
+/// True when the ShardPlan settled on `members` members at an epoch after `after_epoch`: every
+/// move done, Ready, its latest generation observed.
+#[must_use]
+pub fn settled(sp: &ShardPlan, members: u32, after_epoch: u64) -> bool {
+    let s = sp.status.clone().unwrap_or_default();
+    s.epoch > after_epoch
+        && s.member_count == members
+        && s.moving == 0
+        && s.observed_generation == sp.metadata.generation
+        && s.is("Ready")
+}
+
+/// Polls ShardPlan `name` until it [`settled`]; after `timeout`, says where it stands.
+pub async fn wait_settled(
+    plans: &Api<ShardPlan>,
+    name: &str,
+    members: u32,
+    after_epoch: u64,
+    timeout: Duration,
+) -> Result<ShardPlan, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let sp = plans.get(name).await;
+        if let Ok(sp) = &sp
+            && settled(sp, members, after_epoch)
+        {
+            return Ok(sp.clone());
+        }
+        if Instant::now() >= deadline {
+            let now = sp.map_or_else(|e| e.to_string(), |sp| brief(&sp));
+            return Err(format!(
+                "ShardPlan {name} not settled on {members} members after epoch {after_epoch} within {timeout:?}: {now}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Owner pod of every shard, from the status (the plan it describes).
+#[must_use]
+pub fn owners(sp: &ShardPlan) -> Vec<String> {
+    let plan = sp
+        .status
+        .as_ref()
+        .and_then(aether_core::crd::ShardPlanStatus::plan)
+        .unwrap_or_else(|| panic!("the status describes no plan"));
+    (0..plan.shards)
+        .map(|shard| plan.owner(shard).unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The status in a few lines: epoch, members, conditions and the first moves.
+pub fn brief(sp: &ShardPlan) -> String {
+    let s = sp.status.clone().unwrap_or_default();
+    let conditions: Vec<String> = s
+        .conditions
+        .iter()
+        .map(|c| format!("{}={} {} {}", c.type_, c.status, c.reason, c.message))
+        .collect();
+    let moves: Vec<String> = s
+        .moves
+        .iter()
+        .take(5)
+        .map(|m| {
+            format!(
+                "shard {} {:?}->{} {:?} attempts {} {}",
+                m.shard,
+                m.from,
+                m.to,
+                m.phase,
+                m.attempts,
+                m.last_error.clone().unwrap_or_default()
+            )
+        })
+        .collect();
+    format!(
+        "epoch {} generation {:?}/{:?} members {:?} moving {} conditions {conditions:?} moves {moves:?}",
+        s.epoch,
+        s.observed_generation,
+        sp.metadata.generation,
+        s.members
+            .iter()
+            .map(|m| (&m.pod, m.bucket, &m.state))
+            .collect::<Vec<_>>(),
+        s.moving
+    )
 }

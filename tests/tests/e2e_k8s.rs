@@ -9,13 +9,12 @@
 use aether_core::crd::ShardPlan;
 use aether_node::client::{Client, LoadReport, run_load};
 use aether_tests::cluster::assert_nothing_acked_lost;
-use aether_tests::stack::{NS, Stack};
+use aether_tests::stack::{NS, Stack, brief, owners, settled, wait_settled};
 use aether_tests::wait_for;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -24,36 +23,6 @@ const PREFIX: &str = "actors";
 const SHARDS: u32 = 1024;
 const ACTORS: usize = 2000;
 const T: Duration = Duration::from_secs(120);
-
-/// Owner pod of every shard, from the status (shard map + member buckets).
-fn owners(sp: &ShardPlan) -> Vec<String> {
-    let s = sp.status.clone().unwrap_or_default();
-    let by_bucket: BTreeMap<u16, String> = s
-        .members
-        .iter()
-        .map(|m| (m.bucket, m.pod.clone()))
-        .collect();
-    let map = s
-        .shard_map
-        .unwrap_or_else(|| panic!("status has no shard map"));
-    (0..SHARDS)
-        .map(|shard| {
-            map.bucket(shard)
-                .and_then(|b| by_bucket.get(&b).cloned())
-                .unwrap_or_default()
-        })
-        .collect()
-}
-
-fn settled(sp: &ShardPlan, members: u32) -> bool {
-    let s = sp.status.clone().unwrap_or_default();
-    s.member_count == members
-        && s.moving == 0
-        && s.observed_generation == sp.metadata.generation
-        && s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-}
 
 /// Writes adds of 1 over the actors until `stop`, in bounded batches.
 fn writer(client: Client, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<LoadReport> {
@@ -65,60 +34,6 @@ fn writer(client: Client, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Load
         }
         total
     })
-}
-
-async fn wait_settled(plans: &Api<ShardPlan>, members: u32, after_epoch: u64) -> ShardPlan {
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        let sp = plans.get("actors").await.expect("get the ShardPlan");
-        let s = sp.status.clone().unwrap_or_default();
-        if s.epoch > after_epoch && settled(&sp, members) {
-            return sp;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not settled on {members} members after epoch {after_epoch} within {T:?}: {}",
-            brief(&sp)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The status in a few lines: epoch, members, conditions and the first moves.
-fn brief(sp: &ShardPlan) -> String {
-    let s = sp.status.clone().unwrap_or_default();
-    let conditions: Vec<String> = s
-        .conditions
-        .iter()
-        .map(|c| format!("{}={} {} {}", c.type_, c.status, c.reason, c.message))
-        .collect();
-    let moves: Vec<String> = s
-        .moves
-        .iter()
-        .take(5)
-        .map(|m| {
-            format!(
-                "shard {} {:?}->{} {:?} attempts {} {}",
-                m.shard,
-                m.from,
-                m.to,
-                m.phase,
-                m.attempts,
-                m.last_error.clone().unwrap_or_default()
-            )
-        })
-        .collect();
-    format!(
-        "epoch {} generation {:?}/{:?} members {:?} moving {} conditions {conditions:?} moves {moves:?}",
-        s.epoch,
-        s.observed_generation,
-        sp.metadata.generation,
-        s.members
-            .iter()
-            .map(|m| (&m.pod, m.bucket, &m.state))
-            .collect::<Vec<_>>(),
-        s.moving
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,7 +49,9 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
     assert!(ok, "helm install failed: {out}");
 
     let plans: Api<ShardPlan> = Api::namespaced(client.clone(), NS);
-    let first = wait_settled(&plans, 3, 0).await;
+    let first = wait_settled(&plans, "actors", 3, 0, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
     let holder = leases
         .get("aether-operator")
@@ -163,7 +80,9 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
         .replace("shards: 1024", "shards: 0");
     let (ok, out) = stack.kubectl(&["apply", "-f", "-"], Some(&zero));
     assert!(!ok && out.contains("spec.shards"), "{out}");
-    let applied = wait_settled(&plans, 3, 0).await;
+    let applied = wait_settled(&plans, "actors", 3, 0, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         applied.spec.migration.max_concurrent, 4,
         "the applied limits are in the spec"
@@ -181,7 +100,9 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
     let epoch = first.status.clone().unwrap_or_default().epoch;
     let (ok, out) = stack.kubectl(&["scale", "statefulset", "actors", "--replicas=5"], None);
     assert!(ok, "{out}");
-    let five = wait_settled(&plans, 5, epoch).await;
+    let five = wait_settled(&plans, "actors", 5, epoch, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let after = owners(&five);
     let mut moved = 0;
     for (shard, (a, b)) in before.iter().zip(&after).enumerate() {
@@ -249,7 +170,7 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
                     seen.push(line);
                 }
             }
-            if s.epoch > epoch && settled(&sp, 2) && kubelet.running().len() == 4 {
+            if settled(&sp, 2, epoch) && kubelet.running().len() == 4 {
                 break sp;
             }
             assert!(

@@ -214,11 +214,11 @@ async fn a_plan_with_a_lower_epoch_is_ignored() {
     .await;
     assert!(nodes.iter().all(|n| n.shared.epoch() == 2));
     // The publisher refuses to go back too.
-    let bucket = aether_node::plans::open_bucket(&js, &Names::new("stale"), 1)
+    let bucket = aether_nats::plans::open_bucket(&js, &Names::new("stale"), 1)
         .await
         .expect("bucket");
     assert!(
-        aether_node::plans::publish(&bucket, &PlanMessage::new(&plan, 4, 10))
+        aether_nats::plans::publish(&bucket, &PlanMessage::new(&plan, 4, 10))
             .await
             .is_err()
     );

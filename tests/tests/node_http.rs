@@ -74,7 +74,7 @@ async fn a_node_without_nats_is_not_ready_and_says_so() {
 async fn bad_settings_stop_the_process_with_one_line() {
     let bin = workspace_binary("aether-node");
     let out = std::process::Command::new(bin)
-        .args(["run", "--shardplan", "p", "--pod-name", "Not_A_Pod"])
+        .args(["run", "--pod-name", "Not_A_Pod"])
         .output()
         .expect("runs");
     assert!(!out.status.success());

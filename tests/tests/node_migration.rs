@@ -400,15 +400,11 @@ async fn a_shard_of_many_chunks_moves_there_and_back_with_every_actors_state() {
             .map(|node| node.shared.clone())
             .expect("node")
     };
-    let hosted = |name: &str| node(name).metrics.actors.get();
+    let hosted = |name: &str| node(name).metrics().actors.get();
     let unreadable = |name: &str| {
         node(name)
-            .metrics
-            .failures
-            .get_or_create(&aether_node::metrics::Kind {
-                kind: "bad_snapshot",
-            })
-            .get()
+            .metrics()
+            .failures_of(aether_node::metrics::Failure::BadSnapshot)
     };
     assert_eq!(hosted(to), n as i64, "the destination installed them all");
     assert_eq!(hosted(&from), 0, "the source let them go");

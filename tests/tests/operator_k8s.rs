@@ -42,11 +42,10 @@ fn status_of(sp: &ShardPlan) -> ShardPlanStatus {
 }
 
 fn condition(sp: &ShardPlan, t: &str) -> Option<(String, String)> {
-    status_of(sp)
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == t)
-        .map(|c| (c.status, c.reason))
+    let status = status_of(sp);
+    status
+        .condition(t)
+        .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
 async fn nats_epoch(nc: &async_nats::Client, prefix: &str) -> u64 {

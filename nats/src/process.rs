@@ -1,6 +1,6 @@
 //! Process plumbing both binaries share: logs, the termination signal, NATS URLs, metric text.
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 /// Structured logs to stderr, filtered by `RUST_LOG` (default `info`), as JSON lines when asked.
 pub fn init_logs(json: bool) {

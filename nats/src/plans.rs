@@ -1,7 +1,7 @@
 //! The plan bucket in NATS KV: the operator writes the current plan under one key, the nodes watch it.
 //! Both open the bucket through [`open_bucket`], so either may create it.
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 use aether_core::protocol::{Names, PlanMessage, encode};
 use async_nats::jetstream::{self, kv};
 
@@ -40,10 +40,10 @@ pub async fn publish(store: &kv::Store, plan: &PlanMessage) -> Result<u64> {
                 if let Ok(held) = aether_core::protocol::decode::<PlanMessage>(&entry.value)
                     && held.epoch >= plan.epoch
                 {
-                    return Err(Error::Internal(format!(
-                        "the bucket holds epoch {} already; plan epoch {} is stale",
-                        held.epoch, plan.epoch
-                    )));
+                    return Err(Error::StalePlan {
+                        held: held.epoch,
+                        epoch: plan.epoch,
+                    });
                 }
                 store
                     .update(Names::PLAN_KEY, bytes.clone().into(), entry.revision)

@@ -1,0 +1,113 @@
+//! Names of the NATS subjects, KV bucket and stream of one ShardPlan; docs/PROTOCOL.md, "Names".
+
+use super::messages::ActorRef;
+use crate::error::{Error, Result};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// Names of the NATS subjects, KV bucket and stream of one ShardPlan, from its subject prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    /// Names under `prefix` (`spec.nats.subjectPrefix`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The KV bucket holding the plan.
+    #[must_use]
+    pub fn plan_bucket(&self) -> String {
+        format!("{}-plans", self.prefix)
+    }
+
+    /// The key of the plan in [`Names::plan_bucket`].
+    pub const PLAN_KEY: &'static str = "plan";
+
+    /// The JetStream stream of actor events.
+    #[must_use]
+    pub fn event_stream(&self) -> String {
+        format!("{}-events", self.prefix)
+    }
+
+    /// Subjects of the event stream.
+    #[must_use]
+    pub fn event_subjects(&self) -> String {
+        format!("{}.ev.>", self.prefix)
+    }
+
+    /// Subject of one actor's events: `{prefix}.ev.{shard}.{kind}.{base64url(id)}`.
+    #[must_use]
+    pub fn actor_subject(&self, shard: u32, actor: &ActorRef) -> String {
+        format!(
+            "{}.ev.{shard}.{}.{}",
+            self.prefix,
+            actor.kind,
+            encode_id(&actor.id)
+        )
+    }
+
+    /// Filter for all events of a shard.
+    #[must_use]
+    pub fn shard_filter(&self, shard: u32) -> String {
+        format!("{}.ev.{shard}.>", self.prefix)
+    }
+
+    /// Requests any node answers (queue group [`Names::NODE_QUEUE`]).
+    #[must_use]
+    pub fn any_node(&self) -> String {
+        format!("{}.req", self.prefix)
+    }
+
+    /// Queue group of [`Names::any_node`].
+    pub const NODE_QUEUE: &'static str = "nodes";
+
+    /// Requests for one node.
+    #[must_use]
+    pub fn node_requests(&self, pod: &str) -> String {
+        format!("{}.node.{pod}.req", self.prefix)
+    }
+
+    /// Migration transfers to one node.
+    #[must_use]
+    pub fn node_migrate(&self, pod: &str) -> String {
+        format!("{}.node.{pod}.migrate", self.prefix)
+    }
+
+    /// Progress reports to the operator.
+    #[must_use]
+    pub fn progress(&self) -> String {
+        format!("{}.progress", self.prefix)
+    }
+
+    /// Node lifecycle events to the operator.
+    #[must_use]
+    pub fn node_events(&self) -> String {
+        format!("{}.nodes", self.prefix)
+    }
+}
+
+/// Encodes an actor id as one subject token: base64url without padding of its UTF-8 bytes.
+#[must_use]
+pub fn encode_id(id: &str) -> String {
+    if id.is_empty() {
+        // An empty token is not a valid subject; "=" never appears in unpadded base64url.
+        return "=".to_owned();
+    }
+    URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+/// Inverse of [`encode_id`].
+pub fn decode_id(token: &str) -> Result<String> {
+    if token == "=" {
+        return Ok(String::new());
+    }
+    let bytes = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|e| Error::Malformed(format!("actor id token {token:?}: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| Error::Malformed(format!("actor id is not UTF-8: {e}")))
+}

@@ -1,0 +1,369 @@
+//! A shard's move, both ends, as the shell of the pure machines in `migration.rs`: the source runs a
+//! [`SourceMove`] and carries out its actions (pause the worker and take its actors, make and send
+//! chunks, hand off, commit, resume, report); the destination asks [`Ownership`] about each chunk
+//! and stages its actors in the shard's worker. Both ends run on the [`MigrationRuntime`], over the
+//! node's second NATS connection.
+//!
+//! [`Ownership`]: crate::ownership::Ownership
+
+use crate::error::{Error, Result};
+use crate::host::{self, Cmd};
+use crate::metrics::{Malformed, MoveOutcome};
+use crate::migration::{Accept, Action, Event, SourceMove};
+use crate::node::Shared;
+use crate::requests::FORWARD_TIMEOUT;
+use aether_core::plan::Move;
+use aether_core::protocol::{
+    ErrorReply, Transfer, TransferAck, TransferWriter, VERSION, decode, decode_transfer,
+    encode_transfer,
+};
+use aether_core::types::MovePhase;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// Bytes of actor state per transfer chunk (NATS's default max payload is 1 MiB).
+pub const CHUNK_BYTES: usize = 512 * 1024;
+
+impl Shared {
+    /// Runs a move of one shard, then any newer move of that shard that a plan listed meanwhile
+    /// (its start was held back while this one ran).
+    pub(crate) async fn run_moves(
+        self: Arc<Self>,
+        mut mv: Move,
+        mut epoch: u64,
+        mut timeout: Duration,
+    ) {
+        let shard = mv.shard;
+        loop {
+            let span = tracing::info_span!("move", epoch, shard, from = %self.me, to = %mv.to);
+            self.clone()
+                .migrate(mv, epoch, timeout)
+                .instrument(span)
+                .await;
+            match self.state().own.move_finished(shard, epoch) {
+                Some((m, e, t)) => (mv, epoch, timeout) = (m, e, t),
+                None => return,
+            }
+        }
+    }
+
+    /// Runs one source-side move through the [`SourceMove`] machine. The shard's actors are
+    /// serialised chunk by chunk as the machine asks for chunks; each chunk travels in its own task
+    /// (up to [`crate::migration::WINDOW`] unacked), and their answers come back as events.
+    async fn migrate(self: Arc<Self>, mv: Move, epoch: u64, timeout: Duration) {
+        let Ok(_permit) = self.move_slots().acquire_owned().await else {
+            return;
+        };
+        if !self.state().own.is_current(epoch) {
+            // A newer plan arrived while this move waited; it decides anew.
+            return;
+        }
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started + timeout);
+        let shard = mv.shard;
+        let to = mv.to.clone();
+        let mut machine = SourceMove::default();
+        let mut actions: VecDeque<Action> = machine.on(Event::Start).into();
+        let mut lent = host::Lent::default();
+        let mut chunks: Vec<bytes::Bytes> = Vec::new();
+        let mut sends: JoinSet<Event> = JoinSet::new();
+        self.report(epoch, shard, MovePhase::Transferring, 0, 0, None)
+            .await;
+        loop {
+            let Some(action) = actions.pop_front() else {
+                if machine.finished() || sends.is_empty() {
+                    break;
+                }
+                let event = tokio::select! {
+                    Some(Ok(event)) = sends.join_next() => event,
+                    () = tokio::time::sleep_until(deadline) => Event::Deadline,
+                };
+                actions.extend(machine.on(event));
+                continue;
+            };
+            let next = match action {
+                Action::PauseAndCapture => {
+                    let (tx, rx) = oneshot::channel();
+                    let worker = self.state().worker(&self.host, shard);
+                    let _ = worker.tx.send(Cmd::Pause(tx));
+                    lent = rx.await.unwrap_or_default();
+                    machine.on(Event::Captured)
+                }
+                Action::Produce { chunk } => {
+                    // Serialise the next actors straight into the chunk.
+                    let made =
+                        TransferWriter::new(epoch, shard, &self.me, chunk, CHUNK_BYTES + 4096).map(
+                            |mut w| {
+                                let last = lent.fill(&mut w, CHUNK_BYTES, usize::MAX);
+                                (bytes::Bytes::from(w.finish(last, false)), last)
+                            },
+                        );
+                    match made {
+                        Ok((body, last)) => {
+                            chunks.push(body.clone());
+                            self.send_in(&mut sends, &to, shard, chunk, body, 0, deadline);
+                            machine.on(Event::Produced { chunk, last })
+                        }
+                        Err(e) => machine.on(Event::ProduceFailed {
+                            chunk,
+                            reason: e.to_string(),
+                        }),
+                    }
+                }
+                Action::Resend { chunk, delay_ms } => {
+                    let body = chunks.get(chunk as usize).cloned().unwrap_or_default();
+                    self.send_in(&mut sends, &to, shard, chunk, body, delay_ms, deadline);
+                    Vec::new()
+                }
+                Action::HandOff => {
+                    let leftovers = {
+                        let mut st = self.state();
+                        st.own.hand_off(epoch, shard, &to);
+                        st.stop(shard)
+                    };
+                    if let Some(rx) = leftovers {
+                        self.forward_leftovers(to.clone(), rx);
+                    }
+                    Vec::new()
+                }
+                Action::Commit { chunk, delay_ms } => {
+                    if delay_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    }
+                    let event = if self.state().own.is_current(epoch) {
+                        self.commit(&to, epoch, shard, chunk).await
+                    } else {
+                        Event::Superseded
+                    };
+                    machine.on(event)
+                }
+                Action::Resume => {
+                    // To the worker that lent them; if a newer plan stopped it, the actors go.
+                    let lent = std::mem::take(&mut lent);
+                    if let Some(h) = self.state().running(shard) {
+                        let _ = h.tx.send(Cmd::Resume(lent));
+                    }
+                    Vec::new()
+                }
+                Action::ReportDone => {
+                    let took = started.elapsed();
+                    self.host.metrics.move_seconds.observe(took.as_secs_f64());
+                    self.count_move(MoveOutcome::Done);
+                    let (moved, ms) = (lent.len() as u32, took.as_millis() as u64);
+                    self.report(epoch, shard, MovePhase::Done, moved, ms, None)
+                        .await;
+                    Vec::new()
+                }
+                Action::ReportFailed(why) => {
+                    self.count_move(MoveOutcome::Failed);
+                    tracing::warn!(%why, "move failed, shard kept");
+                    let took = started.elapsed().as_millis() as u64;
+                    self.report(epoch, shard, MovePhase::Failed, 0, took, Some(why))
+                        .await;
+                    Vec::new()
+                }
+                Action::ReportSuperseded => {
+                    self.count_move(MoveOutcome::Superseded);
+                    tracing::info!("handed off; a newer plan came before the commit was confirmed");
+                    Vec::new()
+                }
+            };
+            actions.extend(next);
+        }
+        // After the report: what the move still holds (nothing once rolled back) is freed slowly.
+        lent.release();
+    }
+
+    /// Sends chunk `n` in its own task after `delay_ms`; its answer comes back as an event.
+    #[allow(clippy::too_many_arguments)]
+    fn send_in(
+        self: &Arc<Self>,
+        sends: &mut JoinSet<Event>,
+        to: &str,
+        shard: u32,
+        n: u32,
+        body: bytes::Bytes,
+        delay_ms: u64,
+        deadline: tokio::time::Instant,
+    ) {
+        let (this, to) = (self.clone(), to.to_owned());
+        sends.spawn(async move {
+            if delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            }
+            this.send_chunk(&to, shard, n, body, deadline).await
+        });
+    }
+
+    /// Sends the commit once; its answer as an event.
+    async fn commit(&self, to: &str, epoch: u64, shard: u32, n: u32) -> Event {
+        let commit = Transfer {
+            v: VERSION,
+            epoch,
+            shard,
+            from: self.me.clone(),
+            chunk: n,
+            last: true,
+            actors: Vec::new(),
+            commit: true,
+        };
+        let body = encode_transfer(&commit).unwrap_or_default().into();
+        let until = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+        match self.send_chunk(to, shard, n, body, until).await {
+            Event::Acked { .. } => Event::Committed,
+            Event::Refused { error, .. } => Event::CommitRefused(error),
+            _ => Event::CommitUnanswered,
+        }
+    }
+
+    /// Sends one encoded chunk (or the commit); its answer as an event.
+    async fn send_chunk(
+        &self,
+        to: &str,
+        shard: u32,
+        n: u32,
+        body: bytes::Bytes,
+        deadline: tokio::time::Instant,
+    ) -> Event {
+        let request = self.bulk.request(self.names.node_migrate(to), body);
+        match tokio::time::timeout_at(deadline, request).await {
+            Err(_) => Event::Deadline,
+            Ok(Err(e)) => Event::NoAnswer {
+                chunk: n,
+                reason: e.to_string(),
+            },
+            Ok(Ok(msg)) => match decode::<TransferAck>(&msg.payload) {
+                Ok(TransferAck {
+                    error: Some(error), ..
+                }) => Event::Refused { chunk: n, error },
+                Ok(ack) if ack.chunk == n && ack.shard == shard => Event::Acked { chunk: n },
+                Ok(_) => Event::NoAnswer {
+                    chunk: n,
+                    reason: "ack for another chunk".into(),
+                },
+                Err(e) => Event::NoAnswer {
+                    chunk: n,
+                    reason: format!("bad ack: {e}"),
+                },
+            },
+        }
+    }
+
+    /// Destination side of a transfer chunk. Chunks of one move arrive concurrently: each is
+    /// decoded in its own task, then its actors are staged, packed, in the shard's worker
+    /// (installed, not served) before its ack; the commit makes the shard served here.
+    pub async fn on_transfer(self: &Arc<Self>, bytes: &[u8]) -> TransferAck {
+        let mut chunk = match decode_transfer(bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics().malformed(Malformed::Transfer);
+                return ack(0, 0, 0, Some(ErrorReply::from_decode(&e)));
+            }
+        };
+        let (epoch, shard, n) = (chunk.epoch, chunk.shard, chunk.chunk);
+        if let Err(e) = self.state().own.check_chunk(&chunk) {
+            // Refused before staging (a retry after the plan arrives stages it once).
+            return ack(epoch, shard, n, Some(e));
+        }
+        // Staged before the decision, off the lock (and on the migration runtime).
+        let mut staged = host::Staged::default();
+        staged.add(&self.host, std::mem::take(&mut chunk.actors));
+        let (installed, stopped) = {
+            // Acted on under the lock, so a fresh move's clean-up cannot overtake a chunk staged
+            // after it.
+            let mut st = self.state();
+            match st.own.on_chunk(&chunk) {
+                Ok(Accept::Stage { fresh }) => {
+                    let stopped = if fresh { st.stop(shard) } else { None };
+                    let (tx, rx) = oneshot::channel();
+                    let cmd = Cmd::Install(std::mem::take(&mut staged), tx);
+                    let _ = st.worker(&self.host, shard).tx.send(cmd);
+                    (Ok(Some(rx)), stopped)
+                }
+                Ok(Accept::Duplicate | Accept::Commit) => (Ok(None), None),
+                Err(e) => (Err(e), None),
+            }
+        };
+        if let Some(rx) = stopped {
+            self.answer_leftovers(shard, rx);
+        }
+        match installed {
+            Ok(Some(rx)) => {
+                let _ = rx.await;
+                ack(epoch, shard, n, None)
+            }
+            Ok(None) => ack(epoch, shard, n, None),
+            Err(e) => ack(epoch, shard, n, Some(e)),
+        }
+    }
+}
+
+fn ack(epoch: u64, shard: u32, chunk: u32, error: Option<ErrorReply>) -> TransferAck {
+    TransferAck {
+        v: VERSION,
+        epoch,
+        shard,
+        chunk,
+        error,
+    }
+}
+
+/// The runtime that runs migrations, both ends: one thread at a lower CPU priority than request
+/// serving (nice +10 on Linux: about a tenth of a core when serving keeps every core busy, all the
+/// idle CPU otherwise), which gives its core back every few actors ([`host::YIELD_EVERY`]), so
+/// moving a shard's megabytes does not stretch the latency of actors that stay. SCHED_IDLE would
+/// disturb them even less, but a thread cannot leave it without privileges, so moves off a saturated
+/// node (when scaling out matters most) would nearly stop. Shut down without blocking when dropped.
+#[derive(Debug)]
+pub struct MigrationRuntime(Option<tokio::runtime::Runtime>);
+
+/// Niceness of the migration thread (0 is the default, 19 the lowest priority).
+pub const MIGRATION_NICENESS: i32 = 10;
+
+impl MigrationRuntime {
+    /// Starts its thread.
+    pub fn start() -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .thread_name("aether-moves")
+            .on_thread_start(lower_priority)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("migration runtime: {e}")))?;
+        Ok(Self(Some(rt)))
+    }
+
+    /// Where to spawn migration work.
+    #[must_use]
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl Drop for MigrationRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // A thread's own niceness: setpriority(PRIO_PROCESS, tid) applies to that thread on Linux.
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), MIGRATION_NICENESS) {
+        tracing::warn!(error = %e, "migration thread keeps the default CPU priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}

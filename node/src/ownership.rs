@@ -1,0 +1,682 @@
+//! Who serves which shard, as this node knows it: one pure type, no NATS, no tokio. The shell
+//! (`node.rs`, `requests.rs`, `moves.rs`) holds it under one lock, feeds it every event that changes
+//! an owner (a plan, a progress report, a hand-off, a chunk or commit received) and carries out the
+//! effects it returns (stop these workers, start these moves, report these Done). Requests are routed
+//! by reading it, without copying or allocating.
+//!
+//! The owner of a shard is the plan's target, except while the shard's move is pending: then the
+//! move's source. A move stops being pending when the source hands the shard off (on the source),
+//! when the commit arrives (on the destination), or when the source's Done report arrives (everyone
+//! else; also when it arrives before the plan it belongs to).
+
+use crate::migration::{self, Accept, Incoming};
+use aether_core::plan::Move;
+use aether_core::protocol::{ErrorReply, PlanMessage, Progress, Transfer};
+use aether_core::route::RouteTable;
+use aether_core::types::MovePhase;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+/// Hops a request may take between nodes: one forward from the node it reached, and one more from a
+/// source that just handed its shard off.
+pub const MAX_HOPS: u8 = 2;
+
+/// Done reports kept for plans not seen yet (a plan has at most 65,536 moves).
+const EARLY_DONE_LIMIT: usize = 1 << 16;
+
+/// Where a request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// This node serves the shard.
+    Local {
+        /// The actor's shard.
+        shard: u32,
+    },
+    /// Another node serves it: send the request on (hops + 1).
+    Forward {
+        /// The actor's shard.
+        shard: u32,
+        /// The owner.
+        to: &'a str,
+    },
+    /// Another node serves it and the request has hopped enough: tell the caller.
+    Redirect {
+        /// The actor's shard.
+        shard: u32,
+        /// The owner.
+        to: &'a str,
+        /// The plan epoch that says so.
+        epoch: u64,
+    },
+    /// Nobody can serve it right now.
+    Unavailable(Unavailable),
+}
+
+/// Why a request cannot be routed now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    /// No plan has reached this node yet.
+    NoPlan,
+    /// The plan has no members.
+    NoMembers,
+    /// The shard is changing owner here (a worker stopped with the request in hand).
+    ChangingOwner(u32),
+}
+
+impl Unavailable {
+    /// The reply a caller gets.
+    #[must_use]
+    pub fn reply(self) -> ErrorReply {
+        match self {
+            Self::NoPlan => ErrorReply::unavailable("this node has no plan yet", 100),
+            Self::NoMembers => ErrorReply::unavailable("the plan has no members", 500),
+            Self::ChangingOwner(shard) => {
+                ErrorReply::unavailable(format!("shard {shard} is changing owner"), 20)
+            }
+        }
+    }
+}
+
+impl Route<'_> {
+    /// The error reply of a route that is not served here or forwarded.
+    #[must_use]
+    pub fn error(self) -> Option<ErrorReply> {
+        match self {
+            Self::Redirect { shard, to, epoch } => Some(ErrorReply::redirect(to, epoch, shard)),
+            Self::Unavailable(why) => Some(why.reply()),
+            Self::Local { .. } | Self::Forward { .. } => None,
+        }
+    }
+}
+
+/// What the shell must do after a new plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlanEffects {
+    /// The new epoch.
+    pub epoch: u64,
+    /// Stop these shards' workers: not ours, or holding actors staged by a move that was never
+    /// committed (they may be older than the log, so they go and are reloaded).
+    pub stop: Vec<u32>,
+    /// Start these moves (this node is their source and no move of the shard runs yet).
+    pub start: Vec<Move>,
+    /// Moves this node had handed off already: report them Done at once, no second transfer.
+    pub report_done: Vec<u32>,
+}
+
+/// The current plan and the moves of it still pending.
+#[derive(Debug)]
+struct View {
+    plan: PlanMessage,
+    table: RouteTable,
+    /// Shards whose move is pending, with their actual (source) owner.
+    pending: HashMap<u32, String>,
+}
+
+impl View {
+    fn new(plan: PlanMessage) -> Self {
+        let table = RouteTable::new(plan.shards, &plan.members, &plan.shard_map);
+        let pending = plan
+            .moves
+            .iter()
+            .filter_map(|m| Some((m.shard, m.from.clone()?)))
+            .collect();
+        Self {
+            plan,
+            table,
+            pending,
+        }
+    }
+
+    fn owner(&self, shard: u32) -> Option<&str> {
+        if let Some(from) = self.pending.get(&shard) {
+            return Some(from);
+        }
+        self.target(shard)
+    }
+
+    fn target(&self, shard: u32) -> Option<&str> {
+        let i = self.table.owner_of_shard(shard)?;
+        self.plan.members.get(i as usize).map(|m| m.name.as_str())
+    }
+
+    fn move_of(&self, shard: u32) -> Option<&Move> {
+        self.plan.moves.iter().find(|m| m.shard == shard)
+    }
+
+    fn moves_from<'a>(&'a self, pod: &'a str) -> impl Iterator<Item = &'a Move> + 'a {
+        self.plan
+            .moves
+            .iter()
+            .filter(move |m| m.from.as_deref() == Some(pod) && self.pending.contains_key(&m.shard))
+    }
+}
+
+/// Who serves which shard, as this node knows it.
+#[derive(Debug)]
+pub struct Ownership {
+    me: String,
+    view: Option<View>,
+    /// Shards this node handed off, and to whom: a later plan that lists the same move again (its
+    /// operator had not seen the Done report yet) is answered Done at once.
+    handed_off: HashMap<u32, String>,
+    /// Done reports of a plan this node does not hold yet (progress and plans travel separately).
+    early_done: Vec<(u64, u32)>,
+    /// Destination side: the incoming move of each shard, staged until its commit.
+    incoming: HashMap<u32, Incoming>,
+    /// Source side: shards with a move running here.
+    moving: HashSet<u32>,
+}
+
+impl Ownership {
+    /// Nothing known yet, for pod `me`.
+    #[must_use]
+    pub fn new(me: impl Into<String>) -> Self {
+        Self {
+            me: me.into(),
+            view: None,
+            handed_off: HashMap::new(),
+            early_done: Vec::new(),
+            incoming: HashMap::new(),
+            moving: HashSet::new(),
+        }
+    }
+
+    /// This pod.
+    #[must_use]
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// The epoch held, 0 before the first plan.
+    #[must_use]
+    pub fn epoch(&self) -> u64 {
+        self.view.as_ref().map_or(0, |v| v.plan.epoch)
+    }
+
+    /// The plan held.
+    #[must_use]
+    pub fn plan(&self) -> Option<&PlanMessage> {
+        self.view.as_ref().map(|v| &v.plan)
+    }
+
+    /// Moves of the current plan not done yet.
+    #[must_use]
+    pub fn pending_moves(&self) -> usize {
+        self.view.as_ref().map_or(0, |v| v.pending.len())
+    }
+
+    /// True while the current plan lists this pod as a member.
+    #[must_use]
+    pub fn is_member(&self) -> bool {
+        self.view
+            .as_ref()
+            .is_some_and(|v| v.plan.members.iter().any(|m| m.name == self.me))
+    }
+
+    /// The shard of an actor id, once a plan is held.
+    #[must_use]
+    pub fn shard(&self, actor_id: &str) -> Option<u32> {
+        self.view.as_ref().map(|v| v.table.shard(actor_id))
+    }
+
+    /// The node that serves `shard` now, as far as this node knows.
+    #[must_use]
+    pub fn owner(&self, shard: u32) -> Option<&str> {
+        self.view.as_ref()?.owner(shard)
+    }
+
+    /// True when this node serves `shard`.
+    #[must_use]
+    pub fn serves(&self, shard: u32) -> bool {
+        self.owner(shard) == Some(self.me.as_str())
+    }
+
+    /// Where a request for `actor_id` that has hopped `hops` times goes. No allocation.
+    #[must_use]
+    pub fn route(&self, actor_id: &str, hops: u8) -> Route<'_> {
+        let Some(view) = &self.view else {
+            return Route::Unavailable(Unavailable::NoPlan);
+        };
+        let shard = view.table.shard(actor_id);
+        self.route_shard(view, shard, hops)
+    }
+
+    /// Where a request goes that a worker of `shard` held when it stopped: never forwarded (the
+    /// caller asks the owner itself), and "changing owner" when that is still this node.
+    #[must_use]
+    pub fn route_again(&self, shard: u32) -> Route<'_> {
+        let Some(view) = &self.view else {
+            return Route::Unavailable(Unavailable::NoPlan);
+        };
+        match self.route_shard(view, shard, MAX_HOPS) {
+            Route::Local { shard } => Route::Unavailable(Unavailable::ChangingOwner(shard)),
+            other => other,
+        }
+    }
+
+    fn route_shard<'a>(&'a self, view: &'a View, shard: u32, hops: u8) -> Route<'a> {
+        match view.owner(shard) {
+            Some(owner) if owner == self.me => Route::Local { shard },
+            Some(to) if hops < MAX_HOPS => Route::Forward { shard, to },
+            Some(to) => Route::Redirect {
+                shard,
+                to,
+                epoch: view.plan.epoch,
+            },
+            None => Route::Unavailable(Unavailable::NoMembers),
+        }
+    }
+
+    /// Takes a plan: `None` when its epoch is not above the one held (ignored); otherwise what to
+    /// do. `hosted` are the shards with a worker here.
+    pub fn on_plan(
+        &mut self,
+        plan: PlanMessage,
+        hosted: impl IntoIterator<Item = u32>,
+    ) -> Option<PlanEffects> {
+        if plan.epoch <= self.epoch() {
+            return None;
+        }
+        let mut view = View::new(plan);
+        let epoch = view.plan.epoch;
+        // A handed-off move listed again is done before anyone sees this plan, so this node never
+        // serves that shard again.
+        let listed: HashMap<u32, &str> = view
+            .moves_from(&self.me)
+            .map(|m| (m.shard, m.to.as_str()))
+            .collect();
+        self.handed_off
+            .retain(|shard, to| listed.get(shard) == Some(&to.as_str()));
+        let mut report_done: Vec<u32> = self.handed_off.keys().copied().collect();
+        report_done.sort_unstable();
+        for shard in &report_done {
+            view.pending.remove(shard);
+        }
+        // Moves reported done before this plan reached this node.
+        self.early_done.retain(|(e, shard)| {
+            if *e == epoch {
+                view.pending.remove(shard);
+            }
+            *e > epoch
+        });
+        let previous = self.view.replace(view);
+        let view = self.view.as_ref()?;
+        let me = Some(self.me.as_str());
+        let mut stop: Vec<u32> = hosted
+            .into_iter()
+            .filter(|&shard| {
+                let before = previous.as_ref().and_then(|p| p.owner(shard));
+                view.owner(shard) != me || before != me
+            })
+            .collect();
+        stop.sort_unstable();
+        self.incoming.retain(|_, inc| inc.epoch >= epoch);
+        let mut start: Vec<Move> = view
+            .moves_from(&self.me)
+            .filter(|m| !self.moving.contains(&m.shard))
+            .cloned()
+            .collect();
+        start.sort_by_key(|m| m.shard);
+        self.moving.extend(start.iter().map(|m| m.shard));
+        Some(PlanEffects {
+            epoch,
+            stop,
+            start,
+            report_done,
+        })
+    }
+
+    /// A progress report from any node. Returns a shard whose staged copy must go: this node is the
+    /// destination of a move its source reports failed (the source kept the shard).
+    pub fn on_progress(&mut self, p: &Progress) -> Option<u32> {
+        let held = self.epoch();
+        match p.phase {
+            MovePhase::Done if p.epoch == held => {
+                if let Some(v) = self.view.as_mut() {
+                    v.pending.remove(&p.shard);
+                }
+                None
+            }
+            MovePhase::Done if p.epoch > held => {
+                if self.early_done.len() < EARLY_DONE_LIMIT {
+                    self.early_done.push((p.epoch, p.shard));
+                }
+                None
+            }
+            MovePhase::Failed if p.epoch == held => {
+                let to_me = self
+                    .view
+                    .as_ref()
+                    .and_then(|v| v.move_of(p.shard))
+                    .is_some_and(|m| m.to == self.me && m.from.as_deref() == Some(&p.node));
+                let committed = self.incoming.get(&p.shard).is_some_and(|i| i.committed);
+                if to_me && !committed {
+                    self.incoming.remove(&p.shard);
+                    return Some(p.shard);
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Source side: this node gave `shard` up to `to` in plan `epoch` (every chunk acked).
+    pub fn hand_off(&mut self, epoch: u64, shard: u32, to: &str) {
+        self.handed_off.insert(shard, to.to_owned());
+        if let Some(v) = self.view.as_mut()
+            && v.plan.epoch == epoch
+        {
+            v.pending.remove(&shard);
+        }
+    }
+
+    /// Destination side, before a chunk's actors are staged: the checks that need no staging state.
+    pub fn check_chunk(&self, chunk: &Transfer) -> Result<(), ErrorReply> {
+        migration::check_chunk(self.epoch(), self.source_of(chunk.shard), chunk)
+    }
+
+    /// Destination side: decides on a chunk or commit. `Stage { fresh: true }`: stop the shard's
+    /// worker first (it may hold an earlier move's actors), then stage; `Commit`: this node serves
+    /// the shard from now on.
+    pub fn on_chunk(&mut self, chunk: &Transfer) -> Result<Accept, ErrorReply> {
+        let holding = self.epoch();
+        let source = self.source_of(chunk.shard).map(str::to_owned);
+        let mut slot = self.incoming.remove(&chunk.shard);
+        let decision = migration::accept_chunk(&mut slot, holding, source.as_deref(), chunk);
+        if let Some(s) = slot {
+            self.incoming.insert(chunk.shard, s);
+        }
+        match &decision {
+            Ok(Accept::Stage { fresh: true }) => {
+                self.handed_off.remove(&chunk.shard);
+            }
+            Ok(Accept::Commit) => {
+                if let Some(v) = self.view.as_mut() {
+                    v.pending.remove(&chunk.shard);
+                }
+            }
+            _ => {}
+        }
+        decision
+    }
+
+    /// The source this node's plan names for a move of `shard` to this node.
+    fn source_of(&self, shard: u32) -> Option<&str> {
+        self.view
+            .as_ref()?
+            .move_of(shard)
+            .filter(|m| m.to == self.me)?
+            .from
+            .as_deref()
+    }
+
+    /// True while `epoch` is the plan held.
+    #[must_use]
+    pub fn is_current(&self, epoch: u64) -> bool {
+        self.epoch() == epoch
+    }
+
+    /// Source side: the move of `shard` in plan `epoch` ended. Returns the shard's move in a newer
+    /// plan, if one listed it meanwhile (its start was held back while this one ran), with that
+    /// plan's epoch and timeout; otherwise the shard is no longer moving.
+    pub fn move_finished(&mut self, shard: u32, epoch: u64) -> Option<(Move, u64, Duration)> {
+        let next = self
+            .view
+            .as_ref()
+            .filter(|v| v.plan.epoch > epoch)
+            .and_then(|v| {
+                let m = v.moves_from(&self.me).find(|m| m.shard == shard)?;
+                Some((m.clone(), v.plan.epoch, timeout(&v.plan)))
+            });
+        if next.is_none() {
+            self.moving.remove(&shard);
+        }
+        next
+    }
+
+    /// The per-move deadline of the plan held.
+    #[must_use]
+    pub fn timeout(&self) -> Duration {
+        self.plan().map_or(Duration::from_secs(30), timeout)
+    }
+
+    /// True once this node may exit while draining: not a member, nothing leaving from it.
+    #[must_use]
+    pub fn drained(&self) -> bool {
+        let Some(v) = &self.view else { return true };
+        !self.is_member() && v.moves_from(&self.me).next().is_none() && self.moving.is_empty()
+    }
+}
+
+fn timeout(plan: &PlanMessage) -> Duration {
+    Duration::from_secs(u64::from(plan.timeout_seconds.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aether_core::plan::{MemberInput, Plan, PlanSpec, plan};
+    use aether_core::protocol::VERSION;
+    use aether_core::types::Strategy;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn spec() -> PlanSpec {
+        PlanSpec {
+            shards: 64,
+            capacity: 8,
+            strategy: Strategy::AnchorHash,
+        }
+    }
+
+    fn members(n: usize) -> Vec<MemberInput> {
+        (0..n)
+            .map(|i| MemberInput::active(format!("app-{i}")))
+            .collect()
+    }
+
+    fn plans(sizes: &[usize]) -> Vec<Plan> {
+        let mut out: Vec<Plan> = Vec::new();
+        for &n in sizes {
+            let p = plan(out.last(), &BTreeSet::new(), &members(n), &spec()).expect("plan");
+            out.push(p);
+        }
+        out
+    }
+
+    fn msg(p: &Plan) -> PlanMessage {
+        PlanMessage::new(p, 4, 30)
+    }
+
+    fn done(epoch: u64, shard: u32, node: &str) -> Progress {
+        Progress {
+            v: VERSION,
+            epoch,
+            shard,
+            node: node.into(),
+            phase: MovePhase::Done,
+            actors: 0,
+            duration_ms: 0,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn pending_moves_stay_with_their_source_until_done() {
+        let ps = plans(&[2, 3]);
+        let mut o = Ownership::new("app-0");
+        o.on_plan(msg(&ps[0]), []).expect("first plan");
+        o.on_plan(msg(&ps[1]), []).expect("second plan");
+        let m = ps[1].moves.first().expect("a move to app-2").clone();
+        let from = m.from.clone().expect("a source");
+        assert_eq!(o.owner(m.shard), Some(from.as_str()));
+        assert_eq!(o.on_progress(&done(ps[1].epoch, m.shard, &from)), None);
+        assert_eq!(o.owner(m.shard), Some("app-2"));
+        assert!(o.on_plan(msg(&ps[1]), []).is_none(), "same epoch ignored");
+    }
+
+    #[test]
+    fn routes_without_a_plan_locally_forwarded_and_redirected() {
+        let ps = plans(&[2]);
+        let mut o = Ownership::new("app-0");
+        assert_eq!(o.route("x", 0), Route::Unavailable(Unavailable::NoPlan));
+        o.on_plan(msg(&ps[0]), []);
+        let (mut local, mut remote) = (None, None);
+        for i in 0..100 {
+            let id = format!("a{i}");
+            match o.route(&id, 0) {
+                Route::Local { .. } => local = Some(id),
+                Route::Forward { to, .. } => {
+                    assert_eq!(to, "app-1");
+                    remote = Some(id);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let (local, remote) = (local.expect("a local id"), remote.expect("a remote id"));
+        assert!(matches!(
+            o.route(&remote, 2),
+            Route::Redirect { to: "app-1", .. }
+        ));
+        let shard = o.shard(&local).expect("shard");
+        assert_eq!(
+            o.route_again(shard),
+            Route::Unavailable(Unavailable::ChangingOwner(shard))
+        );
+    }
+
+    #[test]
+    fn a_source_gives_up_at_hand_off_and_a_destination_serves_at_commit() {
+        let ps = plans(&[2, 3]);
+        let m = ps[1].moves.first().expect("a move").clone();
+        let from = m.from.clone().expect("source");
+        let (mut src, mut dst) = (Ownership::new(from.clone()), Ownership::new("app-2"));
+        for o in [&mut src, &mut dst] {
+            o.on_plan(msg(&ps[0]), []);
+        }
+        let fx = src.on_plan(msg(&ps[1]), []).expect("plan");
+        assert!(fx.start.iter().any(|s| s.shard == m.shard));
+        dst.on_plan(msg(&ps[1]), []);
+        assert!(src.serves(m.shard) && !dst.serves(m.shard));
+        let chunk = |n: u32, commit: bool| Transfer {
+            v: VERSION,
+            epoch: ps[1].epoch,
+            shard: m.shard,
+            from: from.clone(),
+            chunk: n,
+            last: true,
+            actors: vec![],
+            commit,
+        };
+        assert_eq!(
+            dst.on_chunk(&chunk(0, false)),
+            Ok(Accept::Stage { fresh: true })
+        );
+        assert!(!dst.serves(m.shard), "staged, not served");
+        src.hand_off(ps[1].epoch, m.shard, "app-2");
+        assert!(!src.serves(m.shard));
+        assert_eq!(dst.on_chunk(&chunk(1, true)), Ok(Accept::Commit));
+        assert!(dst.serves(m.shard));
+        // The operator had not seen Done and lists the move again: answered at once.
+        let mut again = msg(&ps[1]);
+        again.epoch += 1;
+        let fx = src.on_plan(again, []).expect("newer plan");
+        assert!(fx.report_done.contains(&m.shard));
+        assert!(!fx.start.iter().any(|s| s.shard == m.shard), "still moving");
+        assert!(!src.serves(m.shard));
+    }
+
+    #[test]
+    fn a_failed_move_drops_what_the_destination_staged() {
+        let ps = plans(&[2, 3]);
+        let m = ps[1].moves.first().expect("a move").clone();
+        let from = m.from.clone().expect("source");
+        let mut dst = Ownership::new("app-2");
+        dst.on_plan(msg(&ps[0]), []);
+        dst.on_plan(msg(&ps[1]), []);
+        let t = Transfer {
+            v: VERSION,
+            epoch: ps[1].epoch,
+            shard: m.shard,
+            from: from.clone(),
+            chunk: 0,
+            last: true,
+            actors: vec![],
+            commit: false,
+        };
+        assert!(dst.on_chunk(&t).is_ok());
+        let mut failed = done(ps[1].epoch, m.shard, &from);
+        failed.phase = MovePhase::Failed;
+        failed.node = "app-9".into();
+        assert_eq!(dst.on_progress(&failed), None, "only the move's source");
+        failed.node = from;
+        assert_eq!(dst.on_progress(&failed), Some(m.shard));
+        assert!(!dst.serves(m.shard));
+    }
+
+    proptest! {
+        /// Whatever order plans and Done reports arrive in, a node's view converges on the last
+        /// plan's targets once every move of it is reported done; a report for a plan not held yet
+        /// is kept until the plan comes; workers of shards that are not ours are stopped.
+        #[test]
+        fn views_converge_on_the_plan_whatever_the_order(
+            sizes in prop::collection::vec(1usize..6, 1..5),
+            me in 0usize..6,
+            order in prop::collection::vec(any::<prop::sample::Index>(), 0..200),
+        ) {
+            let ps = plans(&sizes);
+            let me = format!("app-{me}");
+            let mut o = Ownership::new(me.clone());
+            let mut events: Vec<Result<PlanMessage, Progress>> = Vec::new();
+            for p in &ps {
+                events.push(Ok(msg(p)));
+                for m in &p.moves {
+                    events.push(Err(done(p.epoch, m.shard, m.from.as_deref().unwrap_or(""))));
+                }
+            }
+            // Shuffle; then the plans go back in epoch order (the KV watch delivers them in order).
+            for (i, ix) in order.iter().enumerate() {
+                let n = events.len();
+                let (a, b) = (i % n, ix.index(n));
+                if events[a].is_err() || events[b].is_err() {
+                    events.swap(a, b);
+                }
+            }
+            let slots: Vec<usize> = (0..events.len()).filter(|&i| events[i].is_ok()).collect();
+            let mut in_order: Vec<PlanMessage> =
+                slots.iter().filter_map(|&i| events[i].clone().ok()).collect();
+            in_order.sort_by_key(|p| p.epoch);
+            for (slot, p) in slots.into_iter().zip(in_order) {
+                events[slot] = Ok(p);
+            }
+            let mut hosted: BTreeSet<u32> = BTreeSet::new();
+            for e in events {
+                match e {
+                    Ok(p) => {
+                        let fx = o.on_plan(p, hosted.iter().copied()).expect("newer");
+                        for s in &fx.stop {
+                            hosted.remove(s);
+                        }
+                        for shard in &hosted {
+                            prop_assert!(o.serves(*shard), "a worker left on a shard not ours");
+                        }
+                    }
+                    Err(p) => { o.on_progress(&p); }
+                }
+                // Workers start on demand for shards this node serves.
+                for shard in 0..64u32 {
+                    if o.serves(shard) {
+                        hosted.insert(shard);
+                    }
+                }
+            }
+            let last = ps.last().expect("a plan");
+            prop_assert_eq!(o.pending_moves(), 0);
+            let table = RouteTable::new(last.shards, &msg(last).members, &msg(last).shard_map);
+            for shard in 0..64u32 {
+                let target = table.owner_of_shard(shard).map(|i| msg(last).members[i as usize].name.clone());
+                prop_assert_eq!(o.owner(shard).map(str::to_owned), target);
+            }
+        }
+    }
+}

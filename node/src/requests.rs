@@ -1,0 +1,231 @@
+//! A request's way through a node: size check, decode, validation, then [`Ownership::route`]
+//! decides (served here by the shard's worker, sent on once to the owner, a redirect, or
+//! unavailable). A forwarded request's reply bytes are relayed as the owner wrote them. Requests a
+//! stopped worker hands back are forwarded (after a hand-off) or answered with where to go.
+//!
+//! [`Ownership::route`]: crate::ownership::Ownership::route
+
+use crate::host::{Cmd, Pending};
+use crate::metrics::{Failure, Malformed, Route as RouteKind};
+use crate::node::Shared;
+use crate::ownership::Route;
+use aether_core::protocol::{ErrorCode, ErrorReply, Reply, Request, decode, encode};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc::error::SendError;
+use tokio::sync::oneshot;
+
+/// Time to wait for a forwarded request's reply.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a node answers a request with.
+#[derive(Debug)]
+pub enum Answer {
+    /// Its own reply.
+    Reply(Reply),
+    /// The owner's reply to a forwarded request, as the owner encoded it.
+    Relayed(bytes::Bytes),
+}
+
+impl Answer {
+    fn error(e: ErrorReply) -> Self {
+        Self::Reply(Reply::error(e))
+    }
+
+    /// The bytes to publish.
+    pub fn into_bytes(self) -> aether_core::Result<bytes::Bytes> {
+        match self {
+            Self::Reply(reply) => encode(&reply).map(Into::into),
+            Self::Relayed(bytes) => Ok(bytes),
+        }
+    }
+}
+
+/// Where a routed request goes, decided under the ownership lock and carried out after it.
+enum Target {
+    Local(crate::host::ShardHandle, u32),
+    Forward(String),
+    Reply(ErrorReply),
+}
+
+impl Shared {
+    /// Handles raw request bytes: size check, decode, dispatch. Never panics on bad bytes.
+    pub async fn handle_request_bytes(self: &Arc<Self>, bytes: &[u8]) -> Answer {
+        if bytes.len() > self.max_request_bytes {
+            self.metrics().malformed(Malformed::TooLarge);
+            return Answer::error(ErrorReply::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "request of {} bytes exceeds {} bytes",
+                    bytes.len(),
+                    self.max_request_bytes
+                ),
+            ));
+        }
+        let req = match decode::<Request>(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics().malformed(Malformed::Request);
+                return Answer::error(ErrorReply::from_decode(&e));
+            }
+        };
+        if let Err(e) = req.validate() {
+            self.metrics().malformed(match e {
+                aether_core::Error::TooLarge(_) => Malformed::TooLarge,
+                _ => Malformed::Request,
+            });
+            return Answer::error(ErrorReply::from_decode(&e));
+        }
+        if self.host.registry.get(&req.actor.kind).is_none() {
+            return Answer::error(ErrorReply::new(
+                ErrorCode::UnknownKind,
+                format!(
+                    "no actor kind {:?} (this node hosts {})",
+                    req.actor.kind,
+                    self.host.registry.kinds().join(", ")
+                ),
+            ));
+        }
+        self.dispatch(req).await
+    }
+
+    /// Serves a decoded request: here, by forwarding, or with a redirect.
+    pub async fn dispatch(self: &Arc<Self>, req: Request) -> Answer {
+        self.dispatch_once(req, true).await
+    }
+
+    async fn dispatch_once(self: &Arc<Self>, req: Request, may_restart: bool) -> Answer {
+        let target = {
+            let mut st = self.state();
+            match st.own.route(&req.actor.id, req.hops) {
+                Route::Local { shard } => Target::Local(st.worker(&self.host, shard), shard),
+                Route::Forward { to, .. } => Target::Forward(to.to_owned()),
+                other => Target::Reply(other.error().unwrap_or_else(|| {
+                    ErrorReply::new(ErrorCode::Internal, "no route for the request")
+                })),
+            }
+        };
+        match target {
+            Target::Local(worker, shard) => {
+                self.metrics().route(RouteKind::Local);
+                let (tx, rx) = oneshot::channel();
+                if let Err(SendError(cmd)) = worker.tx.send(Cmd::Request((req, tx))) {
+                    // Still registered: the worker ended by itself (it never should). Noticed,
+                    // counted and replaced; its actors reload from the log.
+                    if may_restart
+                        && let Cmd::Request((req, _)) = cmd
+                        && self.state().forget_dead(shard, &worker)
+                    {
+                        tracing::error!(shard, "shard worker ended unexpectedly: restarted");
+                        self.metrics().failure(Failure::WorkerDied);
+                        return Box::pin(self.dispatch_once(req, false)).await;
+                    }
+                    // Stopped between the routing and the send: route again.
+                    return Answer::Reply(self.reroute(shard));
+                }
+                Answer::Reply(rx.await.unwrap_or_else(|_| {
+                    Reply::error(ErrorReply::unavailable("shard worker stopped", 20))
+                }))
+            }
+            Target::Forward(to) => {
+                self.metrics().route(RouteKind::Forwarded);
+                self.relay(&to, req).await
+            }
+            Target::Reply(e) => {
+                let kind = if e.code == ErrorCode::Redirect {
+                    RouteKind::Redirected
+                } else {
+                    RouteKind::Unavailable
+                };
+                self.metrics().route(kind);
+                Answer::error(e)
+            }
+        }
+    }
+
+    /// The answer for a request a stopped worker still held: where to go now.
+    #[must_use]
+    pub fn reroute(&self, shard: u32) -> Reply {
+        let e = self.state().own.route_again(shard).error();
+        Reply::error(e.unwrap_or_else(|| ErrorReply::unavailable("shard is changing owner", 20)))
+    }
+
+    /// Answers the requests a stopped worker of `shard` hands back with where to go now.
+    pub fn answer_leftovers(
+        self: &Arc<Self>,
+        shard: u32,
+        leftovers: oneshot::Receiver<Vec<Pending>>,
+    ) {
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            for (_, tx) in leftovers.await.unwrap_or_default() {
+                let _ = tx.send(this.reroute(shard));
+            }
+        });
+    }
+
+    /// Forwards the requests a worker handed back at its hand-off to the shard's new owner.
+    pub fn forward_leftovers(
+        self: &Arc<Self>,
+        to: String,
+        leftovers: oneshot::Receiver<Vec<Pending>>,
+    ) {
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let forwarded = leftovers
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(req, tx)| {
+                    let (this, to) = (this.clone(), to.clone());
+                    async move {
+                        let _ = tx.send(this.forward(&to, req).await);
+                    }
+                });
+            futures::future::join_all(forwarded).await;
+        });
+    }
+
+    /// Sends a request on to its owner `to` and relays the owner's reply bytes as they are (no
+    /// decode and encode). Relayed rather than passed on with the caller's reply subject, which
+    /// saves a hop: an owner that is gone would then leave the caller waiting for its own timeout,
+    /// where a relay answers `unavailable` at once (NATS's "no responders").
+    async fn relay(&self, to: &str, mut req: Request) -> Answer {
+        req.hops = req.hops.saturating_add(1);
+        req.epoch = self.epoch();
+        let bytes = match encode(&req) {
+            Ok(b) => b,
+            Err(e) => return Answer::error(ErrorReply::new(ErrorCode::Internal, e.to_string())),
+        };
+        let sent = tokio::time::timeout(
+            FORWARD_TIMEOUT,
+            self.client
+                .request(self.names.node_requests(to), bytes.into()),
+        )
+        .await;
+        match sent {
+            Ok(Ok(msg)) => Answer::Relayed(msg.payload),
+            Ok(Err(e)) => Answer::error(ErrorReply::unavailable(
+                format!("owner {to} did not answer: {e}"),
+                100,
+            )),
+            Err(_) => Answer::error(ErrorReply::unavailable(
+                format!("owner {to} timed out"),
+                100,
+            )),
+        }
+    }
+
+    /// Sends a request on to `to` and returns its reply (decoded, for a caller inside the node).
+    pub async fn forward(&self, to: &str, req: Request) -> Reply {
+        match self.relay(to, req).await {
+            Answer::Reply(reply) => reply,
+            Answer::Relayed(bytes) => decode::<Reply>(&bytes).unwrap_or_else(|e| {
+                Reply::error(ErrorReply::new(
+                    ErrorCode::Internal,
+                    format!("{to} answered: {e}"),
+                ))
+            }),
+        }
+    }
+}

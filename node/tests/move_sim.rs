@@ -1,0 +1,536 @@
+//! A source and a destination node run one shard's move against each other through a simulated
+//! network that loses, duplicates and reorders messages, while either side may crash (the
+//! destination restarts with nothing staged; the source stops for good) and the source serves
+//! writes whenever it owns the shard. The nodes are the pure types the real node runs
+//! ([`Ownership`], [`SourceMove`], the destination's chunk decisions); the shells here do what
+//! `moves.rs` does, without NATS. Checked at every step: at most one side serves the shard; what the
+//! destination serves is what the log holds (it holds exactly what the source captured); a move
+//! rolled back leaves the source serving; once the faults stop, one side serves.
+
+use aether_core::plan::{MemberInput, Plan, PlanSpec, plan};
+use aether_core::protocol::{
+    ActorRef, ActorSnapshot, Bytes, ErrorReply, PlanMessage, Progress, Transfer, VERSION,
+};
+use aether_core::types::{MovePhase, Strategy as Placement};
+use aether_node::migration::{Accept, Action, Event, SourceMove};
+use aether_node::ownership::Ownership;
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+const DEST: &str = "app-2";
+/// Actors per chunk in the simulation.
+const PER_CHUNK: usize = 2;
+
+#[derive(Clone, Debug)]
+enum Msg {
+    /// Source -> destination: a chunk or the commit.
+    Chunk(Transfer),
+    /// Destination -> source: the answer to chunk `chunk` of epoch `epoch`.
+    Reply {
+        epoch: u64,
+        chunk: u32,
+        commit: bool,
+        result: Result<(), ErrorReply>,
+    },
+    /// Source -> everyone: a progress report.
+    Progress(Progress),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Deliver(prop::sample::Index),
+    Duplicate(prop::sample::Index),
+    Lose(prop::sample::Index),
+    Deadline,
+    CrashDestination,
+    CrashSource,
+    Write(u8),
+    RetryPlan,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => any::<prop::sample::Index>().prop_map(Op::Deliver),
+        1 => any::<prop::sample::Index>().prop_map(Op::Duplicate),
+        1 => any::<prop::sample::Index>().prop_map(Op::Lose),
+        1 => Just(Op::Deadline),
+        1 => Just(Op::CrashDestination),
+        1 => Just(Op::CrashSource),
+        2 => any::<u8>().prop_map(Op::Write),
+        1 => Just(Op::RetryPlan),
+    ]
+}
+
+struct Source {
+    own: Ownership,
+    alive: bool,
+    /// The attempt running: its epoch, machine, captured actors and chunks made.
+    attempt: Option<Attempt>,
+    /// Live state while serving (the log's values; dropped at the hand-off).
+    paused: bool,
+}
+
+struct Attempt {
+    epoch: u64,
+    machine: SourceMove,
+    captured: Vec<(String, u64)>,
+    chunks: Vec<Transfer>,
+}
+
+struct Destination {
+    own: Ownership,
+    /// The shard's worker: actors installed by chunks (served once the commit came).
+    staged: BTreeMap<String, u64>,
+    /// Restarted since the first chunk of the move being staged arrived.
+    crashed_since_first_chunk: bool,
+    /// The epoch of the last commit accepted.
+    committed_at: Option<u64>,
+    /// Restarted after accepting a commit.
+    crashed_after_commit: bool,
+}
+
+struct World {
+    shard: u32,
+    from: String,
+    plans: Vec<PlanMessage>,
+    /// The event log: each actor's value.
+    log: BTreeMap<String, u64>,
+    src: Source,
+    dst: Destination,
+    net: Vec<Msg>,
+    retry_sent: bool,
+    /// A progress report was lost.
+    progress_lost: bool,
+}
+
+fn spec() -> PlanSpec {
+    PlanSpec {
+        shards: 16,
+        capacity: 4,
+        strategy: Placement::AnchorHash,
+    }
+}
+
+fn members(n: usize) -> Vec<MemberInput> {
+    (0..n)
+        .map(|i| MemberInput::active(format!("app-{i}")))
+        .collect()
+}
+
+impl World {
+    fn new(actors: usize) -> Self {
+        let p1: Plan = plan(None, &BTreeSet::new(), &members(2), &spec()).expect("plan");
+        let p2 = plan(Some(&p1), &BTreeSet::new(), &members(3), &spec()).expect("plan");
+        let mv = p2.moves.first().expect("a move to app-2").clone();
+        let from = mv.from.clone().expect("a source");
+        let plans = vec![PlanMessage::new(&p1, 4, 30), PlanMessage::new(&p2, 4, 30)];
+        let src = Source {
+            own: Ownership::new(from.clone()),
+            alive: true,
+            attempt: None,
+            paused: false,
+        };
+        let mut dst = Destination {
+            own: Ownership::new(DEST),
+            staged: BTreeMap::new(),
+            crashed_since_first_chunk: false,
+            committed_at: None,
+            crashed_after_commit: false,
+        };
+        for p in &plans {
+            dst.own.on_plan(p.clone(), []);
+        }
+        let mut w = Self {
+            shard: mv.shard,
+            from,
+            plans,
+            log: (0..actors).map(|i| (format!("a{i}"), 0)).collect(),
+            src,
+            dst,
+            net: Vec::new(),
+            retry_sent: false,
+            progress_lost: false,
+        };
+        w.source_plan(0);
+        w.source_plan(1);
+        w
+    }
+
+    fn src_serves(&self) -> bool {
+        self.src.alive && self.src.own.serves(self.shard)
+    }
+
+    fn dst_serves(&self) -> bool {
+        self.dst.own.serves(self.shard)
+    }
+
+    /// The source takes plan `i` and starts the moves it says.
+    fn source_plan(&mut self, i: usize) {
+        let Some(fx) = self.src.own.on_plan(self.plans[i].clone(), []) else {
+            return;
+        };
+        // Only the simulated shard's move runs; the source's other moves are not simulated.
+        if fx.report_done.contains(&self.shard) {
+            let done = self.progress(fx.epoch, self.shard, MovePhase::Done);
+            self.net.push(Msg::Progress(done));
+        }
+        if fx.start.iter().any(|m| m.shard == self.shard) {
+            self.start_attempt(fx.epoch);
+        }
+    }
+
+    fn start_attempt(&mut self, epoch: u64) {
+        self.dst.crashed_since_first_chunk = false;
+        self.src.attempt = Some(Attempt {
+            epoch,
+            machine: SourceMove::default(),
+            captured: Vec::new(),
+            chunks: Vec::new(),
+        });
+        self.source_event(Event::Start);
+    }
+
+    /// Feeds the source's machine and carries out its actions, as `moves.rs` does.
+    fn source_event(&mut self, event: Event) {
+        let mut todo: VecDeque<Event> = VecDeque::from([event]);
+        while let Some(event) = todo.pop_front() {
+            let Some(a) = self.src.attempt.as_mut() else {
+                return;
+            };
+            let epoch = a.epoch;
+            for action in a.machine.on(event) {
+                let a = self.src.attempt.as_mut().expect("attempt");
+                match action {
+                    Action::PauseAndCapture => {
+                        self.src.paused = true;
+                        a.captured = self.log.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                        todo.push_back(Event::Captured);
+                    }
+                    Action::Produce { chunk } => {
+                        assert_eq!(chunk as usize, a.chunks.len(), "chunks are made in order");
+                        let start = chunk as usize * PER_CHUNK;
+                        let end = (start + PER_CHUNK).min(a.captured.len());
+                        let last = end >= a.captured.len();
+                        let actors = a.captured[start.min(end)..end]
+                            .iter()
+                            .map(|(k, v)| ActorSnapshot {
+                                actor: ActorRef::new("counter", k.clone()),
+                                version: *v,
+                                seq: *v,
+                                state: Bytes(v.to_le_bytes().to_vec()),
+                            })
+                            .collect();
+                        let t = Transfer {
+                            v: VERSION,
+                            epoch,
+                            shard: self.shard,
+                            from: self.from.clone(),
+                            chunk,
+                            last,
+                            actors,
+                            commit: false,
+                        };
+                        a.chunks.push(t.clone());
+                        self.net.push(Msg::Chunk(t));
+                        todo.push_back(Event::Produced { chunk, last });
+                    }
+                    Action::Resend { chunk, .. } => {
+                        let t = a.chunks[chunk as usize].clone();
+                        self.net.push(Msg::Chunk(t));
+                    }
+                    Action::HandOff => {
+                        self.src.own.hand_off(epoch, self.shard, DEST);
+                        self.src.paused = false;
+                    }
+                    Action::Commit { chunk, .. } => {
+                        if !self.src.own.is_current(epoch) {
+                            todo.push_back(Event::Superseded);
+                            continue;
+                        }
+                        self.net.push(Msg::Chunk(Transfer {
+                            v: VERSION,
+                            epoch,
+                            shard: self.shard,
+                            from: self.from.clone(),
+                            chunk,
+                            last: true,
+                            actors: Vec::new(),
+                            commit: true,
+                        }));
+                    }
+                    Action::Resume => self.src.paused = false,
+                    Action::ReportDone | Action::ReportFailed(_) => {
+                        let phase = if action == Action::ReportDone {
+                            MovePhase::Done
+                        } else {
+                            MovePhase::Failed
+                        };
+                        self.net
+                            .push(Msg::Progress(self.progress(epoch, self.shard, phase)));
+                    }
+                    Action::ReportSuperseded => {}
+                }
+            }
+            if self
+                .src
+                .attempt
+                .as_ref()
+                .is_some_and(|a| a.machine.finished())
+                && let Some(a) = self.src.attempt.take()
+                && let Some((_, next, _)) = self.src.own.move_finished(self.shard, a.epoch)
+            {
+                self.start_attempt(next);
+            }
+        }
+    }
+
+    fn progress(&self, epoch: u64, shard: u32, phase: MovePhase) -> Progress {
+        Progress {
+            v: VERSION,
+            epoch,
+            shard,
+            node: self.from.clone(),
+            phase,
+            actors: 0,
+            duration_ms: 0,
+            error: None,
+        }
+    }
+
+    fn deliver(&mut self, msg: Msg) {
+        match msg {
+            Msg::Chunk(t) => {
+                let (epoch, chunk, commit) = (t.epoch, t.chunk, t.commit);
+                let result = self
+                    .dst
+                    .own
+                    .check_chunk(&t)
+                    .and_then(|()| self.dst.own.on_chunk(&t));
+                let result = match result {
+                    Ok(Accept::Stage { fresh }) => {
+                        if fresh {
+                            self.dst.staged.clear();
+                        }
+                        for a in t.actors {
+                            let v = u64::from_le_bytes(a.state.0.try_into().expect("8 bytes"));
+                            self.dst.staged.insert(a.actor.id, v);
+                        }
+                        Ok(())
+                    }
+                    Ok(Accept::Commit) => {
+                        self.dst.committed_at = Some(t.epoch);
+                        // The destination holds exactly what the source captured (when it
+                        // restarted meanwhile, what it holds is captured and the rest comes from
+                        // the log).
+                        if let Some(a) = self.src.attempt.as_ref() {
+                            let staged: Vec<(String, u64)> = self
+                                .dst
+                                .staged
+                                .iter()
+                                .map(|(k, v)| (k.clone(), *v))
+                                .collect();
+                            if self.dst.crashed_since_first_chunk {
+                                assert!(
+                                    staged.iter().all(|s| a.captured.contains(s)),
+                                    "commit of a stale copy"
+                                );
+                            } else {
+                                assert_eq!(staged, a.captured, "commit of a partial or stale copy");
+                            }
+                        }
+                        Ok(())
+                    }
+                    Ok(Accept::Duplicate) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                self.net.push(Msg::Reply {
+                    epoch,
+                    chunk,
+                    commit,
+                    result,
+                });
+            }
+            Msg::Reply {
+                epoch,
+                chunk,
+                commit,
+                result,
+            } => {
+                if !self.src.alive || self.src.attempt.as_ref().is_none_or(|a| a.epoch != epoch) {
+                    return;
+                }
+                let event = match (commit, result) {
+                    (true, Ok(())) => Event::Committed,
+                    (true, Err(e)) => Event::CommitRefused(e),
+                    (false, Ok(())) => Event::Acked { chunk },
+                    (false, Err(error)) => Event::Refused { chunk, error },
+                };
+                self.source_event(event);
+            }
+            Msg::Progress(p) => {
+                if self.dst.own.on_progress(&p).is_some() {
+                    self.dst.staged.clear();
+                }
+            }
+        }
+    }
+
+    /// A message lost: the source's request times out.
+    fn lose(&mut self, msg: &Msg) {
+        let (epoch, chunk, commit) = match msg {
+            Msg::Chunk(t) => (t.epoch, t.chunk, t.commit),
+            Msg::Reply {
+                epoch,
+                chunk,
+                commit,
+                ..
+            } => (*epoch, *chunk, *commit),
+            Msg::Progress(_) => {
+                self.progress_lost = true;
+                return;
+            }
+        };
+        if !self.src.alive || self.src.attempt.as_ref().is_none_or(|a| a.epoch != epoch) {
+            return;
+        }
+        let event = if commit {
+            Event::CommitUnanswered
+        } else {
+            Event::NoAnswer {
+                chunk,
+                reason: "lost".into(),
+            }
+        };
+        self.source_event(event);
+    }
+
+    fn step(&mut self, op: Op) {
+        match op {
+            Op::Deliver(i) if !self.net.is_empty() => {
+                let msg = self.net.remove(i.index(self.net.len()));
+                self.deliver(msg);
+            }
+            Op::Duplicate(i) if !self.net.is_empty() => {
+                let msg = self.net[i.index(self.net.len())].clone();
+                self.net.push(msg);
+            }
+            Op::Lose(i) if !self.net.is_empty() => {
+                let msg = self.net.remove(i.index(self.net.len()));
+                self.lose(&msg);
+            }
+            Op::Deadline if self.src.alive => self.source_event(Event::Deadline),
+            Op::CrashDestination => {
+                self.dst.own = Ownership::new(DEST);
+                self.dst.staged.clear();
+                self.dst.crashed_since_first_chunk = true;
+                self.dst.crashed_after_commit |= self.dst.committed_at.is_some();
+                let n = if self.retry_sent { 3 } else { 2 };
+                for p in &self.plans[..n] {
+                    self.dst.own.on_plan(p.clone(), []);
+                }
+            }
+            Op::CrashSource => {
+                self.src.alive = false;
+                self.src.attempt = None;
+            }
+            Op::Write(k) if self.src_serves() && !self.src.paused => {
+                let key = format!("a{}", usize::from(k) % self.log.len().max(1));
+                if let Some(v) = self.log.get_mut(&key) {
+                    *v += 1;
+                }
+            }
+            // The operator's retry after a Failed report: the same move in a new epoch.
+            Op::RetryPlan if !self.retry_sent && self.src.attempt.is_none() && self.src.alive => {
+                let mut p = self.plans[1].clone();
+                p.epoch += 1;
+                self.plans.push(p.clone());
+                self.retry_sent = true;
+                let hosting = !self.dst.staged.is_empty() || self.dst_serves();
+                let hosted: Vec<u32> = hosting.then_some(self.shard).into_iter().collect();
+                if let Some(fx) = self.dst.own.on_plan(p, hosted)
+                    && fx.stop.contains(&self.shard)
+                {
+                    self.dst.staged.clear();
+                }
+                self.source_plan(2);
+            }
+            _ => {}
+        }
+    }
+
+    fn check(&self) {
+        assert!(
+            !(self.src_serves() && self.dst_serves()),
+            "both sides serve shard {}",
+            self.shard
+        );
+        if self.dst_serves() {
+            for (k, v) in &self.dst.staged {
+                assert_eq!(
+                    self.log.get(k),
+                    Some(v),
+                    "the destination serves a stale {k}"
+                );
+            }
+        }
+        if self.src.alive
+            && self.src.attempt.as_ref().is_some_and(|a| {
+                matches!(
+                    a.machine.phase,
+                    aether_node::migration::Phase::RolledBack(_)
+                )
+            })
+        {
+            assert!(
+                self.src_serves(),
+                "a rolled-back move left the source not serving"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn at_most_one_side_serves_whatever_the_network_does(
+        actors in 0usize..7,
+        ops in prop::collection::vec(op(), 0..80),
+    ) {
+        let mut w = World::new(actors);
+        w.check();
+        for op in ops {
+            w.step(op);
+            w.check();
+        }
+        // The faults stop: every message is delivered, late timeouts fire, the operator retries.
+        for _ in 0..10_000 {
+            if w.net.is_empty() {
+                if w.src.alive && w.src.attempt.is_some() {
+                    w.source_event(Event::Deadline);
+                    if w.net.is_empty() {
+                        break;
+                    }
+                    continue;
+                }
+                break;
+            }
+            let msg = w.net.remove(0);
+            w.deliver(msg);
+            w.check();
+        }
+        prop_assert!(w.net.is_empty(), "the network settles");
+        // Who serves after a hand-off is learnt from the source's Done report, which travels at
+        // most once today: a destination that restarts after the commit, or any node that misses
+        // the report, leaves the shard unserved until the next plan. Liveness is checked where
+        // that cannot happen (issue 14 makes progress durable).
+        if w.src.alive && !w.dst.crashed_after_commit && !w.progress_lost {
+            prop_assert!(
+                w.src_serves() != w.dst_serves(),
+                "after the faults exactly one side serves (source {}, destination {})",
+                w.src_serves(),
+                w.dst_serves()
+            );
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Bad input never harms (issue 13): each input is sent to nodes on a real nats-server, and the test
+//! shows the reply code, the counter, every other actor of the same shard still served by the same
+//! node, the node's connection not dropped, and nothing acknowledged lost.
+
+use aether_core::hash::shard_of;
+use aether_core::protocol::{
+    ActorRef, ErrorCode, MAX_ACTOR_ID_BYTES, MAX_COMMAND_DEPTH, MAX_COMMAND_ID_BYTES, Names, Op,
+    Outcome, PlanMessage, Reply, Request, decode, encode,
+};
+use aether_node::client::Client;
+use aether_node::metrics::{Failure, Malformed};
+use aether_tests::cluster::{TestNode, counter_value, start_cluster};
+use aether_tests::{NatsServer, wait_for};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+const SHARDS: u32 = 64;
+
+async fn cluster(nats: &NatsServer, prefix: &str) -> (Vec<TestNode>, aether_core::plan::Plan) {
+    let nc = nats.connect().await;
+    start_cluster(&nats.url(), &nc, prefix, &["app-0", "app-1"], SHARDS, 8, 10).await
+}
+
+/// One request to any node, answered (never silence).
+async fn ask(nc: &async_nats::Client, prefix: &str, req: &Request) -> Reply {
+    let msg = tokio::time::timeout(
+        T,
+        nc.request(
+            Names::new(prefix).any_node(),
+            encode(req).expect("encodes").into(),
+        ),
+    )
+    .await
+    .expect("answered in time")
+    .expect("a reply, not silence");
+    decode::<Reply>(&msg.payload).expect("a protocol reply")
+}
+
+fn code(r: &Reply) -> ErrorCode {
+    match &r.outcome {
+        Outcome::Error(e) => e.code,
+        Outcome::Ok(ok) => panic!("expected an error, got {ok:?}"),
+    }
+}
+
+fn add(id: &str, n: i64, cmd: Option<String>) -> Request {
+    Request::new(
+        ActorRef::new("counter", id),
+        Op::Command {
+            command: json!({"add": n}),
+        },
+        cmd,
+    )
+}
+
+/// Another actor id in the same shard as `id`.
+fn neighbour(id: &str) -> String {
+    let shard = shard_of(id, SHARDS);
+    (0..)
+        .map(|i| format!("{id}-n{i}"))
+        .find(|n| shard_of(n, SHARDS) == shard)
+        .expect("a neighbour")
+}
+
+fn malformed(nodes: &[TestNode], kind: Malformed) -> u64 {
+    nodes.iter().map(|n| n.metrics.malformed_of(kind)).sum()
+}
+
+/// The shard of `id` and every other actor still answer, from the shard's owner.
+async fn still_serving(client: &Client, plan: &aether_core::plan::Plan, id: &str) {
+    for actor in [id.to_owned(), neighbour(id)] {
+        let before = client.read("counter", &actor).await.expect("read");
+        let (v, _) = counter_value(&before);
+        let reply = client
+            .add(&actor, 1, format!("{actor}-ok"))
+            .await
+            .expect("answer");
+        let (after, _) = counter_value(&reply);
+        assert_eq!(after, v + 1, "{actor} still takes commands");
+        let Outcome::Ok(ok) = &reply.outcome else {
+            unreachable!()
+        };
+        assert_eq!(Some(ok.node.as_str()), plan.owner(shard_of(&actor, SHARDS)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_id_with_a_line_break_is_refused_and_the_shard_keeps_serving() {
+    let nats = NatsServer::start();
+    let (nodes, plan) = cluster(&nats, "crlf").await;
+    let nc = nats.connect().await;
+    let client = Client::new(nc.clone(), "crlf");
+    for bad in ["a\r\nb", "line\nbreak", "nul\0", ""] {
+        let r = ask(&nc, "crlf", &add("victim", 1, Some(bad.to_owned()))).await;
+        assert_eq!(code(&r), ErrorCode::Malformed, "command id {bad:?}");
+    }
+    assert!(malformed(&nodes, Malformed::Request) >= 4, "counted");
+    still_serving(&client, &plan, "victim").await;
+    let (v, _) = counter_value(&client.read("counter", "victim").await.expect("read"));
+    assert_eq!(v, 1, "nothing of the refused commands was applied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_id_over_the_limit_is_refused() {
+    let nats = NatsServer::start();
+    let (nodes, plan) = cluster(&nats, "longcmd").await;
+    let nc = nats.connect().await;
+    let client = Client::new(nc.clone(), "longcmd");
+    let long = "c".repeat(MAX_COMMAND_ID_BYTES + 1);
+    let r = ask(&nc, "longcmd", &add("a", 1, Some(long))).await;
+    assert_eq!(code(&r), ErrorCode::TooLarge);
+    assert!(malformed(&nodes, Malformed::TooLarge) >= 1, "counted");
+    let fits = "c".repeat(MAX_COMMAND_ID_BYTES);
+    let (v, _) = counter_value(&client.add("a", 1, fits).await.expect("answer"));
+    assert_eq!(v, 1, "an id at the limit is taken");
+    still_serving(&client, &plan, "a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_id_over_the_limit_is_refused_and_no_connection_drops() {
+    let nats = NatsServer::start();
+    let (nodes, plan) = cluster(&nats, "longid").await;
+    let nc = nats.connect().await;
+    let client = Client::new(nc.clone(), "longid");
+    // Long enough that its subject would pass nats-server's 4,096-byte control line.
+    let long = "x".repeat(3_000);
+    let r = ask(&nc, "longid", &add(&long, 1, Some("l-1".into()))).await;
+    assert_eq!(code(&r), ErrorCode::TooLarge);
+    let read = Request::new(ActorRef::new("counter", &long), Op::Read, None);
+    assert_eq!(code(&ask(&nc, "longid", &read).await), ErrorCode::TooLarge);
+    assert!(malformed(&nodes, Malformed::TooLarge) >= 2, "counted");
+    // An id at the limit works end to end: its subject fits.
+    let at_limit = "y".repeat(MAX_ACTOR_ID_BYTES);
+    let (v, _) = counter_value(
+        &client
+            .add(&at_limit, 2, "y-1".into())
+            .await
+            .expect("answer"),
+    );
+    assert_eq!(v, 2);
+    for n in &nodes {
+        assert_eq!(
+            n.shared.client.connection_state(),
+            async_nats::connection::State::Connected,
+            "{} kept its connection",
+            n.name
+        );
+    }
+    still_serving(&client, &plan, "short").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deeply_nested_command_is_refused_before_it_reaches_the_log() {
+    let nats = NatsServer::start();
+    let (nodes, _plan) = cluster(&nats, "deep").await;
+    let nc = nats.connect().await;
+    let client = Client::new(nc.clone(), "deep");
+    let nested = |depth: usize| {
+        let mut v = json!(1);
+        for _ in 0..depth {
+            v = json!([v]);
+        }
+        v
+    };
+    let put = |depth: usize, id: &str| {
+        Request::new(
+            ActorRef::new("doc", "d"),
+            Op::Command {
+                command: json!({"put": {"key": "k", "value": nested(depth)}}),
+            },
+            Some(id.to_owned()),
+        )
+    };
+    // 120 levels: serde_json reads it, but the record (4 levels deeper) would not read back.
+    let r = ask(&nc, "deep", &put(120, "deep-1")).await;
+    assert_eq!(code(&r), ErrorCode::Malformed);
+    assert!(malformed(&nodes, Malformed::Request) >= 1);
+    // Within the limit (the command object and `put` take two levels): stored and read back.
+    let ok = ask(&nc, "deep", &put(MAX_COMMAND_DEPTH - 3, "deep-2")).await;
+    assert!(matches!(ok.outcome, Outcome::Ok(_)), "{ok:?}");
+    let read = client.read("doc", "d").await.expect("read");
+    let Outcome::Ok(state) = &read.outcome else {
+        panic!("{read:?}")
+    };
+    assert_eq!(state.state["k"], nested(MAX_COMMAND_DEPTH - 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_older_than_the_remembered_ids_is_not_applied_twice() {
+    let nats = NatsServer::start();
+    let (nodes, _plan) = cluster(&nats, "dup").await;
+    let nc = nats.connect().await;
+    let client = Client::new(nc.clone(), "dup");
+    let first = client.add("acct", 1, "first".into()).await.expect("answer");
+    assert_eq!(counter_value(&first), (1, 1));
+    let newer = aether_node::store::RECENT_COMMANDS as i64;
+    for i in 0..newer {
+        client
+            .add("acct", 1, format!("n-{i}"))
+            .await
+            .expect("answer");
+    }
+    // The node no longer remembers "first"; JetStream's duplicate window (120 s) does.
+    let again = client.add("acct", 1, "first".into()).await.expect("answer");
+    let (value, version) = counter_value(&again);
+    assert_eq!(value, 1 + newer, "the retry was not applied again");
+    assert_eq!(version, 1 + newer as u64);
+    let (read, _) = counter_value(&client.read("counter", "acct").await.expect("read"));
+    assert_eq!(read, 1 + newer, "memory and log agree");
+    let dups: u64 = nodes
+        .iter()
+        .map(|n| n.metrics.failures_of(Failure::Duplicate))
+        .sum();
+    assert_eq!(dups, 1, "the duplicate ack is counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_that_contradicts_itself_is_ignored_and_counted() {
+    let nats = NatsServer::start();
+    let (nodes, plan) = cluster(&nats, "badplan").await;
+    let nc = nats.connect().await;
+    let client = Client::new(nc.clone(), "badplan");
+    let js = async_nats::jetstream::new(nc.clone());
+    let bucket = aether_nats::plans::open_bucket(&js, &Names::new("badplan"), 1)
+        .await
+        .expect("bucket");
+    let good = PlanMessage::new(&plan, 4, 10);
+    let mut bad: Vec<Value> = Vec::new();
+    for mutate in [
+        |v: &mut Value| v["shards"] = json!(128), // the map holds 64
+        |v: &mut Value| v["moves"] = json!([{"shard": 1, "to": "nobody"}]),
+        |v: &mut Value| {
+            v["moves"] = json!([{"shard": 1, "to": "app-0"}, {"shard": 1, "to": "app-1"}])
+        },
+        |v: &mut Value| v["moves"] = json!([{"shard": 64, "to": "app-0"}]),
+    ] {
+        let mut v = serde_json::to_value(&good).expect("json");
+        v["epoch"] = json!(plan.epoch + 1 + bad.len() as u64);
+        mutate(&mut v);
+        bad.push(v);
+    }
+    for (i, v) in bad.iter().enumerate() {
+        bucket
+            .put(
+                Names::PLAN_KEY,
+                serde_json::to_vec(v).expect("bytes").into(),
+            )
+            .await
+            .expect("put");
+        let want = i as u64 + 1;
+        for n in &nodes {
+            wait_for("the bad plan counted", T, || async {
+                n.metrics.malformed_of(Malformed::Plan) >= want
+            })
+            .await;
+            assert_eq!(n.shared.epoch(), plan.epoch, "the bad plan was not taken");
+        }
+    }
+    let (v, _) = counter_value(&client.add("still", 1, "s-1".into()).await.expect("answer"));
+    assert_eq!(v, 1, "still serving on the last good plan");
+}
