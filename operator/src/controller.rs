@@ -89,6 +89,8 @@ pub struct Metrics {
     pub moving: Family<PlanLabel, Gauge>,
     /// Seconds to decide (plan computation included).
     pub plan_seconds: Histogram,
+    /// Progress reports that did not decode.
+    pub malformed_reports: Counter,
 }
 
 impl Default for Metrics {
@@ -99,6 +101,12 @@ impl Default for Metrics {
         let epoch = Family::<PlanLabel, Gauge>::default();
         let moving = Family::<PlanLabel, Gauge>::default();
         let plan_seconds = Histogram::new([0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25]);
+        let malformed_reports = Counter::default();
+        registry.register(
+            "malformed_reports",
+            "Progress reports that did not decode",
+            malformed_reports.clone(),
+        );
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -119,6 +127,7 @@ impl Default for Metrics {
             epoch,
             moving,
             plan_seconds,
+            malformed_reports,
         }
     }
 }
@@ -145,7 +154,7 @@ pub struct Context {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     nats: tokio::sync::Mutex<HashMap<String, NatsConn>>,
-    progress: Arc<Mutex<HashMap<String, Vec<Progress>>>>,
+    progress: Arc<Mutex<HashMap<String, Reports>>>,
     /// Pods whose node announced it is leaving, per subject prefix (until it announces `up`).
     leaving: Arc<Mutex<HashMap<String, BTreeSet<String>>>>,
     /// Reconciles asked for by NATS news (a node leaving), outside the Kubernetes watches.
@@ -243,12 +252,15 @@ impl Context {
                 .map_err(|e| Error::Nats(e.to_string()))?;
             let sink = self.progress.clone();
             let p = prefix.clone();
+            let metrics = self.metrics.clone();
             tokio::spawn(async move {
                 while let Some(m) = sub.next().await {
-                    if let Ok(report) = decode::<Progress>(&m.payload)
-                        && let Ok(mut map) = sink.lock()
-                    {
-                        map.entry(p.clone()).or_default().push(report);
+                    let Ok(report) = decode::<Progress>(&m.payload) else {
+                        metrics.malformed_reports.inc();
+                        continue;
+                    };
+                    if let Ok(mut map) = sink.lock() {
+                        map.entry(p.clone()).or_default().add(report);
                     }
                 }
             });
@@ -263,15 +275,16 @@ impl Context {
                     let Ok(ev) = decode::<NodeEvent>(&m.payload) else {
                         continue;
                     };
-                    if let Ok(mut map) = leaving.lock() {
+                    let changed = leaving.lock().is_ok_and(|mut map| {
                         let pods = map.entry(p.clone()).or_default();
                         match ev.event {
                             NodeEventKind::Leaving => pods.insert(ev.node),
                             NodeEventKind::Up => pods.remove(&ev.node),
-                        };
-                    }
-                    // Planned out at once, not when the pod goes NotReady or is deleted.
-                    if ev.event == NodeEventKind::Leaving {
+                        }
+                    });
+                    // Planned out at once, not when the pod goes NotReady or is deleted; and back
+                    // in as soon as it is up again.
+                    if changed {
                         let _ = wake.send(());
                     }
                 }
@@ -291,8 +304,53 @@ impl Context {
     fn take_progress(&self, prefix: &str) -> Vec<Progress> {
         self.progress
             .lock()
-            .map(|mut m| m.remove(prefix).unwrap_or_default())
+            .map(|mut m| m.remove(prefix).unwrap_or_default().into_reports())
             .unwrap_or_default()
+    }
+}
+
+/// Progress reports between two reconciles: the latest per (epoch, shard), which is all a decision
+/// reads (a move reports Transferring, then Done or Failed), so they stay bounded however many
+/// arrive; beyond [`Reports::LIMIT`] moves the oldest epochs go first. Error texts are cut to
+/// [`Reports::ERROR_BYTES`] so a report can never make the status too large to write.
+#[derive(Debug, Default)]
+pub struct Reports(std::collections::BTreeMap<(u64, u32), Progress>);
+
+impl Reports {
+    /// Moves remembered at most (two plans of 65,536 shards).
+    pub const LIMIT: usize = 2 * 65_536;
+    /// Longest error text kept from a report.
+    pub const ERROR_BYTES: usize = 1024;
+
+    /// Adds a report; it replaces an earlier one of the same move.
+    pub fn add(&mut self, mut p: Progress) {
+        if let Some(e) = &mut p.error
+            && e.len() > Self::ERROR_BYTES
+        {
+            let mut cut = Self::ERROR_BYTES;
+            while !e.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            e.truncate(cut);
+            e.push_str("...");
+        }
+        self.0.insert((p.epoch, p.shard), p);
+        while self.0.len() > Self::LIMIT {
+            self.0.pop_first();
+        }
+    }
+
+    /// Puts back reports a failed reconcile took, unless a newer one of the same move came since.
+    pub fn restore(&mut self, reports: Vec<Progress>) {
+        for p in reports {
+            self.0.entry((p.epoch, p.shard)).or_insert(p);
+        }
+    }
+
+    /// The reports, oldest epoch first.
+    #[must_use]
+    pub fn into_reports(self) -> Vec<Progress> {
+        self.0.into_values().collect()
     }
 }
 
@@ -351,7 +409,7 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
     if let Err(e) = write_status(&ctx.client, &ns, &name, &status).await {
         // Nothing was decided for good: hand the reports back for the next attempt.
         if let Ok(mut map) = ctx.progress.lock() {
-            map.entry(prefix).or_default().splice(0..0, progress);
+            map.entry(prefix).or_default().restore(progress);
         }
         return Err(e);
     }
@@ -552,4 +610,59 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aether_core::protocol::VERSION;
+    use aether_core::types::MovePhase;
+
+    fn report(epoch: u64, shard: u32, phase: MovePhase, error: Option<String>) -> Progress {
+        Progress {
+            v: VERSION,
+            epoch,
+            shard,
+            node: "app-0".into(),
+            phase,
+            actors: 0,
+            duration_ms: 0,
+            error,
+        }
+    }
+
+    #[test]
+    fn reports_stay_bounded_and_error_texts_short() {
+        let mut r = Reports::default();
+        r.add(report(1, 7, MovePhase::Transferring, None));
+        r.add(report(1, 7, MovePhase::Failed, Some("é".repeat(4_000))));
+        let all = r.into_reports();
+        assert_eq!(
+            all.len(),
+            1,
+            "the latest report of a move replaces the earlier"
+        );
+        let e = all[0].error.clone().unwrap_or_default();
+        assert!(
+            e.len() <= Reports::ERROR_BYTES + 3,
+            "cut to {} bytes",
+            e.len()
+        );
+        let mut r = Reports::default();
+        for shard in 0..(Reports::LIMIT as u32 + 10) {
+            r.add(report(
+                u64::from(shard / 65_536) + 1,
+                shard % 65_536,
+                MovePhase::Done,
+                None,
+            ));
+        }
+        r.restore(vec![report(1, 0, MovePhase::Transferring, None)]);
+        let all = r.into_reports();
+        assert!(all.len() <= Reports::LIMIT + 1);
+        assert!(
+            all.iter()
+                .all(|p| p.phase == MovePhase::Done || p.epoch == 1)
+        );
+    }
 }

@@ -1,9 +1,12 @@
 //! The operator against a real kube-apiserver (and etcd), with node sidecars on a real nats-server:
 //! CRD validation, a plan written to status and NATS, a scale-up rebalanced by the nodes until Ready,
-//! and a missing StatefulSet reported as Degraded.
+//! a node that announces it is leaving planned out at once (and back in when it is up again),
+//! malformed progress reports counted, and a missing StatefulSet reported as Degraded.
 
 use aether_core::crd::{ShardPlan, ShardPlanStatus};
-use aether_core::protocol::{Names, PlanMessage, decode};
+use aether_core::protocol::{
+    Names, NodeEvent, NodeEventKind, PlanMessage, VERSION, decode, encode,
+};
 use aether_tests::cluster::TestNode;
 use aether_tests::k8s::ApiServer;
 use aether_tests::{NatsServer, Process, free_port, wait_for, workspace_binary};
@@ -191,6 +194,68 @@ async fn the_operator_plans_publishes_and_follows_a_scale_up() {
         "status and NATS agree"
     );
 
+    // A node that announces it is leaving (SIGTERM) is planned out at once, its pod still Ready;
+    // announcing `up` again brings it back.
+    let announce = |event| {
+        let ev = NodeEvent {
+            v: VERSION,
+            node: "app-3".into(),
+            event,
+        };
+        let nc = nc.clone();
+        async move {
+            nc.publish(
+                Names::new("actors").node_events(),
+                encode(&ev).expect("encodes").into(),
+            )
+            .await
+            .expect("publish");
+            nc.flush().await.expect("flush");
+        }
+    };
+    let before = status_of(&sp).epoch;
+    announce(NodeEventKind::Leaving).await;
+    wait_for(
+        "app-3 planned out: 3 active members, nothing moving",
+        T,
+        || async {
+            plans.get("actors").await.is_ok_and(|sp| {
+                let s = status_of(&sp);
+                s.epoch > before
+                    && s.members
+                        .iter()
+                        .filter(|m| m.state == aether_core::crd::MemberState::Active)
+                        .all(|m| m.pod != "app-3")
+                    && s.moving == 0
+                    && condition(&sp, "Ready").is_some_and(|c| c.0 == "True")
+            })
+        },
+    )
+    .await;
+    let out = status_of(&plans.get("actors").await.expect("get")).epoch;
+    announce(NodeEventKind::Up).await;
+    wait_for("app-3 back: 4 members, Ready", T, || async {
+        plans.get("actors").await.is_ok_and(|sp| {
+            let s = status_of(&sp);
+            s.epoch > out
+                && s.member_count == 4
+                && s.moving == 0
+                && condition(&sp, "Ready").is_some_and(|c| c.0 == "True")
+        })
+    })
+    .await;
+
+    // A progress report that does not decode is counted, never taken.
+    nc.publish(Names::new("actors").progress(), "not a report".into())
+        .await
+        .expect("publish");
+    wait_for("the malformed report counted", T, || async {
+        metrics_text(op_port)
+            .await
+            .is_some_and(|m| m.contains("aether_operator_malformed_reports_total 1"))
+    })
+    .await;
+
     // A ShardPlan whose StatefulSet does not exist says so.
     let orphan: ShardPlan = serde_json::from_value(json!({
         "apiVersion": "aether.dev/v1alpha1", "kind": "ShardPlan", "metadata": {"name": "orphan"},
@@ -207,4 +272,18 @@ async fn the_operator_plans_publishes_and_follows_a_scale_up() {
         })
     })
     .await;
+}
+
+/// The operator's /metrics text.
+async fn metrics_text(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: operator\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.ok()?;
+    Some(out)
 }
