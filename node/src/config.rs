@@ -86,6 +86,11 @@ pub struct NodeConfig {
     /// Largest request accepted, bytes.
     #[arg(long, env = "AETHER_MAX_REQUEST_BYTES", default_value_t = 256 * 1024)]
     pub max_request_bytes: usize,
+    /// Largest actor state, bytes of JSON: a command whose resulting state would be larger is
+    /// refused (`tooLarge`) and nothing is appended, so every reply, snapshot record and transfer
+    /// chunk fits NATS's default 1 MiB payload.
+    #[arg(long, env = "AETHER_MAX_STATE_BYTES", default_value_t = 256 * 1024)]
+    pub max_state_bytes: usize,
     /// Most requests queued behind a moving shard before callers are told to retry.
     #[arg(long, env = "AETHER_QUEUE_LIMIT", default_value_t = 10_000)]
     pub queue_limit: usize,

@@ -45,6 +45,8 @@ pub struct HostContext {
     pub passivate_after: Duration,
     /// Queue limit of a paused (moving) shard.
     pub queue_limit: usize,
+    /// Largest actor state (bytes of JSON) a command may leave.
+    pub max_state_bytes: usize,
     /// The runtime that serves requests: workers run there even when a migration starts them.
     pub serving: tokio::runtime::Handle,
     /// Every worker task, joined on shutdown.
@@ -641,6 +643,18 @@ impl Worker {
         for e in &events {
             a.behaviour.apply(&mut next, e);
         }
+        let size = json_size(&next);
+        if size > self.ctx.max_state_bytes {
+            // Refused before anything is appended: a state this large would not fit a reply, a
+            // snapshot record or a transfer chunk.
+            return Ok(Step::Reply(Reply::error(ErrorReply::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the actor's state would be {size} bytes, over the limit of {} bytes",
+                    self.ctx.max_state_bytes
+                ),
+            ))));
+        }
         let version = a.version + 1;
         let snapshot = (version % SNAPSHOT_EVERY == 0).then(|| {
             let mut recent = a.snapshot.recent.clone();
@@ -666,5 +680,24 @@ impl Worker {
             record,
             next,
         })
+    }
+}
+
+/// Bytes of a value's JSON, counted without building it.
+fn json_size(v: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    match serde_json::to_writer(&mut c, v) {
+        Ok(()) => c.0,
+        Err(_) => usize::MAX,
     }
 }

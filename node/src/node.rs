@@ -149,6 +149,7 @@ impl Shared {
             metrics,
             passivate_after: cfg.passivate_after,
             queue_limit: cfg.queue_limit,
+            max_state_bytes: cfg.max_state_bytes,
             serving: tokio::runtime::Handle::current(),
             tasks: tasks.clone(),
         });

@@ -47,6 +47,7 @@ pub fn node_config(url: &str, prefix: &str, name: &str) -> NodeConfig {
         drain_timeout: Duration::from_secs(20),
         max_request_bytes: 64 * 1024,
         queue_limit: 10_000,
+        max_state_bytes: 256 * 1024,
         log_json: false,
     }
 }

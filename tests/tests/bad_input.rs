@@ -260,3 +260,54 @@ async fn a_plan_that_contradicts_itself_is_ignored_and_counted() {
     let (v, _) = counter_value(&client.add("still", 1, "s-1".into()).await.expect("answer"));
     assert_eq!(v, 1, "still serving on the last good plan");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_would_make_the_state_too_large_is_refused_and_nothing_appended() {
+    let nats = NatsServer::start();
+    let (nodes, _plan) = cluster(&nats, "big").await;
+    let nc = nats.connect().await;
+    let client = Client::new(nc.clone(), "big");
+    let put = |key: &str, bytes: usize, id: &str| {
+        Request::new(
+            ActorRef::new("doc", "d"),
+            Op::Command {
+                command: json!({"put": {"key": key, "value": "v".repeat(bytes)}}),
+            },
+            Some(id.to_owned()),
+        )
+    };
+    let version = |r: &Reply| match &r.outcome {
+        Outcome::Ok(ok) => ok.version,
+        Outcome::Error(e) => panic!("{e:?}"),
+    };
+    // Four values of 60 KB (the test nodes take requests up to 64 KiB) fit the default 256 KiB.
+    for i in 0..4u64 {
+        let r = ask(&nc, "big", &put(&format!("k{i}"), 60_000, &format!("p{i}"))).await;
+        assert_eq!(version(&r), i + 1);
+    }
+    // A fifth would take the state past 256 KiB.
+    let refused = ask(&nc, "big", &put("k4", 60_000, "p4")).await;
+    assert_eq!(code(&refused), ErrorCode::TooLarge);
+    let read = client.read("doc", "d").await.expect("read");
+    assert_eq!(version(&read), 4, "nothing appended");
+    // The actor stays usable: it shrinks, then takes the value.
+    let delete = Request::new(
+        ActorRef::new("doc", "d"),
+        Op::Command {
+            command: json!({"delete": "k0"}),
+        },
+        Some("d0".into()),
+    );
+    assert_eq!(version(&ask(&nc, "big", &delete).await), 5);
+    assert_eq!(
+        version(&ask(&nc, "big", &put("k4", 60_000, "p4b")).await),
+        6
+    );
+    // Every node keeps its connection.
+    for n in &nodes {
+        assert_eq!(
+            n.shared.client.connection_state(),
+            async_nats::connection::State::Connected
+        );
+    }
+}
