@@ -91,6 +91,9 @@ pub struct NodeConfig {
     /// chunk fits NATS's default 1 MiB payload.
     #[arg(long, env = "AETHER_MAX_STATE_BYTES", default_value_t = 256 * 1024)]
     pub max_state_bytes: usize,
+    /// Most requests in flight on this node; beyond it a request is answered `unavailable` at once.
+    #[arg(long, env = "AETHER_MAX_INFLIGHT", default_value_t = 10_000)]
+    pub max_inflight: usize,
     /// Most requests queued behind a moving shard before callers are told to retry.
     #[arg(long, env = "AETHER_QUEUE_LIMIT", default_value_t = 10_000)]
     pub queue_limit: usize,

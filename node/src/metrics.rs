@@ -46,6 +46,8 @@ label_enum!(
         Redirected => "redirected",
         /// Answered unavailable (no plan, no members).
         Unavailable => "unavailable",
+        /// Answered unavailable at once: `--max-inflight` requests were in flight.
+        Overloaded => "overloaded",
     }
 );
 

@@ -7,7 +7,7 @@
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::host::{self, Cmd, HostContext, Pending, ShardHandle};
-use crate::metrics::{Failure, Malformed, Metrics, MoveOutcome};
+use crate::metrics::{Failure, Malformed, Metrics, MoveOutcome, Route};
 use crate::moves::MigrationRuntime;
 use crate::ownership::Ownership;
 use crate::requests::Answer;
@@ -120,6 +120,9 @@ pub struct Shared {
     pub moves: tokio::runtime::Handle,
     /// Largest request accepted.
     pub max_request_bytes: usize,
+    /// Requests in flight on this node (each holds a permit until it is answered): bounds every
+    /// queue on the request path (worker channels, requests waiting behind an append, forwards).
+    pub inflight: Arc<Semaphore>,
     /// Every task the node spawns (requests, transfers, moves, workers): joined on shutdown.
     pub tasks: TaskTracker,
     state: Mutex<State>,
@@ -161,6 +164,7 @@ impl Shared {
             host,
             moves,
             max_request_bytes: cfg.max_request_bytes,
+            inflight: Arc::new(Semaphore::new(cfg.max_inflight.max(1))),
             tasks,
             state: Mutex::new(State {
                 own: Ownership::new(cfg.pod_name.clone()),
@@ -532,12 +536,22 @@ impl Node {
         loop {
             tokio::select! {
                 Some(msg) = requests.next() => {
+                    let Ok(permit) = shared.inflight.clone().try_acquire_owned() else {
+                        // Full: answered at once, here (the answer is the back-pressure).
+                        shared.metrics().route(Route::Overloaded);
+                        if let Some(to) = msg.reply {
+                            let e = ErrorReply::unavailable("this node is overloaded", 50);
+                            shared.send_reply(to, Answer::Reply(Reply::error(e))).await;
+                        }
+                        continue;
+                    };
                     let shared = shared.clone();
                     shared.tasks.clone().spawn(async move {
                         let answer = shared.handle_request_bytes(&msg.payload).await;
                         if let Some(to) = msg.reply {
                             shared.send_reply(to, answer).await;
                         }
+                        drop(permit);
                     });
                 }
                 Some(msg) = transfers.next() => {

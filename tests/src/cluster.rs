@@ -48,6 +48,7 @@ pub fn node_config(url: &str, prefix: &str, name: &str) -> NodeConfig {
         max_request_bytes: 64 * 1024,
         queue_limit: 10_000,
         max_state_bytes: 256 * 1024,
+        max_inflight: 10_000,
         log_json: false,
     }
 }

@@ -311,3 +311,67 @@ async fn a_command_that_would_make_the_state_too_large_is_refused_and_nothing_ap
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_beyond_max_inflight_is_answered_overloaded_and_nothing_is_lost() {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let mut cfg = aether_tests::cluster::node_config(&nats.url(), "flood", "app-0");
+    cfg.max_inflight = 2;
+    let node = TestNode::start_with(cfg).await;
+    let plan = aether_tests::cluster::next_plan(None, &["app-0"], SHARDS, 8);
+    aether_tests::cluster::publish(&nc, "flood", &plan, 10).await;
+    wait_for("the plan", T, || async {
+        node.shared.epoch() == plan.epoch
+    })
+    .await;
+    let subject = Names::new("flood").node_requests("app-0");
+    let sends = (0..300).map(|i| {
+        let (nc, subject) = (nc.clone(), subject.clone());
+        async move {
+            let req = add(&format!("f{}", i % 5), 1, Some(format!("flood-{i}")));
+            let msg = nc
+                .request(subject, encode(&req).expect("encodes").into())
+                .await
+                .expect("every request is answered");
+            decode::<Reply>(&msg.payload).expect("a reply")
+        }
+    });
+    let replies = futures::future::join_all(sends).await;
+    let ok = replies
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Ok(_)))
+        .count();
+    let overloaded = replies
+        .iter()
+        .filter(|r| matches!(&r.outcome, Outcome::Error(e) if e.code == ErrorCode::Unavailable && e.message.contains("overloaded")))
+        .count();
+    assert_eq!(
+        ok + overloaded,
+        replies.len(),
+        "only ok or overloaded: {replies:?}"
+    );
+    assert!(overloaded > 0, "the flood went past 2 in flight");
+    assert_eq!(
+        node.metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with("aether_node_messages_total{kind=\"overloaded\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok()),
+        Some(overloaded),
+        "counted"
+    );
+    // Exactly the acknowledged commands were applied, once each.
+    let client = Client::new(nc.clone(), "flood");
+    let mut total = 0;
+    for a in 0..5 {
+        let (v, _) = counter_value(
+            &client
+                .read("counter", &format!("f{a}"))
+                .await
+                .expect("read"),
+        );
+        total += v;
+    }
+    assert_eq!(total, ok as i64);
+}
