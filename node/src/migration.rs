@@ -742,4 +742,46 @@ mod tests {
             prop_assert_eq!(m.finished(), resumes == 1 || reported_done || superseded);
         }
     }
+
+    proptest! {
+        /// The destination machine, whatever chunks arrive (any epoch, source, number, commit flag,
+        /// repeated and out of order): it stages a chunk of a move at most once, stages nothing and
+        /// commits nothing it refused, commits only a move of the epoch and source it holds, and
+        /// after a commit takes every further chunk of that move as a duplicate.
+        #[test]
+        fn a_destination_stages_each_chunk_once_and_commits_only_its_move(
+            chunks in prop::collection::vec((4u64..7, any::<bool>(), 0u32..4, 0u8..4), 0..40),
+        ) {
+            let mut inc: Option<Incoming> = None;
+            let mut staged: BTreeSet<(u64, String, u32)> = BTreeSet::new();
+            let mut committed: Option<(u64, String)> = None;
+            for (epoch, from_zero, n, kind) in chunks {
+                let mut c = chunk(epoch, n, kind == 1);
+                c.from = if from_zero { "app-0".into() } else { "app-9".into() };
+                c.commit = kind == 3;
+                let before = inc.clone();
+                match accept_chunk(&mut inc, 5, Some("app-0"), &c) {
+                    Err(_) => {
+                        prop_assert!(epoch != 5 || !from_zero || c.commit, "refused a chunk of its own move");
+                        prop_assert_eq!(&inc, &before, "a refusal changes nothing");
+                    }
+                    Ok(a) => {
+                        prop_assert_eq!(epoch, 5);
+                        prop_assert!(from_zero);
+                        match a {
+                            Accept::Stage { .. } => {
+                                prop_assert!(committed.is_none(), "staged after the commit");
+                                prop_assert!(staged.insert((epoch, c.from.clone(), n)), "chunk {} staged twice", n);
+                            }
+                            Accept::Commit => committed = Some((epoch, c.from.clone())),
+                            Accept::Duplicate => {}
+                        }
+                    }
+                }
+            }
+            if let (Some(inc), Some(_)) = (&inc, &committed) {
+                prop_assert!(inc.committed);
+            }
+        }
+    }
 }
