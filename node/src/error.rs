@@ -19,6 +19,9 @@ pub enum Error {
     /// was applied before; the stream sequence of that record.
     #[error("duplicate of the record at sequence {0}")]
     Duplicate(u64),
+    /// The event stream (or the account's JetStream storage) has no room for the append.
+    #[error("event stream full: {0}")]
+    StoreFull(String),
     /// A message or record over a size limit.
     #[error("too large: {0}")]
     TooLarge(String),
@@ -48,6 +51,7 @@ impl Error {
             Self::Nats(_) => Failure::Nats,
             Self::Fenced(_) => Failure::Fenced,
             Self::Duplicate(_) => Failure::Duplicate,
+            Self::StoreFull(_) => Failure::StoreFull,
             Self::TooLarge(_) => Failure::TooLarge,
             Self::Corrupt(_) => Failure::Corrupt,
             Self::Protocol(_) => Failure::Protocol,
@@ -64,6 +68,7 @@ impl Error {
             Self::TooLarge(_) => ErrorCode::TooLarge,
             Self::Protocol(e) => return ErrorReply::from_decode(e),
             Self::Fenced(_) => return ErrorReply::unavailable(self.to_string(), 50),
+            Self::StoreFull(_) => return ErrorReply::unavailable(self.to_string(), 1000),
             _ => ErrorCode::Internal,
         };
         ErrorReply::new(code, self.to_string())

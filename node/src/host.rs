@@ -51,6 +51,8 @@ pub struct HostContext {
     pub serving: tokio::runtime::Handle,
     /// Every worker task, joined on shutdown.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Readiness: a full event stream makes the node not Ready, with the reason.
+    pub health: Arc<crate::node::Health>,
 }
 
 impl HostContext {
@@ -535,6 +537,9 @@ impl Worker {
             snapshotted,
         } = done;
         let mut retry = None;
+        if result.is_ok() {
+            self.ctx.health.set_store_full(None);
+        }
         match result {
             Ok(seq) => {
                 let reply = match self.actors.get_mut(&req.actor) {
@@ -574,6 +579,15 @@ impl Worker {
                     Err(e) => Reply::error(e.to_reply()),
                 };
                 let _ = tx.send(reply);
+            }
+            Err(Error::StoreFull(why)) => {
+                self.ctx.count_failure(Failure::StoreFull);
+                tracing::warn!(%why, "the event stream is full: commands are refused");
+                self.ctx
+                    .health
+                    .set_store_full(Some(format!("the event stream is full: {why}")));
+                let e = Error::StoreFull(why);
+                let _ = tx.send(Reply::error(e.to_reply()));
             }
             // Another node wrote first: reload from the log and decide again, once.
             Err(Error::Fenced(_)) if attempt == 0 => {

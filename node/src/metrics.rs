@@ -99,6 +99,8 @@ label_enum!(
         Duplicate => "duplicate",
         /// A shard worker ended without being stopped (restarted; its actors reload).
         WorkerDied => "worker_died",
+        /// The event stream had no room for an append (the command was refused).
+        StoreFull => "store_full",
     }
 );
 

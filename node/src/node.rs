@@ -36,9 +36,25 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct Health {
     /// Why the node is not ready; `None` when it is.
     pub problem: Mutex<Option<String>>,
+    /// The event stream refused an append for lack of space (cleared by the next append that lands).
+    store_full: Mutex<Option<String>>,
+    full: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
+    /// The event stream is full (`Some(why)`), or takes appends again (`None`). Cheap when nothing
+    /// changes: an append that lands only reads a flag.
+    pub fn set_store_full(&self, why: Option<String>) {
+        use std::sync::atomic::Ordering;
+        if why.is_none() && !self.full.load(Ordering::Relaxed) {
+            return;
+        }
+        self.full.store(why.is_some(), Ordering::Relaxed);
+        if let Ok(mut p) = self.store_full.lock() {
+            *p = why;
+        }
+    }
+
     /// Sets or clears the problem.
     pub fn set(&self, problem: Option<String>) {
         if let Ok(mut p) = self.problem.lock() {
@@ -46,12 +62,14 @@ impl Health {
         }
     }
 
-    /// The current problem.
+    /// The current problem: the connection's, else a full event stream.
     #[must_use]
     pub fn problem(&self) -> Option<String> {
-        self.problem
+        let main = self
+            .problem
             .lock()
-            .map_or_else(|_| Some("health lock poisoned".into()), |p| p.clone())
+            .map_or_else(|_| Some("health lock poisoned".into()), |p| p.clone());
+        main.or_else(|| self.store_full.lock().ok().and_then(|p| p.clone()))
     }
 }
 
@@ -143,6 +161,7 @@ impl Shared {
         store: EventStore,
         moves: tokio::runtime::Handle,
         metrics: Arc<Metrics>,
+        health: Arc<Health>,
     ) -> Arc<Self> {
         let tasks = TaskTracker::new();
         let host = Arc::new(HostContext {
@@ -155,6 +174,7 @@ impl Shared {
             max_state_bytes: cfg.max_state_bytes,
             serving: tokio::runtime::Handle::current(),
             tasks: tasks.clone(),
+            health,
         });
         Arc::new(Self {
             me: cfg.pod_name.clone(),
@@ -472,6 +492,7 @@ impl Node {
             store,
             moves.handle(),
             metrics,
+            health.clone(),
         );
         let requests = subscribe_requests(&shared).await?;
         let transfers = bulk

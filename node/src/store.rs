@@ -115,6 +115,7 @@ impl EventStore {
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
                 Err(Error::TooLarge(e.to_string()))
             }
+            Err(e) if is_full(&e.to_string()) => Err(Error::StoreFull(e.to_string())),
             Err(e) => {
                 // The write may have landed before the ack was lost: the log is the truth.
                 match self.last(subject).await {
@@ -248,6 +249,20 @@ impl EventStore {
         serde_json::from_slice(&m.payload)
             .map_err(|e| Error::Corrupt(format!("{subject}@{seq}: {e}")))
     }
+}
+
+/// True for JetStream's answers to an append the stream or account has no room for: the stream's
+/// `max_bytes`/`max_msgs` with discard-new, or the account's or server's storage limit.
+fn is_full(error: &str) -> bool {
+    let e = error.to_lowercase();
+    [
+        "maximum bytes exceeded",
+        "maximum messages exceeded",
+        "insufficient resources",
+        "resource limits exceeded",
+    ]
+    .iter()
+    .any(|m| e.contains(m))
 }
 
 /// Remembers a command id, forgetting the oldest beyond [`RECENT_COMMANDS`].

@@ -375,3 +375,71 @@ async fn a_flood_beyond_max_inflight_is_answered_overloaded_and_nothing_is_lost(
     }
     assert_eq!(total, ok as i64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_event_stream_is_answered_unavailable_counted_and_makes_the_node_not_ready() {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    // The stream exists before the nodes, small and refusing new messages when full.
+    let js = async_nats::jetstream::new(nc.clone());
+    let names = Names::new("full");
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: names.event_stream(),
+        subjects: vec![names.event_subjects()],
+        allow_direct: true,
+        max_bytes: 64 * 1024,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    let (nodes, _plan) = cluster(&nats, "full").await;
+    let client = Client::new(nc.clone(), "full");
+    let put = |i: usize| {
+        Request::new(
+            ActorRef::new("doc", format!("d{}", i % 3)),
+            Op::Command {
+                command: json!({"put": {"key": format!("k{i}"), "value": "v".repeat(8_000)}}),
+            },
+            Some(format!("fill-{i}")),
+        )
+    };
+    let mut acked = 0;
+    let mut refused = None;
+    for i in 0..40 {
+        let r = ask(&nc, "full", &put(i)).await;
+        match &r.outcome {
+            Outcome::Ok(_) => acked += 1,
+            Outcome::Error(e) => {
+                refused = Some(e.clone());
+                break;
+            }
+        }
+    }
+    let e = refused.expect("the stream filled up");
+    assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+    assert!(e.message.contains("event stream full"), "{e:?}");
+    assert!(acked > 0);
+    let full: u64 = nodes
+        .iter()
+        .map(|n| n.metrics.failures_of(Failure::StoreFull))
+        .sum();
+    assert!(full >= 1, "counted");
+    assert!(
+        nodes.iter().any(|n| n
+            .health
+            .problem()
+            .is_some_and(|p| p.contains("event stream is full"))),
+        "a node says why it is not ready"
+    );
+    // Reads still work, and what was acknowledged is there.
+    let mut keys = 0;
+    for a in 0..3 {
+        let r = client.read("doc", &format!("d{a}")).await.expect("read");
+        let Outcome::Ok(ok) = &r.outcome else {
+            panic!("{r:?}")
+        };
+        keys += ok.state.as_object().map_or(0, serde_json::Map::len);
+    }
+    assert_eq!(keys, acked, "every acknowledged put is there");
+}
