@@ -55,13 +55,6 @@ pub struct HostContext {
     pub health: Arc<crate::node::Health>,
 }
 
-impl HostContext {
-    /// Counts a failure.
-    pub fn count_failure(&self, failure: Failure) {
-        self.metrics.failure(failure);
-    }
-}
-
 /// What a shard worker is asked to do.
 #[derive(Debug)]
 pub enum Cmd {
@@ -176,7 +169,7 @@ impl Staged {
         let now = Instant::now();
         let staged = actors.into_iter().filter_map(|snap| {
             let Some(behaviour) = ctx.registry.get(&snap.actor.kind).cloned() else {
-                ctx.count_failure(Failure::UnknownKind);
+                ctx.metrics.failure(Failure::UnknownKind);
                 return None;
             };
             let packed = Packed {
@@ -438,7 +431,7 @@ impl Worker {
                 Err(e) => {
                     // Rebuilt from the log below, as if it had not moved with its state.
                     tracing::warn!(error = %e, "migrated state unreadable: replaying the log");
-                    self.ctx.count_failure(Failure::BadSnapshot);
+                    self.ctx.metrics.failure(Failure::BadSnapshot);
                     self.ctx.metrics.actors.dec();
                 }
             }
@@ -516,7 +509,7 @@ impl Worker {
                 }));
             }
             Err(e) => {
-                self.ctx.count_failure(e.failure());
+                self.ctx.metrics.failure(e.failure());
                 if matches!(e, Error::Nats(_) | Error::Corrupt(_)) {
                     self.drop_actor(&req.actor);
                 }
@@ -565,7 +558,7 @@ impl Worker {
             // The command is in the log already (a retry older than the ids the actor remembers):
             // not applied again; the caller gets the state as the log has it.
             Err(Error::Duplicate(at)) => {
-                self.ctx.count_failure(Failure::Duplicate);
+                self.ctx.metrics.failure(Failure::Duplicate);
                 tracing::info!(command = ?req.id, at, "a retry JetStream recognised: answered from the log");
                 self.drop_actor(&req.actor);
                 let reply = match self.load(&req.actor).await {
@@ -581,7 +574,7 @@ impl Worker {
                 let _ = tx.send(reply);
             }
             Err(Error::StoreFull(why)) => {
-                self.ctx.count_failure(Failure::StoreFull);
+                self.ctx.metrics.failure(Failure::StoreFull);
                 tracing::warn!(%why, "the event stream is full: commands are refused");
                 self.ctx
                     .health
@@ -595,7 +588,7 @@ impl Worker {
                 retry = Some((req.clone(), tx));
             }
             Err(e) => {
-                self.ctx.count_failure(e.failure());
+                self.ctx.metrics.failure(e.failure());
                 if matches!(e, Error::Fenced(_) | Error::Nats(_) | Error::Corrupt(_)) {
                     self.drop_actor(&req.actor);
                 }

@@ -152,14 +152,14 @@ impl Shared {
                 Action::ReportDone => {
                     let took = started.elapsed();
                     self.host.metrics.move_seconds.observe(took.as_secs_f64());
-                    self.count_move(MoveOutcome::Done);
+                    self.metrics().move_outcome(MoveOutcome::Done);
                     let (moved, ms) = (lent.len() as u32, took.as_millis() as u64);
                     self.report(epoch, shard, MovePhase::Done, moved, ms, None)
                         .await;
                     Vec::new()
                 }
                 Action::ReportFailed(why) => {
-                    self.count_move(MoveOutcome::Failed);
+                    self.metrics().move_outcome(MoveOutcome::Failed);
                     tracing::warn!(%why, "move failed, shard kept");
                     let took = started.elapsed().as_millis() as u64;
                     self.report(epoch, shard, MovePhase::Failed, 0, took, Some(why))
@@ -167,7 +167,7 @@ impl Shared {
                     Vec::new()
                 }
                 Action::ReportSuperseded => {
-                    self.count_move(MoveOutcome::Superseded);
+                    self.metrics().move_outcome(MoveOutcome::Superseded);
                     tracing::info!("handed off; a newer plan came before the commit was confirmed");
                     Vec::new()
                 }

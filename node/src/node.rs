@@ -7,7 +7,7 @@
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::host::{self, Cmd, HostContext, Pending, ShardHandle};
-use crate::metrics::{Failure, Malformed, Metrics, MoveOutcome, Route};
+use crate::metrics::{Failure, Malformed, Metrics, Route};
 use crate::moves::MigrationRuntime;
 use crate::ownership::Ownership;
 use crate::requests::Answer;
@@ -339,11 +339,6 @@ impl Shared {
             tracing::warn!(error = %e, "progress report not sent");
             self.metrics().failure(Failure::Progress);
         }
-    }
-
-    /// Counts a move's outcome.
-    pub fn count_move(&self, outcome: MoveOutcome) {
-        self.metrics().move_outcome(outcome);
     }
 
     /// Tells the operator this node is leaving.

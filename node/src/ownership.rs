@@ -181,12 +181,6 @@ impl Ownership {
         }
     }
 
-    /// This pod.
-    #[must_use]
-    pub fn me(&self) -> &str {
-        &self.me
-    }
-
     /// The epoch held, 0 before the first plan.
     #[must_use]
     pub fn epoch(&self) -> u64 {

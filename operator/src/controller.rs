@@ -3,7 +3,7 @@
 //! to the NATS KV bucket, then Kubernetes Events. A plan in the status but not in NATS (a crash or NATS
 //! outage between the two writes) is published on the next reconcile, so status always leads.
 
-use crate::decide::{Decision, Note, Observed, decide, plan_from_status};
+use crate::decide::{Decision, Note, Observed, decide};
 use crate::membership;
 use aether_core::crd::{ShardPlan, ShardPlanStatus};
 use aether_core::protocol::{Names, NodeEvent, NodeEventKind, PlanMessage, Progress, decode};
@@ -427,7 +427,7 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
 
     if let Some(client) = nats {
         let msg = publish.or_else(|| {
-            plan_from_status(&status).map(|p| {
+            status.plan().map(|p| {
                 PlanMessage::new(
                     &p,
                     sp.spec.migration.max_concurrent,

@@ -6,7 +6,7 @@
 use aether_core::crd::{
     MemberState, MemberStatus, MovePhase, MoveStatus, ShardPlanSpec, ShardPlanStatus,
 };
-use aether_core::plan::{MemberInput, Plan, PlanSpec, plan};
+use aether_core::plan::{MemberInput, PlanSpec, plan};
 use aether_core::protocol::{PlanMessage, Progress};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,19 +63,13 @@ pub fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.saturating_sub(1).min(6)).min(Duration::from_secs(60))
 }
 
-/// The plan a status describes (the previous plan of the next reconcile).
-#[must_use]
-pub fn plan_from_status(status: &ShardPlanStatus) -> Option<Plan> {
-    status.plan()
-}
-
 /// Decides the next status and plan.
 #[must_use]
 pub fn decide(o: &Observed<'_>) -> Decision {
     let mut status = o.status.cloned().unwrap_or_default();
     status.observed_generation = o.generation;
     let mut notes = Vec::new();
-    let previous = o.status.and_then(plan_from_status);
+    let previous = o.status.and_then(ShardPlanStatus::plan);
 
     apply_progress(&mut status, &o.progress, &o.now);
 
