@@ -5,7 +5,7 @@
 //! - deterministic: the same inputs give the same plan, in any process;
 //! - minimal: a join moves shards only to the joiner, a leave moves only the leaver's shards, no shard
 //!   ever moves between two members that stay;
-//! - balanced: AnchorHash within `1 + 3 sqrt(members/shards) + 0.01` of the mean (statistically),
+//! - balanced: AnchorHash within `1 + 3 sqrt(members/shards) + 0.01` of the mean (up to 100 members),
 //!   `Balanced` within one shard;
 //! - epochs only grow.
 //!
