@@ -2,8 +2,12 @@
 //! host (`host.rs`) persists the events in JetStream before it applies them.
 //!
 //! Built-in kinds: `counter` (an integer) and `doc` (a JSON key-value document), so the sidecar is
-//! useful and testable on its own. Another kind is one more [`Behaviour`] in the [`Registry`].
+//! useful and testable on its own. Another kind is one more [`Behaviour`] in the [`Registry`]
+//! (in-process, for a node embedded as a library), or a kind of the app container ([`Kind::App`]),
+//! whose decide and apply are HTTP calls (`app.rs`).
 
+use crate::app::AppClient;
+use aether_core::protocol::app::{DEFAULT_SNAPSHOT_EVERY, KindInfo};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,10 +113,67 @@ impl Behaviour for Document {
     }
 }
 
+/// A kind of actor: in-process, or the app container's.
+#[derive(Clone)]
+pub enum Kind {
+    /// A [`Behaviour`] in this process.
+    Local(Arc<dyn Behaviour>),
+    /// A kind the app container hosts.
+    App(Arc<AppKind>),
+}
+
+/// A kind of the app container.
+#[derive(Debug)]
+pub struct AppKind {
+    /// What the app said about it.
+    pub info: KindInfo,
+    /// The app.
+    pub app: Arc<AppClient>,
+}
+
+impl std::fmt::Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Kind {
+    /// The kind's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Local(b) => b.kind(),
+            Self::App(a) => &a.info.name,
+        }
+    }
+
+    /// State of an actor with no events.
+    #[must_use]
+    pub fn initial(&self) -> Value {
+        match self {
+            Self::Local(b) => b.initial(),
+            Self::App(a) => a.info.initial.clone(),
+        }
+    }
+
+    /// A record carries the whole state every this many records.
+    #[must_use]
+    pub fn snapshot_every(&self) -> u64 {
+        match self {
+            Self::Local(_) => DEFAULT_SNAPSHOT_EVERY,
+            Self::App(a) => a
+                .info
+                .snapshot_every
+                .unwrap_or(DEFAULT_SNAPSHOT_EVERY)
+                .max(1),
+        }
+    }
+}
+
 /// The kinds a node hosts.
 #[derive(Clone)]
 pub struct Registry {
-    kinds: HashMap<&'static str, Arc<dyn Behaviour>>,
+    kinds: HashMap<String, Kind>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -135,21 +196,43 @@ impl Registry {
         r
     }
 
-    /// Adds a kind.
+    /// Adds an in-process kind.
     pub fn register(&mut self, behaviour: Arc<dyn Behaviour>) {
-        self.kinds.insert(behaviour.kind(), behaviour);
+        self.kinds
+            .insert(behaviour.kind().to_owned(), Kind::Local(behaviour));
     }
 
-    /// The behaviour of a kind.
+    /// Adds the app container's kinds; one named like a built-in replaces it.
+    pub fn register_app(&mut self, app: &Arc<AppClient>, kinds: Vec<KindInfo>) {
+        for info in kinds {
+            let name = info.name.clone();
+            let kind = AppKind {
+                info,
+                app: app.clone(),
+            };
+            self.kinds.insert(name, Kind::App(Arc::new(kind)));
+        }
+    }
+
+    /// The app container, when a kind is the app's.
     #[must_use]
-    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Behaviour>> {
+    pub fn app(&self) -> Option<Arc<AppClient>> {
+        self.kinds.values().find_map(|k| match k {
+            Kind::App(a) => Some(a.app.clone()),
+            Kind::Local(_) => None,
+        })
+    }
+
+    /// A kind by name.
+    #[must_use]
+    pub fn get(&self, kind: &str) -> Option<&Kind> {
         self.kinds.get(kind)
     }
 
     /// The kinds hosted, sorted.
     #[must_use]
-    pub fn kinds(&self) -> Vec<&'static str> {
-        let mut k: Vec<_> = self.kinds.keys().copied().collect();
+    pub fn kinds(&self) -> Vec<&str> {
+        let mut k: Vec<_> = self.kinds.keys().map(String::as_str).collect();
         k.sort_unstable();
         k
     }

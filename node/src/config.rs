@@ -97,9 +97,42 @@ pub struct NodeConfig {
     /// Most requests queued behind a moving shard before callers are told to retry.
     #[arg(long, env = "AETHER_QUEUE_LIMIT", default_value_t = 10_000)]
     pub queue_limit: usize,
+    /// URL of the app container that hosts the application's kinds (`http://127.0.0.1:8000`);
+    /// without it the node hosts the built-in kinds only.
+    #[arg(long, env = "AETHER_APP_URL")]
+    pub app_url: Option<String>,
+    /// Longest a call to the app may take, milliseconds; a slower call answers `unavailable`.
+    #[arg(long, env = "AETHER_APP_TIMEOUT_MS", default_value = "2000", value_parser = parse_millis)]
+    pub app_timeout: Duration,
+    /// Address of the app API (`/v1/actors/{kind}/{id}`); loopback only: the app in the same
+    /// pod calls its actors through it. `off` turns it off.
+    #[arg(long, env = "AETHER_API_ADDR", default_value = "127.0.0.1:3500", value_parser = parse_api_addr)]
+    pub api_addr: ApiAddr,
     /// Log as JSON lines.
     #[arg(long, env = "AETHER_LOG_JSON")]
     pub log_json: bool,
+}
+
+/// Where the app API listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiAddr(pub Option<SocketAddr>);
+
+fn parse_api_addr(s: &str) -> Result<ApiAddr, String> {
+    if s == "off" {
+        return Ok(ApiAddr(None));
+    }
+    let addr: SocketAddr = s
+        .parse()
+        .map_err(|e| format!("host:port or off expected: {e}"))?;
+    Ok(ApiAddr(Some(addr)))
+}
+
+fn parse_millis(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("at least 1 millisecond".into()),
+        Ok(ms) => Ok(Duration::from_millis(ms)),
+        Err(e) => Err(format!("milliseconds expected: {e}")),
+    }
 }
 
 /// `send` arguments.

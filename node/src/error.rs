@@ -1,6 +1,6 @@
 //! The node's one error type. Request handling maps each variant to an error reply code.
 
-use crate::metrics::Failure;
+use crate::metrics::{AppFault, Failure};
 use aether_core::protocol::{ErrorCode, ErrorReply};
 
 /// What can go wrong in a node.
@@ -37,6 +37,12 @@ pub enum Error {
     /// An invariant of the node itself.
     #[error("internal: {0}")]
     Internal(String),
+    /// The app container's kind refused the command (`rejected`).
+    #[error("{0}")]
+    Rejected(String),
+    /// A call to the app container failed; nothing was appended.
+    #[error("app {fault}: {1}", fault = .0.as_str())]
+    App(AppFault, String),
     /// HTTP server failure.
     #[error("http: {0}")]
     Http(#[from] std::io::Error),
@@ -58,6 +64,8 @@ impl Error {
             Self::Shared(_) => Failure::Nats,
             Self::Internal(_) => Failure::Internal,
             Self::Http(_) => Failure::Http,
+            Self::Rejected(_) => Failure::Rejected,
+            Self::App(..) => Failure::App,
         }
     }
 
@@ -69,6 +77,12 @@ impl Error {
             Self::Protocol(e) => return ErrorReply::from_decode(e),
             Self::Fenced(_) => return ErrorReply::unavailable(self.to_string(), 50),
             Self::StoreFull(_) => return ErrorReply::unavailable(self.to_string(), 1000),
+            Self::Rejected(why) => return ErrorReply::new(ErrorCode::Rejected, why.clone()),
+            // The app is down or slow: the command was not decided, nothing appended; retry.
+            Self::App(AppFault::Unreachable | AppFault::Timeout, _) => {
+                return ErrorReply::unavailable(self.to_string(), 500);
+            }
+            Self::App(..) => ErrorCode::AppError,
             _ => ErrorCode::Internal,
         };
         ErrorReply::new(code, self.to_string())

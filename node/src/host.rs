@@ -10,11 +10,12 @@
 //! whoever stopped it, which forwards them or tells their callers where to go. A worker knows nothing
 //! of routing: it gets a [`HostContext`] and never calls back into the node.
 
-use crate::behaviour::{Behaviour, Registry};
+use crate::behaviour::{AppKind, Kind, Registry};
 use crate::capture;
 use crate::error::Error;
-use crate::metrics::{Failure, Metrics};
-use crate::store::{EventStore, Loaded, Record, SNAPSHOT_EVERY, Snapshot, remember};
+use crate::metrics::{AppFault, Failure, Metrics};
+use crate::store::{EventStore, Loaded, Record, Snapshot, remember};
+use aether_core::protocol::app::{APPLY_BATCH, ApplyCall, DecideCall, Decision};
 use aether_core::protocol::{
     ActorRef, ActorReply, ActorSnapshot, ErrorCode, ErrorReply, Op, Reply, Request, TransferWriter,
 };
@@ -168,12 +169,12 @@ impl Staged {
     pub fn add(&mut self, ctx: &HostContext, actors: impl IntoIterator<Item = ActorSnapshot>) {
         let now = Instant::now();
         let staged = actors.into_iter().filter_map(|snap| {
-            let Some(behaviour) = ctx.registry.get(&snap.actor.kind).cloned() else {
+            let Some(kind) = ctx.registry.get(&snap.actor.kind).cloned() else {
                 ctx.metrics.failure(Failure::UnknownKind);
                 return None;
             };
             let packed = Packed {
-                behaviour,
+                kind,
                 state: snap.state.0,
                 version: snap.version,
                 seq: snap.seq,
@@ -188,7 +189,7 @@ impl Staged {
 /// A migrated actor not used since it arrived: its captured state, unparsed.
 #[derive(Debug)]
 pub struct Packed {
-    behaviour: Arc<dyn Behaviour>,
+    kind: Kind,
     state: Vec<u8>,
     version: u64,
     seq: u64,
@@ -200,7 +201,7 @@ impl Packed {
     fn unpack(self) -> Result<Actor, Error> {
         let (snapshot, base) = capture::read(&self.state)?;
         Ok(Actor {
-            behaviour: self.behaviour,
+            kind: self.kind,
             snapshot,
             version: self.version,
             seq: self.seq,
@@ -213,18 +214,12 @@ impl Packed {
 /// An actor in memory.
 #[derive(Debug)]
 struct Actor {
-    behaviour: Arc<dyn Behaviour>,
+    kind: Kind,
     snapshot: Snapshot,
     version: u64,
     seq: u64,
     base: u64,
     last_used: Instant,
-}
-
-impl std::fmt::Debug for dyn Behaviour {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.kind())
-    }
 }
 
 /// Starts the worker of `shard`.
@@ -269,6 +264,10 @@ struct Appended {
     next: serde_json::Value,
     version: u64,
     snapshotted: bool,
+    /// False when the decision had no events: nothing was appended, `result` is the old sequence.
+    recorded: bool,
+    /// An app kind's reply for the caller.
+    reply: Option<serde_json::Value>,
 }
 
 /// What a request needs after the decision.
@@ -280,6 +279,20 @@ enum Step {
         record: Record,
         next: serde_json::Value,
     },
+    /// An app kind's command: the app decides, then the record is appended, off the worker.
+    Decide(Box<Deciding>),
+}
+
+/// What an app kind's decide call needs, taken from the actor before the call.
+struct Deciding {
+    kind: Arc<AppKind>,
+    subject: String,
+    expected: u64,
+    state: serde_json::Value,
+    version: u64,
+    base: u64,
+    /// The recent command ids, when the next record carries a snapshot.
+    recent: Option<Vec<String>>,
 }
 
 enum Next {
@@ -436,28 +449,32 @@ impl Worker {
                 }
             }
         }
-        let behaviour = self
+        let kind = self
             .ctx
             .registry
             .get(&actor.kind)
             .cloned()
             .ok_or_else(|| Error::Internal(format!("no behaviour {}", actor.kind)))?;
         let subject = self.ctx.store.subject(self.shard, actor);
-        let b = behaviour.clone();
         let Loaded {
-            snapshot,
+            mut snapshot,
             version,
             seq,
             base,
-        } = self
-            .ctx
-            .store
-            .load(&subject, behaviour.initial(), move |s, e| b.apply(s, e))
-            .await?;
+            unfolded,
+        } = self.ctx.store.load(&subject, kind.initial()).await?;
+        fold(
+            &kind,
+            actor,
+            &mut snapshot.state,
+            unfolded,
+            self.ctx.max_state_bytes,
+        )
+        .await?;
         self.actors.insert(
             actor.clone(),
             Actor {
-                behaviour,
+                kind,
                 snapshot,
                 version,
                 seq,
@@ -469,11 +486,12 @@ impl Worker {
         Ok(())
     }
 
-    fn ok(&self, a: &Actor) -> Reply {
+    fn ok(&self, a: &Actor, reply: Option<serde_json::Value>) -> Reply {
         Reply::ok(ActorReply {
             version: a.version,
             state: a.snapshot.state.clone(),
             node: self.ctx.me.clone(),
+            reply,
         })
     }
 
@@ -505,8 +523,16 @@ impl Worker {
                         next,
                         version: record.version,
                         snapshotted: record.snapshot.is_some(),
+                        recorded: true,
+                        reply: None,
                     }
                 }));
+            }
+            Ok(Step::Decide(d)) => {
+                self.busy.insert(req.actor.clone(), VecDeque::new());
+                let ctx = self.ctx.clone();
+                self.inflight
+                    .push(Box::pin(decide_and_append(ctx, *d, req, tx, attempt)));
             }
             Err(e) => {
                 self.ctx.metrics.failure(e.failure());
@@ -528,6 +554,8 @@ impl Worker {
             next,
             version,
             snapshotted,
+            recorded,
+            reply,
         } = done;
         let mut retry = None;
         if result.is_ok() {
@@ -537,16 +565,18 @@ impl Worker {
             Ok(seq) => {
                 let reply = match self.actors.get_mut(&req.actor) {
                     Some(a) => {
-                        a.snapshot.state = next;
-                        if let Some(id) = &req.id {
-                            remember(&mut a.snapshot.recent, id.clone());
+                        if recorded {
+                            a.snapshot.state = next;
+                            if let Some(id) = &req.id {
+                                remember(&mut a.snapshot.recent, id.clone());
+                            }
+                            a.version = version;
+                            a.seq = seq;
+                            if snapshotted {
+                                a.base = seq;
+                            }
                         }
-                        a.version = version;
-                        a.seq = seq;
-                        if snapshotted {
-                            a.base = seq;
-                        }
-                        self.ok(&self.actors[&req.actor])
+                        self.ok(&self.actors[&req.actor], reply)
                     }
                     None => Reply::error(ErrorReply::new(
                         ErrorCode::Internal,
@@ -563,7 +593,7 @@ impl Worker {
                 self.drop_actor(&req.actor);
                 let reply = match self.load(&req.actor).await {
                     Ok(()) => match self.actors.get(&req.actor) {
-                        Some(a) => self.ok(a),
+                        Some(a) => self.ok(a, None),
                         None => Reply::error(ErrorReply::new(
                             ErrorCode::Internal,
                             "actor vanished after load",
@@ -581,6 +611,10 @@ impl Worker {
                     .set_store_full(Some(format!("the event stream is full: {why}")));
                 let e = Error::StoreFull(why);
                 let _ = tx.send(Reply::error(e.to_reply()));
+            }
+            // The app kind refused the command: nothing appended; not a failure.
+            Err(Error::Rejected(why)) => {
+                let _ = tx.send(Reply::error(ErrorReply::new(ErrorCode::Rejected, why)));
             }
             // Another node wrote first: reload from the log and decide again, once.
             Err(Error::Fenced(_)) if attempt == 0 => {
@@ -626,16 +660,39 @@ impl Worker {
         };
         a.last_used = Instant::now();
         let command = match &req.op {
-            Op::Read => return Ok(Step::Reply(self.ok(&self.actors[&req.actor]))),
+            Op::Read => return Ok(Step::Reply(self.ok(&self.actors[&req.actor], None))),
             Op::Command { command } => command,
         };
         if let Some(id) = &req.id
             && a.snapshot.recent.iter().any(|c| c == id)
         {
             // A retry of a command already in the log: answer, do not apply twice.
-            return Ok(Step::Reply(self.ok(&self.actors[&req.actor])));
+            return Ok(Step::Reply(self.ok(&self.actors[&req.actor], None)));
         }
-        let events = match a.behaviour.decide(&a.snapshot.state, command) {
+        let every = a.kind.snapshot_every();
+        let behaviour = match &a.kind {
+            Kind::Local(b) => b,
+            Kind::App(kind) => {
+                let version = a.version + 1;
+                let recent = (version % every == 0).then(|| {
+                    let mut recent = a.snapshot.recent.clone();
+                    if let Some(id) = &req.id {
+                        remember(&mut recent, id.clone());
+                    }
+                    recent
+                });
+                return Ok(Step::Decide(Box::new(Deciding {
+                    kind: kind.clone(),
+                    subject,
+                    expected: a.seq,
+                    state: a.snapshot.state.clone(),
+                    version: a.version,
+                    base: a.base,
+                    recent,
+                })));
+            }
+        };
+        let events = match behaviour.decide(&a.snapshot.state, command) {
             Ok(events) => events,
             Err(why) => {
                 return Ok(Step::Reply(Reply::error(ErrorReply::new(
@@ -648,7 +705,7 @@ impl Worker {
         // the append lands, and copied only into the records that carry a snapshot.
         let mut next = a.snapshot.state.clone();
         for e in &events {
-            a.behaviour.apply(&mut next, e);
+            behaviour.apply(&mut next, e);
         }
         let size = json_size(&next);
         if size > self.ctx.max_state_bytes {
@@ -663,7 +720,7 @@ impl Worker {
             ))));
         }
         let version = a.version + 1;
-        let snapshot = (version % SNAPSHOT_EVERY == 0).then(|| {
+        let snapshot = (version % every == 0).then(|| {
             let mut recent = a.snapshot.recent.clone();
             if let Some(id) = &req.id {
                 remember(&mut recent, id.clone());
@@ -688,6 +745,129 @@ impl Worker {
             next,
         })
     }
+}
+
+/// Folds the events loaded after an actor's snapshot into its state: in process, or by the app
+/// container in batches of [`APPLY_BATCH`].
+async fn fold(
+    kind: &Kind,
+    actor: &ActorRef,
+    state: &mut serde_json::Value,
+    events: Vec<serde_json::Value>,
+    max_state_bytes: usize,
+) -> Result<(), Error> {
+    match kind {
+        Kind::Local(b) => {
+            for e in &events {
+                b.apply(state, e);
+            }
+        }
+        Kind::App(k) => {
+            for batch in events.chunks(APPLY_BATCH) {
+                let call = ApplyCall {
+                    kind: &actor.kind,
+                    id: &actor.id,
+                    state,
+                    events: batch,
+                };
+                let next = k.app.apply(&call).await?;
+                let size = json_size(&next);
+                if size > max_state_bytes {
+                    return Err(k.app.fault(
+                        AppFault::TooLarge,
+                        format!(
+                            "apply: a state of {size} bytes, over the limit of {max_state_bytes}"
+                        ),
+                    ));
+                }
+                *state = next;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An app kind's command, off the worker: the app decides, the answer is checked (shape by the
+/// protocol, size here), the record is appended. Nothing is appended unless all of that holds.
+async fn decide_and_append(
+    ctx: Arc<HostContext>,
+    d: Deciding,
+    req: Request,
+    tx: oneshot::Sender<Reply>,
+    attempt: u8,
+) -> Appended {
+    let mut done = Appended {
+        req,
+        tx,
+        attempt,
+        result: Ok(d.expected),
+        next: serde_json::Value::Null,
+        version: d.version,
+        snapshotted: false,
+        recorded: false,
+        reply: None,
+    };
+    let Op::Command { command } = &done.req.op else {
+        done.result = Err(Error::Internal("a read reached the decide call".into()));
+        return done;
+    };
+    let call = DecideCall {
+        kind: &done.req.actor.kind,
+        id: &done.req.actor.id,
+        version: d.version,
+        state: &d.state,
+        command,
+        command_id: done.req.id.as_deref(),
+    };
+    let (events, state, reply) = match d.kind.app.decide(&call).await {
+        Ok(Decision::Accept {
+            events,
+            state,
+            reply,
+        }) => (events, state, reply),
+        Ok(Decision::Reject(why)) => {
+            done.result = Err(Error::Rejected(why));
+            return done;
+        }
+        Err(e) => {
+            done.result = Err(e);
+            return done;
+        }
+    };
+    done.reply = reply;
+    if events.is_empty() {
+        // Nothing to record: the state stays as it was, whatever the answer says.
+        return done;
+    }
+    let size = json_size(&state);
+    if size > ctx.max_state_bytes {
+        done.result = Err(d.kind.app.fault(
+            AppFault::TooLarge,
+            format!(
+                "decide: the state would be {size} bytes, over the limit of {} bytes",
+                ctx.max_state_bytes
+            ),
+        ));
+        return done;
+    }
+    let version = d.version + 1;
+    let record = Record {
+        v: 1,
+        cmd: done.req.id.clone(),
+        events,
+        version,
+        base: d.base,
+        snapshot: d.recent.map(|recent| Snapshot {
+            state: state.clone(),
+            recent,
+        }),
+    };
+    done.snapshotted = record.snapshot.is_some();
+    done.result = ctx.store.append(&d.subject, d.expected, &record).await;
+    done.next = state;
+    done.version = version;
+    done.recorded = true;
+    done
 }
 
 /// Bytes of a value's JSON, counted without building it.

@@ -8,9 +8,12 @@
 //! - `host.rs`: one task per local shard, holding its actors; pause/queue for moves.
 //! - `store.rs`: the JetStream event log with fenced appends and inline snapshots.
 //! - `capture.rs`: an actor's state in a transfer.
-//! - `behaviour.rs`: actor kinds (`counter`, `doc`).
+//! - `behaviour.rs`: actor kinds (`counter`, `doc`, and the app container's, called by `app.rs`).
+//! - `api.rs`: the app API (`/v1/actors/{kind}/{id}`) the app calls its actors through.
 //! - `client.rs`: the client library and load generator; `http.rs`, `metrics.rs`, `config.rs`.
 
+pub mod api;
+pub mod app;
 pub mod behaviour;
 pub mod capture;
 pub mod client;

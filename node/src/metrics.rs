@@ -1,5 +1,5 @@
 //! Prometheus metrics of a node, served at `/metrics`. Every label value comes from one enum per
-//! family ([`Route`], [`Malformed`], [`Failure`], [`MoveOutcome`]), never from ids or error text.
+//! family ([`Route`], [`Malformed`], [`Failure`], [`AppFault`], [`MoveOutcome`]), never from ids or error text.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -101,6 +101,26 @@ label_enum!(
         WorkerDied => "worker_died",
         /// The event stream had no room for an append (the command was refused).
         StoreFull => "store_full",
+        /// An app kind refused a command.
+        Rejected => "rejected",
+        /// A call to the app container failed (`aether_node_app_errors_total` says how).
+        App => "app",
+    }
+);
+
+label_enum!(
+    /// How a call to the app container failed (`aether_node_app_errors_total{kind}`).
+    AppFault {
+        /// No connection (the app is not listening).
+        Unreachable => "unreachable",
+        /// No answer within `--app-timeout`.
+        Timeout => "timeout",
+        /// An HTTP status other than 200.
+        Status => "status",
+        /// The body is not JSON of the expected shape.
+        Malformed => "malformed",
+        /// The body, or the state it holds, is over a size limit.
+        TooLarge => "too_large",
     }
 );
 
@@ -138,6 +158,12 @@ pub struct Metrics {
     pub failures: Family<Kind, Counter>,
     /// Moves by outcome as source.
     pub moves: Family<Kind, Counter>,
+    /// Failed calls to the app container, by how they failed.
+    pub app_errors: Family<Kind, Counter>,
+    /// Duration of calls to the app container (decide, apply, kinds), seconds.
+    pub app_call_seconds: Histogram,
+    /// Calls to the app container by path (`kinds`, `decide`, `apply`).
+    pub app_calls: Family<Kind, Counter>,
 }
 
 impl Default for Metrics {
@@ -147,6 +173,11 @@ impl Default for Metrics {
         let malformed = Family::default();
         let failures = Family::default();
         let moves = Family::default();
+        let app_errors = Family::default();
+        let app_calls = Family::default();
+        let app_call_seconds = Histogram::new([
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
+        ]);
         let stale_plans = Counter::default();
         let epoch = Gauge::default();
         let actors = Gauge::default();
@@ -182,8 +213,26 @@ impl Default for Metrics {
             "Shard moves by outcome (source side)",
             moves.clone(),
         );
+        registry.register(
+            "app_errors",
+            "Failed calls to the app container by how they failed",
+            app_errors.clone(),
+        );
+        registry.register(
+            "app_call_duration_seconds",
+            "Calls to the app container (decide, apply, kinds)",
+            app_call_seconds.clone(),
+        );
+        registry.register(
+            "app_calls",
+            "Calls to the app container by call",
+            app_calls.clone(),
+        );
         Self {
             registry,
+            app_calls,
+            app_errors,
+            app_call_seconds,
             messages,
             malformed,
             stale_plans,
@@ -223,6 +272,36 @@ impl Metrics {
                 kind: kind.as_str(),
             })
             .inc();
+    }
+
+    /// Counts a failed app call.
+    pub fn app_error(&self, kind: AppFault) {
+        self.app_errors
+            .get_or_create(&Kind {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// The count of one kind of failed app call (for tests).
+    #[must_use]
+    pub fn app_errors_of(&self, kind: AppFault) -> u64 {
+        self.app_errors
+            .get_or_create(&Kind {
+                kind: kind.as_str(),
+            })
+            .get()
+    }
+
+    /// Counts a call to the app (`call`: kinds, decide or apply).
+    pub fn app_call(&self, call: &'static str) {
+        self.app_calls.get_or_create(&Kind { kind: call }).inc();
+    }
+
+    /// The count of one app call (for tests).
+    #[must_use]
+    pub fn app_calls_of(&self, call: &'static str) -> u64 {
+        self.app_calls.get_or_create(&Kind { kind: call }).get()
     }
 
     /// Counts a move's outcome.

@@ -4,6 +4,8 @@
 //! `requests.rs`, moves in `moves.rs`; the decisions about ownership are in `ownership.rs` and
 //! `migration.rs`, which do no I/O.
 
+use crate::app::AppClient;
+use crate::behaviour::Registry;
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::host::{self, Cmd, HostContext, Pending, ShardHandle};
@@ -39,6 +41,8 @@ pub struct Health {
     /// The event stream refused an append for lack of space (cleared by the next append that lands).
     store_full: Mutex<Option<String>>,
     full: std::sync::atomic::AtomicBool,
+    /// The app container does not answer (`None` when it does, or when there is no app).
+    app: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -62,7 +66,14 @@ impl Health {
         }
     }
 
-    /// The current problem: the connection's, else a full event stream.
+    /// The app container does not answer (`Some(why)`), or does again (`None`).
+    pub fn set_app(&self, why: Option<String>) {
+        if let Ok(mut p) = self.app.lock() {
+            *p = why;
+        }
+    }
+
+    /// The current problem: the connection's, else a full event stream, else the app's.
     #[must_use]
     pub fn problem(&self) -> Option<String> {
         let main = self
@@ -70,6 +81,7 @@ impl Health {
             .lock()
             .map_or_else(|_| Some("health lock poisoned".into()), |p| p.clone());
         main.or_else(|| self.store_full.lock().ok().and_then(|p| p.clone()))
+            .or_else(|| self.app.lock().ok().and_then(|p| p.clone()))
     }
 }
 
@@ -154,8 +166,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     /// Connects the pieces; does not start any task.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &NodeConfig,
+        registry: Registry,
         client: async_nats::Client,
         bulk: async_nats::Client,
         store: EventStore,
@@ -166,7 +180,7 @@ impl Shared {
         let tasks = TaskTracker::new();
         let host = Arc::new(HostContext {
             me: cfg.pod_name.clone(),
-            registry: crate::behaviour::Registry::builtin(),
+            registry,
             store,
             metrics,
             passivate_after: cfg.passivate_after,
@@ -192,6 +206,12 @@ impl Shared {
             }),
             migrations: Mutex::new(Arc::new(Semaphore::new(4))),
         })
+    }
+
+    /// The app container's client, when the node has one.
+    #[must_use]
+    pub fn app(&self) -> Option<Arc<AppClient>> {
+        self.host.registry.app()
     }
 
     /// The node's metrics.
@@ -472,6 +492,7 @@ impl Node {
                 }
             }
         };
+        let registry = app_kinds(&cfg, &health, &metrics).await?;
         let moves = MigrationRuntime::start()?;
         // Connected from the migration runtime, so the transfers' socket work runs there too.
         let (nats, name) = (cfg.nats.clone(), format!("{}/migrations", cfg.pod_name));
@@ -482,6 +503,7 @@ impl Node {
             .map_err(|e| Error::Internal(format!("migration runtime: {e}")))??;
         let shared = Shared::new(
             &cfg,
+            registry,
             client.clone(),
             bulk.clone(),
             store,
@@ -541,6 +563,13 @@ impl Node {
         let health_task = shared
             .tasks
             .spawn(watch_health(client.clone(), health.clone()));
+        let app_task = shared
+            .app()
+            .map(|app| shared.tasks.spawn(watch_app(app, health.clone())));
+        let api_task = match cfg.api_addr.0 {
+            Some(addr) => Some(crate::api::serve(addr, shared.clone()).await?),
+            None => None,
+        };
         if let Err(e) = shared.announce(NodeEventKind::Up).await {
             tracing::warn!(error = %e, "could not announce up");
         }
@@ -607,6 +636,9 @@ impl Node {
         }
         watcher.abort();
         health_task.abort();
+        for task in app_task.into_iter().chain(api_task) {
+            task.abort();
+        }
         shared.stop_all_workers();
         // Every task the node spawned ends (requests in flight are answered, workers finish their
         // appends) before the connections drain; a move still waiting on a peer is cut off.
@@ -671,6 +703,53 @@ async fn watch_plans(shared: Arc<Shared>, js: jetstream::Context, names: Names, 
             tracing::warn!(error = %e, "plan watch interrupted; resuming");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The built-in kinds and, with `--app-url`, the app container's: asked until the app answers, the
+/// node not Ready meanwhile and saying why.
+async fn app_kinds(cfg: &NodeConfig, health: &Health, metrics: &Arc<Metrics>) -> Result<Registry> {
+    let mut registry = Registry::builtin();
+    let Some(url) = &cfg.app_url else {
+        return Ok(registry);
+    };
+    // An answer holds a state, events and a reply: room for the largest state several times.
+    let max_answer = cfg.max_state_bytes.saturating_mul(4).max(64 * 1024);
+    let app = Arc::new(AppClient::new(
+        url,
+        cfg.app_timeout,
+        max_answer,
+        metrics.clone(),
+    )?);
+    let kinds = loop {
+        match app.kinds().await {
+            Ok(kinds) => break kinds,
+            Err(e) => {
+                health.set(Some(format!("waiting for the app's kinds: {e}")));
+                tokio::time::sleep(APP_PROBE_EVERY).await;
+            }
+        }
+    };
+    tracing::info!(app = %url, kinds = ?kinds.iter().map(|k| &k.name).collect::<Vec<_>>(), "app kinds");
+    registry.register_app(&app, kinds);
+    Ok(registry)
+}
+
+/// How often the app container is asked whether it answers.
+pub const APP_PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// Keeps `/readyz` saying whether the app container answers.
+async fn watch_app(app: Arc<AppClient>, health: Arc<Health>) {
+    let mut tick = tokio::time::interval(APP_PROBE_EVERY);
+    loop {
+        tick.tick().await;
+        match app.kinds().await {
+            Ok(_) => health.set_app(None),
+            Err(e) => health.set_app(Some(format!(
+                "the app at {} does not answer: {e}",
+                app.url()
+            ))),
+        }
     }
 }
 

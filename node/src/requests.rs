@@ -69,6 +69,11 @@ impl Shared {
                 return Answer::error(ErrorReply::from_decode(&e));
             }
         };
+        self.handle_request(req).await
+    }
+
+    /// Handles a decoded request (from NATS or the app API): validation, kind, dispatch.
+    pub async fn handle_request(self: &Arc<Self>, req: Request) -> Answer {
         if let Err(e) = req.validate() {
             self.metrics().malformed(match e {
                 aether_core::Error::TooLarge(_) => Malformed::TooLarge,

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::Duration;
 
-/// A record carries a snapshot of the state every this many records.
-pub const SNAPSHOT_EVERY: u64 = 32;
+/// A record carries a snapshot of the state every this many records (unless an app kind says
+/// otherwise).
+pub const SNAPSHOT_EVERY: u64 = aether_core::protocol::app::DEFAULT_SNAPSHOT_EVERY;
 /// Longest an actor's replay may take before the request fails (and may be retried).
 pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Command ids an actor remembers for idempotent retries.
@@ -49,10 +50,11 @@ pub struct Snapshot {
     pub recent: Vec<String>,
 }
 
-/// An actor's log position and folded state, as loaded.
+/// An actor's log position and state, as loaded: the last snapshot and the events after it, which
+/// the caller folds with the actor's kind (in process, or by the app container).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Loaded {
-    /// Folded state and recent commands.
+    /// The last snapshot's state (or the initial state) and the recent commands up to the end.
     pub snapshot: Snapshot,
     /// Number of records.
     pub version: u64,
@@ -60,6 +62,8 @@ pub struct Loaded {
     pub seq: u64,
     /// Stream sequence of the last record carrying a snapshot.
     pub base: u64,
+    /// Events of the records after the snapshot, oldest first, not folded into `snapshot.state`.
+    pub unfolded: Vec<Value>,
 }
 
 /// Handle on the event stream.
@@ -142,12 +146,7 @@ impl EventStore {
     }
 
     /// Loads an actor: its last snapshot, then the records after it, folded with `apply`.
-    pub async fn load(
-        &self,
-        subject: &str,
-        initial: Value,
-        apply: impl Fn(&mut Value, &Value),
-    ) -> Result<Loaded> {
+    pub async fn load(&self, subject: &str, initial: Value) -> Result<Loaded> {
         let Some((seq, last)) = self.last(subject).await? else {
             return Ok(Loaded {
                 snapshot: Snapshot {
@@ -157,6 +156,7 @@ impl EventStore {
                 version: 0,
                 seq: 0,
                 base: 0,
+                unfolded: Vec::new(),
             });
         };
         if let Some(snapshot) = last.snapshot {
@@ -165,6 +165,7 @@ impl EventStore {
                 version: last.version,
                 seq,
                 base: seq,
+                unfolded: Vec::new(),
             });
         }
         let (mut snapshot, mut version, start) = if last.base == 0 {
@@ -197,6 +198,7 @@ impl EventStore {
             })
             .await
             .map_err(|e| Error::Nats(format!("replay {subject}: {e}")))?;
+        let mut unfolded = Vec::new();
         let mut messages = consumer
             .messages()
             .await
@@ -221,9 +223,7 @@ impl EventStore {
             }
             let r: Record = serde_json::from_slice(&msg.payload)
                 .map_err(|e| Error::Corrupt(format!("{subject}@{at}: {e}")))?;
-            for e in &r.events {
-                apply(&mut snapshot.state, e);
-            }
+            unfolded.extend(r.events);
             if let Some(cmd) = r.cmd {
                 remember(&mut snapshot.recent, cmd);
             }
@@ -237,6 +237,7 @@ impl EventStore {
             version,
             seq,
             base: last.base,
+            unfolded,
         })
     }
 

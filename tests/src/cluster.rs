@@ -49,6 +49,9 @@ pub fn node_config(url: &str, prefix: &str, name: &str) -> NodeConfig {
         queue_limit: 10_000,
         max_state_bytes: 256 * 1024,
         max_inflight: 10_000,
+        app_url: None,
+        app_timeout: Duration::from_secs(2),
+        api_addr: aether_node::config::ApiAddr(None),
         log_json: false,
     }
 }
@@ -76,8 +79,12 @@ impl TestNode {
 
     /// Starts a node with these settings.
     pub async fn start_with(cfg: NodeConfig) -> Self {
+        Self::start_with_health(cfg, Arc::new(Health::default())).await
+    }
+
+    /// Starts a node with these settings, reporting its readiness in `health` from the start.
+    pub async fn start_with_health(cfg: NodeConfig, health: Arc<Health>) -> Self {
         let name = cfg.pod_name.clone();
-        let health = Arc::new(Health::default());
         let metrics = Arc::new(Metrics::default());
         let node = Node::connect(cfg, health.clone(), metrics.clone())
             .await
@@ -143,6 +150,8 @@ pub fn spawn_process(bin: &Path, url: &str, prefix: &str, name: &str, http_port:
             &format!("127.0.0.1:{http_port}"),
             "--drain-timeout",
             "20",
+            "--api-addr",
+            "off",
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod app;
 pub mod cluster;
 pub mod k8s;
 pub mod kubelet;

@@ -183,6 +183,9 @@ pub struct ActorReply {
     pub state: serde_json::Value,
     /// Node that answered.
     pub node: String,
+    /// What an app kind's decide answered for the caller, besides the state (app kinds only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<serde_json::Value>,
 }
 
 /// Error codes a caller can match on.
@@ -207,6 +210,9 @@ pub enum ErrorCode {
     StaleEpoch,
     /// Something failed inside the node; the request may be retried with the same command id.
     Internal,
+    /// The app container answered something the node cannot use (not JSON, a wrong shape, a state
+    /// over the size limit, an error status); nothing was appended.
+    AppError,
 }
 
 /// An error reply.

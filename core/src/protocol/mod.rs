@@ -11,6 +11,7 @@
 //! [`ErrorReply`] and count them. Transfers also travel in a binary form ([`decode_transfer`] reads
 //! both).
 
+pub mod app;
 pub mod control;
 pub mod messages;
 pub mod names;

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""aether example application: bank accounts, in Python with the standard library only.
+
+The app is a set of pure functions the aether sidecar in the same pod calls over loopback HTTP
+(docs/PROTOCOL.md, "App protocol"). It keeps nothing between calls: the sidecar owns each account's
+state, its event log, its routing and its moves between pods.
+
+Kind `account`, state {"balance": int}:
+  {"deposit": n}   n > 0                       -> event {"deposited": n}
+  {"withdraw": n}  n > 0, refused on overdraft -> event {"withdrew": n}
+Every accepted command replies {"balance": <after>}.
+
+Run: python3 app.py [--port 8000]   (or AETHER_APP_PORT); the sidecar gets --app-url http://127.0.0.1:8000.
+"""
+
+import argparse
+import json
+import os
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+KINDS = {"kinds": [{"name": "account", "snapshotEvery": 8, "initial": {"balance": 0}}]}
+
+
+def amount(command, key):
+    n = command.get(key)
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        raise ValueError(f"{key} takes a positive integer")
+    return n
+
+
+def decide(state, command):
+    """The events a command produces, or raises ValueError with the reason it is refused."""
+    balance = state.get("balance", 0)
+    if not isinstance(command, dict):
+        raise ValueError("a command is an object")
+    if "deposit" in command:
+        return [{"deposited": amount(command, "deposit")}]
+    if "withdraw" in command:
+        n = amount(command, "withdraw")
+        if n > balance:
+            raise ValueError(f"insufficient funds: balance {balance}, withdraw {n}")
+        return [{"withdrew": n}]
+    raise ValueError('unknown command: expected {"deposit": n} or {"withdraw": n}')
+
+
+def apply(state, event):
+    balance = state.get("balance", 0)
+    if "deposited" in event:
+        balance += event["deposited"]
+    elif "withdrew" in event:
+        balance -= event["withdrew"]
+    return {"balance": balance}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # kept-alive connections
+
+    def answer(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path == "/v1/kinds":
+            self.answer(200, KINDS)
+        else:
+            self.answer(404, {"error": f"no {self.path}"})
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        call = json.loads(self.rfile.read(length) or b"{}")
+        state = call.get("state") or {"balance": 0}
+        if self.path == "/v1/decide":
+            try:
+                events = decide(state, call.get("command"))
+            except ValueError as why:
+                self.answer(200, {"rejected": str(why)})
+                return
+            for e in events:
+                state = apply(state, e)
+            self.answer(200, {"events": events, "state": state, "reply": {"balance": state["balance"]}})
+        elif self.path == "/v1/apply":
+            for e in call.get("events", []):
+                state = apply(state, e)
+            self.answer(200, {"state": state})
+        else:
+            self.answer(404, {"error": f"no {self.path}"})
+
+    def log_message(self, *args):
+        pass
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, default=int(os.environ.get("AETHER_APP_PORT", "8000")))
+    p.add_argument("--host", default=os.environ.get("AETHER_APP_HOST", "127.0.0.1"))
+    args = p.parse_args()
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
+    server.daemon_threads = True
+    print(f"bank app on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

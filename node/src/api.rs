@@ -1,0 +1,199 @@
+//! The app API: the app container calls its actors through its sidecar, on loopback, without a
+//! NATS client. `POST /v1/actors/{kind}/{id}` sends a command (the body, JSON; an optional
+//! `Aether-Command-Id` header), `GET /v1/actors/{kind}/{id}` reads. Each is routed exactly like a
+//! NATS request (`requests.rs`); redirects and `unavailable` answers are followed here, with the same
+//! command id, for up to [`API_DEADLINE`], so the app sees an answer, not a routing detail. Error
+//! codes become HTTP statuses ([`status_of`]); the body is the protocol's reply either way.
+
+use crate::error::{Error, Result};
+use crate::node::Shared;
+use crate::requests::Answer;
+use aether_core::protocol::{
+    ActorRef, ErrorCode, ErrorReply, Op, Outcome, Reply, Request, VERSION, decode,
+};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Longest the API follows redirects and retries `unavailable` before it answers 503.
+pub const API_DEADLINE: Duration = Duration::from_secs(10);
+/// The header that carries a command id.
+pub const COMMAND_ID_HEADER: &str = "aether-command-id";
+
+#[derive(Clone)]
+struct Api {
+    shared: Arc<Shared>,
+    /// Numbers the command ids the API makes for commands sent without one.
+    next: Arc<AtomicU64>,
+    /// This process's start, in the made ids: a restarted sidecar never reuses one.
+    started: u128,
+}
+
+/// Binds `addr` and serves the API on a task of its own.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    shared: Arc<Shared>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Config(format!("--api-addr {addr}: {e}")))?;
+    let app = router(shared);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "app API stopped");
+        }
+    }))
+}
+
+/// The API's routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    Router::new()
+        .route("/v1/actors/{kind}/{id}", get(read).post(command))
+        .with_state(Api {
+            shared,
+            next: Arc::new(AtomicU64::new(0)),
+            started,
+        })
+}
+
+async fn read(State(api): State<Api>, Path((kind, id)): Path<(String, String)>) -> Response {
+    let req = Request {
+        v: VERSION,
+        id: None,
+        actor: ActorRef { kind, id },
+        op: Op::Read,
+        hops: 0,
+        epoch: 0,
+    };
+    answer(&api, req).await
+}
+
+async fn command(
+    State(api): State<Api>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if body.len() > api.shared.max_request_bytes {
+        return respond(&Reply::error(ErrorReply::new(
+            ErrorCode::TooLarge,
+            format!(
+                "command of {} bytes exceeds {} bytes",
+                body.len(),
+                api.shared.max_request_bytes
+            ),
+        )));
+    }
+    let command: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return respond(&Reply::error(ErrorReply::new(
+                ErrorCode::Malformed,
+                format!("the body is not JSON: {e}"),
+            )));
+        }
+    };
+    let command_id = match headers.get(COMMAND_ID_HEADER).map(HeaderValue::to_str) {
+        Some(Ok(id)) => id.to_owned(),
+        Some(Err(_)) => {
+            return respond(&Reply::error(ErrorReply::new(
+                ErrorCode::Malformed,
+                "the Aether-Command-Id header is not visible ASCII",
+            )));
+        }
+        // Made here, so the API's own retries below are never applied twice.
+        None => format!(
+            "api-{}-{:x}-{}",
+            api.shared.me,
+            api.started,
+            api.next.fetch_add(1, Ordering::Relaxed)
+        ),
+    };
+    let req = Request {
+        v: VERSION,
+        id: Some(command_id),
+        actor: ActorRef { kind, id },
+        op: Op::Command { command },
+        hops: 0,
+        epoch: 0,
+    };
+    answer(&api, req).await
+}
+
+/// Routes the request, following redirects and `unavailable` until [`API_DEADLINE`].
+async fn answer(api: &Api, req: Request) -> Response {
+    let deadline = tokio::time::Instant::now() + API_DEADLINE;
+    loop {
+        let reply = match api.shared.handle_request(req.clone()).await {
+            Answer::Reply(r) => r,
+            Answer::Relayed(bytes) => decode::<Reply>(&bytes).unwrap_or_else(|e| {
+                Reply::error(ErrorReply::new(
+                    ErrorCode::Internal,
+                    format!("the owner's reply does not decode: {e}"),
+                ))
+            }),
+        };
+        let wait = match &reply.outcome {
+            Outcome::Error(e)
+                if matches!(
+                    e.code,
+                    ErrorCode::Redirect | ErrorCode::Unavailable | ErrorCode::StaleEpoch
+                ) =>
+            {
+                Duration::from_millis(e.retry_after_ms.unwrap_or(50).clamp(10, 1000))
+            }
+            _ => return respond(&reply),
+        };
+        if tokio::time::Instant::now() + wait >= deadline {
+            return respond(&reply);
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// The HTTP status of a reply.
+#[must_use]
+pub fn status_of(reply: &Reply) -> StatusCode {
+    match &reply.outcome {
+        Outcome::Ok(_) => StatusCode::OK,
+        Outcome::Error(e) => match e.code {
+            ErrorCode::Malformed | ErrorCode::UnsupportedVersion => StatusCode::BAD_REQUEST,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnknownKind => StatusCode::NOT_FOUND,
+            ErrorCode::Rejected => StatusCode::CONFLICT,
+            ErrorCode::Redirect | ErrorCode::Unavailable | ErrorCode::StaleEpoch => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ErrorCode::AppError => StatusCode::BAD_GATEWAY,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+    }
+}
+
+fn respond(reply: &Reply) -> Response {
+    let status = status_of(reply);
+    let body = match &reply.outcome {
+        Outcome::Ok(ok) => serde_json::to_vec(ok),
+        Outcome::Error(e) => serde_json::to_vec(e),
+    }
+    .unwrap_or_default();
+    let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Outcome::Error(ErrorReply {
+        retry_after_ms: Some(ms),
+        ..
+    }) = &reply.outcome
+        && let Ok(v) = HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}

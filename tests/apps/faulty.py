@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""A test app that answers what its command asks for, to show how a sidecar treats each fault of
+an app container (tests/tests/app_protocol.rs). Kind `faulty`, state {"n": int}:
+  {"ok": true}          a good answer (one event)
+  {"answer": "notJson"} a body that is not JSON
+  {"answer": "eventsNotList"}, {"answer": "noState"}, {"answer": "status500"},
+  {"answer": "bigState", "bytes": n}   a state of about n bytes
+  {"answer": "slow", "ms": n}          answers after n ms
+  {"answer": "reject"}                 a refusal
+Usage: faulty.py --port P
+"""
+
+import argparse
+import json
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def raw(self, status, data):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def answer(self, body, status=200):
+        self.raw(status, json.dumps(body).encode())
+
+    def do_GET(self):
+        self.answer({"kinds": [{"name": "faulty", "snapshotEvery": 4, "initial": {"n": 0}}]})
+
+    def do_POST(self):
+        call = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        state = call.get("state") or {"n": 0}
+        if self.path == "/v1/apply":
+            self.answer({"state": {"n": state["n"] + len(call["events"])}})
+            return
+        cmd = call["command"]
+        good = {"events": [{"inc": 1}], "state": {"n": state["n"] + 1}, "reply": {"n": state["n"] + 1}}
+        what = cmd.get("answer", "ok")
+        if what == "ok":
+            self.answer(good)
+        elif what == "notJson":
+            self.raw(200, b"<html>oops</html>")
+        elif what == "eventsNotList":
+            self.answer({"events": {"inc": 1}, "state": {"n": 1}})
+        elif what == "noState":
+            self.answer({"events": [{"inc": 1}]})
+        elif what == "status500":
+            self.answer({"error": "boom"}, status=500)
+        elif what == "bigState":
+            self.answer({"events": [{"inc": 1}], "state": {"n": state["n"] + 1, "pad": "x" * cmd["bytes"]}})
+        elif what == "slow":
+            time.sleep(cmd["ms"] / 1000)
+            self.answer(good)
+        elif what == "reject":
+            self.answer({"rejected": "refused as asked"})
+
+    def log_message(self, *args):
+        pass
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    a = p.parse_args()
+    s = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
+    s.daemon_threads = True
+    s.serve_forever()

@@ -1,0 +1,363 @@
+//! The app protocol and the app API (issue 15) against real processes: the Python example app
+//! (`examples/bank/app.py`), a fault app (`tests/apps/faulty.py`) and a real nats-server. Each
+//! fault of the app shows its reply code, its counter and that nothing was appended.
+
+use aether_core::protocol::{
+    ActorRef, ErrorCode, Names, Op, Outcome, Reply, Request, decode, encode,
+};
+use aether_node::config::ApiAddr;
+use aether_node::metrics::AppFault;
+use aether_node::node::Health;
+use aether_node::store::EventStore;
+use aether_tests::app::{App, http};
+use aether_tests::cluster::{TestNode, next_plan, node_config, publish};
+use aether_tests::{NatsServer, free_port, wait_for};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+const SHARDS: u32 = 16;
+
+/// One node with the app at `app_url` and the API on a free port; the plan (published unless it
+/// is there already) gives it every shard.
+async fn node(nats: &NatsServer, prefix: &str, app_url: &str) -> (TestNode, u16) {
+    node_again(nats, prefix, app_url, true).await
+}
+
+async fn node_again(
+    nats: &NatsServer,
+    prefix: &str,
+    app_url: &str,
+    first: bool,
+) -> (TestNode, u16) {
+    let api = free_port();
+    let mut cfg = node_config(&nats.url(), prefix, "app-0");
+    cfg.app_url = Some(app_url.to_owned());
+    cfg.app_timeout = Duration::from_millis(500);
+    // No operator here to plan the node away: a stopped node exits after this.
+    cfg.drain_timeout = Duration::from_secs(1);
+    cfg.api_addr = ApiAddr(Some(format!("127.0.0.1:{api}").parse().expect("addr")));
+    let n = TestNode::start_with(cfg).await;
+    let plan = next_plan(None, &["app-0"], SHARDS, 4);
+    if first {
+        publish(&nats.connect().await, prefix, &plan, 10).await;
+    }
+    wait_for("the plan", T, || async { n.shared.epoch() == plan.epoch }).await;
+    (n, api)
+}
+
+async fn ask(nc: &async_nats::Client, prefix: &str, req: &Request) -> Reply {
+    let msg = tokio::time::timeout(
+        T,
+        nc.request(
+            Names::new(prefix).any_node(),
+            encode(req).expect("encodes").into(),
+        ),
+    )
+    .await
+    .expect("answered in time")
+    .expect("a reply");
+    decode::<Reply>(&msg.payload).expect("a protocol reply")
+}
+
+fn command(kind: &str, id: &str, command: Value, cmd: &str) -> Request {
+    Request::new(
+        ActorRef::new(kind, id),
+        Op::Command { command },
+        Some(cmd.to_owned()),
+    )
+}
+
+fn error_code(r: &Reply) -> ErrorCode {
+    match &r.outcome {
+        Outcome::Error(e) => e.code,
+        Outcome::Ok(ok) => panic!("expected an error, got {ok:?}"),
+    }
+}
+
+fn json_of(body: &[u8]) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+}
+
+/// Records of the actor in the log.
+async fn logged(nc: &async_nats::Client, prefix: &str, kind: &str, id: &str) -> u64 {
+    let store = EventStore::open(
+        async_nats::jetstream::new(nc.clone()),
+        Names::new(prefix),
+        1,
+    )
+    .await
+    .expect("store");
+    let actor = ActorRef::new(kind, id);
+    let subject = store.subject(aether_core::hash::shard_of(id, SHARDS), &actor);
+    store
+        .load(&subject, Value::Null)
+        .await
+        .expect("load")
+        .version
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_accounts_through_the_api_and_nats_and_rebuilt_after_a_restart() {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let bank = App::start("examples/bank/app.py").await;
+    let (mut n, api) = node(&nats, "bank", &bank.url()).await;
+    assert!(
+        n.health.problem().is_none(),
+        "ready: {:?}",
+        n.health.problem()
+    );
+
+    // A command with a command id, and its retry: applied once.
+    let dep = br#"{"deposit": 100}"#;
+    for _ in 0..2 {
+        let (status, body) = http(
+            api,
+            "POST",
+            "/v1/actors/account/alice",
+            &[("Aether-Command-Id", "dep-1")],
+            dep,
+        )
+        .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let b = json_of(&body);
+        assert_eq!(b["state"], json!({"balance": 100}));
+        assert_eq!(b["version"], 1);
+    }
+    // The app refuses an overdraft: 409 with its reason, nothing appended.
+    let (status, body) = http(
+        api,
+        "POST",
+        "/v1/actors/account/alice",
+        &[],
+        br#"{"withdraw": 150}"#,
+    )
+    .await;
+    assert_eq!(status, 409);
+    let b = json_of(&body);
+    assert_eq!(b["code"], "rejected");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("insufficient funds"),
+        "{b}"
+    );
+    assert_eq!(logged(&nc, "bank", "account", "alice").await, 1);
+    // The app's reply comes back beside the state; through NATS too.
+    let r = ask(
+        &nc,
+        "bank",
+        &command("account", "alice", json!({"withdraw": 30}), "w-1"),
+    )
+    .await;
+    match &r.outcome {
+        Outcome::Ok(ok) => {
+            assert_eq!(ok.reply, Some(json!({"balance": 70})));
+            assert_eq!(ok.version, 2);
+        }
+        Outcome::Error(e) => panic!("{e:?}"),
+    }
+    // Errors map to statuses.
+    let (status, _) = http(api, "GET", "/v1/actors/nosuch/alice", &[], b"").await;
+    assert_eq!(status, 404);
+    let (status, _) = http(api, "POST", "/v1/actors/account/alice", &[], b"{not json").await;
+    assert_eq!(status, 400);
+    let (status, body) = http(
+        api,
+        "POST",
+        "/v1/actors/account/alice",
+        &[],
+        br#"{"deposit": -1}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, json_of(&body)["code"].clone()),
+        (409, json!("rejected"))
+    );
+
+    // Past two snapshots (the kind asks for one every 8 records), then a restart: the new node
+    // loads the last snapshot and has the app fold the records after it.
+    for i in 0..19 {
+        let (status, _) = http(
+            api,
+            "POST",
+            "/v1/actors/account/alice",
+            &[("Aether-Command-Id", &format!("d{i}"))],
+            br#"{"deposit": 10}"#,
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let expected = json!({"balance": 70 + 190});
+    assert_eq!(logged(&nc, "bank", "account", "alice").await, 21);
+    n.terminate();
+    n.exited(T).await.expect("clean exit");
+    drop(n);
+    let (n2, api2) = node_again(&nats, "bank", &bank.url(), false).await;
+    let before = n2.metrics.app_calls_of("apply");
+    let (status, body) = http(api2, "GET", "/v1/actors/account/alice", &[], b"").await;
+    assert_eq!(status, 200);
+    let b = json_of(&body);
+    assert_eq!(
+        (b["state"].clone(), b["version"].clone()),
+        (expected, json!(21))
+    );
+    assert!(
+        n2.metrics.app_calls_of("apply") > before,
+        "the app folded the records after the snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_of_the_app_is_an_error_reply_a_count_and_nothing_appended() {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let mut app = App::start("tests/apps/faulty.py").await;
+    let (n, api) = node(&nats, "faults", &app.url()).await;
+    let m = n.metrics.clone();
+
+    let cases: Vec<(Value, ErrorCode, Option<AppFault>)> = vec![
+        (
+            json!({"answer": "notJson"}),
+            ErrorCode::AppError,
+            Some(AppFault::Malformed),
+        ),
+        (
+            json!({"answer": "eventsNotList"}),
+            ErrorCode::AppError,
+            Some(AppFault::Malformed),
+        ),
+        (
+            json!({"answer": "noState"}),
+            ErrorCode::AppError,
+            Some(AppFault::Malformed),
+        ),
+        (
+            json!({"answer": "status500"}),
+            ErrorCode::AppError,
+            Some(AppFault::Status),
+        ),
+        // A state over --max-state-bytes (256 KiB here), and an answer over the answer limit.
+        (
+            json!({"answer": "bigState", "bytes": 300_000}),
+            ErrorCode::AppError,
+            Some(AppFault::TooLarge),
+        ),
+        (
+            json!({"answer": "bigState", "bytes": 2_000_000}),
+            ErrorCode::AppError,
+            Some(AppFault::TooLarge),
+        ),
+        // Past --app-timeout (500 ms here): unavailable, retry later.
+        (
+            json!({"answer": "slow", "ms": 1500}),
+            ErrorCode::Unavailable,
+            Some(AppFault::Timeout),
+        ),
+        (json!({"answer": "reject"}), ErrorCode::Rejected, None),
+    ];
+    for (i, (cmd, code, fault)) in cases.into_iter().enumerate() {
+        let before = fault.map(|f| m.app_errors_of(f));
+        let r = ask(
+            &nc,
+            "faults",
+            &command("faulty", "f1", cmd.clone(), &format!("c{i}")),
+        )
+        .await;
+        assert_eq!(error_code(&r), code, "{cmd}");
+        if let (Some(f), Some(b)) = (fault, before) {
+            assert_eq!(m.app_errors_of(f), b + 1, "{cmd} counted as {}", f.as_str());
+        }
+        assert_eq!(
+            logged(&nc, "faults", "faulty", "f1").await,
+            0,
+            "{cmd}: nothing appended"
+        );
+    }
+    // The actor and the node still serve: a good command lands.
+    let r = ask(
+        &nc,
+        "faults",
+        &command("faulty", "f1", json!({"ok": true}), "good"),
+    )
+    .await;
+    assert!(
+        matches!(&r.outcome, Outcome::Ok(ok) if ok.version == 1 && ok.reply == Some(json!({"n": 1}))),
+        "{r:?}"
+    );
+    assert_eq!(logged(&nc, "faults", "faulty", "f1").await, 1);
+    let (status, body) = http(
+        api,
+        "POST",
+        "/v1/actors/faulty/f2",
+        &[],
+        br#"{"answer": "notJson"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, json_of(&body)["code"].clone()),
+        (502, json!("appError"))
+    );
+
+    // The app goes away: not Ready with the reason, commands answered unavailable; back when it is.
+    let port = app.port;
+    app.kill();
+    wait_for("not Ready while the app is down", T, || async {
+        n.health
+            .problem()
+            .is_some_and(|p| p.contains("does not answer"))
+    })
+    .await;
+    let r = ask(
+        &nc,
+        "faults",
+        &command("faulty", "f1", json!({"ok": true}), "while-down"),
+    )
+    .await;
+    assert_eq!(error_code(&r), ErrorCode::Unavailable);
+    assert!(m.app_errors_of(AppFault::Unreachable) >= 1);
+    let _app = App::start_on("tests/apps/faulty.py", port).await;
+    wait_for("Ready again", T, || async { n.health.problem().is_none() }).await;
+    let r = ask(
+        &nc,
+        "faults",
+        &command("faulty", "f1", json!({"ok": true}), "while-down"),
+    )
+    .await;
+    assert!(
+        matches!(&r.outcome, Outcome::Ok(ok) if ok.version == 2),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_waits_for_its_app_not_ready_and_saying_why() {
+    let nats = NatsServer::start();
+    let port = free_port();
+    let mut cfg = node_config(&nats.url(), "wait", "app-0");
+    cfg.app_url = Some(format!("http://127.0.0.1:{port}"));
+    let health = Arc::new(Health::default());
+    let h = health.clone();
+    let starting = tokio::spawn(async move { TestNode::start_with_health(cfg, h).await });
+    wait_for("the reason", T, || async {
+        health
+            .problem()
+            .is_some_and(|p| p.contains("waiting for the app's kinds"))
+    })
+    .await;
+    assert!(
+        !starting.is_finished(),
+        "the node must not start serving without its kinds"
+    );
+    let _app = App::start_on("examples/bank/app.py", port).await;
+    let n = tokio::time::timeout(T, starting)
+        .await
+        .expect("started once the app answers")
+        .expect("no panic");
+    let kinds = n.shared.host.registry.kinds().join(",");
+    assert!(kinds.contains("account"), "{kinds}");
+}
