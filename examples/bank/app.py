@@ -8,6 +8,10 @@ state, its event log, its routing and its moves between pods.
 Kind `account`, state {"balance": int}:
   {"deposit": n}   n > 0                       -> event {"deposited": n}
   {"withdraw": n}  n > 0, refused on overdraft -> event {"withdrew": n}
+  {"transfer": {"to": id, "amount": n}}        -> event {"sent": n, "to": id}, and a message to
+                   account `id`: {"deposit": n}. The sidecar delivers it once the event is stored,
+                   exactly once in effect, and brings the answer back as {"$reply": {...}}: a refused
+                   deposit is refunded here (event {"refunded": n}).
 Every accepted command replies {"balance": <after>}.
 
 Run: python3 app.py [--port 8000]   (or AETHER_APP_PORT); the sidecar gets --app-url http://127.0.0.1:8000.
@@ -29,19 +33,33 @@ def amount(command, key):
     return n
 
 
-def decide(state, command):
-    """The events a command produces, or raises ValueError with the reason it is refused."""
+def decide(me, state, command):
+    """(events, sends) for a command, or raises ValueError with the reason it is refused."""
     balance = state.get("balance", 0)
     if not isinstance(command, dict):
         raise ValueError("a command is an object")
     if "deposit" in command:
-        return [{"deposited": amount(command, "deposit")}]
+        return [{"deposited": amount(command, "deposit")}], []
     if "withdraw" in command:
         n = amount(command, "withdraw")
         if n > balance:
             raise ValueError(f"insufficient funds: balance {balance}, withdraw {n}")
-        return [{"withdrew": n}]
-    raise ValueError('unknown command: expected {"deposit": n} or {"withdraw": n}')
+        return [{"withdrew": n}], []
+    if "transfer" in command:
+        t = command["transfer"]
+        to, n = t.get("to"), amount(t, "amount")
+        if not isinstance(to, str) or not to or to == me:
+            raise ValueError("transfer needs another account id in 'to'")
+        if n > balance:
+            raise ValueError(f"insufficient funds: balance {balance}, transfer {n}")
+        send = {"actor": {"kind": "account", "id": to}, "command": {"deposit": n}}
+        return [{"sent": n, "to": to}], [send]
+    if "$reply" in command:
+        r = command["$reply"]
+        if "error" in r["outcome"]:  # the deposit was refused: the money comes back
+            return [{"refunded": r["command"]["deposit"], "from": r["to"]["id"]}], []
+        return [], []
+    raise ValueError('unknown command: expected {"deposit": n}, {"withdraw": n} or {"transfer": {"to", "amount"}}')
 
 
 def apply(state, event):
@@ -50,6 +68,10 @@ def apply(state, event):
         balance += event["deposited"]
     elif "withdrew" in event:
         balance -= event["withdrew"]
+    elif "sent" in event:
+        balance -= event["sent"]
+    elif "refunded" in event:
+        balance += event["refunded"]
     return {"balance": balance}
 
 
@@ -76,13 +98,14 @@ class Handler(BaseHTTPRequestHandler):
         state = call.get("state") or {"balance": 0}
         if self.path == "/v1/decide":
             try:
-                events = decide(state, call.get("command"))
-            except ValueError as why:
+                events, sends = decide(call.get("id"), state, call.get("command"))
+            except (ValueError, KeyError, TypeError) as why:
                 self.answer(200, {"rejected": str(why)})
                 return
             for e in events:
                 state = apply(state, e)
-            self.answer(200, {"events": events, "state": state, "reply": {"balance": state["balance"]}})
+            self.answer(200, {"events": events, "state": state, "send": sends,
+                              "reply": {"balance": state["balance"]}})
         elif self.path == "/v1/apply":
             for e in call.get("events", []):
                 state = apply(state, e)

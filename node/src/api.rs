@@ -73,6 +73,7 @@ async fn read(State(api): State<Api>, Path((kind, id)): Path<(String, String)>) 
         op: Op::Read,
         hops: 0,
         epoch: 0,
+        delivered: None,
     };
     answer(&api, req).await
 }
@@ -125,6 +126,7 @@ async fn command(
         op: Op::Command { command },
         hops: 0,
         epoch: 0,
+        delivered: None,
     };
     answer(&api, req).await
 }

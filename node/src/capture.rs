@@ -7,7 +7,7 @@
 //! actors with their state.
 
 use crate::error::{Error, Result};
-use crate::store::Snapshot;
+use crate::store::{Outgoing, Snapshot};
 use serde_json::Value;
 
 /// What is written, borrowed from the live actor (no copy).
@@ -17,6 +17,9 @@ struct CapturedRef<'a> {
     recent: &'a [String],
     /// Sequence of the actor's last snapshot record.
     base: u64,
+    /// Undelivered sends.
+    #[serde(skip_serializing_if = "<[Outgoing]>::is_empty")]
+    outbox: &'a [Outgoing],
 }
 
 /// What is read back.
@@ -27,6 +30,8 @@ struct Captured {
     recent: Vec<String>,
     #[serde(default)]
     base: u64,
+    #[serde(default)]
+    outbox: Vec<Outgoing>,
 }
 
 /// Appends an actor's captured state to `out`.
@@ -39,6 +44,7 @@ pub fn write(out: &mut Vec<u8>, snapshot: &Snapshot, base: u64) -> Result<()> {
         state: &snapshot.state,
         recent: &snapshot.recent,
         base,
+        outbox: &snapshot.outbox,
     };
     rmp_serde::encode::write_named(out, &captured)
         .map_err(|e| Error::Corrupt(format!("actor state not capturable: {e}")))
@@ -60,8 +66,16 @@ pub fn read(bytes: &[u8]) -> Result<(Snapshot, u64)> {
         state,
         recent,
         base,
+        outbox,
     } = captured;
-    Ok((Snapshot { state, recent }, base))
+    Ok((
+        Snapshot {
+            state,
+            recent,
+            outbox,
+        },
+        base,
+    ))
 }
 
 #[cfg(test)]
@@ -95,7 +109,7 @@ mod tests {
             recent in prop::collection::vec(".{0,20}", 0..5),
             base in any::<u64>(),
         ) {
-            let snapshot = Snapshot { state, recent };
+            let snapshot = Snapshot { state, recent, outbox: Vec::new() };
             let mut out = vec![0xAE];
             write(&mut out, &snapshot, base).expect("writable");
             prop_assert_ne!(out[1], b'{');
@@ -122,9 +136,15 @@ mod tests {
         let snapshot = Snapshot {
             state: json!({"data": "a\"b\\c\n"}),
             recent: Vec::new(),
+            outbox: vec![Outgoing {
+                id: "send-1".into(),
+                actor: aether_core::protocol::ActorRef::new("account", "b"),
+                command: json!({"deposit": 1}),
+            }],
         };
         let mut out = Vec::new();
         write(&mut out, &snapshot, 0).expect("writable");
+        assert_eq!(read(&out).expect("reads back"), (snapshot.clone(), 0), "the outbox moves too");
         let raw = b"a\"b\\c\n";
         assert!(out.windows(raw.len()).any(|w| w == raw), "{out:?}");
         assert!(matches!(

@@ -102,7 +102,7 @@ pub struct NodeConfig {
     #[arg(long, env = "AETHER_APP_URL")]
     pub app_url: Option<String>,
     /// Longest a call to the app may take, milliseconds; a slower call answers `unavailable`.
-    #[arg(long, env = "AETHER_APP_TIMEOUT_MS", default_value = "2000", value_parser = parse_millis)]
+    #[arg(long = "app-timeout-ms", env = "AETHER_APP_TIMEOUT_MS", default_value = "2000", value_parser = parse_millis)]
     pub app_timeout: Duration,
     /// Address of the app API (`/v1/actors/{kind}/{id}`); loopback only: the app in the same
     /// pod calls its actors through it. `off` turns it off.

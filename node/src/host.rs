@@ -14,7 +14,7 @@ use crate::behaviour::{AppKind, Kind, Registry};
 use crate::capture;
 use crate::error::Error;
 use crate::metrics::{AppFault, Failure, Metrics};
-use crate::store::{EventStore, Loaded, Record, Snapshot, remember};
+use crate::store::{EventStore, Loaded, Outgoing, Record, Snapshot, remember, send_id};
 use aether_core::protocol::app::{APPLY_BATCH, ApplyCall, DecideCall, Decision};
 use aether_core::protocol::{
     ActorRef, ActorReply, ActorSnapshot, ErrorCode, ErrorReply, Op, Reply, Request, TransferWriter,
@@ -54,6 +54,18 @@ pub struct HostContext {
     pub tasks: tokio_util::task::TaskTracker,
     /// Readiness: a full event stream makes the node not Ready, with the reason.
     pub health: Arc<crate::node::Health>,
+    /// Where actors' sends go to be delivered (the node's outbox task, `outbox.rs`).
+    pub outbox: mpsc::UnboundedSender<Delivery>,
+}
+
+/// Messages of one actor to deliver: sent by a record that just landed, or found undelivered when
+/// the actor was loaded.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The sender.
+    pub from: ActorRef,
+    /// Its messages.
+    pub sends: Vec<Outgoing>,
 }
 
 /// What a shard worker is asked to do.
@@ -268,6 +280,8 @@ struct Appended {
     recorded: bool,
     /// An app kind's reply for the caller.
     reply: Option<serde_json::Value>,
+    /// Messages the record sends.
+    sent: Vec<Outgoing>,
 }
 
 /// What a request needs after the decision.
@@ -291,8 +305,8 @@ struct Deciding {
     state: serde_json::Value,
     version: u64,
     base: u64,
-    /// The recent command ids, when the next record carries a snapshot.
-    recent: Option<Vec<String>>,
+    /// The recent command ids and the outbox, when the next record carries a snapshot.
+    recent: Option<(Vec<String>, Vec<Outgoing>)>,
 }
 
 enum Next {
@@ -438,6 +452,7 @@ impl Worker {
         if let Some(p) = self.packed.remove(actor) {
             match p.unpack() {
                 Ok(a) => {
+                    self.resend(actor, &a.snapshot.outbox);
                     self.actors.insert(actor.clone(), a);
                     return Ok(());
                 }
@@ -471,6 +486,7 @@ impl Worker {
             self.ctx.max_state_bytes,
         )
         .await?;
+        self.resend(actor, &snapshot.outbox);
         self.actors.insert(
             actor.clone(),
             Actor {
@@ -484,6 +500,17 @@ impl Worker {
         );
         self.ctx.metrics.actors.inc();
         Ok(())
+    }
+
+    /// Hands a loaded actor's undelivered messages to the outbox task: the receiver applies each
+    /// once whoever sends it how often (its command id is the same), and the reply is recorded once.
+    fn resend(&self, actor: &ActorRef, outbox: &[Outgoing]) {
+        if !outbox.is_empty() {
+            let _ = self.ctx.outbox.send(Delivery {
+                from: actor.clone(),
+                sends: outbox.to_vec(),
+            });
+        }
     }
 
     fn ok(&self, a: &Actor, reply: Option<serde_json::Value>) -> Reply {
@@ -525,6 +552,7 @@ impl Worker {
                         snapshotted: record.snapshot.is_some(),
                         recorded: true,
                         reply: None,
+                        sent: Vec::new(),
                     }
                 }));
             }
@@ -556,6 +584,7 @@ impl Worker {
             snapshotted,
             recorded,
             reply,
+            sent,
         } = done;
         let mut retry = None;
         if result.is_ok() {
@@ -569,6 +598,16 @@ impl Worker {
                             a.snapshot.state = next;
                             if let Some(id) = &req.id {
                                 remember(&mut a.snapshot.recent, id.clone());
+                            }
+                            if let Some(id) = &req.delivered {
+                                a.snapshot.outbox.retain(|o| &o.id != id);
+                            }
+                            if !sent.is_empty() {
+                                a.snapshot.outbox.extend(sent.iter().cloned());
+                                let _ = self.ctx.outbox.send(Delivery {
+                                    from: req.actor.clone(),
+                                    sends: sent,
+                                });
                             }
                             a.version = version;
                             a.seq = seq;
@@ -669,6 +708,12 @@ impl Worker {
             // A retry of a command already in the log: answer, do not apply twice.
             return Ok(Step::Reply(self.ok(&self.actors[&req.actor], None)));
         }
+        if let Some(id) = &req.delivered
+            && !a.snapshot.outbox.iter().any(|o| &o.id == id)
+        {
+            // The reply to a send already recorded (the send was delivered twice).
+            return Ok(Step::Reply(self.ok(&self.actors[&req.actor], None)));
+        }
         let every = a.kind.snapshot_every();
         let behaviour = match &a.kind {
             Kind::Local(b) => b,
@@ -679,7 +724,7 @@ impl Worker {
                     if let Some(id) = &req.id {
                         remember(&mut recent, id.clone());
                     }
-                    recent
+                    (recent, a.snapshot.outbox.clone())
                 });
                 return Ok(Step::Decide(Box::new(Deciding {
                     kind: kind.clone(),
@@ -728,6 +773,7 @@ impl Worker {
             Snapshot {
                 state: next.clone(),
                 recent,
+                outbox: a.snapshot.outbox.clone(),
             }
         });
         let record = Record {
@@ -737,6 +783,8 @@ impl Worker {
             version,
             base: a.base,
             snapshot,
+            send: Vec::new(),
+            delivered: Vec::new(),
         };
         Ok(Step::Append {
             subject,
@@ -806,6 +854,7 @@ async fn decide_and_append(
         snapshotted: false,
         recorded: false,
         reply: None,
+        sent: Vec::new(),
     };
     let Op::Command { command } = &done.req.op else {
         done.result = Err(Error::Internal("a read reached the decide call".into()));
@@ -819,12 +868,17 @@ async fn decide_and_append(
         command,
         command_id: done.req.id.as_deref(),
     };
-    let (events, state, reply) = match d.kind.app.decide(&call).await {
+    let (events, state, reply, send) = match d.kind.app.decide(&call).await {
         Ok(Decision::Accept {
             events,
             state,
             reply,
-        }) => (events, state, reply),
+            send,
+        }) => (events, state, reply, send),
+        // The reply to a send is recorded even when the app refuses it: the send is delivered.
+        Ok(Decision::Reject(_)) if done.req.delivered.is_some() => {
+            (Vec::new(), d.state.clone(), None, Vec::new())
+        }
         Ok(Decision::Reject(why)) => {
             done.result = Err(Error::Rejected(why));
             return done;
@@ -835,7 +889,8 @@ async fn decide_and_append(
         }
     };
     done.reply = reply;
-    if events.is_empty() {
+    let delivered: Vec<String> = done.req.delivered.iter().cloned().collect();
+    if events.is_empty() && send.is_empty() && delivered.is_empty() {
         // Nothing to record: the state stays as it was, whatever the answer says.
         return done;
     }
@@ -851,19 +906,36 @@ async fn decide_and_append(
         return done;
     }
     let version = d.version + 1;
+    let sent: Vec<Outgoing> = send
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| Outgoing {
+            id: send_id(&done.req.actor, version, i),
+            actor: s.actor,
+            command: s.command,
+        })
+        .collect();
     let record = Record {
         v: 1,
         cmd: done.req.id.clone(),
         events,
         version,
         base: d.base,
-        snapshot: d.recent.map(|recent| Snapshot {
-            state: state.clone(),
-            recent,
+        snapshot: d.recent.map(|(recent, mut outbox)| {
+            outbox.retain(|o| !delivered.contains(&o.id));
+            outbox.extend(sent.iter().cloned());
+            Snapshot {
+                state: state.clone(),
+                recent,
+                outbox,
+            }
         }),
+        send: sent,
+        delivered,
     };
     done.snapshotted = record.snapshot.is_some();
     done.result = ctx.store.append(&d.subject, d.expected, &record).await;
+    done.sent = record.send;
     done.next = state;
     done.version = version;
     done.recorded = true;

@@ -9,6 +9,7 @@
 //! - `store.rs`: the JetStream event log with fenced appends and inline snapshots.
 //! - `capture.rs`: an actor's state in a transfer.
 //! - `behaviour.rs`: actor kinds (`counter`, `doc`, and the app container's, called by `app.rs`).
+//! - `outbox.rs`: delivers actors' sends and records their replies.
 //! - `api.rs`: the app API (`/v1/actors/{kind}/{id}`) the app calls its actors through.
 //! - `client.rs`: the client library and load generator; `http.rs`, `metrics.rs`, `config.rs`.
 
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod migration;
 pub mod moves;
 pub mod node;
+pub mod outbox;
 pub mod ownership;
 pub mod requests;
 pub mod store;

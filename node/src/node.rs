@@ -157,6 +157,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     state: Mutex<State>,
     migrations: Mutex<Arc<Semaphore>>,
+    /// The actors' sends, taken by the outbox task when the node serves.
+    deliveries: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::host::Delivery>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -178,6 +180,7 @@ impl Shared {
         health: Arc<Health>,
     ) -> Arc<Self> {
         let tasks = TaskTracker::new();
+        let (outbox, deliveries) = tokio::sync::mpsc::unbounded_channel();
         let host = Arc::new(HostContext {
             me: cfg.pod_name.clone(),
             registry,
@@ -189,6 +192,7 @@ impl Shared {
             serving: tokio::runtime::Handle::current(),
             tasks: tasks.clone(),
             health,
+            outbox,
         });
         Arc::new(Self {
             me: cfg.pod_name.clone(),
@@ -205,6 +209,7 @@ impl Shared {
                 workers: HashMap::new(),
             }),
             migrations: Mutex::new(Arc::new(Semaphore::new(4))),
+            deliveries: Mutex::new(Some(deliveries)),
         })
     }
 
@@ -566,6 +571,9 @@ impl Node {
         let app_task = shared
             .app()
             .map(|app| shared.tasks.spawn(watch_app(app, health.clone())));
+        let outbox_task = lock(&shared.deliveries)
+            .take()
+            .map(|rx| tokio::spawn(crate::outbox::run(shared.clone(), rx)));
         let api_task = match cfg.api_addr.0 {
             Some(addr) => Some(crate::api::serve(addr, shared.clone()).await?),
             None => None,
@@ -636,7 +644,7 @@ impl Node {
         }
         watcher.abort();
         health_task.abort();
-        for task in app_task.into_iter().chain(api_task) {
+        for task in app_task.into_iter().chain(api_task).chain(outbox_task) {
             task.abort();
         }
         shared.stop_all_workers();

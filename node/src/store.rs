@@ -38,6 +38,31 @@ pub struct Record {
     /// The state after this record, every [`SNAPSHOT_EVERY`] records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Snapshot>,
+    /// Messages to other actors, sent once this record landed (the outbox).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub send: Vec<Outgoing>,
+    /// Sends of earlier records whose reply this record holds: delivered, not sent again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delivered: Vec<String>,
+}
+
+/// A message in an actor's outbox, from the record that sent it until the record that holds its reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Outgoing {
+    /// Its command id at the receiver: [`send_id`].
+    pub id: String,
+    /// The receiver.
+    pub actor: ActorRef,
+    /// The command.
+    pub command: Value,
+}
+
+/// The command id of the `index`th message of the sender's record `version`: the same wherever and
+/// however often it is sent, so the receiver applies it once.
+#[must_use]
+pub fn send_id(from: &ActorRef, version: u64, index: usize) -> String {
+    let who = aether_core::hash::actor_hash(&format!("{}/{}", from.kind, from.id));
+    format!("send-{who:016x}-{version}-{index}")
 }
 
 /// Folded state inside a record, and inside migration transfers.
@@ -48,6 +73,9 @@ pub struct Snapshot {
     /// Recent command ids, oldest first.
     #[serde(default)]
     pub recent: Vec<String>,
+    /// Sent messages whose reply is not recorded yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<Outgoing>,
 }
 
 /// An actor's log position and state, as loaded: the last snapshot and the events after it, which
@@ -152,6 +180,7 @@ impl EventStore {
                 snapshot: Snapshot {
                     state: initial,
                     recent: Vec::new(),
+                    outbox: Vec::new(),
                 },
                 version: 0,
                 seq: 0,
@@ -173,6 +202,7 @@ impl EventStore {
                 Snapshot {
                     state: initial,
                     recent: Vec::new(),
+                    outbox: Vec::new(),
                 },
                 0,
                 1,
@@ -224,6 +254,10 @@ impl EventStore {
             let r: Record = serde_json::from_slice(&msg.payload)
                 .map_err(|e| Error::Corrupt(format!("{subject}@{at}: {e}")))?;
             unfolded.extend(r.events);
+            snapshot.outbox.extend(r.send);
+            if !r.delivered.is_empty() {
+                snapshot.outbox.retain(|o| !r.delivered.contains(&o.id));
+            }
             if let Some(cmd) = r.cmd {
                 remember(&mut snapshot.recent, cmd);
             }

@@ -135,6 +135,18 @@ impl Drop for TestNode {
 
 /// A node as a separate OS process (`aether-node run`).
 pub fn spawn_process(bin: &Path, url: &str, prefix: &str, name: &str, http_port: u16) -> Process {
+    spawn_process_with(bin, url, prefix, name, http_port, &[])
+}
+
+/// A node as a separate OS process, with `extra` arguments.
+pub fn spawn_process_with(
+    bin: &Path,
+    url: &str,
+    prefix: &str,
+    name: &str,
+    http_port: u16,
+    extra: &[&str],
+) -> Process {
     let child = Command::new(bin)
         .args([
             "run",
@@ -153,6 +165,7 @@ pub fn spawn_process(bin: &Path, url: &str, prefix: &str, name: &str, http_port:
             "--api-addr",
             "off",
         ])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

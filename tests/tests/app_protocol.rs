@@ -10,8 +10,8 @@ use aether_node::metrics::AppFault;
 use aether_node::node::Health;
 use aether_node::store::EventStore;
 use aether_tests::app::{App, http};
-use aether_tests::cluster::{TestNode, next_plan, node_config, publish};
-use aether_tests::{NatsServer, free_port, wait_for};
+use aether_tests::cluster::{TestNode, next_plan, node_config, publish, spawn_process_with};
+use aether_tests::{NatsServer, free_port, wait_for, workspace_binary};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +83,16 @@ fn json_of(body: &[u8]) -> Value {
 
 /// Records of the actor in the log.
 async fn logged(nc: &async_nats::Client, prefix: &str, kind: &str, id: &str) -> u64 {
+    log_of(nc, prefix, kind, id).await.version
+}
+
+/// The actor as its log has it (state not folded: the last snapshot and the events after it).
+async fn log_of(
+    nc: &async_nats::Client,
+    prefix: &str,
+    kind: &str,
+    id: &str,
+) -> aether_node::store::Loaded {
     let store = EventStore::open(
         async_nats::jetstream::new(nc.clone()),
         Names::new(prefix),
@@ -92,11 +102,21 @@ async fn logged(nc: &async_nats::Client, prefix: &str, kind: &str, id: &str) -> 
     .expect("store");
     let actor = ActorRef::new(kind, id);
     let subject = store.subject(aether_core::hash::shard_of(id, SHARDS), &actor);
-    store
-        .load(&subject, Value::Null)
-        .await
-        .expect("load")
-        .version
+    store.load(&subject, Value::Null).await.expect("load")
+}
+
+/// An account's balance through NATS, once a node answers.
+async fn balance(nc: &async_nats::Client, prefix: &str, id: &str) -> Option<i64> {
+    let r = ask(
+        nc,
+        prefix,
+        &Request::new(ActorRef::new("account", id), Op::Read, None),
+    )
+    .await;
+    match r.outcome {
+        Outcome::Ok(ok) => ok.state["balance"].as_i64(),
+        Outcome::Error(_) => None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,9 +199,49 @@ async fn bank_accounts_through_the_api_and_nats_and_rebuilt_after_a_restart() {
         (409, json!("rejected"))
     );
 
+    // A transfer: a withdrawal here and a message that deposits there, delivered after the append;
+    // the receiver's answer comes back to the sender and marks the message delivered.
+    let (status, body) = http(
+        api,
+        "POST",
+        "/v1/actors/account/alice",
+        &[],
+        br#"{"transfer": {"to": "bob", "amount": 20}}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, json_of(&body)["reply"].clone()),
+        (200, json!({"balance": 50}))
+    );
+    wait_for("the deposit at bob and its reply at alice", T, || async {
+        balance(&nc, "bank", "bob").await == Some(20)
+            && log_of(&nc, "bank", "account", "alice")
+                .await
+                .snapshot
+                .outbox
+                .is_empty()
+    })
+    .await;
+    assert_eq!(logged(&nc, "bank", "account", "bob").await, 1);
+    // alice: deposit, withdraw, transfer, and the record of the reply.
+    assert_eq!(logged(&nc, "bank", "account", "alice").await, 4);
+    let (status, body) = http(
+        api,
+        "POST",
+        "/v1/actors/account/alice",
+        &[],
+        br#"{"$reply": {}}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, json_of(&body)["code"].clone()),
+        (400, json!("malformed")),
+        "a client cannot forge a reply"
+    );
+
     // Past two snapshots (the kind asks for one every 8 records), then a restart: the new node
     // loads the last snapshot and has the app fold the records after it.
-    for i in 0..19 {
+    for i in 0..17 {
         let (status, _) = http(
             api,
             "POST",
@@ -192,7 +252,7 @@ async fn bank_accounts_through_the_api_and_nats_and_rebuilt_after_a_restart() {
         .await;
         assert_eq!(status, 200);
     }
-    let expected = json!({"balance": 70 + 190});
+    let expected = json!({"balance": 50 + 170});
     assert_eq!(logged(&nc, "bank", "account", "alice").await, 21);
     n.terminate();
     n.exited(T).await.expect("clean exit");
@@ -360,4 +420,139 @@ async fn a_node_waits_for_its_app_not_ready_and_saying_why() {
         .expect("no panic");
     let kinds = n.shared.host.registry.kinds().join(",");
     assert!(kinds.contains("account"), "{kinds}");
+}
+
+async fn ready(port: u16) -> bool {
+    tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_ok()
+        && http(port, "GET", "/readyz", &[], b"").await.0 == 200
+}
+
+/// The send path's promise: a transfer whose deposit could not be delivered yet when the sender's
+/// owner is killed (SIGKILL) is delivered by the next owner of the sender, once, and its reply
+/// recorded once; another restart sends nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_survives_its_senders_owner_dying_between_append_and_delivery() {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let bin = workspace_binary("aether-node");
+    let app_a = App::start("examples/bank/app.py").await;
+    let mut app_b = App::start("examples/bank/app.py").await;
+    let (ha, hb) = (free_port(), free_port());
+    let node = |name: &str, port: u16, app: &str| {
+        spawn_process_with(
+            &bin,
+            &nats.url(),
+            "xfer",
+            name,
+            port,
+            &["--app-url", app, "--app-timeout-ms", "300"],
+        )
+    };
+    let mut a = node("app-0", ha, &app_a.url());
+    let mut b = node("app-1", hb, &app_b.url());
+    wait_for("both nodes Ready", T, || async {
+        ready(ha).await && ready(hb).await
+    })
+    .await;
+    let plan = next_plan(None, &["app-0", "app-1"], SHARDS, 4);
+    publish(&nc, "xfer", &plan, 10).await;
+    let on = |owner: &str| {
+        (0..)
+            .map(|i| format!("acct-{i}"))
+            .find(|id| plan.owner(aether_core::hash::shard_of(id, SHARDS)) == Some(owner))
+            .expect("an id")
+    };
+    let (s, r) = (on("app-0"), on("app-1"));
+    wait_for("both accounts served", T, || async {
+        balance(&nc, "xfer", &s).await.is_some() && balance(&nc, "xfer", &r).await.is_some()
+    })
+    .await;
+    let dep = ask(
+        &nc,
+        "xfer",
+        &command("account", &s, json!({"deposit": 100}), "dep"),
+    )
+    .await;
+    assert!(matches!(dep.outcome, Outcome::Ok(_)), "{dep:?}");
+
+    // The receiver's app is down: the deposit cannot be delivered, the transfer itself lands.
+    let port_b = app_b.port;
+    app_b.kill();
+    let t = ask(
+        &nc,
+        "xfer",
+        &command(
+            "account",
+            &s,
+            json!({"transfer": {"to": r, "amount": 30}}),
+            "t-1",
+        ),
+    )
+    .await;
+    assert!(
+        matches!(&t.outcome, Outcome::Ok(ok) if ok.reply == Some(json!({"balance": 70}))),
+        "{t:?}"
+    );
+    assert_eq!(
+        log_of(&nc, "xfer", "account", &s)
+            .await
+            .snapshot
+            .outbox
+            .len(),
+        1,
+        "in the outbox"
+    );
+    assert_eq!(
+        logged(&nc, "xfer", "account", &r).await,
+        0,
+        "not delivered yet"
+    );
+
+    // The sender's owner dies; the receiver's app comes back; every shard goes to app-1.
+    a.kill();
+    let _app_b = App::start_on("examples/bank/app.py", port_b).await;
+    wait_for("app-1 Ready again", T, || ready(hb)).await;
+    let mut all_b = next_plan(None, &["app-1"], SHARDS, 4);
+    all_b.epoch = plan.epoch + 1;
+    publish(&nc, "xfer", &all_b, 10).await;
+
+    // Loading the sender finds the undelivered message and sends it.
+    wait_for(
+        "the deposit delivered and its reply recorded",
+        T,
+        || async {
+            balance(&nc, "xfer", &s).await == Some(70)
+                && balance(&nc, "xfer", &r).await == Some(30)
+                && log_of(&nc, "xfer", "account", &s)
+                    .await
+                    .snapshot
+                    .outbox
+                    .is_empty()
+        },
+    )
+    .await;
+    assert_eq!(
+        logged(&nc, "xfer", "account", &r).await,
+        1,
+        "deposited once"
+    );
+    assert_eq!(
+        logged(&nc, "xfer", "account", &s).await,
+        3,
+        "deposit, transfer, reply"
+    );
+
+    // Once more from scratch: nothing is sent again.
+    b.kill();
+    let _b2 = node("app-1", hb, &format!("http://127.0.0.1:{port_b}"));
+    wait_for("app-1 back", T, || ready(hb)).await;
+    wait_for("served again", T, || async {
+        balance(&nc, "xfer", &s).await == Some(70)
+    })
+    .await;
+    assert_eq!(balance(&nc, "xfer", &r).await, Some(30));
+    assert_eq!(logged(&nc, "xfer", "account", &r).await, 1);
+    assert_eq!(logged(&nc, "xfer", "account", &s).await, 3);
 }

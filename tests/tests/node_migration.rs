@@ -265,6 +265,8 @@ async fn a_stale_writer_is_fenced_and_the_owner_recovers() {
         version: v,
         base: 0,
         snapshot: None,
+        send: Vec::new(),
+        delivered: Vec::new(),
     };
     store
         .append(&subject, seq, &rec(last.version + 1))

@@ -11,7 +11,7 @@
 //! The app is never trusted with sizes or shapes: [`DecideAnswer::check`] and [`ApplyAnswer::check`]
 //! turn an answer into what the node may append, or say what is wrong with it. See docs/PROTOCOL.md.
 
-use super::messages::{MAX_COMMAND_DEPTH, json_depth};
+use super::messages::{ActorRef, MAX_COMMAND_DEPTH, check_command, json_depth};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -29,6 +29,10 @@ pub const MAX_SNAPSHOT_EVERY: u64 = 1024;
 pub const MAX_EVENTS: usize = 1024;
 /// Most events in one apply call (a longer replay is split into several calls).
 pub const APPLY_BATCH: usize = 256;
+/// Most messages one decision may send.
+pub const MAX_SENDS: usize = 64;
+/// The command key under which an actor gets the reply to one of its sends.
+pub const REPLY_KEY: &str = "$reply";
 /// Longest rejection reason kept (longer ones are cut).
 pub const MAX_REASON_BYTES: usize = 1024;
 
@@ -124,9 +128,22 @@ pub struct DecideAnswer {
     /// What the caller gets back (besides the state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<Value>,
+    /// Messages to other actors, sent once the events are appended (a list of [`Send`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<Value>,
     /// The command is refused, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<Value>,
+}
+
+/// A message from one actor to another: a command, delivered after the sender's record landed,
+/// with a command id made from the sender, its record and the message's index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Send {
+    /// The receiver.
+    pub actor: ActorRef,
+    /// The command it gets.
+    pub command: Value,
 }
 
 /// A decide answer checked.
@@ -140,6 +157,8 @@ pub enum Decision {
         state: Value,
         /// The reply.
         reply: Option<Value>,
+        /// Messages to send after the append.
+        send: Vec<Send>,
     },
     /// Refused, with the reason (cut to [`MAX_REASON_BYTES`]).
     Reject(String),
@@ -179,10 +198,26 @@ impl DecideAnswer {
         {
             return Err(format!("the reply nests deeper than {MAX_COMMAND_DEPTH}"));
         }
+        let send: Vec<Send> = match self.send {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v @ Value::Array(_)) => serde_json::from_value(v)
+                .map_err(|e| format!("send is not a list of {{actor, command}}: {e}"))?,
+            Some(_) => return Err("send is not a list".into()),
+        };
+        if send.len() > MAX_SENDS {
+            return Err(format!("{} sends, more than {MAX_SENDS}", send.len()));
+        }
+        for s in &send {
+            s.actor
+                .validate()
+                .and_then(|()| check_command(&s.command))
+                .map_err(|e| format!("send to {}/{}: {e}", s.actor.kind, s.actor.id))?;
+        }
         Ok(Decision::Accept {
             events,
             state,
             reply: self.reply,
+            send,
         })
     }
 }
@@ -253,6 +288,7 @@ mod tests {
                 events: vec![json!({"deposited": 5})],
                 state: json!({"balance": 5}),
                 reply: Some(json!({"ok": true})),
+                send: vec![],
             })
         );
         assert_eq!(
@@ -261,6 +297,12 @@ mod tests {
         );
         assert!(answer(json!({"events": {"a": 1}, "state": 1})).is_err());
         assert!(answer(json!({"events": []})).is_err());
+        let send = json!({"events": [], "state": 1, "send": [{"actor": {"kind": "account", "id": "b"}, "command": {"deposit": 1}}]});
+        assert!(matches!(answer(send), Ok(Decision::Accept { send, .. }) if send.len() == 1));
+        // A send may not forge a reply, nor go to a kind that cannot exist.
+        assert!(answer(json!({"events": [], "state": 1, "send": [{"actor": {"kind": "a", "id": "b"}, "command": {"$reply": 1}}]})).is_err());
+        assert!(answer(json!({"events": [], "state": 1, "send": [{"actor": {"kind": "A B", "id": "b"}, "command": {}}]})).is_err());
+        assert!(answer(json!({"events": [], "state": 1, "send": {"x": 1}})).is_err());
         assert!(answer(json!({})).is_err());
         let mut deep = json!(1);
         for _ in 0..40 {

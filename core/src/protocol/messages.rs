@@ -91,7 +91,14 @@ pub struct Request {
     /// Epoch of the sender's plan (0: unknown).
     #[serde(default)]
     pub epoch: u64,
+    /// Inside a node only, never on the wire: this command carries the reply to the actor's send
+    /// with this id (`$reply`), and its record marks that send delivered.
+    #[serde(skip)]
+    pub delivered: Option<String>,
 }
+
+/// Top-level command keys starting with this are the node's own (`$reply`): refused from clients.
+pub const RESERVED_PREFIX: char = '$';
 
 impl Request {
     /// Checks what the node will put into subjects, headers and the log: the actor (kind syntax,
@@ -113,12 +120,7 @@ impl Request {
             }
         }
         if let Op::Command { command } = &self.op {
-            let depth = json_depth(command);
-            if depth > MAX_COMMAND_DEPTH {
-                return Err(Error::Malformed(format!(
-                    "command nested {depth} levels deep; at most {MAX_COMMAND_DEPTH}"
-                )));
-            }
+            check_command(command)?;
         }
         Ok(())
     }
@@ -132,8 +134,29 @@ impl Request {
             op,
             hops: 0,
             epoch: 0,
+            delivered: None,
         }
     }
+}
+
+/// Checks a command from outside the node (a client's, or an actor's send): nested at most
+/// [`MAX_COMMAND_DEPTH`], no top-level key starting with [`RESERVED_PREFIX`].
+pub fn check_command(command: &serde_json::Value) -> Result<()> {
+    let depth = json_depth(command);
+    if depth > MAX_COMMAND_DEPTH {
+        return Err(Error::Malformed(format!(
+            "command nested {depth} levels deep; at most {MAX_COMMAND_DEPTH}"
+        )));
+    }
+    if let Some(key) = command
+        .as_object()
+        .and_then(|m| m.keys().find(|k| k.starts_with(RESERVED_PREFIX)))
+    {
+        return Err(Error::Malformed(format!(
+            "command key {key:?}: keys starting with {RESERVED_PREFIX:?} are reserved"
+        )));
+    }
+    Ok(())
 }
 
 /// The answer to a [`Request`].

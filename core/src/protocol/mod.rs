@@ -20,7 +20,7 @@ pub mod transfer;
 pub use control::{NodeEvent, NodeEventKind, PlanMessage, Progress};
 pub use messages::{
     ActorRef, ActorReply, ErrorCode, ErrorReply, MAX_ACTOR_ID_BYTES, MAX_COMMAND_DEPTH,
-    MAX_COMMAND_ID_BYTES, Op, Outcome, Reply, Request, json_depth,
+    MAX_COMMAND_ID_BYTES, Op, Outcome, RESERVED_PREFIX, Reply, Request, check_command, json_depth,
 };
 pub use names::{Names, decode_id, encode_id};
 pub use transfer::{
