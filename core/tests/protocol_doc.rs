@@ -86,3 +86,61 @@ fn documented_binary_transfer_matches_the_encoder() {
     assert_eq!(encode_transfer(&transfer).expect("encodes"), bytes);
     assert_eq!(decode_transfer(&bytes).expect("binary decodes"), transfer);
 }
+
+/// The app protocol's examples are what the code reads and writes.
+#[test]
+fn documented_app_protocol_examples_match_the_code() {
+    use aether_core::protocol::ActorRef;
+    use aether_core::protocol::app::{
+        ApplyAnswer, ApplyCall, DecideAnswer, DecideCall, Decision, KindsAnswer, send_id,
+    };
+    use serde_json::Value;
+    let doc = include_str!("../../docs/PROTOCOL.md");
+    let line = |prefix: &str| -> Value {
+        let l = doc
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("docs/PROTOCOL.md has no line starting {prefix}"));
+        serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))
+    };
+    let kinds: KindsAnswer = serde_json::from_value(line("{\"kinds\":")).expect("kinds");
+    assert_eq!(kinds.check().expect("valid")[0].snapshot_every, Some(8));
+
+    let call = line("{\"kind\":\"account\",\"id\":\"alice\",\"version\"");
+    let written = DecideCall {
+        kind: call["kind"].as_str().expect("kind"),
+        id: call["id"].as_str().expect("id"),
+        version: call["version"].as_u64().expect("version"),
+        state: &call["state"],
+        command: &call["command"],
+        command_id: call["commandId"].as_str(),
+    };
+    assert_eq!(serde_json::to_value(&written).expect("encodes"), call);
+
+    let accept: DecideAnswer = serde_json::from_value(line("{\"events\":")).expect("answer");
+    assert!(matches!(accept.check(), Ok(Decision::Accept { send, .. }) if send.len() == 1));
+    let reject: DecideAnswer = serde_json::from_value(line("{\"rejected\":")).expect("answer");
+    assert!(matches!(reject.check(), Ok(Decision::Reject(_))));
+
+    let apply = line("{\"kind\":\"account\",\"id\":\"alice\",\"state\"");
+    let events = apply["events"].as_array().expect("events").clone();
+    let written = ApplyCall {
+        kind: "account",
+        id: "alice",
+        state: &apply["state"],
+        events: &events,
+    };
+    assert_eq!(serde_json::to_value(&written).expect("encodes"), apply);
+    let answer: ApplyAnswer =
+        serde_json::from_value(serde_json::json!({"state": {"balance": 70}})).expect("answer");
+    assert!(answer.check().is_ok());
+
+    // The reply example: the id of alice's record 2's first send, and an outcome as in "Reply".
+    let reply = line("{\"$reply\":");
+    assert_eq!(
+        reply["$reply"]["id"],
+        send_id(&ActorRef::new("account", "alice"), 2, 0)
+    );
+    let outcome = serde_json::json!({"v": 1, "ok": reply["$reply"]["outcome"]["ok"]});
+    assert!(serde_json::from_value::<aether_core::protocol::Reply>(outcome).is_ok());
+}

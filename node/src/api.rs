@@ -199,3 +199,36 @@ fn respond(reply: &Reply) -> Response {
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/PROTOCOL.md's table of HTTP statuses is what the API answers.
+    #[test]
+    fn the_documented_statuses_are_the_ones_answered() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let table = doc
+            .split("| code | HTTP status |")
+            .nth(1)
+            .expect("docs/PROTOCOL.md has the API's status table");
+        let mut checked = 0;
+        for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+            let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+            let status: u16 = cells[1]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("status in {row}"));
+            for code in cells[0].split('`').skip(1).step_by(2) {
+                let code: ErrorCode =
+                    serde_json::from_value(serde_json::Value::String(code.to_owned()))
+                        .unwrap_or_else(|e| panic!("{code}: {e}"));
+                let reply = Reply::error(ErrorReply::new(code, "x"));
+                assert_eq!(status_of(&reply).as_u16(), status, "{code:?}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 10, "every error code is in the table");
+    }
+}

@@ -144,7 +144,11 @@ mod tests {
         };
         let mut out = Vec::new();
         write(&mut out, &snapshot, 0).expect("writable");
-        assert_eq!(read(&out).expect("reads back"), (snapshot.clone(), 0), "the outbox moves too");
+        assert_eq!(
+            read(&out).expect("reads back"),
+            (snapshot.clone(), 0),
+            "the outbox moves too"
+        );
         let raw = b"a\"b\\c\n";
         assert!(out.windows(raw.len()).any(|w| w == raw), "{out:?}");
         assert!(matches!(

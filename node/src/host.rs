@@ -14,8 +14,8 @@ use crate::behaviour::{AppKind, Kind, Registry};
 use crate::capture;
 use crate::error::Error;
 use crate::metrics::{AppFault, Failure, Metrics};
-use crate::store::{EventStore, Loaded, Outgoing, Record, Snapshot, remember, send_id};
-use aether_core::protocol::app::{APPLY_BATCH, ApplyCall, DecideCall, Decision};
+use crate::store::{EventStore, Loaded, Outgoing, Record, Snapshot, remember};
+use aether_core::protocol::app::{APPLY_BATCH, ApplyCall, DecideCall, Decision, send_id};
 use aether_core::protocol::{
     ActorRef, ActorReply, ActorSnapshot, ErrorCode, ErrorReply, Op, Reply, Request, TransferWriter,
 };

@@ -1,7 +1,7 @@
 //! Delivery of actors' sends. An app kind's decision may send commands to other actors; they are
 //! written in the sender's record (its outbox) and delivered only after it landed, here, through
 //! normal routing, with a command id made from the sender, the record and the index
-//! (`store::send_id`), so the receiver applies each once however often it is sent. The receiver's
+//! (`aether_core::protocol::app::send_id`), so the receiver applies each once however often it is sent. The receiver's
 //! answer comes back to the sender as a `$reply` command, whose record marks the send delivered;
 //! until then the send stays in the outbox, and whoever loads the sender next (after a crash, a
 //! move, a passivation) sends it again.

@@ -49,20 +49,12 @@ pub struct Record {
 /// A message in an actor's outbox, from the record that sent it until the record that holds its reply.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Outgoing {
-    /// Its command id at the receiver: [`send_id`].
+    /// Its command id at the receiver: [`aether_core::protocol::app::send_id`].
     pub id: String,
     /// The receiver.
     pub actor: ActorRef,
     /// The command.
     pub command: Value,
-}
-
-/// The command id of the `index`th message of the sender's record `version`: the same wherever and
-/// however often it is sent, so the receiver applies it once.
-#[must_use]
-pub fn send_id(from: &ActorRef, version: u64, index: usize) -> String {
-    let who = aether_core::hash::actor_hash(&format!("{}/{}", from.kind, from.id));
-    format!("send-{who:016x}-{version}-{index}")
 }
 
 /// Folded state inside a record, and inside migration transfers.

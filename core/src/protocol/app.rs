@@ -254,6 +254,15 @@ impl ApplyAnswer {
     }
 }
 
+/// The command id of the `index`th message of the sender's record `version`:
+/// `send-{XXH3-64("kind/id") as 16 hex digits}-{version}-{index}`. The same wherever and however
+/// often it is sent, so the receiver applies it once.
+#[must_use]
+pub fn send_id(from: &ActorRef, version: u64, index: usize) -> String {
+    let who = crate::hash::actor_hash(&format!("{}/{}", from.kind, from.id));
+    format!("send-{who:016x}-{version}-{index}")
+}
+
 /// `s` cut to at most `max` bytes, on a character boundary.
 #[must_use]
 pub fn cut(mut s: String, max: usize) -> String {
