@@ -475,9 +475,20 @@ pub struct Node {
 
 impl Node {
     /// Connects to NATS (waiting while it is unreachable, saying so in `health`), opens the event
-    /// stream and subscribes.
+    /// stream and subscribes; hosts the built-in kinds and, with `--app-url`, the app's.
     pub async fn connect(
         cfg: NodeConfig,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
+        Self::connect_with(cfg, Registry::builtin(), health, metrics).await
+    }
+
+    /// As [`Node::connect`], hosting the kinds of `registry` (a node embedded as a library, with
+    /// its own [`crate::behaviour::Behaviour`]s) and, with `--app-url`, the app's.
+    pub async fn connect_with(
+        cfg: NodeConfig,
+        registry: Registry,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
@@ -497,7 +508,7 @@ impl Node {
                 }
             }
         };
-        let registry = app_kinds(&cfg, &health, &metrics).await?;
+        let registry = app_kinds(registry, &cfg, &health, &metrics).await?;
         let moves = MigrationRuntime::start()?;
         // Connected from the migration runtime, so the transfers' socket work runs there too.
         let (nats, name) = (cfg.nats.clone(), format!("{}/migrations", cfg.pod_name));
@@ -714,10 +725,14 @@ async fn watch_plans(shared: Arc<Shared>, js: jetstream::Context, names: Names, 
     }
 }
 
-/// The built-in kinds and, with `--app-url`, the app container's: asked until the app answers, the
+/// `registry`'s kinds and, with `--app-url`, the app container's: asked until the app answers, the
 /// node not Ready meanwhile and saying why.
-async fn app_kinds(cfg: &NodeConfig, health: &Health, metrics: &Arc<Metrics>) -> Result<Registry> {
-    let mut registry = Registry::builtin();
+async fn app_kinds(
+    mut registry: Registry,
+    cfg: &NodeConfig,
+    health: &Health,
+    metrics: &Arc<Metrics>,
+) -> Result<Registry> {
     let Some(url) = &cfg.app_url else {
         return Ok(registry);
     };
