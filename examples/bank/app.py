@@ -14,7 +14,7 @@ Kind `account`, state {"balance": int}:
                    deposit is refunded here (event {"refunded": n}).
 Every accepted command replies {"balance": <after>}.
 
-Run: python3 app.py [--port 8000]   (or AETHER_APP_PORT); the sidecar gets --app-url http://127.0.0.1:8000.
+Run: python3 app.py [--listen 127.0.0.1:8000]   (or --port, AETHER_APP_PORT); the sidecar gets --app-url http://127.0.0.1:8000.
 """
 
 import argparse
@@ -121,7 +121,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=int(os.environ.get("AETHER_APP_PORT", "8000")))
     p.add_argument("--host", default=os.environ.get("AETHER_APP_HOST", "127.0.0.1"))
+    p.add_argument("--listen", help="host:port, in place of --host and --port")
     args = p.parse_args()
+    if args.listen:
+        args.host, _, port = args.listen.rpartition(":")
+        args.port = int(port)
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     print(f"bank app on http://{args.host}:{args.port}", file=sys.stderr, flush=True)

@@ -8,7 +8,8 @@
 //!   process has exactly that account's permissions;
 //! - gives each pod its own loopback address (127.0.0.x) as pod IP, in place of a network namespace: a
 //!   listen address `0.0.0.0` in the args becomes the pod IP, and `AETHER_HTTP_ADDR` is set to the pod
-//!   IP and the container's first port;
+//!   IP and the container's first port; `127.0.0.1:P` and `localhost:P` in args and environment, for a
+//!   port P a container of the pod declares, become the pod IP's (the pod's own loopback);
 //! - restarts a process that exits (restartPolicy Always), probes `readinessProbe.httpGet` every 250 ms
 //!   and writes phase, pod IP, the Ready condition and container statuses to the pod's status;
 //! - when the pod is deleted: SIGTERM, waits up to the grace period, SIGKILL, then deletes the pod
@@ -415,7 +416,24 @@ impl PodRun {
                 }
             }
         };
-        let unbind = |s: &str| s.replace("0.0.0.0", &self.ip);
+        // A pod's own loopback: the ports its containers declare, on 127.0.0.1 or localhost, are
+        // the pod IP's (containers of a pod share a network namespace; here all pods share one).
+        let declared: Vec<i32> = pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.ports.iter().flatten())
+            .map(|p| p.container_port)
+            .collect();
+        let unbind = |s: &str| {
+            let mut s = s.replace("0.0.0.0", &self.ip);
+            for port in &declared {
+                for host in ["127.0.0.1", "localhost"] {
+                    s = s.replace(&format!("{host}:{port}"), &format!("{}:{port}", self.ip));
+                }
+            }
+            s
+        };
         let mut env: Vec<(String, String)> = self.cfg.env.clone();
         let ports = c.ports.clone().unwrap_or_default();
         if let Some(p) = ports.first() {

@@ -54,6 +54,11 @@ impl Stack {
                         "aether-operator".into(),
                         workspace_binary("aether-operator"),
                     ),
+                    // The example app: a Python script (its shebang runs python3).
+                    (
+                        "aether-bank-example".into(),
+                        crate::app::repo_file("examples/bank/app.py"),
+                    ),
                 ],
                 env: vec![("RUST_LOG".into(), rust_log)],
                 api_server: cp.api.url(),

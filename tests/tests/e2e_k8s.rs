@@ -4,9 +4,13 @@
 //! `helm install` the chart (the operator Deployment runs with its ServiceAccount's token, so the
 //! chart's RBAC is what it has), `kubectl apply` the README's ShardPlan and a bad one, write a few
 //! thousand actors, `kubectl scale` the StatefulSet 3 -> 5 -> 2 with a client writing throughout, and
-//! SIGKILL a node process during the scale-down.
+//! SIGKILL a node process during the scale-down. Beside the counters, the chart's example app (the
+//! Python bank, `examples/bank/app.py`, a container of every pod) runs a thousand accounts with random
+//! transfers throughout: at the end every account holds exactly what the acknowledged operations say,
+//! so the money adds up, no transfer was applied twice and none was lost.
 
 use aether_core::crd::ShardPlan;
+use aether_core::protocol::{ActorRef, ErrorCode, Op, Outcome, Request};
 use aether_node::client::{Client, LoadReport, run_load};
 use aether_tests::cluster::assert_nothing_acked_lost;
 use aether_tests::stack::{NS, Stack, brief, owners, settled, wait_settled};
@@ -33,6 +37,66 @@ fn writer(client: Client, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Load
             total.absorb(r);
         }
         total
+    })
+}
+
+const ACCOUNTS: usize = 1000;
+const OPENING: i64 = 100;
+
+/// A transfer the bank acknowledged: (from, to, amount).
+type Transfer = (usize, usize, i64);
+
+/// Sends `command` to account `id` with command id `cmd` until a final answer: `Some(true)` when
+/// acknowledged, `Some(false)` when refused (`rejected`). A command whose outcome stays unknown is
+/// sent again with the same id, so it is applied once, whatever happened to the earlier attempts.
+async fn bank(client: &Client, id: usize, command: serde_json::Value, cmd: String) -> bool {
+    let req = Request::new(
+        ActorRef::new("account", format!("bank-{id}")),
+        Op::Command { command },
+        Some(cmd),
+    );
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        match client.send(&req).await {
+            Ok(r) => match r.outcome {
+                Outcome::Ok(_) => return true,
+                Outcome::Error(e) if e.code == ErrorCode::Rejected => return false,
+                Outcome::Error(e) => panic!("bank command {req:?}: {e:?}"),
+            },
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "no final answer for {req:?}: {e}"
+            ),
+        }
+    }
+}
+
+/// Random transfers between the accounts until `stop`; the acknowledged ones.
+fn transfers(
+    client: Client,
+    stop: Arc<AtomicBool>,
+    lane: u64,
+) -> tokio::task::JoinHandle<Vec<Transfer>> {
+    tokio::spawn(async move {
+        let mut done = Vec::new();
+        let mut x = 0x5eed_0000 + lane;
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            x = aether_core::hash::mix64(x);
+            let from = (x % ACCOUNTS as u64) as usize;
+            let to = ((x >> 20) % ACCOUNTS as u64) as usize;
+            let amount = 1 + ((x >> 40) % 20) as i64;
+            if from == to {
+                continue;
+            }
+            n += 1;
+            let command =
+                serde_json::json!({"transfer": {"to": format!("bank-{to}"), "amount": amount}});
+            if bank(&client, from, command, format!("xfer-{lane}-{n}")).await {
+                done.push((from, to, amount));
+            }
+        }
+        done
     })
 }
 
@@ -92,8 +156,21 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
     let app = Client::new(nc.clone(), PREFIX);
     let warm = run_load(&app, "acct", ACTORS, ACTORS, 16, T).await;
     assert_eq!(warm.errors, 0, "warm-up commands failed");
+    for i in 0..ACCOUNTS {
+        let opened = bank(
+            &app,
+            i,
+            serde_json::json!({"deposit": OPENING}),
+            format!("open-{i}"),
+        )
+        .await;
+        assert!(opened, "account {i} opened");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let load = writer(app.clone(), stop.clone());
+    let money: Vec<_> = (0..2)
+        .map(|lane| transfers(app.clone(), stop.clone(), lane))
+        .collect();
 
     // 3 -> 5: only shards that now belong to a new pod moved.
     let before = owners(&first);
@@ -224,4 +301,51 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
         *acked.entry(k).or_default() += v;
     }
     assert_nothing_acked_lost(SHARDS, &nc, PREFIX, &app, &acked, report.errors == 0).await;
+
+    // The bank: each account holds its opening deposit, minus what it sent, plus what it received,
+    // by the acknowledged transfers alone. Deposits still in an outbox (a sender whose pod died)
+    // are sent when the sender is loaded; reading every account loads them.
+    let mut expected = vec![OPENING; ACCOUNTS];
+    let mut count = 0;
+    for lane in money {
+        for (from, to, amount) in lane.await.expect("transfers") {
+            expected[from] -= amount;
+            expected[to] += amount;
+            count += 1;
+        }
+    }
+    eprintln!("bank: {count} transfers acknowledged during the scaling");
+    assert!(count > 0, "transfers ran during the scaling");
+    let deadline = std::time::Instant::now() + T;
+    let balances = loop {
+        let mut balances = Vec::with_capacity(ACCOUNTS);
+        for i in 0..ACCOUNTS {
+            let r = app
+                .read("account", &format!("bank-{i}"))
+                .await
+                .expect("read");
+            balances.push(match r.outcome {
+                Outcome::Ok(ok) => ok.state["balance"].as_i64().unwrap_or(i64::MIN),
+                Outcome::Error(e) => panic!("read bank-{i}: {e:?}"),
+            });
+        }
+        if balances == expected {
+            break balances;
+        }
+        let off: Vec<_> = (0..ACCOUNTS)
+            .filter(|&i| balances[i] != expected[i])
+            .map(|i| (i, balances[i], expected[i]))
+            .take(5)
+            .collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "accounts (id, balance, expected) differ from the acknowledged operations: {off:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        balances.iter().sum::<i64>(),
+        OPENING * ACCOUNTS as i64,
+        "the money adds up"
+    );
 }
