@@ -8,6 +8,7 @@
 
 use aether_core::crd::ShardPlan;
 use aether_node::client::{Client, LoadReport, run_load};
+use aether_tests::bank;
 use aether_tests::k8s::k8s_tool;
 use aether_tests::stack::{NS, Stack};
 use futures::StreamExt;
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const ACTORS: usize = 500;
+const ACCOUNTS: usize = 1000;
 
 fn step(text: &str) {
     println!("\n\x1b[1m==> {text}\x1b[0m");
@@ -109,7 +111,19 @@ async fn demo(stack: &Stack) -> Result<(), String> {
     ));
     let nc = stack.nats.connect().await;
     let app = Client::new(nc, "actors");
+    step(&format!(
+        "the example app (Python, a container of every pod): {ACCOUNTS} bank accounts opened with {} each, then random transfers between them",
+        bank::OPENING
+    ));
+    bank::open(&app, ACCOUNTS, Duration::from_secs(60)).await?;
     let stop = Arc::new(AtomicBool::new(false));
+    let money = bank::transfers(
+        app.clone(),
+        ACCOUNTS,
+        stop.clone(),
+        0,
+        Duration::from_secs(60),
+    );
     let load = {
         let (app, stop) = (app.clone(), stop.clone());
         tokio::spawn(async move {
@@ -162,6 +176,16 @@ async fn demo(stack: &Stack) -> Result<(), String> {
         report.ok,
         report.errors,
         report.acked.len()
+    );
+    step("checking every bank account against the acknowledged transfers");
+    let transfers = money.await.map_err(|e| e.to_string())??;
+    let expected = bank::expected(ACCOUNTS, &transfers);
+    bank::settle(&app, &expected, Duration::from_secs(60)).await?;
+    println!(
+        "{} transfers acknowledged; every account holds what they say; the {} accounts hold {} in all, as opened",
+        transfers.len(),
+        ACCOUNTS,
+        expected.iter().sum::<i64>()
     );
     println!("$ kubectl get shardplans,pods");
     let (_, out) = stack.kubectl(&["get", "shardplans,pods"], None);

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod app;
+pub mod bank;
 pub mod cluster;
 pub mod k8s;
 pub mod kubelet;

@@ -10,8 +10,8 @@
 //! so the money adds up, no transfer was applied twice and none was lost.
 
 use aether_core::crd::ShardPlan;
-use aether_core::protocol::{ActorRef, ErrorCode, Op, Outcome, Request};
 use aether_node::client::{Client, LoadReport, run_load};
+use aether_tests::bank;
 use aether_tests::cluster::assert_nothing_acked_lost;
 use aether_tests::stack::{NS, Stack, brief, owners, settled, wait_settled};
 use aether_tests::wait_for;
@@ -41,64 +41,6 @@ fn writer(client: Client, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Load
 }
 
 const ACCOUNTS: usize = 1000;
-const OPENING: i64 = 100;
-
-/// A transfer the bank acknowledged: (from, to, amount).
-type Transfer = (usize, usize, i64);
-
-/// Sends `command` to account `id` with command id `cmd` until a final answer: `Some(true)` when
-/// acknowledged, `Some(false)` when refused (`rejected`). A command whose outcome stays unknown is
-/// sent again with the same id, so it is applied once, whatever happened to the earlier attempts.
-async fn bank(client: &Client, id: usize, command: serde_json::Value, cmd: String) -> bool {
-    let req = Request::new(
-        ActorRef::new("account", format!("bank-{id}")),
-        Op::Command { command },
-        Some(cmd),
-    );
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        match client.send(&req).await {
-            Ok(r) => match r.outcome {
-                Outcome::Ok(_) => return true,
-                Outcome::Error(e) if e.code == ErrorCode::Rejected => return false,
-                Outcome::Error(e) => panic!("bank command {req:?}: {e:?}"),
-            },
-            Err(e) => assert!(
-                std::time::Instant::now() < deadline,
-                "no final answer for {req:?}: {e}"
-            ),
-        }
-    }
-}
-
-/// Random transfers between the accounts until `stop`; the acknowledged ones.
-fn transfers(
-    client: Client,
-    stop: Arc<AtomicBool>,
-    lane: u64,
-) -> tokio::task::JoinHandle<Vec<Transfer>> {
-    tokio::spawn(async move {
-        let mut done = Vec::new();
-        let mut x = 0x5eed_0000 + lane;
-        let mut n = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            x = aether_core::hash::mix64(x);
-            let from = (x % ACCOUNTS as u64) as usize;
-            let to = ((x >> 20) % ACCOUNTS as u64) as usize;
-            let amount = 1 + ((x >> 40) % 20) as i64;
-            if from == to {
-                continue;
-            }
-            n += 1;
-            let command =
-                serde_json::json!({"transfer": {"to": format!("bank-{to}"), "amount": amount}});
-            if bank(&client, from, command, format!("xfer-{lane}-{n}")).await {
-                done.push((from, to, amount));
-            }
-        }
-        done
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
@@ -156,20 +98,13 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
     let app = Client::new(nc.clone(), PREFIX);
     let warm = run_load(&app, "acct", ACTORS, ACTORS, 16, T).await;
     assert_eq!(warm.errors, 0, "warm-up commands failed");
-    for i in 0..ACCOUNTS {
-        let opened = bank(
-            &app,
-            i,
-            serde_json::json!({"deposit": OPENING}),
-            format!("open-{i}"),
-        )
-        .await;
-        assert!(opened, "account {i} opened");
-    }
+    bank::open(&app, ACCOUNTS, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let stop = Arc::new(AtomicBool::new(false));
     let load = writer(app.clone(), stop.clone());
     let money: Vec<_> = (0..2)
-        .map(|lane| transfers(app.clone(), stop.clone(), lane))
+        .map(|lane| bank::transfers(app.clone(), ACCOUNTS, stop.clone(), lane, T))
         .collect();
 
     // 3 -> 5: only shards that now belong to a new pod moved.
@@ -305,47 +240,28 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
     // The bank: each account holds its opening deposit, minus what it sent, plus what it received,
     // by the acknowledged transfers alone. Deposits still in an outbox (a sender whose pod died)
     // are sent when the sender is loaded; reading every account loads them.
-    let mut expected = vec![OPENING; ACCOUNTS];
-    let mut count = 0;
+    let mut acked_transfers = Vec::new();
     for lane in money {
-        for (from, to, amount) in lane.await.expect("transfers") {
-            expected[from] -= amount;
-            expected[to] += amount;
-            count += 1;
-        }
+        let done = lane
+            .await
+            .expect("transfers")
+            .unwrap_or_else(|e| panic!("{e}"));
+        acked_transfers.extend(done);
     }
-    eprintln!("bank: {count} transfers acknowledged during the scaling");
-    assert!(count > 0, "transfers ran during the scaling");
-    let deadline = std::time::Instant::now() + T;
-    let balances = loop {
-        let mut balances = Vec::with_capacity(ACCOUNTS);
-        for i in 0..ACCOUNTS {
-            let r = app
-                .read("account", &format!("bank-{i}"))
-                .await
-                .expect("read");
-            balances.push(match r.outcome {
-                Outcome::Ok(ok) => ok.state["balance"].as_i64().unwrap_or(i64::MIN),
-                Outcome::Error(e) => panic!("read bank-{i}: {e:?}"),
-            });
-        }
-        if balances == expected {
-            break balances;
-        }
-        let off: Vec<_> = (0..ACCOUNTS)
-            .filter(|&i| balances[i] != expected[i])
-            .map(|i| (i, balances[i], expected[i]))
-            .take(5)
-            .collect();
-        assert!(
-            std::time::Instant::now() < deadline,
-            "accounts (id, balance, expected) differ from the acknowledged operations: {off:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(
-        balances.iter().sum::<i64>(),
-        OPENING * ACCOUNTS as i64,
-        "the money adds up"
+    eprintln!(
+        "bank: {} transfers acknowledged during the scaling",
+        acked_transfers.len()
     );
+    assert!(
+        !acked_transfers.is_empty(),
+        "transfers ran during the scaling"
+    );
+    let expected = bank::expected(ACCOUNTS, &acked_transfers);
+    assert_eq!(
+        expected.iter().sum::<i64>(),
+        bank::OPENING * ACCOUNTS as i64
+    );
+    bank::settle(&app, &expected, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -1,0 +1,138 @@
+//! The bank workload of the end-to-end test and `make demo`: accounts of the example app
+//! (`examples/bank/app.py`) opened with a deposit, random transfers between them, and the check that
+//! every account holds exactly what the acknowledged operations say.
+
+use aether_core::protocol::{ActorRef, ErrorCode, Op, Outcome, Request};
+use aether_node::client::Client;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Each account's opening deposit.
+pub const OPENING: i64 = 100;
+
+/// A transfer the bank acknowledged: (from, to, amount).
+pub type Transfer = (usize, usize, i64);
+
+/// The id of account `i`.
+#[must_use]
+pub fn account(i: usize) -> String {
+    format!("bank-{i}")
+}
+
+/// Sends `command` to account `id` with command id `cmd` until a final answer: `Ok(true)` when
+/// acknowledged, `Ok(false)` when refused (`rejected`). A command whose outcome stays unknown is
+/// sent again with the same id, so it is applied once whatever happened to the earlier attempts.
+pub async fn command(
+    client: &Client,
+    id: usize,
+    command: serde_json::Value,
+    cmd: String,
+    timeout: Duration,
+) -> Result<bool, String> {
+    let req = Request::new(
+        ActorRef::new("account", account(id)),
+        Op::Command { command },
+        Some(cmd),
+    );
+    let deadline = Instant::now() + timeout;
+    loop {
+        match client.send(&req).await {
+            Ok(r) => {
+                return match r.outcome {
+                    Outcome::Ok(_) => Ok(true),
+                    Outcome::Error(e) if e.code == ErrorCode::Rejected => Ok(false),
+                    Outcome::Error(e) => Err(format!("{req:?}: {e:?}")),
+                };
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("no final answer for {req:?}: {e}"));
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Opens `accounts` accounts with [`OPENING`] each.
+pub async fn open(client: &Client, accounts: usize, timeout: Duration) -> Result<(), String> {
+    for i in 0..accounts {
+        let json = serde_json::json!({"deposit": OPENING});
+        if !command(client, i, json, format!("open-{i}"), timeout).await? {
+            return Err(format!("account {i} refused its opening deposit"));
+        }
+    }
+    Ok(())
+}
+
+/// Random transfers (seeded by `lane`) between the accounts until `stop`; the acknowledged ones.
+pub fn transfers(
+    client: Client,
+    accounts: usize,
+    stop: Arc<AtomicBool>,
+    lane: u64,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Result<Vec<Transfer>, String>> {
+    tokio::spawn(async move {
+        let mut done = Vec::new();
+        let mut x = 0x5eed_0000 + lane;
+        let mut n = 0u64;
+        let accounts = accounts as u64;
+        while !stop.load(Ordering::Relaxed) {
+            x = aether_core::hash::mix64(x);
+            let (from, to) = ((x % accounts) as usize, ((x >> 20) % accounts) as usize);
+            let amount = 1 + ((x >> 40) % 20) as i64;
+            if from == to {
+                continue;
+            }
+            n += 1;
+            let json = serde_json::json!({"transfer": {"to": account(to), "amount": amount}});
+            if command(&client, from, json, format!("xfer-{lane}-{n}"), timeout).await? {
+                done.push((from, to, amount));
+            }
+        }
+        Ok(done)
+    })
+}
+
+/// What each account must hold after `transfers`.
+#[must_use]
+pub fn expected(accounts: usize, transfers: &[Transfer]) -> Vec<i64> {
+    let mut e = vec![OPENING; accounts];
+    for &(from, to, amount) in transfers {
+        e[from] -= amount;
+        e[to] += amount;
+    }
+    e
+}
+
+/// Reads every account until each holds what `expected` says (deposits still in a sender's
+/// outbox are sent when the sender is loaded, which a read does), or says which differ.
+pub async fn settle(client: &Client, expected: &[i64], timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut off = Vec::new();
+        for (i, want) in expected.iter().enumerate() {
+            let r = client
+                .read("account", &account(i))
+                .await
+                .map_err(|e| format!("read {}: {e}", account(i)))?;
+            let have = match r.outcome {
+                Outcome::Ok(ok) => ok.state["balance"].as_i64().unwrap_or(i64::MIN),
+                Outcome::Error(e) => return Err(format!("read {}: {e:?}", account(i))),
+            };
+            if have != *want {
+                off.push((account(i), have, *want));
+            }
+        }
+        if off.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            off.truncate(5);
+            return Err(format!(
+                "accounts (id, balance, expected) differ from the acknowledged operations: {off:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
