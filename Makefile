@@ -70,7 +70,8 @@ bench: tools
 	$(CARGO) run -q --release -p aether-core --example balance_report > target/balance.md
 	$(CARGO) bench -p aether-node --bench routing
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench nats
-	python3 scripts/bench-report.py $${CARGO_TARGET_DIR:-target}/criterion target/balance.md BENCHMARKS.md target/nats-bench.json
+	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench app
+	python3 scripts/bench-report.py $${CARGO_TARGET_DIR:-target}/criterion target/balance.md BENCHMARKS.md target/nats-bench.json target/app-bench.json
 
 ## tools: the test binaries, built from Go modules into $(TOOLS_DIR) (first time: ~25 min on 2 cores,
 ## most of it the Kubernetes control plane; then reused).

@@ -8,6 +8,7 @@ use aether_core::plan::Plan;
 use aether_core::protocol::{ActorRef, Names, Op, Outcome, Progress, Request, decode, encode};
 use aether_node::client::Client;
 use aether_tests::cluster::{TestNode, move_one_shard, next_plan, publish};
+use aether_tests::measure::{Figure, figure, median, middle, ops};
 use aether_tests::{NatsServer, wait_for};
 use futures::StreamExt;
 use serde_json::json;
@@ -23,27 +24,6 @@ const QUIET_MOVES: usize = 5;
 const ROUNDS: usize = 3;
 const LOADED_MOVES: usize = 3;
 
-#[derive(Debug, Clone, serde::Serialize)]
-struct Figure {
-    ops_per_s: f64,
-    p50_us: u64,
-    p99_us: u64,
-}
-
-fn figure(mut lat: Vec<u64>, elapsed: Duration) -> Figure {
-    lat.sort_unstable();
-    let pick = |q: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * q) as usize)
-            .copied()
-            .unwrap_or(0)
-    };
-    Figure {
-        ops_per_s: lat.len() as f64 / elapsed.as_secs_f64(),
-        p50_us: pick(0.5),
-        p99_us: pick(0.99),
-    }
-}
-
 /// Publishes `payload` to the raw stream (one of 100 subjects) and waits for its ack.
 async fn js_store(js: &async_nats::jetstream::Context, i: usize, payload: bytes::Bytes) -> bool {
     match js.publish(format!("raw.js.{}", i % 100), payload).await {
@@ -52,28 +32,10 @@ async fn js_store(js: &async_nats::jetstream::Context, i: usize, payload: bytes:
     }
 }
 
-/// The run of median throughput.
-fn middle(runs: &[Figure]) -> Figure {
-    let mut sorted = runs.to_vec();
-    sorted.sort_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s));
-    sorted[sorted.len() / 2].clone()
-}
-
-/// Throughput of each run, in order.
-fn ops(runs: &[Figure]) -> Vec<f64> {
-    runs.iter().map(|f| f.ops_per_s.round()).collect()
-}
-
-/// The middle of `v` (sorted in place).
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// Reads every actor of `ids` once (16 at a time).
 async fn read_all(nc: &async_nats::Client, prefix: &str, ids: &Arc<Vec<String>>) {
     let (client, ids) = (Client::new(nc.clone(), prefix), ids.clone());
-    drive(ids.len(), move |i| {
+    drive(IN_FLIGHT, ids.len(), move |i| {
         let (client, ids) = (client.clone(), ids.clone());
         async move {
             client
@@ -118,39 +80,6 @@ async fn move_shard(
     .expect("the move finishes");
     assert_eq!(done.phase, MovePhase::Done, "{done:?}");
     (next, done)
-}
-
-/// Runs `n` calls of `op`, `IN_FLIGHT` at a time; returns throughput and latency.
-async fn drive<F, Fut>(n: usize, op: F) -> Figure
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let op = Arc::new(op);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..IN_FLIGHT {
-        let (op, next) = (op.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let t = Instant::now();
-                assert!(op(i).await, "operation {i} failed");
-                lat.push(t.elapsed().as_micros() as u64);
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.expect("task"));
-    }
-    figure(lat, start.elapsed())
 }
 
 fn main() {
@@ -224,9 +153,9 @@ async fn run() -> serde_json::Value {
     let (mut raw_rr_runs, mut forwarded_runs, mut local_runs) =
         (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        raw_rr_runs.push(drive(n, raw_rr()).await);
-        forwarded_runs.push(drive(n, routed_read(names.node_requests("app-1"))).await);
-        local_runs.push(drive(n, routed_read(names.node_requests("app-0"))).await);
+        raw_rr_runs.push(drive(IN_FLIGHT, n, raw_rr()).await);
+        forwarded_runs.push(drive(IN_FLIGHT, n, routed_read(names.node_requests("app-1"))).await);
+        local_runs.push(drive(IN_FLIGHT, n, routed_read(names.node_requests("app-0"))).await);
     }
 
     // 2. Routed command (appends one record) vs raw JetStream publish+ack of the same size; and, to
@@ -294,9 +223,9 @@ async fn run() -> serde_json::Value {
     };
     let (mut raw_js_runs, mut relay_runs, mut command_runs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        raw_js_runs.push(drive(n, raw_js()).await);
-        relay_runs.push(drive(n, raw_relay()).await);
-        command_runs.push(drive(n, command(round)).await);
+        raw_js_runs.push(drive(IN_FLIGHT, n, raw_js()).await);
+        relay_runs.push(drive(IN_FLIGHT, n, raw_relay()).await);
+        command_runs.push(drive(IN_FLIGHT, n, command(round)).await);
     }
 
     // 3, 4 and 5. Migration of one shard with 1,000 and 10,000 actors of 1 KB. Throughput: QUIET_MOVES
@@ -317,7 +246,7 @@ async fn run() -> serde_json::Value {
         let value = "v".repeat(1000);
         let ids = Arc::new(ids);
         let (c2, ids2, subject) = (nc.clone(), ids.clone(), names.node_requests(&from));
-        drive(ids.len(), move |i| {
+        drive(IN_FLIGHT, ids.len(), move |i| {
             let (c, ids, subject, value) =
                 (c2.clone(), ids2.clone(), subject.clone(), value.clone());
             async move {
@@ -487,4 +416,13 @@ async fn run() -> serde_json::Value {
         },
         "migrations": migrations,
     })
+}
+
+/// [`aether_tests::measure::drive`] at `IN_FLIGHT`.
+async fn drive<F, Fut>(in_flight: usize, n: usize, op: F) -> Figure
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    aether_tests::measure::drive(n, in_flight, op).await
 }

@@ -84,9 +84,18 @@ impl TestNode {
 
     /// Starts a node with these settings, reporting its readiness in `health` from the start.
     pub async fn start_with_health(cfg: NodeConfig, health: Arc<Health>) -> Self {
+        Self::start_full(cfg, aether_node::behaviour::Registry::builtin(), health).await
+    }
+
+    /// Starts a node hosting the kinds of `registry` (and the app's, with `--app-url`).
+    pub async fn start_full(
+        cfg: NodeConfig,
+        registry: aether_node::behaviour::Registry,
+        health: Arc<Health>,
+    ) -> Self {
         let name = cfg.pod_name.clone();
         let metrics = Arc::new(Metrics::default());
-        let node = Node::connect(cfg, health.clone(), metrics.clone())
+        let node = Node::connect_with(cfg, registry, health.clone(), metrics.clone())
             .await
             .unwrap_or_else(|e| panic!("node {name} did not start: {e}"));
         let shared = node.shared();

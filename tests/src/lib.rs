@@ -11,6 +11,7 @@ pub mod bank;
 pub mod cluster;
 pub mod k8s;
 pub mod kubelet;
+pub mod measure;
 pub mod stack;
 
 /// A free TCP port on loopback (bound and released; good enough for tests on one machine).

@@ -1,0 +1,144 @@
+//! The application kinds (`make bench`): commands through the Python example app (an HTTP call per
+//! command) and through a Rust kind in process, beside the built-in `counter` on the same node in the
+//! same run; and the app call by itself (the node's app client against the Python app). Writes
+//! `target/app-bench.json`, which scripts/bench-report.py turns into a section of BENCHMARKS.md.
+
+use aether_core::protocol::app::DecideCall;
+use aether_core::protocol::{ActorRef, Names, Op, Outcome, Reply, Request, decode, encode};
+use aether_node::app::AppClient;
+use aether_node::behaviour::{Behaviour, Registry};
+use aether_node::metrics::Metrics;
+use aether_node::node::Health;
+use aether_tests::app::App;
+use aether_tests::cluster::{TestNode, next_plan, node_config, publish};
+use aether_tests::measure::{Figure, drive, middle, ops};
+use aether_tests::{NatsServer, wait_for};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+const SHARDS: u32 = 64;
+const IN_FLIGHT: usize = 16;
+const ROUNDS: usize = 3;
+const N: usize = 5000;
+const ACTORS: usize = 100;
+const T: Duration = Duration::from_secs(60);
+
+/// The bank's `account` in Rust, in process: what the Python app does, without the HTTP hop.
+struct RustAccount;
+
+impl Behaviour for RustAccount {
+    fn kind(&self) -> &'static str {
+        "raccount"
+    }
+    fn initial(&self) -> Value {
+        json!({"balance": 0})
+    }
+    fn decide(&self, _state: &Value, command: &Value) -> Result<Vec<Value>, String> {
+        let n = command["deposit"]
+            .as_i64()
+            .ok_or("deposit takes an integer")?;
+        Ok(vec![json!({"deposited": n})])
+    }
+    fn apply(&self, state: &mut Value, event: &Value) {
+        let b = state["balance"].as_i64().unwrap_or(0) + event["deposited"].as_i64().unwrap_or(0);
+        state["balance"] = b.into();
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let report = rt.block_on(run());
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/app-bench.json");
+    std::fs::write(path, serde_json::to_vec_pretty(&report).expect("json")).expect("write report");
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}
+
+async fn run() -> Value {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let app = App::start("examples/bank/app.py").await;
+    let prefix = "appbench";
+    let mut cfg = node_config(&nats.url(), prefix, "app-0");
+    cfg.app_url = Some(app.url());
+    let mut kinds = Registry::builtin();
+    kinds.register(Arc::new(RustAccount));
+    let node = TestNode::start_full(cfg, kinds, Arc::new(Health::default())).await;
+    let plan = next_plan(None, &["app-0"], SHARDS, 4);
+    publish(&nc, prefix, &plan, 60).await;
+    wait_for("plan", T, || async { node.shared.epoch() == plan.epoch }).await;
+    let subject = Names::new(prefix).node_requests("app-0");
+
+    let path = |kind: &'static str, command: Value, round: usize| {
+        let (c, subject, command) = (nc.clone(), subject.clone(), command.clone());
+        move |i: usize| {
+            let (c, subject, command) = (c.clone(), subject.clone(), command.clone());
+            async move {
+                let req = Request::new(
+                    ActorRef::new(kind, format!("a-{}", i % ACTORS)),
+                    Op::Command { command },
+                    Some(format!("{kind}-{round}-{i}")),
+                );
+                match c
+                    .request(subject, encode(&req).expect("encode").into())
+                    .await
+                {
+                    Ok(m) => matches!(
+                        decode::<Reply>(&m.payload).map(|r| r.outcome),
+                        Ok(Outcome::Ok(_))
+                    ),
+                    Err(_) => false,
+                }
+            }
+        }
+    };
+    // The app call alone: the node's own client, kept-alive connections, the same command.
+    let client = Arc::new(
+        AppClient::new(&app.url(), T, 1 << 20, Arc::new(Metrics::default())).expect("client"),
+    );
+    let call = move |_: usize| {
+        let client = client.clone();
+        async move {
+            let (state, command) = (json!({"balance": 5}), json!({"deposit": 1}));
+            let call = DecideCall {
+                kind: "account",
+                id: "a-0",
+                version: 1,
+                state: &state,
+                command: &command,
+                command_id: None,
+            };
+            client.decide(&call).await.is_ok()
+        }
+    };
+    let (mut builtin, mut rust, mut python, mut app_call): (
+        Vec<Figure>,
+        Vec<Figure>,
+        Vec<Figure>,
+        Vec<Figure>,
+    ) = Default::default();
+    for round in 0..ROUNDS {
+        builtin.push(drive(N, IN_FLIGHT, path("counter", json!({"add": 1}), round)).await);
+        rust.push(drive(N, IN_FLIGHT, path("raccount", json!({"deposit": 1}), round)).await);
+        python.push(drive(N, IN_FLIGHT, path("account", json!({"deposit": 1}), round)).await);
+        app_call.push(drive(N, IN_FLIGHT, call.clone()).await);
+    }
+    json!({
+        "in_flight": IN_FLIGHT,
+        "commands": N,
+        "rounds": ROUNDS,
+        "builtin_counter": middle(&builtin),
+        "rust_in_process": middle(&rust),
+        "python_app": middle(&python),
+        "app_call": middle(&app_call),
+        "runs_ops_per_s": {
+            "builtin_counter": ops(&builtin),
+            "rust_in_process": ops(&rust),
+            "python_app": ops(&python),
+            "app_call": ops(&app_call),
+        },
+    })
+}
