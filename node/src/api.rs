@@ -74,6 +74,8 @@ async fn read(State(api): State<Api>, Path((kind, id)): Path<(String, String)>) 
         hops: 0,
         epoch: 0,
         delivered: None,
+        timeout_ms: None,
+        deadline: None,
     };
     answer(&api, req).await
 }
@@ -127,6 +129,8 @@ async fn command(
         hops: 0,
         epoch: 0,
         delivered: None,
+        timeout_ms: None,
+        deadline: None,
     };
     answer(&api, req).await
 }

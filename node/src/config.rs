@@ -94,6 +94,10 @@ pub struct NodeConfig {
     /// Most requests in flight on this node; beyond it a request is answered `unavailable` at once.
     #[arg(long, env = "AETHER_MAX_INFLIGHT", default_value_t = 10_000)]
     pub max_inflight: usize,
+    /// Most actors held in memory by the node; beyond it the least recently used idle ones are
+    /// passivated (they reload from the log when used again).
+    #[arg(long, env = "AETHER_MAX_ACTORS", default_value_t = 100_000)]
+    pub max_actors: usize,
     /// Most requests queued behind a moving shard before callers are told to retry.
     #[arg(long, env = "AETHER_QUEUE_LIMIT", default_value_t = 10_000)]
     pub queue_limit: usize,

@@ -48,6 +48,8 @@ pub struct HostContext {
     pub queue_limit: usize,
     /// Largest actor state (bytes of JSON) a command may leave.
     pub max_state_bytes: usize,
+    /// Most actors the node holds in memory (see [`Worker::evict`]).
+    pub max_actors: usize,
     /// The runtime that serves requests: workers run there even when a migration starts them.
     pub serving: tokio::runtime::Handle,
     /// Every worker task, joined on shutdown.
@@ -454,6 +456,7 @@ impl Worker {
                 Ok(a) => {
                     self.resend(actor, &a.snapshot.outbox);
                     self.actors.insert(actor.clone(), a);
+                    self.evict(actor);
                     return Ok(());
                 }
                 Err(e) => {
@@ -499,7 +502,50 @@ impl Worker {
             },
         );
         self.ctx.metrics.actors.inc();
+        self.evict(actor);
         Ok(())
+    }
+
+    /// Keeps the node within `max_actors`: when it holds more, this worker passivates its least
+    /// recently used idle actors (never `keep`, never one with an append in flight), migrated ones
+    /// not used since they arrived first, and a sixteenth of its actors beyond the excess, so the
+    /// sort is paid once per many loads.
+    fn evict(&mut self, keep: &ActorRef) {
+        let held = usize::try_from(self.ctx.metrics.actors.get()).unwrap_or(0);
+        let Some(excess) = held.checked_sub(self.ctx.max_actors).filter(|e| *e > 0) else {
+            return;
+        };
+        let mut want = excess + self.hosted() / 16;
+        let mut packed: Vec<(Instant, ActorRef)> = self
+            .packed
+            .iter()
+            .map(|(k, p)| (p.since, k.clone()))
+            .collect();
+        packed.sort_unstable_by_key(|(t, _)| *t);
+        for (_, k) in packed.into_iter().take(want) {
+            self.packed.remove(&k);
+            want -= 1;
+            self.ctx.metrics.actors.dec();
+            self.ctx.metrics.evicted.inc();
+        }
+        if want == 0 {
+            return;
+        }
+        let mut idle: Vec<(Instant, ActorRef)> = self
+            .actors
+            .iter()
+            .filter(|(k, _)| *k != keep && !self.busy.contains_key(*k))
+            .map(|(k, a)| (a.last_used, k.clone()))
+            .collect();
+        if idle.len() > want {
+            idle.select_nth_unstable_by_key(want, |(t, _)| *t);
+            idle.truncate(want);
+        }
+        for (_, k) in idle {
+            self.actors.remove(&k);
+            self.ctx.metrics.actors.dec();
+            self.ctx.metrics.evicted.inc();
+        }
     }
 
     /// Hands a loaded actor's undelivered messages to the outbox task: the receiver applies each
@@ -523,7 +569,14 @@ impl Worker {
     }
 
     /// Serves a request: at once, or by starting its append; behind the actor's append in flight.
+    /// A request whose caller stopped waiting is dropped here, counted, before any work.
     async fn dispatch(&mut self, (req, tx): Pending, attempt: u8) {
+        if req.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.ctx.metrics.failure(Failure::Expired);
+            let e = ErrorReply::unavailable("the caller's deadline passed before it was served", 0);
+            let _ = tx.send(Reply::error(e));
+            return;
+        }
         if let Some(waiting) = self.busy.get_mut(&req.actor) {
             waiting.push_back((req, tx));
             return;

@@ -103,6 +103,8 @@ label_enum!(
         StoreFull => "store_full",
         /// An app kind refused a command.
         Rejected => "rejected",
+        /// A request still waiting when its caller's deadline (`timeoutMs`) passed: dropped.
+        Expired => "expired",
         /// A call to the app container failed (`aether_node_app_errors_total` says how).
         App => "app",
     }
@@ -160,6 +162,8 @@ pub struct Metrics {
     pub moves: Family<Kind, Counter>,
     /// Failed calls to the app container, by how they failed.
     pub app_errors: Family<Kind, Counter>,
+    /// Actors passivated because the node held `--max-actors` (least recently used first).
+    pub evicted: Counter,
     /// Duration of calls to the app container (decide, apply, kinds), seconds.
     pub app_call_seconds: Histogram,
     /// Calls to the app container by path (`kinds`, `decide`, `apply`).
@@ -175,6 +179,7 @@ impl Default for Metrics {
         let moves = Family::default();
         let app_errors = Family::default();
         let app_calls = Family::default();
+        let evicted = Counter::default();
         let app_call_seconds = Histogram::new([
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
         ]);
@@ -228,8 +233,14 @@ impl Default for Metrics {
             "Calls to the app container by call",
             app_calls.clone(),
         );
+        registry.register(
+            "evicted",
+            "Actors passivated because the node held --max-actors",
+            evicted.clone(),
+        );
         Self {
             registry,
+            evicted,
             app_calls,
             app_errors,
             app_call_seconds,

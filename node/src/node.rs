@@ -189,6 +189,7 @@ impl Shared {
             passivate_after: cfg.passivate_after,
             queue_limit: cfg.queue_limit,
             max_state_bytes: cfg.max_state_bytes,
+            max_actors: cfg.max_actors.max(1),
             serving: tokio::runtime::Handle::current(),
             tasks: tasks.clone(),
             health,

@@ -73,7 +73,10 @@ impl Shared {
     }
 
     /// Handles a decoded request (from NATS or the app API): validation, kind, dispatch.
-    pub async fn handle_request(self: &Arc<Self>, req: Request) -> Answer {
+    pub async fn handle_request(self: &Arc<Self>, mut req: Request) -> Answer {
+        if let Some(ms) = req.timeout_ms {
+            req.deadline = Some(std::time::Instant::now() + Duration::from_millis(ms));
+        }
         if let Err(e) = req.validate() {
             self.metrics().malformed(match e {
                 aether_core::Error::TooLarge(_) => Malformed::TooLarge,
@@ -198,6 +201,14 @@ impl Shared {
     async fn relay(&self, to: &str, mut req: Request) -> Answer {
         req.hops = req.hops.saturating_add(1);
         req.epoch = self.epoch();
+        if let Some(deadline) = req.deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                self.metrics().failure(Failure::Expired);
+                return Answer::error(ErrorReply::unavailable("the caller's deadline passed", 0));
+            }
+            req.timeout_ms = Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1));
+        }
         let bytes = match encode(&req) {
             Ok(b) => b,
             Err(e) => return Answer::error(ErrorReply::new(ErrorCode::Internal, e.to_string())),

@@ -49,6 +49,7 @@ pub fn node_config(url: &str, prefix: &str, name: &str) -> NodeConfig {
         queue_limit: 10_000,
         max_state_bytes: 256 * 1024,
         max_inflight: 10_000,
+        max_actors: 100_000,
         app_url: None,
         app_timeout: Duration::from_secs(2),
         api_addr: aether_node::config::ApiAddr(None),

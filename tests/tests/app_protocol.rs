@@ -6,7 +6,7 @@ use aether_core::protocol::{
     ActorRef, ErrorCode, Names, Op, Outcome, Reply, Request, decode, encode,
 };
 use aether_node::config::ApiAddr;
-use aether_node::metrics::AppFault;
+use aether_node::metrics::{AppFault, Failure};
 use aether_node::node::Health;
 use aether_node::store::EventStore;
 use aether_tests::app::{App, http};
@@ -555,4 +555,51 @@ async fn a_send_survives_its_senders_owner_dying_between_append_and_delivery() {
     assert_eq!(balance(&nc, "xfer", &r).await, Some(30));
     assert_eq!(logged(&nc, "xfer", "account", &r).await, 1);
     assert_eq!(logged(&nc, "xfer", "account", &s).await, 3);
+}
+
+/// A request still waiting when its caller's deadline (`timeoutMs`) passes is dropped before any
+/// work, answered `unavailable` and counted; the command it waited behind lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_callers_deadline_is_dropped_and_counted() {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let app = App::start("tests/apps/faulty.py").await;
+    let mut cfg = node_config(&nats.url(), "deadline", "app-0");
+    cfg.app_url = Some(app.url());
+    cfg.app_timeout = Duration::from_secs(5);
+    let n = TestNode::start_with(cfg).await;
+    let plan = next_plan(None, &["app-0"], SHARDS, 4);
+    publish(&nc, "deadline", &plan, 10).await;
+    wait_for("the plan", T, || async { n.shared.epoch() == plan.epoch }).await;
+    let m = n.metrics.clone();
+
+    let decides = m.app_calls_of("decide");
+    let slow = command(
+        "faulty",
+        "d1",
+        json!({"answer": "slow", "ms": 1500}),
+        "slow",
+    );
+    let nc1 = nc.clone();
+    let slow_reply = tokio::spawn(async move { ask(&nc1, "deadline", &slow).await });
+    wait_for("the slow command at the app", T, || async {
+        m.app_calls_of("decide") > decides
+    })
+    .await;
+    let expired = m.failures_of(Failure::Expired);
+    let mut quick = command("faulty", "d1", json!({"ok": true}), "quick");
+    quick.timeout_ms = Some(200);
+    let r = ask(&nc, "deadline", &quick).await;
+    assert_eq!(error_code(&r), ErrorCode::Unavailable, "{r:?}");
+    assert_eq!(m.failures_of(Failure::Expired), expired + 1);
+    let slow_reply = slow_reply.await.expect("no panic");
+    assert!(
+        matches!(&slow_reply.outcome, Outcome::Ok(ok) if ok.version == 1),
+        "{slow_reply:?}"
+    );
+    assert_eq!(
+        logged(&nc, "deadline", "faulty", "d1").await,
+        1,
+        "only the slow command landed"
+    );
 }

@@ -443,3 +443,44 @@ async fn a_full_event_stream_is_answered_unavailable_counted_and_makes_the_node_
     }
     assert_eq!(keys, acked, "every acknowledged put is there");
 }
+
+/// `--max-actors`: a node that has loaded more actors than the cap passivates the least recently
+/// used; each reloads from the log when used again, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actors_in_memory_are_capped_least_recently_used_first() {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let mut cfg = aether_tests::cluster::node_config(&nats.url(), "cap", "app-0");
+    cfg.max_actors = 50;
+    let n = TestNode::start_with(cfg).await;
+    let plan = aether_tests::cluster::next_plan(None, &["app-0"], SHARDS, 4);
+    aether_tests::cluster::publish(&nc, "cap", &plan, 10).await;
+    wait_for("the plan", T, || async { n.shared.epoch() == plan.epoch }).await;
+    let client = Client::new(nc.clone(), "cap");
+    for i in 0..300 {
+        let reply = client
+            .add(&format!("cap-{i}"), 1, format!("c-{i}"))
+            .await
+            .expect("answer");
+        assert_eq!(counter_value(&reply), (1, 1));
+        let held = n.metrics.actors.get();
+        // Each worker evicts its own idle actors: at most one over per shard worker at any time.
+        assert!(
+            held <= 50 + i64::from(SHARDS),
+            "{held} actors held after {i} loads"
+        );
+    }
+    let (held, evicted) = (n.metrics.actors.get(), n.metrics.evicted.get());
+    assert_eq!(
+        i64::try_from(evicted).expect("count") + held,
+        300,
+        "every actor loaded is held or was evicted"
+    );
+    for i in 0..300 {
+        let r = client
+            .read("counter", &format!("cap-{i}"))
+            .await
+            .expect("read");
+        assert_eq!(counter_value(&r), (1, 1), "cap-{i} reloads from the log");
+    }
+}

@@ -95,6 +95,14 @@ pub struct Request {
     /// with this id (`$reply`), and its record marks that send delivered.
     #[serde(skip)]
     pub delivered: Option<String>,
+    /// How long the caller waits for the answer, milliseconds (absent: no limit). A request still
+    /// waiting (queued behind a moving shard or another command of its actor) when that time is
+    /// over is dropped, answered `unavailable` and counted; a forwarded request carries what is left.
+    #[serde(default, rename = "timeoutMs", skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Inside a node only: when the caller stops waiting (from `timeoutMs` on arrival).
+    #[serde(skip)]
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// Top-level command keys starting with this are the node's own (`$reply`): refused from clients.
@@ -135,6 +143,8 @@ impl Request {
             hops: 0,
             epoch: 0,
             delivered: None,
+            timeout_ms: None,
+            deadline: None,
         }
     }
 }
