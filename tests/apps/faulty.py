@@ -6,6 +6,7 @@ an app container (tests/tests/app_protocol.rs). Kind `faulty`, state {"n": int}:
   {"answer": "eventsNotList"}, {"answer": "noState"}, {"answer": "status500"},
   {"answer": "bigState", "bytes": n}   a state of about n bytes
   {"answer": "slow", "ms": n}          answers after n ms
+  {"answer": "bigReply", "bytes": n}   a good answer whose reply is n bytes
   {"answer": "reject"}                 a refusal
 Usage: faulty.py --port P
 """
@@ -55,6 +56,8 @@ class Handler(BaseHTTPRequestHandler):
             self.answer({"error": "boom"}, status=500)
         elif what == "bigState":
             self.answer({"events": [{"inc": 1}], "state": {"n": state["n"] + 1, "pad": "x" * cmd["bytes"]}})
+        elif what == "bigReply":
+            self.answer({**good, "reply": "r" * cmd["bytes"]})
         elif what == "slow":
             time.sleep(cmd["ms"] / 1000)
             self.answer(good)

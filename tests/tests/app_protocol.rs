@@ -603,3 +603,52 @@ async fn a_request_past_its_callers_deadline_is_dropped_and_counted() {
         "only the slow command landed"
     );
 }
+
+/// A reply larger than the server's max payload (64 KiB here) cannot be published: the caller gets
+/// a `tooLarge` error reply instead of its own timeout, it is counted, and the command (appended
+/// before the reply) stays; the node's connection serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_over_the_servers_max_payload_is_answered_too_large() {
+    let dir = tempfile::tempdir().expect("dir");
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(&conf, "max_payload: 65536\n").expect("config");
+    let nats = NatsServer::start_with(&["-c", conf.to_str().expect("utf-8")]);
+    let nc = nats.connect().await;
+    let app = App::start("tests/apps/faulty.py").await;
+    let mut cfg = node_config(&nats.url(), "payload", "app-0");
+    cfg.app_url = Some(app.url());
+    let n = TestNode::start_with(cfg).await;
+    let plan = next_plan(None, &["app-0"], SHARDS, 4);
+    publish(&nc, "payload", &plan, 10).await;
+    wait_for("the plan", T, || async { n.shared.epoch() == plan.epoch }).await;
+
+    let before = n.metrics.failures_of(Failure::Reply);
+    let big = command(
+        "faulty",
+        "p1",
+        json!({"answer": "bigReply", "bytes": 100_000}),
+        "big",
+    );
+    let r = ask(&nc, "payload", &big).await;
+    assert_eq!(error_code(&r), ErrorCode::TooLarge, "{r:?}");
+    match &r.outcome {
+        Outcome::Error(e) => assert!(e.message.contains("max payload of 65536"), "{e:?}"),
+        Outcome::Ok(_) => unreachable!(),
+    }
+    assert_eq!(n.metrics.failures_of(Failure::Reply), before + 1);
+    assert_eq!(
+        logged(&nc, "payload", "faulty", "p1").await,
+        1,
+        "the command stays"
+    );
+    let ok = ask(
+        &nc,
+        "payload",
+        &command("faulty", "p1", json!({"ok": true}), "after"),
+    )
+    .await;
+    assert!(
+        matches!(&ok.outcome, Outcome::Ok(o) if o.version == 2),
+        "{ok:?}"
+    );
+}
