@@ -8,9 +8,7 @@
 use crate::error::{Error, Result};
 use crate::node::Shared;
 use crate::requests::Answer;
-use aether_core::protocol::{
-    ActorRef, ErrorCode, ErrorReply, Op, Outcome, Reply, Request, VERSION, decode,
-};
+use aether_core::protocol::{ActorRef, ErrorCode, ErrorReply, Op, Outcome, Reply, Request, decode};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -66,18 +64,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn read(State(api): State<Api>, Path((kind, id)): Path<(String, String)>) -> Response {
-    let req = Request {
-        v: VERSION,
-        id: None,
-        actor: ActorRef { kind, id },
-        op: Op::Read,
-        hops: 0,
-        epoch: 0,
-        delivered: None,
-        timeout_ms: None,
-        deadline: None,
-    };
-    answer(&api, req).await
+    answer(&api, Request::new(ActorRef { kind, id }, Op::Read, None)).await
 }
 
 async fn command(
@@ -121,17 +108,11 @@ async fn command(
             api.next.fetch_add(1, Ordering::Relaxed)
         ),
     };
-    let req = Request {
-        v: VERSION,
-        id: Some(command_id),
-        actor: ActorRef { kind, id },
-        op: Op::Command { command },
-        hops: 0,
-        epoch: 0,
-        delivered: None,
-        timeout_ms: None,
-        deadline: None,
-    };
+    let req = Request::new(
+        ActorRef { kind, id },
+        Op::Command { command },
+        Some(command_id),
+    );
     answer(&api, req).await
 }
 

@@ -40,7 +40,16 @@ async fn deliver(shared: &Arc<Shared>, from: ActorRef, send: Outgoing) {
         },
         Some(send.id.clone()),
     );
+    // A kind no node hosts is a final answer, as a client would get it (here the worker would
+    // answer `internal`, which is retried).
+    let unknown = shared.host.registry.get(&send.actor.kind).is_none();
     let outcome = until_answered(shared, || async {
+        if unknown {
+            return Some(Reply::error(ErrorReply::new(
+                ErrorCode::UnknownKind,
+                format!("no actor kind {:?}", send.actor.kind),
+            )));
+        }
         Some(match shared.dispatch(req.clone()).await {
             Answer::Reply(r) => r,
             Answer::Relayed(bytes) => decode::<Reply>(&bytes).unwrap_or_else(|e| {

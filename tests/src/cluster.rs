@@ -260,6 +260,25 @@ pub async fn start_cluster(
     (nodes, plan)
 }
 
+/// One request to any node of `prefix`, answered (never silence) within 20 s.
+pub async fn ask(
+    nc: &async_nats::Client,
+    prefix: &str,
+    req: &aether_core::protocol::Request,
+) -> aether_core::protocol::Reply {
+    let msg = tokio::time::timeout(
+        Duration::from_secs(20),
+        nc.request(
+            Names::new(prefix).any_node(),
+            aether_core::protocol::encode(req).expect("encodes").into(),
+        ),
+    )
+    .await
+    .expect("answered in time")
+    .expect("a reply, not silence");
+    aether_core::protocol::decode(&msg.payload).expect("a protocol reply")
+}
+
 /// A counter's (value, version) from a reply; panics on an error reply.
 #[must_use]
 pub fn counter_value(reply: &aether_core::protocol::Reply) -> (i64, u64) {

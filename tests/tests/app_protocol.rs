@@ -2,15 +2,13 @@
 //! (`examples/bank/app.py`), a fault app (`tests/apps/faulty.py`) and a real nats-server. Each
 //! fault of the app shows its reply code, its counter and that nothing was appended.
 
-use aether_core::protocol::{
-    ActorRef, ErrorCode, Names, Op, Outcome, Reply, Request, decode, encode,
-};
+use aether_core::protocol::{ActorRef, ErrorCode, Names, Op, Outcome, Reply, Request};
 use aether_node::config::ApiAddr;
 use aether_node::metrics::{AppFault, Failure};
 use aether_node::node::Health;
 use aether_node::store::EventStore;
 use aether_tests::app::{App, http};
-use aether_tests::cluster::{TestNode, next_plan, node_config, publish, spawn_process_with};
+use aether_tests::cluster::{TestNode, ask, next_plan, node_config, publish, spawn_process_with};
 use aether_tests::{NatsServer, free_port, wait_for, workspace_binary};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -45,20 +43,6 @@ async fn node_again(
     }
     wait_for("the plan", T, || async { n.shared.epoch() == plan.epoch }).await;
     (n, api)
-}
-
-async fn ask(nc: &async_nats::Client, prefix: &str, req: &Request) -> Reply {
-    let msg = tokio::time::timeout(
-        T,
-        nc.request(
-            Names::new(prefix).any_node(),
-            encode(req).expect("encodes").into(),
-        ),
-    )
-    .await
-    .expect("answered in time")
-    .expect("a reply");
-    decode::<Reply>(&msg.payload).expect("a protocol reply")
 }
 
 fn command(kind: &str, id: &str, command: Value, cmd: &str) -> Request {

@@ -9,7 +9,7 @@ use aether_core::protocol::{
 };
 use aether_node::client::Client;
 use aether_node::metrics::{Failure, Malformed};
-use aether_tests::cluster::{TestNode, counter_value, start_cluster};
+use aether_tests::cluster::{TestNode, ask, counter_value, start_cluster};
 use aether_tests::{NatsServer, wait_for};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -20,21 +20,6 @@ const SHARDS: u32 = 64;
 async fn cluster(nats: &NatsServer, prefix: &str) -> (Vec<TestNode>, aether_core::plan::Plan) {
     let nc = nats.connect().await;
     start_cluster(&nats.url(), &nc, prefix, &["app-0", "app-1"], SHARDS, 8, 10).await
-}
-
-/// One request to any node, answered (never silence).
-async fn ask(nc: &async_nats::Client, prefix: &str, req: &Request) -> Reply {
-    let msg = tokio::time::timeout(
-        T,
-        nc.request(
-            Names::new(prefix).any_node(),
-            encode(req).expect("encodes").into(),
-        ),
-    )
-    .await
-    .expect("answered in time")
-    .expect("a reply, not silence");
-    decode::<Reply>(&msg.payload).expect("a protocol reply")
 }
 
 fn code(r: &Reply) -> ErrorCode {

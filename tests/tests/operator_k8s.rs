@@ -5,7 +5,7 @@
 
 use aether_core::crd::{ShardPlan, ShardPlanStatus};
 use aether_core::protocol::{
-    Names, NodeEvent, NodeEventKind, PlanMessage, VERSION, decode, encode,
+    Names, NodeEvent, NodeEventKind, PlanMessage, Progress, VERSION, decode, encode,
 };
 use aether_tests::cluster::TestNode;
 use aether_tests::k8s::ApiServer;
@@ -254,6 +254,67 @@ async fn the_operator_plans_publishes_and_follows_a_scale_up() {
             .await
             .is_some_and(|m| m.contains("aether_operator_malformed_reports_total 1"))
     })
+    .await;
+
+    // A Failed report with a megabyte-long error: the status takes it cut to 1 KiB, and every later
+    // status write still lands. app-9 is a Ready pod with no sidecar, so the moves to it stay open.
+    add_pod(&pods, &sts, "app-9").await;
+    let deadline = std::time::Instant::now() + T;
+    let (epoch, shard) = loop {
+        let s = status_of(&plans.get("actors").await.expect("get"));
+        if let Some(m) = s.moves.iter().find(|m| m.to == "app-9") {
+            break (s.epoch, m.shard);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no move to app-9 planned"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let long = Progress {
+        v: VERSION,
+        epoch,
+        shard,
+        node: "app-0".into(),
+        phase: aether_core::crd::MovePhase::Failed,
+        actors: 0,
+        duration_ms: 0,
+        error: Some("x".repeat(1_000_000)),
+    };
+    nc.publish(
+        Names::new("actors").progress(),
+        encode(&long).expect("encodes").into(),
+    )
+    .await
+    .expect("publish");
+    wait_for("the megabyte error in the status, cut", T, || async {
+        plans.get("actors").await.is_ok_and(|sp| {
+            status_of(&sp).moves.iter().any(|m| {
+                m.shard == shard
+                    && m.last_error.as_deref().is_some_and(|e| {
+                        // The operator keeps 1,024 bytes of an error, and marks the cut with "...".
+                        e.starts_with("xxxx") && e.len() <= 1024 + 3
+                    })
+            })
+        })
+    })
+    .await;
+    pods.delete("app-9", &Default::default())
+        .await
+        .expect("delete app-9");
+    wait_for(
+        "status written again: app-9 gone, Ready, nothing moving",
+        T,
+        || async {
+            plans.get("actors").await.is_ok_and(|sp| {
+                let s = status_of(&sp);
+                s.epoch > epoch
+                    && s.members.iter().all(|m| m.pod != "app-9")
+                    && s.moving == 0
+                    && condition(&sp, "Ready").is_some_and(|c| c.0 == "True")
+            })
+        },
+    )
     .await;
 
     // A ShardPlan whose StatefulSet does not exist says so.
