@@ -7,8 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::node::Shared;
-use crate::requests::Answer;
-use aether_core::protocol::{ActorRef, ErrorCode, ErrorReply, Op, Outcome, Reply, Request, decode};
+use aether_core::protocol::{ActorRef, ErrorCode, ErrorReply, Op, Outcome, Reply, Request};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -120,15 +119,7 @@ async fn command(
 async fn answer(api: &Api, req: Request) -> Response {
     let deadline = tokio::time::Instant::now() + API_DEADLINE;
     loop {
-        let reply = match api.shared.handle_request(req.clone()).await {
-            Answer::Reply(r) => r,
-            Answer::Relayed(bytes) => decode::<Reply>(&bytes).unwrap_or_else(|e| {
-                Reply::error(ErrorReply::new(
-                    ErrorCode::Internal,
-                    format!("the owner's reply does not decode: {e}"),
-                ))
-            }),
-        };
+        let reply = api.shared.handle_request(req.clone()).await.into_reply();
         let wait = match &reply.outcome {
             Outcome::Error(e)
                 if matches!(

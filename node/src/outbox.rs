@@ -9,10 +9,9 @@
 use crate::host::{Cmd, Delivery};
 use crate::node::Shared;
 use crate::ownership::{MAX_HOPS, Route};
-use crate::requests::Answer;
 use crate::store::Outgoing;
 use aether_core::protocol::app::REPLY_KEY;
-use aether_core::protocol::{ActorRef, ErrorCode, ErrorReply, Op, Outcome, Reply, Request, decode};
+use aether_core::protocol::{ActorRef, ErrorCode, ErrorReply, Op, Outcome, Reply, Request};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,12 +49,7 @@ async fn deliver(shared: &Arc<Shared>, from: ActorRef, send: Outgoing) {
                 format!("no actor kind {:?}", send.actor.kind),
             )));
         }
-        Some(match shared.dispatch(req.clone()).await {
-            Answer::Reply(r) => r,
-            Answer::Relayed(bytes) => decode::<Reply>(&bytes).unwrap_or_else(|e| {
-                Reply::error(ErrorReply::new(ErrorCode::Internal, e.to_string()))
-            }),
-        })
+        Some(shared.dispatch(req.clone()).await.into_reply())
     })
     .await;
     let Some(outcome) = outcome else { return };

@@ -32,6 +32,20 @@ impl Answer {
         Self::Reply(Reply::error(e))
     }
 
+    /// The reply, decoded (for a caller inside the node); relayed bytes that do not decode become
+    /// an `internal` error.
+    pub fn into_reply(self) -> Reply {
+        match self {
+            Self::Reply(reply) => reply,
+            Self::Relayed(bytes) => decode::<Reply>(&bytes).unwrap_or_else(|e| {
+                Reply::error(ErrorReply::new(
+                    ErrorCode::Internal,
+                    format!("the owner's reply does not decode: {e}"),
+                ))
+            }),
+        }
+    }
+
     /// The bytes to publish.
     pub fn into_bytes(self) -> aether_core::Result<bytes::Bytes> {
         match self {
@@ -234,14 +248,6 @@ impl Shared {
 
     /// Sends a request on to `to` and returns its reply (decoded, for a caller inside the node).
     pub async fn forward(&self, to: &str, req: Request) -> Reply {
-        match self.relay(to, req).await {
-            Answer::Reply(reply) => reply,
-            Answer::Relayed(bytes) => decode::<Reply>(&bytes).unwrap_or_else(|e| {
-                Reply::error(ErrorReply::new(
-                    ErrorCode::Internal,
-                    format!("{to} answered: {e}"),
-                ))
-            }),
-        }
+        self.relay(to, req).await.into_reply()
     }
 }

@@ -327,11 +327,7 @@ impl Reports {
         if let Some(e) = &mut p.error
             && e.len() > Self::ERROR_BYTES
         {
-            let mut cut = Self::ERROR_BYTES;
-            while !e.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            e.truncate(cut);
+            *e = aether_core::protocol::app::cut(std::mem::take(e), Self::ERROR_BYTES);
             e.push_str("...");
         }
         self.0.insert((p.epoch, p.shard), p);

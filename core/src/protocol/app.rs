@@ -11,7 +11,7 @@
 //! The app is never trusted with sizes or shapes: [`DecideAnswer::check`] and [`ApplyAnswer::check`]
 //! turn an answer into what the node may append, or say what is wrong with it. See docs/PROTOCOL.md.
 
-use super::messages::{ActorRef, MAX_COMMAND_DEPTH, check_command, json_depth};
+use super::messages::{ActorRef, MAX_COMMAND_DEPTH, check_command, check_kind, json_depth};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -64,17 +64,7 @@ impl KindsAnswer {
     pub fn check(self) -> Result<Vec<KindInfo>, String> {
         let mut seen = std::collections::BTreeSet::new();
         for k in &self.kinds {
-            let ok = !k.name.is_empty()
-                && k.name.len() <= 32
-                && k.name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-            if !ok {
-                return Err(format!(
-                    "kind name {:?} must match [a-z0-9-]{{1,32}}",
-                    k.name
-                ));
-            }
+            check_kind(&k.name).map_err(|e| e.to_string())?;
             if !seen.insert(k.name.as_str()) {
                 return Err(format!("kind {:?} is listed twice", k.name));
             }

@@ -42,20 +42,23 @@ impl ActorRef {
                 self.id.len()
             )));
         }
-        let ok = !self.kind.is_empty()
-            && self.kind.len() <= 32
-            && self
-                .kind
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::Malformed(format!(
-                "actor kind {:?} must match [a-z0-9-]{{1,32}}",
-                self.kind
-            )))
-        }
+        check_kind(&self.kind)
+    }
+}
+
+/// Checks a kind name's syntax, `[a-z0-9-]{1,32}` (it becomes a subject token).
+pub fn check_kind(kind: &str) -> Result<()> {
+    let ok = !kind.is_empty()
+        && kind.len() <= 32
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Malformed(format!(
+            "actor kind {kind:?} must match [a-z0-9-]{{1,32}}"
+        )))
     }
 }
 
