@@ -204,6 +204,10 @@ pub struct ShardPlanStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub moves: Vec<MoveStatus>,
 
+    /// When the current plan was published: its moves' deadlines count from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+
     /// Ready, Rebalancing and Degraded, each with a reason and a message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

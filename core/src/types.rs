@@ -47,4 +47,6 @@ pub enum MovePhase {
     Done,
     /// The last attempt failed; it is retried with backoff until `maxRetries`.
     Failed,
+    /// A later plan replaced the move before it ended; that plan decides who serves the shard.
+    Superseded,
 }

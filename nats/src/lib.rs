@@ -5,6 +5,7 @@
 
 pub mod plans;
 pub mod process;
+pub mod progress;
 
 /// What can go wrong here.
 #[derive(Debug, thiserror::Error)]

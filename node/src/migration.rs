@@ -13,7 +13,7 @@
 //! until the destination confirms it, so the destination starts serving exactly when the source has
 //! stopped.
 //!
-//! Destination side: [`Incoming`] accepts the chunks of exactly one (shard, epoch, source) in any
+//! Destination side: [`Incoming`] accepts the chunks of exactly one (shard, epoch, source, attempt) in any
 //! order (they travel concurrently), stages each one's actors (installed, not served), refuses older
 //! epochs, and serves the shard once the commit comes.
 
@@ -52,7 +52,8 @@ pub enum Phase {
     },
     /// The destination owns the shard; the source has forwarded its queue.
     Done,
-    /// Handed off, but a newer plan came before the commit was confirmed: that plan decides.
+    /// A newer plan came first: before the hand-off (the source kept the shard), or after it with
+    /// the commit not confirmed (that plan decides who serves the shard).
     Superseded,
     /// The move failed; the source kept the shard.
     RolledBack(String),
@@ -107,8 +108,8 @@ pub enum Event {
     CommitRefused(ErrorReply),
     /// The commit got no answer; it is repeated.
     CommitUnanswered,
-    /// A newer plan arrived: a move not yet handed off goes on (the shell's new plan decides
-    /// anew); a commit not yet confirmed is not sent again.
+    /// A newer plan arrived: a move not yet handed off stops at once (the source keeps the shard
+    /// and the newer plan decides anew); a commit not yet confirmed is not sent again.
     Superseded,
 }
 
@@ -146,9 +147,13 @@ pub enum Action {
     ReportDone,
     /// Report the move failed, with why: the source kept the shard.
     ReportFailed(String),
-    /// Report nothing: the shard was handed off but the commit was not confirmed before a newer
-    /// plan came; that plan decides who serves it (the destination never served it).
+    /// Report the move superseded: a newer plan came before the hand-off; the source kept the
+    /// shard.
     ReportSuperseded,
+    /// Report nothing: the shard was handed off but the commit was not confirmed before a newer
+    /// plan came; that plan decides who serves it. (A `Superseded` report could replace the
+    /// destination's `Done` if it did commit; the newer plan's move ends in its own report.)
+    CommitUnconfirmed,
 }
 
 /// One source-side move.
@@ -165,6 +170,23 @@ impl Default for SourceMove {
 }
 
 impl SourceMove {
+    /// A move this node handed off in an earlier epoch, listed again by a newer plan: only the
+    /// commit is sent, in the newer epoch (numbered 0: the destination has no chunk of that epoch,
+    /// dropped what it staged when the plan came, and reads the actors from the log). Returns the
+    /// machine and its first actions.
+    #[must_use]
+    pub fn recommit() -> (Self, Vec<Action>) {
+        (
+            Self {
+                phase: Phase::Committing { chunk: 0 },
+            },
+            vec![Action::Commit {
+                chunk: 0,
+                delay_ms: 0,
+            }],
+        )
+    }
+
     /// Feeds one event; returns the actions to carry out, in order.
     pub fn on(&mut self, event: Event) -> Vec<Action> {
         use Action as A;
@@ -201,15 +223,15 @@ impl SourceMove {
             }
             (Phase::Committing { .. }, Event::CommitRefused(_) | Event::Superseded) => {
                 self.phase = Phase::Superseded;
-                vec![A::ReportSuperseded]
+                vec![A::CommitUnconfirmed]
             }
             (Phase::Capturing, Event::Deadline) => {
                 self.fail("timed out: the move took longer than timeoutSeconds".to_owned())
             }
-            // Late or duplicate events after the outcome, or out of order: nothing to do. A newer
-            // plan before the hand-off changes nothing here: the move runs to its end (the new
-            // plan's routing already decides where requests go) and the destination refuses its
-            // chunks once it holds the newer plan.
+            // A newer plan before the hand-off: the destination refuses this epoch's chunks once it
+            // holds that plan, so the move stops at once and the shard is served again here.
+            (Phase::Capturing, Event::Superseded) => self.supersede(),
+            // Late or duplicate events after the outcome, or out of order: nothing to do.
             _ => Vec::new(),
         }
     }
@@ -228,6 +250,7 @@ impl SourceMove {
         };
         let open = |chunk: u32| chunk < *produced && !acked.contains(&chunk);
         match event {
+            Event::Superseded => self.supersede(),
             Event::Deadline => {
                 self.fail("timed out: the move took longer than timeoutSeconds".to_owned())
             }
@@ -282,6 +305,11 @@ impl SourceMove {
         }
     }
 
+    fn supersede(&mut self) -> Vec<Action> {
+        self.phase = Phase::Superseded;
+        vec![Action::Resume, Action::ReportSuperseded]
+    }
+
     fn fail(&mut self, reason: String) -> Vec<Action> {
         self.phase = Phase::RolledBack(reason.clone());
         vec![Action::Resume, Action::ReportFailed(reason)]
@@ -325,6 +353,8 @@ pub struct Incoming {
     pub epoch: u64,
     /// Source pod.
     pub from: String,
+    /// The source's attempt.
+    pub attempt: u64,
     /// Chunks received (and staged).
     pub received: BTreeSet<u32>,
     /// Number of chunks, once the one flagged `last` arrived.
@@ -391,9 +421,28 @@ pub fn accept_chunk(
     chunk: &Transfer,
 ) -> Result<Accept, ErrorReply> {
     check_chunk(holding, expected_source, chunk)?;
-    let same =
+    let same_move =
         |i: &Incoming| i.shard == chunk.shard && i.epoch == chunk.epoch && i.from == chunk.from;
-    let fresh = !incoming.as_ref().is_some_and(same);
+    if let Some(i) = incoming.as_ref()
+        && same_move(i)
+        && i.committed
+        && i.attempt != chunk.attempt
+        && !chunk.commit
+    {
+        // The source restarted after its commit and did not learn of it: it must not replace
+        // what this node serves.
+        return Err(ErrorReply::stale_epoch(
+            format!(
+                "shard {} was committed to this node in epoch {holding} already",
+                chunk.shard
+            ),
+            holding,
+        ));
+    }
+    // Another attempt of the same move (its source restarted) starts the staging afresh.
+    let fresh = !incoming
+        .as_ref()
+        .is_some_and(|i| same_move(i) && (i.attempt == chunk.attempt || i.committed));
     if fresh {
         *incoming = None;
     }
@@ -401,6 +450,7 @@ pub fn accept_chunk(
         shard: chunk.shard,
         epoch: chunk.epoch,
         from: chunk.from.clone(),
+        attempt: chunk.attempt,
         received: BTreeSet::new(),
         total: None,
         committed: false,
@@ -441,6 +491,7 @@ mod tests {
         Transfer {
             v: VERSION,
             epoch,
+            attempt: 1,
             shard: 3,
             from: "app-0".into(),
             chunk: n,
@@ -528,7 +579,7 @@ mod tests {
     fn a_newer_plan_before_the_commit_is_confirmed_reports_nothing() {
         let (mut m, _, _) = started(1);
         assert_eq!(m.on(Event::Acked { chunk: 0 })[0], Action::HandOff);
-        assert_eq!(m.on(Event::Superseded), vec![Action::ReportSuperseded]);
+        assert_eq!(m.on(Event::Superseded), vec![Action::CommitUnconfirmed]);
         assert!(m.finished());
         assert!(m.on(Event::Committed).is_empty(), "a late confirmation");
         let (mut m, _, _) = started(1);
@@ -538,8 +589,48 @@ mod tests {
         let newer = ErrorReply::stale_epoch("newer", 9);
         assert_eq!(
             m.on(Event::CommitRefused(newer)),
-            vec![Action::ReportSuperseded]
+            vec![Action::CommitUnconfirmed]
         );
+    }
+
+    #[test]
+    fn a_newer_plan_before_the_hand_off_stops_the_move_at_once() {
+        let (mut m, _, _) = started(2);
+        assert_eq!(
+            m.on(Event::Superseded),
+            vec![Action::Resume, Action::ReportSuperseded]
+        );
+        assert!(m.finished());
+        assert!(m.on(Event::Acked { chunk: 0 }).is_empty(), "a late ack");
+    }
+
+    #[test]
+    fn another_attempt_of_a_move_restages_and_never_replaces_a_commit() {
+        let mut inc = None;
+        assert_eq!(
+            accept_chunk(&mut inc, 5, Some("app-0"), &chunk(5, 0, true)),
+            Ok(Accept::Stage { fresh: true })
+        );
+        // The source restarted before its commit and moves the shard again.
+        let mut again = chunk(5, 0, true);
+        again.attempt = 2;
+        assert_eq!(
+            accept_chunk(&mut inc, 5, Some("app-0"), &again),
+            Ok(Accept::Stage { fresh: true }),
+            "the earlier attempt's staging goes"
+        );
+        let mut commit = chunk(5, 1, true);
+        commit.attempt = 2;
+        commit.commit = true;
+        assert_eq!(
+            accept_chunk(&mut inc, 5, Some("app-0"), &commit),
+            Ok(Accept::Commit)
+        );
+        let mut third = chunk(5, 0, true);
+        third.attempt = 3;
+        let refused = accept_chunk(&mut inc, 5, Some("app-0"), &third).expect_err("committed");
+        assert_eq!(refused.code, ErrorCode::StaleEpoch);
+        assert!(inc.is_some_and(|i| i.committed && i.attempt == 2));
     }
 
     #[test]
@@ -737,9 +828,11 @@ mod tests {
             // Finished: rolled back, or handed off and committed; never Done without the commit.
             let reported_done = actions.contains(&Action::ReportDone);
             prop_assert_eq!(reported_done, m.phase == Phase::Done);
+            let unconfirmed = actions.contains(&Action::CommitUnconfirmed);
+            prop_assert!(!unconfirmed || handoffs == 1, "unconfirmed only after a hand-off");
             let superseded = actions.contains(&Action::ReportSuperseded);
-            prop_assert!(!superseded || handoffs == 1, "superseded only after a hand-off");
-            prop_assert_eq!(m.finished(), resumes == 1 || reported_done || superseded);
+            prop_assert!(!superseded || resumes == 1, "superseded before the hand-off resumes");
+            prop_assert_eq!(m.finished(), resumes == 1 || reported_done || unconfirmed);
         }
     }
 

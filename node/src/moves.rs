@@ -28,6 +28,27 @@ use tracing::Instrument;
 /// Bytes of actor state per transfer chunk (NATS's default max payload is 1 MiB).
 pub const CHUNK_BYTES: usize = 512 * 1024;
 
+/// A chunk unanswered this long fails the move (its destination is gone or stuck), well before
+/// the move's deadline: the source serves the shard again at once.
+pub const CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a destination tries to store its `Done` report before it confirms a commit anyway (the
+/// source reports `Done` too once the commit is confirmed).
+pub const DONE_STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A new attempt id: unique per process start (the clock) and per move (a counter).
+fn next_attempt() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let _ = NEXT.compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);
+    }
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 impl Shared {
     /// Runs a move of one shard, then any newer move of that shard that a plan listed meanwhile
     /// (its start was held back while this one ran).
@@ -41,7 +62,7 @@ impl Shared {
         loop {
             let span = tracing::info_span!("move", epoch, shard, from = %self.me, to = %mv.to);
             self.clone()
-                .migrate(mv, epoch, timeout)
+                .migrate(mv, epoch, timeout, false)
                 .instrument(span)
                 .await;
             match self.state().own.move_finished(shard, epoch) {
@@ -51,28 +72,57 @@ impl Shared {
         }
     }
 
-    /// Runs one source-side move through the [`SourceMove`] machine. The shard's actors are
-    /// serialised chunk by chunk as the machine asks for chunks; each chunk travels in its own task
-    /// (up to [`crate::migration::WINDOW`] unacked), and their answers come back as events.
-    async fn migrate(self: Arc<Self>, mv: Move, epoch: u64, timeout: Duration) {
-        let Ok(_permit) = self.move_slots().acquire_owned().await else {
-            return;
+    /// Sends the commit of a move this node handed off in an earlier epoch, listed again by plan
+    /// `epoch`; reports it Done once the destination confirms it.
+    pub(crate) async fn recommit(self: Arc<Self>, mv: Move, epoch: u64) {
+        let span = tracing::info_span!("recommit", epoch, shard = mv.shard, to = %mv.to);
+        self.migrate(mv, epoch, FORWARD_TIMEOUT, true)
+            .instrument(span)
+            .await;
+    }
+
+    /// Runs one source-side move through the [`SourceMove`] machine (or, with `recommit`, only
+    /// its commit). The shard's actors are serialised chunk by chunk as the machine asks for
+    /// chunks; each chunk travels in its own task (up to [`crate::migration::WINDOW`] unacked),
+    /// and their answers come back as events. A newer plan before the hand-off stops it at once.
+    async fn migrate(self: Arc<Self>, mv: Move, epoch: u64, timeout: Duration, recommit: bool) {
+        let shard = mv.shard;
+        let _permit = if recommit {
+            None
+        } else {
+            let Ok(permit) = self.move_slots().acquire_owned().await else {
+                return;
+            };
+            if !self.state().own.is_current(epoch) {
+                // A newer plan arrived while this move waited for a slot; it decides anew.
+                self.metrics().move_outcome(MoveOutcome::Superseded);
+                let why = "a newer plan came before the move started".to_owned();
+                self.report(epoch, shard, MovePhase::Superseded, 0, 0, Some(why))
+                    .await;
+                return;
+            }
+            Some(permit)
         };
-        if !self.state().own.is_current(epoch) {
-            // A newer plan arrived while this move waited; it decides anew.
-            return;
-        }
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started + timeout);
-        let shard = mv.shard;
         let to = mv.to.clone();
-        let mut machine = SourceMove::default();
-        let mut actions: VecDeque<Action> = machine.on(Event::Start).into();
+        let attempt = next_attempt();
+        let (mut machine, first) = if recommit {
+            SourceMove::recommit()
+        } else {
+            let mut m = SourceMove::default();
+            let first = m.on(Event::Start);
+            (m, first)
+        };
+        let mut actions: VecDeque<Action> = first.into();
         let mut lent = host::Lent::default();
         let mut chunks: Vec<bytes::Bytes> = Vec::new();
         let mut sends: JoinSet<Event> = JoinSet::new();
-        self.report(epoch, shard, MovePhase::Transferring, 0, 0, None)
-            .await;
+        let mut epochs = self.epochs.subscribe();
+        if !recommit {
+            self.report(epoch, shard, MovePhase::Transferring, 0, 0, None)
+                .await;
+        }
         loop {
             let Some(action) = actions.pop_front() else {
                 if machine.finished() || sends.is_empty() {
@@ -81,6 +131,12 @@ impl Shared {
                 let event = tokio::select! {
                     Some(Ok(event)) = sends.join_next() => event,
                     () = tokio::time::sleep_until(deadline) => Event::Deadline,
+                    Ok(()) = epochs.changed() => {
+                        if *epochs.borrow_and_update() <= epoch {
+                            continue;
+                        }
+                        Event::Superseded
+                    }
                 };
                 actions.extend(machine.on(event));
                 continue;
@@ -95,13 +151,18 @@ impl Shared {
                 }
                 Action::Produce { chunk } => {
                     // Serialise the next actors straight into the chunk.
-                    let made =
-                        TransferWriter::new(epoch, shard, &self.me, chunk, CHUNK_BYTES + 4096).map(
-                            |mut w| {
-                                let last = lent.fill(&mut w, CHUNK_BYTES, usize::MAX);
-                                (bytes::Bytes::from(w.finish(last, false)), last)
-                            },
-                        );
+                    let made = TransferWriter::new(
+                        epoch,
+                        attempt,
+                        shard,
+                        &self.me,
+                        chunk,
+                        CHUNK_BYTES + 4096,
+                    )
+                    .map(|mut w| {
+                        let last = lent.fill(&mut w, CHUNK_BYTES, usize::MAX);
+                        (bytes::Bytes::from(w.finish(last, false)), last)
+                    });
                     match made {
                         Ok((body, last)) => {
                             chunks.push(body.clone());
@@ -135,7 +196,7 @@ impl Shared {
                         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                     }
                     let event = if self.state().own.is_current(epoch) {
-                        self.commit(&to, epoch, shard, chunk).await
+                        self.commit(&to, epoch, attempt, shard, chunk).await
                     } else {
                         Event::Superseded
                     };
@@ -167,6 +228,15 @@ impl Shared {
                     Vec::new()
                 }
                 Action::ReportSuperseded => {
+                    self.metrics().move_outcome(MoveOutcome::Superseded);
+                    tracing::info!("a newer plan came before the hand-off: shard kept");
+                    let took = started.elapsed().as_millis() as u64;
+                    let why = "a newer plan came before the hand-off".to_owned();
+                    self.report(epoch, shard, MovePhase::Superseded, 0, took, Some(why))
+                        .await;
+                    Vec::new()
+                }
+                Action::CommitUnconfirmed => {
                     self.metrics().move_outcome(MoveOutcome::Superseded);
                     tracing::info!("handed off; a newer plan came before the commit was confirmed");
                     Vec::new()
@@ -200,10 +270,11 @@ impl Shared {
     }
 
     /// Sends the commit once; its answer as an event.
-    async fn commit(&self, to: &str, epoch: u64, shard: u32, n: u32) -> Event {
+    async fn commit(&self, to: &str, epoch: u64, attempt: u64, shard: u32, n: u32) -> Event {
         let commit = Transfer {
             v: VERSION,
             epoch,
+            attempt,
             shard,
             from: self.me.clone(),
             chunk: n,
@@ -230,7 +301,12 @@ impl Shared {
         deadline: tokio::time::Instant,
     ) -> Event {
         let request = self.bulk.request(self.names.node_migrate(to), body);
-        match tokio::time::timeout_at(deadline, request).await {
+        let until = deadline.min(tokio::time::Instant::now() + CHUNK_TIMEOUT);
+        match tokio::time::timeout_at(until, request).await {
+            Err(_) if until < deadline => Event::NoAnswer {
+                chunk: n,
+                reason: format!("no answer within {CHUNK_TIMEOUT:?}"),
+            },
             Err(_) => Event::Deadline,
             Ok(Err(e)) => Event::NoAnswer {
                 chunk: n,
@@ -272,6 +348,7 @@ impl Shared {
         // Staged before the decision, off the lock (and on the migration runtime).
         let mut staged = host::Staged::default();
         staged.add(&self.host, std::mem::take(&mut chunk.actors));
+        let mut committed = false;
         let (installed, stopped) = {
             // Acted on under the lock, so a fresh move's clean-up cannot overtake a chunk staged
             // after it.
@@ -284,10 +361,20 @@ impl Shared {
                     let _ = st.worker(&self.host, shard).tx.send(cmd);
                     (Ok(Some(rx)), stopped)
                 }
-                Ok(Accept::Duplicate | Accept::Commit) => (Ok(None), None),
+                Ok(Accept::Duplicate) => (Ok(None), None),
+                Ok(Accept::Commit) => {
+                    committed = true;
+                    (Ok(None), None)
+                }
                 Err(e) => (Err(e), None),
             }
         };
+        if committed {
+            // Done means the destination serves the shard: stored before the commit is confirmed,
+            // so whoever starts later reads it.
+            self.report_within(epoch, shard, MovePhase::Done, DONE_STORE_TIMEOUT)
+                .await;
+        }
         if let Some(rx) = stopped {
             self.answer_leftovers(shard, rx);
         }

@@ -155,6 +155,12 @@ pub struct Shared {
     pub inflight: Arc<Semaphore>,
     /// Every task the node spawns (requests, transfers, moves, workers): joined on shutdown.
     pub tasks: TaskTracker,
+    /// JetStream on the main connection: progress reports.
+    pub js: jetstream::Context,
+    /// The epoch held, for moves that stop at once when a newer plan comes.
+    pub epochs: tokio::sync::watch::Sender<u64>,
+    /// The plan bucket was read (the plan it held, if any, taken).
+    pub plan_read: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
     migrations: Mutex<Arc<Semaphore>>,
     /// The actors' sends, taken by the outbox task when the node serves.
@@ -198,13 +204,16 @@ impl Shared {
         Arc::new(Self {
             me: cfg.pod_name.clone(),
             names: Names::new(cfg.nats.prefix.clone()),
-            client,
             bulk,
             host,
             moves,
             max_request_bytes: cfg.max_request_bytes,
             inflight: Arc::new(Semaphore::new(cfg.max_inflight.max(1))),
             tasks,
+            js: jetstream::new(client.clone()),
+            epochs: tokio::sync::watch::Sender::new(0),
+            plan_read: std::sync::atomic::AtomicBool::new(false),
+            client,
             state: Mutex::new(State {
                 own: Ownership::new(cfg.pod_name.clone()),
                 workers: HashMap::new(),
@@ -299,6 +308,7 @@ impl Shared {
             (fx, stopped, st.own.timeout())
         };
         self.metrics().epoch.set(fx.epoch as i64);
+        self.epochs.send_replace(fx.epoch);
         tracing::info!(epoch = fx.epoch, moves = fx.start.len(), "new plan");
         for (shard, rx) in stopped {
             self.answer_leftovers(shard, rx);
@@ -311,6 +321,10 @@ impl Shared {
                     this.report(epoch, shard, MovePhase::Done, 0, 0, None).await;
                 }
             });
+        }
+        for mv in fx.recommit {
+            self.tasks
+                .spawn_on(self.clone().recommit(mv, epoch), &self.moves);
         }
         for mv in fx.start {
             self.tasks
@@ -336,7 +350,7 @@ impl Shared {
         }
     }
 
-    /// Reports a move's progress to the operator (and every node).
+    /// Reports a move's progress to the operator (and every node), stored in the progress stream.
     pub async fn report(
         &self,
         epoch: u64,
@@ -356,13 +370,28 @@ impl Shared {
             duration_ms,
             error,
         };
-        if let Ok(bytes) = encode(&p)
-            && let Err(e) = self
-                .client
-                .publish(self.names.progress(), bytes.into())
-                .await
-        {
-            tracing::warn!(error = %e, "progress report not sent");
+        self.store_report(&p, aether_nats::progress::REPORT_FOR)
+            .await;
+    }
+
+    /// Reports a move's phase, giving up after `within`.
+    pub async fn report_within(&self, epoch: u64, shard: u32, phase: MovePhase, within: Duration) {
+        let p = Progress {
+            v: VERSION,
+            epoch,
+            shard,
+            node: self.me.clone(),
+            phase,
+            actors: 0,
+            duration_ms: 0,
+            error: None,
+        };
+        self.store_report(&p, within).await;
+    }
+
+    async fn store_report(&self, p: &Progress, within: Duration) {
+        if let Err(e) = aether_nats::progress::report(&self.js, &self.names, p, within).await {
+            tracing::warn!(error = %e, "progress report not stored");
             self.metrics().failure(Failure::Progress);
         }
     }
@@ -462,7 +491,6 @@ pub async fn run(
 }
 
 /// A connected node, subscribed and ready to serve.
-#[derive(Debug)]
 pub struct Node {
     moves: MigrationRuntime,
     cfg: NodeConfig,
@@ -471,7 +499,15 @@ pub struct Node {
     js: jetstream::Context,
     requests: Messages,
     transfers: async_nats::Subscriber,
-    progress: async_nats::Subscriber,
+    progress: jetstream::consumer::pull::Ordered,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("pod", &self.shared.me)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Node {
@@ -497,8 +533,15 @@ impl Node {
         let client = connect(&cfg.nats, &cfg.pod_name).await?;
         let names = Names::new(cfg.nats.prefix.clone());
         let js = jetstream::new(client.clone());
-        let store = loop {
-            match EventStore::open(js.clone(), names.clone(), cfg.stream_replicas).await {
+        let (store, reports) = loop {
+            let opened = async {
+                let store =
+                    EventStore::open(js.clone(), names.clone(), cfg.stream_replicas).await?;
+                let reports =
+                    aether_nats::progress::open_stream(&js, &names, cfg.stream_replicas).await?;
+                Ok::<_, Error>((store, reports))
+            };
+            match opened.await {
                 Ok(s) => break s,
                 Err(e) => {
                     health.set(Some(format!(
@@ -535,10 +578,30 @@ impl Node {
             .map_err(|e| Error::Nats(e.to_string()))?;
         // The subscription is in place at the server before anyone learns this node is up.
         bulk.flush().await.map_err(|e| Error::Nats(e.to_string()))?;
-        let progress = client
-            .subscribe(names.progress())
-            .await
-            .map_err(|e| Error::Nats(e.to_string()))?;
+        // Every stored report is read before the first plan is acted on: a node that restarts
+        // knows which moves of its plan committed, and never serves a shard handed on.
+        health.set(Some("reading the progress of moves".into()));
+        let (mut progress, stored) = aether_nats::progress::follow(&reports).await?;
+        let mut read = 0u64;
+        while read < stored {
+            match tokio::time::timeout(Duration::from_secs(10), progress.next()).await {
+                Ok(Some(Ok(msg))) => {
+                    read += 1;
+                    shared.on_progress(&msg.payload);
+                    if msg.info().is_ok_and(|i| i.pending == 0) {
+                        break;
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    return Err(Error::Nats(format!("reading the progress stream: {e}")));
+                }
+                Ok(None) | Err(_) => {
+                    tracing::warn!(read, stored, "progress stream: fewer reports than it held");
+                    break;
+                }
+            }
+        }
+        tracing::debug!(read, "progress read");
         Ok(Self {
             moves,
             cfg,
@@ -579,7 +642,7 @@ impl Node {
         ));
         let health_task = shared
             .tasks
-            .spawn(watch_health(client.clone(), health.clone()));
+            .spawn(watch_health(shared.clone(), health.clone()));
         let app_task = shared
             .app()
             .map(|app| shared.tasks.spawn(watch_app(app, health.clone())));
@@ -631,7 +694,10 @@ impl Node {
                         }
                     }, &moves.handle());
                 }
-                Some(msg) = progress.next() => shared.on_progress(&msg.payload),
+                Some(msg) = progress.next() => match msg {
+                    Ok(msg) => shared.on_progress(&msg.payload),
+                    Err(e) => tracing::warn!(error = %e, "progress stream"),
+                },
                 () = &mut shutdown, if drain_deadline.is_none() => {
                     tracing::info!("SIGTERM: draining");
                     health.set(Some("draining: shards are moving away".into()));
@@ -699,12 +765,24 @@ async fn watch_plans(shared: Arc<Shared>, js: jetstream::Context, names: Names, 
     loop {
         let result: Result<()> = async {
             let bucket = aether_nats::plans::open_bucket(&js, &names, replicas).await?;
+            // The plan held when the watch starts is read before the node says it is Ready.
+            let initial = bucket
+                .entry(Names::PLAN_KEY)
+                .await
+                .map_err(|e| Error::Nats(format!("read plan: {e}")))?
+                .map(|e| e.revision);
             let mut watch = bucket
                 .watch_with_history(Names::PLAN_KEY)
                 .await
                 .map_err(|e| Error::Nats(format!("watch plans: {e}")))?;
+            if initial.is_none() {
+                shared.plan_read.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             while let Some(entry) = watch.next().await {
                 let entry = entry.map_err(|e| Error::Nats(format!("watch plans: {e}")))?;
+                if initial.is_some_and(|r| entry.revision >= r) {
+                    shared.plan_read.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 if entry.operation != jetstream::kv::Operation::Put {
                     continue;
                 }
@@ -777,17 +855,44 @@ async fn watch_app(app: Arc<AppClient>, health: Arc<Health>) {
     }
 }
 
-async fn watch_health(client: async_nats::Client, health: Arc<Health>) {
+/// Keeps `/readyz` saying whether the node can serve: both NATS connections up, JetStream
+/// answering (asked every [`JETSTREAM_PROBE_EVERY`]), the plan bucket read.
+async fn watch_health(shared: Arc<Shared>, health: Arc<Health>) {
+    use async_nats::connection::State;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut jetstream: Option<String> = None;
+    let mut probed = tokio::time::Instant::now() - JETSTREAM_PROBE_EVERY;
     loop {
         tick.tick().await;
         let draining = health.problem().is_some_and(|p| p.starts_with("draining"));
         if draining {
             continue;
         }
-        match client.connection_state() {
-            async_nats::connection::State::Connected => health.set(None),
-            other => health.set(Some(format!("NATS connection is {other:?}: not serving"))),
+        if probed.elapsed() >= JETSTREAM_PROBE_EVERY {
+            probed = tokio::time::Instant::now();
+            let asked = tokio::time::timeout(JETSTREAM_PROBE_EVERY, shared.js.query_account());
+            jetstream = match asked.await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(format!("JetStream does not answer: {e}")),
+                Err(_) => Some("JetStream does not answer in time".to_owned()),
+            };
         }
+        let problem = match (
+            shared.client.connection_state(),
+            shared.bulk.connection_state(),
+        ) {
+            (State::Connected, State::Connected) => jetstream.clone().or_else(|| {
+                (!shared.plan_read.load(std::sync::atomic::Ordering::Relaxed))
+                    .then(|| "reading the plan bucket".to_owned())
+            }),
+            (State::Connected, other) => Some(format!(
+                "NATS migration connection is {other:?}: not serving"
+            )),
+            (other, _) => Some(format!("NATS connection is {other:?}: not serving")),
+        };
+        health.set(problem);
     }
 }
+
+/// How often a node asks whether JetStream answers.
+pub const JETSTREAM_PROBE_EVERY: Duration = Duration::from_secs(2);

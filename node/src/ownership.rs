@@ -6,8 +6,11 @@
 //!
 //! The owner of a shard is the plan's target, except while the shard's move is pending: then the
 //! move's source. A move stops being pending when the source hands the shard off (on the source),
-//! when the commit arrives (on the destination), or when the source's Done report arrives (everyone
-//! else; also when it arrives before the plan it belongs to).
+//! when the commit arrives (on the destination), or when a `Done` report arrives (everyone else;
+//! also when it arrives before the plan it belongs to). `Done` means the destination accepted the
+//! commit: the destination reports it then, the source once the commit is confirmed. Reports are
+//! durable (a JetStream stream the shell reads from the start), so a node that restarts learns
+//! which moves of its plan committed before it acts on the plan.
 
 use crate::migration::{self, Accept, Incoming};
 use aether_core::plan::Move;
@@ -21,7 +24,8 @@ use std::time::Duration;
 /// source that just handed its shard off.
 pub const MAX_HOPS: u8 = 2;
 
-/// Done reports kept for plans not seen yet (a plan has at most 65,536 moves).
+/// Done reports kept for plans not seen yet (a plan has at most 65,536 moves); the lowest epochs
+/// go first.
 const EARLY_DONE_LIMIT: usize = 1 << 16;
 
 /// Where a request goes.
@@ -99,7 +103,11 @@ pub struct PlanEffects {
     pub stop: Vec<u32>,
     /// Start these moves (this node is their source and no move of the shard runs yet).
     pub start: Vec<Move>,
-    /// Moves this node had handed off already: report them Done at once, no second transfer.
+    /// Moves this node had handed off already, listed again (the operator had not seen them
+    /// Done): send the commit again in this epoch, no second transfer.
+    pub recommit: Vec<Move>,
+    /// Moves to this node that are done already: without a source (its actors come from the log),
+    /// or committed here in an earlier epoch and listed again. Report them Done.
     pub report_done: Vec<u32>,
 }
 
@@ -159,8 +167,11 @@ pub struct Ownership {
     /// Shards this node handed off, and to whom: a later plan that lists the same move again (its
     /// operator had not seen the Done report yet) is answered Done at once.
     handed_off: HashMap<u32, String>,
+    /// Destination side: moves committed here, and from whom: a later plan that lists the same
+    /// move again is done at once.
+    received: HashMap<u32, String>,
     /// Done reports of a plan this node does not hold yet (progress and plans travel separately).
-    early_done: Vec<(u64, u32)>,
+    early_done: std::collections::BTreeSet<(u64, u32)>,
     /// Destination side: the incoming move of each shard, staged until its commit.
     incoming: HashMap<u32, Incoming>,
     /// Source side: shards with a move running here.
@@ -175,7 +186,8 @@ impl Ownership {
             me: me.into(),
             view: None,
             handed_off: HashMap::new(),
-            early_done: Vec::new(),
+            received: HashMap::new(),
+            early_done: std::collections::BTreeSet::new(),
             incoming: HashMap::new(),
             moving: HashSet::new(),
         }
@@ -273,26 +285,55 @@ impl Ownership {
         }
         let mut view = View::new(plan);
         let epoch = view.plan.epoch;
-        // A handed-off move listed again is done before anyone sees this plan, so this node never
-        // serves that shard again.
+        // A handed-off move listed again: the shard is the destination's as far as this node is
+        // concerned (it never serves it again); the commit is sent again in this epoch.
         let listed: HashMap<u32, &str> = view
             .moves_from(&self.me)
             .map(|m| (m.shard, m.to.as_str()))
             .collect();
         self.handed_off
             .retain(|shard, to| listed.get(shard) == Some(&to.as_str()));
-        let mut report_done: Vec<u32> = self.handed_off.keys().copied().collect();
+        let mut recommit: Vec<Move> = view
+            .plan
+            .moves
+            .iter()
+            .filter(|m| self.handed_off.contains_key(&m.shard))
+            .cloned()
+            .collect();
+        recommit.sort_by_key(|m| m.shard);
+        for m in &recommit {
+            view.pending.remove(&m.shard);
+        }
+        // Moves to this node that need nothing more: no source, or committed here already.
+        let me = self.me.as_str();
+        let received = &mut self.received;
+        received.retain(|shard, from| {
+            view.plan
+                .moves
+                .iter()
+                .any(|m| m.shard == *shard && m.to == me && m.from.as_deref() == Some(from))
+        });
+        let mut report_done: Vec<u32> = view
+            .plan
+            .moves
+            .iter()
+            .filter(|m| m.to == me && (m.from.is_none() || received.contains_key(&m.shard)))
+            .map(|m| m.shard)
+            .collect();
         report_done.sort_unstable();
         for shard in &report_done {
             view.pending.remove(shard);
         }
         // Moves reported done before this plan reached this node.
-        self.early_done.retain(|(e, shard)| {
-            if *e == epoch {
-                view.pending.remove(shard);
-            }
-            *e > epoch
-        });
+        let early: Vec<(u64, u32)> = self
+            .early_done
+            .range((epoch, 0)..=(epoch, u32::MAX))
+            .copied()
+            .collect();
+        for (_, shard) in early {
+            view.pending.remove(&shard);
+        }
+        self.early_done = self.early_done.split_off(&(epoch + 1, 0));
         let previous = self.view.replace(view);
         let view = self.view.as_ref()?;
         let me = Some(self.me.as_str());
@@ -316,6 +357,7 @@ impl Ownership {
             epoch,
             stop,
             start,
+            recommit,
             report_done,
         })
     }
@@ -332,8 +374,9 @@ impl Ownership {
                 None
             }
             MovePhase::Done if p.epoch > held => {
-                if self.early_done.len() < EARLY_DONE_LIMIT {
-                    self.early_done.push((p.epoch, p.shard));
+                self.early_done.insert((p.epoch, p.shard));
+                while self.early_done.len() > EARLY_DONE_LIMIT {
+                    self.early_done.pop_first();
                 }
                 None
             }
@@ -383,8 +426,11 @@ impl Ownership {
         match &decision {
             Ok(Accept::Stage { fresh: true }) => {
                 self.handed_off.remove(&chunk.shard);
+                self.received.remove(&chunk.shard);
             }
             Ok(Accept::Commit) => {
+                self.handed_off.remove(&chunk.shard);
+                self.received.insert(chunk.shard, chunk.from.clone());
                 if let Some(v) = self.view.as_mut() {
                     v.pending.remove(&chunk.shard);
                 }
@@ -555,6 +601,7 @@ mod tests {
         let chunk = |n: u32, commit: bool| Transfer {
             v: VERSION,
             epoch: ps[1].epoch,
+            attempt: 1,
             shard: m.shard,
             from: from.clone(),
             chunk: n,
@@ -571,13 +618,26 @@ mod tests {
         assert!(!src.serves(m.shard));
         assert_eq!(dst.on_chunk(&chunk(1, true)), Ok(Accept::Commit));
         assert!(dst.serves(m.shard));
-        // The operator had not seen Done and lists the move again: answered at once.
+        // The operator had not seen Done and lists the move again: the source commits again (it
+        // does not know whether its commit arrived), the destination, which does, is done at once.
         let mut again = msg(&ps[1]);
         again.epoch += 1;
-        let fx = src.on_plan(again, []).expect("newer plan");
-        assert!(fx.report_done.contains(&m.shard));
+        let fx = src.on_plan(again.clone(), []).expect("newer plan");
+        assert!(
+            fx.recommit
+                .iter()
+                .any(|r| r.shard == m.shard && r.to == "app-2")
+        );
+        assert!(
+            !fx.report_done.contains(&m.shard),
+            "not Done before it is confirmed"
+        );
         assert!(!fx.start.iter().any(|s| s.shard == m.shard), "still moving");
         assert!(!src.serves(m.shard));
+        let fx = dst.on_plan(again, [m.shard]).expect("newer plan");
+        assert!(fx.report_done.contains(&m.shard));
+        assert!(!fx.stop.contains(&m.shard), "it keeps serving");
+        assert!(dst.serves(m.shard));
     }
 
     #[test]
@@ -591,6 +651,7 @@ mod tests {
         let t = Transfer {
             v: VERSION,
             epoch: ps[1].epoch,
+            attempt: 1,
             shard: m.shard,
             from: from.clone(),
             chunk: 0,

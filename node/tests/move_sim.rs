@@ -3,9 +3,11 @@
 //! destination restarts with nothing staged; the source stops for good) and the source serves
 //! writes whenever it owns the shard. The nodes are the pure types the real node runs
 //! ([`Ownership`], [`SourceMove`], the destination's chunk decisions); the shells here do what
-//! `moves.rs` does, without NATS. Checked at every step: at most one side serves the shard; what the
-//! destination serves is what the log holds (it holds exactly what the source captured); a move
-//! rolled back leaves the source serving; once the faults stop, one side serves.
+//! `moves.rs` does, without NATS. Progress reports are durable, as the progress stream makes them:
+//! never lost, read again by a destination that restarts (before its plans, as the node does).
+//! Checked at every step: at most one side serves the shard; what the destination serves is what the
+//! log holds (it holds exactly what the source captured); a move rolled back leaves the source
+//! serving; once the faults stop, exactly one side serves.
 
 use aether_core::plan::{MemberInput, Plan, PlanSpec, plan};
 use aether_core::protocol::{
@@ -71,6 +73,9 @@ struct Source {
 }
 
 struct Attempt {
+    id: u64,
+    /// Only the commit, in a newer epoch, of a move handed off before.
+    recommit: bool,
     epoch: u64,
     machine: SourceMove,
     captured: Vec<(String, u64)>,
@@ -83,10 +88,6 @@ struct Destination {
     staged: BTreeMap<String, u64>,
     /// Restarted since the first chunk of the move being staged arrived.
     crashed_since_first_chunk: bool,
-    /// The epoch of the last commit accepted.
-    committed_at: Option<u64>,
-    /// Restarted after accepting a commit.
-    crashed_after_commit: bool,
 }
 
 struct World {
@@ -99,8 +100,10 @@ struct World {
     dst: Destination,
     net: Vec<Msg>,
     retry_sent: bool,
-    /// A progress report was lost.
-    progress_lost: bool,
+    /// Every progress report sent (the progress stream).
+    durable: Vec<Progress>,
+    /// Attempts started.
+    attempts: u64,
 }
 
 fn spec() -> PlanSpec {
@@ -134,8 +137,6 @@ impl World {
             own: Ownership::new(DEST),
             staged: BTreeMap::new(),
             crashed_since_first_chunk: false,
-            committed_at: None,
-            crashed_after_commit: false,
         };
         for p in &plans {
             dst.own.on_plan(p.clone(), []);
@@ -149,7 +150,8 @@ impl World {
             dst,
             net: Vec::new(),
             retry_sent: false,
-            progress_lost: false,
+            durable: Vec::new(),
+            attempts: 0,
         };
         w.source_plan(0);
         w.source_plan(1);
@@ -169,10 +171,28 @@ impl World {
         let Some(fx) = self.src.own.on_plan(self.plans[i].clone(), []) else {
             return;
         };
-        // Only the simulated shard's move runs; the source's other moves are not simulated.
-        if fx.report_done.contains(&self.shard) {
-            let done = self.progress(fx.epoch, self.shard, MovePhase::Done);
-            self.net.push(Msg::Progress(done));
+        // Only the simulated shard's move runs; the source's other moves are not simulated. A
+        // move running stops at once (before its hand-off) or stops committing (after it).
+        if self
+            .src
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.epoch < fx.epoch)
+        {
+            self.source_event(Event::Superseded);
+        }
+        if fx.recommit.iter().any(|m| m.shard == self.shard) {
+            let (machine, first) = SourceMove::recommit();
+            self.attempts += 1;
+            self.src.attempt = Some(Attempt {
+                id: self.attempts,
+                recommit: true,
+                epoch: fx.epoch,
+                machine,
+                captured: Vec::new(),
+                chunks: Vec::new(),
+            });
+            self.source_actions(first);
         }
         if fx.start.iter().any(|m| m.shard == self.shard) {
             self.start_attempt(fx.epoch);
@@ -181,7 +201,10 @@ impl World {
 
     fn start_attempt(&mut self, epoch: u64) {
         self.dst.crashed_since_first_chunk = false;
+        self.attempts += 1;
         self.src.attempt = Some(Attempt {
+            id: self.attempts,
+            recommit: false,
             epoch,
             machine: SourceMove::default(),
             captured: Vec::new(),
@@ -190,66 +213,82 @@ impl World {
         self.source_event(Event::Start);
     }
 
+    /// Reports progress: stored, and delivered to the destination.
+    fn report(&mut self, p: Progress) {
+        self.durable.push(p.clone());
+        self.net.push(Msg::Progress(p));
+    }
+
     /// Feeds the source's machine and carries out its actions, as `moves.rs` does.
     fn source_event(&mut self, event: Event) {
-        let mut todo: VecDeque<Event> = VecDeque::from([event]);
-        while let Some(event) = todo.pop_front() {
+        let Some(a) = self.src.attempt.as_mut() else {
+            return;
+        };
+        let out = a.machine.on(event);
+        self.source_actions(out);
+    }
+
+    /// Carries out the source's actions, feeding back the events they cause.
+    fn source_actions(&mut self, first: Vec<Action>) {
+        let mut todo: VecDeque<Action> = first.into();
+        while let Some(action) = todo.pop_front() {
             let Some(a) = self.src.attempt.as_mut() else {
                 return;
             };
             let epoch = a.epoch;
-            for action in a.machine.on(event) {
-                let a = self.src.attempt.as_mut().expect("attempt");
-                match action {
-                    Action::PauseAndCapture => {
-                        self.src.paused = true;
-                        a.captured = self.log.iter().map(|(k, v)| (k.clone(), *v)).collect();
-                        todo.push_back(Event::Captured);
-                    }
-                    Action::Produce { chunk } => {
-                        assert_eq!(chunk as usize, a.chunks.len(), "chunks are made in order");
-                        let start = chunk as usize * PER_CHUNK;
-                        let end = (start + PER_CHUNK).min(a.captured.len());
-                        let last = end >= a.captured.len();
-                        let actors = a.captured[start.min(end)..end]
-                            .iter()
-                            .map(|(k, v)| ActorSnapshot {
-                                actor: ActorRef::new("counter", k.clone()),
-                                version: *v,
-                                seq: *v,
-                                state: Bytes(v.to_le_bytes().to_vec()),
-                            })
-                            .collect();
-                        let t = Transfer {
-                            v: VERSION,
-                            epoch,
-                            shard: self.shard,
-                            from: self.from.clone(),
-                            chunk,
-                            last,
-                            actors,
-                            commit: false,
-                        };
-                        a.chunks.push(t.clone());
-                        self.net.push(Msg::Chunk(t));
-                        todo.push_back(Event::Produced { chunk, last });
-                    }
-                    Action::Resend { chunk, .. } => {
-                        let t = a.chunks[chunk as usize].clone();
-                        self.net.push(Msg::Chunk(t));
-                    }
-                    Action::HandOff => {
-                        self.src.own.hand_off(epoch, self.shard, DEST);
-                        self.src.paused = false;
-                    }
-                    Action::Commit { chunk, .. } => {
-                        if !self.src.own.is_current(epoch) {
-                            todo.push_back(Event::Superseded);
-                            continue;
-                        }
+            let mut next = Vec::new();
+            match action {
+                Action::PauseAndCapture => {
+                    self.src.paused = true;
+                    a.captured = self.log.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                    next.push(Event::Captured);
+                }
+                Action::Produce { chunk } => {
+                    assert_eq!(chunk as usize, a.chunks.len(), "chunks are made in order");
+                    let start = chunk as usize * PER_CHUNK;
+                    let end = (start + PER_CHUNK).min(a.captured.len());
+                    let last = end >= a.captured.len();
+                    let actors = a.captured[start.min(end)..end]
+                        .iter()
+                        .map(|(k, v)| ActorSnapshot {
+                            actor: ActorRef::new("counter", k.clone()),
+                            version: *v,
+                            seq: *v,
+                            state: Bytes(v.to_le_bytes().to_vec()),
+                        })
+                        .collect();
+                    let t = Transfer {
+                        v: VERSION,
+                        epoch,
+                        attempt: a.id,
+                        shard: self.shard,
+                        from: self.from.clone(),
+                        chunk,
+                        last,
+                        actors,
+                        commit: false,
+                    };
+                    a.chunks.push(t.clone());
+                    self.net.push(Msg::Chunk(t));
+                    next.push(Event::Produced { chunk, last });
+                }
+                Action::Resend { chunk, .. } => {
+                    let t = a.chunks[chunk as usize].clone();
+                    self.net.push(Msg::Chunk(t));
+                }
+                Action::HandOff => {
+                    self.src.own.hand_off(epoch, self.shard, DEST);
+                    self.src.paused = false;
+                }
+                Action::Commit { chunk, .. } => {
+                    if !self.src.own.is_current(epoch) {
+                        next.push(Event::Superseded);
+                    } else {
+                        let id = a.id;
                         self.net.push(Msg::Chunk(Transfer {
                             v: VERSION,
                             epoch,
+                            attempt: id,
                             shard: self.shard,
                             from: self.from.clone(),
                             chunk,
@@ -258,17 +297,22 @@ impl World {
                             commit: true,
                         }));
                     }
-                    Action::Resume => self.src.paused = false,
-                    Action::ReportDone | Action::ReportFailed(_) => {
-                        let phase = if action == Action::ReportDone {
-                            MovePhase::Done
-                        } else {
-                            MovePhase::Failed
-                        };
-                        self.net
-                            .push(Msg::Progress(self.progress(epoch, self.shard, phase)));
-                    }
-                    Action::ReportSuperseded => {}
+                }
+                Action::Resume => self.src.paused = false,
+                Action::ReportDone | Action::ReportFailed(_) | Action::ReportSuperseded => {
+                    let phase = match action {
+                        Action::ReportDone => MovePhase::Done,
+                        Action::ReportFailed(_) => MovePhase::Failed,
+                        _ => MovePhase::Superseded,
+                    };
+                    let p = self.progress(epoch, self.shard, phase);
+                    self.report(p);
+                }
+                Action::CommitUnconfirmed => {}
+            }
+            for event in next {
+                if let Some(a) = self.src.attempt.as_mut() {
+                    todo.extend(a.machine.on(event));
                 }
             }
             if self
@@ -318,7 +362,10 @@ impl World {
                         Ok(())
                     }
                     Ok(Accept::Commit) => {
-                        self.dst.committed_at = Some(t.epoch);
+                        // The destination stores Done before it confirms the commit.
+                        let mut done = self.progress(t.epoch, self.shard, MovePhase::Done);
+                        done.node = DEST.into();
+                        self.report(done);
                         // The destination holds exactly what the source captured (when it
                         // restarted meanwhile, what it holds is captured and the rest comes from
                         // the log).
@@ -329,7 +376,12 @@ impl World {
                                 .iter()
                                 .map(|(k, v)| (k.clone(), *v))
                                 .collect();
-                            if self.dst.crashed_since_first_chunk {
+                            if a.recommit {
+                                // What it holds, if anything, came before the hand-off: the log's.
+                                for (k, v) in &staged {
+                                    assert_eq!(self.log.get(k), Some(v), "recommit of a stale {k}");
+                                }
+                            } else if self.dst.crashed_since_first_chunk {
                                 assert!(
                                     staged.iter().all(|s| a.captured.contains(s)),
                                     "commit of a stale copy"
@@ -385,8 +437,9 @@ impl World {
                 commit,
                 ..
             } => (*epoch, *chunk, *commit),
-            Msg::Progress(_) => {
-                self.progress_lost = true;
+            Msg::Progress(p) => {
+                // Stored: a consumer that misses it gets it again.
+                self.net.push(Msg::Progress(p.clone()));
                 return;
             }
         };
@@ -423,7 +476,10 @@ impl World {
                 self.dst.own = Ownership::new(DEST);
                 self.dst.staged.clear();
                 self.dst.crashed_since_first_chunk = true;
-                self.dst.crashed_after_commit |= self.dst.committed_at.is_some();
+                // The node reads the stored reports before it acts on a plan.
+                for p in &self.durable {
+                    self.dst.own.on_progress(p);
+                }
                 let n = if self.retry_sent { 3 } else { 2 };
                 for p in &self.plans[..n] {
                     self.dst.own.on_plan(p.clone(), []);
@@ -439,8 +495,9 @@ impl World {
                     *v += 1;
                 }
             }
-            // The operator's retry after a Failed report: the same move in a new epoch.
-            Op::RetryPlan if !self.retry_sent && self.src.attempt.is_none() && self.src.alive => {
+            // A newer plan with the same move: the operator's retry after a Failed report, or one
+            // that came for another reason while the move ran.
+            Op::RetryPlan if !self.retry_sent && self.src.alive => {
                 let mut p = self.plans[1].clone();
                 p.epoch += 1;
                 self.plans.push(p.clone());
@@ -520,11 +577,9 @@ proptest! {
             w.check();
         }
         prop_assert!(w.net.is_empty(), "the network settles");
-        // Who serves after a hand-off is learnt from the source's Done report, which travels at
-        // most once today: a destination that restarts after the commit, or any node that misses
-        // the report, leaves the shard unserved until the next plan. Liveness is checked where
-        // that cannot happen (issue 14 makes progress durable).
-        if w.src.alive && !w.dst.crashed_after_commit && !w.progress_lost {
+        // Who serves after a hand-off is learnt from the durable Done reports, so a destination
+        // that restarts after the commit serves again; liveness holds whenever the source lives.
+        if w.src.alive {
             prop_assert!(
                 w.src_serves() != w.dst_serves(),
                 "after the faults exactly one side serves (source {}, destination {})",

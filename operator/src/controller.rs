@@ -3,7 +3,7 @@
 //! to the NATS KV bucket, then Kubernetes Events. A plan in the status but not in NATS (a crash or NATS
 //! outage between the two writes) is published on the next reconcile, so status always leads.
 
-use crate::decide::{Decision, Note, Observed, decide};
+use crate::decide::{Decision, Held, Note, Observed, decide};
 use crate::membership;
 use aether_core::crd::{ShardPlan, ShardPlanStatus};
 use aether_core::protocol::{Names, NodeEvent, NodeEventKind, PlanMessage, Progress, decode};
@@ -245,23 +245,33 @@ impl Context {
             .ok_or_else(|| Error::Nats("connection vanished".into()))?;
         let prefix = spec.subject_prefix.clone();
         if !conn.prefixes.contains(&prefix) {
-            let mut sub = conn
-                .client
-                .subscribe(Names::new(&prefix).progress())
+            // Reports are stored in the progress stream: read from its start (the latest report
+            // of each move), so none sent while this operator was down or not leading is lost.
+            let js = async_nats::jetstream::new(conn.client.clone());
+            let reports = aether_nats::progress::open_stream(&js, &Names::new(&prefix), 1)
                 .await
                 .map_err(|e| Error::Nats(e.to_string()))?;
             let sink = self.progress.clone();
             let p = prefix.clone();
             let metrics = self.metrics.clone();
             tokio::spawn(async move {
-                while let Some(m) = sub.next().await {
-                    let Ok(report) = decode::<Progress>(&m.payload) else {
-                        metrics.malformed_reports.inc();
-                        continue;
-                    };
-                    if let Ok(mut map) = sink.lock() {
-                        map.entry(p.clone()).or_default().add(report);
+                loop {
+                    match aether_nats::progress::follow(&reports).await {
+                        Ok((mut messages, _)) => {
+                            while let Some(m) = messages.next().await {
+                                let Ok(m) = m else { continue };
+                                let Ok(report) = decode::<Progress>(&m.payload) else {
+                                    metrics.malformed_reports.inc();
+                                    continue;
+                                };
+                                if let Ok(mut map) = sink.lock() {
+                                    map.entry(p.clone()).or_default().add(report);
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "progress stream"),
                     }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             });
             let mut events = conn
@@ -373,11 +383,47 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
         Some(s) => list_pods(&ctx.client, &ns, s).await?,
         None => Vec::new(),
     };
-    let (nats, nats_problem) = match ctx.nats(&sp, &ns).await {
-        Ok(c) => (Some(c), None),
-        Err(e) => (None, Some(e.to_string())),
-    };
     let prefix = sp.spec.nats.subject_prefix.clone();
+    let (nats, nats_problem, held) = match ctx.nats(&sp, &ns).await {
+        Ok(c) => match held_plan(&c, &prefix).await {
+            Ok(held) => (Some(c), None, held),
+            Err(e) => (None, Some(e.to_string()), None),
+        },
+        Err(e) => (None, Some(e.to_string()), None),
+    };
+    let me = format!(
+        "{ns}/{name}/{}",
+        sp.metadata.uid.clone().unwrap_or_default()
+    );
+    let prefix_taken_by = Api::<ShardPlan>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|other| {
+            other.spec.nats.url == sp.spec.nats.url
+                && other.spec.nats.subject_prefix == prefix
+                && other.metadata.uid != sp.metadata.uid
+        })
+        .filter(|other| {
+            // The ShardPlan created first keeps the prefix (names break a tie).
+            let key = |p: &ShardPlan| {
+                (
+                    p.metadata.creation_timestamp.clone().map(|t| t.0),
+                    p.namespace(),
+                    p.name_any(),
+                )
+            };
+            key(other) < key(&sp)
+        })
+        .map(|other| {
+            format!(
+                "{}/{}",
+                other.namespace().unwrap_or_default(),
+                other.name_any()
+            )
+        })
+        .next();
     let progress = ctx.take_progress(&prefix);
     let started = Instant::now();
     let observed = Observed {
@@ -390,6 +436,9 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
         members: membership::members(&pods, &ctx.leaving(&prefix)),
         progress: progress.clone(),
         nats_problem,
+        held,
+        me: me.clone(),
+        prefix_taken_by,
         now: Time(k8s_openapi::jiff::Timestamp::now()),
     };
     let Decision {
@@ -424,11 +473,13 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
     if let Some(client) = nats {
         let msg = publish.or_else(|| {
             status.plan().map(|p| {
-                PlanMessage::new(
+                let mut msg = PlanMessage::new(
                     &p,
                     sp.spec.migration.max_concurrent,
                     sp.spec.migration.timeout_seconds,
-                )
+                );
+                msg.owner = Some(me.clone());
+                msg
             })
         });
         if let Some(msg) = msg {
@@ -441,7 +492,27 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
     Ok(Action::requeue(requeue))
 }
 
-/// Publishes `msg` unless the bucket already holds its epoch or a later one.
+/// The plan the bucket of `prefix` holds (`None`: none, or not a plan).
+async fn held_plan(client: &async_nats::Client, prefix: &str) -> Result<Option<Held>> {
+    let js = async_nats::jetstream::new(client.clone());
+    let bucket = aether_nats::plans::open_bucket(&js, &Names::new(prefix), 1)
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
+    Ok(bucket
+        .get(Names::PLAN_KEY)
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?
+        .and_then(|v| decode::<PlanMessage>(&v).ok())
+        .map(|p| Held {
+            epoch: p.epoch,
+            shards: p.shards,
+            owner: p.owner,
+        }))
+}
+
+/// Publishes `msg` (compare-and-set on the bucket's revision), unless the bucket holds it already.
+/// A bucket holding a later epoch, or another plan at this one, is an error: the next reconcile
+/// reads it and publishes above it.
 async fn ensure_published(
     client: &async_nats::Client,
     prefix: &str,
@@ -455,15 +526,21 @@ async fn ensure_published(
         .get(Names::PLAN_KEY)
         .await
         .map_err(|e| Error::Nats(e.to_string()))?
-        .and_then(|v| decode::<PlanMessage>(&v).ok())
-        .map_or(0, |p| p.epoch);
-    if held >= msg.epoch {
-        return Ok(());
+        .and_then(|v| decode::<PlanMessage>(&v).ok());
+    match held {
+        // Ours (or, unsigned, written by an operator before plans were signed).
+        Some(h) if h.epoch == msg.epoch && (h.owner == msg.owner || h.owner.is_none()) => Ok(()),
+        Some(h) if h.epoch >= msg.epoch => Err(Error::Nats(format!(
+            "the plan bucket holds epoch {} (from {}), not this ShardPlan's epoch {}",
+            h.epoch,
+            h.owner.as_deref().unwrap_or("an unsigned writer"),
+            msg.epoch
+        ))),
+        _ => aether_nats::plans::publish(&bucket, &msg)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Nats(e.to_string())),
     }
-    aether_nats::plans::publish(&bucket, &msg)
-        .await
-        .map(|_| ())
-        .map_err(|e| Error::Nats(e.to_string()))
 }
 
 async fn list_pods(client: &Client, ns: &str, sts: &StatefulSet) -> Result<Vec<Pod>> {

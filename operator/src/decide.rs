@@ -29,9 +29,30 @@ pub struct Observed<'a> {
     pub progress: Vec<Progress>,
     /// Why NATS cannot be used, if it cannot.
     pub nats_problem: Option<String>,
+    /// The plan the bucket holds, if it was read.
+    pub held: Option<Held>,
+    /// This ShardPlan as it signs its plans: `namespace/name/uid`.
+    pub me: String,
+    /// Another ShardPlan, created earlier, on the same NATS URL and subject prefix.
+    pub prefix_taken_by: Option<String>,
     /// Now.
     pub now: Time,
 }
+
+/// What the plan bucket holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its number of shards.
+    pub shards: u32,
+    /// The ShardPlan that published it, if it says.
+    pub owner: Option<String>,
+}
+
+/// Seconds a move may stay without an outcome past its share of the plan's time: the operator
+/// then fails it (its source is stuck or gone) and retries it.
+pub const DEADLINE_GRACE_SECONDS: u64 = 30;
 
 /// A Kubernetes Event to emit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +93,18 @@ pub fn decide(o: &Observed<'_>) -> Decision {
     let previous = o.status.and_then(ShardPlanStatus::plan);
 
     apply_progress(&mut status, &o.progress, &o.now);
+    let expired = expire_moves(&mut status, o.spec, &o.now);
+    if expired > 0 {
+        notes.push(Note {
+            warning: true,
+            reason: "MoveTimedOut",
+            message: format!(
+                "epoch {}: {expired} shard moves got no outcome in time (their sources may be stuck or gone): retrying",
+                status.epoch
+            ),
+        });
+    }
+    let held_epoch = o.held.as_ref().map_or(0, |h| h.epoch);
 
     let problem = if o.replicas.is_none() {
         Some((
@@ -88,6 +121,30 @@ pub fn decide(o: &Observed<'_>) -> Decision {
                 "the StatefulSet asks for {} replicas but spec.capacity is {}: scale down, or create a new ShardPlan with a larger capacity",
                 o.replicas.unwrap_or_default(),
                 o.spec.capacity
+            ),
+        ))
+    } else if let Some(other) = &o.prefix_taken_by {
+        Some((
+            "PrefixInUse",
+            format!(
+                "ShardPlan {other} already uses subject prefix {:?} on this NATS: its plan bucket and event stream would be shared (one StatefulSet following the other's plan, actors of both in one log); set spec.nats.subjectPrefix to a prefix of its own",
+                o.spec.nats.subject_prefix
+            ),
+        ))
+    } else if let Some(h) = o
+        .held
+        .as_ref()
+        .filter(|h| h.shards != o.spec.shards && h.owner.as_deref() != Some(o.me.as_str()))
+    {
+        Some((
+            "ShardCountMismatch",
+            format!(
+                "the plan bucket {}-plans holds a plan of {} shards (from {}), and the actors in the event stream are placed by it; spec.shards is {}: set spec.shards to {}, or use another spec.nats.subjectPrefix (the actors stay under the old one)",
+                o.spec.nats.subject_prefix,
+                h.shards,
+                h.owner.as_deref().unwrap_or("an unknown writer"),
+                o.spec.shards,
+                h.shards
             ),
         ))
     } else {
@@ -161,7 +218,12 @@ pub fn decide(o: &Observed<'_>) -> Decision {
             strategy: o.spec.strategy,
         };
         match plan(previous.as_ref(), &pending, &o.members, &spec) {
-            Ok(next) => {
+            Ok(mut next) => {
+                if next.epoch <= held_epoch {
+                    // Epochs only grow, whoever wrote the bucket: the nodes ignore anything lower.
+                    notes.push(epoch_advanced(held_epoch, o.held.as_ref()));
+                    next.epoch = held_epoch + 1;
+                }
                 let attempts: BTreeMap<u32, &MoveStatus> =
                     status.moves.iter().map(|m| (m.shard, m)).collect();
                 notes.push(Note {
@@ -213,14 +275,34 @@ pub fn decide(o: &Observed<'_>) -> Decision {
                 }
                 status.placement = Some(next.placement.clone());
                 status.shard_map = Some(next.shard_map.clone());
-                publish = Some(PlanMessage::new(
-                    &next,
-                    o.spec.migration.max_concurrent,
-                    o.spec.migration.timeout_seconds,
-                ));
+                status.planned_at = Some(o.now.clone());
+                publish = Some(message(&next, o));
             }
             Err(e) => degraded = Some(("InvalidPlan", e.to_string())),
         }
+    }
+    // The bucket holds a later epoch than the status, or another ShardPlan's plan at ours (a
+    // ShardPlan deleted and created again on the same prefix, or any other writer): the nodes
+    // follow it, not us. Publish the current plan again above it.
+    let foreign = o.held.as_ref().is_some_and(|h| {
+        h.epoch > status.epoch
+            || (h.epoch == status.epoch
+                && h.owner.is_some()
+                && h.owner.as_deref() != Some(o.me.as_str()))
+    });
+    if publish.is_none()
+        && problem.is_none()
+        && foreign
+        && let Some(mut current) = status.plan()
+    {
+        notes.push(epoch_advanced(held_epoch, o.held.as_ref()));
+        current.epoch = held_epoch + 1;
+        status.epoch = current.epoch;
+        status.planned_at = Some(o.now.clone());
+        for m in &mut status.moves {
+            m.phase = MovePhase::Pending;
+        }
+        publish = Some(message(&current, o));
     }
     if degraded.is_none() && !exhausted.is_empty() {
         degraded = Some((
@@ -350,6 +432,63 @@ pub fn decide(o: &Observed<'_>) -> Decision {
     }
 }
 
+/// The plan message of `plan`, signed by this ShardPlan.
+fn message(plan: &aether_core::plan::Plan, o: &Observed<'_>) -> PlanMessage {
+    let mut msg = PlanMessage::new(
+        plan,
+        o.spec.migration.max_concurrent,
+        o.spec.migration.timeout_seconds,
+    );
+    msg.owner = Some(o.me.clone());
+    msg
+}
+
+fn epoch_advanced(held: u64, h: Option<&Held>) -> Note {
+    Note {
+        warning: true,
+        reason: "EpochAdvanced",
+        message: format!(
+            "the plan bucket holds epoch {held} (written by {}); publishing epoch {} above it",
+            h.and_then(|h| h.owner.as_deref())
+                .unwrap_or("a writer that did not sign it"),
+            held + 1
+        ),
+    }
+}
+
+/// Fails the moves of the current plan that got no outcome by their deadline: the plan's time
+/// plus their share of the timeout (a source runs `maxConcurrent` moves at once, in shard order)
+/// plus [`DEADLINE_GRACE_SECONDS`]. Returns how many.
+fn expire_moves(status: &mut ShardPlanStatus, spec: &ShardPlanSpec, now: &Time) -> usize {
+    let Some(since) = status.planned_at.clone() else {
+        return 0;
+    };
+    let slots = u64::from(spec.migration.max_concurrent.max(1));
+    let timeout = u64::from(spec.migration.timeout_seconds.max(1));
+    let mut rank: BTreeMap<Option<String>, u64> = BTreeMap::new();
+    let mut order: Vec<usize> = (0..status.moves.len()).collect();
+    order.sort_by_key(|&i| status.moves[i].shard);
+    let mut expired = 0;
+    for i in order {
+        let m = &mut status.moves[i];
+        let r = rank.entry(m.from.clone()).or_default();
+        let share = timeout * (1 + *r / slots) + DEADLINE_GRACE_SECONDS;
+        *r += 1;
+        let due = k8s_openapi::jiff::SignedDuration::from_secs(share as i64);
+        let late = since.0.checked_add(due).is_ok_and(|d| d <= now.0);
+        if late && matches!(m.phase, MovePhase::Pending | MovePhase::Transferring) {
+            m.phase = MovePhase::Failed;
+            m.attempts += 1;
+            m.last_error = Some(format!(
+                "no outcome within {share}s of the plan: its source may be stuck or gone"
+            ));
+            m.retry_after = None;
+            expired += 1;
+        }
+    }
+    expired
+}
+
 /// Folds progress reports of the current epoch into the moves.
 fn apply_progress(status: &mut ShardPlanStatus, reports: &[Progress], now: &Time) {
     for p in reports.iter().filter(|p| p.epoch == status.epoch) {
@@ -360,7 +499,8 @@ fn apply_progress(status: &mut ShardPlanStatus, reports: &[Progress], now: &Time
             MovePhase::Done => {
                 status.moves.remove(i);
             }
-            MovePhase::Failed => {
+            // Reports are read again after a restart: a failure counts once.
+            MovePhase::Failed if status.moves[i].phase != MovePhase::Failed => {
                 let m = &mut status.moves[i];
                 m.phase = MovePhase::Failed;
                 m.attempts += 1;
@@ -369,7 +509,11 @@ fn apply_progress(status: &mut ShardPlanStatus, reports: &[Progress], now: &Time
                     .unwrap_or(k8s_openapi::jiff::SignedDuration::from_secs(60));
                 m.retry_after = now.0.checked_add(wait).ok().map(Time);
             }
-            phase => status.moves[i].phase = phase,
+            MovePhase::Transferring if status.moves[i].phase == MovePhase::Pending => {
+                status.moves[i].phase = MovePhase::Transferring;
+            }
+            // A move superseded ends with the plan that superseded it.
+            _ => {}
         }
     }
 }
@@ -434,6 +578,9 @@ mod tests {
             members: pods.iter().map(|p| MemberInput::active(*p)).collect(),
             progress: Vec::new(),
             nats_problem: None,
+            held: None,
+            me: "ns/sp/uid-1".into(),
+            prefix_taken_by: None,
             now: now(),
         }
     }
@@ -550,7 +697,8 @@ mod tests {
         );
         let mut o = observe(&s, Some(&three.status), &["app-0", "app-1", "app-2"]);
         o.progress = vec![fail(3)];
-        o.now = Time(now().0 + k8s_openapi::jiff::SignedDuration::from_secs(100));
+        // Past the backoff, before the other moves' deadlines.
+        o.now = Time(now().0 + k8s_openapi::jiff::SignedDuration::from_secs(30));
         let four = decide(&o);
         assert!(four.publish.is_none(), "retries exhausted");
         let degraded = cond(&four.status, "Degraded");
@@ -637,5 +785,135 @@ mod tests {
                 .any(|n| n.warning && n.reason == "SourceGone" && n.message.contains("app-2"))
         );
         assert_eq!(cond(&d.status, "Ready").status, "True");
+    }
+
+    #[test]
+    fn the_epoch_goes_above_whatever_the_bucket_holds() {
+        let s = spec();
+        let one = decide(&observe(&s, None, &["app-0", "app-1"])).status;
+        // Another writer put epoch 100 in the bucket: the same plan is published above it.
+        let mut o = observe(&s, Some(&one), &["app-0", "app-1"]);
+        o.held = Some(Held {
+            epoch: 100,
+            shards: 64,
+            owner: Some("ns/old/uid-0".into()),
+        });
+        let d = decide(&o);
+        let p = d.publish.expect("published above the bucket");
+        assert_eq!((p.epoch, d.status.epoch), (101, 101));
+        assert_eq!(p.owner.as_deref(), Some("ns/sp/uid-1"));
+        assert_eq!(p.shard_map, one.shard_map.clone().expect("map"));
+        assert!(d.notes.iter().any(|n| n.reason == "EpochAdvanced"
+            && n.message.contains("epoch 100")
+            && n.message.contains("ns/old/uid-0")));
+        // Once the bucket holds it, nothing more.
+        let mut o = observe(&s, Some(&d.status), &["app-0", "app-1"]);
+        o.held = Some(Held {
+            epoch: 101,
+            shards: 64,
+            owner: Some("ns/sp/uid-1".into()),
+        });
+        assert!(decide(&o).publish.is_none());
+        // Another ShardPlan's plan at our very epoch is not ours either.
+        o.held = Some(Held {
+            epoch: 101,
+            shards: 64,
+            owner: Some("ns/other/uid-2".into()),
+        });
+        assert_eq!(decide(&o).publish.map(|p| p.epoch), Some(102));
+        // A ShardPlan created again on a prefix whose bucket holds epoch 7: its first plan is 8.
+        let mut o = observe(&s, None, &["app-0"]);
+        o.held = Some(Held {
+            epoch: 7,
+            shards: 64,
+            owner: None,
+        });
+        let d = decide(&o);
+        assert_eq!(d.publish.map(|p| p.epoch), Some(8));
+        assert_eq!(cond(&d.status, "Ready").status, "True");
+    }
+
+    #[test]
+    fn another_shardplans_prefix_or_shard_count_is_degraded_with_what_to_do() {
+        let s = spec();
+        let mut o = observe(&s, None, &["app-0"]);
+        o.prefix_taken_by = Some("ns/first".into());
+        let d = decide(&o);
+        assert!(d.publish.is_none());
+        let c = cond(&d.status, "Degraded");
+        assert_eq!(c.reason, "PrefixInUse");
+        assert!(c.message.contains("ns/first") && c.message.contains("subjectPrefix"));
+        let mut o = observe(&s, None, &["app-0"]);
+        o.held = Some(Held {
+            epoch: 3,
+            shards: 1024,
+            owner: Some("ns/old/uid-0".into()),
+        });
+        let d = decide(&o);
+        assert!(
+            d.publish.is_none(),
+            "nodes keep the plan they can read actors with"
+        );
+        let c = cond(&d.status, "Degraded");
+        assert_eq!(c.reason, "ShardCountMismatch");
+        assert!(c.message.contains("1024") && c.message.contains("spec.shards"));
+        assert_eq!(cond(&d.status, "Ready").status, "False");
+    }
+
+    #[test]
+    fn a_move_without_an_outcome_by_its_deadline_is_failed_and_retried() {
+        let s = spec();
+        let one = decide(&observe(&s, None, &["app-0", "app-1"])).status;
+        let two = decide(&observe(&s, Some(&one), &["app-0", "app-1", "app-2"]));
+        assert_eq!(two.status.planned_at, Some(now()));
+        let n = two.status.moves.len();
+        // Before its share of the time: nothing.
+        let mut o = observe(&s, Some(&two.status), &["app-0", "app-1", "app-2"]);
+        o.now = Time(now().0 + k8s_openapi::jiff::SignedDuration::from_secs(40));
+        let d = decide(&o);
+        assert!(d.publish.is_none());
+        assert!(d.status.moves.iter().all(|m| m.phase == MovePhase::Pending));
+        // Long after: every move failed once and planned again.
+        o.now = Time(now().0 + k8s_openapi::jiff::SignedDuration::from_secs(100_000));
+        let d = decide(&o);
+        let retry = d.publish.expect("a retry plan");
+        assert_eq!(retry.epoch, 3);
+        assert_eq!(d.status.moves.len(), n);
+        assert!(d.status.moves.iter().all(|m| {
+            m.attempts == 1
+                && m.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("no outcome"))
+        }));
+        assert!(d.notes.iter().any(|n| n.reason == "MoveTimedOut"));
+    }
+
+    #[test]
+    fn a_report_read_again_counts_once() {
+        let s = spec();
+        let one = decide(&observe(&s, None, &["app-0", "app-1"])).status;
+        let two = decide(&observe(&s, Some(&one), &["app-0", "app-1", "app-2"])).status;
+        let shard = two.moves[0].shard;
+        let mut failed = done(2, shard);
+        failed.phase = MovePhase::Failed;
+        failed.error = Some("refused".into());
+        let mut o = observe(&s, Some(&two), &["app-0", "app-1", "app-2"]);
+        o.progress = vec![failed.clone()];
+        let once = decide(&o).status;
+        let mut o = observe(&s, Some(&once), &["app-0", "app-1", "app-2"]);
+        o.progress = vec![failed];
+        let twice = decide(&o).status;
+        let attempts = |st: &ShardPlanStatus| {
+            st.moves
+                .iter()
+                .find(|m| m.shard == shard)
+                .map(|m| m.attempts)
+        };
+        assert_eq!(attempts(&once), Some(1));
+        assert_eq!(
+            attempts(&twice),
+            Some(1),
+            "the operator restarted and read it again"
+        );
     }
 }

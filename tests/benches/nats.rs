@@ -62,7 +62,7 @@ async fn move_shard(
         "app-0"
     };
     let next = move_one_shard(plan, shard, to);
-    let mut progress = nc.subscribe(names.progress()).await.expect("sub");
+    let mut progress = nc.subscribe(names.progress_subjects()).await.expect("sub");
     publish(nc, prefix, &next, 60).await;
     let done = tokio::time::timeout(T, async {
         while let Some(m) = progress.next().await {
@@ -70,6 +70,8 @@ async fn move_shard(
                 && p.shard == shard
                 && p.epoch == next.epoch
                 && matches!(p.phase, MovePhase::Done | MovePhase::Failed)
+                // The source's report carries the figures (the destination reports Done too).
+                && p.node != to
             {
                 return p;
             }

@@ -17,11 +17,11 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(30);
 const SHARDS: u32 = 64;
 
-/// Collects progress reports published on `{prefix}.progress`.
+/// Collects progress reports published on `{prefix}.progress.>`.
 async fn progress_log(nc: &async_nats::Client, prefix: &str) -> Arc<Mutex<Vec<Progress>>> {
     let log = Arc::new(Mutex::new(Vec::new()));
     let mut sub = nc
-        .subscribe(Names::new(prefix).progress())
+        .subscribe(Names::new(prefix).progress_subjects())
         .await
         .expect("subscribe");
     let sink = log.clone();
@@ -89,12 +89,19 @@ async fn a_shard_moves_while_clients_keep_writing() {
         .filter(|p| p.epoch == 2)
         .cloned()
         .collect();
-    let moved_done = done.iter().filter(|p| p.phase == MovePhase::Done).count();
-    assert_eq!(
-        moved_done,
-        p2.moves.len(),
-        "every move reported done: {done:?}"
-    );
+    // Done twice per move: by the destination when it takes the commit, by the source once the
+    // commit is confirmed.
+    for by_source in [false, true] {
+        let moved_done = done
+            .iter()
+            .filter(|p| p.phase == MovePhase::Done && (p.node != "app-3") == by_source)
+            .count();
+        assert_eq!(
+            moved_done,
+            p2.moves.len(),
+            "every move reported done (by its source: {by_source}): {done:?}"
+        );
+    }
     assert!(
         done.iter().any(|p| p.actors > 0),
         "live actors moved with their state"
@@ -380,19 +387,25 @@ async fn a_shard_of_many_chunks_moves_there_and_back_with_every_actors_state() {
     let to = if from == "app-0" { "app-1" } else { "app-0" };
     let p2 = move_one_shard(&p1, shard, to);
     publish(&nc, prefix, &p2, 30).await;
-    let report_of = |epoch: u64| {
+    // The source's final report (the destination reports Done too, with no figures).
+    let report_of = |epoch: u64, by: &str| {
         progress
             .lock()
             .expect("lock")
             .iter()
-            .find(|p| p.epoch == epoch && p.shard == shard && p.phase != MovePhase::Transferring)
+            .find(|p| {
+                p.epoch == epoch
+                    && p.shard == shard
+                    && p.phase != MovePhase::Transferring
+                    && p.node == by
+            })
             .cloned()
     };
     wait_for("the move to finish", T, || async {
-        report_of(p2.epoch).is_some()
+        report_of(p2.epoch, &from).is_some()
     })
     .await;
-    let done = report_of(p2.epoch).expect("a final report");
+    let done = report_of(p2.epoch, &from).expect("a final report");
     assert_eq!(done.phase, MovePhase::Done, "{done:?}");
     assert_eq!(done.actors as usize, n, "every live actor travelled");
     let node = |name: &str| {
@@ -433,10 +446,10 @@ async fn a_shard_of_many_chunks_moves_there_and_back_with_every_actors_state() {
     let p3 = move_one_shard(&p2, shard, &from);
     publish(&nc, prefix, &p3, 30).await;
     wait_for("the move back to finish", T, || async {
-        report_of(p3.epoch).is_some()
+        report_of(p3.epoch, to).is_some()
     })
     .await;
-    let back = report_of(p3.epoch).expect("a final report");
+    let back = report_of(p3.epoch, to).expect("a final report");
     assert_eq!(back.phase, MovePhase::Done, "{back:?}");
     assert_eq!(
         back.actors as usize, n,

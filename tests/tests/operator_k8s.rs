@@ -246,7 +246,7 @@ async fn the_operator_plans_publishes_and_follows_a_scale_up() {
     .await;
 
     // A progress report that does not decode is counted, never taken.
-    nc.publish(Names::new("actors").progress(), "not a report".into())
+    nc.publish(Names::new("actors").progress(1, 0), "not a report".into())
         .await
         .expect("publish");
     wait_for("the malformed report counted", T, || async {
@@ -282,7 +282,7 @@ async fn the_operator_plans_publishes_and_follows_a_scale_up() {
         error: Some("x".repeat(1_000_000)),
     };
     nc.publish(
-        Names::new("actors").progress(),
+        Names::new("actors").progress(epoch, shard),
         encode(&long).expect("encodes").into(),
     )
     .await

@@ -21,7 +21,7 @@ pub struct Progress {
     pub shard: u32,
     /// Reporting pod.
     pub node: String,
-    /// Transferring, Done or Failed.
+    /// Transferring, Done, Failed or Superseded.
     pub phase: MovePhase,
     /// Actors moved.
     #[serde(default)]
@@ -75,6 +75,10 @@ pub struct PlanMessage {
     pub max_concurrent: u32,
     /// Seconds a move may take.
     pub timeout_seconds: u32,
+    /// The ShardPlan that published it (`namespace/name/uid`), so an operator can tell a plan of
+    /// another ShardPlan (or of another writer) on the same prefix from its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl PlanMessage {
@@ -90,6 +94,7 @@ impl PlanMessage {
             moves: plan.moves.clone(),
             max_concurrent,
             timeout_seconds,
+            owner: None,
         }
     }
 

@@ -78,10 +78,23 @@ impl Names {
         format!("{}.node.{pod}.migrate", self.prefix)
     }
 
-    /// Progress reports to the operator.
+    /// The JetStream stream of progress reports: the latest report of each move, kept so an
+    /// operator or node that (re)starts reads where every move stands.
     #[must_use]
-    pub fn progress(&self) -> String {
-        format!("{}.progress", self.prefix)
+    pub fn progress_stream(&self) -> String {
+        format!("{}-progress", self.prefix)
+    }
+
+    /// Subjects of the progress stream.
+    #[must_use]
+    pub fn progress_subjects(&self) -> String {
+        format!("{}.progress.>", self.prefix)
+    }
+
+    /// Subject of the reports on one move: `{prefix}.progress.{epoch}.{shard}`.
+    #[must_use]
+    pub fn progress(&self, epoch: u64, shard: u32) -> String {
+        format!("{}.progress.{epoch}.{shard}", self.prefix)
     }
 
     /// Node lifecycle events to the operator.

@@ -26,6 +26,11 @@ pub struct Transfer {
     pub v: u16,
     /// Plan epoch the move belongs to; the destination refuses older ones.
     pub epoch: u64,
+    /// The source's attempt at this move: a chunk of another attempt than the one staged starts
+    /// the staging afresh, so a source that restarts and moves the shard again never has the
+    /// staged copy of its earlier attempt committed.
+    #[serde(default)]
+    pub attempt: u64,
     /// Shard.
     pub shard: u32,
     /// Source pod.
@@ -46,7 +51,7 @@ pub struct Transfer {
 pub const TRANSFER_MAGIC: u8 = 0xAE;
 
 /// Fixed part of a binary [`Transfer`] before the source's name.
-const TRANSFER_HEADER: usize = 1 + 1 + 1 + 8 + 4 + 4 + 2;
+const TRANSFER_HEADER: usize = 1 + 1 + 1 + 8 + 8 + 4 + 4 + 2;
 
 fn too_long(what: &str, len: usize) -> Error {
     Error::Malformed(format!("{what} too long: {len} bytes"))
@@ -54,7 +59,7 @@ fn too_long(what: &str, len: usize) -> Error {
 
 /// Writes a binary [`Transfer`] actor by actor, each actor's state serialised straight into the
 /// message (no copy per actor). Little-endian throughout (docs/PROTOCOL.md, "Binary transfer"):
-/// `0xAE, v: u8, flags: u8 (1 last, 2 commit), epoch: u64, shard: u32, chunk: u32, from: u16 len +
+/// `0xAE, v: u8, flags: u8 (1 last, 2 commit), epoch: u64, attempt: u64, shard: u32, chunk: u32, from: u16 len +
 /// UTF-8, actors: u32 count`, then per actor `kind: u8 len + UTF-8, id: u32 len + UTF-8, version: u64,
 /// seq: u64, state: u32 len + bytes`.
 #[derive(Debug)]
@@ -68,7 +73,14 @@ impl TransferWriter {
     const FLAGS_AT: usize = 2;
 
     /// Starts a chunk; `capacity` is a hint of its final size in bytes.
-    pub fn new(epoch: u64, shard: u32, from: &str, chunk: u32, capacity: usize) -> Result<Self> {
+    pub fn new(
+        epoch: u64,
+        attempt: u64,
+        shard: u32,
+        from: &str,
+        chunk: u32,
+        capacity: usize,
+    ) -> Result<Self> {
         let from_len =
             u16::try_from(from.len()).map_err(|_| too_long("source name", from.len()))?;
         let mut out = Vec::with_capacity(capacity.max(TRANSFER_HEADER + from.len() + 4));
@@ -77,6 +89,7 @@ impl TransferWriter {
         out.push(VERSION as u8);
         out.push(0);
         out.extend_from_slice(&epoch.to_le_bytes());
+        out.extend_from_slice(&attempt.to_le_bytes());
         out.extend_from_slice(&shard.to_le_bytes());
         out.extend_from_slice(&chunk.to_le_bytes());
         out.extend_from_slice(&from_len.to_le_bytes());
@@ -174,7 +187,7 @@ pub fn encode_transfer(t: &Transfer) -> Result<Vec<u8>> {
             .iter()
             .map(|a| 1 + a.actor.kind.len() + 4 + a.actor.id.len() + 16 + 4 + a.state.0.len())
             .sum::<usize>();
-    let mut w = TransferWriter::new(t.epoch, t.shard, &t.from, t.chunk, size)?;
+    let mut w = TransferWriter::new(t.epoch, t.attempt, t.shard, &t.from, t.chunk, size)?;
     for a in &t.actors {
         w.actor(&a.actor, a.version, a.seq, |out| {
             out.extend_from_slice(&a.state.0);
@@ -204,6 +217,7 @@ pub fn decode_transfer(bytes: &[u8]) -> Result<Transfer> {
         )));
     }
     let epoch = r.u64()?;
+    let attempt = r.u64()?;
     let shard = r.u32()?;
     let chunk = r.u32()?;
     let from_len = usize::from(r.u16()?);
@@ -242,6 +256,7 @@ pub fn decode_transfer(bytes: &[u8]) -> Result<Transfer> {
     Ok(Transfer {
         v: VERSION,
         epoch,
+        attempt,
         shard,
         from,
         chunk,
