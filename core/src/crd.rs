@@ -200,8 +200,14 @@ pub struct ShardPlanStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard_map: Option<ShardMap>,
 
-    /// Shard moves of the current plan that are not done.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Shard moves of the current plan that are not done; stored grouped (moves alike but for
+    /// their shard in one entry), so a third of 65,536 shards moving fits in an object.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "grouped_status"
+    )]
+    #[schemars(with = "Vec<MoveStatusGroup>")]
     pub moves: Vec<MoveStatus>,
 
     /// When the current plan was published: its moves' deadlines count from here.
@@ -242,6 +248,96 @@ pub enum MemberState {
     Active,
     /// Being deleted; its shards are moving away.
     Draining,
+}
+
+/// Moves alike but for their shard, as `status.moves` stores them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MoveStatusGroup {
+    /// The shards, ascending.
+    pub shards: Vec<u32>,
+    /// Source pod; absent when the source is gone and the destination rebuilds from the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Destination pod.
+    pub to: String,
+    /// Pending, Transferring, Failed (or Superseded).
+    pub phase: MovePhase,
+    /// Attempts so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// What went wrong last, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Not retried before this time (exponential backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+/// Serde for `status.moves`: [`MoveStatus`]es grouped into [`MoveStatusGroup`]s, read back ordered
+/// by shard.
+mod grouped_status {
+    use super::{MoveStatus, MoveStatusGroup};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(moves: &[MoveStatus], s: S) -> Result<S::Ok, S::Error> {
+        let mut groups: BTreeMap<String, MoveStatusGroup> = BTreeMap::new();
+        for m in moves {
+            // Everything but the shard, as the group's key.
+            let key = serde_json::to_string(&(
+                &m.from,
+                &m.to,
+                m.phase,
+                m.attempts,
+                &m.last_error,
+                &m.retry_after,
+            ))
+            .map_err(serde::ser::Error::custom)?;
+            groups
+                .entry(key)
+                .or_insert_with(|| MoveStatusGroup {
+                    shards: Vec::new(),
+                    from: m.from.clone(),
+                    to: m.to.clone(),
+                    phase: m.phase,
+                    attempts: m.attempts,
+                    last_error: m.last_error.clone(),
+                    retry_after: m.retry_after.clone(),
+                })
+                .shards
+                .push(m.shard);
+        }
+        let mut groups: Vec<MoveStatusGroup> = groups.into_values().collect();
+        for g in &mut groups {
+            g.shards.sort_unstable();
+        }
+        groups.sort_by_key(|g| g.shards.first().copied());
+        groups.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<MoveStatus>, D::Error> {
+        let groups = Vec::<MoveStatusGroup>::deserialize(d)?;
+        let mut moves: Vec<MoveStatus> = groups
+            .into_iter()
+            .flat_map(|g| {
+                g.shards
+                    .iter()
+                    .map(move |&shard| MoveStatus {
+                        shard,
+                        from: g.from.clone(),
+                        to: g.to.clone(),
+                        phase: g.phase,
+                        attempts: g.attempts,
+                        last_error: g.last_error.clone(),
+                        retry_after: g.retry_after.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        moves.sort_by_key(|m| m.shard);
+        Ok(moves)
+    }
 }
 
 /// One shard move and how far it got.

@@ -43,6 +43,8 @@ pub struct Health {
     full: std::sync::atomic::AtomicBool,
     /// The app container does not answer (`None` when it does, or when there is no app).
     app: Mutex<Option<String>>,
+    /// The plan bucket is not read yet (`None` once it is).
+    plan: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -82,6 +84,14 @@ impl Health {
             .map_or_else(|_| Some("health lock poisoned".into()), |p| p.clone());
         main.or_else(|| self.store_full.lock().ok().and_then(|p| p.clone()))
             .or_else(|| self.app.lock().ok().and_then(|p| p.clone()))
+            .or_else(|| self.plan.lock().ok().and_then(|p| p.clone()))
+    }
+
+    /// The plan bucket is not read yet (`Some(why)`), or it is (`None`).
+    pub fn set_plan(&self, why: Option<String>) {
+        if let Ok(mut p) = self.plan.lock() {
+            *p = why;
+        }
     }
 }
 
@@ -159,8 +169,6 @@ pub struct Shared {
     pub js: jetstream::Context,
     /// The epoch held, for moves that stop at once when a newer plan comes.
     pub epochs: tokio::sync::watch::Sender<u64>,
-    /// The plan bucket was read (the plan it held, if any, taken).
-    pub plan_read: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
     migrations: Mutex<Arc<Semaphore>>,
     /// The actors' sends, taken by the outbox task when the node serves.
@@ -212,7 +220,6 @@ impl Shared {
             tasks,
             js: jetstream::new(client.clone()),
             epochs: tokio::sync::watch::Sender::new(0),
-            plan_read: std::sync::atomic::AtomicBool::new(false),
             client,
             state: Mutex::new(State {
                 own: Ownership::new(cfg.pod_name.clone()),
@@ -530,6 +537,7 @@ impl Node {
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
         health.set(Some(format!("connecting to NATS at {}", cfg.nats.nats_url)));
+        health.set_plan(Some("reading the plan bucket".to_owned()));
         let client = connect(&cfg.nats, &cfg.pod_name).await?;
         let names = Names::new(cfg.nats.prefix.clone());
         let js = jetstream::new(client.clone());
@@ -776,13 +784,11 @@ async fn watch_plans(shared: Arc<Shared>, js: jetstream::Context, names: Names, 
                 .await
                 .map_err(|e| Error::Nats(format!("watch plans: {e}")))?;
             if initial.is_none() {
-                shared.plan_read.store(true, std::sync::atomic::Ordering::Relaxed);
+                shared.host.health.set_plan(None);
             }
             while let Some(entry) = watch.next().await {
                 let entry = entry.map_err(|e| Error::Nats(format!("watch plans: {e}")))?;
-                if initial.is_some_and(|r| entry.revision >= r) {
-                    shared.plan_read.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
+                let read = initial.is_some_and(|r| entry.revision >= r);
                 if entry.operation != jetstream::kv::Operation::Put {
                     continue;
                 }
@@ -792,6 +798,10 @@ async fn watch_plans(shared: Arc<Shared>, js: jetstream::Context, names: Names, 
                         shared.metrics().malformed(Malformed::Plan);
                         tracing::warn!(error = %e, "ignoring a plan that is malformed or contradicts itself");
                     }
+                }
+                if read {
+                    // After the plan is taken: Ready means it serves by that plan.
+                    shared.host.health.set_plan(None);
                 }
             }
             Err(Error::Nats("plan watch ended".into()))
@@ -856,20 +866,21 @@ async fn watch_app(app: Arc<AppClient>, health: Arc<Health>) {
 }
 
 /// Keeps `/readyz` saying whether the node can serve: both NATS connections up, JetStream
-/// answering (asked every [`JETSTREAM_PROBE_EVERY`]), the plan bucket read.
+/// answering (asked every [`JETSTREAM_PROBE_EVERY`]); the plan watch says when the plan bucket is
+/// read.
 async fn watch_health(shared: Arc<Shared>, health: Arc<Health>) {
     use async_nats::connection::State;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut jetstream: Option<String> = None;
-    let mut probed = tokio::time::Instant::now() - JETSTREAM_PROBE_EVERY;
+    let mut probed: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
         let draining = health.problem().is_some_and(|p| p.starts_with("draining"));
         if draining {
             continue;
         }
-        if probed.elapsed() >= JETSTREAM_PROBE_EVERY {
-            probed = tokio::time::Instant::now();
+        if probed.is_none_or(|t| t.elapsed() >= JETSTREAM_PROBE_EVERY) {
+            probed = Some(tokio::time::Instant::now());
             let asked = tokio::time::timeout(JETSTREAM_PROBE_EVERY, shared.js.query_account());
             jetstream = match asked.await {
                 Ok(Ok(_)) => None,
@@ -881,10 +892,7 @@ async fn watch_health(shared: Arc<Shared>, health: Arc<Health>) {
             shared.client.connection_state(),
             shared.bulk.connection_state(),
         ) {
-            (State::Connected, State::Connected) => jetstream.clone().or_else(|| {
-                (!shared.plan_read.load(std::sync::atomic::Ordering::Relaxed))
-                    .then(|| "reading the plan bucket".to_owned())
-            }),
+            (State::Connected, State::Connected) => jetstream.clone(),
             (State::Connected, other) => Some(format!(
                 "NATS migration connection is {other:?}: not serving"
             )),

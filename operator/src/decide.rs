@@ -104,6 +104,7 @@ pub fn decide(o: &Observed<'_>) -> Decision {
             ),
         });
     }
+    bound_errors(&mut status.moves);
     let held_epoch = o.held.as_ref().map_or(0, |h| h.epoch);
 
     let problem = if o.replicas.is_none() {
@@ -456,6 +457,28 @@ fn epoch_advanced(held: u64, h: Option<&Held>) -> Note {
     }
 }
 
+/// Distinct error texts kept in `status.moves`; the status stores moves alike in one entry, so
+/// this bounds its size however many moves fail.
+pub const DISTINCT_ERRORS: usize = 16;
+
+/// Keeps the first [`DISTINCT_ERRORS`] distinct error texts (by shard) and says where the others are.
+fn bound_errors(moves: &mut [MoveStatus]) {
+    let mut kept: BTreeSet<String> = BTreeSet::new();
+    for m in moves.iter_mut() {
+        let Some(e) = &m.last_error else { continue };
+        if kept.contains(e) {
+            continue;
+        }
+        if kept.len() < DISTINCT_ERRORS {
+            kept.insert(e.clone());
+        } else {
+            m.last_error = Some(format!(
+                "one of more than {DISTINCT_ERRORS} different failures: see the source node's log"
+            ));
+        }
+    }
+}
+
 /// Fails the moves of the current plan that got no outcome by their deadline: the plan's time
 /// plus their share of the timeout (a source runs `maxConcurrent` moves at once, in shard order)
 /// plus [`DEADLINE_GRACE_SECONDS`]. Returns how many.
@@ -499,8 +522,11 @@ fn apply_progress(status: &mut ShardPlanStatus, reports: &[Progress], now: &Time
             MovePhase::Done => {
                 status.moves.remove(i);
             }
-            // Reports are read again after a restart: a failure counts once.
-            MovePhase::Failed if status.moves[i].phase != MovePhase::Failed => {
+            // Reports are read again after a restart: a failure counts once (its text is kept).
+            MovePhase::Failed if status.moves[i].phase == MovePhase::Failed => {
+                status.moves[i].last_error = p.error.clone();
+            }
+            MovePhase::Failed => {
                 let m = &mut status.moves[i];
                 m.phase = MovePhase::Failed;
                 m.attempts += 1;
@@ -915,5 +941,52 @@ mod tests {
             Some(1),
             "the operator restarted and read it again"
         );
+    }
+
+    #[test]
+    fn a_plan_and_a_status_of_65536_shards_fit_nats_and_etcd() {
+        let mut s = spec();
+        s.shards = 65_536;
+        let one = decide(&observe(&s, None, &["app-0", "app-1"])).status;
+        let two = decide(&observe(&s, Some(&one), &["app-0", "app-1", "app-2"]));
+        let plan = two.publish.expect("a plan");
+        assert!(plan.moves.len() > 20_000, "{} moves", plan.moves.len());
+        let bytes = aether_core::protocol::encode(&plan).expect("encodes");
+        assert!(
+            bytes.len() < 512 * 1024,
+            "plan message {} bytes",
+            bytes.len()
+        );
+        let back: PlanMessage = aether_core::protocol::decode(&bytes).expect("decodes");
+        assert_eq!(back, plan);
+        let status = serde_json::to_vec(&two.status).expect("json");
+        assert!(status.len() < 512 * 1024, "status {} bytes", status.len());
+        let back: ShardPlanStatus = serde_json::from_slice(&status).expect("parses");
+        assert_eq!(back, two.status);
+        // Every move fails with its own error text: the status stays small.
+        let mut o = observe(&s, Some(&two.status), &["app-0", "app-1", "app-2"]);
+        o.progress = plan
+            .moves
+            .iter()
+            .map(|m| {
+                let mut p = done(plan.epoch, m.shard);
+                p.phase = MovePhase::Failed;
+                p.error = Some(format!(
+                    "no answer to chunk {}: {}",
+                    m.shard,
+                    "x".repeat(900)
+                ));
+                p
+            })
+            .collect();
+        let failed = decide(&o).status;
+        let status = serde_json::to_vec(&failed).expect("json");
+        assert!(status.len() < 1024 * 1024, "status {} bytes", status.len());
+        let distinct: BTreeSet<&str> = failed
+            .moves
+            .iter()
+            .filter_map(|m| m.last_error.as_deref())
+            .collect();
+        assert_eq!(distinct.len(), DISTINCT_ERRORS + 1);
     }
 }

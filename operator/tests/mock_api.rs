@@ -72,6 +72,16 @@ async fn serve_fresh_read(handle: &mut Handle, sp: &ShardPlan) {
     ));
 }
 
+/// The reconcile lists the ShardPlans (another one on the same prefix would conflict): only `sp`.
+async fn serve_shardplan_list(handle: &mut Handle, sp: &ShardPlan) {
+    let (_, send) = expect(handle, Method::GET, "/apis/aether.dev/v1alpha1/shardplans").await;
+    let list = serde_json::json!({
+        "apiVersion": "aether.dev/v1alpha1", "kind": "ShardPlanList", "metadata": {},
+        "items": [serde_json::to_value(sp).expect("json")]
+    });
+    send.send_response(json_response(StatusCode::OK, &list));
+}
+
 async fn body_json(req: Request<Body>) -> serde_json::Value {
     let bytes = req.into_body().collect_bytes().await.expect("body");
     serde_json::from_slice(&bytes).expect("json body")
@@ -96,6 +106,7 @@ async fn a_conflicting_status_write_is_an_error_and_publishes_nothing() {
         StatusCode::NOT_FOUND,
         &status_json(404, "NotFound"),
     ));
+    serve_shardplan_list(&mut handle, &sp).await;
     let (req, send) = expect(
         &mut handle,
         Method::PATCH,
@@ -163,6 +174,7 @@ async fn an_unreachable_nats_is_reported_with_what_to_fix() {
     let pods =
         serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []});
     send.send_response(json_response(StatusCode::OK, &pods));
+    serve_shardplan_list(&mut handle, &sp).await;
 
     let (req, send) = expect(
         &mut handle,

@@ -109,11 +109,11 @@ async fn bank_accounts_through_the_api_and_nats_and_rebuilt_after_a_restart() {
     let nc = nats.connect().await;
     let bank = App::start("examples/bank/app.py").await;
     let (mut n, api) = node(&nats, "bank", &bank.url()).await;
-    assert!(
-        n.health.problem().is_none(),
-        "ready: {:?}",
-        n.health.problem()
-    );
+    // Ready once the app's kinds are known and the plan bucket is read.
+    wait_for("the node Ready", T, || async {
+        n.health.problem().is_none()
+    })
+    .await;
 
     // A command with a command id, and its retry: applied once.
     let dep = br#"{"deposit": 100}"#;

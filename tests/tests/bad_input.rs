@@ -415,7 +415,8 @@ async fn a_full_event_stream_is_answered_unavailable_counted_and_makes_the_node_
             .health
             .problem()
             .is_some_and(|p| p.contains("event stream is full"))),
-        "a node says why it is not ready"
+        "a node says why it is not ready: {:?}",
+        nodes.iter().map(|n| n.health.problem()).collect::<Vec<_>>()
     );
     // Reads still work, and what was acknowledged is there.
     let mut keys = 0;

@@ -285,3 +285,370 @@ async fn a_source_restarted_before_its_commit_never_has_its_old_attempt_committe
     let (value, _, _) = ok(&ask(&nc, prefix, &read(&id)).await);
     assert_eq!(value, 5);
 }
+
+mod operator {
+    use super::{T, reports};
+    use aether_core::crd::{ShardPlan, ShardPlanStatus};
+    use aether_core::protocol::{Names, PlanMessage, decode};
+    use aether_core::types::MovePhase;
+    use aether_tests::cluster::{TestNode, next_plan};
+    use aether_tests::k8s::ApiServer;
+    use aether_tests::{NatsServer, Process, free_port, wait_for, workspace_binary};
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::events::v1::Event;
+    use kube::Api;
+    use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+    use serde_json::json;
+    use std::process::{Command, Stdio};
+
+    const PREFIX: &str = "ctl";
+
+    fn spawn_operator(api: &ApiServer) -> Process {
+        Process {
+            child: Command::new(workspace_binary("aether-operator"))
+                .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+                .env("KUBECONFIG", api.kubeconfig())
+                .env("POD_NAMESPACE", "default")
+                .env("POD_NAME", "operator-0")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("operator"),
+        }
+    }
+
+    async fn add_pod(pods: &Api<Pod>, sts: &StatefulSet, name: &str) {
+        let uid = sts.metadata.uid.clone().unwrap_or_default();
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": "app"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "app", "uid": uid, "controller": true}]},
+            "spec": {"containers": [{"name": "app", "image": "app"}]}
+        }))
+        .expect("pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod");
+        let status = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .expect("pod status");
+    }
+
+    fn shardplan(name: &str, shards: u32, url: &str) -> ShardPlan {
+        shardplan_on(name, shards, url, PREFIX)
+    }
+
+    fn shardplan_on(name: &str, shards: u32, url: &str, prefix: &str) -> ShardPlan {
+        serde_json::from_value(json!({
+            "apiVersion": "aether.dev/v1alpha1", "kind": "ShardPlan", "metadata": {"name": name},
+            "spec": {"statefulSet": "app", "shards": shards, "capacity": 8,
+                     "nats": {"url": url, "subjectPrefix": prefix}}
+        }))
+        .expect("object")
+    }
+
+    fn status_of(sp: &ShardPlan) -> ShardPlanStatus {
+        sp.status.clone().unwrap_or_default()
+    }
+
+    fn condition(sp: &ShardPlan, t: &str) -> Option<(String, String, String)> {
+        status_of(sp)
+            .condition(t)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    }
+
+    fn ready(sp: &ShardPlan) -> bool {
+        condition(sp, "Ready").is_some_and(|c| c.0 == "True") && status_of(sp).moving == 0
+    }
+
+    async fn held(nc: &async_nats::Client) -> Option<PlanMessage> {
+        held_on(nc, PREFIX).await
+    }
+
+    async fn held_on(nc: &async_nats::Client, prefix: &str) -> Option<PlanMessage> {
+        let js = async_nats::jetstream::new(nc.clone());
+        let kv = js
+            .get_key_value(Names::new(prefix).plan_bucket())
+            .await
+            .ok()?;
+        kv.get(Names::PLAN_KEY)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| decode::<PlanMessage>(&v).ok())
+    }
+
+    async fn warnings(client: &kube::Client, reason: &str) -> Vec<String> {
+        Api::<Event>::namespaced(client.clone(), "default")
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(|e| e.note.unwrap_or_default())
+            .collect()
+    }
+
+    /// The operator against a real kube-apiserver, nodes on a real nats-server: a stale high epoch
+    /// in the bucket is overtaken; the operator frozen and killed right after publishing a plan, its
+    /// moves reported while it is gone, converges once restarted without a new epoch (it read the
+    /// reports, it did not time them out); a second ShardPlan on the prefix, and one with another
+    /// shard count after the first is deleted, are Degraded saying what to do; a ShardPlan created
+    /// again on the prefix publishes above the epoch its bucket holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_operator_converges_through_restarts_stale_epochs_and_shared_prefixes() {
+        let api = ApiServer::start().await;
+        let client = api.client().await;
+        let nats = NatsServer::start();
+        let nc = nats.connect().await;
+        let log = reports(&nc, PREFIX).await;
+        let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+            Api::all(client.clone());
+        crds.create(&PostParams::default(), &aether_core::crd::definition())
+            .await
+            .expect("CRD");
+        let plans: Api<ShardPlan> = Api::namespaced(client.clone(), "default");
+        wait_for("the CRD to be served", T, || async {
+            plans.list(&Default::default()).await.is_ok()
+        })
+        .await;
+        let sts: StatefulSet = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "app"},
+            "spec": {"replicas": 3, "serviceName": "app", "selector": {"matchLabels": {"app": "app"}},
+                     "template": {"metadata": {"labels": {"app": "app"}}, "spec": {"containers": [{"name": "app", "image": "app"}]}}}
+        }))
+        .expect("sts");
+        let sts = Api::<StatefulSet>::namespaced(client.clone(), "default")
+            .create(&PostParams::default(), &sts)
+            .await
+            .expect("statefulset");
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let mut nodes = Vec::new();
+        for name in ["app-0", "app-1"] {
+            add_pod(&pods, &sts, name).await;
+            nodes.push(TestNode::start(&nats.url(), PREFIX, name).await);
+        }
+
+        // Someone wrote epoch 50 to the bucket (a plan the nodes would follow).
+        let mut rogue = next_plan(None, &["app-0"], 64, 8);
+        rogue.epoch = 50;
+        let js = async_nats::jetstream::new(nc.clone());
+        let bucket = aether_nats::plans::open_bucket(&js, &Names::new(PREFIX), 1)
+            .await
+            .expect("bucket");
+        aether_nats::plans::publish(&bucket, &PlanMessage::new(&rogue, 4, 30))
+            .await
+            .expect("rogue plan");
+        let mut operator = spawn_operator(&api);
+        plans
+            .create(
+                &PostParams::default(),
+                &shardplan("actors", 64, &nats.url()),
+            )
+            .await
+            .expect("ShardPlan");
+        wait_for("epoch 51 published above the bucket, Ready", T, || async {
+            let sp_ok = plans
+                .get("actors")
+                .await
+                .is_ok_and(|sp| status_of(&sp).epoch == 51 && ready(&sp));
+            sp_ok
+                && held(&nc)
+                    .await
+                    .is_some_and(|p| p.epoch == 51 && p.owner.is_some())
+        })
+        .await;
+        for n in &nodes {
+            wait_for("nodes on epoch 51", T, || async { n.shared.epoch() == 51 }).await;
+        }
+        wait_for("an Event saying why", T, || async {
+            warnings(&client, "EpochAdvanced")
+                .await
+                .iter()
+                .any(|n| n.contains("epoch 50"))
+        })
+        .await;
+
+        // A scale-up; the operator is frozen as soon as the plan is in NATS (its status lists the
+        // moves, nothing more), the moves finish while it is frozen, then it is killed.
+        add_pod(&pods, &sts, "app-2").await;
+        nodes.push(TestNode::start(&nats.url(), PREFIX, "app-2").await);
+        wait_for("epoch 52 in NATS", T, || async {
+            held(&nc).await.is_some_and(|p| p.epoch == 52)
+        })
+        .await;
+        let pid = operator.child.id().to_string();
+        let stopped = Command::new("kill").args(["-STOP", &pid]).status();
+        assert!(stopped.is_ok_and(|s| s.success()), "SIGSTOP the operator");
+        let frozen = status_of(&plans.get("actors").await.expect("get"));
+        assert_eq!(frozen.epoch, 52);
+        assert!(
+            frozen.moving > 0,
+            "the status still lists the moves: {frozen:?}"
+        );
+        let moves: Vec<(u32, String)> = frozen
+            .moves
+            .iter()
+            .map(|m| (m.shard, m.from.clone().unwrap_or_default()))
+            .collect();
+        wait_for("every move reported done by its source", T, || async {
+            let log = log.lock().expect("lock");
+            moves.iter().all(|(shard, from)| {
+                log.iter().any(|p| {
+                    p.epoch == 52
+                        && p.shard == *shard
+                        && &p.node == from
+                        && p.phase == MovePhase::Done
+                })
+            })
+        })
+        .await;
+        operator.kill();
+        let _operator = spawn_operator(&api);
+        wait_for("Ready again at epoch 52, nothing moving", T, || async {
+            plans.get("actors").await.is_ok_and(|sp| ready(&sp))
+        })
+        .await;
+        let sp = plans.get("actors").await.expect("get");
+        assert_eq!(
+            status_of(&sp).epoch,
+            52,
+            "the reports were read, no move timed out or was retried"
+        );
+
+        // A second ShardPlan on the same prefix is Degraded; the first keeps its plan.
+        plans
+            .create(&PostParams::default(), &shardplan("copy", 64, &nats.url()))
+            .await
+            .expect("ShardPlan");
+        wait_for(
+            "the copy Degraded: PrefixInUse naming the first",
+            T,
+            || async {
+                plans.get("copy").await.is_ok_and(|sp| {
+                    condition(&sp, "Degraded").is_some_and(|c| {
+                        c.0 == "True" && c.1 == "PrefixInUse" && c.2.contains("default/actors")
+                    })
+                })
+            },
+        )
+        .await;
+        assert!(held(&nc).await.is_some_and(|p| p.epoch == 52));
+        assert!(plans.get("actors").await.is_ok_and(|sp| ready(&sp)));
+        plans
+            .delete("copy", &DeleteParams::default())
+            .await
+            .expect("delete");
+
+        // Deleted and created again on the prefix: with another shard count it is Degraded (the
+        // actors are placed by 64 shards); with the same, it publishes above the bucket's epoch.
+        plans
+            .delete("actors", &DeleteParams::default())
+            .await
+            .expect("delete");
+        plans
+            .create(
+                &PostParams::default(),
+                &shardplan("wider", 128, &nats.url()),
+            )
+            .await
+            .expect("ShardPlan");
+        wait_for("ShardCountMismatch", T, || async {
+            plans.get("wider").await.is_ok_and(|sp| {
+                condition(&sp, "Degraded")
+                    .is_some_and(|c| c.1 == "ShardCountMismatch" && c.2.contains("64"))
+            })
+        })
+        .await;
+        assert!(
+            held(&nc)
+                .await
+                .is_some_and(|p| p.epoch == 52 && p.shards == 64)
+        );
+        plans
+            .delete("wider", &DeleteParams::default())
+            .await
+            .expect("delete");
+        plans
+            .create(&PostParams::default(), &shardplan("again", 64, &nats.url()))
+            .await
+            .expect("ShardPlan");
+        wait_for("the new ShardPlan Ready above epoch 52", T, || async {
+            let sp_ok = plans
+                .get("again")
+                .await
+                .is_ok_and(|sp| status_of(&sp).epoch == 53 && ready(&sp));
+            sp_ok && held(&nc).await.is_some_and(|p| p.epoch == 53)
+        })
+        .await;
+        for n in &nodes {
+            wait_for("nodes on epoch 53", T, || async { n.shared.epoch() == 53 }).await;
+        }
+
+        // 65,536 shards, 2 members -> 3: a third of the shards move. The status (grouped moves)
+        // fits etcd and the plan (grouped moves) fits NATS's payload; both are written.
+        let readiness =
+            |ready: &str| json!({"status": {"conditions": [{"type": "Ready", "status": ready}]}});
+        pods.patch_status(
+            "app-2",
+            &PatchParams::default(),
+            &Patch::Merge(&readiness("False")),
+        )
+        .await
+        .expect("pod status");
+        plans
+            .create(
+                &PostParams::default(),
+                &shardplan_on("big", 65_536, &nats.url(), "big"),
+            )
+            .await
+            .expect("ShardPlan");
+        wait_for("65,536 shards on 2 members", T, || async {
+            plans
+                .get("big")
+                .await
+                .is_ok_and(|sp| status_of(&sp).member_count == 2 && ready(&sp))
+        })
+        .await;
+        pods.patch_status(
+            "app-2",
+            &PatchParams::default(),
+            &Patch::Merge(&readiness("True")),
+        )
+        .await
+        .expect("pod status");
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            let s = status_of(&plans.get("big").await.expect("get"));
+            let p = held_on(&nc, "big").await;
+            let in_nats = p.as_ref().map(|p| (p.epoch, p.moves.len()));
+            if s.epoch == 2
+                && s.moving > 20_000
+                && s.member_count == 3
+                && in_nats.is_some_and(|(e, n)| e == 2 && n > 20_000)
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a third of 65,536 shards planned to move: status epoch {} moving {} members {} {:?}; NATS {in_nats:?}",
+                s.epoch,
+                s.moving,
+                s.member_count,
+                s.conditions
+                    .iter()
+                    .map(|c| format!("{} {} {}", c.type_, c.reason, c.message))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        plans
+            .delete("big", &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+}

@@ -69,7 +69,9 @@ pub struct PlanMessage {
     pub members: Vec<crate::types::Member>,
     /// Owner bucket per shard.
     pub shard_map: ShardMap,
-    /// Moves of this epoch.
+    /// Moves of this epoch; on the wire grouped by (source, destination), see
+    /// [`crate::types::MoveGroup`].
+    #[serde(with = "crate::types::grouped_moves")]
     pub moves: Vec<crate::types::Move>,
     /// Most moves in flight at once.
     pub max_concurrent: u32,
