@@ -12,18 +12,28 @@ pub async fn open_bucket(
     replicas: usize,
 ) -> Result<kv::Store> {
     let bucket = names.plan_bucket();
-    match js.get_key_value(&bucket).await {
+    if let Ok(store) = js.get_key_value(&bucket).await {
+        return Ok(store);
+    }
+    let created = js
+        .create_key_value(kv::Config {
+            bucket: bucket.clone(),
+            description: "aether plans: the current shard placement".to_owned(),
+            history: 5,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await;
+    match created {
         Ok(store) => Ok(store),
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: bucket.clone(),
-                description: "aether plans: the current shard placement".to_owned(),
-                history: 5,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::Nats(format!("plan bucket {bucket}: {e}"))),
+        // It exists after all (reading it failed for a moment, e.g. while a server of the
+        // cluster was gone, or another process created it meanwhile): read it again.
+        Err(create) => {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            js.get_key_value(&bucket)
+                .await
+                .map_err(|get| Error::Nats(format!("plan bucket {bucket}: {create}; {get}")))
+        }
     }
 }
 

@@ -786,9 +786,32 @@ async fn watch_plans(shared: Arc<Shared>, js: jetstream::Context, names: Names, 
             if initial.is_none() {
                 shared.host.health.set_plan(None);
             }
-            while let Some(entry) = watch.next().await {
-                let entry = entry.map_err(|e| Error::Nats(format!("watch plans: {e}")))?;
+            let mut seen = 0u64;
+            let mut poll = tokio::time::interval(PLAN_POLL_EVERY);
+            poll.tick().await;
+            loop {
+                let entry = tokio::select! {
+                    next = watch.next() => match next {
+                        Some(entry) => entry.map_err(|e| Error::Nats(format!("watch plans: {e}")))?,
+                        None => break,
+                    },
+                    _ = poll.tick() => {
+                        // A watch can stall without an error when its consumer went with a
+                        // server; the plan is read directly now and then, so it never goes unseen.
+                        match bucket.entry(Names::PLAN_KEY).await {
+                            Ok(Some(entry)) if entry.revision > seen => {
+                                tracing::warn!(revision = entry.revision, "the plan watch was behind");
+                                entry
+                            }
+                            _ => continue,
+                        }
+                    }
+                };
                 let read = initial.is_some_and(|r| entry.revision >= r);
+                if entry.revision <= seen {
+                    continue;
+                }
+                seen = entry.revision;
                 if entry.operation != jetstream::kv::Operation::Put {
                     continue;
                 }
@@ -813,6 +836,9 @@ async fn watch_plans(shared: Arc<Shared>, js: jetstream::Context, names: Names, 
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// How often a node reads the plan directly, besides watching it.
+pub const PLAN_POLL_EVERY: Duration = Duration::from_secs(5);
 
 /// `registry`'s kinds and, with `--app-url`, the app container's: asked until the app answers, the
 /// node not Ready meanwhile and saying why.

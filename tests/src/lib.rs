@@ -233,3 +233,130 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .unwrap_or_default();
     Some((status, body))
 }
+
+/// A cluster of nats-servers with JetStream, routed to each other on loopback; each server can be
+/// killed (SIGKILL, its store kept) and started again.
+#[derive(Debug)]
+pub struct NatsCluster {
+    servers: Vec<ClusterServer>,
+}
+
+#[derive(Debug)]
+struct ClusterServer {
+    child: Option<Child>,
+    port: u16,
+    route_port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers and waits until JetStream has a meta leader (a stream can be created).
+    pub async fn start(n: usize) -> Self {
+        let servers = (0..n)
+            .map(|_| ClusterServer {
+                child: None,
+                port: free_port(),
+                route_port: free_port(),
+                store: tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}")),
+            })
+            .collect();
+        let mut c = Self { servers };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        let nc = c.connect().await;
+        let js = async_nats::jetstream::new(nc);
+        wait_for(
+            "a JetStream meta leader",
+            Duration::from_secs(30),
+            || async { js.query_account().await.is_ok() },
+        )
+        .await;
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let routes: Vec<String> = self
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, s)| format!("nats://127.0.0.1:{}", s.route_port))
+            .collect();
+        let s = &mut self.servers[i];
+        let child = Command::new(nats_server_binary())
+            .args(["-a", "127.0.0.1", "-p", &s.port.to_string(), "-js", "-sd"])
+            .arg(s.store.path())
+            .args([
+                "-n",
+                &format!("s{i}"),
+                "--cluster_name",
+                "aether",
+                "--cluster",
+                &format!("nats://127.0.0.1:{}", s.route_port),
+                "--routes",
+                &routes.join(","),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"));
+        s.child = Some(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", s.port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "nats-server s{i} did not listen on {}",
+                s.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every server's URL, comma-separated (what `--nats-url` takes).
+    #[must_use]
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| format!("nats://127.0.0.1:{}", s.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills server `i` (SIGKILL), keeping its store.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts server `i` again on its port and store.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+    }
+
+    /// A client connected to any of the servers, reconnecting to the others.
+    pub async fn connect(&self) -> async_nats::Client {
+        let urls: Vec<async_nats::ServerAddr> = self
+            .urls()
+            .split(',')
+            .filter_map(|u| u.parse().ok())
+            .collect();
+        async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connect(urls)
+            .await
+            .unwrap_or_else(|e| panic!("connect to the cluster: {e}"))
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! Faults in the control loop around a move, on real `aether-node` processes and a real nats-server
-//! (issue 14): a node restarted after a commit serves what it received, and a source killed between
+//! (issue 14): a node restarted after a commit serves what it received; a source killed between
 //! its last ack and its commit, restarted in the same epoch, never has its first attempt's staged
-//! copy committed.
+//! copy committed; a server of a 3-server cluster killed mid-rebalance under load loses nothing
+//! acknowledged (streams and bucket with 3 replicas); and the operator's faults (module below).
 
 use aether_core::hash::shard_of;
 use aether_core::protocol::{
@@ -109,6 +110,44 @@ fn ok(reply: &Reply) -> (i64, u64, String) {
     }
 }
 
+/// The final report (Done, Failed, Superseded) of every move of `plan`, read from the progress
+/// stream once each has one.
+async fn final_reports(
+    js: &async_nats::jetstream::Context,
+    names: &Names,
+    plan: &aether_core::plan::Plan,
+) -> Vec<(u32, Progress)> {
+    let deadline = std::time::Instant::now() + T * 2;
+    loop {
+        let mut finals = Vec::new();
+        let mut open = Vec::new();
+        if let Ok(stream) = js.get_stream(names.progress_stream()).await {
+            for m in &plan.moves {
+                let last = stream
+                    .get_last_raw_message_by_subject(&names.progress(plan.epoch, m.shard))
+                    .await
+                    .ok()
+                    .and_then(|msg| decode::<Progress>(&msg.payload).ok());
+                match last {
+                    Some(p) if p.phase != MovePhase::Transferring => finals.push((m.shard, p)),
+                    other => open.push((m.clone(), other)),
+                }
+            }
+        }
+        if finals.len() == plan.moves.len() {
+            return finals;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "epoch {}: {} of {} moves ended; open: {open:?}",
+            plan.epoch,
+            finals.len(),
+            plan.moves.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// An actor id whose shard is `shard`.
 fn actor_in(shard: u32) -> String {
     (0..)
@@ -189,6 +228,105 @@ async fn a_node_restarted_after_a_commit_serves_the_shard_it_received() {
     }
     let (value, version, _) = ok(&ask(&nc, prefix, &add(&id, 2, "c2")).await);
     assert_eq!((value, version), (7, 2), "writes go on at the new owner");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_of_an_r3_cluster_killed_mid_rebalance_loses_nothing_acknowledged() {
+    use aether_node::client::{Client, run_load};
+    use aether_tests::NatsCluster;
+    use aether_tests::cluster::{TestNode, assert_nothing_acked_lost, node_config};
+    let mut cluster = NatsCluster::start(3).await;
+    let nc = cluster.connect().await;
+    let prefix = "r3";
+    let names = Names::new(prefix);
+    let js = async_nats::jetstream::new(nc.clone());
+    aether_nats::plans::open_bucket(&js, &names, 3)
+        .await
+        .expect("plan bucket");
+    let start = |name: &str| {
+        let mut cfg = node_config(&cluster.urls(), prefix, name);
+        cfg.stream_replicas = 3;
+        TestNode::start_with(cfg)
+    };
+    let mut nodes = vec![start("app-0").await, start("app-1").await];
+    for stream in [
+        names.event_stream(),
+        names.progress_stream(),
+        format!("KV_{}", names.plan_bucket()),
+    ] {
+        let info = js
+            .get_stream(&stream)
+            .await
+            .expect("stream")
+            .info()
+            .await
+            .expect("info")
+            .clone();
+        assert_eq!(info.config.num_replicas, 3, "{stream}");
+    }
+    let p1 = next_plan(None, &["app-0", "app-1"], SHARDS * 4, 8);
+    publish(&nc, prefix, &p1, 30).await;
+    for n in &nodes {
+        wait_for("the first plan", T, || async {
+            n.shared.epoch() == p1.epoch
+        })
+        .await;
+    }
+    let client = Client::new(nc.clone(), prefix);
+    let warm = run_load(&client, "acct", 200, 400, 8, T).await;
+    assert_eq!(warm.errors, 0);
+    let load = {
+        let client = client.clone();
+        tokio::spawn(async move { run_load(&client, "acct", 200, 3_000, 8, T * 2).await })
+    };
+    nodes.push(start("app-2").await);
+    let p2 = next_plan(Some(&p1), &["app-0", "app-1", "app-2"], SHARDS * 4, 8);
+    publish(&nc, prefix, &p2, 30).await;
+    // A server dies mid-rebalance, under load.
+    cluster.kill(0);
+    // Every move ends; a failed one (a chunk lost with the server) is retried in a newer plan, as
+    // the operator does.
+    let mut plan = p2.clone();
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        let finals = final_reports(&js, &names, &plan).await;
+        let failed: Vec<u32> = finals
+            .iter()
+            .filter(|(_, p)| p.phase != MovePhase::Done)
+            .map(|(shard, _)| *shard)
+            .collect();
+        outcomes.push((plan.epoch, finals.len(), failed.len()));
+        if failed.is_empty() {
+            break;
+        }
+        let mut retry = plan.clone();
+        retry.epoch += 1;
+        retry.moves.retain(|m| failed.contains(&m.shard));
+        publish(&nc, prefix, &retry, 30).await;
+        plan = retry;
+    }
+    eprintln!("(epoch, moves, not done): {outcomes:?}");
+    assert!(
+        outcomes.last().is_some_and(|o| o.2 == 0),
+        "every move done in the end: {outcomes:?}"
+    );
+    let report = load.await.expect("load");
+    assert_eq!(report.errors, 0, "every command acknowledged in the end");
+    let mut acked = warm.acked;
+    for (k, v) in report.acked {
+        *acked.entry(k).or_default() += v;
+    }
+    assert_nothing_acked_lost(SHARDS * 4, &nc, prefix, &client, &acked, true).await;
+    for m in &p2.moves {
+        let actor = (0..200)
+            .map(|i| format!("acct-{i}"))
+            .find(|a| shard_of(a, SHARDS * 4) == m.shard);
+        if let Some(actor) = actor {
+            let (_, _, node) = ok(&client.read("counter", &actor).await.expect("read"));
+            assert_eq!(node, m.to, "{actor} served by its new owner");
+        }
+    }
+    cluster.restart(0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
