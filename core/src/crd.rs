@@ -106,6 +106,17 @@ pub struct NatsSpec {
     #[serde(default = "default_subject_prefix")]
     #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub subject_prefix: String,
+
+    /// Replicas of the plan bucket and the progress stream when the operator creates them (set the
+    /// nodes' `--stream-replicas` to the same for the event stream): 3 on a 3-server NATS cluster,
+    /// so a server lost loses nothing. Fixed by whoever creates them first.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 5))]
+    pub replicas: u32,
+}
+
+fn default_replicas() -> u32 {
+    1
 }
 
 impl Default for NatsSpec {
@@ -114,6 +125,7 @@ impl Default for NatsSpec {
             url: default_nats_url(),
             credentials_secret: None,
             subject_prefix: default_subject_prefix(),
+            replicas: default_replicas(),
         }
     }
 }

@@ -248,7 +248,8 @@ impl Context {
             // Reports are stored in the progress stream: read from its start (the latest report
             // of each move), so none sent while this operator was down or not leading is lost.
             let js = async_nats::jetstream::new(conn.client.clone());
-            let reports = aether_nats::progress::open_stream(&js, &Names::new(&prefix), 1)
+            let replicas = sp.spec.nats.replicas.max(1) as usize;
+            let reports = aether_nats::progress::open_stream(&js, &Names::new(&prefix), replicas)
                 .await
                 .map_err(|e| Error::Nats(e.to_string()))?;
             let sink = self.progress.clone();
@@ -384,8 +385,9 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
         None => Vec::new(),
     };
     let prefix = sp.spec.nats.subject_prefix.clone();
+    let replicas = sp.spec.nats.replicas.max(1) as usize;
     let (nats, nats_problem, held) = match ctx.nats(&sp, &ns).await {
-        Ok(c) => match held_plan(&c, &prefix).await {
+        Ok(c) => match held_plan(&c, &prefix, replicas).await {
             Ok(held) => (Some(c), None, held),
             Err(e) => (None, Some(e.to_string()), None),
         },
@@ -483,7 +485,7 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
             })
         });
         if let Some(msg) = msg {
-            ensure_published(&client, &prefix, msg).await?;
+            ensure_published(&client, &prefix, replicas, msg).await?;
         }
     }
     for note in notes {
@@ -493,9 +495,13 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
 }
 
 /// The plan the bucket of `prefix` holds (`None`: none, or not a plan).
-async fn held_plan(client: &async_nats::Client, prefix: &str) -> Result<Option<Held>> {
+async fn held_plan(
+    client: &async_nats::Client,
+    prefix: &str,
+    replicas: usize,
+) -> Result<Option<Held>> {
     let js = async_nats::jetstream::new(client.clone());
-    let bucket = aether_nats::plans::open_bucket(&js, &Names::new(prefix), 1)
+    let bucket = aether_nats::plans::open_bucket(&js, &Names::new(prefix), replicas)
         .await
         .map_err(|e| Error::Nats(e.to_string()))?;
     Ok(bucket
@@ -516,10 +522,11 @@ async fn held_plan(client: &async_nats::Client, prefix: &str) -> Result<Option<H
 async fn ensure_published(
     client: &async_nats::Client,
     prefix: &str,
+    replicas: usize,
     msg: PlanMessage,
 ) -> Result<()> {
     let js = async_nats::jetstream::new(client.clone());
-    let bucket = aether_nats::plans::open_bucket(&js, &Names::new(prefix), 1)
+    let bucket = aether_nats::plans::open_bucket(&js, &Names::new(prefix), replicas)
         .await
         .map_err(|e| Error::Nats(e.to_string()))?;
     let held = bucket
