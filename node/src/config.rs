@@ -98,6 +98,10 @@ pub struct NodeConfig {
     /// passivated (they reload from the log when used again).
     #[arg(long, env = "AETHER_MAX_ACTORS", default_value_t = 100_000)]
     pub max_actors: usize,
+    /// Purge each actor's records before its latest snapshot once a record carries one: the log
+    /// keeps the last snapshot and what follows (the full history is gone).
+    #[arg(long, env = "AETHER_COMPACT_EVENTS")]
+    pub compact_events: bool,
     /// Most requests queued behind a moving shard before callers are told to retry.
     #[arg(long, env = "AETHER_QUEUE_LIMIT", default_value_t = 10_000)]
     pub queue_limit: usize,

@@ -543,8 +543,9 @@ impl Node {
         let js = jetstream::new(client.clone());
         let (store, reports) = loop {
             let opened = async {
-                let store =
-                    EventStore::open(js.clone(), names.clone(), cfg.stream_replicas).await?;
+                let store = EventStore::open(js.clone(), names.clone(), cfg.stream_replicas)
+                    .await?
+                    .compacting(cfg.compact_events);
                 let reports =
                     aether_nats::progress::open_stream(&js, &names, cfg.stream_replicas).await?;
                 Ok::<_, Error>((store, reports))

@@ -92,6 +92,7 @@ pub struct EventStore {
     js: jetstream::Context,
     stream: stream::Stream,
     names: Names,
+    compact: bool,
 }
 
 impl EventStore {
@@ -108,7 +109,20 @@ impl EventStore {
             })
             .await
             .map_err(|e| Error::Nats(format!("event stream {}: {e}", names.event_stream())))?;
-        Ok(Self { js, stream, names })
+        Ok(Self {
+            js,
+            stream,
+            names,
+            compact: false,
+        })
+    }
+
+    /// With `on`, every record that carries a snapshot purges the actor's records before it
+    /// (`--compact-events`): the log keeps each actor's last snapshot and what follows.
+    #[must_use]
+    pub fn compacting(mut self, on: bool) -> Self {
+        self.compact = on;
+        self
     }
 
     /// The subject of an actor.
@@ -122,6 +136,23 @@ impl EventStore {
     /// stream already holds a record of this command id (JetStream's duplicate window): nothing was
     /// appended, the command's effect is in the log already.
     pub async fn append(&self, subject: &str, expected: u64, record: &Record) -> Result<u64> {
+        let appended = self.append_only(subject, expected, record).await;
+        if let Ok(seq) = appended
+            && self.compact
+            && record.snapshot.is_some()
+        {
+            // Off the request's path: a purge that fails leaves more log than needed, nothing else.
+            let (stream, subject) = (self.stream.clone(), subject.to_owned());
+            tokio::spawn(async move {
+                if let Err(e) = stream.purge().filter(&subject).sequence(seq).await {
+                    tracing::warn!(%subject, error = %e, "compaction failed");
+                }
+            });
+        }
+        appended
+    }
+
+    async fn append_only(&self, subject: &str, expected: u64, record: &Record) -> Result<u64> {
         let payload = serde_json::to_vec(record).map_err(|e| Error::Internal(e.to_string()))?;
         let mut msg = jetstream::message::PublishMessage::build()
             .payload(payload.into())
@@ -245,6 +276,13 @@ impl EventStore {
             }
             let r: Record = serde_json::from_slice(&msg.payload)
                 .map_err(|e| Error::Corrupt(format!("{subject}@{at}: {e}")))?;
+            if r.version != version + 1 {
+                // A record missing (purged, deleted): folding on would give a wrong state.
+                return Err(Error::Corrupt(format!(
+                    "{subject}@{at}: record {} follows record {version}: the log has a gap",
+                    r.version
+                )));
+            }
             unfolded.extend(r.events);
             snapshot.outbox.extend(r.send);
             if !r.delivered.is_empty() {
@@ -257,6 +295,12 @@ impl EventStore {
             if at == seq {
                 break;
             }
+        }
+        if version != last.version {
+            return Err(Error::Corrupt(format!(
+                "{subject}: replay reached record {version}, the last is {}: the log has a gap",
+                last.version
+            )));
         }
         Ok(Loaded {
             snapshot,

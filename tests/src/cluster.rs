@@ -50,6 +50,7 @@ pub fn node_config(url: &str, prefix: &str, name: &str) -> NodeConfig {
         max_state_bytes: 256 * 1024,
         max_inflight: 10_000,
         max_actors: 100_000,
+        compact_events: false,
         app_url: None,
         app_timeout: Duration::from_secs(2),
         api_addr: aether_node::config::ApiAddr(None),

@@ -10,7 +10,7 @@ use aether_core::protocol::{
     TransferAck, VERSION, decode, encode,
 };
 use aether_core::types::MovePhase;
-use aether_tests::cluster::{ask, move_one_shard, next_plan, publish, spawn_process};
+use aether_tests::cluster::{ask, move_one_shard, next_plan, publish, spawn_process_with};
 use aether_tests::{NatsServer, Process, free_port, http_get, wait_for, workspace_binary};
 use futures::StreamExt;
 use std::sync::{Arc, Mutex};
@@ -23,14 +23,25 @@ const SHARDS: u32 = 16;
 struct Proc {
     name: &'static str,
     port: u16,
+    extra: &'static [&'static str],
     process: Option<Process>,
 }
 
 impl Proc {
     fn start(url: &str, prefix: &str, name: &'static str) -> Self {
+        Self::start_with(url, prefix, name, &[])
+    }
+
+    fn start_with(
+        url: &str,
+        prefix: &str,
+        name: &'static str,
+        extra: &'static [&'static str],
+    ) -> Self {
         let mut p = Self {
             name,
             port: free_port(),
+            extra,
             process: None,
         };
         p.restart(url, prefix);
@@ -39,7 +50,9 @@ impl Proc {
 
     fn restart(&mut self, url: &str, prefix: &str) {
         let bin = workspace_binary("aether-node");
-        self.process = Some(spawn_process(&bin, url, prefix, self.name, self.port));
+        self.process = Some(spawn_process_with(
+            &bin, url, prefix, self.name, self.port, self.extra,
+        ));
     }
 
     fn kill(&mut self) {
@@ -146,6 +159,21 @@ async fn final_reports(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Records the stream holds on `subject`.
+async fn records_of(stream: &mut async_nats::jetstream::stream::Stream, subject: &str) -> usize {
+    let Ok(info) = stream.info_with_subjects(subject).await else {
+        return 0;
+    };
+    let mut subjects = std::pin::pin!(info);
+    let mut n = 0;
+    while let Some(Ok((s, c))) = subjects.next().await {
+        if s == subject {
+            n = c;
+        }
+    }
+    n
 }
 
 /// An actor id whose shard is `shard`.
@@ -327,6 +355,67 @@ async fn a_server_of_an_r3_cluster_killed_mid_rebalance_loses_nothing_acknowledg
         }
     }
     cluster.restart(0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_the_last_snapshot_and_a_gap_in_the_log_is_an_error() {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let prefix = "compact";
+    let names = Names::new(prefix);
+    let mut node = Proc::start_with(&nats.url(), prefix, "app-0", &["--compact-events"]);
+    node.ready().await;
+    let p1 = next_plan(None, &["app-0"], SHARDS, 4);
+    publish(&nc, prefix, &p1, 30).await;
+    wait_for("the plan held", T, || async {
+        node.epoch().await == p1.epoch
+    })
+    .await;
+    // 70 records: snapshots in records 32 and 64; the log keeps 64..=70.
+    for i in 1..=70 {
+        let (value, version, _) = ok(&ask(&nc, prefix, &add("kept", 1, &format!("k{i}"))).await);
+        assert_eq!((value, version), (i, i as u64));
+    }
+    let subject = names.actor_subject(shard_of("kept", SHARDS), &ActorRef::new("counter", "kept"));
+    let js = async_nats::jetstream::new(nc.clone());
+    let mut stream = js.get_stream(names.event_stream()).await.expect("stream");
+    let deadline = std::time::Instant::now() + T;
+    while records_of(&mut stream, &subject).await != 7 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "compacted to 7 records"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 40 records of another actor, then one of them (record 35, after its snapshot 32) deleted.
+    for i in 1..=40 {
+        ok(&ask(&nc, prefix, &add("gap", 1, &format!("g{i}"))).await);
+    }
+    let last = stream
+        .get_last_raw_message_by_subject(
+            &names.actor_subject(shard_of("gap", SHARDS), &ActorRef::new("counter", "gap")),
+        )
+        .await
+        .expect("last record");
+    assert!(
+        stream
+            .delete_message(last.sequence - 5)
+            .await
+            .expect("delete")
+    );
+    // Reloaded from the log by a restarted node: the compacted actor is whole, the gap is an error.
+    node.kill();
+    node.restart(&nats.url(), prefix);
+    node.ready().await;
+    let (value, version, _) = ok(&ask(&nc, prefix, &read("kept")).await);
+    assert_eq!((value, version), (70, 70), "rebuilt from its last snapshot");
+    let (value, version, _) = ok(&ask(&nc, prefix, &add("kept", 1, "k71")).await);
+    assert_eq!((value, version), (71, 71));
+    let reply = ask(&nc, prefix, &read("gap")).await;
+    match &reply.outcome {
+        Outcome::Error(e) => assert!(e.message.contains("gap"), "{e:?}"),
+        Outcome::Ok(ok) => panic!("a log with a gap served a state: {ok:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
