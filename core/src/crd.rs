@@ -142,7 +142,8 @@ fn default_subject_prefix() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationSpec {
-    /// Most shard moves in flight at once, over the whole StatefulSet.
+    /// Most shard moves in flight at once from each source pod (a pod sends at most this many
+    /// shards at a time; pods send in parallel).
     #[serde(default = "default_max_concurrent")]
     #[schemars(range(min = 1, max = 1024))]
     pub max_concurrent: u32,

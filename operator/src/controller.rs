@@ -91,6 +91,9 @@ pub struct Metrics {
     pub plan_seconds: Histogram,
     /// Progress reports that did not decode.
     pub malformed_reports: Counter,
+    /// Why the operator cannot do its job, by source (`watches`, `nats namespace/name`); empty
+    /// when it can. `/readyz` answers 503 with them.
+    pub problems: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl Default for Metrics {
@@ -128,11 +131,37 @@ impl Default for Metrics {
             moving,
             plan_seconds,
             malformed_reports,
+            problems: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 }
 
 impl Metrics {
+    /// Records (`Some`) or clears (`None`) a problem of `source`.
+    pub fn problem(&self, source: &str, why: Option<String>) {
+        if let Ok(mut p) = self.problems.lock() {
+            match why {
+                Some(w) => {
+                    p.insert(source.to_owned(), w);
+                }
+                None => {
+                    p.remove(source);
+                }
+            }
+        }
+    }
+
+    /// The problems, one per line; `None` when there are none.
+    #[must_use]
+    pub fn problems(&self) -> Option<String> {
+        let p = self.problems.lock().ok()?;
+        (!p.is_empty()).then(|| {
+            p.iter()
+                .map(|(k, v)| format!("{k}: {v}\n"))
+                .collect::<String>()
+        })
+    }
+
     /// Prometheus text exposition.
     #[must_use]
     pub fn render(&self) -> String {
@@ -371,10 +400,12 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
     let name = sp.name_any();
     // The cache may not hold this operator's last status write yet; deciding from it would plan from
     // an old status and drop the progress reports of the moves it no longer lists. Read it fresh.
+    let source = format!("nats {ns}/{name}");
     let Some(sp) = Api::<ShardPlan>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&name)
         .await?
     else {
+        ctx.metrics.problem(&source, None);
         return Ok(Action::await_change());
     };
     let sts = Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
@@ -393,6 +424,7 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
         },
         Err(e) => (None, Some(e.to_string()), None),
     };
+    ctx.metrics.problem(&source, nats_problem.clone());
     let me = format!(
         "{ns}/{name}/{}",
         sp.metadata.uid.clone().unwrap_or_default()
@@ -683,10 +715,25 @@ pub async fn run(
             },
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "reconcile dispatch");
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|res| {
+            let metrics = ctx.metrics.clone();
+            async move {
+                match res {
+                    // A watch that fails (the API server unreachable, RBAC) makes the operator
+                    // not Ready, saying why, until a reconcile runs again.
+                    Err(kube::runtime::controller::Error::QueueError(e)) => {
+                        tracing::warn!(error = %e, "watch");
+                        metrics.problem("watches", Some(e.to_string()));
+                    }
+                    // A ShardPlan deleted: its problems go with it.
+                    Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                        let ns = obj.namespace.clone().unwrap_or_default();
+                        metrics.problem(&format!("nats {ns}/{}", obj.name), None);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "reconcile dispatch"),
+                    Ok(_) => metrics.problem("watches", None),
+                }
             }
         })
         .await;

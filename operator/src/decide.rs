@@ -194,11 +194,18 @@ pub fn decide(o: &Observed<'_>) -> Decision {
             ),
         });
     }
-    let retry_due = status.moves.iter().any(|m| {
-        m.phase == MovePhase::Failed
-            && m.attempts <= o.spec.migration.max_retries
-            && m.retry_after.as_ref().is_none_or(|t| t.0 <= o.now.0)
-    });
+    // A retry is a new plan, which stops every transfer not handed off yet: it waits until none
+    // is in flight (a stuck one fails by its deadline), so one failure never rolls the others back.
+    let transferring = status
+        .moves
+        .iter()
+        .any(|m| m.phase == MovePhase::Transferring);
+    let retry_due = !transferring
+        && status.moves.iter().any(|m| {
+            m.phase == MovePhase::Failed
+                && m.attempts <= o.spec.migration.max_retries
+                && m.retry_after.as_ref().is_none_or(|t| t.0 <= o.now.0)
+        });
     let exhausted: Vec<u32> = status
         .moves
         .iter()
@@ -988,5 +995,40 @@ mod tests {
             .filter_map(|m| m.last_error.as_deref())
             .collect();
         assert_eq!(distinct.len(), DISTINCT_ERRORS + 1);
+    }
+
+    #[test]
+    fn a_retry_waits_until_no_transfer_is_in_flight() {
+        let s = spec();
+        let one = decide(&observe(&s, None, &["app-0", "app-1"])).status;
+        let two = decide(&observe(&s, Some(&one), &["app-0", "app-1", "app-2"]));
+        let moves = &two.status.moves;
+        assert!(moves.len() >= 2);
+        let (a, b) = (moves[0].shard, moves[1].shard);
+        let report = |shard, phase| {
+            let mut p = done(2, shard);
+            p.phase = phase;
+            p.error = (phase == MovePhase::Failed).then(|| "refused".to_owned());
+            p
+        };
+        let mut o = observe(&s, Some(&two.status), &["app-0", "app-1", "app-2"]);
+        o.progress = vec![
+            report(a, MovePhase::Failed),
+            report(b, MovePhase::Transferring),
+        ];
+        o.now = Time(now().0 + k8s_openapi::jiff::SignedDuration::from_secs(5));
+        let waiting = decide(&o);
+        assert!(
+            waiting.publish.is_none(),
+            "no retry while another move transfers"
+        );
+        let mut o = observe(&s, Some(&waiting.status), &["app-0", "app-1", "app-2"]);
+        o.progress = vec![report(b, MovePhase::Done)];
+        o.now = Time(now().0 + k8s_openapi::jiff::SignedDuration::from_secs(6));
+        let retried = decide(&o)
+            .publish
+            .expect("the retry once nothing transfers");
+        assert!(retried.moves.iter().any(|m| m.shard == a));
+        assert!(!retried.moves.iter().any(|m| m.shard == b));
     }
 }

@@ -66,7 +66,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("--http-addr {}: {e}", args.http_addr))?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(metrics.clone());
     tokio::spawn(async move {
@@ -110,6 +110,15 @@ async fn run(args: Args) -> Result<(), String> {
     drop(leader);
     let _ = lease_task.await;
     Ok(())
+}
+
+/// 200 while the operator can do its job; 503 with why (a watch failing, a ShardPlan's NATS
+/// unreachable) otherwise.
+async fn readyz(State(m): State<Arc<Metrics>>) -> axum::response::Response {
+    match m.problems() {
+        None => "ready\n".into_response(),
+        Some(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
 }
 
 async fn metrics_text(State(m): State<Arc<Metrics>>) -> impl IntoResponse {

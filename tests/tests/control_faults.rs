@@ -531,10 +531,10 @@ mod operator {
 
     const PREFIX: &str = "ctl";
 
-    fn spawn_operator(api: &ApiServer) -> Process {
+    fn spawn_operator(api: &ApiServer, port: u16) -> Process {
         Process {
             child: Command::new(workspace_binary("aether-operator"))
-                .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+                .args(["--http-addr", &format!("127.0.0.1:{port}")])
                 .env("KUBECONFIG", api.kubeconfig())
                 .env("POD_NAMESPACE", "default")
                 .env("POD_NAME", "operator-0")
@@ -670,7 +670,7 @@ mod operator {
         aether_nats::plans::publish(&bucket, &PlanMessage::new(&rogue, 4, 30))
             .await
             .expect("rogue plan");
-        let mut operator = spawn_operator(&api);
+        let mut operator = spawn_operator(&api, free_port());
         plans
             .create(
                 &PostParams::default(),
@@ -735,7 +735,8 @@ mod operator {
         })
         .await;
         operator.kill();
-        let _operator = spawn_operator(&api);
+        let op_port = free_port();
+        let _operator = spawn_operator(&api, op_port);
         wait_for("Ready again at epoch 52, nothing moving", T, || async {
             plans.get("actors").await.is_ok_and(|sp| ready(&sp))
         })
@@ -877,5 +878,46 @@ mod operator {
             .delete("big", &DeleteParams::default())
             .await
             .expect("delete");
+
+        // Readiness follows NATS: a ShardPlan whose NATS cannot be reached makes the operator
+        // not Ready, saying which; deleting it makes it Ready again.
+        wait_for("the operator Ready", T, || async {
+            matches!(
+                aether_tests::http_get(op_port, "/readyz").await,
+                Some((200, _))
+            )
+        })
+        .await;
+        let mut nowhere = shardplan_on("nowhere", 64, "nats://127.0.0.1:1", "nowhere");
+        nowhere.spec.stateful_set = "app".into();
+        plans
+            .create(&PostParams::default(), &nowhere)
+            .await
+            .expect("ShardPlan");
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            let got = aether_tests::http_get(op_port, "/readyz").await;
+            if matches!(&got, Some((503, why)) if why.contains("default/nowhere")) {
+                break;
+            }
+            let sp = plans.get("nowhere").await.ok();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not Ready, naming the ShardPlan: {got:?}; {:?}",
+                sp.map(|sp| status_of(&sp).conditions)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        plans
+            .delete("nowhere", &DeleteParams::default())
+            .await
+            .expect("delete");
+        wait_for("Ready again", T, || async {
+            matches!(
+                aether_tests::http_get(op_port, "/readyz").await,
+                Some((200, _))
+            )
+        })
+        .await;
     }
 }
