@@ -419,6 +419,74 @@ async fn compaction_keeps_the_last_snapshot_and_a_gap_in_the_log_is_an_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_to_a_stuck_destination_stops_at_once_when_a_newer_plan_comes() {
+    use aether_tests::cluster::start_cluster;
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let prefix = "stuck";
+    let log = reports(&nc, prefix).await;
+    let (_nodes, p1) =
+        start_cluster(&nats.url(), &nc, prefix, &["app-0", "app-1"], SHARDS, 4, 30).await;
+    let shard = (0..SHARDS)
+        .find(|&s| p1.owner(s) == Some("app-0"))
+        .expect("app-0 owns a shard");
+    let id = actor_in(shard);
+    assert_eq!(ok(&ask(&nc, prefix, &add(&id, 5, "c1")).await).0, 5);
+    // app-9 takes transfers and never answers (it hangs): the move pauses the shard on app-0.
+    let _stuck = nc
+        .subscribe(Names::new(prefix).node_migrate("app-9"))
+        .await
+        .expect("subscribe");
+    nc.flush().await.expect("flush");
+    let p2 = next_plan(Some(&p1), &["app-0", "app-1", "app-9"], SHARDS, 4);
+    assert!(
+        p2.moves.iter().any(|m| m.to == "app-9"),
+        "moves to app-9: {:?}",
+        p2.moves
+    );
+    let to_nine: Vec<u32> = p2
+        .moves
+        .iter()
+        .filter(|m| m.to == "app-9")
+        .map(|m| m.shard)
+        .collect();
+    publish(&nc, prefix, &p2, 30).await;
+    wait_for("the moves to app-9 transferring", T, || async {
+        let log = log.lock().expect("lock");
+        to_nine.iter().all(|s| {
+            log.iter()
+                .any(|p| p.epoch == p2.epoch && p.shard == *s && p.phase == MovePhase::Transferring)
+        })
+    })
+    .await;
+    // app-9 is gone from the next plan: the moves stop at once (before their 5 s chunk timeout),
+    // each reported Superseded, and the shards are served by their sources again.
+    let p3 = next_plan(Some(&p2), &["app-0", "app-1"], SHARDS, 4);
+    publish(&nc, prefix, &p3, 30).await;
+    wait_for("every move to app-9 superseded", T, || async {
+        let log = log.lock().expect("lock");
+        to_nine.iter().all(|s| {
+            log.iter()
+                .any(|p| p.epoch == p2.epoch && p.shard == *s && p.phase == MovePhase::Superseded)
+        })
+    })
+    .await;
+    let log = log.lock().expect("lock").clone();
+    assert!(
+        !log.iter()
+            .any(|p| p.epoch == p2.epoch && p.phase == MovePhase::Failed),
+        "stopped by the newer plan, not by a timeout: {log:?}"
+    );
+    if let Some(s) = to_nine.first() {
+        let id = actor_in(*s);
+        let reply = ask(&nc, prefix, &read(&id)).await;
+        assert!(matches!(reply.outcome, Outcome::Ok(_)), "{reply:?}");
+    }
+    let (value, _, _) = ok(&ask(&nc, prefix, &add(&id, 1, "c2")).await);
+    assert_eq!(value, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_restarted_before_its_commit_never_has_its_old_attempt_committed() {
     let nats = NatsServer::start();
     let nc = nats.connect().await;
