@@ -490,6 +490,13 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
         if let Ok(mut map) = ctx.progress.lock() {
             map.entry(prefix).or_default().restore(progress);
         }
+        // Deleted while this reconcile ran: nothing to write, nothing wrong.
+        if let Error::Kube(kube::Error::Api(status)) = &e
+            && status.code == 404
+        {
+            ctx.metrics.problem(&source, None);
+            return Ok(Action::await_change());
+        }
         return Err(e);
     }
     let label = PlanLabel {
