@@ -600,12 +600,16 @@ mod operator {
     const PREFIX: &str = "ctl";
 
     fn spawn_operator(api: &ApiServer, port: u16) -> Process {
+        spawn_operator_named(api, port, "operator-0")
+    }
+
+    fn spawn_operator_named(api: &ApiServer, port: u16, name: &str) -> Process {
         Process {
             child: Command::new(workspace_binary("aether-operator"))
                 .args(["--http-addr", &format!("127.0.0.1:{port}")])
                 .env("KUBECONFIG", api.kubeconfig())
                 .env("POD_NAMESPACE", "default")
-                .env("POD_NAME", "operator-0")
+                .env("POD_NAME", name)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
@@ -804,7 +808,7 @@ mod operator {
         .await;
         operator.kill();
         let op_port = free_port();
-        let _operator = spawn_operator(&api, op_port);
+        let mut leader = spawn_operator(&api, op_port);
         wait_for("Ready again at epoch 52, nothing moving", T, || async {
             plans.get("actors").await.is_ok_and(|sp| ready(&sp))
         })
@@ -987,5 +991,58 @@ mod operator {
             )
         })
         .await;
+
+        // Leader failover mid-rebalance: a standby waits for the Lease; the leader is frozen as
+        // soon as the plan is in NATS, its moves are reported while it is frozen, then it is
+        // killed; the standby takes the Lease when it expires, reads the reports and converges
+        // without a new epoch.
+        let _standby = spawn_operator_named(&api, free_port(), "operator-1");
+        let before = status_of(&plans.get("again").await.expect("get")).epoch;
+        add_pod(&pods, &sts, "app-3").await;
+        nodes.push(TestNode::start(&nats.url(), PREFIX, "app-3").await);
+        let next = before + 1;
+        wait_for("the next epoch in NATS", T, || async {
+            held(&nc).await.is_some_and(|p| p.epoch == next)
+        })
+        .await;
+        let pid = leader.child.id().to_string();
+        let stopped = Command::new("kill").args(["-STOP", &pid]).status();
+        assert!(stopped.is_ok_and(|s| s.success()), "SIGSTOP the leader");
+        let frozen = status_of(&plans.get("again").await.expect("get"));
+        assert_eq!(frozen.epoch, next);
+        assert!(
+            frozen.moving > 0,
+            "moves in flight at the failover: {frozen:?}"
+        );
+        let moves: Vec<(u32, String)> = frozen
+            .moves
+            .iter()
+            .map(|m| (m.shard, m.from.clone().unwrap_or_default()))
+            .collect();
+        wait_for("every move reported done by its source", T, || async {
+            let log = log.lock().expect("lock");
+            moves.iter().all(|(shard, from)| {
+                log.iter().any(|p| {
+                    p.epoch == next
+                        && p.shard == *shard
+                        && &p.node == from
+                        && p.phase == MovePhase::Done
+                })
+            })
+        })
+        .await;
+        leader.kill();
+        wait_for("the standby leads and converges", T * 2, || async {
+            plans
+                .get("again")
+                .await
+                .is_ok_and(|sp| ready(&sp) && status_of(&sp).member_count == 4)
+        })
+        .await;
+        assert_eq!(
+            status_of(&plans.get("again").await.expect("get")).epoch,
+            next,
+            "the standby read the reports: no move timed out or was retried"
+        );
     }
 }
