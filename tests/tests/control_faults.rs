@@ -1044,5 +1044,71 @@ mod operator {
             next,
             "the standby read the reports: no move timed out or was retried"
         );
+
+        // A retry never rolls back transfers in flight: app-8 takes chunks and never answers (its
+        // moves transfer until their 5 s chunk timeout), app-9 has no sidecar (its moves fail at
+        // once, due for a retry after 1 s). The retry plan comes only once no move transfers,
+        // so no move of this plan is superseded.
+        let _hung = nc
+            .subscribe(Names::new(PREFIX).node_migrate("app-8"))
+            .await
+            .expect("subscribe");
+        nc.flush().await.expect("flush");
+        let this = next + 1;
+        add_pod(&pods, &sts, "app-8").await;
+        add_pod(&pods, &sts, "app-9").await;
+        let deadline = std::time::Instant::now() + T;
+        let planned = loop {
+            let sp = plans.get("again").await.expect("get");
+            let s = status_of(&sp);
+            if s.epoch == this && s.member_count == 6 {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a plan for 6 members at epoch {this}: {s:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let to = |pod: &str| -> Vec<u32> {
+            planned
+                .moves
+                .iter()
+                .filter(|m| m.to == pod)
+                .map(|m| m.shard)
+                .collect()
+        };
+        let (hung, absent) = (to("app-8"), to("app-9"));
+        assert!(
+            !hung.is_empty() && !absent.is_empty(),
+            "{:?}",
+            planned.moves
+        );
+        wait_for("the retry plan", T, || async {
+            held(&nc).await.is_some_and(|p| p.epoch > this)
+        })
+        .await;
+        let log = log.lock().expect("lock").clone();
+        let last = |shard: u32| {
+            log.iter()
+                .filter(|p| p.epoch == this && p.shard == shard)
+                .map(|p| p.phase)
+                .next_back()
+        };
+        for shard in hung.iter().chain(&absent) {
+            assert_eq!(
+                last(*shard),
+                Some(MovePhase::Failed),
+                "shard {shard}: every move of epoch {this} ended before the retry, none superseded: {:?}",
+                log.iter()
+                    .filter(|p| p.shard == *shard && p.epoch >= this)
+                    .collect::<Vec<_>>()
+            );
+        }
+        assert!(
+            !log.iter()
+                .any(|p| p.epoch == this && p.phase == MovePhase::Superseded),
+            "no transfer rolled back by the retry"
+        );
     }
 }
