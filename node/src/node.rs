@@ -368,22 +368,23 @@ impl Shared {
         error: Option<String>,
     ) {
         let p = Progress {
-            v: VERSION,
-            epoch,
-            shard,
-            node: self.me.clone(),
-            phase,
             actors,
             duration_ms,
             error,
+            ..self.progress(epoch, shard, phase)
         };
         self.store_report(&p, aether_nats::progress::REPORT_FOR)
             .await;
     }
 
-    /// Reports a move's phase, giving up after `within`.
+    /// Reports a move's phase (no figures), giving up after `within`.
     pub async fn report_within(&self, epoch: u64, shard: u32, phase: MovePhase, within: Duration) {
-        let p = Progress {
+        self.store_report(&self.progress(epoch, shard, phase), within)
+            .await;
+    }
+
+    fn progress(&self, epoch: u64, shard: u32, phase: MovePhase) -> Progress {
+        Progress {
             v: VERSION,
             epoch,
             shard,
@@ -392,8 +393,7 @@ impl Shared {
             actors: 0,
             duration_ms: 0,
             error: None,
-        };
-        self.store_report(&p, within).await;
+        }
     }
 
     async fn store_report(&self, p: &Progress, within: Duration) {

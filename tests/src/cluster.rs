@@ -332,3 +332,27 @@ pub async fn assert_nothing_acked_lost(
         );
     }
 }
+
+/// Every progress report published under `prefix` (`{prefix}.progress.>`), as it arrives.
+pub async fn progress_log(
+    nc: &async_nats::Client,
+    prefix: &str,
+) -> Arc<std::sync::Mutex<Vec<aether_core::protocol::Progress>>> {
+    use futures::StreamExt;
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut sub = nc
+        .subscribe(Names::new(prefix).progress_subjects())
+        .await
+        .unwrap_or_else(|e| panic!("subscribe: {e}"));
+    let sink = log.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Ok(p) = aether_core::protocol::decode(&m.payload)
+                && let Ok(mut log) = sink.lock()
+            {
+                log.push(p);
+            }
+        }
+    });
+    log
+}

@@ -313,3 +313,28 @@ fn http_get(path: &str) -> http::Request<Vec<u8>> {
         .body(Vec::new())
         .unwrap_or_else(|e| panic!("request: {e}"))
 }
+
+/// Creates pod `name` of StatefulSet `sts` (labels `app: app`) and reports it Running and Ready, as a
+/// kubelet would once its containers pass their readiness probe.
+pub async fn add_ready_pod(
+    pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    sts: &k8s_openapi::api::apps::v1::StatefulSet,
+    name: &str,
+) {
+    use kube::api::{Patch, PatchParams, PostParams};
+    let uid = sts.metadata.uid.clone().unwrap_or_default();
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "app"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "app", "uid": uid, "controller": true}]},
+        "spec": {"containers": [{"name": "app", "image": "app"}]}
+    }))
+    .unwrap_or_else(|e| panic!("pod: {e}"));
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("create pod {name}: {e}"));
+    let status = serde_json::json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("pod status {name}: {e}"));
+}

@@ -10,10 +10,11 @@ use aether_core::protocol::{
     TransferAck, VERSION, decode, encode,
 };
 use aether_core::types::MovePhase;
-use aether_tests::cluster::{ask, move_one_shard, next_plan, publish, spawn_process_with};
+use aether_tests::cluster::{
+    ask, move_one_shard, next_plan, progress_log, publish, spawn_process_with,
+};
 use aether_tests::{NatsServer, Process, free_port, http_get, wait_for, workspace_binary};
 use futures::StreamExt;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -77,24 +78,6 @@ impl Proc {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     }
-}
-
-/// Every progress report published under `prefix`.
-async fn reports(nc: &async_nats::Client, prefix: &str) -> Arc<Mutex<Vec<Progress>>> {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let mut sub = nc
-        .subscribe(Names::new(prefix).progress_subjects())
-        .await
-        .expect("subscribe");
-    let sink = log.clone();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if let Ok(p) = decode::<Progress>(&m.payload) {
-                sink.lock().expect("lock").push(p);
-            }
-        }
-    });
-    log
 }
 
 fn add(id: &str, n: i64, cmd: &str) -> Request {
@@ -189,7 +172,7 @@ async fn a_node_restarted_after_a_commit_serves_the_shard_it_received() {
     let nats = NatsServer::start();
     let nc = nats.connect().await;
     let prefix = "restart";
-    let log = reports(&nc, prefix).await;
+    let log = progress_log(&nc, prefix).await;
     let mut a = Proc::start(&nats.url(), prefix, "app-0");
     let mut b = Proc::start(&nats.url(), prefix, "app-1");
     a.ready().await;
@@ -424,7 +407,7 @@ async fn a_move_to_a_stuck_destination_stops_at_once_when_a_newer_plan_comes() {
     let nats = NatsServer::start();
     let nc = nats.connect().await;
     let prefix = "stuck";
-    let log = reports(&nc, prefix).await;
+    let log = progress_log(&nc, prefix).await;
     let (_nodes, p1) =
         start_cluster(&nats.url(), &nc, prefix, &["app-0", "app-1"], SHARDS, 4, 30).await;
     let shard = (0..SHARDS)
@@ -491,7 +474,7 @@ async fn a_source_restarted_before_its_commit_never_has_its_old_attempt_committe
     let nats = NatsServer::start();
     let nc = nats.connect().await;
     let prefix = "attempt";
-    let log = reports(&nc, prefix).await;
+    let log = progress_log(&nc, prefix).await;
     let mut a = Proc::start(&nats.url(), prefix, "app-0");
     let b = Proc::start(&nats.url(), prefix, "app-1");
     a.ready().await;
@@ -582,12 +565,13 @@ async fn a_source_restarted_before_its_commit_never_has_its_old_attempt_committe
 }
 
 mod operator {
-    use super::{T, reports};
+    use super::T;
     use aether_core::crd::{ShardPlan, ShardPlanStatus};
     use aether_core::protocol::{Names, PlanMessage, decode};
     use aether_core::types::MovePhase;
+    use aether_tests::cluster::progress_log;
     use aether_tests::cluster::{TestNode, next_plan};
-    use aether_tests::k8s::ApiServer;
+    use aether_tests::k8s::{ApiServer, add_ready_pod};
     use aether_tests::{NatsServer, Process, free_port, wait_for, workspace_binary};
     use k8s_openapi::api::apps::v1::StatefulSet;
     use k8s_openapi::api::core::v1::Pod;
@@ -616,24 +600,6 @@ mod operator {
                 .spawn()
                 .expect("operator"),
         }
-    }
-
-    async fn add_pod(pods: &Api<Pod>, sts: &StatefulSet, name: &str) {
-        let uid = sts.metadata.uid.clone().unwrap_or_default();
-        let pod: Pod = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": "app"},
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "app", "uid": uid, "controller": true}]},
-            "spec": {"containers": [{"name": "app", "image": "app"}]}
-        }))
-        .expect("pod");
-        pods.create(&PostParams::default(), &pod)
-            .await
-            .expect("create pod");
-        let status = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
-        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-            .await
-            .expect("pod status");
     }
 
     fn shardplan(name: &str, shards: u32, url: &str) -> ShardPlan {
@@ -704,7 +670,7 @@ mod operator {
         let client = api.client().await;
         let nats = NatsServer::start();
         let nc = nats.connect().await;
-        let log = reports(&nc, PREFIX).await;
+        let log = progress_log(&nc, PREFIX).await;
         let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
             Api::all(client.clone());
         crds.create(&PostParams::default(), &aether_core::crd::definition())
@@ -728,7 +694,7 @@ mod operator {
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
         let mut nodes = Vec::new();
         for name in ["app-0", "app-1"] {
-            add_pod(&pods, &sts, name).await;
+            add_ready_pod(&pods, &sts, name).await;
             nodes.push(TestNode::start(&nats.url(), PREFIX, name).await);
         }
 
@@ -774,7 +740,7 @@ mod operator {
 
         // A scale-up; the operator is frozen as soon as the plan is in NATS (its status lists the
         // moves, nothing more), the moves finish while it is frozen, then it is killed.
-        add_pod(&pods, &sts, "app-2").await;
+        add_ready_pod(&pods, &sts, "app-2").await;
         nodes.push(TestNode::start(&nats.url(), PREFIX, "app-2").await);
         wait_for("epoch 52 in NATS", T, || async {
             held(&nc).await.is_some_and(|p| p.epoch == 52)
@@ -960,8 +926,7 @@ mod operator {
             )
         })
         .await;
-        let mut nowhere = shardplan_on("nowhere", 64, "nats://127.0.0.1:1", "nowhere");
-        nowhere.spec.stateful_set = "app".into();
+        let nowhere = shardplan_on("nowhere", 64, "nats://127.0.0.1:1", "nowhere");
         plans
             .create(&PostParams::default(), &nowhere)
             .await
@@ -998,7 +963,7 @@ mod operator {
         // without a new epoch.
         let _standby = spawn_operator_named(&api, free_port(), "operator-1");
         let before = status_of(&plans.get("again").await.expect("get")).epoch;
-        add_pod(&pods, &sts, "app-3").await;
+        add_ready_pod(&pods, &sts, "app-3").await;
         nodes.push(TestNode::start(&nats.url(), PREFIX, "app-3").await);
         let next = before + 1;
         wait_for("the next epoch in NATS", T, || async {
@@ -1055,8 +1020,8 @@ mod operator {
             .expect("subscribe");
         nc.flush().await.expect("flush");
         let this = next + 1;
-        add_pod(&pods, &sts, "app-8").await;
-        add_pod(&pods, &sts, "app-9").await;
+        add_ready_pod(&pods, &sts, "app-8").await;
+        add_ready_pod(&pods, &sts, "app-9").await;
         let deadline = std::time::Instant::now() + T;
         let planned = loop {
             let sp = plans.get("again").await.expect("get");

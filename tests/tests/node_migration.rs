@@ -6,34 +6,15 @@ use aether_core::protocol::{ActorRef, Names, NodeEvent, NodeEventKind, Outcome, 
 use aether_node::client::{Client, run_load};
 use aether_node::store::{EventStore, Record};
 use aether_tests::cluster::{
-    TestNode, assert_nothing_acked_lost, counter_value, move_one_shard, next_plan, publish,
-    spawn_process, start_cluster,
+    TestNode, assert_nothing_acked_lost, counter_value, move_one_shard, next_plan, progress_log,
+    publish, spawn_process, start_cluster,
 };
 use aether_tests::{NatsServer, free_port, wait_for, workspace_binary};
 use futures::StreamExt;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 const SHARDS: u32 = 64;
-
-/// Collects progress reports published on `{prefix}.progress.>`.
-async fn progress_log(nc: &async_nats::Client, prefix: &str) -> Arc<Mutex<Vec<Progress>>> {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let mut sub = nc
-        .subscribe(Names::new(prefix).progress_subjects())
-        .await
-        .expect("subscribe");
-    let sink = log.clone();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if let Ok(p) = decode::<Progress>(&m.payload) {
-                sink.lock().expect("lock").push(p);
-            }
-        }
-    });
-    log
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_moves_while_clients_keep_writing() {

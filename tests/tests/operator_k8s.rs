@@ -8,7 +8,7 @@ use aether_core::protocol::{
     Names, NodeEvent, NodeEventKind, PlanMessage, Progress, VERSION, decode, encode,
 };
 use aether_tests::cluster::TestNode;
-use aether_tests::k8s::ApiServer;
+use aether_tests::k8s::{ApiServer, add_ready_pod};
 use aether_tests::{NatsServer, Process, free_port, wait_for, workspace_binary};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
@@ -20,25 +20,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
-
-async fn add_pod(pods: &Api<Pod>, sts: &StatefulSet, name: &str) {
-    let uid = sts.metadata.uid.clone().unwrap_or_default();
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": "app"},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "app", "uid": uid, "controller": true}]},
-        "spec": {"containers": [{"name": "app", "image": "app"}]}
-    }))
-    .expect("pod");
-    pods.create(&PostParams::default(), &pod)
-        .await
-        .expect("create pod");
-    // What the kubelet would report once the containers run and pass their readiness probe.
-    let status = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
-    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("pod status");
-}
 
 fn status_of(sp: &ShardPlan) -> ShardPlanStatus {
     sp.status.clone().unwrap_or_default()
@@ -105,7 +86,7 @@ async fn the_operator_plans_publishes_and_follows_a_scale_up() {
     let mut nodes = Vec::new();
     for i in 0..3 {
         let name = format!("app-{i}");
-        add_pod(&pods, &sts, &name).await;
+        add_ready_pod(&pods, &sts, &name).await;
         nodes.push(TestNode::start(&nats.url(), "actors", &name).await);
     }
 
@@ -165,7 +146,7 @@ async fn the_operator_plans_publishes_and_follows_a_scale_up() {
 
     // Scale up: a fourth Ready pod with its sidecar. The operator plans epoch 2, the nodes move the
     // shards and report, and the status converges back to Ready with nothing moving.
-    add_pod(&pods, &sts, "app-3").await;
+    add_ready_pod(&pods, &sts, "app-3").await;
     nodes.push(TestNode::start(&nats.url(), "actors", "app-3").await);
     wait_for("epoch 2 with moves", T, || async {
         plans
@@ -258,7 +239,7 @@ async fn the_operator_plans_publishes_and_follows_a_scale_up() {
 
     // A Failed report with a megabyte-long error: the status takes it cut to 1 KiB, and every later
     // status write still lands. app-9 is a Ready pod with no sidecar, so the moves to it stay open.
-    add_pod(&pods, &sts, "app-9").await;
+    add_ready_pod(&pods, &sts, "app-9").await;
     let deadline = std::time::Instant::now() + T;
     let (epoch, shard) = loop {
         let s = status_of(&plans.get("actors").await.expect("get"));
