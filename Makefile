@@ -14,7 +14,7 @@ KUBECTL := $(TOOLS_DIR)/kubernetes-$(K8S_VERSION)/kubectl
 ETCD := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
 HELM := $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 
-.PHONY: all build test lint fmt generate check-generated chart-check bench demo tools clean-tools
+.PHONY: all build test lint fmt generate check-generated chart-check bench chaos demo tools clean-tools
 
 all: lint test
 
@@ -61,6 +61,13 @@ chart-check: $(HELM)
 	@for kind in Deployment ClusterRole Role StatefulSet PodDisruptionBudget ShardPlan; do \
 	  grep -q "^kind: $$kind$$" target/chart-render.yaml || { echo "chart render lacks a $$kind"; exit 1; }; done
 	@! $(HELM) template t charts/aether --kube-version $(K8S_VERSION) --set nats.url=bogus > /dev/null 2>&1 || { echo "values.schema.json accepted a bad nats.url"; exit 1; }
+
+## chaos: the long chaos runs (>= 100 faults, >= 100,000 operations each, one nats-server then a
+## 3-server cluster), their histories checked; writes RELIABILITY.md. AETHER_CHAOS_SEEDS=a,b replays.
+chaos: tools
+	$(CARGO) build --release --bins -p aether-node
+	$(CARGO) build --release --example chaos -p aether-tests
+	AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) $${CARGO_TARGET_DIR:-target}/release/examples/chaos
 
 ## bench: every benchmark; writes BENCHMARKS.md.
 # Criterion writes under the cargo target directory (CARGO_TARGET_DIR when set); the rest under target/.

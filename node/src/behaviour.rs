@@ -1,7 +1,7 @@
 //! Actor behaviours: how a command becomes events and how events fold into state. Pure functions; the
 //! host (`host.rs`) persists the events in JetStream before it applies them.
 //!
-//! Built-in kinds: `counter` (an integer) and `doc` (a JSON key-value document), so the sidecar is
+//! Built-in kinds: `counter` (an integer), `doc` (a JSON key-value document) and `list` (appends), so the sidecar is
 //! useful and testable on its own. Another kind is one more [`Behaviour`] in the [`Registry`]
 //! (in-process, for a node embedded as a library), or a kind of the app container ([`Kind::App`]),
 //! whose decide and apply are HTTP calls (`app.rs`).
@@ -113,6 +113,40 @@ impl Behaviour for Document {
     }
 }
 
+/// `list`: state `{"items": [...]}`; command `{"append": v}` (any JSON value) adds `v` at the end.
+/// Every command is visible in the state, in order: the chaos suite checks histories with it.
+#[derive(Debug, Default)]
+pub struct List;
+
+impl Behaviour for List {
+    fn kind(&self) -> &'static str {
+        "list"
+    }
+
+    fn initial(&self) -> Value {
+        json!({"items": []})
+    }
+
+    fn decide(&self, _state: &Value, command: &Value) -> Result<Vec<Value>, String> {
+        match command.get("append") {
+            Some(v) => Ok(vec![json!({"appended": v})]),
+            None => Err(r#"unknown list command: expected {"append": v}"#.to_owned()),
+        }
+    }
+
+    fn apply(&self, state: &mut Value, event: &Value) {
+        let Some(v) = event.get("appended") else {
+            return;
+        };
+        if !state["items"].is_array() {
+            state["items"] = json!([]);
+        }
+        if let Some(items) = state["items"].as_array_mut() {
+            items.push(v.clone());
+        }
+    }
+}
+
 /// A kind of actor: in-process, or the app container's.
 #[derive(Clone)]
 pub enum Kind {
@@ -193,6 +227,7 @@ impl Registry {
         };
         r.register(Arc::new(Counter));
         r.register(Arc::new(Document));
+        r.register(Arc::new(List));
         r
     }
 
@@ -272,6 +307,23 @@ mod tests {
         assert!(
             Counter
                 .decide(&json!({"value": 0}), &json!({"mul": 2}))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn list_appends_in_order() {
+        let s = run(
+            &List,
+            &[
+                json!({"append": "a"}),
+                json!({"append": 2}),
+                json!({"append": "a"}),
+            ],
+        );
+        assert_eq!(s, json!({"items": ["a", 2, "a"]}));
+        assert!(
+            List.decide(&json!({"items": []}), &json!({"push": 1}))
                 .is_err()
         );
     }

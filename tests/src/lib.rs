@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 pub mod app;
 pub mod bank;
+pub mod chaos;
 pub mod cluster;
+pub mod history;
 pub mod k8s;
 pub mod kubelet;
 pub mod measure;

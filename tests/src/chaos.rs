@@ -1,0 +1,713 @@
+//! The chaos runner: node processes on a real nats-server (or a 3-server cluster), a workload of
+//! appends, retries and reads on `list` actors recorded as a [`History`], and a seeded random schedule
+//! of faults: nodes SIGKILLed or SIGSTOPped (also while they are sources of moves), nats-servers killed,
+//! plans changed while moves run, members flapping. The same seed gives the same schedule; the
+//! history is checked for linearizability per actor at the end ([`crate::history::check`]).
+//!
+//! Plans are published the way the operator does (the core planner, then the KV bucket), and after
+//! every fault the runner publishes the next plan for the same members, as the operator's retry does.
+
+use crate::cluster::next_plan;
+use crate::history::{self, History, Op, OpKind, Outcome, Verdict};
+use crate::{NatsCluster, NatsServer, Process, free_port, workspace_binary};
+use aether_core::plan::Plan;
+use aether_core::protocol::{self, ActorRef, ErrorCode, Names, Op as ReqOp, PlanMessage, Request};
+use aether_node::client::Client;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How big a run is.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Seed of the fault schedule and of the workload's choices.
+    pub seed: u64,
+    /// Faults to inject.
+    pub faults: usize,
+    /// Operations to record at least (the run goes on after the last fault until it has them).
+    pub min_ops: u64,
+    /// Node processes (the plan has 2 to all of them as members).
+    pub pods: usize,
+    /// `list` actors the workload uses.
+    pub actors: usize,
+    /// Concurrent clients.
+    pub workers: usize,
+    /// Shards of the plan.
+    pub shards: u32,
+    /// A 3-server NATS cluster with 3 replicas (else one server).
+    pub cluster: bool,
+    /// The longest the whole run may take.
+    pub limit: Duration,
+}
+
+impl Config {
+    /// The slice inside `make test`.
+    #[must_use]
+    pub fn short(seed: u64, cluster: bool) -> Self {
+        Self {
+            seed,
+            faults: 12,
+            min_ops: 5_000,
+            pods: 4,
+            actors: 64,
+            workers: 8,
+            shards: 16,
+            cluster,
+            limit: Duration::from_secs(240),
+        }
+    }
+
+    /// `make chaos`.
+    #[must_use]
+    pub fn long(seed: u64, cluster: bool) -> Self {
+        Self {
+            seed,
+            faults: 100,
+            min_ops: 100_000,
+            pods: 4,
+            actors: 256,
+            workers: 16,
+            shards: 32,
+            cluster,
+            limit: Duration::from_secs(1200),
+        }
+    }
+}
+
+/// A kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// SIGKILL a node, start it again after a while.
+    KillNode,
+    /// SIGSTOP a node, SIGCONT it after a while.
+    StopNode,
+    /// A new plan, then SIGKILL a source of its moves at once.
+    KillSourceMidMove,
+    /// A new plan, then SIGSTOP a source of its moves at once.
+    StopSourceMidMove,
+    /// A new plan, then SIGKILL a destination of its moves.
+    KillDestinationMidMove,
+    /// SIGSTOP a node, then a plan that moves shards away from it, then SIGCONT.
+    StopThenReplan,
+    /// A nats-server killed and started again (one of the cluster's).
+    RestartNats,
+    /// A plan with a member added or removed while the previous plan's moves run.
+    PlanChange,
+    /// A member removed and added back at once.
+    Flap,
+}
+
+impl Fault {
+    const ALL: [Self; 9] = [
+        Self::KillNode,
+        Self::StopNode,
+        Self::KillSourceMidMove,
+        Self::StopSourceMidMove,
+        Self::KillDestinationMidMove,
+        Self::StopThenReplan,
+        Self::RestartNats,
+        Self::PlanChange,
+        Self::Flap,
+    ];
+
+    /// Its name in the report.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::KillNode => "node SIGKILL",
+            Self::StopNode => "node SIGSTOP",
+            Self::KillSourceMidMove => "source SIGKILL mid-move",
+            Self::StopSourceMidMove => "source SIGSTOP mid-move",
+            Self::KillDestinationMidMove => "destination SIGKILL mid-move",
+            Self::StopThenReplan => "owner SIGSTOP, shards moved away",
+            Self::RestartNats => "nats-server restart",
+            Self::PlanChange => "plan change mid-move",
+            Self::Flap => "member flap",
+        }
+    }
+}
+
+/// What a run saw.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The config.
+    pub config: Config,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<Fault, usize>,
+    /// The schedule, one line per fault (for a replay's comparison).
+    pub schedule: Vec<String>,
+    /// Time from each fault's end until every probed actor answered, milliseconds.
+    pub converge_ms: Vec<u64>,
+    /// Faults after which the system did not converge within a minute.
+    pub not_converged: Vec<String>,
+    /// The checker's verdict.
+    pub verdict: Verdict,
+    /// Plans published.
+    pub plans: u64,
+    /// The run's length.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// Nothing lost, duplicated or stale, and every fault healed.
+    #[must_use]
+    pub fn passed(&self) -> bool {
+        self.verdict.linearizable() && self.not_converged.is_empty()
+    }
+
+    /// Percentile of the convergence times.
+    #[must_use]
+    pub fn converge_percentile(&self, p: f64) -> u64 {
+        let mut v = self.converge_ms.clone();
+        v.sort_unstable();
+        if v.is_empty() {
+            return 0;
+        }
+        let i = ((v.len() - 1) as f64 * p).round() as usize;
+        v[i.min(v.len() - 1)]
+    }
+}
+
+enum Nats {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    fn url(&self) -> String {
+        match self {
+            Self::Single(s) => s.url(),
+            Self::Cluster(c) => c.urls(),
+        }
+    }
+
+    async fn connect(&self) -> async_nats::Client {
+        match self {
+            Self::Single(s) => s.connect().await,
+            Self::Cluster(c) => c.connect().await,
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        match self {
+            Self::Single(s) => s.kill(),
+            Self::Cluster(c) => c.kill(i % 3),
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        match self {
+            Self::Single(s) => s.restart(),
+            Self::Cluster(c) => c.restart(i % 3),
+        }
+    }
+}
+
+struct Pod {
+    name: String,
+    port: u16,
+    proc: Option<Process>,
+}
+
+impl Pod {
+    fn start(&mut self, url: &str, prefix: &str, replicas: &str) {
+        self.proc = Some(crate::cluster::spawn_process_with(
+            &workspace_binary("aether-node"),
+            url,
+            prefix,
+            &self.name,
+            self.port,
+            &["--stream-replicas", replicas],
+        ));
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(p) = &self.proc {
+            let ok = Command::new("kill")
+                .args([sig, &p.child.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill {sig} {}", self.name);
+        }
+    }
+}
+
+struct Planner {
+    plan: Plan,
+    members: Vec<String>,
+    shards: u32,
+    bucket: async_nats::jetstream::kv::Store,
+    published: u64,
+}
+
+impl Planner {
+    /// The next plan for `members`, published; returns it.
+    async fn publish(&mut self, members: Vec<String>) -> Plan {
+        let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+        let next = next_plan(Some(&self.plan), &refs, self.shards, 4);
+        let msg = PlanMessage::new(&next, 4, 10);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // The bucket may be without a leader for a moment after a server restart.
+        while let Err(e) = aether_nats::plans::publish(&self.bucket, &msg).await {
+            assert!(
+                Instant::now() < deadline,
+                "publish plan {}: {e}",
+                next.epoch
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.published += 1;
+        self.plan = next.clone();
+        self.members = members;
+        next
+    }
+
+    /// The same members again (the operator's retry of whatever did not finish).
+    async fn republish(&mut self) -> Plan {
+        let members = self.members.clone();
+        self.publish(members).await
+    }
+}
+
+/// Runs the workload and the fault schedule; returns what happened. Panics only on harness failures.
+pub async fn run(cfg: Config) -> Report {
+    let started = Instant::now();
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut nats = if cfg.cluster {
+        Nats::Cluster(NatsCluster::start(3).await)
+    } else {
+        Nats::Single(NatsServer::start())
+    };
+    let replicas = if cfg.cluster { "3" } else { "1" };
+    let prefix = format!("chaos{}", cfg.seed % 1000);
+    let names = Names::new(prefix.as_str());
+    let nc = nats.connect().await;
+    let js = async_nats::jetstream::new(nc.clone());
+    let bucket = aether_nats::plans::open_bucket(&js, &names, if cfg.cluster { 3 } else { 1 })
+        .await
+        .unwrap_or_else(|e| panic!("plan bucket: {e}"));
+    let url = nats.url();
+    let mut pods: Vec<Pod> = (0..cfg.pods)
+        .map(|i| Pod {
+            name: format!("pod-{i}"),
+            port: free_port(),
+            proc: None,
+        })
+        .collect();
+    for p in &mut pods {
+        p.start(&url, &prefix, replicas);
+    }
+    let first: Vec<String> = pods.iter().take(3).map(|p| p.name.clone()).collect();
+    let refs: Vec<&str> = first.iter().map(String::as_str).collect();
+    let plan = next_plan(None, &refs, cfg.shards, 4);
+    let mut planner = Planner {
+        plan: plan.clone(),
+        members: first.clone(),
+        shards: cfg.shards,
+        bucket,
+        published: 0,
+    };
+    aether_nats::plans::publish(&planner.bucket, &PlanMessage::new(&plan, 4, 10))
+        .await
+        .unwrap_or_else(|e| panic!("first plan: {e}"));
+    let mut client = Client::new(nc.clone(), &prefix);
+    client.deadline = Duration::from_secs(15);
+    let actors: Vec<String> = (0..cfg.actors).map(|i| format!("a{i}")).collect();
+    converge(&client, &actors, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("the first plan never served: {e}"));
+
+    let history = Arc::new(History::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..cfg.workers {
+        let wrng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(31).wrapping_add(w as u64));
+        workers.push(tokio::spawn(worker(
+            w,
+            wrng,
+            client.clone(),
+            actors.clone(),
+            history.clone(),
+            stop.clone(),
+            count.clone(),
+        )));
+    }
+
+    let mut report = Report {
+        config: cfg.clone(),
+        faults: BTreeMap::new(),
+        schedule: Vec::new(),
+        converge_ms: Vec::new(),
+        not_converged: Vec::new(),
+        verdict: Verdict::default(),
+        plans: 0,
+        elapsed: Duration::ZERO,
+    };
+    let mut n = 0;
+    while n < cfg.faults || count.load(Ordering::Relaxed) < cfg.min_ops {
+        if started.elapsed() > cfg.limit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
+        if n >= cfg.faults {
+            continue;
+        }
+        let fault = Fault::ALL[rng.random_range(0..Fault::ALL.len())];
+        let line = inject(
+            fault,
+            &mut rng,
+            &mut pods,
+            &mut nats,
+            &mut planner,
+            &url,
+            &prefix,
+            replicas,
+        )
+        .await;
+        report.schedule.push(format!("{n}: {line}"));
+        *report.faults.entry(fault).or_default() += 1;
+        n += 1;
+        let healed = Instant::now();
+        planner.republish().await;
+        match converge(&client, &actors, Duration::from_secs(60)).await {
+            Ok(()) => report
+                .converge_ms
+                .push(u64::try_from(healed.elapsed().as_millis()).unwrap_or(u64::MAX)),
+            Err(e) => report.not_converged.push(format!("{line}: {e}")),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    // The last word: every actor read once the faults are over.
+    for a in &actors {
+        read(&client, a, &history).await;
+    }
+    report.verdict = history::check(&history.ops());
+    report.plans = planner.published + 1;
+    report.elapsed = started.elapsed();
+    for p in &mut pods {
+        p.kill();
+    }
+    report
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn inject(
+    fault: Fault,
+    rng: &mut StdRng,
+    pods: &mut [Pod],
+    nats: &mut Nats,
+    planner: &mut Planner,
+    url: &str,
+    prefix: &str,
+    replicas: &str,
+) -> String {
+    let pause = Duration::from_millis(rng.random_range(300..3000));
+    let victim = rng.random_range(0..pods.len());
+    let all: Vec<String> = pods.iter().map(|p| p.name.clone()).collect();
+    let changed = |rng: &mut StdRng, planner: &Planner| changed(rng, &planner.members, &all);
+    match fault {
+        Fault::KillNode => {
+            pods[victim].kill();
+            tokio::time::sleep(pause).await;
+            pods[victim].start(url, prefix, replicas);
+            format!("{} {} for {pause:?}", fault.name(), pods[victim].name)
+        }
+        Fault::StopNode => {
+            pods[victim].signal("-STOP");
+            tokio::time::sleep(pause).await;
+            pods[victim].signal("-CONT");
+            format!("{} {} for {pause:?}", fault.name(), pods[victim].name)
+        }
+        Fault::KillSourceMidMove | Fault::StopSourceMidMove | Fault::KillDestinationMidMove => {
+            let members = changed(rng, planner);
+            let plan = planner.publish(members).await;
+            let ends: Vec<String> = plan
+                .moves
+                .iter()
+                .filter_map(|m| match fault {
+                    Fault::KillDestinationMidMove => Some(m.to.clone()),
+                    _ => m.from.clone(),
+                })
+                .collect();
+            let Some(name) = ends.get(rng.random_range(0..ends.len().max(1))) else {
+                return format!("{}: epoch {} moved nothing", fault.name(), plan.epoch);
+            };
+            let Some(i) = pods.iter().position(|p| &p.name == name) else {
+                return format!("{}: {name} is no pod", fault.name());
+            };
+            if fault == Fault::StopSourceMidMove {
+                pods[i].signal("-STOP");
+                tokio::time::sleep(pause).await;
+                pods[i].signal("-CONT");
+            } else {
+                pods[i].kill();
+                tokio::time::sleep(pause).await;
+                pods[i].start(url, prefix, replicas);
+            }
+            format!(
+                "{} {name} at epoch {} ({} moves) for {pause:?}",
+                fault.name(),
+                plan.epoch,
+                plan.moves.len()
+            )
+        }
+        Fault::StopThenReplan => {
+            let name = pods[victim].name.clone();
+            pods[victim].signal("-STOP");
+            let mut members = planner.members.clone();
+            members.retain(|m| m != &name);
+            if members.len() < 2 {
+                members = changed(rng, planner);
+            }
+            let plan = planner.publish(members).await;
+            tokio::time::sleep(pause).await;
+            pods[victim].signal("-CONT");
+            format!(
+                "{} {name}, epoch {} ({} moves), for {pause:?}",
+                fault.name(),
+                plan.epoch,
+                plan.moves.len()
+            )
+        }
+        Fault::RestartNats => {
+            let i = rng.random_range(0..3);
+            nats.kill(i);
+            tokio::time::sleep(pause).await;
+            nats.start(i);
+            format!("{} s{i} down for {pause:?}", fault.name())
+        }
+        Fault::PlanChange => {
+            let members = changed(rng, planner);
+            let a = planner.publish(members).await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+            let members = changed(rng, planner);
+            let b = planner.publish(members.clone()).await;
+            format!(
+                "{}: epoch {} ({} moves) then {} ({} moves) for {members:?}",
+                fault.name(),
+                a.epoch,
+                a.moves.len(),
+                b.epoch,
+                b.moves.len()
+            )
+        }
+        Fault::Flap => {
+            let before = planner.members.clone();
+            let members = changed(rng, planner);
+            planner.publish(members).await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..500))).await;
+            let plan = planner.publish(before.clone()).await;
+            format!(
+                "{}: back to {before:?} at epoch {}",
+                fault.name(),
+                plan.epoch
+            )
+        }
+    }
+}
+
+/// A member set with one pod in or out (2 to all members).
+fn changed(rng: &mut StdRng, members: &[String], all: &[String]) -> Vec<String> {
+    let mut m = members.to_vec();
+    let out: Vec<&String> = all.iter().filter(|p| !m.contains(p)).collect();
+    if (m.len() > 2 && rng.random_bool(0.5)) || out.is_empty() {
+        let i = rng.random_range(0..m.len());
+        m.remove(i);
+    } else {
+        let p = out[rng.random_range(0..out.len())].clone();
+        m.push(p);
+    }
+    m.sort();
+    m
+}
+
+/// Every actor answers a read (within `within`).
+async fn converge(client: &Client, actors: &[String], within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    let mut c = client.clone();
+    c.deadline = Duration::from_secs(2);
+    for a in actors.iter().step_by((actors.len() / 16).max(1)) {
+        loop {
+            let req = Request::new(ActorRef::new("list", a.as_str()), ReqOp::Read, None);
+            match c.send(&req).await {
+                Ok(r) if matches!(r.outcome, protocol::Outcome::Ok(_)) => break,
+                other => {
+                    if Instant::now() > deadline {
+                        return Err(format!("{a} unanswered: {other:?}"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn outcome(reply: aether_node::Result<protocol::Reply>) -> Outcome {
+    match reply {
+        Ok(r) => match r.outcome {
+            protocol::Outcome::Ok(ok) => Outcome::Ok {
+                items: ok.state["items"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                version: ok.version,
+            },
+            protocol::Outcome::Error(e) => {
+                let code = serde_json::to_value(e.code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| format!("{:?}", e.code));
+                match e.code {
+                    ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::Redirect => {
+                        Outcome::Unknown(code)
+                    }
+                    _ => Outcome::Refused(code),
+                }
+            }
+        },
+        Err(_) => Outcome::Unknown("no answer".to_owned()),
+    }
+}
+
+async fn read(client: &Client, actor: &str, history: &History) {
+    let req = Request::new(ActorRef::new("list", actor), ReqOp::Read, None);
+    let invoke = history.now();
+    let reply = client.send(&req).await;
+    history.record(Op {
+        actor: actor.to_owned(),
+        kind: OpKind::Read,
+        invoke,
+        complete: history.now(),
+        outcome: outcome(reply),
+    });
+}
+
+async fn worker(
+    w: usize,
+    mut rng: StdRng,
+    client: Client,
+    actors: Vec<String>,
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let actor = &actors[rng.random_range(0..actors.len())];
+        count.fetch_add(1, Ordering::Relaxed);
+        if rng.random_bool(0.25) {
+            read(&client, actor, &history).await;
+            continue;
+        }
+        n += 1;
+        let value = format!("w{w}-{n}");
+        let req = Request::new(
+            ActorRef::new("list", actor.as_str()),
+            ReqOp::Command {
+                command: json!({ "append": value }),
+            },
+            Some(format!("c-{value}")),
+        );
+        let invoke = history.now();
+        let reply = outcome(client.send(&req).await);
+        let acked = matches!(reply, Outcome::Ok { .. });
+        history.record(Op {
+            actor: actor.clone(),
+            kind: OpKind::Append(value.clone()),
+            invoke,
+            complete: history.now(),
+            outcome: reply,
+        });
+        // A client that did not see the answer sends the same command again.
+        if acked && rng.random_bool(0.05) {
+            count.fetch_add(1, Ordering::Relaxed);
+            let invoke = history.now();
+            let reply = outcome(client.send(&req).await);
+            history.record(Op {
+                actor: actor.clone(),
+                kind: OpKind::Retry(value),
+                invoke,
+                complete: history.now(),
+                outcome: reply,
+            });
+        }
+    }
+}
+
+/// The figures of runs as a Markdown section (RELIABILITY.md).
+#[must_use]
+pub fn markdown(reports: &[Report], command: &str) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "# Reliability\n");
+    let _ = writeln!(
+        s,
+        "Written by `{command}`: the chaos runner (`tests/src/chaos.rs`) against real processes on loopback; \
+         the history checker (`tests/src/history.rs`) checks each `list` actor's history for \
+         linearizability (every read sees every append acknowledged before it began and nothing never \
+         invoked, no append applied twice, no acknowledged append lost, versions without gaps).\n"
+    );
+    for r in reports {
+        let v = &r.verdict;
+        let _ = writeln!(
+            s,
+            "## Seed {} on {}\n",
+            r.config.seed,
+            if r.config.cluster {
+                "a 3-server NATS cluster, 3 replicas"
+            } else {
+                "one nats-server"
+            }
+        );
+        let _ = writeln!(s, "| figure | value |\n|---|---|");
+        let total: usize = r.faults.values().sum();
+        let _ = writeln!(s, "| faults injected | {total} |");
+        for (f, c) in &r.faults {
+            let _ = writeln!(s, "| - {} | {c} |", f.name());
+        }
+        let _ = writeln!(s, "| plans published | {} |", r.plans);
+        let _ = writeln!(s, "| operations | {} |", v.ops);
+        let _ = writeln!(s, "| acknowledged | {} |", v.acknowledged);
+        for (code, c) in &v.errors {
+            let _ = writeln!(s, "| errors `{code}` | {c} |");
+        }
+        let _ = writeln!(s, "| lost | {} |", v.lost);
+        let _ = writeln!(s, "| duplicated | {} |", v.duplicated);
+        let _ = writeln!(s, "| stale reads | {} |", v.stale_reads);
+        let _ = writeln!(s, "| phantom reads | {} |", v.phantoms);
+        let _ = writeln!(s, "| version gaps | {} |", v.version_gaps);
+        let _ = writeln!(s, "| misordered appends | {} |", v.misordered);
+        let _ = writeln!(
+            s,
+            "| time to converge after a fault, p50 / max | {} ms / {} ms |",
+            r.converge_percentile(0.5),
+            r.converge_percentile(1.0)
+        );
+        let _ = writeln!(
+            s,
+            "| not converged within 60 s | {} |",
+            r.not_converged.len()
+        );
+        let _ = writeln!(s, "| run time | {:.0} s |\n", r.elapsed.as_secs_f64());
+    }
+    s
+}
