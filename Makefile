@@ -14,7 +14,7 @@ KUBECTL := $(TOOLS_DIR)/kubernetes-$(K8S_VERSION)/kubectl
 ETCD := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
 HELM := $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 
-.PHONY: all build test lint fmt generate check-generated chart-check bench chaos demo tools clean-tools
+.PHONY: all build test lint fmt generate check-generated chart-check bench chaos fuzz model-check demo tools clean-tools
 
 all: lint test
 
@@ -68,6 +68,15 @@ chaos: tools
 	$(CARGO) build --release --bins -p aether-node
 	$(CARGO) build --release --example chaos -p aether-tests
 	AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) $${CARGO_TARGET_DIR:-target}/release/examples/chaos
+
+## fuzz: every decoder of network input, 800,000 mutated inputs each (13 decoders: >= 10 million
+## executions); `make test` runs 2,000 each. Corpus: core/tests/corpus/.
+fuzz:
+	AETHER_FUZZ_CASES=800000 PROPTEST_RNG_SEED=$(PROPTEST_RNG_SEED) $(CARGO) test --release -p aether-core --test fuzz_decoders -- --nocapture --test-threads 2
+
+## model-check: the protocol model with one of each fault (`make test` runs a smaller budget).
+model-check:
+	AETHER_MODEL_BUDGET=faults $(CARGO) test --release -p aether-node --test model_check -- --nocapture
 
 ## bench: every benchmark; writes BENCHMARKS.md.
 # Criterion writes under the cargo target directory (CARGO_TARGET_DIR when set); the rest under target/.

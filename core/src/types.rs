@@ -114,6 +114,10 @@ pub enum MovePhase {
     Pending,
     /// The source is sending the shard.
     Transferring,
+    /// Progress reports only (a move's status shows `Transferring`): the source gave the shard up
+    /// and is about to send the commit. Stored before the commit is sent, so a source that restarts
+    /// knows it must never serve the shard again in that epoch, only send the commit again.
+    HandedOff,
     /// The destination owns the shard.
     Done,
     /// The last attempt failed; it is retried with backoff until `maxRetries`.

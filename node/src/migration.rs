@@ -132,7 +132,7 @@ pub enum Action {
         delay_ms: u64,
     },
     /// Stop serving the shard: drop the local copies, forward the queued messages to the
-    /// destination.
+    /// destination, and store a `HandedOff` report before anything else is sent.
     HandOff,
     /// Send the commit, numbered after the last chunk.
     Commit {
@@ -286,7 +286,13 @@ impl SourceMove {
                 }
             }
             Event::Refused { chunk, error } if open(chunk) => {
-                if error.code == ErrorCode::Unavailable {
+                if error.code == ErrorCode::Redirect {
+                    // The destination has this move committed already (an earlier attempt of this
+                    // source, which restarted after sending the commit): it serves the shard, so the
+                    // source gives it up as after a confirmed commit and never resumes.
+                    self.phase = Phase::Done;
+                    vec![Action::HandOff, Action::ReportDone]
+                } else if error.code == ErrorCode::Unavailable {
                     vec![Action::Resend {
                         chunk,
                         delay_ms: error.retry_after_ms.unwrap_or(RETRY_DELAY_MS),
@@ -374,8 +380,13 @@ pub enum Accept {
     },
     /// Already had it (a retry after a lost ack, or a late copy): ack again, change nothing.
     Duplicate,
-    /// The commit: serve the shard from now on.
-    Commit,
+    /// The commit: serve the shard from now on. `fresh`: what is staged here belongs to no attempt
+    /// of this move that committed (an older attempt's, kept across a restart): it goes first, and
+    /// the actors come from the log.
+    Commit {
+        /// Drop what is staged first.
+        fresh: bool,
+    },
 }
 
 /// The checks that need no state: the chunk's epoch is the one this node holds and its plan has this
@@ -430,16 +441,35 @@ pub fn accept_chunk(
         && !chunk.commit
     {
         // The source restarted after its commit and did not learn of it: it must not replace
-        // what this node serves.
-        return Err(ErrorReply::stale_epoch(
+        // what this node serves, and must give the shard up (`redirect`: the owner is this node,
+        // which [`crate::ownership::Ownership::on_chunk`] names).
+        let mut e = ErrorReply::new(
+            ErrorCode::Redirect,
             format!(
                 "shard {} was committed to this node in epoch {holding} already",
                 chunk.shard
             ),
+        );
+        e.epoch = Some(holding);
+        return Err(e);
+    }
+    // An older attempt than the one staged (attempt ids grow, also across a source's restarts): a
+    // late chunk or commit of a source that restarted since and moves the shard again. Staging it
+    // would replace a newer capture with an older one.
+    if let Some(i) = incoming.as_ref()
+        && same_move(i)
+        && !i.committed
+        && chunk.attempt < i.attempt
+    {
+        return Err(ErrorReply::stale_epoch(
+            format!(
+                "attempt {} of the move of shard {} is older than attempt {} staged here",
+                chunk.attempt, chunk.shard, i.attempt
+            ),
             holding,
         ));
     }
-    // Another attempt of the same move (its source restarted) starts the staging afresh.
+    // A newer attempt of the same move (its source restarted) starts the staging afresh.
     let fresh = !incoming
         .as_ref()
         .is_some_and(|i| same_move(i) && (i.attempt == chunk.attempt || i.committed));
@@ -467,10 +497,10 @@ pub fn accept_chunk(
                 ),
             ));
         }
-        // Whatever was staged (or nothing, after a restart: the log has it all), the source has
-        // let go: the shard is ours.
+        // Whatever this attempt staged (or nothing, after a restart: the log has it all), the
+        // source has let go: the shard is ours. Staging of another attempt goes first (`fresh`).
         inc.committed = true;
-        return Ok(Accept::Commit);
+        return Ok(Accept::Commit { fresh });
     }
     if inc.committed || !inc.received.insert(chunk.chunk) {
         return Ok(Accept::Duplicate);
@@ -624,13 +654,50 @@ mod tests {
         commit.commit = true;
         assert_eq!(
             accept_chunk(&mut inc, 5, Some("app-0"), &commit),
-            Ok(Accept::Commit)
+            Ok(Accept::Commit { fresh: false })
         );
         let mut third = chunk(5, 0, true);
         third.attempt = 3;
         let refused = accept_chunk(&mut inc, 5, Some("app-0"), &third).expect_err("committed");
-        assert_eq!(refused.code, ErrorCode::StaleEpoch);
+        assert_eq!(
+            refused.code,
+            ErrorCode::Redirect,
+            "the move is done: the source lets go"
+        );
         assert!(inc.is_some_and(|i| i.committed && i.attempt == 2));
+    }
+
+    /// Found by the model check (`tests/model_check.rs`): a late chunk of an attempt that failed
+    /// (its source rolled back, took writes, restarted and moved the shard again) must not replace
+    /// the newer attempt's staging, or the newer commit would serve the older copy.
+    #[test]
+    fn an_older_attempt_never_replaces_a_newer_one() {
+        let mut inc = None;
+        let mut newer = chunk(5, 0, true);
+        newer.attempt = 9;
+        assert_eq!(
+            accept_chunk(&mut inc, 5, Some("app-0"), &newer),
+            Ok(Accept::Stage { fresh: true })
+        );
+        let mut late = chunk(5, 0, true);
+        late.attempt = 4;
+        let refused = accept_chunk(&mut inc, 5, Some("app-0"), &late).expect_err("older");
+        assert_eq!(refused.code, ErrorCode::StaleEpoch);
+        let mut old_commit = late.clone();
+        old_commit.commit = true;
+        old_commit.chunk = 1;
+        assert!(accept_chunk(&mut inc, 5, Some("app-0"), &old_commit).is_err());
+        assert!(inc.as_ref().is_some_and(|i| i.attempt == 9 && !i.committed));
+        // A newer attempt's commit over an older staging (kept across a restart) drops it.
+        let mut inc = None;
+        assert!(accept_chunk(&mut inc, 5, Some("app-0"), &late).is_ok());
+        let mut commit = newer.clone();
+        commit.commit = true;
+        commit.chunk = 1;
+        assert_eq!(
+            accept_chunk(&mut inc, 5, Some("app-0"), &commit),
+            Ok(Accept::Commit { fresh: true })
+        );
     }
 
     #[test]
@@ -644,7 +711,7 @@ mod tests {
         commit.chunk = 2;
         assert_eq!(
             accept_chunk(&mut inc, 5, Some("app-0"), &commit),
-            Ok(Accept::Commit)
+            Ok(Accept::Commit { fresh: false })
         );
     }
 
@@ -723,6 +790,20 @@ mod tests {
         assert!(matches!(&actions[1], Action::ReportFailed(r) if r.contains("timed out")));
     }
 
+    /// Found by the model check (`tests/model_check.rs`): a source restarted after it sent the
+    /// commit moves the shard again; the destination, committed already, refuses the new attempt.
+    /// Rolling back would make the source serve beside the destination: it hands off instead.
+    #[test]
+    fn a_destination_committed_already_takes_the_shard_and_the_source_never_resumes() {
+        let (mut m, _, _) = started(1);
+        let mut error = ErrorReply::new(ErrorCode::Redirect, "committed already");
+        error.owner = Some("app-1".into());
+        let actions = m.on(Event::Refused { chunk: 0, error });
+        assert_eq!(actions, vec![Action::HandOff, Action::ReportDone]);
+        assert_eq!(m.phase, Phase::Done);
+        assert!(!actions.contains(&Action::Resume));
+    }
+
     #[test]
     fn a_destination_behind_is_retried_until_the_deadline() {
         let (mut m, _, _) = started(1);
@@ -774,7 +855,10 @@ mod tests {
         let mut commit = chunk(5, 3, true);
         commit.commit = true;
         commit.actors.clear();
-        assert_eq!(accept(&mut inc, &commit), Ok(Accept::Commit));
+        assert_eq!(
+            accept(&mut inc, &commit),
+            Ok(Accept::Commit { fresh: false })
+        );
         assert_eq!(
             accept(&mut inc, &chunk(5, 0, false)),
             Ok(Accept::Duplicate),
@@ -866,7 +950,7 @@ mod tests {
                                 prop_assert!(committed.is_none(), "staged after the commit");
                                 prop_assert!(staged.insert((epoch, c.from.clone(), n)), "chunk {} staged twice", n);
                             }
-                            Accept::Commit => committed = Some((epoch, c.from.clone())),
+                            Accept::Commit { .. } => committed = Some((epoch, c.from.clone())),
                             Accept::Duplicate => {}
                         }
                     }

@@ -189,6 +189,10 @@ impl Shared {
                     if let Some(rx) = leftovers {
                         self.forward_leftovers(to.clone(), rx);
                     }
+                    // Stored before the commit is sent: if this process dies after sending it, the
+                    // next one reads that it handed off and never serves the shard in this epoch.
+                    self.report(epoch, shard, MovePhase::HandedOff, 0, 0, None)
+                        .await;
                     Vec::new()
                 }
                 Action::Commit { chunk, delay_ms } => {
@@ -362,9 +366,9 @@ impl Shared {
                     (Ok(Some(rx)), stopped)
                 }
                 Ok(Accept::Duplicate) => (Ok(None), None),
-                Ok(Accept::Commit) => {
+                Ok(Accept::Commit { fresh }) => {
                     committed = true;
-                    (Ok(None), None)
+                    (Ok(None), if fresh { st.stop(shard) } else { None })
                 }
                 Err(e) => (Err(e), None),
             }

@@ -112,7 +112,7 @@ pub struct PlanEffects {
 }
 
 /// The current plan and the moves of it still pending.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct View {
     plan: PlanMessage,
     table: RouteTable,
@@ -160,7 +160,7 @@ impl View {
 }
 
 /// Who serves which shard, as this node knows it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Ownership {
     me: String,
     view: Option<View>,
@@ -172,6 +172,9 @@ pub struct Ownership {
     received: HashMap<u32, String>,
     /// Done reports of a plan this node does not hold yet (progress and plans travel separately).
     early_done: std::collections::BTreeSet<(u64, u32)>,
+    /// This node's own `HandedOff` reports (epoch, shard) still the latest of their move: read again
+    /// after a restart, they say the shard was given up before this process started.
+    reported_hand_offs: std::collections::BTreeSet<(u64, u32)>,
     /// Destination side: the incoming move of each shard, staged until its commit.
     incoming: HashMap<u32, Incoming>,
     /// Source side: shards with a move running here.
@@ -188,6 +191,7 @@ impl Ownership {
             handed_off: HashMap::new(),
             received: HashMap::new(),
             early_done: std::collections::BTreeSet::new(),
+            reported_hand_offs: std::collections::BTreeSet::new(),
             incoming: HashMap::new(),
             moving: HashSet::new(),
         }
@@ -285,6 +289,13 @@ impl Ownership {
         }
         let mut view = View::new(plan);
         let epoch = view.plan.epoch;
+        // Moves of this plan this node handed off before it restarted (its own report says so).
+        for m in view.moves_from(&self.me) {
+            if self.reported_hand_offs.contains(&(epoch, m.shard)) {
+                self.handed_off.insert(m.shard, m.to.clone());
+            }
+        }
+        self.reported_hand_offs = self.reported_hand_offs.split_off(&(epoch + 1, 0));
         // A handed-off move listed again: the shard is the destination's as far as this node is
         // concerned (it never serves it again); the commit is sent again in this epoch.
         let listed: HashMap<u32, &str> = view
@@ -366,6 +377,14 @@ impl Ownership {
     /// destination of a move its source reports failed (the source kept the shard).
     pub fn on_progress(&mut self, p: &Progress) -> Option<u32> {
         let held = self.epoch();
+        if p.phase == MovePhase::HandedOff && p.node == self.me && p.epoch >= held {
+            self.reported_hand_offs.insert((p.epoch, p.shard));
+            while self.reported_hand_offs.len() > EARLY_DONE_LIMIT {
+                self.reported_hand_offs.pop_first();
+            }
+        } else {
+            self.reported_hand_offs.remove(&(p.epoch, p.shard));
+        }
         match p.phase {
             MovePhase::Done if p.epoch == held => {
                 if let Some(v) = self.view.as_mut() {
@@ -409,17 +428,54 @@ impl Ownership {
 
     /// Destination side, before a chunk's actors are staged: the checks that need no staging state.
     pub fn check_chunk(&self, chunk: &Transfer) -> Result<(), ErrorReply> {
-        migration::check_chunk(self.epoch(), self.source_of(chunk.shard), chunk)
+        migration::check_chunk(self.epoch(), self.source_of(chunk.shard), chunk)?;
+        if !chunk.commit && self.done_here(chunk) {
+            return Err(self.committed_already(chunk));
+        }
+        Ok(())
+    }
+
+    /// The move of this chunk is done here without a commit in this process: it committed before
+    /// a restart (its `Done` report says so), or in an earlier epoch. A chunk of it is late (its
+    /// source must give the shard up, not stage it again); a commit is acked again, changing nothing.
+    fn done_here(&self, chunk: &Transfer) -> bool {
+        let Some(v) = &self.view else { return false };
+        v.plan.epoch == chunk.epoch
+            && v.move_of(chunk.shard).is_some_and(|m| m.to == self.me)
+            && !v.pending.contains_key(&chunk.shard)
+            && !self.incoming.get(&chunk.shard).is_some_and(|i| i.committed)
+    }
+
+    fn committed_already(&self, chunk: &Transfer) -> ErrorReply {
+        let mut e = ErrorReply::redirect(&self.me, chunk.epoch, chunk.shard);
+        e.message = format!(
+            "the move of shard {} in epoch {} is done: {} serves it",
+            chunk.shard, chunk.epoch, self.me
+        );
+        e
     }
 
     /// Destination side: decides on a chunk or commit. `Stage { fresh: true }`: stop the shard's
     /// worker first (it may hold an earlier move's actors), then stage; `Commit`: this node serves
     /// the shard from now on.
     pub fn on_chunk(&mut self, chunk: &Transfer) -> Result<Accept, ErrorReply> {
+        if self.done_here(chunk) {
+            return if chunk.commit {
+                Ok(Accept::Duplicate)
+            } else {
+                Err(self.committed_already(chunk))
+            };
+        }
         let holding = self.epoch();
         let source = self.source_of(chunk.shard).map(str::to_owned);
         let mut slot = self.incoming.remove(&chunk.shard);
-        let decision = migration::accept_chunk(&mut slot, holding, source.as_deref(), chunk);
+        let decision = migration::accept_chunk(&mut slot, holding, source.as_deref(), chunk)
+            .map_err(|mut e| {
+                if e.code == aether_core::protocol::ErrorCode::Redirect {
+                    e.owner = Some(self.me.clone());
+                }
+                e
+            });
         if let Some(s) = slot {
             self.incoming.insert(chunk.shard, s);
         }
@@ -428,7 +484,7 @@ impl Ownership {
                 self.handed_off.remove(&chunk.shard);
                 self.received.remove(&chunk.shard);
             }
-            Ok(Accept::Commit) => {
+            Ok(Accept::Commit { .. }) => {
                 self.handed_off.remove(&chunk.shard);
                 self.received.insert(chunk.shard, chunk.from.clone());
                 if let Some(v) = self.view.as_mut() {
@@ -478,6 +534,25 @@ impl Ownership {
     #[must_use]
     pub fn timeout(&self) -> Duration {
         self.plan().map_or(Duration::from_secs(30), timeout)
+    }
+
+    /// Everything this node knows, in one canonical text (maps sorted): two values with the same key
+    /// behave the same. For model checkers that keep each state they explored once.
+    #[must_use]
+    pub fn state_key(&self) -> String {
+        use std::collections::{BTreeMap, BTreeSet};
+        let view = self
+            .view
+            .as_ref()
+            .map(|v| (v.plan.epoch, v.pending.iter().collect::<BTreeMap<_, _>>()));
+        format!(
+            "{view:?} {:?} {:?} {:?} {:?} {:?}",
+            self.handed_off.iter().collect::<BTreeMap<_, _>>(),
+            self.received.iter().collect::<BTreeMap<_, _>>(),
+            (&self.early_done, &self.reported_hand_offs),
+            self.incoming.iter().collect::<BTreeMap<_, _>>(),
+            self.moving.iter().collect::<BTreeSet<_>>(),
+        )
     }
 
     /// True once this node may exit while draining: not a member, nothing leaving from it.
@@ -616,7 +691,10 @@ mod tests {
         assert!(!dst.serves(m.shard), "staged, not served");
         src.hand_off(ps[1].epoch, m.shard, "app-2");
         assert!(!src.serves(m.shard));
-        assert_eq!(dst.on_chunk(&chunk(1, true)), Ok(Accept::Commit));
+        assert_eq!(
+            dst.on_chunk(&chunk(1, true)),
+            Ok(Accept::Commit { fresh: false })
+        );
         assert!(dst.serves(m.shard));
         // The operator had not seen Done and lists the move again: the source commits again (it
         // does not know whether its commit arrived), the destination, which does, is done at once.

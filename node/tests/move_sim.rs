@@ -361,7 +361,10 @@ impl World {
                         }
                         Ok(())
                     }
-                    Ok(Accept::Commit) => {
+                    Ok(Accept::Commit { fresh }) => {
+                        if fresh {
+                            self.dst.staged.clear();
+                        }
                         // The destination stores Done before it confirms the commit.
                         let mut done = self.progress(t.epoch, self.shard, MovePhase::Done);
                         done.node = DEST.into();

@@ -542,7 +542,9 @@ fn apply_progress(status: &mut ShardPlanStatus, reports: &[Progress], now: &Time
                     .unwrap_or(k8s_openapi::jiff::SignedDuration::from_secs(60));
                 m.retry_after = now.0.checked_add(wait).ok().map(Time);
             }
-            MovePhase::Transferring if status.moves[i].phase == MovePhase::Pending => {
+            MovePhase::Transferring | MovePhase::HandedOff
+                if status.moves[i].phase == MovePhase::Pending =>
+            {
                 status.moves[i].phase = MovePhase::Transferring;
             }
             // A move superseded ends with the plan that superseded it.

@@ -38,7 +38,25 @@ async fn main() {
         }
         reports.push(r);
     }
-    let text = markdown(&reports, "make chaos");
+    // The chaos section replaces the one between the markers; the rest of the file is kept.
+    let section = format!(
+        "<!-- chaos:begin -->\n{}<!-- chaos:end -->",
+        markdown(&reports, "make chaos")
+    );
+    let text = match std::fs::read_to_string(&out) {
+        Ok(old) => match (
+            old.find("<!-- chaos:begin -->"),
+            old.find("<!-- chaos:end -->"),
+        ) {
+            (Some(a), Some(b)) if a < b => format!(
+                "{}{section}{}",
+                &old[..a],
+                &old[b + "<!-- chaos:end -->".len()..]
+            ),
+            _ => format!("{old}\n{section}\n"),
+        },
+        Err(_) => format!("# Reliability\n\n{section}\n"),
+    };
     if let Err(e) = std::fs::write(&out, text) {
         eprintln!("cannot write {out}: {e}");
         std::process::exit(2);

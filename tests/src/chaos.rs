@@ -4,19 +4,23 @@
 //! plans changed while moves run, members flapping. The same seed gives the same schedule; the
 //! history is checked for linearizability per actor at the end ([`crate::history::check`]).
 //!
-//! Plans are published the way the operator does (the core planner, then the KV bucket), and after
-//! every fault the runner publishes the next plan for the same members, as the operator's retry does.
+//! Plans are made the way the operator makes them (the core planner, the moves not reported done kept
+//! from their actual owners, then the KV bucket); after every fault, once no move is in flight, the
+//! runner publishes a retry when a move did not finish, as the operator does.
 
 use crate::cluster::next_plan;
 use crate::history::{self, History, Op, OpKind, Outcome, Verdict};
 use crate::{NatsCluster, NatsServer, Process, free_port, workspace_binary};
+use aether_core::crd::Strategy;
 use aether_core::plan::Plan;
+use aether_core::plan::{MemberInput, PlanSpec, plan};
 use aether_core::protocol::{self, ActorRef, ErrorCode, Names, Op as ReqOp, PlanMessage, Request};
+use aether_core::types::MovePhase;
 use aether_node::client::Client;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -243,19 +247,55 @@ impl Pod {
     }
 }
 
+/// Plans as the operator makes them: the core planner, with the moves not done yet kept from their
+/// actual owners (read from the progress stream), and a retry only once no move is in flight.
 struct Planner {
     plan: Plan,
     members: Vec<String>,
     shards: u32,
     bucket: async_nats::jetstream::kv::Store,
+    js: async_nats::jetstream::Context,
+    names: Names,
     published: u64,
 }
 
 impl Planner {
+    /// The latest report of each move of the current plan (`None`: none yet).
+    async fn outcomes(&self) -> BTreeMap<u32, Option<MovePhase>> {
+        let mut out = BTreeMap::new();
+        let stream = self.js.get_stream(self.names.progress_stream()).await.ok();
+        for m in &self.plan.moves {
+            let mut phase = None;
+            if let Some(stream) = &stream
+                && let Ok(msg) = stream
+                    .get_last_raw_message_by_subject(&self.names.progress(self.plan.epoch, m.shard))
+                    .await
+                && let Ok(p) = protocol::decode::<protocol::Progress>(&msg.payload)
+            {
+                phase = Some(p.phase);
+            }
+            out.insert(m.shard, phase);
+        }
+        out
+    }
+
     /// The next plan for `members`, published; returns it.
     async fn publish(&mut self, members: Vec<String>) -> Plan {
-        let refs: Vec<&str> = members.iter().map(String::as_str).collect();
-        let next = next_plan(Some(&self.plan), &refs, self.shards, 4);
+        let pending: BTreeSet<u32> = self
+            .outcomes()
+            .await
+            .into_iter()
+            .filter(|(_, p)| *p != Some(MovePhase::Done))
+            .map(|(s, _)| s)
+            .collect();
+        let inputs: Vec<MemberInput> = members.iter().map(MemberInput::active).collect();
+        let spec = PlanSpec {
+            shards: self.shards,
+            capacity: 4,
+            strategy: Strategy::AnchorHash,
+        };
+        let next = plan(Some(&self.plan), &pending, &inputs, &spec)
+            .unwrap_or_else(|e| panic!("plan: {e}"));
         let msg = PlanMessage::new(&next, 4, 10);
         let deadline = Instant::now() + Duration::from_secs(60);
         // The bucket may be without a leader for a moment after a server restart.
@@ -273,10 +313,22 @@ impl Planner {
         next
     }
 
-    /// The same members again (the operator's retry of whatever did not finish).
-    async fn republish(&mut self) -> Plan {
-        let members = self.members.clone();
-        self.publish(members).await
+    /// The operator's retry: once no move of the current plan is in flight (each reported, or past
+    /// its deadline), a new plan for the same members if any move did not finish.
+    async fn retry(&mut self) -> Option<Plan> {
+        let deadline = Instant::now() + Duration::from_secs(10 + 5);
+        loop {
+            let outcomes = self.outcomes().await;
+            let settled = outcomes.values().all(Option::is_some);
+            if settled || Instant::now() > deadline {
+                if outcomes.values().all(|p| *p == Some(MovePhase::Done)) {
+                    return None;
+                }
+                let members = self.members.clone();
+                return Some(self.publish(members).await);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -316,6 +368,8 @@ pub async fn run(cfg: Config) -> Report {
         members: first.clone(),
         shards: cfg.shards,
         bucket,
+        js: js.clone(),
+        names: names.clone(),
         published: 0,
     };
     aether_nats::plans::publish(&planner.bucket, &PlanMessage::new(&plan, 4, 10))
@@ -365,6 +419,7 @@ pub async fn run(cfg: Config) -> Report {
             continue;
         }
         let fault = Fault::ALL[rng.random_range(0..Fault::ALL.len())];
+        let at = history.now() / 1_000_000;
         let line = inject(
             fault,
             &mut rng,
@@ -376,11 +431,14 @@ pub async fn run(cfg: Config) -> Report {
             replicas,
         )
         .await;
-        report.schedule.push(format!("{n}: {line}"));
+        let took = history.now() / 1_000_000 - at;
+        report
+            .schedule
+            .push(format!("{n}: at {at} ms for {took} ms: {line}"));
         *report.faults.entry(fault).or_default() += 1;
         n += 1;
         let healed = Instant::now();
-        planner.republish().await;
+        planner.retry().await;
         match converge(&client, &actors, Duration::from_secs(60)).await {
             Ok(()) => report
                 .converge_ms
@@ -570,6 +628,7 @@ fn outcome(reply: aether_node::Result<protocol::Reply>) -> Outcome {
                     })
                     .unwrap_or_default(),
                 version: ok.version,
+                node: ok.node,
             },
             protocol::Outcome::Error(e) => {
                 let code = serde_json::to_value(e.code)
@@ -658,7 +717,7 @@ async fn worker(
 pub fn markdown(reports: &[Report], command: &str) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(s, "# Reliability\n");
+    let _ = writeln!(s, "## Chaos runs\n");
     let _ = writeln!(
         s,
         "Written by `{command}`: the chaos runner (`tests/src/chaos.rs`) against real processes on loopback; \
@@ -670,7 +729,7 @@ pub fn markdown(reports: &[Report], command: &str) -> String {
         let v = &r.verdict;
         let _ = writeln!(
             s,
-            "## Seed {} on {}\n",
+            "### Seed {} on {}\n",
             r.config.seed,
             if r.config.cluster {
                 "a 3-server NATS cluster, 3 replicas"

@@ -35,6 +35,8 @@ pub enum Outcome {
         items: Vec<String>,
         /// The actor's version.
         version: u64,
+        /// The node that answered.
+        node: String,
     },
     /// Refused for certain: nothing took effect (the error code).
     Refused(String),
@@ -225,7 +227,7 @@ fn check_actor(actor: &str, ops: &[&Op], v: &mut Verdict) {
     // the append's value.
     let mut bad_read = HashSet::new();
     for (n, op) in ops.iter().enumerate() {
-        let Outcome::Ok { items, version } = &op.outcome else {
+        let Outcome::Ok { items, version, .. } = &op.outcome else {
             continue;
         };
         if items.len() > fin.len() || items[..] != fin[..items.len()] {
@@ -315,10 +317,12 @@ fn check_actor(actor: &str, ops: &[&Op], v: &mut Verdict) {
                         v.stale_reads += 1;
                     }
                     v.note(format!(
-                        "{actor}: stale read of {} began after {:?} ({}) ended",
+                        "{actor}: stale read of {} at {} ms began after {:?} ({}) ended at {} ms",
                         brief(&b.outcome),
+                        b.invoke / 1_000_000,
                         a.kind,
-                        brief(&a.outcome)
+                        brief(&a.outcome),
+                        a.complete / 1_000_000
                     ));
                 } else if later {
                     v.phantoms += 1;
@@ -348,7 +352,11 @@ fn check_actor(actor: &str, ops: &[&Op], v: &mut Verdict) {
 /// An outcome in a few words.
 fn brief(o: &Outcome) -> String {
     match o {
-        Outcome::Ok { items, version } => format!("ok: {} items, version {version}", items.len()),
+        Outcome::Ok {
+            items,
+            version,
+            node,
+        } => format!("ok from {node}: {} items, version {version}", items.len()),
         Outcome::Refused(c) => format!("refused {c}"),
         Outcome::Unknown(c) => format!("unknown: {c}"),
     }
@@ -372,6 +380,7 @@ mod tests {
         Outcome::Ok {
             items: items.iter().map(|s| (*s).to_owned()).collect(),
             version: items.len() as u64,
+            node: "n".into(),
         }
     }
 
@@ -484,6 +493,7 @@ mod tests {
             Outcome::Ok {
                 items: vec!["x".into()],
                 version: 2,
+                node: "n".into(),
             },
         )];
         assert_eq!(check(&h).version_gaps, 1);
@@ -527,6 +537,7 @@ mod tests {
                                 _ => Outcome::Ok {
                                     items: list.clone(),
                                     version: list.len() as u64,
+                                    node: "n".into(),
                                 },
                             };
                             (OpKind::Append(val), outcome)
@@ -537,6 +548,7 @@ mod tests {
                                 Outcome::Ok {
                                     items: list.clone(),
                                     version: list.len() as u64,
+                                    node: "n".into(),
                                 }
                             };
                             (OpKind::Read, outcome)
@@ -560,6 +572,7 @@ mod tests {
                         outcome: Outcome::Ok {
                             version: list.len() as u64,
                             items: list,
+                            node: "n".into(),
                         },
                     });
                     ops
@@ -583,7 +596,7 @@ mod tests {
                     _ => None,
                 }).collect();
                 prop_assume!(!acked.is_empty());
-                if let Outcome::Ok { items, version } = &mut h[last].outcome {
+                if let Outcome::Ok { items, version, .. } = &mut h[last].outcome {
                     items.retain(|i| i != &acked[0]);
                     *version = items.len() as u64;
                 }
@@ -594,7 +607,7 @@ mod tests {
             fn applying_an_append_twice_is_found(h in linearizable()) {
                 let mut h = h;
                 let last = h.len() - 1;
-                if let Outcome::Ok { items, version } = &mut h[last].outcome {
+                if let Outcome::Ok { items, version, .. } = &mut h[last].outcome {
                     prop_assume!(!items.is_empty());
                     let first = items[0].clone();
                     items.push(first);

@@ -1,0 +1,1024 @@
+//! An exhaustive model check of the ownership and migration protocol: 3 nodes, 2 shards (one actor
+//! each), plans of 3 epochs (epoch 2 moves both shards at once, in a chain: app-0 -> app-1 -> app-2;
+//! epoch 3 is the operator's retry of the moves not done, published once a move failed and none is
+//! handed off without an outcome), a network that delivers in any order, loses
+//! and duplicates messages, nodes that crash and restart, move deadlines, and writes by whoever
+//! serves a shard. The nodes are the pure types the real node runs ([`Ownership`], [`SourceMove`],
+//! the destination's chunk decisions); the shells here do what `moves.rs` and `node.rs` do, without
+//! NATS. Progress reports are durable (the progress stream), read by each node in order at its own
+//! pace and all of them by a node that restarts, before its plan.
+//!
+//! Every reachable state within the fault budget is visited once (breadth first, states keyed by a
+//! canonical text). Checked in every state:
+//! - at most one node serves a shard;
+//! - a node that serves a shard holds the log's state of its actor (no stale read), so a committed
+//!   move's destination holds what the source captured and an acknowledged write survives;
+//!
+//! and from every state, once the faults stop (dead nodes restart, every node reads the newest plan
+//! and every report, messages are delivered, deadlines fire): the network settles, exactly one node
+//! serves each shard and every node agrees which (every request is answered).
+//!
+//! The numbers of states and the depth are printed; `AETHER_MODEL_BUDGET=large` explores more faults.
+
+use aether_core::plan::{MemberInput, PlanSpec, plan};
+use aether_core::protocol::{
+    ActorRef, ActorSnapshot, Bytes, ErrorReply, PlanMessage, Progress, Transfer, VERSION,
+};
+use aether_core::types::{MovePhase, Strategy as Placement};
+use aether_node::migration::{Accept, Action, Event, Phase, SourceMove};
+use aether_node::ownership::Ownership;
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+const NODES: [&str; 3] = ["app-0", "app-1", "app-2"];
+const SHARDS: u32 = 2;
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Msg {
+    /// Source -> destination: a chunk or the commit.
+    Chunk { to: usize, t: TransferKey },
+    /// Destination -> source: the answer.
+    Reply {
+        to: usize,
+        shard: u32,
+        epoch: u64,
+        attempt: u64,
+        chunk: u32,
+        commit: bool,
+        refused: Option<String>,
+    },
+}
+
+/// A transfer, comparable (the model's chunks carry one actor's version or nothing).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct TransferKey {
+    epoch: u64,
+    attempt: u64,
+    shard: u32,
+    from: String,
+    chunk: u32,
+    version: Option<u64>,
+    commit: bool,
+}
+
+impl TransferKey {
+    fn transfer(&self) -> Transfer {
+        Transfer {
+            v: VERSION,
+            epoch: self.epoch,
+            attempt: self.attempt,
+            shard: self.shard,
+            from: self.from.clone(),
+            chunk: self.chunk,
+            last: true,
+            commit: self.commit,
+            actors: self
+                .version
+                .map(|v| ActorSnapshot {
+                    actor: ActorRef::new("counter", format!("s{}", self.shard)),
+                    version: v,
+                    seq: v,
+                    state: Bytes(v.to_le_bytes().to_vec()),
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Attempt {
+    id: u64,
+    epoch: u64,
+    to: String,
+    machine: SourceMove,
+    captured: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+struct Node {
+    own: Ownership,
+    alive: bool,
+    /// Source side: the move running per shard.
+    attempts: BTreeMap<u32, Attempt>,
+    /// Destination side: the actor's version staged per shard (installed, not served).
+    staged: BTreeMap<u32, u64>,
+    /// The actor's copy a worker holds per shard (loaded from the log when first needed).
+    copy: BTreeMap<u32, u64>,
+    /// Shards paused by a move.
+    paused: BTreeSet<u32>,
+    /// Reports read so far.
+    read: usize,
+}
+
+impl Node {
+    fn new(name: &str) -> Self {
+        Self {
+            own: Ownership::new(name),
+            alive: true,
+            attempts: BTreeMap::new(),
+            staged: BTreeMap::new(),
+            copy: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            read: 0,
+        }
+    }
+
+    fn key(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let attempts: Vec<_> = self
+            .attempts
+            .iter()
+            .map(|(s, a)| (s, a.id, a.epoch, &a.to, &a.machine.phase, a.captured))
+            .collect();
+        let _ = write!(
+            out,
+            "[{} {} {attempts:?} {:?} {:?} {:?} {}]",
+            self.alive,
+            self.own.state_key(),
+            self.staged,
+            self.copy,
+            self.paused,
+            self.read
+        );
+    }
+}
+
+/// What may still go wrong.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct Budget {
+    losses: u8,
+    duplicates: u8,
+    crashes: u8,
+    deadlines: u8,
+    writes: u8,
+    retry: bool,
+    /// Nodes read reports when they choose (else each report reaches every live node at once).
+    lazy_progress: bool,
+}
+
+#[derive(Clone, Debug)]
+struct World {
+    plans: Vec<PlanMessage>,
+    /// Plans published so far (a prefix of `plans`).
+    published: usize,
+    log: [u64; SHARDS as usize],
+    nodes: Vec<Node>,
+    net: Vec<Msg>,
+    durable: Vec<Progress>,
+    attempts: u64,
+    budget: Budget,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Deliver(usize),
+    Lose(usize),
+    Duplicate(usize),
+    ReadPlan(usize),
+    ReadProgress(usize),
+    Deadline(usize, u32),
+    Crash(usize),
+    Restart(usize),
+    Write(u32),
+    Retry,
+}
+
+fn plans() -> Vec<PlanMessage> {
+    let spec = PlanSpec {
+        shards: SHARDS,
+        capacity: 4,
+        strategy: Placement::AnchorHash,
+    };
+    let members: Vec<MemberInput> = NODES.iter().map(|n| MemberInput::active(*n)).collect();
+    let base = plan(None, &BTreeSet::new(), &members, &spec).expect("plan");
+    let bucket = |name: &str| {
+        base.members
+            .iter()
+            .find(|m| m.name == name)
+            .expect("member")
+            .bucket
+    };
+    let mut p1 = base.clone();
+    p1.epoch = 1;
+    p1.moves = Vec::new();
+    p1.shard_map.set(0, bucket("app-0"));
+    p1.shard_map.set(1, bucket("app-1"));
+    let mut p2 = p1.clone();
+    p2.epoch = 2;
+    p2.shard_map.set(0, bucket("app-1"));
+    p2.shard_map.set(1, bucket("app-2"));
+    p2.moves = vec![
+        aether_core::plan::Move {
+            shard: 0,
+            from: Some("app-0".into()),
+            to: "app-1".into(),
+        },
+        aether_core::plan::Move {
+            shard: 1,
+            from: Some("app-1".into()),
+            to: "app-2".into(),
+        },
+    ];
+    let mut p3 = p2.clone();
+    p3.epoch = 3;
+    [p1, p2, p3]
+        .iter()
+        .map(|p| PlanMessage::new(p, 4, 30))
+        .collect()
+}
+
+fn index(name: &str) -> usize {
+    NODES.iter().position(|n| *n == name).expect("a node")
+}
+
+impl World {
+    fn new(budget: Budget) -> Self {
+        let mut w = Self {
+            plans: plans(),
+            published: 2,
+            log: [0; SHARDS as usize],
+            nodes: NODES.iter().map(|n| Node::new(n)).collect(),
+            net: Vec::new(),
+            durable: Vec::new(),
+            attempts: 0,
+            budget,
+        };
+        // Every node serves epoch 1; epoch 2 is published and read by each node when it chooses.
+        for n in 0..NODES.len() {
+            w.take_plan(n, 0);
+        }
+        w
+    }
+
+    fn key(&self) -> u64 {
+        let mut s = String::with_capacity(2048);
+        for n in &self.nodes {
+            n.key(&mut s);
+        }
+        let mut net = self.net.clone();
+        net.sort();
+        let durable: Vec<_> = self
+            .durable
+            .iter()
+            .map(|p| (p.epoch, p.shard, &p.node, p.phase))
+            .collect();
+        let mut h = DefaultHasher::new();
+        (
+            s,
+            format!("{net:?}"),
+            format!("{durable:?}"),
+            self.published,
+            self.log,
+            self.attempts,
+            self.budget,
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+
+    /// Node `n` takes plan `k` and carries out the effects, as `node.rs` does.
+    fn take_plan(&mut self, n: usize, k: usize) {
+        let node = &mut self.nodes[n];
+        let hosted: Vec<u32> = node
+            .copy
+            .keys()
+            .chain(node.staged.keys())
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let Some(fx) = node.own.on_plan(self.plans[k].clone(), hosted) else {
+            return;
+        };
+        for s in &fx.stop {
+            node.copy.remove(s);
+            node.staged.remove(s);
+        }
+        let older: Vec<u32> = node
+            .attempts
+            .iter()
+            .filter(|(_, a)| a.epoch < fx.epoch)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in older {
+            self.source_event(n, s, Event::Superseded);
+        }
+        for m in &fx.recommit {
+            let (machine, first) = SourceMove::recommit();
+            self.attempts += 1;
+            self.nodes[n].attempts.insert(
+                m.shard,
+                Attempt {
+                    id: self.attempts,
+                    epoch: fx.epoch,
+                    to: m.to.clone(),
+                    machine,
+                    captured: None,
+                },
+            );
+            self.source_actions(n, m.shard, first);
+        }
+        for m in &fx.start {
+            self.start_attempt(n, m.shard, fx.epoch, &m.to);
+        }
+        for s in &fx.report_done {
+            self.report(fx.epoch, *s, n, MovePhase::Done);
+        }
+    }
+
+    fn start_attempt(&mut self, n: usize, shard: u32, epoch: u64, to: &str) {
+        self.attempts += 1;
+        self.nodes[n].attempts.insert(
+            shard,
+            Attempt {
+                id: self.attempts,
+                epoch,
+                to: to.to_owned(),
+                machine: SourceMove::default(),
+                captured: None,
+            },
+        );
+        self.source_event(n, shard, Event::Start);
+    }
+
+    fn report(&mut self, epoch: u64, shard: u32, n: usize, phase: MovePhase) {
+        self.durable.push(Progress {
+            v: VERSION,
+            epoch,
+            shard,
+            node: NODES[n].to_owned(),
+            phase,
+            actors: 0,
+            duration_ms: 0,
+            error: None,
+        });
+        if !self.budget.lazy_progress {
+            for n in 0..NODES.len() {
+                if self.nodes[n].alive {
+                    while self.nodes[n].read < self.durable.len() {
+                        self.read_progress(n);
+                    }
+                }
+            }
+        }
+    }
+
+    fn source_event(&mut self, n: usize, shard: u32, event: Event) {
+        let Some(a) = self.nodes[n].attempts.get_mut(&shard) else {
+            return;
+        };
+        let out = a.machine.on(event);
+        self.source_actions(n, shard, out);
+    }
+
+    /// Carries out a source's actions, as `moves.rs` does, feeding back the events they cause.
+    fn source_actions(&mut self, n: usize, shard: u32, first: Vec<Action>) {
+        let mut todo: VecDeque<Action> = first.into();
+        while let Some(action) = todo.pop_front() {
+            let log = self.log[shard as usize];
+            let node = &mut self.nodes[n];
+            let Some(a) = node.attempts.get_mut(&shard) else {
+                return;
+            };
+            let (epoch, id, to) = (a.epoch, a.id, a.to.clone());
+            let mut next = Vec::new();
+            match action {
+                Action::PauseAndCapture => {
+                    node.paused.insert(shard);
+                    a.captured = Some(*node.copy.entry(shard).or_insert(log));
+                    next.push(Event::Captured);
+                }
+                Action::Produce { chunk } => {
+                    let t = TransferKey {
+                        epoch,
+                        attempt: id,
+                        shard,
+                        from: NODES[n].to_owned(),
+                        chunk,
+                        version: a.captured,
+                        commit: false,
+                    };
+                    self.net.push(Msg::Chunk { to: index(&to), t });
+                    next.push(Event::Produced { chunk, last: true });
+                }
+                Action::Resend { chunk, .. } => {
+                    let t = TransferKey {
+                        epoch,
+                        attempt: id,
+                        shard,
+                        from: NODES[n].to_owned(),
+                        chunk,
+                        version: a.captured,
+                        commit: false,
+                    };
+                    self.net.push(Msg::Chunk { to: index(&to), t });
+                }
+                Action::HandOff => {
+                    node.own.hand_off(epoch, shard, &to);
+                    node.paused.remove(&shard);
+                    node.copy.remove(&shard);
+                    // Stored before the commit is sent, as `moves.rs` does.
+                    self.report(epoch, shard, n, MovePhase::HandedOff);
+                }
+                Action::Commit { chunk, .. } => {
+                    if node.own.is_current(epoch) {
+                        let t = TransferKey {
+                            epoch,
+                            attempt: id,
+                            shard,
+                            from: NODES[n].to_owned(),
+                            chunk,
+                            version: None,
+                            commit: true,
+                        };
+                        self.net.push(Msg::Chunk { to: index(&to), t });
+                    } else {
+                        next.push(Event::Superseded);
+                    }
+                }
+                Action::Resume => {
+                    node.paused.remove(&shard);
+                }
+                Action::ReportDone => self.report(epoch, shard, n, MovePhase::Done),
+                Action::ReportFailed(_) => self.report(epoch, shard, n, MovePhase::Failed),
+                Action::ReportSuperseded => self.report(epoch, shard, n, MovePhase::Superseded),
+                Action::CommitUnconfirmed => {}
+            }
+            let node = &mut self.nodes[n];
+            for e in next {
+                if let Some(a) = node.attempts.get_mut(&shard) {
+                    todo.extend(a.machine.on(e));
+                }
+            }
+            if node
+                .attempts
+                .get(&shard)
+                .is_some_and(|a| a.machine.finished())
+                && let Some(a) = node.attempts.remove(&shard)
+                && let Some((m, next, _)) = node.own.move_finished(shard, a.epoch)
+            {
+                self.start_attempt(n, shard, next, &m.to);
+                return;
+            }
+        }
+    }
+
+    fn deliver(&mut self, msg: Msg) {
+        match msg {
+            Msg::Chunk { to, t } => {
+                if !self.nodes[to].alive {
+                    return self.lost(&Msg::Chunk { to, t });
+                }
+                let transfer = t.transfer();
+                let node = &mut self.nodes[to];
+                let result = node
+                    .own
+                    .check_chunk(&transfer)
+                    .and_then(|()| node.own.on_chunk(&transfer));
+                let refused = match result {
+                    Ok(Accept::Stage { fresh }) => {
+                        if fresh {
+                            node.staged.remove(&t.shard);
+                            node.copy.remove(&t.shard);
+                        }
+                        if let Some(v) = t.version {
+                            node.staged.insert(t.shard, v);
+                        }
+                        None
+                    }
+                    Ok(Accept::Commit { fresh }) => {
+                        if fresh {
+                            node.staged.remove(&t.shard);
+                            node.copy.remove(&t.shard);
+                        }
+                        // The staged actor is served from now on; without one (a restart), the
+                        // actor is loaded from the log when first needed.
+                        if let Some(v) = node.staged.remove(&t.shard) {
+                            node.copy.insert(t.shard, v);
+                        }
+                        // The destination stores Done before it confirms the commit.
+                        self.report(t.epoch, t.shard, to, MovePhase::Done);
+                        None
+                    }
+                    Ok(Accept::Duplicate) => None,
+                    Err(e) => Some(code(&e)),
+                };
+                let from = index(&t.from);
+                self.net.push(Msg::Reply {
+                    to: from,
+                    shard: t.shard,
+                    epoch: t.epoch,
+                    attempt: t.attempt,
+                    chunk: t.chunk,
+                    commit: t.commit,
+                    refused,
+                });
+            }
+            Msg::Reply {
+                to,
+                shard,
+                epoch,
+                attempt,
+                chunk,
+                commit,
+                refused,
+            } => {
+                if !self.matches(to, shard, epoch, attempt) {
+                    return;
+                }
+                let event = match (commit, refused) {
+                    (true, None) => Event::Committed,
+                    (true, Some(c)) => Event::CommitRefused(error(&c)),
+                    (false, None) => Event::Acked { chunk },
+                    (false, Some(c)) => Event::Refused {
+                        chunk,
+                        error: error(&c),
+                    },
+                };
+                self.source_event(to, shard, event);
+            }
+        }
+    }
+
+    fn matches(&self, n: usize, shard: u32, epoch: u64, attempt: u64) -> bool {
+        self.nodes[n].alive
+            && self.nodes[n]
+                .attempts
+                .get(&shard)
+                .is_some_and(|a| a.epoch == epoch && a.id == attempt)
+    }
+
+    /// A message lost (or sent to a dead node): the source's request times out.
+    fn lost(&mut self, msg: &Msg) {
+        let (n, shard, epoch, attempt, chunk, commit) = match msg {
+            Msg::Chunk { t, .. } => (
+                index(&t.from),
+                t.shard,
+                t.epoch,
+                t.attempt,
+                t.chunk,
+                t.commit,
+            ),
+            Msg::Reply {
+                to,
+                shard,
+                epoch,
+                attempt,
+                chunk,
+                commit,
+                ..
+            } => (*to, *shard, *epoch, *attempt, *chunk, *commit),
+        };
+        if !self.matches(n, shard, epoch, attempt) {
+            return;
+        }
+        let event = if commit {
+            Event::CommitUnanswered
+        } else {
+            Event::NoAnswer {
+                chunk,
+                reason: "lost".into(),
+            }
+        };
+        self.source_event(n, shard, event);
+    }
+
+    fn read_progress(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        let p = self.durable[node.read].clone();
+        node.read += 1;
+        if let Some(s) = node.own.on_progress(&p) {
+            node.staged.remove(&s);
+        }
+    }
+
+    fn restart(&mut self, n: usize) {
+        self.nodes[n] = Node::new(NODES[n]);
+        // A node reads every stored report before it acts on a plan.
+        while self.nodes[n].read < self.durable.len() {
+            self.read_progress(n);
+        }
+        self.take_plan(n, self.published - 1);
+    }
+
+    fn steps(&self) -> Vec<Step> {
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, m) in self.net.iter().enumerate() {
+            if !seen.insert(m) {
+                continue;
+            }
+            out.push(Step::Deliver(i));
+            if self.budget.losses > 0 {
+                out.push(Step::Lose(i));
+            }
+            if self.budget.duplicates > 0 {
+                out.push(Step::Duplicate(i));
+            }
+        }
+        for (n, node) in self.nodes.iter().enumerate() {
+            if !node.alive {
+                out.push(Step::Restart(n));
+                continue;
+            }
+            if node.own.epoch() < self.plans[self.published - 1].epoch {
+                out.push(Step::ReadPlan(n));
+            }
+            if node.read < self.durable.len() {
+                out.push(Step::ReadProgress(n));
+            }
+            if self.budget.deadlines > 0 {
+                for (s, a) in &node.attempts {
+                    if !a.machine.finished() {
+                        out.push(Step::Deadline(n, *s));
+                    }
+                }
+            }
+            if self.budget.crashes > 0 {
+                out.push(Step::Crash(n));
+            }
+        }
+        if self.budget.writes > 0 {
+            for s in 0..SHARDS {
+                if self.server(s).is_some() {
+                    out.push(Step::Write(s));
+                }
+            }
+        }
+        if self.budget.retry && self.published < self.plans.len() && self.retry_due() {
+            out.push(Step::Retry);
+        }
+        out
+    }
+
+    /// The latest report of each move, as the progress stream keeps it.
+    fn latest(&self) -> BTreeMap<(u64, u32), MovePhase> {
+        self.durable
+            .iter()
+            .map(|p| ((p.epoch, p.shard), p.phase))
+            .collect()
+    }
+
+    /// The operator retries once a move of the plan failed or was superseded and none is handed
+    /// off without an outcome (it waits for the transfers in flight).
+    fn retry_due(&self) -> bool {
+        let epoch = self.plans[self.published - 1].epoch;
+        let latest = self.latest();
+        let phases: Vec<Option<&MovePhase>> = self.plans[self.published - 1]
+            .moves
+            .iter()
+            .map(|m| latest.get(&(epoch, m.shard)))
+            .collect();
+        phases
+            .iter()
+            .any(|p| matches!(p, Some(MovePhase::Failed | MovePhase::Superseded)))
+            && !phases.contains(&Some(&MovePhase::HandedOff))
+    }
+
+    /// The node serving `shard` and not paused, if any.
+    fn server(&self, shard: u32) -> Option<usize> {
+        (0..NODES.len()).find(|&n| {
+            let node = &self.nodes[n];
+            node.alive && node.own.serves(shard) && !node.paused.contains(&shard)
+        })
+    }
+
+    fn apply(&mut self, step: Step) {
+        match step {
+            Step::Deliver(i) => {
+                let m = self.net.remove(i);
+                self.deliver(m);
+            }
+            Step::Lose(i) => {
+                self.budget.losses -= 1;
+                let m = self.net.remove(i);
+                self.lost(&m);
+            }
+            Step::Duplicate(i) => {
+                self.budget.duplicates -= 1;
+                self.net.push(self.net[i].clone());
+            }
+            Step::ReadPlan(n) => self.take_plan(n, self.published - 1),
+            // A node's consumer catches up with every stored report (one step: the order in which a
+            // node reads reports is the stream's, the interleaving with the other steps is kept).
+            Step::ReadProgress(n) => {
+                while self.nodes[n].read < self.durable.len() {
+                    self.read_progress(n);
+                }
+            }
+            Step::Deadline(n, s) => {
+                self.budget.deadlines -= 1;
+                self.source_event(n, s, Event::Deadline);
+            }
+            Step::Crash(n) => {
+                self.budget.crashes -= 1;
+                self.nodes[n].alive = false;
+            }
+            Step::Restart(n) => self.restart(n),
+            Step::Write(s) => {
+                self.budget.writes -= 1;
+                let Some(n) = self.server(s) else { return };
+                let log = &mut self.log[s as usize];
+                let copy = self.nodes[n].copy.entry(s).or_insert(*log);
+                if *copy == *log {
+                    // The append carries the expected sequence: it lands, acknowledged.
+                    *log += 1;
+                    *copy += 1;
+                } else {
+                    // Fenced: a stale copy is refused by JetStream and reloaded.
+                    *copy = *log;
+                }
+            }
+            Step::Retry => {
+                self.budget.retry = false;
+                // The retry lists the moves not reported done, as the operator's does.
+                let latest = self.latest();
+                let epoch = self.plans[self.published - 1].epoch;
+                self.plans[self.published]
+                    .moves
+                    .retain(|m| latest.get(&(epoch, m.shard)) != Some(&MovePhase::Done));
+                self.published += 1;
+            }
+        }
+    }
+
+    /// The safety properties; `Err` says which failed. A node serves a shard when its ownership
+    /// says so and the shard is not paused (a paused shard holds its requests: they are forwarded
+    /// at the hand-off, or served after a resume, which then must find no other node serving).
+    fn check(&self) -> Result<(), String> {
+        for s in 0..SHARDS {
+            let serving: Vec<usize> = (0..NODES.len())
+                .filter(|&n| {
+                    let node = &self.nodes[n];
+                    node.alive && node.own.serves(s) && !node.paused.contains(&s)
+                })
+                .collect();
+            if serving.len() > 1 {
+                return Err(format!("shard {s} served by {serving:?}"));
+            }
+            for n in serving {
+                if let Some(v) = self.nodes[n].copy.get(&s)
+                    && *v != self.log[s as usize]
+                {
+                    return Err(format!(
+                        "{} serves shard {s} at version {v}, the log holds {}",
+                        NODES[n], self.log[s as usize]
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The faults stop: dead nodes restart, every node reads the newest plan and every report,
+    /// messages are delivered in order, deadlines fire. Then exactly one node serves each shard,
+    /// every node agrees which, and nothing moves.
+    fn heal(self, healed: &mut HashSet<u64>) -> Result<(), String> {
+        // Healing is deterministic: a state met on an earlier healing that succeeded heals too.
+        let mut met = Vec::new();
+        let r = self.heal_from(healed, &mut met);
+        if r.is_ok() {
+            healed.extend(met);
+        }
+        r
+    }
+
+    fn heal_from(mut self, healed: &HashSet<u64>, met: &mut Vec<u64>) -> Result<(), String> {
+        self.budget = Budget {
+            losses: 0,
+            duplicates: 0,
+            crashes: 0,
+            deadlines: 0,
+            writes: 0,
+            retry: false,
+            lazy_progress: false,
+        };
+        for n in 0..NODES.len() {
+            if !self.nodes[n].alive {
+                self.restart(n);
+            }
+        }
+        for round in 0..1_000 {
+            let mut busy = false;
+            for n in 0..NODES.len() {
+                if self.nodes[n].own.epoch() < self.plans[self.published - 1].epoch {
+                    self.take_plan(n, self.published - 1);
+                    busy = true;
+                }
+                while self.nodes[n].read < self.durable.len() {
+                    self.read_progress(n);
+                    busy = true;
+                }
+            }
+            if !self.net.is_empty() {
+                let m = self.net.remove(0);
+                self.deliver(m);
+            } else if !busy {
+                // Nothing in flight: a move still running waits for its deadline.
+                let running: Vec<(usize, u32)> = (0..NODES.len())
+                    .flat_map(|n| {
+                        self.nodes[n]
+                            .attempts
+                            .iter()
+                            .filter(|(_, a)| !a.machine.finished())
+                            .map(move |(s, _)| (n, *s))
+                    })
+                    .collect();
+                if running.is_empty() {
+                    break;
+                }
+                for (n, s) in running {
+                    self.source_event(n, s, Event::Deadline);
+                }
+            }
+            self.check().map_err(|e| format!("while healing: {e}"))?;
+            let key = self.key();
+            if healed.contains(&key) {
+                return Ok(());
+            }
+            met.push(key);
+            if round == 999 {
+                return Err("does not settle within 1,000 rounds".into());
+            }
+        }
+        for s in 0..SHARDS {
+            let serving: Vec<usize> = (0..NODES.len())
+                .filter(|&n| self.nodes[n].own.serves(s))
+                .collect();
+            if serving.len() != 1 {
+                return Err(format!("after healing shard {s} is served by {serving:?}"));
+            }
+            let owners: BTreeSet<Option<&str>> =
+                self.nodes.iter().map(|n| n.own.owner(s)).collect();
+            if owners.len() != 1 {
+                return Err(format!(
+                    "after healing the nodes disagree on shard {s}: {owners:?}"
+                ));
+            }
+            if self.nodes[serving[0]].paused.contains(&s) {
+                return Err(format!("after healing shard {s} stays paused"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn code(e: &ErrorReply) -> String {
+    serde_json::to_value(e.code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn error(code: &str) -> ErrorReply {
+    let code = serde_json::from_value(serde_json::Value::String(code.to_owned()))
+        .unwrap_or(aether_core::protocol::ErrorCode::Internal);
+    ErrorReply {
+        code,
+        message: "refused".into(),
+        owner: None,
+        epoch: None,
+        retry_after_ms: Some(20),
+    }
+}
+
+/// Explores every state reachable within `budget`, depth first (memory bounded by the depth, each
+/// state kept as a 64-bit key); returns (states, longest path) or the first violation with the
+/// steps that lead to it. Healing is checked from every state.
+fn explore(budget: Budget, limit: usize) -> Result<(usize, usize), String> {
+    let start = World::new(budget);
+    start.check()?;
+    let mut seen = HashSet::new();
+    seen.insert(start.key());
+    let mut stack: Vec<(World, Vec<Step>)> = vec![(start, Vec::new())];
+    let mut depth = 0;
+    let mut next_report = 200_000;
+    let mut healed = HashSet::new();
+    while let Some((w, path)) = stack.pop() {
+        depth = depth.max(path.len());
+        w.clone()
+            .heal(&mut healed)
+            .map_err(|e| format!("{e}\nafter {path:?}"))?;
+        for step in w.steps() {
+            let mut v = w.clone();
+            v.apply(step);
+            if !seen.insert(v.key()) {
+                continue;
+            }
+            let mut p = path.clone();
+            p.push(step);
+            v.check().map_err(|e| format!("{e}\nafter {p:?}"))?;
+            stack.push((v, p));
+        }
+        if seen.len() >= next_report {
+            eprintln!(
+                "model check: {} states so far, stack {}",
+                seen.len(),
+                stack.len()
+            );
+            next_report += 200_000;
+        }
+        if seen.len() > limit {
+            return Err(format!(
+                "more than {limit} states: the budget is too large for this run"
+            ));
+        }
+    }
+    Ok((seen.len(), depth))
+}
+
+#[test]
+fn every_state_within_the_fault_budget_is_safe_and_converges() {
+    let size = std::env::var("AETHER_MODEL_BUDGET").unwrap_or_default();
+    let budget = if size.is_empty() {
+        // The slice in `make test`: one loss, one crash, one write, the retry; messages in any
+        // order; reports reach the live nodes as they are stored.
+        Budget {
+            losses: 1,
+            duplicates: 0,
+            crashes: 1,
+            deadlines: 0,
+            writes: 1,
+            retry: true,
+            lazy_progress: false,
+        }
+    } else if size == "small" {
+        Budget {
+            losses: 1,
+            duplicates: 0,
+            crashes: 1,
+            deadlines: 0,
+            writes: 1,
+            retry: true,
+            lazy_progress: true,
+        }
+    } else if size == "large" {
+        Budget {
+            losses: 2,
+            duplicates: 1,
+            crashes: 2,
+            deadlines: 1,
+            writes: 2,
+            retry: true,
+            lazy_progress: true,
+        }
+    } else {
+        // `AETHER_MODEL_BUDGET=faults`: one of each fault, reports delivered at once.
+        Budget {
+            losses: 1,
+            duplicates: 1,
+            crashes: 1,
+            deadlines: 1,
+            writes: 1,
+            retry: true,
+            lazy_progress: false,
+        }
+    };
+    let started = std::time::Instant::now();
+    match explore(budget, 20_000_000) {
+        Ok((states, depth)) => {
+            eprintln!(
+                "model check: {states} states, depth {depth}, budget {budget:?}, {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            assert!(
+                states > 1_000,
+                "the model explores the protocol ({states} states)"
+            );
+        }
+        Err(e) => panic!("model check: {e}"),
+    }
+}
+
+#[test]
+fn the_model_finds_a_stale_copy_served() {
+    // The checker itself: a node serving a copy older than the log is caught.
+    let mut w = World::new(Budget {
+        losses: 0,
+        duplicates: 0,
+        crashes: 0,
+        deadlines: 0,
+        writes: 0,
+        retry: false,
+        lazy_progress: false,
+    });
+    w.nodes[0].copy.insert(0, 0);
+    w.log[0] = 1;
+    assert!(w.check().is_err(), "a stale copy served is found");
+    let w = World::new(Budget {
+        losses: 0,
+        duplicates: 0,
+        crashes: 0,
+        deadlines: 0,
+        writes: 0,
+        retry: false,
+        lazy_progress: false,
+    });
+    assert!(w.check().is_ok());
+    assert!(w.clone().heal(&mut HashSet::new()).is_ok());
+    assert!(matches!(
+        w.nodes[0].attempts.get(&0).map(|a| &a.machine.phase),
+        None | Some(Phase::Idle)
+    ));
+}
