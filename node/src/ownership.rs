@@ -630,6 +630,64 @@ mod tests {
         assert!(o.on_plan(msg(&ps[1]), []).is_none(), "same epoch ignored");
     }
 
+    /// Found by the model check: a source restarted after it sent its commit must never serve the
+    /// shard again in that epoch; its stored `HandedOff` report makes it send the commit again.
+    #[test]
+    fn a_source_that_reads_its_own_hand_off_after_a_restart_only_commits_again() {
+        let ps = plans(&[2, 3]);
+        let m = ps[1].moves.first().expect("a move").clone();
+        let from = m.from.clone().expect("source");
+        let mut o = Ownership::new(from.clone());
+        let mut handed = done(ps[1].epoch, m.shard, &from);
+        handed.phase = MovePhase::HandedOff;
+        assert_eq!(o.on_progress(&handed), None);
+        let fx = o.on_plan(msg(&ps[1]), []).expect("plan");
+        assert!(fx.recommit.iter().any(|r| r.shard == m.shard), "{fx:?}");
+        assert!(
+            !fx.start.iter().any(|s| s.shard == m.shard),
+            "no second transfer"
+        );
+        assert!(!o.serves(m.shard), "never served again");
+        // A later report of the same move (the destination's Done) replaces the hand-off.
+        let mut o = Ownership::new(from.clone());
+        o.on_progress(&handed);
+        o.on_progress(&done(ps[1].epoch, m.shard, "app-2"));
+        let fx = o.on_plan(msg(&ps[1]), []).expect("plan");
+        assert!(!fx.recommit.iter().any(|r| r.shard == m.shard));
+        assert!(!o.serves(m.shard));
+    }
+
+    /// Found by the model check: a destination restarted after a commit learns from the Done report
+    /// that the move is done; a late chunk of it is refused with `redirect` (never staged again), a
+    /// late commit acked without change.
+    #[test]
+    fn a_move_done_here_refuses_late_chunks() {
+        let ps = plans(&[2, 3]);
+        let m = ps[1].moves.first().expect("a move").clone();
+        let from = m.from.clone().expect("source");
+        let mut dst = Ownership::new("app-2");
+        dst.on_progress(&done(ps[1].epoch, m.shard, "app-2"));
+        dst.on_plan(msg(&ps[1]), []).expect("plan");
+        assert!(dst.serves(m.shard));
+        let chunk = |commit: bool| Transfer {
+            v: VERSION,
+            epoch: ps[1].epoch,
+            attempt: 1,
+            shard: m.shard,
+            from: from.clone(),
+            chunk: u32::from(commit),
+            last: true,
+            actors: vec![],
+            commit,
+        };
+        let refused = dst.check_chunk(&chunk(false)).expect_err("late chunk");
+        assert_eq!(refused.code, aether_core::protocol::ErrorCode::Redirect);
+        assert_eq!(refused.owner.as_deref(), Some("app-2"));
+        assert!(dst.on_chunk(&chunk(false)).is_err());
+        assert_eq!(dst.on_chunk(&chunk(true)), Ok(Accept::Duplicate));
+        assert!(dst.serves(m.shard));
+    }
+
     #[test]
     fn routes_without_a_plan_locally_forwarded_and_redirected() {
         let ps = plans(&[2]);
