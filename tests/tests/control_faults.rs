@@ -125,7 +125,11 @@ async fn final_reports(
                     .ok()
                     .and_then(|msg| decode::<Progress>(&msg.payload).ok());
                 match last {
-                    Some(p) if p.phase != MovePhase::Transferring => finals.push((m.shard, p)),
+                    Some(p)
+                        if !matches!(p.phase, MovePhase::Transferring | MovePhase::HandedOff) =>
+                    {
+                        finals.push((m.shard, p));
+                    }
                     other => open.push((m.clone(), other)),
                 }
             }

@@ -377,7 +377,7 @@ async fn a_shard_of_many_chunks_moves_there_and_back_with_every_actors_state() {
             .find(|p| {
                 p.epoch == epoch
                     && p.shard == shard
-                    && p.phase != MovePhase::Transferring
+                    && !matches!(p.phase, MovePhase::Transferring | MovePhase::HandedOff)
                     && p.node == by
             })
             .cloned()
