@@ -157,6 +157,21 @@ struct Budget {
     lazy_progress: bool,
 }
 
+impl Budget {
+    /// Nothing may go wrong.
+    fn none() -> Self {
+        Self {
+            losses: 0,
+            duplicates: 0,
+            crashes: 0,
+            deadlines: 0,
+            writes: 0,
+            retry: false,
+            lazy_progress: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct World {
     plans: Vec<PlanMessage>,
@@ -382,6 +397,19 @@ impl World {
                 return;
             };
             let (epoch, id, to) = (a.epoch, a.id, a.to.clone());
+            // A chunk (or the commit) of this attempt to its destination.
+            let send = |chunk: u32, version: Option<u64>, commit: bool| Msg::Chunk {
+                to: index(&to),
+                t: TransferKey {
+                    epoch,
+                    attempt: id,
+                    shard,
+                    from: NODES[n].to_owned(),
+                    chunk,
+                    version,
+                    commit,
+                },
+            };
             let mut next = Vec::new();
             match action {
                 Action::PauseAndCapture => {
@@ -390,30 +418,10 @@ impl World {
                     next.push(Event::Captured);
                 }
                 Action::Produce { chunk } => {
-                    let t = TransferKey {
-                        epoch,
-                        attempt: id,
-                        shard,
-                        from: NODES[n].to_owned(),
-                        chunk,
-                        version: a.captured,
-                        commit: false,
-                    };
-                    self.net.push(Msg::Chunk { to: index(&to), t });
+                    self.net.push(send(chunk, a.captured, false));
                     next.push(Event::Produced { chunk, last: true });
                 }
-                Action::Resend { chunk, .. } => {
-                    let t = TransferKey {
-                        epoch,
-                        attempt: id,
-                        shard,
-                        from: NODES[n].to_owned(),
-                        chunk,
-                        version: a.captured,
-                        commit: false,
-                    };
-                    self.net.push(Msg::Chunk { to: index(&to), t });
-                }
+                Action::Resend { chunk, .. } => self.net.push(send(chunk, a.captured, false)),
                 Action::HandOff => {
                     node.own.hand_off(epoch, shard, &to);
                     node.paused.remove(&shard);
@@ -423,16 +431,7 @@ impl World {
                 }
                 Action::Commit { chunk, .. } => {
                     if node.own.is_current(epoch) {
-                        let t = TransferKey {
-                            epoch,
-                            attempt: id,
-                            shard,
-                            from: NODES[n].to_owned(),
-                            chunk,
-                            version: None,
-                            commit: true,
-                        };
-                        self.net.push(Msg::Chunk { to: index(&to), t });
+                        self.net.push(send(chunk, None, true));
                     } else {
                         next.push(Event::Superseded);
                     }
@@ -785,15 +784,7 @@ impl World {
     }
 
     fn heal_from(mut self, healed: &HashSet<u64>, met: &mut Vec<u64>) -> Result<(), String> {
-        self.budget = Budget {
-            losses: 0,
-            duplicates: 0,
-            crashes: 0,
-            deadlines: 0,
-            writes: 0,
-            retry: false,
-            lazy_progress: false,
-        };
+        self.budget = Budget::none();
         for n in 0..NODES.len() {
             if !self.nodes[n].alive {
                 self.restart(n);
@@ -994,27 +985,11 @@ fn every_state_within_the_fault_budget_is_safe_and_converges() {
 #[test]
 fn the_model_finds_a_stale_copy_served() {
     // The checker itself: a node serving a copy older than the log is caught.
-    let mut w = World::new(Budget {
-        losses: 0,
-        duplicates: 0,
-        crashes: 0,
-        deadlines: 0,
-        writes: 0,
-        retry: false,
-        lazy_progress: false,
-    });
+    let mut w = World::new(Budget::none());
     w.nodes[0].copy.insert(0, 0);
     w.log[0] = 1;
     assert!(w.check().is_err(), "a stale copy served is found");
-    let w = World::new(Budget {
-        losses: 0,
-        duplicates: 0,
-        crashes: 0,
-        deadlines: 0,
-        writes: 0,
-        retry: false,
-        lazy_progress: false,
-    });
+    let w = World::new(Budget::none());
     assert!(w.check().is_ok());
     assert!(w.clone().heal(&mut HashSet::new()).is_ok());
     assert!(matches!(
