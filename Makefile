@@ -53,11 +53,13 @@ generate:
 check-generated: generate
 	@git diff --exit-code -- crds/ charts/aether/crds/ || { echo "generated files are stale: run 'make generate' and commit"; exit 1; }
 
-## chart-check: helm lint, and a render of every template with the example on.
+## chart-check: helm lint, a render of every template with the example on, and its pods' security
+## context (scripts/chart-security.py: numeric non-root users, seccomp, no privilege, read-only root, resources).
 chart-check: $(HELM)
 	$(HELM) lint charts/aether --kube-version $(K8S_VERSION) --set example.enabled=true
 	mkdir -p target
 	$(HELM) template t charts/aether --kube-version $(K8S_VERSION) --set example.enabled=true > target/chart-render.yaml
+	python3 scripts/chart-security.py < target/chart-render.yaml
 	@for kind in Deployment ClusterRole Role StatefulSet PodDisruptionBudget ShardPlan; do \
 	  grep -q "^kind: $$kind$$" target/chart-render.yaml || { echo "chart render lacks a $$kind"; exit 1; }; done
 	@! $(HELM) template t charts/aether --kube-version $(K8S_VERSION) --set nats.url=bogus > /dev/null 2>&1 || { echo "values.schema.json accepted a bad nats.url"; exit 1; }
@@ -69,7 +71,7 @@ chaos: tools
 	$(CARGO) build --release --example chaos -p aether-tests
 	AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) $${CARGO_TARGET_DIR:-target}/release/examples/chaos
 
-## fuzz: every decoder of network input, 800,000 mutated inputs each (13 decoders: >= 10 million
+## fuzz: every decoder of network input, 800,000 mutated inputs each (14 decoders: >= 10 million
 ## executions); `make test` runs 2,000 each. Corpus: core/tests/corpus/.
 fuzz:
 	AETHER_FUZZ_CASES=800000 PROPTEST_RNG_SEED=$(PROPTEST_RNG_SEED) $(CARGO) test --release -p aether-core --test fuzz_decoders -- --nocapture --test-threads 2

@@ -2,5 +2,8 @@
 # Build from the repository root: docker build -f docker/bank-example.Dockerfile .
 FROM python:3.12-slim
 COPY examples/bank/app.py /app/app.py
-USER nobody
+# A read-only root filesystem (the chart sets one): no bytecode files written.
+ENV PYTHONDONTWRITEBYTECODE=1
+# 65534 is `nobody`; numeric, so a kubelet can check runAsNonRoot (chart: example.app.runAsUser).
+USER 65534:65534
 ENTRYPOINT ["python3", "/app/app.py"]

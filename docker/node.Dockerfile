@@ -6,5 +6,6 @@ RUN cargo build --release --locked -p aether-node --bin aether-node
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/aether-node /usr/local/bin/aether-node
-USER nonroot
+# 65532 is distroless's `nonroot`; numeric, so a kubelet can check runAsNonRoot (chart: operator.runAsUser).
+USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/aether-node"]

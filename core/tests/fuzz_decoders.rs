@@ -1,5 +1,5 @@
 //! Fuzzing of every decoder of network input: requests, replies, JSON and binary transfers, transfer
-//! acks, plans, progress reports, node events, subject tokens, and the app container's answers. Each
+//! acks, plans, progress reports, node events, held keys, subject tokens, and the app container's answers. Each
 //! case takes a seed from the corpus (`core/tests/corpus/<decoder>/`, valid messages as the protocol
 //! documents them) and applies byte-level and JSON-aware mutations (flips, interesting bytes, inserted
 //! tokens, deletions, duplicated and spliced ranges, truncation), or takes raw random bytes. A decoder
@@ -7,12 +7,12 @@
 //! (encode, decode again: the same value) and its validation must not panic either.
 //!
 //! Cases per decoder: `AETHER_FUZZ_CASES` (default 2,000 in `make test`; `make fuzz` runs 1,000,000
-//! per decoder, 13 decoders: 13 million executions). Seeded by `PROPTEST_RNG_SEED` like the other
+//! per decoder, 14 decoders: 14 million executions). Seeded by `PROPTEST_RNG_SEED` like the other
 //! property tests.
 
 use aether_core::protocol::app::{ApplyAnswer, DecideAnswer, KindsAnswer};
 use aether_core::protocol::{
-    NodeEvent, PlanMessage, Progress, Reply, Request, TRANSFER_MAGIC, Transfer, TransferAck,
+    Held, NodeEvent, PlanMessage, Progress, Reply, Request, TRANSFER_MAGIC, Transfer, TransferAck,
     decode, decode_id, decode_transfer, encode, encode_id, encode_transfer,
 };
 use proptest::prelude::*;
@@ -240,6 +240,11 @@ fn node_events() {
     fuzz("node-event", |b| {
         round_trip!(NodeEvent, b, |_: &NodeEvent| {})
     });
+}
+
+#[test]
+fn held_keys() {
+    fuzz("held", |b| round_trip!(Held, b, |_: &Held| {}));
 }
 
 #[test]

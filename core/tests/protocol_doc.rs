@@ -45,7 +45,7 @@ fn documented_vectors_match_the_code() {
 #[test]
 fn documented_messages_decode() {
     use aether_core::protocol::{
-        NodeEvent, PlanMessage, Progress, Reply, Request, Transfer, TransferAck, decode,
+        Held, NodeEvent, PlanMessage, Progress, Reply, Request, Transfer, TransferAck, decode,
     };
     let doc = include_str!("../../docs/PROTOCOL.md");
     let mut checked = 0;
@@ -57,7 +57,8 @@ fn documented_messages_decode() {
             || decode::<Transfer>(b).is_ok()
             || decode::<TransferAck>(b).is_ok()
             || decode::<Progress>(b).is_ok()
-            || decode::<NodeEvent>(b).is_ok();
+            || decode::<NodeEvent>(b).is_ok()
+            || decode::<Held>(b).is_ok();
         assert!(fits, "docs/PROTOCOL.md example is no message: {line}");
         checked += 1;
     }

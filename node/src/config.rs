@@ -46,8 +46,11 @@ pub struct NatsArgs {
     #[arg(long, env = "NATS_NKEY", hide_env_values = true)]
     pub nats_nkey: Option<String>,
     /// NATS .creds file.
-    #[arg(long, env = "NATS_CREDS")]
+    #[arg(long, env = "NATS_CREDS", conflicts_with = "nats_creds_data")]
     pub nats_creds: Option<PathBuf>,
+    /// A NATS .creds file's content (the chart passes a Secret's `creds` key so).
+    #[arg(long, env = "NATS_CREDS_DATA", hide_env_values = true)]
+    pub nats_creds_data: Option<String>,
     /// CA certificate (PEM) for TLS.
     #[arg(long, env = "NATS_TLS_CA")]
     pub nats_tls_ca: Option<PathBuf>,

@@ -64,6 +64,8 @@ label_enum!(
         Progress => "progress",
         /// A plan.
         Plan => "plan",
+        /// A node's word on the plan it holds (`held.{pod}`).
+        Held => "held",
     }
 );
 

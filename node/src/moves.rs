@@ -380,7 +380,7 @@ impl Shared {
                 .await;
         }
         if let Some(rx) = stopped {
-            self.answer_leftovers(shard, rx);
+            drop(self.answer_leftovers(shard, rx));
         }
         match installed {
             Ok(Some(rx)) => {

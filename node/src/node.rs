@@ -11,12 +11,12 @@ use crate::error::{Error, Result};
 use crate::host::{self, Cmd, HostContext, Pending, ShardHandle};
 use crate::metrics::{Failure, Malformed, Metrics, Route};
 use crate::moves::MigrationRuntime;
-use crate::ownership::Ownership;
+use crate::ownership::{Ownership, Settled};
 use crate::requests::Answer;
 use crate::store::EventStore;
 use aether_core::protocol::{
-    ErrorCode, ErrorReply, Names, NodeEvent, NodeEventKind, PlanMessage, Progress, Reply, VERSION,
-    decode, encode,
+    ErrorCode, ErrorReply, Held, Names, NodeEvent, NodeEventKind, PlanMessage, Progress, Reply,
+    VERSION, decode, encode,
 };
 use aether_core::types::MovePhase;
 use async_nats::jetstream;
@@ -173,7 +173,18 @@ pub struct Shared {
     migrations: Mutex<Arc<Semaphore>>,
     /// The actors' sends, taken by the outbox task when the node serves.
     deliveries: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::host::Delivery>>>,
+    /// Plans taken, with the workers they stopped: once those finished, `held.{me}` says so.
+    holds: tokio::sync::mpsc::UnboundedSender<Hold>,
+    holds_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Hold>>>,
 }
+
+/// A plan epoch taken and the tasks answering what its stopped workers held.
+type Hold = (u64, Vec<tokio::task::JoinHandle<()>>);
+
+/// How long a plan that takes shards without a hand-off waits for the members of the plan before
+/// that left it to say they hold it (a live node reads the plan at least every
+/// [`PLAN_POLL_EVERY`]); members are waited for until they do.
+pub const LEAVERS_WAIT: Duration = Duration::from_secs(6);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock means a panic elsewhere; the data (maps of handles) is still consistent.
@@ -195,6 +206,7 @@ impl Shared {
     ) -> Arc<Self> {
         let tasks = TaskTracker::new();
         let (outbox, deliveries) = tokio::sync::mpsc::unbounded_channel();
+        let (holds, holds_rx) = tokio::sync::mpsc::unbounded_channel();
         let host = Arc::new(HostContext {
             me: cfg.pod_name.clone(),
             registry,
@@ -227,6 +239,8 @@ impl Shared {
             }),
             migrations: Mutex::new(Arc::new(Semaphore::new(4))),
             deliveries: Mutex::new(Some(deliveries)),
+            holds,
+            holds_rx: Mutex::new(Some(holds_rx)),
         })
     }
 
@@ -288,13 +302,13 @@ impl Shared {
                 .collect()
         };
         for (shard, rx) in stopped {
-            self.answer_leftovers(shard, rx);
+            drop(self.answer_leftovers(shard, rx));
         }
     }
 
     /// Takes a new plan: ignored unless its epoch is higher; then local shards follow it.
     pub fn on_plan(self: &Arc<Self>, plan: PlanMessage) {
-        let (fx, stopped, timeout) = {
+        let (fx, stopped, timeout, awaiting) = {
             let mut st = self.state();
             let held = st.own.epoch();
             let hosted: Vec<u32> = st.workers.keys().copied().collect();
@@ -312,15 +326,31 @@ impl Shared {
                 .iter()
                 .filter_map(|&s| Some((s, st.stop(s)?)))
                 .collect();
-            (fx, stopped, st.own.timeout())
+            let awaiting: Vec<String> = st.own.awaiting().into_iter().map(str::to_owned).collect();
+            (fx, stopped, st.own.timeout(), awaiting)
         };
         self.metrics().epoch.set(fx.epoch as i64);
         self.epochs.send_replace(fx.epoch);
         tracing::info!(epoch = fx.epoch, moves = fx.start.len(), "new plan");
-        for (shard, rx) in stopped {
-            self.answer_leftovers(shard, rx);
-        }
+        let answering = stopped
+            .into_iter()
+            .map(|(shard, rx)| self.answer_leftovers(shard, rx))
+            .collect();
+        let _ = self.holds.send((fx.epoch, answering));
         let epoch = fx.epoch;
+        if !awaiting.is_empty() {
+            tracing::info!(
+                epoch,
+                awaiting = %awaiting.join(","),
+                "shards taken without a hand-off wait until these pods hold the plan"
+            );
+            let this = self.clone();
+            self.tasks.spawn(async move {
+                tokio::time::sleep(LEAVERS_WAIT).await;
+                let settled = this.state().own.stop_waiting_for_non_members(epoch);
+                this.start_settled(settled);
+            });
+        }
         if !fx.report_done.is_empty() {
             let this = self.clone();
             self.tasks.spawn(async move {
@@ -339,6 +369,21 @@ impl Shared {
         }
     }
 
+    /// `pod` says it holds plan `epoch`; when that settles the plan, its deferred moves start.
+    pub fn on_held(self: &Arc<Self>, pod: &str, epoch: u64) {
+        let settled = self.state().own.on_held(pod, epoch);
+        self.start_settled(settled);
+    }
+
+    fn start_settled(self: &Arc<Self>, settled: Option<Settled>) {
+        let Some(s) = settled else { return };
+        tracing::info!(epoch = s.epoch, moves = s.start.len(), "plan settled");
+        for mv in s.start {
+            self.tasks
+                .spawn_on(self.clone().run_moves(mv, s.epoch, s.timeout), &self.moves);
+        }
+    }
+
     /// A progress report from any node: done moves change the owner; a failed move to this node
     /// drops what it staged.
     pub fn on_progress(self: &Arc<Self>, bytes: &[u8]) {
@@ -353,7 +398,7 @@ impl Shared {
                 .and_then(|shard| Some((shard, st.stop(shard)?)))
         };
         if let Some((shard, rx)) = stopped {
-            self.answer_leftovers(shard, rx);
+            drop(self.answer_leftovers(shard, rx));
         }
     }
 
@@ -469,6 +514,11 @@ pub async fn connect(args: &crate::config::NatsArgs, name: &str) -> Result<async
             .credentials_file(path)
             .await
             .map_err(|e| Error::Config(format!("--nats-creds {}: {e}", path.display())))?;
+    }
+    if let Some(creds) = &args.nats_creds_data {
+        opts = opts
+            .credentials(creds)
+            .map_err(|e| Error::Config(format!("--nats-creds-data: {e}")))?;
     }
     if let Some(ca) = &args.nats_tls_ca {
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
@@ -652,6 +702,18 @@ impl Node {
         let health_task = shared
             .tasks
             .spawn(watch_health(shared.clone(), health.clone()));
+        let held_tasks = [
+            shared.tasks.spawn(watch_held(
+                shared.clone(),
+                shared.js.clone(),
+                cfg.stream_replicas,
+            )),
+            shared.tasks.spawn(publish_held(
+                shared.clone(),
+                lock(&shared.holds_rx).take(),
+                cfg.stream_replicas,
+            )),
+        ];
         let app_task = shared
             .app()
             .map(|app| shared.tasks.spawn(watch_app(app, health.clone())));
@@ -731,6 +793,9 @@ impl Node {
         }
         watcher.abort();
         health_task.abort();
+        for task in held_tasks {
+            task.abort();
+        }
         for task in app_task.into_iter().chain(api_task).chain(outbox_task) {
             task.abort();
         }
@@ -837,6 +902,110 @@ async fn watch_plans(shared: Arc<Shared>, js: jetstream::Context, names: Names, 
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Writes `held.{me}` for each plan taken, once the workers that plan stopped have finished (their
+/// appends landed, what they held answered): from then on this node serves nothing by an older plan.
+async fn publish_held(
+    shared: Arc<Shared>,
+    holds: Option<tokio::sync::mpsc::UnboundedReceiver<Hold>>,
+    replicas: usize,
+) {
+    let Some(mut holds) = holds else { return };
+    let key = Names::held_key(&shared.me);
+    let mut bucket = None;
+    while let Some((epoch, answering)) = holds.recv().await {
+        for task in answering {
+            let _ = task.await;
+        }
+        let Ok(body) = encode(&Held {
+            v: VERSION,
+            node: shared.me.clone(),
+            epoch,
+        }) else {
+            continue;
+        };
+        loop {
+            let store = match &bucket {
+                Some(b) => b,
+                None => match aether_nats::plans::open_bucket(&shared.js, &shared.names, replicas)
+                    .await
+                {
+                    Ok(b) => bucket.insert(b),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "plan bucket, to say which plan this node holds");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        continue;
+                    }
+                },
+            };
+            match store.put(&key, body.clone().into()).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, epoch, "could not say which plan this node holds; retrying");
+                    bucket = None;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Follows the other nodes' `held.{pod}` keys; while the plan waits for some, also reads theirs
+/// directly every [`HELD_POLL_EVERY`] (a watch can stall silently with its server).
+async fn watch_held(shared: Arc<Shared>, js: jetstream::Context, replicas: usize) {
+    loop {
+        let result: Result<()> = async {
+            let bucket = aether_nats::plans::open_bucket(&js, &shared.names, replicas).await?;
+            let mut watch = bucket
+                .watch_with_history(Names::HELD_KEYS)
+                .await
+                .map_err(|e| Error::Nats(format!("watch held: {e}")))?;
+            let mut poll = tokio::time::interval(HELD_POLL_EVERY);
+            loop {
+                let entries = tokio::select! {
+                    next = watch.next() => match next {
+                        Some(entry) => vec![entry.map_err(|e| Error::Nats(format!("watch held: {e}")))?],
+                        None => break,
+                    },
+                    _ = poll.tick() => {
+                        let awaiting: Vec<String> = shared.state().own.awaiting().into_iter().map(str::to_owned).collect();
+                        let mut read = Vec::new();
+                        for pod in awaiting {
+                            if let Ok(Some(e)) = bucket.entry(Names::held_key(&pod)).await {
+                                read.push(e);
+                            }
+                        }
+                        read
+                    }
+                };
+                for entry in entries {
+                    if entry.operation != jetstream::kv::Operation::Put {
+                        continue;
+                    }
+                    let Some(pod) = entry.key.strip_prefix("held.") else {
+                        continue;
+                    };
+                    match decode::<Held>(&entry.value) {
+                        Ok(h) => shared.on_held(pod, h.epoch),
+                        Err(e) => {
+                            shared.metrics().malformed(Malformed::Held);
+                            tracing::warn!(error = %e, key = %entry.key, "ignoring a malformed held key");
+                        }
+                    }
+                }
+            }
+            Err(Error::Nats("held watch ended".into()))
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "held watch interrupted; resuming");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// How often a node whose plan waits for other pods reads their `held.{pod}` keys directly.
+pub const HELD_POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// How often a node reads the plan directly, besides watching it.
 pub const PLAN_POLL_EVERY: Duration = Duration::from_secs(5);

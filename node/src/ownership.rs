@@ -65,6 +65,14 @@ pub enum Unavailable {
     NoMembers,
     /// The shard is changing owner here (a worker stopped with the request in hand).
     ChangingOwner(u32),
+    /// This node takes the shard with this plan without a hand-off, and waits until every node
+    /// that may still serve it under an older plan holds this one.
+    Settling {
+        /// The shard.
+        shard: u32,
+        /// The plan epoch awaited.
+        epoch: u64,
+    },
 }
 
 impl Unavailable {
@@ -77,6 +85,10 @@ impl Unavailable {
             Self::ChangingOwner(shard) => {
                 ErrorReply::unavailable(format!("shard {shard} is changing owner"), 20)
             }
+            Self::Settling { shard, epoch } => ErrorReply::unavailable(
+                format!("shard {shard} waits until every member holds plan epoch {epoch}"),
+                20,
+            ),
         }
     }
 }
@@ -177,8 +189,31 @@ pub struct Ownership {
     reported_hand_offs: std::collections::BTreeSet<(u64, u32)>,
     /// Destination side: the incoming move of each shard, staged until its commit.
     incoming: HashMap<u32, Incoming>,
-    /// Source side: shards with a move running here.
+    /// Source side: shards with a move running here (or deferred until the plan settles).
     moving: HashSet<u32>,
+    /// The plan epoch each pod last said it holds (`held.{pod}` in the plan bucket).
+    held: HashMap<String, u64>,
+    /// Shards this node owns under the current plan but did not serve under the plan before it
+    /// (taken without a hand-off: a plan replaced mid-move, a member back, a skipped epoch). Another
+    /// node may still serve them under an older plan, so they are served, and moved, only once the
+    /// plan settles.
+    unconfirmed: HashSet<u32>,
+    /// Pods that must hold the current epoch before the plan settles: every member, and for a while
+    /// ([`Ownership::stop_waiting_for_non_members`]) the members of the plan before that left.
+    awaiting: std::collections::BTreeSet<String>,
+    /// Moves of unconfirmed shards, started once the plan settles.
+    deferred: Vec<Move>,
+}
+
+/// Moves to start because the plan settled, with that plan's epoch and per-move deadline.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// The epoch.
+    pub epoch: u64,
+    /// Moves deferred until now.
+    pub start: Vec<Move>,
+    /// The plan's per-move deadline.
+    pub timeout: Duration,
 }
 
 impl Ownership {
@@ -194,6 +229,10 @@ impl Ownership {
             reported_hand_offs: std::collections::BTreeSet::new(),
             incoming: HashMap::new(),
             moving: HashSet::new(),
+            held: HashMap::new(),
+            unconfirmed: HashSet::new(),
+            awaiting: std::collections::BTreeSet::new(),
+            deferred: Vec::new(),
         }
     }
 
@@ -235,10 +274,28 @@ impl Ownership {
         self.view.as_ref()?.owner(shard)
     }
 
-    /// True when this node serves `shard`.
+    /// True when this node serves `shard`: it owns it and, if it took it with this plan without a
+    /// hand-off, the plan has settled.
     #[must_use]
     pub fn serves(&self, shard: u32) -> bool {
-        self.owner(shard) == Some(self.me.as_str())
+        self.owner(shard) == Some(self.me.as_str()) && !self.waits(shard)
+    }
+
+    /// True while this node owns `shard` but waits for the plan to settle before serving it.
+    fn waits(&self, shard: u32) -> bool {
+        !self.awaiting.is_empty() && self.unconfirmed.contains(&shard)
+    }
+
+    /// True once every pod that may serve a shard under an older plan holds the current one.
+    #[must_use]
+    pub fn settled(&self) -> bool {
+        self.awaiting.is_empty()
+    }
+
+    /// The pods the plan waits for.
+    #[must_use]
+    pub fn awaiting(&self) -> Vec<&str> {
+        self.awaiting.iter().map(String::as_str).collect()
     }
 
     /// Where a request for `actor_id` that has hopped `hops` times goes. No allocation.
@@ -266,6 +323,12 @@ impl Ownership {
 
     fn route_shard<'a>(&'a self, view: &'a View, shard: u32, hops: u8) -> Route<'a> {
         match view.owner(shard) {
+            Some(owner) if owner == self.me && self.waits(shard) => {
+                Route::Unavailable(Unavailable::Settling {
+                    shard,
+                    epoch: view.plan.epoch,
+                })
+            }
             Some(owner) if owner == self.me => Route::Local { shard },
             Some(to) if hops < MAX_HOPS => Route::Forward { shard, to },
             Some(to) => Route::Redirect {
@@ -348,15 +411,49 @@ impl Ownership {
         let previous = self.view.replace(view);
         let view = self.view.as_ref()?;
         let me = Some(self.me.as_str());
+        // Shards this node serves now but did not serve under the plan just before this one.
+        // The first plan of a process takes nothing from anyone: what it owns, it owns by the
+        // latest plan, which every older holder handed off or was planned out of.
+        let unconfirmed: HashSet<u32> = match &previous {
+            None => HashSet::new(),
+            Some(p) => {
+                let consecutive = p.plan.epoch + 1 == epoch;
+                (0..view.plan.shards)
+                    .filter(|&s| view.owner(s) == me)
+                    .filter(|&s| {
+                        !consecutive
+                            || p.owner(s) != me
+                            || (!self.awaiting.is_empty() && self.unconfirmed.contains(&s))
+                    })
+                    .collect()
+            }
+        };
+        let awaiting: std::collections::BTreeSet<String> = if unconfirmed.is_empty() {
+            std::collections::BTreeSet::new()
+        } else {
+            let leavers = previous.iter().flat_map(|p| &p.plan.members);
+            view.plan
+                .members
+                .iter()
+                .chain(leavers)
+                .map(|m| &m.name)
+                .filter(|n| **n != self.me && self.held.get(*n).is_none_or(|&e| e < epoch))
+                .cloned()
+                .collect()
+        };
         let mut stop: Vec<u32> = hosted
             .into_iter()
             .filter(|&shard| {
                 let before = previous.as_ref().and_then(|p| p.owner(shard));
-                view.owner(shard) != me || before != me
+                view.owner(shard) != me || before != me || unconfirmed.contains(&shard)
             })
             .collect();
         stop.sort_unstable();
         self.incoming.retain(|_, inc| inc.epoch >= epoch);
+        // Moves deferred under the plan before never started: this plan decides again.
+        for m in std::mem::take(&mut self.deferred) {
+            self.moving.remove(&m.shard);
+        }
         let mut start: Vec<Move> = view
             .moves_from(&self.me)
             .filter(|m| !self.moving.contains(&m.shard))
@@ -364,6 +461,19 @@ impl Ownership {
             .collect();
         start.sort_by_key(|m| m.shard);
         self.moving.extend(start.iter().map(|m| m.shard));
+        if !awaiting.is_empty() {
+            let (later, now): (Vec<Move>, Vec<Move>) = start
+                .into_iter()
+                .partition(|m| unconfirmed.contains(&m.shard));
+            self.deferred = later;
+            start = now;
+        }
+        self.unconfirmed = if awaiting.is_empty() {
+            HashSet::new()
+        } else {
+            unconfirmed
+        };
+        self.awaiting = awaiting;
         Some(PlanEffects {
             epoch,
             stop,
@@ -485,6 +595,8 @@ impl Ownership {
                 self.received.remove(&chunk.shard);
             }
             Ok(Accept::Commit { .. }) => {
+                // Received by a hand-off: its source served it alone up to the capture.
+                self.unconfirmed.remove(&chunk.shard);
                 self.handed_off.remove(&chunk.shard);
                 self.received.insert(chunk.shard, chunk.from.clone());
                 if let Some(v) = self.view.as_mut() {
@@ -524,10 +636,58 @@ impl Ownership {
                 let m = v.moves_from(&self.me).find(|m| m.shard == shard)?;
                 Some((m.clone(), v.plan.epoch, timeout(&v.plan)))
             });
-        if next.is_none() {
-            self.moving.remove(&shard);
+        match next {
+            None => {
+                self.moving.remove(&shard);
+                None
+            }
+            Some((m, ..)) if self.waits(m.shard) => {
+                self.deferred.push(m);
+                None
+            }
+            next => next,
         }
-        next
+    }
+
+    /// `pod` says it holds plan `epoch` (and serves nothing by an older one). Returns the moves to
+    /// start when that settles the plan.
+    pub fn on_held(&mut self, pod: &str, epoch: u64) -> Option<Settled> {
+        self.held.insert(pod.to_owned(), epoch);
+        if epoch < self.epoch() || !self.awaiting.remove(pod) {
+            return None;
+        }
+        self.settle()
+    }
+
+    /// The members of the plan before that are not members of this one have had time to take it
+    /// (a live node reads the plan at least every few seconds): stop waiting for them, so a pod
+    /// that is gone for good does not hold its shards' new owners back. Returns the moves to start
+    /// when that settles the plan.
+    pub fn stop_waiting_for_non_members(&mut self, epoch: u64) -> Option<Settled> {
+        let view = self.view.as_ref().filter(|v| v.plan.epoch == epoch)?;
+        let members: HashSet<&str> = view.plan.members.iter().map(|m| m.name.as_str()).collect();
+        let before = self.awaiting.len();
+        self.awaiting.retain(|p| members.contains(p.as_str()));
+        if self.awaiting.len() == before {
+            return None;
+        }
+        self.settle()
+    }
+
+    fn settle(&mut self) -> Option<Settled> {
+        if !self.awaiting.is_empty() {
+            return None;
+        }
+        self.unconfirmed.clear();
+        let plan = self.plan()?;
+        let (epoch, timeout) = (plan.epoch, timeout(plan));
+        let mut start = std::mem::take(&mut self.deferred);
+        start.sort_by_key(|m| m.shard);
+        Some(Settled {
+            epoch,
+            start,
+            timeout,
+        })
     }
 
     /// The per-move deadline of the plan held.
@@ -545,13 +705,21 @@ impl Ownership {
             .view
             .as_ref()
             .map(|v| (v.plan.epoch, v.pending.iter().collect::<BTreeMap<_, _>>()));
+        let mut deferred: Vec<u32> = self.deferred.iter().map(|m| m.shard).collect();
+        deferred.sort_unstable();
         format!(
-            "{view:?} {:?} {:?} {:?} {:?} {:?}",
+            "{view:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
             self.handed_off.iter().collect::<BTreeMap<_, _>>(),
             self.received.iter().collect::<BTreeMap<_, _>>(),
             (&self.early_done, &self.reported_hand_offs),
             self.incoming.iter().collect::<BTreeMap<_, _>>(),
             self.moving.iter().collect::<BTreeSet<_>>(),
+            self.held.iter().collect::<BTreeMap<_, _>>(),
+            (
+                self.unconfirmed.iter().collect::<BTreeSet<_>>(),
+                &self.awaiting,
+                deferred
+            ),
         )
     }
 
@@ -716,6 +884,130 @@ mod tests {
             o.route_again(shard),
             Route::Unavailable(Unavailable::ChangingOwner(shard))
         );
+    }
+
+    /// Found by the chaos suite (seed 1202): a plan that replaces one whose move was in flight gave
+    /// the shard back to its source (a member flap) after the source had handed it off; the source
+    /// served it from the log while the destination, still on the older plan, served it too, and
+    /// reads of one missed the other's appends. Such a shard now waits until every member and the
+    /// members that left hold the plan, and so does its move.
+    #[test]
+    fn a_shard_taken_back_without_a_hand_off_waits_until_every_member_holds_the_plan() {
+        let ps = plans(&[2, 3]);
+        let m = ps[1].moves.first().expect("a move to app-2").clone();
+        let from = m.from.clone().expect("a source");
+        let mut o = Ownership::new(from.clone());
+        o.on_plan(msg(&ps[0]), []).expect("first plan");
+        o.on_plan(msg(&ps[1]), [m.shard]).expect("second plan");
+        o.hand_off(ps[1].epoch, m.shard, "app-2");
+        assert!(!o.serves(m.shard));
+        // The operator had no Done report yet: the move is kept from its source, whose target
+        // is the source again (app-2 flapped away): no move, the source owns the shard.
+        let pending: BTreeSet<u32> = [m.shard].into();
+        let back = plan(Some(&ps[1]), &pending, &members(2), &spec()).expect("plan");
+        assert!(back.moves.iter().all(|mv| mv.shard != m.shard));
+        let fx = o.on_plan(msg(&back), []).expect("third plan");
+        assert!(fx.start.is_empty());
+        assert_eq!(o.owner(m.shard), Some(from.as_str()));
+        assert!(!o.serves(m.shard), "not before every member holds the plan");
+        let kept = (0..64)
+            .find(|&s| {
+                ps[1].owner(s) == Some(from.as_str()) && back.owner(s) == Some(from.as_str())
+            })
+            .expect("a shard the source keeps");
+        assert!(
+            o.serves(kept),
+            "a shard served by the plan before never waits"
+        );
+        assert_eq!(
+            o.route_again(m.shard).error().map(|e| e.code),
+            Some(aether_core::protocol::ErrorCode::Unavailable)
+        );
+        let mut waits: Vec<&str> = o.awaiting();
+        waits.sort_unstable();
+        let other = if from == "app-0" { "app-1" } else { "app-0" };
+        let mut expected = vec![other, "app-2"];
+        expected.sort_unstable();
+        assert_eq!(waits, expected, "the other member and the one that left");
+        assert!(
+            o.on_held(other, back.epoch - 1).is_none(),
+            "an older epoch counts for nothing"
+        );
+        assert!(o.on_held(other, back.epoch).is_none());
+        assert!(!o.serves(m.shard));
+        let settled = o.on_held("app-2", back.epoch).expect("settled");
+        assert_eq!(settled.epoch, back.epoch);
+        assert!(o.serves(m.shard));
+    }
+
+    #[test]
+    fn the_move_of_a_shard_taken_without_a_hand_off_starts_once_the_plan_settles() {
+        let ps = plans(&[2, 3]);
+        let m = ps[1].moves.first().expect("a move to app-2").clone();
+        let from = m.from.clone().expect("a source");
+        let mut o = Ownership::new(from.clone());
+        o.on_plan(msg(&ps[0]), []).expect("first plan");
+        o.on_plan(msg(&ps[1]), []).expect("second plan");
+        o.hand_off(ps[1].epoch, m.shard, "app-2");
+        // A plan that moves the shard from its source to the other old member instead (the
+        // operator did not know the hand-off): the source does not hold it any more.
+        let other = if from == "app-0" { "app-1" } else { "app-0" };
+        let mut next = msg(&ps[1]);
+        next.epoch += 1;
+        let bucket = next
+            .members
+            .iter()
+            .find(|mb| mb.name == other)
+            .map(|mb| mb.bucket)
+            .expect("member");
+        next.shard_map.set(m.shard, bucket);
+        next.moves = vec![Move {
+            shard: m.shard,
+            from: Some(from.clone()),
+            to: other.into(),
+        }];
+        let fx = o.on_plan(next.clone(), []).expect("plan");
+        assert!(fx.start.is_empty(), "its move of epoch 2 still runs");
+        assert_eq!(
+            o.move_finished(m.shard, ps[1].epoch),
+            None,
+            "deferred: app-2 may still serve it"
+        );
+        assert!(o.on_held(other, next.epoch).is_none());
+        // app-2 left nothing to wait for once it is not a member... here it is one: it must say so.
+        assert!(o.stop_waiting_for_non_members(next.epoch).is_none());
+        let settled = o.on_held("app-2", next.epoch).expect("settled");
+        assert_eq!(settled.start.len(), 1);
+        assert_eq!(settled.start[0].shard, m.shard);
+        assert!(o.serves(m.shard), "it serves until its hand-off");
+    }
+
+    #[test]
+    fn a_skipped_epoch_reloads_and_waits_and_consecutive_plans_do_not() {
+        let ps = plans(&[2, 3, 4]);
+        let mut a = Ownership::new("app-0");
+        a.on_plan(msg(&ps[0]), []).expect("first plan");
+        let mine = (0..64).find(|&s| a.serves(s)).expect("a shard of app-0");
+        // Consecutive: nothing waits, its worker keeps its actors.
+        let mut b = a.clone();
+        let mut same = msg(&ps[0]);
+        same.epoch += 1;
+        let fx = b.on_plan(same.clone(), [mine]).expect("plan");
+        assert!(fx.stop.is_empty());
+        assert!(b.settled() && b.serves(mine));
+        // An epoch skipped: another node may have served the shard meanwhile.
+        let mut jump = same;
+        jump.epoch += 1;
+        let fx = a.on_plan(jump.clone(), [mine]).expect("plan");
+        assert_eq!(fx.stop, vec![mine], "its copy may be older than the log");
+        assert!(!a.serves(mine));
+        assert!(
+            a.on_held("app-1", jump.epoch)
+                .expect("settled")
+                .start
+                .is_empty()
+        );
+        assert!(a.serves(mine));
     }
 
     #[test]

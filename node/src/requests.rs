@@ -177,13 +177,13 @@ impl Shared {
         self: &Arc<Self>,
         shard: u32,
         leftovers: oneshot::Receiver<Vec<Pending>>,
-    ) {
+    ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         self.tasks.spawn(async move {
             for (_, tx) in leftovers.await.unwrap_or_default() {
                 let _ = tx.send(this.reroute(shard));
             }
-        });
+        })
     }
 
     /// Forwards the requests a worker handed back at its hand-off to the shard's new owner.

@@ -1,7 +1,10 @@
 //! An exhaustive model check of the ownership and migration protocol: 3 nodes, 2 shards (one actor
 //! each), plans of 3 epochs (epoch 2 moves both shards at once, in a chain: app-0 -> app-1 -> app-2;
 //! epoch 3 is the operator's retry of the moves not done, published once a move failed and none is
-//! handed off without an outcome), a network that delivers in any order, loses
+//! handed off without an outcome, or, with `replan`, a plan replacing epoch 2 at any moment while its
+//! moves run, giving both shards to app-0, each moved from where the operator believes it is), each
+//! node's `held` key (the plan it holds, read by the others when they choose), a network that
+//! delivers in any order, loses
 //! and duplicates messages, nodes that crash and restart, move deadlines, and writes by whoever
 //! serves a shard. The nodes are the pure types the real node runs ([`Ownership`], [`SourceMove`],
 //! the destination's chunk decisions); the shells here do what `moves.rs` and `node.rs` do, without
@@ -153,6 +156,10 @@ struct Budget {
     deadlines: u8,
     writes: u8,
     retry: bool,
+    /// The operator may replace epoch 2 while its moves run (instead of the retry): both shards
+    /// go to `app-0`, each moved from where the operator believes it is (its source unless a Done
+    /// report was stored), so a shard's owner may change without a hand-off.
+    replan: bool,
     /// Nodes read reports when they choose (else each report reaches every live node at once).
     lazy_progress: bool,
 }
@@ -167,6 +174,7 @@ impl Budget {
             deadlines: 0,
             writes: 0,
             retry: false,
+            replan: false,
             lazy_progress: false,
         }
     }
@@ -183,6 +191,8 @@ struct World {
     durable: Vec<Progress>,
     attempts: u64,
     budget: Budget,
+    /// Each node's `held` key: the epoch it last took.
+    held: [u64; 3],
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -197,6 +207,8 @@ enum Step {
     Restart(usize),
     Write(u32),
     Retry,
+    Replan,
+    ReadHeld(usize),
 }
 
 fn plans() -> Vec<PlanMessage> {
@@ -258,6 +270,7 @@ impl World {
             durable: Vec::new(),
             attempts: 0,
             budget,
+            held: [0; 3],
         };
         // Every node serves epoch 1; epoch 2 is published and read by each node when it chooses.
         for n in 0..NODES.len() {
@@ -287,6 +300,7 @@ impl World {
             self.log,
             self.attempts,
             self.budget,
+            self.held,
         )
             .hash(&mut h);
         h.finish()
@@ -340,6 +354,28 @@ impl World {
         for s in &fx.report_done {
             self.report(fx.epoch, *s, n, MovePhase::Done);
         }
+        // Its workers stopped at once: it says it holds the plan.
+        self.held[n] = fx.epoch;
+    }
+
+    /// Node `n` reads node `m`'s `held` key; deferred moves start when that settles its plan.
+    fn read_held(&mut self, n: usize, m: usize) {
+        if let Some(settled) = self.nodes[n].own.on_held(NODES[m], self.held[m]) {
+            for mv in settled.start {
+                self.start_attempt(n, mv.shard, settled.epoch, &mv.to);
+            }
+        }
+    }
+
+    /// The nodes whose `held` key would change what node `n` waits for. (Keys that would not are
+    /// not modelled as read: a node that has not read them waits longer, which is safe, and the
+    /// explored states stay few.)
+    fn held_unread(&self, n: usize) -> Vec<usize> {
+        let own = &self.nodes[n].own;
+        let awaiting = own.awaiting();
+        (0..NODES.len())
+            .filter(|&m| awaiting.contains(&NODES[m]) && self.held[m] >= own.epoch())
+            .collect()
     }
 
     fn start_attempt(&mut self, n: usize, shard: u32, epoch: u64, to: &str) {
@@ -624,6 +660,9 @@ impl World {
             if node.own.epoch() < self.plans[self.published - 1].epoch {
                 out.push(Step::ReadPlan(n));
             }
+            if !self.held_unread(n).is_empty() {
+                out.push(Step::ReadHeld(n));
+            }
             if node.read < self.durable.len() {
                 out.push(Step::ReadProgress(n));
             }
@@ -647,6 +686,9 @@ impl World {
         }
         if self.budget.retry && self.published < self.plans.len() && self.retry_due() {
             out.push(Step::Retry);
+        }
+        if self.budget.replan && self.published == 2 {
+            out.push(Step::Replan);
         }
         out
     }
@@ -739,6 +781,50 @@ impl World {
                     .retain(|m| latest.get(&(epoch, m.shard)) != Some(&MovePhase::Done));
                 self.published += 1;
             }
+            Step::Replan => {
+                self.budget.replan = false;
+                self.budget.retry = false;
+                let latest = self.latest();
+                let before = self.plans[self.published - 1].clone();
+                let to = "app-0";
+                let bucket = before
+                    .members
+                    .iter()
+                    .find(|m| m.name == to)
+                    .map(|m| m.bucket)
+                    .expect("app-0 is a member");
+                let mut p = before.clone();
+                p.epoch = before.epoch + 1;
+                for s in 0..SHARDS {
+                    p.shard_map.set(s, bucket);
+                }
+                p.moves = before
+                    .moves
+                    .iter()
+                    .map(|m| {
+                        let done = latest.get(&(before.epoch, m.shard)) == Some(&MovePhase::Done);
+                        let from = if done {
+                            Some(m.to.clone())
+                        } else {
+                            m.from.clone()
+                        };
+                        aether_core::plan::Move {
+                            shard: m.shard,
+                            from,
+                            to: to.into(),
+                        }
+                    })
+                    .filter(|m| m.from.as_deref() != Some(to))
+                    .collect();
+                self.plans[self.published] = p;
+                self.published += 1;
+            }
+            // A node's watch catches up with every `held` key (one step, like the reports).
+            Step::ReadHeld(n) => {
+                for m in self.held_unread(n) {
+                    self.read_held(n, m);
+                }
+            }
         }
     }
 
@@ -799,6 +885,10 @@ impl World {
                 }
                 while self.nodes[n].read < self.durable.len() {
                     self.read_progress(n);
+                    busy = true;
+                }
+                for m in self.held_unread(n) {
+                    self.read_held(n, m);
                     busy = true;
                 }
             }
@@ -922,63 +1012,72 @@ fn explore(budget: Budget, limit: usize) -> Result<(usize, usize), String> {
 #[test]
 fn every_state_within_the_fault_budget_is_safe_and_converges() {
     let size = std::env::var("AETHER_MODEL_BUDGET").unwrap_or_default();
-    let budget = if size.is_empty() {
-        // The slice in `make test`: one loss, one crash, one write, the retry; messages in any
-        // order; reports reach the live nodes as they are stored.
-        Budget {
+    let budgets: Vec<Budget> = match size.as_str() {
+        // The slice in `make test`: one loss, one crash, one write and the retry; then the plan
+        // replaced mid-move with one loss and one write. Messages in any order; reports reach the
+        // live nodes as they are stored.
+        "" => vec![
+            Budget {
+                losses: 1,
+                crashes: 1,
+                writes: 1,
+                retry: true,
+                ..Budget::none()
+            },
+            Budget {
+                losses: 1,
+                writes: 1,
+                replan: true,
+                ..Budget::none()
+            },
+        ],
+        "small" => vec![Budget {
             losses: 1,
-            duplicates: 0,
             crashes: 1,
-            deadlines: 0,
             writes: 1,
             retry: true,
-            lazy_progress: false,
-        }
-    } else if size == "small" {
-        Budget {
-            losses: 1,
-            duplicates: 0,
-            crashes: 1,
-            deadlines: 0,
-            writes: 1,
-            retry: true,
+            replan: true,
             lazy_progress: true,
-        }
-    } else if size == "large" {
-        Budget {
+            ..Budget::none()
+        }],
+        "large" => vec![Budget {
             losses: 2,
             duplicates: 1,
             crashes: 2,
             deadlines: 1,
             writes: 2,
             retry: true,
+            replan: true,
             lazy_progress: true,
-        }
-    } else {
-        // `AETHER_MODEL_BUDGET=faults`: one of each fault, reports delivered at once.
-        Budget {
+        }],
+        // `AETHER_MODEL_BUDGET=faults`: one of each fault, the retry or the replacement plan,
+        // reports delivered at once.
+        _ => vec![Budget {
             losses: 1,
             duplicates: 1,
             crashes: 1,
             deadlines: 1,
             writes: 1,
             retry: true,
+            replan: true,
             lazy_progress: false,
-        }
+        }],
     };
-    let started = std::time::Instant::now();
-    match explore(budget, 20_000_000) {
-        Ok((states, depth)) => {
-            eprintln!(
-                "model check: {states} states, depth {depth}, budget {budget:?}, {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
-            assert!(
-                states > 1_000,
-                "the model explores the protocol ({states} states)"
-            );
+    for budget in budgets {
+        let started = std::time::Instant::now();
+        match explore(budget, 20_000_000) {
+            Ok((states, depth)) => {
+                eprintln!(
+                    "model check: {states} states, depth {depth}, budget {budget:?}, {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                assert!(
+                    states > 1_000,
+                    "the model explores the protocol ({states} states)"
+                );
+            }
+            Err(e) => panic!("model check: {e}"),
         }
-        Err(e) => panic!("model check: {e}"),
     }
 }
 

@@ -483,10 +483,9 @@ impl World {
                 for p in &self.durable {
                     self.dst.own.on_progress(p);
                 }
+                // Its plan watch delivers the latest plan only.
                 let n = if self.retry_sent { 3 } else { 2 };
-                for p in &self.plans[..n] {
-                    self.dst.own.on_plan(p.clone(), []);
-                }
+                self.dst.own.on_plan(self.plans[n - 1].clone(), []);
             }
             Op::CrashSource => {
                 self.src.alive = false;

@@ -65,9 +65,7 @@ impl Config {
             shards: 16,
             cluster,
             limit: Duration::from_secs(240),
-            // Without the plans that replace a plan whose moves are in flight: the open bug in
-            // RELIABILITY.md ("Open"), which `make chaos` runs into.
-            kinds: &Fault::SETTLED,
+            kinds: &Fault::ALL,
         }
     }
 
@@ -124,18 +122,6 @@ impl Fault {
         Self::RestartNats,
         Self::PlanChange,
         Self::Flap,
-    ];
-
-    /// The kinds whose plans come only once the moves before them settled (no plan replaces a plan
-    /// whose moves are in flight).
-    pub const SETTLED: [Self; 7] = [
-        Self::KillNode,
-        Self::StopNode,
-        Self::KillSourceMidMove,
-        Self::StopSourceMidMove,
-        Self::KillDestinationMidMove,
-        Self::StopThenReplan,
-        Self::RestartNats,
     ];
 
     /// Its name in the report.

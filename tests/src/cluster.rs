@@ -28,6 +28,7 @@ pub fn nats_args(url: &str, prefix: &str) -> NatsArgs {
         nats_token: None,
         nats_nkey: None,
         nats_creds: None,
+        nats_creds_data: None,
         nats_tls_ca: None,
         nats_tls_cert: None,
         nats_tls_key: None,

@@ -55,6 +55,18 @@ pub enum NodeEventKind {
     Leaving,
 }
 
+/// A node's word that it holds a plan (key `held.{pod}` of the plan bucket, node -> nodes): it
+/// serves nothing by an older plan any more, and every request it answered by one is answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    /// Protocol version.
+    pub v: u16,
+    /// Pod.
+    pub node: String,
+    /// The plan epoch it holds.
+    pub epoch: u64,
+}
+
 /// The plan as stored in the KV bucket (`{prefix}-plans`, key `plan`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -17,7 +17,7 @@ pub mod messages;
 pub mod names;
 pub mod transfer;
 
-pub use control::{NodeEvent, NodeEventKind, PlanMessage, Progress};
+pub use control::{Held, NodeEvent, NodeEventKind, PlanMessage, Progress};
 pub use messages::{
     ActorRef, ActorReply, ErrorCode, ErrorReply, MAX_ACTOR_ID_BYTES, MAX_COMMAND_DEPTH,
     MAX_COMMAND_ID_BYTES, Op, Outcome, RESERVED_PREFIX, Reply, Request, check_command, json_depth,
@@ -60,6 +60,7 @@ versioned!(
     TransferAck,
     Progress,
     NodeEvent,
+    Held,
     PlanMessage
 );
 

@@ -28,6 +28,15 @@ impl Names {
     /// The key of the plan in [`Names::plan_bucket`].
     pub const PLAN_KEY: &'static str = "plan";
 
+    /// The keys in [`Names::plan_bucket`] where nodes say which plan they hold.
+    pub const HELD_KEYS: &'static str = "held.*";
+
+    /// The key where `pod` says which plan it holds ([`crate::protocol::Held`]).
+    #[must_use]
+    pub fn held_key(pod: &str) -> String {
+        format!("held.{pod}")
+    }
+
     /// The JetStream stream of actor events.
     #[must_use]
     pub fn event_stream(&self) -> String {
