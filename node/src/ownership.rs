@@ -886,6 +886,20 @@ mod tests {
         );
     }
 
+    /// A source that took plans 1 and 2 (2 -> 3 members) and handed the first move's shard off to
+    /// app-2: the plans, that move, and the source.
+    fn handed_off_source(hosted: &[u32]) -> (Vec<Plan>, Move, Ownership) {
+        let ps = plans(&[2, 3]);
+        let m = ps[1].moves.first().expect("a move to app-2").clone();
+        let from = m.from.clone().expect("a source");
+        let mut o = Ownership::new(from);
+        o.on_plan(msg(&ps[0]), []).expect("first plan");
+        o.on_plan(msg(&ps[1]), hosted.iter().copied())
+            .expect("second plan");
+        o.hand_off(ps[1].epoch, m.shard, "app-2");
+        (ps, m, o)
+    }
+
     /// Found by the chaos suite (seed 1202): a plan that replaces one whose move was in flight gave
     /// the shard back to its source (a member flap) after the source had handed it off; the source
     /// served it from the log while the destination, still on the older plan, served it too, and
@@ -893,13 +907,9 @@ mod tests {
     /// members that left hold the plan, and so does its move.
     #[test]
     fn a_shard_taken_back_without_a_hand_off_waits_until_every_member_holds_the_plan() {
-        let ps = plans(&[2, 3]);
-        let m = ps[1].moves.first().expect("a move to app-2").clone();
+        let first = plans(&[2, 3])[1].moves[0].shard;
+        let (ps, m, mut o) = handed_off_source(&[first]);
         let from = m.from.clone().expect("a source");
-        let mut o = Ownership::new(from.clone());
-        o.on_plan(msg(&ps[0]), []).expect("first plan");
-        o.on_plan(msg(&ps[1]), [m.shard]).expect("second plan");
-        o.hand_off(ps[1].epoch, m.shard, "app-2");
         assert!(!o.serves(m.shard));
         // The operator had no Done report yet: the move is kept from its source, whose target
         // is the source again (app-2 flapped away): no move, the source owns the shard.
@@ -942,13 +952,8 @@ mod tests {
 
     #[test]
     fn the_move_of_a_shard_taken_without_a_hand_off_starts_once_the_plan_settles() {
-        let ps = plans(&[2, 3]);
-        let m = ps[1].moves.first().expect("a move to app-2").clone();
+        let (ps, m, mut o) = handed_off_source(&[]);
         let from = m.from.clone().expect("a source");
-        let mut o = Ownership::new(from.clone());
-        o.on_plan(msg(&ps[0]), []).expect("first plan");
-        o.on_plan(msg(&ps[1]), []).expect("second plan");
-        o.hand_off(ps[1].epoch, m.shard, "app-2");
         // A plan that moves the shard from its source to the other old member instead (the
         // operator did not know the hand-off): the source does not hold it any more.
         let other = if from == "app-0" { "app-1" } else { "app-0" };

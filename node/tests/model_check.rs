@@ -219,13 +219,7 @@ fn plans() -> Vec<PlanMessage> {
     };
     let members: Vec<MemberInput> = NODES.iter().map(|n| MemberInput::active(*n)).collect();
     let base = plan(None, &BTreeSet::new(), &members, &spec).expect("plan");
-    let bucket = |name: &str| {
-        base.members
-            .iter()
-            .find(|m| m.name == name)
-            .expect("member")
-            .bucket
-    };
+    let bucket = |name: &str| bucket_of(&base.members, name);
     let mut p1 = base.clone();
     p1.epoch = 1;
     p1.moves = Vec::new();
@@ -253,6 +247,15 @@ fn plans() -> Vec<PlanMessage> {
         .iter()
         .map(|p| PlanMessage::new(p, 4, 30))
         .collect()
+}
+
+/// The bucket of member `name`.
+fn bucket_of(members: &[aether_core::types::Member], name: &str) -> u16 {
+    members
+        .iter()
+        .find(|m| m.name == name)
+        .expect("a member")
+        .bucket
 }
 
 fn index(name: &str) -> usize {
@@ -787,12 +790,7 @@ impl World {
                 let latest = self.latest();
                 let before = self.plans[self.published - 1].clone();
                 let to = "app-0";
-                let bucket = before
-                    .members
-                    .iter()
-                    .find(|m| m.name == to)
-                    .map(|m| m.bucket)
-                    .expect("app-0 is a member");
+                let bucket = bucket_of(&before.members, to);
                 let mut p = before.clone();
                 p.epoch = before.epoch + 1;
                 for s in 0..SHARDS {
