@@ -97,8 +97,11 @@ pub struct NatsSpec {
     #[schemars(length(min = 1))]
     pub url: String,
 
-    /// Name of a Secret in this namespace with the credentials: keys `user` and `password`, or `token`,
-    /// or `creds` (a .creds file). Absent: no authentication.
+    /// Name of a Secret in this namespace with the operator's NATS credentials, labelled
+    /// `aether.dev/nats-credentials: "true"` (the operator reads no other): keys `user` and
+    /// `password`, or `token`, or `nkey` (a seed), or `creds` (a .creds file); `ca.crt` for TLS
+    /// verified against that CA, with `tls.crt` and `tls.key` for a client certificate. Absent: no
+    /// authentication, no TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
 

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(cfg) => run(cfg).await,
             Command::Send(args) => {
-                let nats = node::connect(&args.nats, "aether-cli").await?;
+                let nats = node::connect(&args.nats, "aether-cli", None).await?;
                 let client = aether_node::client::Client::new(nats, &args.nats.prefix);
                 let op = match &args.command {
                     None => Op::Read,
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Load(args) => {
-                let nats = node::connect(&args.nats, "aether-load").await?;
+                let nats = node::connect(&args.nats, "aether-load", None).await?;
                 let client = aether_node::client::Client::new(nats, &args.nats.prefix);
                 let report = aether_node::client::run_load(
                     &client,

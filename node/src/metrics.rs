@@ -66,6 +66,9 @@ label_enum!(
         Plan => "plan",
         /// A node's word on the plan it holds (`held.{pod}`).
         Held => "held",
+        /// A request or transfer whose reply subject a node does not answer on (one of the
+        /// ShardPlan's own subjects or a `$` subject): dropped unanswered and not carried out.
+        ReplySubject => "reply_subject",
     }
 );
 

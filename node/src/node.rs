@@ -494,12 +494,49 @@ impl Shared {
     }
 }
 
-/// Connects to NATS with the configured credentials and TLS.
-pub async fn connect(args: &crate::config::NatsArgs, name: &str) -> Result<async_nats::Client> {
+/// Connects to NATS with the configured credentials and TLS. With `health` (a node), it tries again
+/// every second until it is connected, saying why it is not in one log line per distinct reason and
+/// in `health` (so /readyz gives the reason: a wrong CA, password or URL); without (the CLI), the
+/// first failure is the error.
+pub async fn connect(
+    args: &crate::config::NatsArgs,
+    name: &str,
+    health: Option<&Health>,
+) -> Result<async_nats::Client> {
+    let urls = aether_nats::process::nats_urls(&args.nats_url, "--nats-url")?;
+    let mut said = String::new();
+    loop {
+        let e = match options(args, name).await?.connect(urls.clone()).await {
+            Ok(client) => return Ok(client),
+            Err(e) => e,
+        };
+        let why = format!("cannot connect to NATS at {}: {e}", args.nats_url);
+        let Some(health) = health else {
+            return Err(Error::Nats(why));
+        };
+        if why != said {
+            tracing::error!("{why}");
+            said.clone_from(&why);
+        }
+        health.set(Some(why));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The connection options of `args`: credentials, TLS, reconnecting for ever once connected.
+async fn options(args: &crate::config::NatsArgs, name: &str) -> Result<async_nats::ConnectOptions> {
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
-        .retry_on_initial_connect()
-        .max_reconnects(None);
+        .max_reconnects(None)
+        // What the server refuses once connected (a permission the node's NATS user lacks) is
+        // said in the log; the request or append it concerned fails on its own.
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::ServerError(e) => tracing::error!("NATS server: {e}"),
+                async_nats::Event::Disconnected => tracing::warn!("NATS: disconnected"),
+                _ => {}
+            }
+        });
     if let (Some(user), Some(pass)) = (&args.nats_user, &args.nats_password) {
         opts = opts.user_and_password(user.clone(), pass.clone());
     }
@@ -528,10 +565,7 @@ pub async fn connect(args: &crate::config::NatsArgs, name: &str) -> Result<async
             .add_client_certificate(cert.clone(), key.clone())
             .require_tls(true);
     }
-    let urls = aether_nats::process::nats_urls(&args.nats_url, "--nats-url")?;
-    opts.connect(urls)
-        .await
-        .map_err(|e| Error::Nats(format!("connect {}: {e}", args.nats_url)))
+    Ok(opts)
 }
 
 /// Runs the node until `shutdown` resolves; see [`Node::serve`].
@@ -588,7 +622,7 @@ impl Node {
     ) -> Result<Self> {
         health.set(Some(format!("connecting to NATS at {}", cfg.nats.nats_url)));
         health.set_plan(Some("reading the plan bucket".to_owned()));
-        let client = connect(&cfg.nats, &cfg.pod_name).await?;
+        let client = connect(&cfg.nats, &cfg.pod_name, Some(&health)).await?;
         let names = Names::new(cfg.nats.prefix.clone());
         let js = jetstream::new(client.clone());
         let (store, reports) = loop {
@@ -615,9 +649,10 @@ impl Node {
         let moves = MigrationRuntime::start()?;
         // Connected from the migration runtime, so the transfers' socket work runs there too.
         let (nats, name) = (cfg.nats.clone(), format!("{}/migrations", cfg.pod_name));
+        let waiting = health.clone();
         let bulk = moves
             .handle()
-            .spawn(async move { connect(&nats, &name).await })
+            .spawn(async move { connect(&nats, &name, Some(&waiting)).await })
             .await
             .map_err(|e| Error::Internal(format!("migration runtime: {e}")))??;
         let shared = Shared::new(
@@ -735,6 +770,10 @@ impl Node {
         loop {
             tokio::select! {
                 Some(msg) = requests.next() => {
+                    if msg.reply.as_ref().is_some_and(|to| !shared.names.is_reply_subject(to)) {
+                        shared.metrics().malformed(Malformed::ReplySubject);
+                        continue;
+                    }
                     let Ok(permit) = shared.inflight.clone().try_acquire_owned() else {
                         // Full: answered at once, here (the answer is the back-pressure).
                         shared.metrics().route(Route::Overloaded);
@@ -754,6 +793,10 @@ impl Node {
                     });
                 }
                 Some(msg) = transfers.next() => {
+                    if msg.reply.as_ref().is_some_and(|to| !shared.names.is_reply_subject(to)) {
+                        shared.metrics().malformed(Malformed::ReplySubject);
+                        continue;
+                    }
                     let (shared, tasks) = (shared.clone(), shared.tasks.clone());
                     tasks.spawn_on(async move {
                         let ack = shared.on_transfer(&msg.payload).await;

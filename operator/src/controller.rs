@@ -221,7 +221,7 @@ impl Context {
     /// The NATS connection for a ShardPlan (cached per URL and credentials), subscribed to its progress.
     async fn nats(&self, sp: &ShardPlan, ns: &str) -> Result<async_nats::Client> {
         let spec = &sp.spec.nats;
-        let mut opts = async_nats::ConnectOptions::new().name(MANAGER);
+        let mut opts = async_nats::ConnectOptions::new();
         let mut key = spec.url.clone();
         if let Some(secret) = &spec.credentials_secret {
             let s = Api::<Secret>::namespaced(self.client.clone(), ns)
@@ -230,29 +230,13 @@ impl Context {
                 .ok_or_else(|| {
                     Error::Nats(format!("credentials Secret {secret:?} not found in {ns}"))
                 })?;
-            let data = s.data.unwrap_or_default();
-            let get = |k: &str| {
-                data.get(k)
-                    .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-            };
+            opts = crate::credentials::options(&s)?;
             key.push_str(&format!(
                 "|{secret}@{}",
                 s.metadata.resource_version.unwrap_or_default()
             ));
-            if let (Some(u), Some(p)) = (get("user"), get("password")) {
-                opts = opts.user_and_password(u, p);
-            } else if let Some(t) = get("token") {
-                opts = opts.token(t);
-            } else if let Some(c) = get("creds") {
-                opts = opts
-                    .credentials(&c)
-                    .map_err(|e| Error::Nats(format!("Secret {secret:?} key creds: {e}")))?;
-            } else {
-                return Err(Error::Nats(format!(
-                    "Secret {secret:?} has none of the keys user+password, token or creds"
-                )));
-            }
         }
+        let opts = opts.name(MANAGER);
         let mut conns = self.nats.lock().await;
         if !conns.contains_key(&key) {
             let urls = aether_nats::process::nats_urls(&spec.url, "spec.nats.url")

@@ -4,9 +4,11 @@
 //! - `decide.rs`: the reconcile decisions, pure: next status, next plan, Events;
 //! - `controller.rs`: the kube-rs Controller that observes, applies the decision (status by
 //!   server-side apply first, then the plan to NATS KV) and follows progress reports;
+//! - `credentials.rs`: which Secrets may hold a ShardPlan's NATS credentials and what their keys make;
 //! - `crdgen.rs`: the CRD YAML from the Rust types.
 
 pub mod controller;
 pub mod crdgen;
+pub mod credentials;
 pub mod decide;
 pub mod membership;

@@ -109,7 +109,7 @@ async fn demo(stack: &Stack) -> Result<(), String> {
     step(&format!(
         "a workload: {ACTORS} counter actors, 8 clients adding 1 at a time through the sidecars"
     ));
-    let nc = stack.nats.connect().await;
+    let nc = stack.connect_as(aether_tests::auth::Role::Client).await;
     let app = Client::new(nc, "actors");
     step(&format!(
         "the example app (Python, a container of every pod): {ACCOUNTS} bank accounts opened with {} each, then random transfers between them",

@@ -10,6 +10,14 @@
 //!   listen address `0.0.0.0` in the args becomes the pod IP, and `AETHER_HTTP_ADDR` is set to the pod
 //!   IP and the container's first port; `127.0.0.1:P` and `localhost:P` in args and environment, for a
 //!   port P a container of the pod declares, become the pod IP's (the pod's own loopback);
+//! - resolves `secretKeyRef` (an `optional` one that is missing is left out) and mounts `secret`
+//!   volumes: the Secret's keys are written to a directory of the pod, and the mount path in the
+//!   container's args and environment becomes that directory;
+//! - refuses to start a container that a kubelet would refuse (`CreateContainerConfigError`): a
+//!   Secret or key it needs is missing, or `runAsNonRoot` without a numeric `runAsUser`. This kubelet
+//!   cannot read an image's user, so it takes every image's as non-numeric (a real kubelet refuses
+//!   "image has non-numeric user ..., cannot verify user is non-root"), the strictest case; and
+//!   `runAsUser: 0` with `runAsNonRoot` is refused too;
 //! - restarts a process that exits (restartPolicy Always), probes `readinessProbe.httpGet` every 250 ms
 //!   and writes phase, pod IP, the Ready condition and container statuses to the pod's status;
 //! - when the pod is deleted: SIGTERM, waits up to the grace period, SIGKILL, then deletes the pod
@@ -18,7 +26,7 @@
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Container, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Container, Node, Pod, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -250,6 +258,8 @@ struct Proc {
     child: Option<Child>,
     exited_at: Option<Instant>,
     restarts: u32,
+    /// Why a kubelet would not start it (`CreateContainerConfigError`).
+    refused: Option<String>,
 }
 
 struct PodRun {
@@ -272,11 +282,21 @@ impl PodRun {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         let kubeconfig = self.kubeconfig_for(&pod).await;
         let spec = pod.spec.clone().unwrap_or_default();
+        let secrets = self.secrets(&pod).await;
+        let mounts = self.secret_volumes(&pod, &secrets);
         let mut procs: Vec<Proc> = spec
             .containers
             .iter()
-            .map(|c| self.resolve(&pod, c, kubeconfig.as_ref()))
+            .map(|c| self.resolve(&pod, c, kubeconfig.as_ref(), &secrets, &mounts))
             .collect();
+        for p in &procs {
+            if let Some(why) = &p.refused {
+                eprintln!(
+                    "kubelet: {ns}/{name} container {}: CreateContainerConfigError: {why}",
+                    p.name
+                );
+            }
+        }
         let started = now();
         let mut last_ready = None;
         let mut deleting = pod.metadata.deletion_timestamp.is_some().then_some(pod);
@@ -388,7 +408,71 @@ impl PodRun {
         Some(path)
     }
 
-    fn resolve(&self, pod: &Pod, c: &Container, kubeconfig: Option<&PathBuf>) -> Proc {
+    /// The Secrets the pod's containers and volumes name (`None`: not found).
+    async fn secrets(&self, pod: &Pod) -> HashMap<String, Option<Secret>> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        let spec = pod.spec.clone().unwrap_or_default();
+        let from_env = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.env.iter().flatten())
+            .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+            .map(|r| r.name.clone());
+        let from_volumes = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.secret.as_ref()?.secret_name.clone());
+        let names: std::collections::BTreeSet<String> = from_env.chain(from_volumes).collect();
+        let mut out = HashMap::new();
+        for name in names {
+            let s = api.get_opt(&name).await.ok().flatten();
+            out.insert(name, s);
+        }
+        out
+    }
+
+    /// Writes each `secret` volume's keys into a directory of the pod: volume name -> directory
+    /// (`None`: the Secret is missing).
+    fn secret_volumes(
+        &self,
+        pod: &Pod,
+        secrets: &HashMap<String, Option<Secret>>,
+    ) -> HashMap<String, Option<PathBuf>> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let mut out = HashMap::new();
+        for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            let Some(secret) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) else {
+                continue;
+            };
+            let dir = self
+                .cfg
+                .dir
+                .join(format!("{ns}-{name}-volumes"))
+                .join(&v.name);
+            let written = secrets.get(&secret).cloned().flatten().and_then(|s| {
+                std::fs::create_dir_all(&dir).ok()?;
+                for (key, value) in s.data.unwrap_or_default() {
+                    std::fs::write(dir.join(key), value.0).ok()?;
+                }
+                Some(dir.clone())
+            });
+            out.insert(v.name.clone(), written);
+        }
+        out
+    }
+
+    fn resolve(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        kubeconfig: Option<&PathBuf>,
+        secrets: &HashMap<String, Option<Secret>>,
+        mounts: &HashMap<String, Option<PathBuf>>,
+    ) -> Proc {
+        let mut refused = non_root_refusal(pod, c);
         let image = c.image.clone().unwrap_or_default();
         let repo = image.rsplit_once(':').map_or(image.as_str(), |(r, _)| r);
         let program = self
@@ -445,20 +529,57 @@ impl PodRun {
         if let Some(k) = kubeconfig {
             env.push(("KUBECONFIG".into(), k.display().to_string()));
         }
+        // A secret volume's mount path in args and environment becomes the pod's directory of it.
+        let mut mounted: Vec<(String, String)> = Vec::new();
+        for m in c.volume_mounts.iter().flatten() {
+            match mounts.get(&m.name) {
+                Some(Some(dir)) => mounted.push((m.mount_path.clone(), dir.display().to_string())),
+                Some(None) => {
+                    refused.get_or_insert(format!("the Secret of volume {:?} is missing", m.name));
+                }
+                None => {}
+            }
+        }
+        let remount = |s: String| {
+            mounted
+                .iter()
+                .fold(s, |s, (path, dir)| s.replace(path.as_str(), dir))
+        };
         for e in c.env.clone().unwrap_or_default() {
             let value = match (e.value, e.value_from) {
                 (Some(v), _) => v,
-                (None, Some(from)) => from
-                    .field_ref
-                    .map(|f| field(&f.field_path))
-                    .unwrap_or_default(),
+                (None, Some(from)) => {
+                    if let Some(r) = from.secret_key_ref {
+                        let value = secrets
+                            .get(&r.name)
+                            .cloned()
+                            .flatten()
+                            .and_then(|s| s.data?.get(&r.key).cloned())
+                            .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+                        match value {
+                            Some(v) => v,
+                            None if r.optional == Some(true) => continue,
+                            None => {
+                                refused.get_or_insert(format!(
+                                    "secret {:?} or its key {:?} not found",
+                                    r.name, r.key
+                                ));
+                                continue;
+                            }
+                        }
+                    } else {
+                        from.field_ref
+                            .map(|f| field(&f.field_path))
+                            .unwrap_or_default()
+                    }
+                }
                 (None, None) => String::new(),
             };
-            env.push((e.name, unbind(&value)));
+            env.push((e.name, remount(unbind(&value))));
         }
         let mut args: Vec<String> = c.command.clone().unwrap_or_default();
         args.extend(c.args.clone().unwrap_or_default());
-        let args = args.iter().map(|a| unbind(a)).collect();
+        let args = args.iter().map(|a| remount(unbind(a))).collect();
         let probe = c
             .readiness_probe
             .as_ref()
@@ -483,7 +604,31 @@ impl PodRun {
             child: None,
             exited_at: None,
             restarts: 0,
+            refused,
         }
+    }
+}
+
+/// Why a kubelet refuses to run `c` as root-or-unknown under `runAsNonRoot`: the container's
+/// settings over the pod's. Every image's user counts as non-numeric here (see the module doc).
+fn non_root_refusal(pod: &Pod, c: &Container) -> Option<String> {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let sc = c.security_context.as_ref();
+    let non_root = sc
+        .and_then(|s| s.run_as_non_root)
+        .or_else(|| pod_sc.and_then(|s| s.run_as_non_root))
+        .unwrap_or(false);
+    let user = sc
+        .and_then(|s| s.run_as_user)
+        .or_else(|| pod_sc.and_then(|s| s.run_as_user));
+    match (non_root, user) {
+        (false, _) => None,
+        (true, Some(0)) => Some("container's runAsUser breaks non-root policy".into()),
+        (true, Some(_)) => None,
+        (true, None) => Some(format!(
+            "container has runAsNonRoot and image has non-numeric user ({}), cannot verify user is non-root",
+            c.image.as_deref().unwrap_or_default()
+        )),
     }
 }
 
@@ -493,6 +638,9 @@ impl Proc {
         let Some(program) = self.program.clone() else {
             return;
         };
+        if self.refused.is_some() {
+            return;
+        }
         if let Some(c) = self.child.as_mut() {
             match c.try_wait() {
                 Ok(None) => return,
@@ -533,7 +681,7 @@ impl Proc {
     }
 
     fn running(&self) -> bool {
-        self.program.is_none() || self.child.is_some()
+        self.refused.is_none() && (self.program.is_none() || self.child.is_some())
     }
 
     async fn ready(&mut self, ip: &str) -> bool {
@@ -597,7 +745,9 @@ fn pod_status(
     let containers: Vec<serde_json::Value> = procs
         .iter()
         .map(|p| {
-            let state = if p.running() {
+            let state = if let Some(why) = &p.refused {
+                json!({"waiting": {"reason": "CreateContainerConfigError", "message": why}})
+            } else if p.running() {
                 json!({"running": {"startedAt": started}})
             } else {
                 json!({"waiting": {"reason": "CrashLoopBackOff"}})

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod app;
+pub mod auth;
 pub mod bank;
 pub mod chaos;
 pub mod cluster;
@@ -88,6 +89,7 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl NatsServer {
@@ -100,35 +102,80 @@ impl NatsServer {
     /// Starts a server with extra command-line arguments (e.g. `--max_payload`).
     #[must_use]
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Starts a server with extra arguments and environment variables (a configuration file's
+    /// `$VARIABLE`s).
+    #[must_use]
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let mut s = Self {
             child: None,
-            port: free_port(),
+            // Chosen by the server itself on its first start (no race with other tests' servers
+            // for a port picked here), then kept across restarts.
+            port: 0,
             store,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         s.spawn();
         s
     }
 
     fn spawn(&mut self) {
+        let ports_dir = self.store.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).unwrap_or_else(|e| panic!("ports dir: {e}"));
+        let port = if self.port == 0 {
+            "-1".to_owned()
+        } else {
+            self.port.to_string()
+        };
         let child = Command::new(nats_server_binary())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
+            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
             .arg(self.store.path())
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"));
+        let pid = child.id();
         self.child = Some(child);
         let start = Instant::now();
+        if self.port == 0 {
+            // The server writes the port it listens on once it accepts connections.
+            let file = ports_dir.join(format!(
+                "{}_{pid}.ports",
+                nats_server_binary()
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ));
+            loop {
+                let port = std::fs::read_to_string(&file).ok().and_then(|text| {
+                    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+                    let url = v["nats"].get(0)?.as_str()?.to_owned();
+                    url.rsplit(':').next()?.parse::<u16>().ok()
+                });
+                if let Some(port) = port {
+                    self.port = port;
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "nats-server wrote no ports file ({})",
+                    file.display()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(20),

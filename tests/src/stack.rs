@@ -1,7 +1,13 @@
 //! The whole stack a user runs, on loopback: the control plane, the test kubelet (pods as processes),
 //! and nats-server; plus `helm` and `kubectl` against it. Used by the end-to-end test and `make demo`.
 //! Everything stops on drop: the kubelet's processes first, then NATS, then the control plane.
+//!
+//! NATS runs as a user should run it: TLS only (certificates of a test CA), and the shipped per-role
+//! users and permissions (examples/nats/authorization.conf for the prefix `actors`). The chart gets
+//! the nodes' user (Secret `nats-node`), the operator's (Secret `nats-operator`, labelled to opt in,
+//! with the CA) and the CA for the sidecars (Secret `nats-tls`).
 
+use crate::auth::{Certs, ROLE_PASSWORDS, Role, roles_conf};
 use crate::k8s::{ControlPlane, helm, k8s_tool, run_tool};
 use crate::kubelet::{Kubelet, KubeletConfig};
 use crate::{NatsServer, workspace_binary};
@@ -18,8 +24,13 @@ pub const NS: &str = "aether-system";
 pub struct Stack {
     /// Runs the pods.
     pub kubelet: Kubelet,
-    /// The NATS server the sidecars and the operator use.
+    /// The NATS server the sidecars and the operator use (TLS, per-role users).
     pub nats: NatsServer,
+    /// Its URL, `tls://127.0.0.1:<port>`.
+    pub nats_url: String,
+    /// The certificates NATS uses (`ca.crt` signed its server certificate).
+    pub certs: Certs,
+    nats_log: PathBuf,
     /// etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
     pub cp: ControlPlane,
     /// Pods' logs and kubeconfigs.
@@ -43,7 +54,21 @@ impl Stack {
         std::fs::create_dir_all(&logs).unwrap_or_else(|e| panic!("{}: {e}", logs.display()));
         let rust_log = std::env::var("AETHER_POD_RUST_LOG").unwrap_or_else(|_| "warn".into());
         let cp = ControlPlane::start().await;
-        let nats = NatsServer::start();
+        let certs = Certs::make();
+        let conf = tmp.path().join("nats-authorization.conf");
+        std::fs::write(&conf, roles_conf(PREFIX)).unwrap_or_else(|e| panic!("{e}"));
+        let nats_log = tmp.path().join("nats.log");
+        let mut args = vec![
+            "-c".to_owned(),
+            conf.display().to_string(),
+            "-l".to_owned(),
+            nats_log.display().to_string(),
+        ];
+        args.extend(certs.server_args(false));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let nats = NatsServer::start_with_env(&args, &ROLE_PASSWORDS);
+        let nats_url = nats.url().replace("nats://", "tls://");
+        create_secrets(&cp, &certs).await;
         let kubelet = Kubelet::start(
             cp.client().await,
             KubeletConfig {
@@ -69,6 +94,9 @@ impl Stack {
         Self {
             kubelet,
             nats,
+            nats_url,
+            certs,
+            nats_log,
             cp,
             logs,
             _tmp: tmp,
@@ -90,7 +118,7 @@ impl Stack {
     pub fn helm_install(&self, sets: &[&str]) -> (bool, String) {
         let kubeconfig = self.cp.kubeconfig();
         let chart = repo().join("charts/aether");
-        let nats_url = format!("nats.url={}", self.nats.url());
+        let nats_url = format!("nats.url={}", self.nats_url);
         let mut args = vec![
             "install",
             "aether",
@@ -104,6 +132,12 @@ impl Stack {
             &nats_url,
             "--set",
             "example.enabled=true",
+            "--set",
+            "nats.credentialsSecret=nats-node",
+            "--set",
+            "nats.operatorCredentialsSecret=nats-operator",
+            "--set",
+            "nats.tlsSecret=nats-tls",
         ];
         for s in sets {
             args.extend(["--set", s]);
@@ -116,7 +150,100 @@ impl Stack {
     pub fn example_shardplan(&self) -> String {
         std::fs::read_to_string(repo().join("examples/shardplan.yaml"))
             .unwrap_or_else(|e| panic!("examples/shardplan.yaml: {e}"))
-            .replace("nats://nats:4222", &self.nats.url())
+            .replace("nats://nats:4222", &self.nats_url)
+            .replace(
+                "    subjectPrefix: actors\n",
+                "    subjectPrefix: actors\n    credentialsSecret: nats-operator\n",
+            )
+    }
+
+    /// A connection to NATS as `role` (TLS verified against the test CA).
+    pub async fn connect_as(&self, role: Role) -> async_nats::Client {
+        let (user, password) = role.user(PREFIX);
+        async_nats::ConnectOptions::with_user_and_password(user, password)
+            .add_root_certificates(self.certs.path("ca.crt"))
+            .require_tls(true)
+            .retry_on_initial_connect()
+            .connect(self.nats_url.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("connect to {} as {role:?}: {e}", self.nats_url))
+    }
+
+    /// The lines of the NATS server's log that say it refused something.
+    #[must_use]
+    pub fn nats_violations(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.nats_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("Violation"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// The example's subject prefix (the chart's `example.subjectPrefix`).
+const PREFIX: &str = "actors";
+
+/// The namespace and the Secrets the chart is installed with: the nodes' user, the operator's
+/// (labelled to opt in, with the CA), the CA for the sidecars.
+async fn create_secrets(cp: &ControlPlane, certs: &Certs) {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::{Namespace, Secret};
+    use kube::api::PostParams;
+    let client = cp.client().await;
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(NS.into());
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("create namespace {NS}: {e}"));
+    let ca = std::fs::read(certs.path("ca.crt")).unwrap_or_else(|e| panic!("ca.crt: {e}"));
+    let secret = |name: &str, labelled: bool, data: Vec<(&str, Vec<u8>)>| {
+        let mut s = Secret::default();
+        s.metadata.name = Some(name.into());
+        if labelled {
+            s.metadata.labels = Some(
+                [(
+                    aether_operator::credentials::OPT_IN_LABEL.to_owned(),
+                    "true".to_owned(),
+                )]
+                .into(),
+            );
+        }
+        s.data = Some(
+            data.into_iter()
+                .map(|(k, v)| (k.to_owned(), ByteString(v)))
+                .collect(),
+        );
+        s
+    };
+    let (node_user, node_password) = Role::Node.user(PREFIX);
+    let (op_user, op_password) = Role::Operator.user(PREFIX);
+    let secrets = [
+        secret(
+            "nats-node",
+            false,
+            vec![
+                ("user", node_user.into_bytes()),
+                ("password", node_password.into_bytes()),
+            ],
+        ),
+        secret(
+            "nats-operator",
+            true,
+            vec![
+                ("user", op_user.into_bytes()),
+                ("password", op_password.into_bytes()),
+                ("ca.crt", ca.clone()),
+            ],
+        ),
+        secret("nats-tls", false, vec![("ca.crt", ca)]),
+    ];
+    let api: Api<Secret> = Api::namespaced(client, NS);
+    for s in secrets {
+        api.create(&PostParams::default(), &s)
+            .await
+            .unwrap_or_else(|e| panic!("create Secret {:?}: {e}", s.metadata.name));
     }
 }
 

@@ -8,9 +8,13 @@
 //! Python bank, `examples/bank/app.py`, a container of every pod) runs a thousand accounts with random
 //! transfers throughout: at the end every account holds exactly what the acknowledged operations say,
 //! so the money adds up, no transfer was applied twice and none was lost.
+//!
+//! NATS requires TLS and runs the shipped per-role users and permissions: the operator, the sidecars
+//! and this test's client each connect as their role, and nats-server refuses none of them anything.
 
 use aether_core::crd::ShardPlan;
 use aether_node::client::{Client, LoadReport, run_load};
+use aether_tests::auth::Role;
 use aether_tests::bank;
 use aether_tests::cluster::assert_nothing_acked_lost;
 use aether_tests::stack::{NS, Stack, brief, owners, settled, wait_settled};
@@ -46,7 +50,9 @@ const ACCOUNTS: usize = 1000;
 async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
     let stack = Stack::start().await;
     let client = stack.cp.client().await;
-    let nc = stack.nats.connect().await;
+    // The client sends requests as the client role; the log check reads the event stream as a node.
+    let nc = stack.connect_as(Role::Client).await;
+    let node_nc = stack.connect_as(Role::Node).await;
     let kubelet = &stack.kubelet;
 
     // helm install: CRD, RBAC, the operator (2 replicas, one leader) and the example StatefulSet with
@@ -70,6 +76,44 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
         holder.starts_with("aether-"),
         "an operator pod leads: {holder:?}"
     );
+
+    // A kubelet refuses runAsNonRoot when it cannot verify the user is not root (no numeric
+    // runAsUser, as the chart's containers have): the pod never runs.
+    let rootless = serde_json::from_value::<Pod>(serde_json::json!({
+        "metadata": {"name": "unverified-user"},
+        "spec": {
+            "securityContext": {"runAsNonRoot": true},
+            "containers": [{"name": "node", "image": "ghcr.io/aether-dev/aether-node:test", "args": ["run"]}]
+        }
+    }))
+    .expect("a pod");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    pods.create(&Default::default(), &rootless)
+        .await
+        .expect("the pod is created");
+    wait_for("the kubelet to refuse the container", T, || async {
+        pods.get("unverified-user").await.is_ok_and(|p| {
+            p.status
+                .and_then(|s| s.container_statuses)
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c.state.and_then(|s| s.waiting).is_some_and(|w| {
+                        w.reason.as_deref() == Some("CreateContainerConfigError")
+                            && w.message
+                                .is_some_and(|m| m.contains("cannot verify user is non-root"))
+                    })
+                })
+        })
+    })
+    .await;
+    assert!(
+        !kubelet.signal(NS, "unverified-user", "0"),
+        "no process runs for it"
+    );
+    pods.delete("unverified-user", &Default::default())
+        .await
+        .expect("deleted");
 
     // kubectl apply the README's ShardPlan (same name: it adds the migration limits), and bad ones.
     let example = stack.example_shardplan();
@@ -142,7 +186,6 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
     assert!(ok, "{out}");
     // actors-4 hangs (SIGSTOP) as soon as it is told to go, so moves from it are planned and cannot
     // finish; then it dies (SIGKILL) and the kubelet removes its pod.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     wait_for("actors-4 terminating", T, || async {
         pods.get("actors-4")
             .await
@@ -235,7 +278,7 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
     for (k, v) in report.acked {
         *acked.entry(k).or_default() += v;
     }
-    assert_nothing_acked_lost(SHARDS, &nc, PREFIX, &app, &acked, report.errors == 0).await;
+    assert_nothing_acked_lost(SHARDS, &node_nc, PREFIX, &app, &acked, report.errors == 0).await;
 
     // The bank: each account holds its opening deposit, minus what it sent, plus what it received,
     // by the acknowledged transfers alone. Deposits still in an outbox (a sender whose pod died)
@@ -264,4 +307,11 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
     bank::settle(&app, &expected, T)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+
+    // Over TLS, with each role's permissions, nobody was refused anything.
+    let violations = stack.nats_violations();
+    assert!(
+        violations.is_empty(),
+        "nats-server refused: {violations:#?}"
+    );
 }

@@ -106,6 +106,18 @@ impl Names {
         format!("{}.progress.{epoch}.{shard}", self.prefix)
     }
 
+    /// Whether a node may answer a request on `subject`: neither one of this ShardPlan's own subjects
+    /// (`{prefix}.…`) nor a JetStream, KV or system subject (`$…`). A node's NATS user may publish
+    /// there, so answering would let a client that only may send requests write through the node
+    /// (an event record, a progress report, a `held` key); such a request is dropped unanswered.
+    #[must_use]
+    pub fn is_reply_subject(&self, subject: &str) -> bool {
+        let own = subject
+            .strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.starts_with('.'));
+        !own && !subject.starts_with('$')
+    }
+
     /// Node lifecycle events to the operator.
     #[must_use]
     pub fn node_events(&self) -> String {
@@ -132,4 +144,34 @@ pub fn decode_id(token: &str) -> Result<String> {
         .decode(token)
         .map_err(|e| Error::Malformed(format!("actor id token {token:?}: {e}")))?;
     String::from_utf8(bytes).map_err(|e| Error::Malformed(format!("actor id is not UTF-8: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Names;
+
+    #[test]
+    fn a_node_answers_on_inboxes_but_never_on_the_plans_own_or_dollar_subjects() {
+        let n = Names::new("aether");
+        for ok in [
+            "_INBOX.abc.1",
+            "reply.to.me",
+            "aether-x.y",
+            "aetherz.req",
+            "other.aether.ev.1",
+        ] {
+            assert!(n.is_reply_subject(ok), "{ok} is a reply subject");
+        }
+        for refused in [
+            "aether.ev.0.counter.YQ",
+            "aether.progress.2.0",
+            "aether.nodes",
+            "aether.node.app-0.migrate",
+            "$KV.aether-plans.held.app-0",
+            "$JS.API.STREAM.DELETE.aether-events",
+            "$SYS.REQ.SERVER.PING",
+        ] {
+            assert!(!n.is_reply_subject(refused), "{refused} is refused");
+        }
+    }
 }
