@@ -14,7 +14,7 @@ KUBECTL := $(TOOLS_DIR)/kubernetes-$(K8S_VERSION)/kubectl
 ETCD := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
 HELM := $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 
-.PHONY: all build test lint fmt generate check-generated chart-check bench chaos fuzz model-check demo tools clean-tools
+.PHONY: all build test lint fmt generate check-generated chart-check bench bench-peers tools-peers chaos fuzz model-check demo tools clean-tools
 
 all: lint test
 
@@ -58,9 +58,9 @@ check-generated: generate
 chart-check: $(HELM)
 	$(HELM) lint charts/aether --kube-version $(K8S_VERSION) --set example.enabled=true
 	mkdir -p target
-	$(HELM) template t charts/aether --kube-version $(K8S_VERSION) --set example.enabled=true > target/chart-render.yaml
+	$(HELM) template t charts/aether --kube-version $(K8S_VERSION) --set example.enabled=true --set networkPolicy.enabled=true > target/chart-render.yaml
 	python3 scripts/chart-security.py < target/chart-render.yaml
-	@for kind in Deployment ClusterRole Role StatefulSet PodDisruptionBudget ShardPlan; do \
+	@for kind in Deployment ClusterRole Role StatefulSet PodDisruptionBudget ShardPlan NetworkPolicy; do \
 	  grep -q "^kind: $$kind$$" target/chart-render.yaml || { echo "chart render lacks a $$kind"; exit 1; }; done
 	@! $(HELM) template t charts/aether --kube-version $(K8S_VERSION) --set nats.url=bogus > /dev/null 2>&1 || { echo "values.schema.json accepted a bad nats.url"; exit 1; }
 
@@ -90,6 +90,23 @@ bench: tools
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench nats
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench app
 	python3 scripts/bench-report.py $${CARGO_TARGET_DIR:-target}/criterion target/balance.md BENCHMARKS.md target/nats-bench.json target/app-bench.json
+
+## bench-peers: aether beside Dapr v1.14.0 actors (placement, daprd per pod, Redis), the same workload
+## in one run; writes the Peers section of BENCHMARKS.md. Not part of `make test`.
+DAPR_VERSION := v1.14.0
+DAPRD := $(TOOLS_DIR)/dapr-$(DAPR_VERSION)/daprd
+bench-peers: tools tools-peers
+	$(CARGO) build --release --bins -p aether-node
+	$(CARGO) build --release --example peers -p aether-tests
+	AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) $${CARGO_TARGET_DIR:-target}/release/examples/peers
+
+## tools-peers: daprd and placement (from the Go module, ~10 min on 2 cores the first time) and
+## redis-server (Debian package).
+tools-peers: $(DAPRD)
+	@command -v redis-server >/dev/null || apt-get install -y --no-install-recommends redis-server >/dev/null || { echo "redis-server is missing and could not be installed"; exit 1; }
+
+$(DAPRD):
+	TOOLS_DIR=$(TOOLS_DIR) DAPR_VERSION=$(DAPR_VERSION) tools/build-dapr.sh
 
 ## tools: the test binaries, built from Go modules into $(TOOLS_DIR) (first time: ~25 min on 2 cores,
 ## most of it the Kubernetes control plane; then reused).

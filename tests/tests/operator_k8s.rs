@@ -1,7 +1,8 @@
 //! The operator against a real kube-apiserver (and etcd), with node sidecars on a real nats-server:
 //! CRD validation, a plan written to status and NATS, a scale-up rebalanced by the nodes until Ready,
 //! a node that announces it is leaving planned out at once (and back in when it is up again),
-//! malformed progress reports counted, and a missing StatefulSet reported as Degraded.
+//! malformed progress reports counted, a missing StatefulSet and a credentials Secret that has not
+//! opted in reported as Degraded.
 
 use aether_core::crd::{ShardPlan, ShardPlanStatus};
 use aether_core::protocol::{
@@ -311,6 +312,38 @@ async fn the_operator_plans_publishes_and_follows_a_scale_up() {
     wait_for("Degraded: StatefulSetMissing", T, || async {
         plans.get("orphan").await.is_ok_and(|sp| {
             condition(&sp, "Degraded") == Some(("True".into(), "StatefulSetMissing".into()))
+        })
+    })
+    .await;
+
+    // A ShardPlan naming a Secret that has not opted in: the operator does not read it, and says
+    // so and what to do.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "default");
+    let plain: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "plain"}, "stringData": {"token": "t"}
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &plain)
+        .await
+        .expect("secret");
+    let unlabelled: ShardPlan = serde_json::from_value(json!({
+        "apiVersion": "aether.dev/v1alpha1", "kind": "ShardPlan", "metadata": {"name": "unlabelled"},
+        "spec": {"statefulSet": "app", "nats": {"url": nats.url(), "subjectPrefix": "unlabelled", "credentialsSecret": "plain"}}
+    }))
+    .expect("object");
+    plans
+        .create(&PostParams::default(), &unlabelled)
+        .await
+        .expect("unlabelled");
+    wait_for("Degraded: the Secret lacks the opt-in label", T, || async {
+        plans.get("unlabelled").await.is_ok_and(|sp| {
+            status_of(&sp).condition("Degraded").is_some_and(|c| {
+                c.status == "True"
+                    && c.message
+                        .contains("lacks the label aether.dev/nats-credentials=true")
+            })
         })
     })
     .await;
