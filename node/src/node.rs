@@ -494,29 +494,43 @@ impl Shared {
     }
 }
 
-/// Connects to NATS with the configured credentials and TLS. With `health` (a node), it tries again
-/// every second until it is connected, saying why it is not in one log line per distinct reason and
-/// in `health` (so /readyz gives the reason: a wrong CA, password or URL); without (the CLI), the
-/// first failure is the error.
+/// Connects to NATS with the configured credentials and TLS. With `node` (a node process: its
+/// health), as a node: with the nodes' inbox prefix ([`Names::node_inbox`]), trying again every
+/// second until it is connected, saying why it is not in one log line per distinct reason and in
+/// `health` (so /readyz gives the reason: a wrong CA, password or URL). Without (the CLI, a client),
+/// the first failure is the error.
 pub async fn connect(
     args: &crate::config::NatsArgs,
     name: &str,
-    health: Option<&Health>,
+    node: Option<&Health>,
 ) -> Result<async_nats::Client> {
     let urls = aether_nats::process::nats_urls(&args.nats_url, "--nats-url")?;
-    let mut said = String::new();
+    let inbox = node.map(|_| Names::new(args.prefix.clone()).node_inbox());
+    let mut said = std::collections::BTreeSet::new();
     loop {
-        let e = match options(args, name).await?.connect(urls.clone()).await {
-            Ok(client) => return Ok(client),
+        let e = match options(args, name, inbox.clone())
+            .await?
+            .connect(urls.clone())
+            .await
+        {
+            Ok(client) => {
+                if let (Some(health), false) = (node, said.is_empty()) {
+                    health.set(Some(format!(
+                        "connected to NATS at {}; opening the streams",
+                        args.nats_url
+                    )));
+                }
+                return Ok(client);
+            }
             Err(e) => e,
         };
         let why = format!("cannot connect to NATS at {}: {e}", args.nats_url);
-        let Some(health) = health else {
+        let Some(health) = node else {
             return Err(Error::Nats(why));
         };
-        if why != said {
+        // With several servers the reasons can alternate: each is said once.
+        if said.insert(why.clone()) {
             tracing::error!("{why}");
-            said.clone_from(&why);
         }
         health.set(Some(why));
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -524,27 +538,55 @@ pub async fn connect(
 }
 
 /// The connection options of `args`: credentials, TLS, reconnecting for ever once connected.
-async fn options(args: &crate::config::NatsArgs, name: &str) -> Result<async_nats::ConnectOptions> {
+async fn options(
+    args: &crate::config::NatsArgs,
+    name: &str,
+    inbox: Option<String>,
+) -> Result<async_nats::ConnectOptions> {
+    // The reason a reconnect fails is said once, until the connection is back.
+    let said = Arc::new(Mutex::new(String::new()));
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
         .max_reconnects(None)
         // What the server refuses once connected (a permission the node's NATS user lacks) is
         // said in the log; the request or append it concerned fails on its own.
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::ServerError(e) => tracing::error!("NATS server: {e}"),
-                async_nats::Event::Disconnected => tracing::warn!("NATS: disconnected"),
-                _ => {}
+        .event_callback(move |event| {
+            let said = said.clone();
+            async move {
+                match event {
+                    async_nats::Event::ServerError(e) => tracing::error!("NATS server: {e}"),
+                    async_nats::Event::Disconnected => tracing::warn!("NATS: disconnected"),
+                    async_nats::Event::Connected => {
+                        if let Ok(mut s) = said.lock() {
+                            s.clear();
+                        }
+                    }
+                    async_nats::Event::ClientError(e) => {
+                        let e = e.to_string();
+                        if let Ok(mut s) = said.lock()
+                            && *s != e
+                        {
+                            tracing::warn!("NATS: {e}");
+                            *s = e;
+                        }
+                    }
+                    _ => {}
+                }
             }
         });
+    if let Some(inbox) = inbox {
+        opts = opts.custom_inbox_prefix(inbox);
+    }
+    // A value from a Secret made from a file may end with a line end: not part of it.
+    let value = |v: &String| v.trim_end_matches(['\r', '\n']).to_owned();
     if let (Some(user), Some(pass)) = (&args.nats_user, &args.nats_password) {
-        opts = opts.user_and_password(user.clone(), pass.clone());
+        opts = opts.user_and_password(value(user), value(pass));
     }
     if let Some(token) = &args.nats_token {
-        opts = opts.token(token.clone());
+        opts = opts.token(value(token));
     }
     if let Some(seed) = &args.nats_nkey {
-        opts = opts.nkey(seed.clone());
+        opts = opts.nkey(value(seed));
     }
     if let Some(path) = &args.nats_creds {
         opts = opts

@@ -222,21 +222,22 @@ impl Context {
     async fn nats(&self, sp: &ShardPlan, ns: &str) -> Result<async_nats::Client> {
         let spec = &sp.spec.nats;
         let mut opts = async_nats::ConnectOptions::new();
-        let mut key = spec.url.clone();
+        // One connection per URL, prefix (its inbox prefix is the ShardPlan's) and credentials.
+        let mut key = format!("{}|{}", spec.url, spec.subject_prefix);
         if let Some(secret) = &spec.credentials_secret {
             let s = Api::<Secret>::namespaced(self.client.clone(), ns)
                 .get_opt(secret)
                 .await?
-                .ok_or_else(|| {
-                    Error::Nats(format!("credentials Secret {secret:?} not found in {ns}"))
-                })?;
+                .ok_or_else(|| crate::credentials::not_allowed(secret, ns))?;
             opts = crate::credentials::options(&s)?;
             key.push_str(&format!(
                 "|{secret}@{}",
                 s.metadata.resource_version.unwrap_or_default()
             ));
         }
-        let opts = opts.name(MANAGER);
+        let opts = opts
+            .name(MANAGER)
+            .custom_inbox_prefix(Names::new(&spec.subject_prefix).operator_inbox());
         let mut conns = self.nats.lock().await;
         if !conns.contains_key(&key) {
             let urls = aether_nats::process::nats_urls(&spec.url, "spec.nats.url")

@@ -11,12 +11,23 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 /// could have the operator send any Secret of the namespace to a NATS server of their choosing.
 pub const OPT_IN_LABEL: &str = "aether.dev/nats-credentials";
 
+/// Why the operator does not use the credentials Secret `name` of `ns`: the same words whether it
+/// does not exist or has not opted in, so a ShardPlan's author learns nothing of other Secrets.
+#[must_use]
+pub fn not_allowed(name: &str, ns: &str) -> Error {
+    Error::Nats(format!(
+        "the credentials Secret {name:?} is not in {ns} or lacks the label {OPT_IN_LABEL}=true (the \
+         operator reads only Secrets that opt in): create or label it"
+    ))
+}
+
 /// Connection options from the credentials Secret `s`: one of `user` + `password`, `token`, `nkey`
 /// (a seed) or `creds` (a .creds file); with `ca.crt`, TLS verified against that CA (required);
 /// with `tls.crt` and `tls.key` too, a client certificate. Refuses a Secret without
 /// [`OPT_IN_LABEL`]`=true`.
 pub fn options(s: &Secret) -> Result<async_nats::ConnectOptions> {
     let name = s.metadata.name.as_deref().unwrap_or_default();
+    let ns = s.metadata.namespace.as_deref().unwrap_or_default();
     let opted_in = s
         .metadata
         .labels
@@ -24,21 +35,26 @@ pub fn options(s: &Secret) -> Result<async_nats::ConnectOptions> {
         .and_then(|l| l.get(OPT_IN_LABEL))
         .is_some_and(|v| v == "true");
     if !opted_in {
-        return Err(Error::Nats(format!(
-            "the credentials Secret {name:?} lacks the label {OPT_IN_LABEL}=true (the operator \
-             reads only Secrets that opt in): label it"
-        )));
+        return Err(not_allowed(name, ns));
     }
     let empty = std::collections::BTreeMap::new();
     let data = s.data.as_ref().unwrap_or(&empty);
+    // A value from a file may end with a line end: not part of it (the sidecars do the same).
     let text = |k: &str| {
-        data.get(k)
-            .map(|v| String::from_utf8_lossy(&v.0).trim_end().to_owned())
+        data.get(k).map(|v| {
+            String::from_utf8_lossy(&v.0)
+                .trim_end_matches(['\r', '\n'])
+                .to_owned()
+        })
     };
     let bytes = |k: &str| data.get(k).map(|v| v.0.as_slice());
     let mut opts = async_nats::ConnectOptions::new();
     if let (Some(u), Some(p)) = (text("user"), text("password")) {
         opts = opts.user_and_password(u, p);
+    } else if text("user").is_some() || text("password").is_some() {
+        return Err(Error::Nats(format!(
+            "Secret {name:?}: the keys user and password go together"
+        )));
     } else if let Some(t) = text("token") {
         opts = opts.token(t);
     } else if let Some(seed) = text("nkey") {

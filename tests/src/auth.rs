@@ -286,4 +286,15 @@ impl Role {
         };
         (format!("{prefix}-{name}"), ROLE_PASSWORDS[i].1.to_owned())
     }
+
+    /// The inbox prefix this role connects with (its users may read only their own inboxes).
+    #[must_use]
+    pub fn inbox(self, prefix: &str) -> String {
+        let names = aether_core::protocol::Names::new(prefix);
+        match self {
+            Self::Operator => names.operator_inbox(),
+            Self::Node => names.node_inbox(),
+            Self::Client => "_INBOX".to_owned(),
+        }
+    }
 }

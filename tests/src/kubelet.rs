@@ -540,10 +540,18 @@ impl PodRun {
                 None => {}
             }
         }
+        // Longest mount path first, and only a whole path (followed by `/` or the end): `/a/b` is
+        // not `/a`'s, nor `/etc/ssl2` `/etc/ssl`'s.
+        mounted.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
         let remount = |s: String| {
-            mounted
-                .iter()
-                .fold(s, |s, (path, dir)| s.replace(path.as_str(), dir))
+            for (path, dir) in &mounted {
+                if let Some(rest) = s.strip_prefix(path.as_str())
+                    && (rest.is_empty() || rest.starts_with('/'))
+                {
+                    return format!("{dir}{rest}");
+                }
+            }
+            s
         };
         for e in c.env.clone().unwrap_or_default() {
             let value = match (e.value, e.value_from) {

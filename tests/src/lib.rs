@@ -143,7 +143,10 @@ impl NatsServer {
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(self.store.path().join("stderr.log"))
+                    .map_or_else(|_| Stdio::null(), Stdio::from),
+            )
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"));
         let pid = child.id();
@@ -167,6 +170,11 @@ impl NatsServer {
                 if let Some(port) = port {
                     self.port = port;
                     break;
+                }
+                if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                    let said = std::fs::read_to_string(self.store.path().join("stderr.log"))
+                        .unwrap_or_default();
+                    panic!("nats-server exited ({status}) before listening: {said}");
                 }
                 assert!(
                     start.elapsed() < Duration::from_secs(20),

@@ -161,6 +161,7 @@ impl Stack {
     pub async fn connect_as(&self, role: Role) -> async_nats::Client {
         let (user, password) = role.user(PREFIX);
         async_nats::ConnectOptions::with_user_and_password(user, password)
+            .custom_inbox_prefix(role.inbox(PREFIX))
             .add_root_certificates(self.certs.path("ca.crt"))
             .require_tls(true)
             .retry_on_initial_connect()

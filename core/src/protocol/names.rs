@@ -106,6 +106,19 @@ impl Names {
         format!("{}.progress.{epoch}.{shard}", self.prefix)
     }
 
+    /// Inbox prefix of the nodes' connections (replies to their requests, JetStream answers):
+    /// `_INBOX_{prefix}_node`, so per-role permissions can keep other users from reading them.
+    #[must_use]
+    pub fn node_inbox(&self) -> String {
+        format!("_INBOX_{}_node", self.prefix)
+    }
+
+    /// Inbox prefix of the operator's connection: `_INBOX_{prefix}_operator`.
+    #[must_use]
+    pub fn operator_inbox(&self) -> String {
+        format!("_INBOX_{}_operator", self.prefix)
+    }
+
     /// Whether a node may answer a request on `subject`: neither one of this ShardPlan's own subjects
     /// (`{prefix}.…`) nor a JetStream, KV or system subject (`$…`). A node's NATS user may publish
     /// there, so answering would let a client that only may send requests write through the node
