@@ -341,6 +341,15 @@ def main():
         nats_sections(nats) if nats else "",
         app_section(app) if app else "",
     ]
+    # The Peers section (`make bench-peers`) is written by another run: kept as it is.
+    try:
+        with open(output) as f:
+            old = f.read()
+        b, e = old.find("<!-- peers:begin -->"), old.find("<!-- peers:end -->")
+        if b >= 0 and e > b:
+            doc.append(old[b : e + len("<!-- peers:end -->")] + "\n")
+    except FileNotFoundError:
+        pass
     with open(output, "w") as f:
         f.write("\n".join(doc))
 

@@ -868,7 +868,10 @@ fn report(
          actors, {IN_FLIGHT} calls in flight, {CALLS} calls per run, the two systems interleaved, \
          median of {RUNS} runs; a call adds 1 (or reads). CPU: user + system seconds of each \
          system's processes (aether: nodes and nats-server; Dapr: daprd, apps, placement, Redis) \
-         per 10,000 calls; the load generator (this process) is not counted.\n\n",
+         per 10,000 calls; the load generator (this process) is not counted. Not like for like: \
+         Dapr's counter runs in a Python app, two HTTP round trips to its daprd per call (read \
+         the state, write it), where aether's is the sidecar's built-in kind; aether's own app \
+         path (the same logic in a Python app over the app protocol) is not in this run.\n\n",
         took.as_secs_f64(),
         3
     ));
