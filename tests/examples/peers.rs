@@ -14,7 +14,7 @@ use aether_core::protocol::{ActorRef, Names, Op, Outcome, Request};
 use aether_node::client::Client;
 use aether_tests::cluster::{next_plan, publish, spawn_process};
 use aether_tests::measure::{Figure, figure, median};
-use aether_tests::{NatsServer, Process, free_port, http_get, workspace_binary};
+use aether_tests::{NatsServer, Process, free_port, http_get, wait_for, workspace_binary};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
@@ -490,19 +490,13 @@ impl System for Dapr {
 
 // ---------------------------------------------------------------------------------------------
 
-async fn wait_until<F, Fut>(what: &str, mut cond: F)
+/// Waits for `cond`, at most two minutes (a run that cannot go on stops with what it waited for).
+async fn wait_until<F, Fut>(what: &str, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    while !cond().await {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(what, Duration::from_secs(120), cond).await;
 }
 
 /// CPU seconds (user + system) the processes `pids` have used so far.

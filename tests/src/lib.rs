@@ -42,6 +42,17 @@ where
     }
 }
 
+/// The lines of a nats-server log (`-l FILE`) that say it refused something (a permission).
+#[must_use]
+pub fn nats_violations(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("Violation"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The nats-server binary: `$AETHER_NATS_SERVER`, else `nats-server` on PATH. Panics (the test fails)
 /// when there is none.
 #[must_use]

@@ -173,12 +173,7 @@ impl Stack {
     /// The lines of the NATS server's log that say it refused something.
     #[must_use]
     pub fn nats_violations(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.nats_log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("Violation"))
-            .map(str::to_owned)
-            .collect()
+        crate::nats_violations(&self.nats_log)
     }
 }
 

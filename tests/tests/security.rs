@@ -11,11 +11,11 @@ use aether_core::protocol::{
 use aether_node::client::{Client, run_load};
 use aether_node::config::NatsArgs;
 use aether_node::metrics::Malformed;
-use aether_tests::auth::{Certs, ROLE_PASSWORDS, nkey_user, operator_mode_creds};
+use aether_tests::auth::{Certs, ROLE_PASSWORDS, Role, nkey_user, operator_mode_creds};
 use aether_tests::cluster::{
     TestNode, assert_nothing_acked_lost, counter_value, nats_args, next_plan, node_config, publish,
 };
-use aether_tests::{NatsServer, wait_for, workspace_binary};
+use aether_tests::{NatsServer, nats_violations, wait_for, workspace_binary};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use std::collections::BTreeMap;
@@ -27,9 +27,14 @@ const T: Duration = Duration::from_secs(30);
 const SHARDS: u32 = 32;
 /// The prefix the shipped configuration is written for.
 const PREFIX: &str = "aether";
-const OPERATOR: (&str, &str) = ("aether-operator", "operator-secret");
-const NODE: (&str, &str) = ("aether-node", "node-secret");
-const CLIENT: (&str, &str) = ("aether-client", "client-secret");
+/// Every credential shape, in the order the tests try them.
+const SHAPES: [Shape; 5] = [
+    Shape::UserPassword,
+    Shape::Token,
+    Shape::Nkey,
+    Shape::Creds,
+    Shape::ClientCertificate,
+];
 
 /// nats-server with the shipped roles; its log is kept to check who was refused what.
 struct Roles {
@@ -63,29 +68,19 @@ impl Roles {
 
     /// The server's log lines that say it refused something.
     fn violations(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("Violation"))
-            .map(str::to_owned)
-            .collect()
+        nats_violations(&self.log)
     }
 }
 
-/// A connection as `user`, with the errors the server sends it (permission violations); the
-/// operator's and the nodes' users with their role's inbox prefix, as they connect.
-async fn connect_as(url: &str, (user, password): (&str, &str)) -> (async_nats::Client, Errors) {
+/// A connection as `role`'s user, with its inbox prefix (as it connects), and the errors the
+/// server sends it (permission violations).
+async fn connect_as(url: &str, role: Role) -> (async_nats::Client, Errors) {
     let errors = Errors::default();
     let sink = errors.clone();
-    let names = Names::new(PREFIX);
-    let inbox = match user {
-        u if u == OPERATOR.0 => names.operator_inbox(),
-        u if u == NODE.0 => names.node_inbox(),
-        _ => "_INBOX".to_owned(),
-    };
-    let client = async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-        .name(user)
-        .custom_inbox_prefix(inbox)
+    let (user, password) = role.user(PREFIX);
+    let client = async_nats::ConnectOptions::with_user_and_password(user.clone(), password)
+        .name(&user)
+        .custom_inbox_prefix(role.inbox(PREFIX))
         .event_callback(move |event| {
             let sink = sink.clone();
             async move {
@@ -117,14 +112,12 @@ impl Errors {
     }
 }
 
-fn node_with(
-    url: &str,
-    name: &str,
-    (user, password): (&str, &str),
-) -> aether_node::config::NodeConfig {
+/// A node as the nodes' user.
+fn node_with(url: &str, name: &str) -> aether_node::config::NodeConfig {
+    let (user, password) = Role::Node.user(PREFIX);
     let mut cfg = node_config(url, PREFIX, name);
-    cfg.nats.nats_user = Some(user.to_owned());
-    cfg.nats.nats_password = Some(password.to_owned());
+    cfg.nats.nats_user = Some(user);
+    cfg.nats.nats_password = Some(password);
     cfg
 }
 
@@ -147,10 +140,10 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
     let roles = Roles::start();
     let url = roles.nats.url();
     let names = Names::new(PREFIX);
-    let (operator, operator_errors) = connect_as(&url, OPERATOR).await;
+    let (operator, operator_errors) = connect_as(&url, Role::Operator).await;
     let mut nodes = Vec::new();
     for name in ["app-0", "app-1"] {
-        nodes.push(TestNode::start_with(node_with(&url, name, NODE)).await);
+        nodes.push(TestNode::start_with(node_with(&url, name)).await);
     }
     let p1 = next_plan(None, &["app-0", "app-1"], SHARDS, 8);
     publish(&operator, PREFIX, &p1, 10).await;
@@ -160,7 +153,7 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
         })
         .await;
     }
-    let (client_nc, refused) = connect_as(&url, CLIENT).await;
+    let (client_nc, refused) = connect_as(&url, Role::Client).await;
     let client = Client::new(client_nc.clone(), PREFIX);
     let warm = run_load(&client, "acct", 50, 200, 8, T).await;
     assert_eq!(warm.errors, 0, "a client user sends requests");
@@ -168,7 +161,7 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
     let shard = aether_core::hash::shard_of(victim, SHARDS);
     let (before, version) = counter_value(&client.read("counter", victim).await.expect("read"));
     // The victim's log as a node reads it, before the forgeries.
-    let (node_nc, _) = connect_as(&url, NODE).await;
+    let (node_nc, _) = connect_as(&url, Role::Node).await;
     let store = aether_node::store::EventStore::open(
         async_nats::jetstream::new(node_nc.clone()),
         names.clone(),
@@ -394,7 +387,7 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
         let client = client.clone();
         tokio::spawn(async move { run_load(&client, "acct", 50, 1_500, 8, T).await })
     };
-    nodes.push(TestNode::start_with(node_with(&url, "app-2", NODE)).await);
+    nodes.push(TestNode::start_with(node_with(&url, "app-2")).await);
     let p2 = next_plan(Some(&p1), &["app-0", "app-1", "app-2"], SHARDS, 8);
     assert!(!p2.moves.is_empty(), "the join moves shards");
     publish(&operator, PREFIX, &p2, 10).await;
@@ -431,7 +424,7 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
     let violations = roles.violations();
     let others: Vec<&String> = violations
         .iter()
-        .filter(|l| !l.contains(CLIENT.0))
+        .filter(|l| !l.contains(&Role::Client.user(PREFIX).0))
         .collect();
     assert!(
         others.is_empty(),
@@ -521,13 +514,7 @@ fn tls_server(certs: &Certs, shape: Shape, dir: &Path) -> (NatsServer, NatsArgs)
 async fn each_credential_shape_over_tls_serves() {
     let certs = Certs::make();
     let dir = tempfile::tempdir().expect("temp dir");
-    for shape in [
-        Shape::UserPassword,
-        Shape::Token,
-        Shape::Nkey,
-        Shape::Creds,
-        Shape::ClientCertificate,
-    ] {
+    for shape in SHAPES {
         let (_nats, args) = tls_server(&certs, shape, dir.path());
         // The test's own connection goes through the node's connect, with the same settings.
         let nc = aether_node::node::connect(&args, "test", None)
@@ -690,13 +677,7 @@ async fn the_operator_connects_with_each_secret_shape_over_tls_and_reads_only_la
     let certs = Certs::make();
     let dir = tempfile::tempdir().expect("temp dir");
     let file = |name: &str| std::fs::read(certs.path(name)).expect("a certificate file");
-    for shape in [
-        Shape::UserPassword,
-        Shape::Token,
-        Shape::Nkey,
-        Shape::Creds,
-        Shape::ClientCertificate,
-    ] {
+    for shape in SHAPES {
         let (_nats, args) = tls_server(&certs, shape, dir.path());
         let mut data = vec![("ca.crt", file("ca.crt"))];
         let text = |v: &Option<String>| v.clone().expect("set").into_bytes();
