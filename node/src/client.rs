@@ -1,33 +1,142 @@
-//! A small client: send a request to any node and follow redirects and retry-afters until a final
-//! answer, and a bounded load generator that records every acknowledged command.
+//! A small client: send a request to the actor's owner (one hop, by the plan it watches) or to any
+//! node, follow redirects and retry-afters until a final answer; and a bounded load generator that
+//! records every acknowledged command.
 
 use crate::error::{Error, Result};
 use aether_core::protocol::{
-    ActorRef, ErrorCode, Names, Op, Outcome, Reply, Request, decode, encode,
+    ActorRef, ErrorCode, Names, Op, Outcome, PlanMessage, Reply, Request, decode, encode,
 };
+use aether_core::route::RouteTable;
+use futures::StreamExt;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+
+/// How often a plan watch also reads the plan directly (a watch can stall without an error).
+const PLAN_POLL_EVERY: Duration = Duration::from_secs(5);
 
 /// A client of one ShardPlan's nodes.
 #[derive(Clone, Debug)]
 pub struct Client {
     nats: async_nats::Client,
     names: Names,
+    /// The plan it routes by, when it watches one.
+    plan: Option<Arc<PlanWatch>>,
     /// Longest one `send` keeps retrying.
     pub deadline: Duration,
 }
 
+/// The owners by the newest plan a client has seen.
+#[derive(Debug, Default)]
+struct Routes {
+    epoch: u64,
+    table: Option<RouteTable>,
+    /// Request subject of each member, by the table's member index.
+    subjects: Vec<String>,
+}
+
+impl Routes {
+    /// The routes of `plan`.
+    fn of(plan: &PlanMessage, names: &Names) -> Self {
+        Self {
+            epoch: plan.epoch,
+            table: Some(RouteTable::new(plan.shards, &plan.members, &plan.shard_map)),
+            subjects: plan
+                .members
+                .iter()
+                .map(|m| names.node_requests(&m.name))
+                .collect(),
+        }
+    }
+
+    /// The request subject of `actor_id`'s owner, if the plan names one.
+    fn owner_subject(&self, actor_id: &str) -> Option<&str> {
+        let i = self.table.as_ref()?.owner(actor_id)?;
+        self.subjects.get(i as usize).map(String::as_str)
+    }
+}
+
+/// A watch of the plan bucket, ended when the last client holding it goes.
+#[derive(Debug)]
+struct PlanWatch {
+    routes: Arc<RwLock<Routes>>,
+    /// The epoch of `routes`, for waiting on the first plan.
+    epochs: tokio::sync::watch::Receiver<u64>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for PlanWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Client {
-    /// A client over a NATS connection.
+    /// A client over a NATS connection that sends every request to any node (`P.req`).
     #[must_use]
     pub fn new(nats: async_nats::Client, prefix: &str) -> Self {
         Self {
             nats,
             names: Names::new(prefix),
+            plan: None,
             deadline: Duration::from_secs(30),
         }
+    }
+
+    /// A client that watches the plan bucket and sends each request straight to its actor's owner
+    /// (`P.node.{pod}.req`, one hop); to any node while it has no plan, after a redirect without an
+    /// owner, or when the owner does not answer. Needs a Tokio runtime (the watch is a task).
+    #[must_use]
+    pub fn watching_plan(nats: async_nats::Client, prefix: &str) -> Self {
+        let names = Names::new(prefix);
+        let routes = Arc::new(RwLock::new(Routes::default()));
+        let (tx, epochs) = tokio::sync::watch::channel(0);
+        let task = tokio::spawn(watch_plan(
+            async_nats::jetstream::new(nats.clone()),
+            names.clone(),
+            routes.clone(),
+            tx,
+        ))
+        .abort_handle();
+        Self {
+            nats,
+            names,
+            plan: Some(Arc::new(PlanWatch {
+                routes,
+                epochs,
+                task,
+            })),
+            deadline: Duration::from_secs(30),
+        }
+    }
+
+    /// The epoch of the plan this client routes by (0: none, or it does not watch one).
+    #[must_use]
+    pub fn plan_epoch(&self) -> u64 {
+        self.plan
+            .as_ref()
+            .map_or(0, |w| w.routes.read().map_or(0, |r| r.epoch))
+    }
+
+    /// Waits up to `timeout` for the first plan; false when none came (or this client watches none).
+    pub async fn wait_for_plan(&self, timeout: Duration) -> bool {
+        let Some(w) = &self.plan else { return false };
+        let mut epochs = w.epochs.clone();
+        tokio::time::timeout(timeout, epochs.wait_for(|e| *e > 0))
+            .await
+            .is_ok_and(|seen| seen.is_ok())
+    }
+
+    /// Where a request for `actor_id` goes first: its owner by the plan, or any node.
+    fn first_subject(&self, actor_id: &str) -> String {
+        self.plan
+            .as_ref()
+            .and_then(|w| {
+                let routes = w.routes.read().ok()?;
+                routes.owner_subject(actor_id).map(str::to_owned)
+            })
+            .unwrap_or_else(|| self.names.any_node())
     }
 
     /// One attempt at `subject`.
@@ -48,7 +157,7 @@ impl Client {
     /// that did land is answered from the log, not applied twice.
     pub async fn send(&self, req: &Request) -> Result<Reply> {
         let start = Instant::now();
-        let mut subject = self.names.any_node();
+        let mut subject = self.first_subject(&req.actor.id);
         let mut last = String::new();
         while start.elapsed() < self.deadline {
             match self.request_once(subject.clone(), req).await {
@@ -64,7 +173,7 @@ impl Client {
                         if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) =>
                     {
                         last = e.message.clone();
-                        subject = self.names.any_node();
+                        subject = self.first_subject(&req.actor.id);
                         tokio::time::sleep(Duration::from_millis(
                             e.retry_after_ms.unwrap_or(50).min(1000),
                         ))
@@ -101,6 +210,59 @@ impl Client {
     pub async fn read(&self, kind: &str, actor: &str) -> Result<Reply> {
         self.send(&Request::new(ActorRef::new(kind, actor), Op::Read, None))
             .await
+    }
+}
+
+/// Keeps `routes` at the newest valid plan in the bucket of `names`; retries when the bucket is
+/// missing or the watch ends (a client may start before the operator created it).
+async fn watch_plan(
+    js: async_nats::jetstream::Context,
+    names: Names,
+    routes: Arc<RwLock<Routes>>,
+    epochs: tokio::sync::watch::Sender<u64>,
+) {
+    let take = |value: &[u8]| {
+        let Ok(plan) = decode::<PlanMessage>(value).and_then(|p| p.validate().map(|()| p)) else {
+            return;
+        };
+        if let Ok(mut held) = routes.write()
+            && plan.epoch > held.epoch
+        {
+            *held = Routes::of(&plan, &names);
+            epochs.send_replace(plan.epoch);
+        }
+    };
+    loop {
+        let watched: Result<()> = async {
+            let bucket = js
+                .get_key_value(names.plan_bucket())
+                .await
+                .map_err(|e| Error::Nats(format!("plan bucket: {e}")))?;
+            let mut watch = bucket
+                .watch_with_history(Names::PLAN_KEY)
+                .await
+                .map_err(|e| Error::Nats(format!("watch plans: {e}")))?;
+            let mut poll = tokio::time::interval(PLAN_POLL_EVERY);
+            loop {
+                tokio::select! {
+                    next = watch.next() => match next {
+                        Some(Ok(entry)) => take(&entry.value),
+                        Some(Err(e)) => return Err(Error::Nats(format!("watch plans: {e}"))),
+                        None => return Ok(()),
+                    },
+                    _ = poll.tick() => {
+                        if let Ok(Some(value)) = bucket.get(Names::PLAN_KEY).await {
+                            take(&value);
+                        }
+                    }
+                }
+            }
+        }
+        .await;
+        if let Err(e) = watched {
+            tracing::debug!(error = %e, "plan watch interrupted; resuming");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

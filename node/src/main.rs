@@ -9,6 +9,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long `send` and `load` wait for the plan before sending through any node.
+const PLAN_WAIT: Duration = Duration::from_secs(1);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -26,7 +29,9 @@ fn main() -> ExitCode {
             Command::Run(cfg) => run(cfg).await,
             Command::Send(args) => {
                 let nats = node::connect(&args.nats, "aether-cli", None).await?;
-                let client = aether_node::client::Client::new(nats, &args.nats.prefix);
+                // Straight to the owner when the plan is readable soon; else through any node.
+                let client = aether_node::client::Client::watching_plan(nats, &args.nats.prefix);
+                client.wait_for_plan(PLAN_WAIT).await;
                 let op = match &args.command {
                     None => Op::Read,
                     Some(text) => Op::Command {
@@ -42,7 +47,8 @@ fn main() -> ExitCode {
             }
             Command::Load(args) => {
                 let nats = node::connect(&args.nats, "aether-load", None).await?;
-                let client = aether_node::client::Client::new(nats, &args.nats.prefix);
+                let client = aether_node::client::Client::watching_plan(nats, &args.nats.prefix);
+                client.wait_for_plan(PLAN_WAIT).await;
                 let report = aether_node::client::run_load(
                     &client,
                     "load",

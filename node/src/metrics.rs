@@ -329,6 +329,16 @@ impl Metrics {
             .inc();
     }
 
+    /// The count of one kind of routed request (for tests).
+    #[must_use]
+    pub fn routes_of(&self, kind: Route) -> u64 {
+        self.messages
+            .get_or_create(&Kind {
+                kind: kind.as_str(),
+            })
+            .get()
+    }
+
     /// The count of one failure kind (for tests).
     #[must_use]
     pub fn failures_of(&self, kind: Failure) -> u64 {

@@ -811,29 +811,7 @@ impl Node {
         let mut check = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
-                Some(msg) = requests.next() => {
-                    if msg.reply.as_ref().is_some_and(|to| !shared.names.is_reply_subject(to)) {
-                        shared.metrics().malformed(Malformed::ReplySubject);
-                        continue;
-                    }
-                    let Ok(permit) = shared.inflight.clone().try_acquire_owned() else {
-                        // Full: answered at once, here (the answer is the back-pressure).
-                        shared.metrics().route(Route::Overloaded);
-                        if let Some(to) = msg.reply {
-                            let e = ErrorReply::unavailable("this node is overloaded", 50);
-                            shared.send_reply(to, Answer::Reply(Reply::error(e))).await;
-                        }
-                        continue;
-                    };
-                    let shared = shared.clone();
-                    shared.tasks.clone().spawn(async move {
-                        let answer = shared.handle_request_bytes(&msg.payload).await;
-                        if let Some(to) = msg.reply {
-                            shared.send_reply(to, answer).await;
-                        }
-                        drop(permit);
-                    });
-                }
+                Some(msg) = requests.next() => take_request(&shared, msg).await,
                 Some(msg) = transfers.next() => {
                     if msg.reply.as_ref().is_some_and(|to| !shared.names.is_reply_subject(to)) {
                         shared.metrics().malformed(Malformed::ReplySubject);
@@ -876,6 +854,21 @@ impl Node {
                 }
             }
         }
+        // Stop taking requests, and answer every one NATS already sent here: each subscription is
+        // drained (unsubscribed, what is on its way still delivered) and what arrives is served
+        // like any other request, so none is left for its caller's timeout. This node serves no
+        // shard now (or its workers stop next): each is forwarded or answered with where to go.
+        for sub in requests.iter_mut() {
+            let _ = sub.drain().await;
+        }
+        let left = async {
+            while let Some(msg) = requests.next().await {
+                take_request(&shared, msg).await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, left).await.is_err() {
+            tracing::warn!("requests still arriving at exit");
+        }
         watcher.abort();
         health_task.abort();
         for task in held_tasks {
@@ -905,6 +898,38 @@ impl Node {
 }
 
 type Messages = futures::stream::SelectAll<async_nats::Subscriber>;
+
+/// Takes one request from NATS: refused when its reply subject is the ShardPlan's own, answered
+/// `overloaded` at once when the node is full, else served on a task of its own.
+async fn take_request(shared: &Arc<Shared>, msg: async_nats::Message) {
+    if msg
+        .reply
+        .as_ref()
+        .is_some_and(|to| !shared.names.is_reply_subject(to))
+    {
+        shared.metrics().malformed(Malformed::ReplySubject);
+        return;
+    }
+    let Ok(permit) = shared.inflight.clone().try_acquire_owned() else {
+        // Full: answered at once, here (the answer is the back-pressure).
+        shared.metrics().route(Route::Overloaded);
+        if let Some(to) = msg.reply {
+            let e = ErrorReply::unavailable("this node is overloaded", 50);
+            shared.send_reply(to, Answer::Reply(Reply::error(e))).await;
+        }
+        return;
+    };
+    let shared = shared.clone();
+    shared.tasks.clone().spawn(async move {
+        let answer = shared
+            .handle_request_bytes(msg.payload, msg.headers.as_ref())
+            .await;
+        if let Some(to) = msg.reply {
+            shared.send_reply(to, answer).await;
+        }
+        drop(permit);
+    });
+}
 
 async fn subscribe_requests(shared: &Arc<Shared>) -> Result<Messages> {
     let any = shared

@@ -1,7 +1,9 @@
 //! A request's way through a node: size check, decode, validation, then [`Ownership::route`]
 //! decides (served here by the shard's worker, sent on once to the owner, a redirect, or
-//! unavailable). A forwarded request's reply bytes are relayed as the owner wrote them. Requests a
-//! stopped worker hands back are forwarded (after a hand-off) or answered with where to go.
+//! unavailable). A forwarded request travels as the bytes it arrived as, with hops, epoch and what
+//! is left of its timeout in headers ([`HOPS`], [`EPOCH`], [`TIMEOUT_MS`]); the owner's reply bytes
+//! are relayed as it wrote them. Requests a stopped worker hands back are forwarded (after a
+//! hand-off) or answered with where to go.
 //!
 //! [`Ownership::route`]: crate::ownership::Ownership::route
 
@@ -17,6 +19,13 @@ use tokio::sync::oneshot;
 
 /// Time to wait for a forwarded request's reply.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Header of a forwarded request: how often it was forwarded (it replaces the body's `hops`).
+pub const HOPS: &str = "Aether-Hops";
+/// Header of a forwarded request: the forwarding node's plan epoch (replaces the body's `epoch`).
+pub const EPOCH: &str = "Aether-Epoch";
+/// Header of a forwarded request: milliseconds the caller still waits (replaces `timeoutMs`).
+pub const TIMEOUT_MS: &str = "Aether-Timeout-Ms";
 
 /// What a node answers a request with.
 #[derive(Debug)]
@@ -63,8 +72,13 @@ enum Target {
 }
 
 impl Shared {
-    /// Handles raw request bytes: size check, decode, dispatch. Never panics on bad bytes.
-    pub async fn handle_request_bytes(self: &Arc<Self>, bytes: &[u8]) -> Answer {
+    /// Handles a request as it came from NATS: size check, decode, the forwarding headers,
+    /// dispatch. Never panics on bad bytes.
+    pub async fn handle_request_bytes(
+        self: &Arc<Self>,
+        bytes: bytes::Bytes,
+        headers: Option<&async_nats::HeaderMap>,
+    ) -> Answer {
         if bytes.len() > self.max_request_bytes {
             self.metrics().malformed(Malformed::TooLarge);
             return Answer::error(ErrorReply::new(
@@ -76,18 +90,23 @@ impl Shared {
                 ),
             ));
         }
-        let req = match decode::<Request>(bytes) {
+        let req = match decode::<Request>(&bytes).and_then(|r| forwarded(r, headers)) {
             Ok(r) => r,
             Err(e) => {
                 self.metrics().malformed(Malformed::Request);
                 return Answer::error(ErrorReply::from_decode(&e));
             }
         };
-        self.handle_request(req).await
+        self.handle(req, Some(bytes)).await
     }
 
-    /// Handles a decoded request (from NATS or the app API): validation, kind, dispatch.
-    pub async fn handle_request(self: &Arc<Self>, mut req: Request) -> Answer {
+    /// Handles a decoded request (from the app API): validation, kind, dispatch.
+    pub async fn handle_request(self: &Arc<Self>, req: Request) -> Answer {
+        self.handle(req, None).await
+    }
+
+    /// Validation, kind, dispatch; `raw` are the bytes the request arrived as, if it came so.
+    async fn handle(self: &Arc<Self>, mut req: Request, raw: Option<bytes::Bytes>) -> Answer {
         if let Some(ms) = req.timeout_ms {
             req.deadline = Some(std::time::Instant::now() + Duration::from_millis(ms));
         }
@@ -108,15 +127,20 @@ impl Shared {
                 ),
             ));
         }
-        self.dispatch(req).await
+        self.dispatch_once(req, raw, true).await
     }
 
     /// Serves a decoded request: here, by forwarding, or with a redirect.
     pub async fn dispatch(self: &Arc<Self>, req: Request) -> Answer {
-        self.dispatch_once(req, true).await
+        self.dispatch_once(req, None, true).await
     }
 
-    async fn dispatch_once(self: &Arc<Self>, req: Request, may_restart: bool) -> Answer {
+    async fn dispatch_once(
+        self: &Arc<Self>,
+        req: Request,
+        raw: Option<bytes::Bytes>,
+        may_restart: bool,
+    ) -> Answer {
         let target = {
             let mut st = self.state();
             match st.own.route(&req.actor.id, req.hops) {
@@ -140,7 +164,7 @@ impl Shared {
                     {
                         tracing::error!(shard, "shard worker ended unexpectedly: restarted");
                         self.metrics().failure(Failure::WorkerDied);
-                        return Box::pin(self.dispatch_once(req, false)).await;
+                        return Box::pin(self.dispatch_once(req, None, false)).await;
                     }
                     // Stopped between the routing and the send: route again.
                     return Answer::Reply(self.reroute(shard));
@@ -151,7 +175,7 @@ impl Shared {
             }
             Target::Forward(to) => {
                 self.metrics().route(RouteKind::Forwarded);
-                self.relay(&to, req).await
+                self.relay(&to, req, raw).await
             }
             Target::Reply(e) => {
                 let kind = if e.code == ErrorCode::Redirect {
@@ -209,28 +233,37 @@ impl Shared {
     }
 
     /// Sends a request on to its owner `to` and relays the owner's reply bytes as they are (no
-    /// decode and encode). Relayed rather than passed on with the caller's reply subject, which
-    /// saves a hop: an owner that is gone would then leave the caller waiting for its own timeout,
-    /// where a relay answers `unavailable` at once (NATS's "no responders").
-    async fn relay(&self, to: &str, mut req: Request) -> Answer {
-        req.hops = req.hops.saturating_add(1);
-        req.epoch = self.epoch();
+    /// decode and encode). The request goes as the bytes it arrived as (`raw`; encoded when it has
+    /// none), hops, epoch and the time left in headers. Relayed rather than passed on with the
+    /// caller's reply subject, which saves a hop: an owner that is gone would then leave the caller
+    /// waiting for its own timeout, where a relay answers `unavailable` at once (NATS's "no
+    /// responders").
+    async fn relay(&self, to: &str, req: Request, raw: Option<bytes::Bytes>) -> Answer {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(HOPS, req.hops.saturating_add(1).to_string().as_str());
+        headers.insert(EPOCH, self.epoch().to_string().as_str());
         if let Some(deadline) = req.deadline {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 self.metrics().failure(Failure::Expired);
                 return Answer::error(ErrorReply::unavailable("the caller's deadline passed", 0));
             }
-            req.timeout_ms = Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1));
+            let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+            headers.insert(TIMEOUT_MS, ms.to_string().as_str());
         }
-        let bytes = match encode(&req) {
-            Ok(b) => b,
-            Err(e) => return Answer::error(ErrorReply::new(ErrorCode::Internal, e.to_string())),
+        let bytes = match raw {
+            Some(raw) => raw,
+            None => match encode(&req) {
+                Ok(b) => b.into(),
+                Err(e) => {
+                    return Answer::error(ErrorReply::new(ErrorCode::Internal, e.to_string()));
+                }
+            },
         };
         let sent = tokio::time::timeout(
             FORWARD_TIMEOUT,
             self.client
-                .request(self.names.node_requests(to), bytes.into()),
+                .request_with_headers(self.names.node_requests(to), headers, bytes),
         )
         .await;
         match sent {
@@ -248,6 +281,40 @@ impl Shared {
 
     /// Sends a request on to `to` and returns its reply (decoded, for a caller inside the node).
     pub async fn forward(&self, to: &str, req: Request) -> Reply {
-        self.relay(to, req).await.into_reply()
+        self.relay(to, req, None).await.into_reply()
     }
+}
+
+/// `req` with what a forwarding node's headers say in place of its body's `hops`, `epoch` and
+/// `timeoutMs`; a header that is not a number is malformed.
+fn forwarded(
+    mut req: Request,
+    headers: Option<&async_nats::HeaderMap>,
+) -> aether_core::Result<Request> {
+    let Some(headers) = headers else {
+        return Ok(req);
+    };
+    let number = |name: &str| -> aether_core::Result<Option<u64>> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.as_str().trim().parse::<u64>().map_err(|_| {
+                    aether_core::Error::Malformed(format!(
+                        "header {name}: {:?} is not a number",
+                        v.as_str()
+                    ))
+                })
+            })
+            .transpose()
+    };
+    if let Some(hops) = number(HOPS)? {
+        req.hops = u8::try_from(hops).unwrap_or(u8::MAX);
+    }
+    if let Some(epoch) = number(EPOCH)? {
+        req.epoch = epoch;
+    }
+    if let Some(ms) = number(TIMEOUT_MS)? {
+        req.timeout_ms = Some(ms);
+    }
+    Ok(req)
 }

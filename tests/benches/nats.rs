@@ -151,13 +151,32 @@ async fn run() -> serde_json::Value {
             async move { c.request(subject, body).await.is_ok() }
         }
     };
+    // Through aether's client (encodes the request, decodes the reply): sent to any node (`P.req`,
+    // half of them forwarded), or to the owner by the plan it watches (one hop).
+    let one_hop = Client::watching_plan(nc.clone(), prefix);
+    assert!(one_hop.wait_for_plan(T).await, "the client reads the plan");
+    let client_read = |client: Client| {
+        let owned = Arc::new(owned.clone());
+        move |i: usize| {
+            let (client, owned) = (client.clone(), owned.clone());
+            async move {
+                client
+                    .read("counter", &owned[i % owned.len()])
+                    .await
+                    .is_ok_and(|r| matches!(r.outcome, Outcome::Ok(_)))
+            }
+        }
+    };
     // Each path runs ROUNDS times, interleaved with its baseline; the medians are compared.
     let (mut raw_rr_runs, mut forwarded_runs, mut local_runs) =
         (Vec::new(), Vec::new(), Vec::new());
+    let (mut any_runs, mut one_hop_runs) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         raw_rr_runs.push(drive(IN_FLIGHT, n, raw_rr()).await);
         forwarded_runs.push(drive(IN_FLIGHT, n, routed_read(names.node_requests("app-1"))).await);
         local_runs.push(drive(IN_FLIGHT, n, routed_read(names.node_requests("app-0"))).await);
+        any_runs.push(drive(IN_FLIGHT, n, client_read(client.clone())).await);
+        one_hop_runs.push(drive(IN_FLIGHT, n, client_read(one_hop.clone())).await);
     }
 
     // 2. Routed command (appends one record) vs raw JetStream publish+ack of the same size; and, to
@@ -405,6 +424,8 @@ async fn run() -> serde_json::Value {
         "raw_request_reply": middle(&raw_rr_runs),
         "read_forwarded": middle(&forwarded_runs),
         "read_local": middle(&local_runs),
+        "client_any_node": middle(&any_runs),
+        "client_one_hop": middle(&one_hop_runs),
         "raw_jetstream_publish": middle(&raw_js_runs),
         "raw_relay_jetstream": middle(&relay_runs),
         "command_local": middle(&command_runs),
@@ -412,6 +433,8 @@ async fn run() -> serde_json::Value {
             "raw_request_reply": ops(&raw_rr_runs),
             "read_forwarded": ops(&forwarded_runs),
             "read_local": ops(&local_runs),
+            "client_any_node": ops(&any_runs),
+            "client_one_hop": ops(&one_hop_runs),
             "raw_jetstream_publish": ops(&raw_js_runs),
             "raw_relay_jetstream": ops(&relay_runs),
             "command_local": ops(&command_runs),

@@ -1,6 +1,7 @@
 //! Measuring request paths for the benchmarks: throughput and latency of `n` operations run a fixed
 //! number at a time, and the median of several runs.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,4 +83,100 @@ where
         lat.extend(t.await.expect("task"));
     }
     figure(lat, start.elapsed())
+}
+
+/// One call's outcome under a change (scale-out, rolling update), for [`outage`].
+#[derive(Clone, Copy, Debug)]
+pub struct Call {
+    /// Which actor.
+    pub actor: usize,
+    /// When the call was sent.
+    pub start: Instant,
+    /// When its answer came.
+    pub end: Instant,
+    /// Whether it was acknowledged.
+    pub ok: bool,
+}
+
+/// Per-actor unavailability over a set of calls.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Outage {
+    /// Calls made.
+    pub calls: usize,
+    /// Calls that failed.
+    pub failed: usize,
+    /// Median over actors of each actor's longest unavailability, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile of the same.
+    pub p99_ms: f64,
+    /// The longest any actor was unavailable.
+    pub max_ms: f64,
+}
+
+/// Per actor, the longest it could not be used: a call's latency, or for a failed call, the time
+/// from its start to the end of the actor's next successful call (or to `stopped`, without one).
+#[must_use]
+pub fn outage(mut calls: Vec<Call>, stopped: Instant) -> Outage {
+    calls.sort_by_key(|c| (c.actor, c.start));
+    let failed = calls.iter().filter(|c| !c.ok).count();
+    let mut worst: BTreeMap<usize, f64> = BTreeMap::new();
+    for (i, c) in calls.iter().enumerate() {
+        let until = if c.ok {
+            c.end
+        } else {
+            calls[i + 1..]
+                .iter()
+                .take_while(|n| n.actor == c.actor)
+                .find(|n| n.ok)
+                .map_or(stopped, |n| n.end)
+        };
+        let ms = (until - c.start).as_secs_f64() * 1e3;
+        let w = worst.entry(c.actor).or_default();
+        *w = w.max(ms);
+    }
+    let mut v: Vec<f64> = worst.into_values().collect();
+    v.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        v.get(((v.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Outage {
+        calls: calls.len(),
+        failed,
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+        max_ms: v.last().copied().unwrap_or(0.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_call_counts_until_the_actors_next_success() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let call = |actor, start, end, ok| Call {
+            actor,
+            start: at(start),
+            end: at(end),
+            ok,
+        };
+        let calls = vec![
+            // Actor 0: a 5 ms call, then a failure at 10 ms, its next success ends at 40 ms.
+            call(0, 0, 5, true),
+            call(0, 10, 12, false),
+            call(0, 20, 40, true),
+            // Actor 1: only a failure at 50 ms; nothing after it until the end (100 ms).
+            call(1, 50, 51, false),
+            // Actor 2: 2 ms.
+            call(2, 0, 2, true),
+        ];
+        let o = outage(calls, at(100));
+        assert_eq!((o.calls, o.failed), (5, 2));
+        assert!((o.max_ms - 50.0).abs() < 1e-6, "{o:?}");
+        assert!((o.p50_ms - 30.0).abs() < 1e-6, "{o:?}");
+    }
 }

@@ -11,21 +11,30 @@
 //!
 //! NATS requires TLS and runs the shipped per-role users and permissions: the operator, the sidecars
 //! and this test's client each connect as their role, and nats-server refuses none of them anything.
+//!
+//! A second test runs `kubectl rollout restart statefulset` under load: every pod replaced one at a
+//! time, each draining its shards before it exits; no call fails and nothing acknowledged is lost.
+//! Then the same rollout without the drain (the sidecars run with `--drain-timeout 0`: each stops at
+//! once on SIGTERM, its shards rebuilt from the log by the others) as the baseline; both print their
+//! figures.
 
 use aether_core::crd::ShardPlan;
 use aether_node::client::{Client, LoadReport, run_load};
 use aether_tests::auth::Role;
 use aether_tests::bank;
 use aether_tests::cluster::assert_nothing_acked_lost;
+use aether_tests::measure::{Call, Outage, outage};
 use aether_tests::stack::{NS, Stack, brief, owners, settled, wait_settled};
 use aether_tests::wait_for;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
+use rand::{RngExt, SeedableRng};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const PREFIX: &str = "actors";
 const SHARDS: u32 = 1024;
@@ -46,8 +55,12 @@ fn writer(client: Client, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Load
 
 const ACCOUNTS: usize = 1000;
 
+/// Each test runs a control plane and a cluster of processes: on 2 cores, one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let stack = Stack::start().await;
     let client = stack.cp.client().await;
     // The client sends requests as the client role; the log check reads the event stream as a node.
@@ -309,6 +322,226 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
         .unwrap_or_else(|e| panic!("{e}"));
 
     // Over TLS, with each role's permissions, nobody was refused anything.
+    let violations = stack.nats_violations();
+    assert!(
+        violations.is_empty(),
+        "nats-server refused: {violations:#?}"
+    );
+}
+
+/// Calls of the rollout test's load: each worker adds 1 to a random one of `ROLL_ACTORS` counters.
+const ROLL_ACTORS: usize = 1000;
+const ROLL_IN_FLIGHT: usize = 16;
+
+/// Adds until `stop`, recording each call and the acknowledged sum per counter.
+fn recorded_load(
+    client: &Client,
+    stop: &Arc<AtomicBool>,
+    seed: u64,
+) -> Vec<tokio::task::JoinHandle<(Vec<Call>, BTreeMap<String, i64>)>> {
+    (0..ROLL_IN_FLIGHT as u64)
+        .map(|w| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed * 1000 + w);
+                let (mut calls, mut acked) = (Vec::new(), BTreeMap::new());
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let actor = rng.random_range(0..ROLL_ACTORS);
+                    let name = format!("roll-{actor}");
+                    let start = Instant::now();
+                    let ok = matches!(
+                        client.add(&name, 1, format!("roll-{seed}-{w}-{i}")).await,
+                        Ok(aether_core::protocol::Reply {
+                            outcome: aether_core::protocol::Outcome::Ok(_),
+                            ..
+                        })
+                    );
+                    i += 1;
+                    if ok {
+                        *acked.entry(name).or_default() += 1;
+                    }
+                    calls.push(Call {
+                        actor,
+                        start,
+                        end: Instant::now(),
+                        ok,
+                    });
+                }
+                (calls, acked)
+            })
+        })
+        .collect()
+}
+
+/// What one rollout under load showed.
+#[derive(Debug)]
+struct Rollout {
+    outage: Outage,
+    /// From `kubectl rollout restart` to the plan settled on every new pod.
+    took: Duration,
+    acked: BTreeMap<String, i64>,
+}
+
+/// `kubectl rollout restart statefulset actors` under load; returns when every pod is new and the
+/// plan settled on all three again.
+async fn rollout_under_load(
+    stack: &Stack,
+    plans: &Api<ShardPlan>,
+    app: &Client,
+    seed: u64,
+) -> Rollout {
+    let epoch = plans
+        .get("actors")
+        .await
+        .expect("get")
+        .status
+        .unwrap_or_default()
+        .epoch;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = recorded_load(app, &stop, seed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start = Instant::now();
+    let (ok, out) = stack.kubectl(&["rollout", "restart", "statefulset", "actors"], None);
+    assert!(ok, "{out}");
+    let (ok, out) = tokio::task::block_in_place(|| {
+        stack.kubectl(
+            &[
+                "rollout",
+                "status",
+                "statefulset",
+                "actors",
+                "--timeout=300s",
+            ],
+            None,
+        )
+    });
+    assert!(ok, "the rollout did not finish: {out}");
+    wait_settled(plans, "actors", 3, epoch, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let took = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut calls, mut acked) = (Vec::new(), BTreeMap::new());
+    for w in workers {
+        let (c, a) = w.await.expect("load worker");
+        calls.extend(c);
+        for (k, v) in a {
+            *acked.entry(k).or_default() += v;
+        }
+    }
+    Rollout {
+        outage: outage(calls, Instant::now()),
+        took,
+        acked,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_restart_under_load_fails_nothing_and_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let stack = Stack::start().await;
+    let client = stack.cp.client().await;
+    let nc = stack.connect_as(Role::Client).await;
+    let node_nc = stack.connect_as(Role::Node).await;
+    let (ok, out) = stack.helm_install(&["example.terminationGracePeriodSeconds=40"]);
+    assert!(ok, "helm install failed: {out}");
+    let plans: Api<ShardPlan> = Api::namespaced(client.clone(), NS);
+    wait_settled(&plans, "actors", 3, 0, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let app = Client::new(nc.clone(), PREFIX);
+    let warm = run_load(&app, "roll", ROLL_ACTORS, ROLL_ACTORS, 16, T).await;
+    assert_eq!(warm.errors, 0, "warm-up commands failed");
+    let mut acked = warm.acked;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let uids = || async {
+        pods.list(&Default::default())
+            .await
+            .expect("pods")
+            .items
+            .into_iter()
+            .filter(|p| {
+                p.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("actors-"))
+            })
+            .filter_map(|p| p.metadata.uid)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+
+    // With the drain: each pod's node hands its shards over before it exits.
+    let before = uids().await;
+    let drained = rollout_under_load(&stack, &plans, &app, 1).await;
+    let o = drained.outage;
+    eprintln!(
+        "rollout with drain: {} calls, {} failed, unavailable p50 {:.1} ms p99 {:.1} ms max {:.1} ms, took {:.1} s",
+        o.calls,
+        o.failed,
+        o.p50_ms,
+        o.p99_ms,
+        o.max_ms,
+        drained.took.as_secs_f64()
+    );
+    assert!(uids().await.is_disjoint(&before), "every pod was replaced");
+    assert!(o.calls > 0, "the load ran during the rollout");
+    assert_eq!(o.failed, 0, "calls failed during the rollout");
+    for (k, v) in drained.acked {
+        *acked.entry(k).or_default() += v;
+    }
+    assert_nothing_acked_lost(SHARDS, &node_nc, PREFIX, &app, &acked, true).await;
+
+    // The baseline: the same rollout with sidecars that do not drain (`--drain-timeout 0`: on
+    // SIGTERM the node stops at once and the others rebuild its shards from the log). The patch
+    // itself rolls the pods (the old ones still drain); the next rollout is the one measured.
+    let (ok, out) = stack.kubectl(
+        &[
+            "patch",
+            "statefulset",
+            "actors",
+            "--type=json",
+            "-p",
+            r#"[{"op":"test","path":"/spec/template/spec/containers/0/name","value":"aether-node"},
+                {"op":"replace","path":"/spec/template/spec/containers/0/args","value":["run","--log-json","--drain-timeout","0"]}]"#,
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = tokio::task::block_in_place(|| {
+        stack.kubectl(
+            &[
+                "rollout",
+                "status",
+                "statefulset",
+                "actors",
+                "--timeout=300s",
+            ],
+            None,
+        )
+    });
+    assert!(ok, "the patch's rollout did not finish: {out}");
+    wait_settled(&plans, "actors", 3, 0, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let killed = rollout_under_load(&stack, &plans, &app, 2).await;
+    let k = killed.outage;
+    eprintln!(
+        "rollout without drain: {} calls, {} failed, unavailable p50 {:.1} ms p99 {:.1} ms max {:.1} ms, took {:.1} s",
+        k.calls,
+        k.failed,
+        k.p50_ms,
+        k.p99_ms,
+        k.max_ms,
+        killed.took.as_secs_f64()
+    );
+    for (k, v) in killed.acked {
+        *acked.entry(k).or_default() += v;
+    }
+    // Nodes that stop without draining lose no acknowledged command either: each was in the log
+    // before its reply.
+    assert_nothing_acked_lost(SHARDS, &node_nc, PREFIX, &app, &acked, k.failed == 0).await;
     let violations = stack.nats_violations();
     assert!(
         violations.is_empty(),

@@ -4,8 +4,10 @@ use aether_core::protocol::{
     ActorRef, ErrorCode, Names, Op, Outcome, PlanMessage, Reply, Request, decode, encode,
 };
 use aether_node::client::Client;
+use aether_node::metrics::{Malformed, Route};
 use aether_tests::cluster::{TestNode, next_plan, publish, start_cluster};
 use aether_tests::{NatsServer, wait_for};
+use futures::StreamExt;
 use serde_json::json;
 use std::time::Duration;
 
@@ -300,4 +302,141 @@ async fn a_request_forwarded_to_an_owner_that_is_gone_is_answered_unavailable_at
         unavailable && asked.elapsed() < Duration::from_secs(2)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_watches_the_plan_sends_to_the_owner_and_follows_a_new_plan() {
+    let nats = NatsServer::start();
+    let (nodes, plan) = three_nodes(&nats, "hop").await;
+    let nc = nats.connect().await;
+    let client = Client::watching_plan(nc.clone(), "hop");
+    assert!(client.wait_for_plan(T).await, "the client reads the plan");
+    assert_eq!(client.plan_epoch(), plan.epoch);
+    let forwarded = |nodes: &[TestNode]| -> u64 {
+        nodes
+            .iter()
+            .map(|n| n.metrics.routes_of(Route::Forwarded))
+            .sum()
+    };
+    let actors: Vec<String> = (0..60).map(|i| format!("hop-{i}")).collect();
+    for a in &actors {
+        let reply = client.add(a, 2, format!("h-{a}")).await.expect("answer");
+        assert_eq!(value(&reply), 2);
+    }
+    assert_eq!(
+        forwarded(&nodes),
+        0,
+        "every request went straight to its owner"
+    );
+
+    // A new plan moves a shard: the client follows it and the requests still take one hop.
+    let shard = aether_core::hash::shard_of(&actors[0], plan.shards);
+    let to = if plan.owner(shard) == Some("app-0") {
+        "app-1"
+    } else {
+        "app-0"
+    };
+    let next = aether_tests::cluster::move_one_shard(&plan, shard, to);
+    publish(&nc, "hop", &next, 10).await;
+    wait_for("the client and the nodes at the new plan", T, || async {
+        client.plan_epoch() == next.epoch && nodes.iter().all(|n| n.shared.epoch() == next.epoch)
+    })
+    .await;
+    // While the shard moves, its new owner forwards to the source; once it has moved, the
+    // client's request reaches the new owner and is served there, with no forward.
+    wait_for("a read served by the new owner in one hop", T, || async {
+        let before = forwarded(&nodes);
+        let reply = client.read("counter", &actors[0]).await.expect("read");
+        assert_eq!(value(&reply), 2, "the actor's state moved with it");
+        let Outcome::Ok(ok) = &reply.outcome else {
+            unreachable!()
+        };
+        ok.node == to && forwarded(&nodes) == before
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_request_travels_unchanged_with_hops_and_epoch_in_headers() {
+    let nats = NatsServer::start();
+    let (nodes, plan) = three_nodes(&nats, "hdr").await;
+    let nc = nats.connect().await;
+    let names = Names::new("hdr");
+    let actor = (0..)
+        .map(|i| format!("x-{i}"))
+        .find(|a| plan.owner(aether_core::hash::shard_of(a, plan.shards)) == Some("app-2"))
+        .expect("an actor of app-2");
+    let body = encode(&Request::new(
+        ActorRef::new("counter", &actor),
+        Op::Read,
+        None,
+    ))
+    .expect("encode");
+    // What app-0 sends app-2 when it forwards: the same bytes, the headers added.
+    let mut seen = nc
+        .subscribe(names.node_requests("app-2"))
+        .await
+        .expect("sub");
+    nc.flush().await.expect("flush");
+    let msg = nc
+        .request(names.node_requests("app-0"), body.clone().into())
+        .await
+        .expect("relayed");
+    let reply: Reply = decode(&msg.payload).expect("reply");
+    let Outcome::Ok(ok) = &reply.outcome else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(ok.node, "app-2");
+    let forwarded = tokio::time::timeout(T, seen.next())
+        .await
+        .expect("the forwarded request")
+        .expect("a message");
+    assert_eq!(
+        forwarded.payload.as_ref(),
+        body.as_slice(),
+        "the bytes as the client sent them"
+    );
+    let headers = forwarded.headers.expect("headers");
+    assert_eq!(headers.get("Aether-Hops").map(|v| v.as_str()), Some("1"));
+    assert_eq!(
+        headers.get("Aether-Epoch").map(|v| v.as_str()),
+        Some(plan.epoch.to_string().as_str())
+    );
+    // The headers replace the body's fields: hops 2 at a non-owner is a redirect, not a forward.
+    let ask = |headers: async_nats::HeaderMap| {
+        let (nc, body, subject) = (nc.clone(), body.clone(), names.node_requests("app-1"));
+        async move {
+            let msg = nc
+                .request_with_headers(subject, headers, body.into())
+                .await
+                .expect("answer");
+            decode::<Reply>(&msg.payload).expect("reply")
+        }
+    };
+    let mut twice = async_nats::HeaderMap::new();
+    twice.insert("Aether-Hops", "2");
+    match ask(twice).await.outcome {
+        Outcome::Error(e) => {
+            assert_eq!(e.code, ErrorCode::Redirect);
+            assert_eq!(e.owner.as_deref(), Some("app-2"));
+        }
+        Outcome::Ok(ok) => panic!("forwarded a third time: {ok:?}"),
+    }
+    let malformed = |nodes: &[TestNode]| -> u64 {
+        nodes
+            .iter()
+            .map(|n| n.metrics.malformed_of(Malformed::Request))
+            .sum()
+    };
+    let before = malformed(&nodes);
+    let mut bad = async_nats::HeaderMap::new();
+    bad.insert("Aether-Hops", "many");
+    match ask(bad).await.outcome {
+        Outcome::Error(e) => {
+            assert_eq!(e.code, ErrorCode::Malformed);
+            assert!(e.message.contains("Aether-Hops"), "{}", e.message);
+        }
+        Outcome::Ok(ok) => panic!("served: {ok:?}"),
+    }
+    assert_eq!(malformed(&nodes), before + 1, "counted");
 }
