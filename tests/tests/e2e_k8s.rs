@@ -333,12 +333,15 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
 const ROLL_ACTORS: usize = 1000;
 const ROLL_IN_FLIGHT: usize = 16;
 
+/// What one load worker saw: each call, and the acknowledged sum per counter.
+type Recorded = (Vec<Call>, BTreeMap<String, i64>);
+
 /// Adds until `stop`, recording each call and the acknowledged sum per counter.
 fn recorded_load(
     client: &Client,
     stop: &Arc<AtomicBool>,
     seed: u64,
-) -> Vec<tokio::task::JoinHandle<(Vec<Call>, BTreeMap<String, i64>)>> {
+) -> Vec<tokio::task::JoinHandle<Recorded>> {
     (0..ROLL_IN_FLIGHT as u64)
         .map(|w| {
             let (client, stop) = (client.clone(), stop.clone());
