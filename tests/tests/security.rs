@@ -6,7 +6,7 @@
 use aether_core::crd::MovePhase;
 use aether_core::protocol::{
     ActorRef, ActorSnapshot, Held, Names, PlanMessage, Progress, Request, Transfer, VERSION,
-    encode, encode_transfer,
+    decode, encode, encode_transfer,
 };
 use aether_node::client::{Client, run_load};
 use aether_node::config::NatsArgs;
@@ -182,7 +182,7 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
     let plan_subject = format!("$KV.{}.{}", names.plan_bucket(), Names::PLAN_KEY);
     let bytes = encode(&PlanMessage::new(&forged, 4, 10)).expect("encodes");
     client_nc
-        .publish(plan_subject.clone(), bytes.into())
+        .publish(plan_subject.clone(), bytes.clone().into())
         .await
         .expect("sent");
     refused
@@ -190,19 +190,47 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
             "Permissions Violation for Publish to \"{plan_subject}\""
         ))
         .await;
-    // ... nor through the JetStream API.
+    // ... nor through the JetStream API: a client user reads the plan bucket (to send each
+    // request straight to its owner), but neither puts the plan nor creates the bucket.
     let js = async_nats::jetstream::new(client_nc.clone());
-    let via_api = tokio::time::timeout(
+    let bucket = js
+        .get_key_value(names.plan_bucket())
+        .await
+        .expect("a client user opens the plan bucket to read it");
+    let read = bucket
+        .get(Names::PLAN_KEY)
+        .await
+        .expect("a client user reads the plan")
+        .expect("a plan");
+    assert_eq!(
+        decode::<PlanMessage>(&read).expect("a plan").epoch,
+        p1.epoch,
+        "the plan as published"
+    );
+    let put = tokio::time::timeout(
         Duration::from_secs(10),
-        aether_nats::plans::open_bucket(&js, &names, 1),
+        bucket.put(Names::PLAN_KEY, bytes.clone().into()),
     )
     .await;
     assert!(
-        !matches!(via_api, Ok(Ok(_))),
-        "a client user cannot open the plan bucket"
+        !matches!(put, Ok(Ok(_))),
+        "a client user cannot put the plan"
+    );
+    let create = tokio::time::timeout(
+        Duration::from_secs(10),
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: format!("KV_{}", names.plan_bucket()),
+            subjects: vec![format!("$KV.{}.>", names.plan_bucket())],
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert!(
+        !matches!(create, Ok(Ok(_))),
+        "a client user cannot create the plan bucket"
     );
     refused
-        .wait_for("Permissions Violation for Publish to \"$JS.API.STREAM.INFO.KV_aether-plans\"")
+        .wait_for("Permissions Violation for Publish to \"$JS.API.STREAM.CREATE.KV_aether-plans\"")
         .await;
 
     // 2. A progress report: Done for a move that does not exist.
