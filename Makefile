@@ -28,7 +28,7 @@ PROPTEST_RNG_SEED ?= 20261202
 test: tools check-generated chart-check
 	$(CARGO) build --workspace --release --bins
 	PROPTEST_RNG_SEED=$(PROPTEST_RNG_SEED) AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) AETHER_ETCD=$(ETCD) AETHER_KUBE_APISERVER=$(KUBE_APISERVER) \
-	  $(CARGO) test --workspace --release
+	  $(CARGO) test --workspace --release --no-fail-fast
 
 ## demo: a local control plane, NATS and pods as processes; helm install, kubectl apply, a workload,
 ## kubectl scale 3 -> 5 -> 2 while `kubectl get shardplans -w` shows the plan. Ctrl-C tears down.

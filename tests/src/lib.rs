@@ -17,13 +17,36 @@ pub mod kubelet;
 pub mod measure;
 pub mod stack;
 
-/// A free TCP port on loopback (bound and released; good enough for tests on one machine).
+/// A free TCP port on loopback for a server a test starts (bound and released).
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up on Linux), each handed out once
+/// per process: a server killed and started again on its port must not find it taken by the local
+/// end of some client's connection, which the kernel picks from the ephemeral range (the chaos
+/// suite's cluster hit exactly that when ports came from `bind(0)`).
 #[must_use]
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port on loopback: {e}"))
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 12_000;
+    const SPAN: u32 = 20_000; // up to 31,999
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Start each process somewhere else in the range so concurrent test processes rarely meet.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        let port = u16::try_from(LOW + n).unwrap_or_else(|_| unreachable!("below 32,000"));
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!(
+        "no free port on loopback between {LOW} and {}",
+        LOW + SPAN - 1
+    )
 }
 
 /// Waits until `cond` holds, polling every 20 ms, or panics with `what` after `timeout`.
@@ -358,6 +381,8 @@ impl NatsCluster {
             .map(|(_, s)| format!("nats://127.0.0.1:{}", s.route_port))
             .collect();
         let s = &mut self.servers[i];
+        // Kept across restarts (appended), removed with the store.
+        let log = s.store.path().join("nats-server.log");
         let child = Command::new(nats_server_binary())
             .args(["-a", "127.0.0.1", "-p", &s.port.to_string(), "-js", "-sd"])
             .arg(s.store.path())
@@ -372,7 +397,14 @@ impl NatsCluster {
                 &routes.join(","),
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .map(Stdio::from)
+                    .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display())),
+            )
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"));
         s.child = Some(child);
@@ -380,8 +412,9 @@ impl NatsCluster {
         while std::net::TcpStream::connect(("127.0.0.1", s.port)).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
-                "nats-server s{i} did not listen on {}",
-                s.port
+                "nats-server s{i} did not listen on {}; its log:\n{}",
+                s.port,
+                std::fs::read_to_string(&log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
