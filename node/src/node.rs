@@ -854,15 +854,19 @@ impl Node {
                 }
             }
         }
-        // Stop taking requests, and answer every one NATS already sent here: each subscription is
-        // drained (unsubscribed, what is on its way still delivered) and what arrives is served
-        // like any other request, so none is left for its caller's timeout. This node serves no
-        // shard now (or its workers stop next): each is forwarded or answered with where to go.
+        // Stop taking requests, and answer every one NATS already sent here, so none is left for
+        // its caller's timeout. This node serves no shard now (or its workers stop next): each is
+        // forwarded or answered with where to go. See `RequestSubscription::end_after` for why
+        // this is not async-nats's `drain`.
         for sub in requests.iter_mut() {
-            let _ = sub.drain().await;
+            if let Err(e) = sub.end_after(END_AFTER).await {
+                tracing::warn!(error = %e, "could not end a request subscription");
+            }
         }
         let left = async {
-            while let Some(msg) = requests.next().await {
+            // Until every subscription ended, or none took a request for QUIET_AT_EXIT (nobody
+            // sends here any more: the plan names other owners, the queue group has other members).
+            while let Ok(Some(msg)) = tokio::time::timeout(QUIET_AT_EXIT, requests.next()).await {
                 take_request(&shared, msg).await;
             }
         };
@@ -897,7 +901,59 @@ impl Node {
     }
 }
 
-type Messages = futures::stream::SelectAll<async_nats::Subscriber>;
+type Messages = futures::stream::SelectAll<RequestSubscription>;
+
+/// How many more requests a subscription takes once the node asks it to end (see `end_after`):
+/// more than can be on their way to one node (each caller has a few in flight), few enough that a
+/// loaded queue group hands them out within a second.
+const END_AFTER: u64 = 256;
+/// A stopping node whose request subscriptions took nothing for this long takes it that no more
+/// requests are on their way.
+const QUIET_AT_EXIT: Duration = Duration::from_millis(200);
+
+/// A request subscription that counts the messages it took, so that it can end without losing one.
+struct RequestSubscription {
+    sub: async_nats::Subscriber,
+    taken: u64,
+}
+
+impl RequestSubscription {
+    fn new(sub: async_nats::Subscriber) -> Self {
+        Self { sub, taken: 0 }
+    }
+
+    /// Ends the subscription after `more` further messages, losing none on the way.
+    ///
+    /// async-nats's `drain` (and `unsubscribe`) forget the subscription as soon as its UNSUB is
+    /// written, so a request the server sent before it read the UNSUB is dropped unseen and its
+    /// caller waits out its timeout (the rolling-update test saw one such 10 s wait per rollout).
+    /// `UNSUB <sid> <max>` has no such gap: the server stops delivering at exactly `max` messages
+    /// and the client keeps the subscription until it has received that many. `more` must exceed
+    /// what can be buffered or in flight (else the server stops at once and the client forgets the
+    /// subscription before the surplus arrives); a subscription that does not reach its count ends
+    /// when the node, finding it quiet, closes the connection.
+    async fn end_after(
+        &mut self,
+        more: u64,
+    ) -> std::result::Result<(), async_nats::UnsubscribeError> {
+        self.sub.unsubscribe_after(self.taken + more).await
+    }
+}
+
+impl futures::Stream for RequestSubscription {
+    type Item = async_nats::Message;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let next = std::pin::Pin::new(&mut self.sub).poll_next(cx);
+        if let std::task::Poll::Ready(Some(_)) = &next {
+            self.taken += 1;
+        }
+        next
+    }
+}
 
 /// Takes one request from NATS: refused when its reply subject is the ShardPlan's own, answered
 /// `overloaded` at once when the node is full, else served on a task of its own.
@@ -942,7 +998,10 @@ async fn subscribe_requests(shared: &Arc<Shared>) -> Result<Messages> {
         .subscribe(shared.names.node_requests(&shared.me))
         .await
         .map_err(|e| Error::Nats(e.to_string()))?;
-    Ok(futures::stream::select_all([any, mine]))
+    Ok(futures::stream::select_all([
+        RequestSubscription::new(any),
+        RequestSubscription::new(mine),
+    ]))
 }
 
 async fn watch_plans(shared: Arc<Shared>, js: jetstream::Context, names: Names, replicas: usize) {

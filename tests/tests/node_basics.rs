@@ -440,3 +440,77 @@ async fn a_forwarded_request_travels_unchanged_with_hops_and_epoch_in_headers() 
     }
     assert_eq!(malformed(&nodes), before + 1, "counted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_under_load_answers_every_request_sent_to_it() {
+    // A fourth node outside the plan takes its share of `P.req` (the queue group) and forwards it;
+    // it is stopped and started again under load, round after round. Every request must get an
+    // answer: one the stopping node's subscription received but never handed over (async-nats
+    // forgets a drained subscription before the server has read its UNSUB) would leave its caller
+    // waiting out its timeout.
+    let nats = NatsServer::start();
+    let (_nodes, plan) = three_nodes(&nats, "stop").await;
+    let nc = nats.connect().await;
+    let names = Names::new("stop");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..16)
+        .map(|w| {
+            let (nc, stop, any) = (nc.clone(), stop.clone(), names.any_node());
+            tokio::spawn(async move {
+                let (mut answered, mut silent) = (0u64, Vec::new());
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let actor = format!("s-{}", (w * 7919 + i) % 500);
+                    let req = Request::new(ActorRef::new("counter", &actor), Op::Read, None);
+                    let bytes = encode(&req).expect("encode");
+                    let asked = std::time::Instant::now();
+                    match tokio::time::timeout(
+                        Duration::from_secs(3),
+                        nc.request(any.clone(), bytes.into()),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => answered += 1,
+                        Ok(Err(e)) => silent.push(format!("{actor}: {e}")),
+                        Err(_) => {
+                            silent.push(format!("{actor}: no answer after {:?}", asked.elapsed()))
+                        }
+                    }
+                    i += 1;
+                }
+                (answered, silent)
+            })
+        })
+        .collect();
+    for round in 0..4 {
+        let mut extra = TestNode::start(&nats.url(), "stop", "app-3").await;
+        wait_for("app-3 to hold the plan", T, || async {
+            extra.shared.epoch() == plan.epoch
+        })
+        .await;
+        wait_for("app-3 to take requests from the queue group", T, || async {
+            extra.metrics.routes_of(Route::Forwarded) >= 200
+        })
+        .await;
+        extra.terminate();
+        extra
+            .exited(T)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: app-3 exited with {e}"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut answered, mut silent) = (0, Vec::new());
+    for w in load {
+        let (a, s) = w.await.expect("load task");
+        answered += a;
+        silent.extend(s);
+    }
+    assert!(answered > 0, "no request was answered");
+    assert!(
+        silent.is_empty(),
+        "{} of {} requests got no answer: {:?}",
+        silent.len(),
+        answered + silent.len() as u64,
+        &silent[..silent.len().min(5)]
+    );
+}
