@@ -149,8 +149,10 @@ impl Aether {
             .lock()
             .expect("nodes")
             .push((name.clone(), node, port));
-        wait_until("the new node healthy", || async {
-            matches!(http_get(port, "/healthz").await, Some((200, _)))
+        // Ready, as the operator waits for a pod to be Ready before it makes it a member: the
+        // node listens for transfers (with an app, once the app has told it its kinds).
+        wait_until("the new node ready", || async {
+            matches!(http_get(port, "/readyz").await, Some((200, _)))
         })
         .await;
         let names: Vec<String> = self
