@@ -73,10 +73,11 @@ proptest! {
     }
 
     #[test]
-    fn transfers_round_trip(actors in prop::collection::vec((actor(), any::<u64>(), any::<u64>(), prop::collection::vec(any::<u8>(), 0..64)), 0..8), epoch in any::<u64>(), attempt in any::<u64>(), shard in any::<u32>(), chunk in any::<u32>(), last in any::<bool>(), err in proptest::option::of(error_reply())) {
+    fn transfers_round_trip(actors in prop::collection::vec((actor(), any::<u64>(), any::<u64>(), prop::collection::vec(any::<u8>(), 0..64)), 0..8), epoch in any::<u64>(), attempt in any::<u64>(), shard in any::<u32>(), chunk in any::<u32>(), last in any::<bool>(), copy in any::<bool>(), err in proptest::option::of(error_reply())) {
         let msg = Transfer {
             v: VERSION, epoch, attempt, shard, from: "app-1".into(), chunk, last, commit: !last,
             actors: actors.into_iter().map(|(actor, version, seq, state)| ActorSnapshot { actor, version, seq, state: Bytes(state) }).collect(),
+            copy,
         };
         let back: Transfer = decode(&encode(&msg).expect("encodes")).expect("decodes");
         prop_assert_eq!(&back, &msg);
@@ -132,6 +133,7 @@ proptest! {
         let msg = Transfer {
             v: VERSION, epoch: 7, attempt: 9, shard: 3, from: "app-1".into(), chunk: 0, last: true, commit: false,
             actors: actors.into_iter().map(|(actor, state)| ActorSnapshot { actor, version: 1, seq: 2, state: Bytes(state) }).collect(),
+            copy: false,
         };
         let mut bytes = encode_transfer(&msg).expect("encodes");
         for (i, b) in flips {

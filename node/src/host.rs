@@ -75,6 +75,18 @@ pub struct Delivery {
 pub enum Cmd {
     /// Serve a request.
     Request(Pending),
+    /// Copy up to `max` live actors from the `from`-th on (in the worker's order), without pausing:
+    /// a move's copy round, a batch at a time so requests are served in between. `true` with the
+    /// batch when no actors are left. Actors loaded, dropped or reordered meanwhile are no harm:
+    /// the pause sends every actor whose sequence differs from its copy's, or that was not copied.
+    Copy {
+        /// Position of the first actor.
+        from: usize,
+        /// Most actors in the batch.
+        max: usize,
+        /// The copies, and whether they were the last.
+        tx: oneshot::Sender<(Lent, bool)>,
+    },
     /// Pause, and lend the live actors to the move.
     Pause(oneshot::Sender<Lent>),
     /// Take the lent actors back, unpause and serve the queue.
@@ -107,13 +119,61 @@ pub struct Lent {
     actors: Vec<(ActorRef, Actor)>,
     packed: Vec<(ActorRef, Packed)>,
     next: usize,
+    /// Only the first `send.0` actors and `send.1` packed ones are sent (after a copy round: those
+    /// that changed since); `None`: all.
+    send: Option<(usize, usize)>,
+    /// Copied actors not live any more: sent first, as drops (an empty state).
+    drops: Vec<ActorRef>,
 }
+
+/// Each copied actor's sequence, to tell at the pause which changed since.
+pub type Copied = HashMap<ActorRef, u64>;
 
 impl Lent {
     /// Number of actors.
     #[must_use]
     pub fn len(&self) -> usize {
         self.actors.len() + self.packed.len()
+    }
+
+    /// Adds a batch of copies.
+    pub fn extend(&mut self, more: Lent) {
+        self.actors.extend(more.actors);
+        self.packed.extend(more.packed);
+    }
+
+    /// Each actor's sequence.
+    #[must_use]
+    pub fn sequences(&self) -> Copied {
+        let live = self.actors.iter().map(|(k, a)| (k.clone(), a.seq));
+        let packed = self.packed.iter().map(|(k, p)| (k.clone(), p.seq));
+        live.chain(packed).collect()
+    }
+
+    /// After a copy round: only the actors whose sequence differs from their copy's, or that were
+    /// not copied, are sent, and a drop for each copied actor not among them. Returns how many
+    /// are sent and how many dropped.
+    pub fn changed_since(&mut self, mut copied: Copied) -> (usize, usize) {
+        fn changed<T>(
+            items: &mut [(ActorRef, T)],
+            copied: &mut Copied,
+            seq: impl Fn(&T) -> u64,
+        ) -> usize {
+            let mut n = 0;
+            for i in 0..items.len() {
+                let (k, item) = &items[i];
+                if copied.remove(k) != Some(seq(item)) {
+                    items.swap(i, n);
+                    n += 1;
+                }
+            }
+            n
+        }
+        let actors = changed(&mut self.actors, &mut copied, |a| a.seq);
+        let packed = changed(&mut self.packed, &mut copied, |p| p.seq);
+        self.send = Some((actors, packed));
+        self.drops = copied.into_keys().collect();
+        (actors + packed, self.drops.len())
     }
 
     /// True when the shard had no live actors.
@@ -131,30 +191,36 @@ impl Lent {
         max_bytes: usize,
         max_actors: usize,
     ) -> bool {
-        let stop = self.next.saturating_add(max_actors).min(self.len());
+        let (n_actors, n_packed) = self.send.unwrap_or((self.actors.len(), self.packed.len()));
+        let n_drops = self.drops.len();
+        let total = n_drops + n_actors + n_packed;
+        let stop = self.next.saturating_add(max_actors).min(total);
         while self.next < stop && chunk.len() < max_bytes {
             let i = self.next;
             self.next += 1;
             if i % YIELD_EVERY == YIELD_EVERY - 1 {
                 std::thread::yield_now();
             }
-            let written = match self.actors.get(i) {
-                Some((actor, a)) => chunk.actor(actor, a.version, a.seq, |out| {
+            let written = if i < n_drops {
+                // An empty state: the destination drops its copy and reads the actor from the log.
+                chunk.actor(&self.drops[i], 0, 0, |_| Ok::<(), Error>(()))
+            } else if i < n_drops + n_actors {
+                let (actor, a) = &self.actors[i - n_drops];
+                chunk.actor(actor, a.version, a.seq, |out| {
                     capture::write(out, &a.snapshot, a.base)
-                }),
-                None => {
-                    let (actor, p) = &self.packed[i - self.actors.len()];
-                    chunk.actor(actor, p.version, p.seq, |out| {
-                        out.extend_from_slice(&p.state);
-                        Ok::<(), Error>(())
-                    })
-                }
+                })
+            } else {
+                let (actor, p) = &self.packed[i - n_drops - n_actors];
+                chunk.actor(actor, p.version, p.seq, |out| {
+                    out.extend_from_slice(&p.state);
+                    Ok::<(), Error>(())
+                })
             };
             if let Err(e) = written {
                 tracing::warn!(error = %e, "actor left out of a transfer: rebuilt from the log");
             }
         }
-        self.next >= self.len()
+        self.next >= total
     }
 
     /// Drops the actors after a hand-off, a few at a time (see [`YIELD_EVERY`]): freeing ten
@@ -173,9 +239,10 @@ impl Lent {
 }
 
 /// Migrated actors, ready to install: kept as they arrived and unpacked when first used, so a
-/// move costs the destination a copy per actor, not a parse.
+/// move costs the destination a copy per actor, not a parse. `None`: a drop (an empty state: the
+/// actor's copy staged earlier goes, and it is read from the log).
 #[derive(Debug, Default)]
-pub struct Staged(Vec<(ActorRef, Packed)>);
+pub struct Staged(Vec<(ActorRef, Option<Packed>)>);
 
 impl Staged {
     /// Adds captured actors. One of a kind this node lacks is left out and counted: such an actor
@@ -183,6 +250,9 @@ impl Staged {
     pub fn add(&mut self, ctx: &HostContext, actors: impl IntoIterator<Item = ActorSnapshot>) {
         let now = Instant::now();
         let staged = actors.into_iter().filter_map(|snap| {
+            if snap.state.0.is_empty() {
+                return Some((snap.actor, None));
+            }
             let Some(kind) = ctx.registry.get(&snap.actor.kind).cloned() else {
                 ctx.metrics.failure(Failure::UnknownKind);
                 return None;
@@ -194,14 +264,14 @@ impl Staged {
                 seq: snap.seq,
                 since: now,
             };
-            Some((snap.actor, packed))
+            Some((snap.actor, Some(packed)))
         });
         self.0.extend(staged);
     }
 }
 
 /// A migrated actor not used since it arrived: its captured state, unparsed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Packed {
     kind: Kind,
     state: Vec<u8>,
@@ -226,7 +296,7 @@ impl Packed {
 }
 
 /// An actor in memory.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Actor {
     kind: Kind,
     snapshot: Snapshot,
@@ -344,6 +414,9 @@ impl Worker {
             match cmd {
                 Cmd::Request(p) if self.paused => self.enqueue(p),
                 Cmd::Request(p) => self.dispatch(p, 0).await,
+                Cmd::Copy { from, max, tx } => {
+                    let _ = tx.send(self.copy(from, max));
+                }
                 Cmd::Pause(tx) => {
                     self.paused = true;
                     // Appends in flight, and the requests that arrived before the pause, finish first.
@@ -351,7 +424,7 @@ impl Worker {
                     let lent = Lent {
                         actors: std::mem::take(&mut self.actors).into_iter().collect(),
                         packed: std::mem::take(&mut self.packed).into_iter().collect(),
-                        next: 0,
+                        ..Lent::default()
                     };
                     self.ctx.metrics.actors.dec_by(lent.len() as i64);
                     if let Err(lent) = tx.send(lent) {
@@ -440,11 +513,43 @@ impl Worker {
 
     fn install(&mut self, staged: Staged) {
         for (actor, p) in staged.0 {
+            let Some(p) = p else {
+                self.drop_actor(&actor);
+                continue;
+            };
             let replaced = self.actors.remove(&actor).is_some();
             if self.packed.insert(actor, p).is_none() && !replaced {
                 self.ctx.metrics.actors.inc();
             }
         }
+    }
+
+    /// Copies of up to `max` actors from the `from`-th on (live ones first, then packed ones), and
+    /// whether they are the last.
+    fn copy(&self, from: usize, max: usize) -> (Lent, bool) {
+        let live = self.actors.len();
+        let actors: Vec<_> = self
+            .actors
+            .iter()
+            .skip(from)
+            .take(max)
+            .map(|(k, a)| (k.clone(), a.clone()))
+            .collect();
+        let rest = max - actors.len();
+        let packed: Vec<_> = self
+            .packed
+            .iter()
+            .skip(from.saturating_sub(live))
+            .take(rest)
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        let end = from + actors.len() + packed.len() >= self.hosted();
+        let lent = Lent {
+            actors,
+            packed,
+            ..Lent::default()
+        };
+        (lent, end)
     }
 
     async fn load(&mut self, actor: &ActorRef) -> Result<(), Error> {
@@ -1011,5 +1116,80 @@ fn json_size(v: &serde_json::Value) -> usize {
     match serde_json::to_writer(&mut c, v) {
         Ok(()) => c.0,
         Err(_) => usize::MAX,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aether_core::protocol::decode_transfer;
+
+    fn actor(id: &str, seq: u64) -> (ActorRef, Actor) {
+        let kind = Registry::builtin()
+            .get("counter")
+            .cloned()
+            .expect("built-in counter");
+        let a = Actor {
+            kind,
+            snapshot: Snapshot {
+                state: serde_json::json!({ "value": seq }),
+                recent: Vec::new(),
+                outbox: Vec::new(),
+            },
+            version: seq,
+            seq,
+            base: 0,
+            last_used: Instant::now(),
+        };
+        (ActorRef::new("counter", id), a)
+    }
+
+    fn sent(lent: &mut Lent) -> Vec<(String, u64, bool)> {
+        let mut w = TransferWriter::new(1, 1, 0, "app-0", 0, 4096).expect("writer");
+        assert!(
+            lent.fill(&mut w, usize::MAX, usize::MAX),
+            "all in one chunk"
+        );
+        let t = decode_transfer(&w.finish(true, false)).expect("decodes");
+        t.actors
+            .into_iter()
+            .map(|a| (a.actor.id, a.seq, a.state.0.is_empty()))
+            .collect()
+    }
+
+    /// After a copy round the pause sends drops first (copied actors not held any more), then the
+    /// actors whose sequence moved on or that were not copied; the rest stay lent, unsent.
+    #[test]
+    fn the_pause_after_a_copy_sends_only_what_changed_and_drops_what_went() {
+        let copy = Lent {
+            actors: vec![actor("same", 3), actor("written", 4), actor("gone", 7)],
+            ..Lent::default()
+        };
+        let mut lent = Lent {
+            actors: vec![actor("written", 5), actor("same", 3), actor("new", 1)],
+            ..Lent::default()
+        };
+        assert_eq!(lent.changed_since(copy.sequences()), (2, 1));
+        let mut got = sent(&mut lent);
+        got[1..].sort();
+        assert_eq!(
+            got,
+            vec![
+                ("gone".to_owned(), 0, true),
+                ("new".to_owned(), 1, false),
+                ("written".to_owned(), 5, false),
+            ]
+        );
+        assert_eq!(
+            lent.len(),
+            3,
+            "every actor stays lent, to go back on a rollback"
+        );
+        // Without a copy round, all of them go.
+        let mut all = Lent {
+            actors: vec![actor("a", 1), actor("b", 2)],
+            ..Lent::default()
+        };
+        assert_eq!(sent(&mut all).len(), 2);
     }
 }

@@ -2,8 +2,11 @@
 //! (`node.rs`) feeds them events (acks, timeouts, captures) and carries out the actions they return.
 //!
 //! Source side, one shard, one epoch (DESIGN.md, "Migration of one shard"):
-//! `Start -> PauseAndCapture -> Captured -> Produce(0), Produced(0), Produce(1), ... -> all acked ->
-//! HandOff + Commit -> committed -> ReportDone`. The machine decides everything the protocol decides:
+//! `Start -> Copy -> Copied -> Produce(0), ... (copies, the shard still served) -> all acked ->
+//! PauseAndCapture -> Captured -> Produce(n), ... (what changed since the copy) -> all acked ->
+//! HandOff + Commit -> committed -> ReportDone`. The copy round moves the shard's bulk while the
+//! source still serves it, so the pause lasts as long as the actors that changed meanwhile take
+//! (usually one chunk), not the whole shard; a shard of few actors skips it. The machine decides everything the protocol decides:
 //! a new chunk (`Produce`) or one sent again (`Resend`), when to hand off, to commit, to give up. Chunks are produced (serialised) one at a time as they are
 //! sent, so the source encodes chunk `k + 1` while chunk `k` travels and the destination parses it;
 //! at most [`WINDOW`] are unacked at once. Any refusal, timeout or deadline before the last ack:
@@ -27,15 +30,27 @@ pub const WINDOW: u32 = 3;
 /// Delay before a chunk refused with `Unavailable` is sent again.
 pub const RETRY_DELAY_MS: u64 = 20;
 
+/// A shard with fewer live actors than this is paused and sent whole (one chunk or so): a copy
+/// round first would only add a round trip.
+pub const COPY_FROM_ACTORS: usize = 256;
+
 /// Where a source-side move is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Phase {
     /// Created, nothing done.
     Idle,
-    /// The shard is paused; waiting for its actors.
-    Capturing,
+    /// Copying the live actors while the shard is still served.
+    Copying,
+    /// The shard is paused; waiting for its actors. Its chunks are numbered from `first` (after
+    /// the copy round's).
+    Capturing {
+        /// Number of the first chunk sent after the pause.
+        first: u32,
+    },
     /// Sending the chunks: `0..sent` were asked for, `0..produced` of them exist.
     Sending {
+        /// The copy round: the shard is still served, and the pause comes after these chunks.
+        copy: bool,
         /// Chunks asked for (a prefix); chunk `sent - 1` may still be being produced.
         sent: u32,
         /// Chunks produced.
@@ -64,7 +79,13 @@ pub enum Phase {
 pub enum Event {
     /// Begin the move.
     Start,
-    /// The shard is paused and its actors are in hand.
+    /// The live actors are copied (the shard still served): `actors` of them.
+    Copied {
+        /// How many.
+        actors: usize,
+    },
+    /// The shard is paused and its actors are in hand (after a copy round: those that changed
+    /// since, and which copied ones are gone).
     Captured,
     /// A chunk asked for with [`Action::Produce`] was made and sent; `last`: no actors are left
     /// after it.
@@ -116,9 +137,17 @@ pub enum Event {
 /// What the shell must do next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Pause the shard (queue new messages) and take its live actors.
-    PauseAndCapture,
-    /// Make chunk `chunk` from the actors not sent yet and send it; answer with
+    /// Copy the shard's live actors without pausing it; answer with [`Event::Copied`].
+    Copy,
+    /// Pause the shard (queue new messages) and take its live actors. `changed_only` (after a copy
+    /// round): only those whose sequence changed since their copy, or that were not copied, are
+    /// sent, with a drop for each copied actor not live any more; otherwise all of them.
+    PauseAndCapture {
+        /// A copy round was sent.
+        changed_only: bool,
+    },
+    /// Make chunk `chunk` from the actors not sent yet and send it (flagged as a copy until the
+    /// pause); answer with
     /// [`Event::Produced`] or [`Event::ProduceFailed`].
     Produce {
         /// Chunk number (always the next one).
@@ -141,7 +170,8 @@ pub enum Action {
         /// Wait this long first.
         delay_ms: u64,
     },
-    /// Unpause: the source keeps the shard and serves its queue.
+    /// Unpause: the source keeps the shard and serves its queue (nothing to do before the pause
+    /// but drop the copies).
     Resume,
     /// Report the move done: the destination confirmed the commit.
     ReportDone,
@@ -161,11 +191,16 @@ pub enum Action {
 pub struct SourceMove {
     /// Where it is.
     pub phase: Phase,
+    /// A copy round comes first from this many live actors on ([`COPY_FROM_ACTORS`]).
+    pub copy_from: usize,
 }
 
 impl Default for SourceMove {
     fn default() -> Self {
-        Self { phase: Phase::Idle }
+        Self {
+            phase: Phase::Idle,
+            copy_from: COPY_FROM_ACTORS,
+        }
     }
 }
 
@@ -179,6 +214,7 @@ impl SourceMove {
         (
             Self {
                 phase: Phase::Committing { chunk: 0 },
+                ..Self::default()
             },
             vec![Action::Commit {
                 chunk: 0,
@@ -192,17 +228,35 @@ impl SourceMove {
         use Action as A;
         match (&self.phase, event) {
             (Phase::Idle, Event::Start) => {
-                self.phase = Phase::Capturing;
-                vec![A::PauseAndCapture]
+                self.phase = Phase::Copying;
+                vec![A::Copy]
             }
-            (Phase::Capturing, Event::Captured) => {
+            (Phase::Copying, Event::Copied { actors }) if actors < self.copy_from => {
+                self.phase = Phase::Capturing { first: 0 };
+                vec![A::PauseAndCapture {
+                    changed_only: false,
+                }]
+            }
+            (Phase::Copying, Event::Copied { .. }) => {
                 self.phase = Phase::Sending {
+                    copy: true,
                     sent: 1,
                     produced: 0,
                     total: None,
                     acked: BTreeSet::new(),
                 };
                 vec![A::Produce { chunk: 0 }]
+            }
+            (Phase::Capturing { first }, Event::Captured) => {
+                let first = *first;
+                self.phase = Phase::Sending {
+                    copy: false,
+                    sent: first + 1,
+                    produced: first,
+                    total: None,
+                    acked: (0..first).collect(),
+                };
+                vec![A::Produce { chunk: first }]
             }
             (Phase::Sending { .. }, event) => self.sending(event),
             (Phase::Committing { .. }, Event::Committed) => {
@@ -225,12 +279,12 @@ impl SourceMove {
                 self.phase = Phase::Superseded;
                 vec![A::CommitUnconfirmed]
             }
-            (Phase::Capturing, Event::Deadline) => {
+            (Phase::Copying | Phase::Capturing { .. }, Event::Deadline) => {
                 self.fail("timed out: the move took longer than timeoutSeconds".to_owned())
             }
             // A newer plan before the hand-off: the destination refuses this epoch's chunks once it
             // holds that plan, so the move stops at once and the shard is served again here.
-            (Phase::Capturing, Event::Superseded) => self.supersede(),
+            (Phase::Copying | Phase::Capturing { .. }, Event::Superseded) => self.supersede(),
             // Late or duplicate events after the outcome, or out of order: nothing to do.
             _ => Vec::new(),
         }
@@ -240,6 +294,7 @@ impl SourceMove {
     /// the rest are late or duplicate.
     fn sending(&mut self, event: Event) -> Vec<Action> {
         let Phase::Sending {
+            copy,
             sent,
             produced,
             total,
@@ -269,6 +324,13 @@ impl SourceMove {
             Event::Acked { chunk } if open(chunk) => {
                 acked.insert(chunk);
                 if let Some(n) = *total
+                    && acked.len() as u32 == n
+                    && *copy
+                {
+                    // Every copy is staged: pause, and send what changed since.
+                    self.phase = Phase::Capturing { first: n };
+                    vec![Action::PauseAndCapture { changed_only: true }]
+                } else if let Some(n) = *total
                     && acked.len() as u32 == n
                 {
                     self.phase = Phase::Committing { chunk: n };
@@ -365,6 +427,8 @@ pub struct Incoming {
     pub received: BTreeSet<u32>,
     /// Number of chunks, once the one flagged `last` arrived.
     pub total: Option<u32>,
+    /// A chunk sent after the source paused was staged: a copy that arrives now is late and stale.
+    pub paused: bool,
     /// The source committed: the shard is served here.
     pub committed: bool,
 }
@@ -380,9 +444,9 @@ pub enum Accept {
     },
     /// Already had it (a retry after a lost ack, or a late copy): ack again, change nothing.
     Duplicate,
-    /// The commit: serve the shard from now on. `fresh`: what is staged here belongs to no attempt
-    /// of this move that committed (an older attempt's, kept across a restart): it goes first, and
-    /// the actors come from the log.
+    /// The commit: serve the shard from now on. `fresh`: what is staged here is not this attempt's
+    /// whole move (another attempt's, or part of it, after this node restarted): it goes first,
+    /// and the actors come from the log.
     Commit {
         /// Drop what is staged first.
         fresh: bool,
@@ -483,6 +547,7 @@ pub fn accept_chunk(
         attempt: chunk.attempt,
         received: BTreeSet::new(),
         total: None,
+        paused: false,
         committed: false,
     });
     if chunk.commit {
@@ -497,14 +562,26 @@ pub fn accept_chunk(
                 ),
             ));
         }
-        // Whatever this attempt staged (or nothing, after a restart: the log has it all), the
-        // source has let go: the shard is ours. Staging of another attempt goes first (`fresh`).
+        // The source has let go: the shard is ours. What is staged is served only when it is
+        // every chunk of this attempt; otherwise (another attempt's, or some chunks only, after a
+        // restart: a copy staged without the later chunk that replaces it would be stale) it goes
+        // first and the log has it all.
+        let whole = inc
+            .total
+            .is_some_and(|n| (0..n).all(|c| inc.received.contains(&c)));
         inc.committed = true;
-        return Ok(Accept::Commit { fresh });
+        return Ok(Accept::Commit {
+            fresh: fresh || !whole,
+        });
     }
     if inc.committed || !inc.received.insert(chunk.chunk) {
         return Ok(Accept::Duplicate);
     }
+    if chunk.copy && inc.paused {
+        // Sent before a chunk already staged, which holds newer states (or their drops).
+        return Ok(Accept::Duplicate);
+    }
+    inc.paused |= !chunk.copy;
     if chunk.last {
         inc.total = Some(chunk.chunk + 1);
     }
@@ -533,6 +610,7 @@ mod tests {
                 seq: 1,
                 state: Bytes(vec![]),
             }],
+            copy: false,
         }
     }
 
@@ -568,9 +646,23 @@ mod tests {
         out
     }
 
-    fn started(chunks: u32) -> (SourceMove, Vec<Action>, u32) {
+    /// A move of a shard too small for a copy round: paused at once.
+    fn paused() -> SourceMove {
         let mut m = SourceMove::default();
-        assert_eq!(m.on(Event::Start), vec![Action::PauseAndCapture]);
+        assert_eq!(m.on(Event::Start), vec![Action::Copy]);
+        assert_eq!(
+            m.on(Event::Copied {
+                actors: COPY_FROM_ACTORS - 1
+            }),
+            vec![Action::PauseAndCapture {
+                changed_only: false
+            }]
+        );
+        m
+    }
+
+    fn started(chunks: u32) -> (SourceMove, Vec<Action>, u32) {
+        let mut m = paused();
         let mut made = 0;
         let first = m.on(Event::Captured);
         let actions = produce(&mut m, first, chunks, &mut made);
@@ -711,7 +803,8 @@ mod tests {
         commit.chunk = 2;
         assert_eq!(
             accept_chunk(&mut inc, 5, Some("app-0"), &commit),
-            Ok(Accept::Commit { fresh: false })
+            Ok(Accept::Commit { fresh: true }),
+            "chunk 0 never came: what is staged goes, the log has it all"
         );
     }
 
@@ -743,8 +836,7 @@ mod tests {
 
     #[test]
     fn no_hand_off_before_the_last_chunk_is_known() {
-        let mut m = SourceMove::default();
-        m.on(Event::Start);
+        let mut m = paused();
         assert_eq!(m.on(Event::Captured), vec![send(0)]);
         // Chunk 0 was asked for but not produced yet: its ack cannot count.
         assert!(m.on(Event::Acked { chunk: 0 }).is_empty());
@@ -768,8 +860,7 @@ mod tests {
 
     #[test]
     fn a_chunk_that_cannot_be_produced_rolls_back() {
-        let mut m = SourceMove::default();
-        m.on(Event::Start);
+        let mut m = paused();
         m.on(Event::Captured);
         let actions = m.on(Event::ProduceFailed {
             chunk: 0,
@@ -777,6 +868,113 @@ mod tests {
         });
         assert_eq!(actions[0], Action::Resume);
         assert!(m.finished());
+    }
+
+    /// A shard of many actors is copied while served, then paused: the chunks after the pause are
+    /// numbered on from the copies', and the hand-off waits for all of them.
+    #[test]
+    fn a_copy_round_comes_before_the_pause() {
+        let mut m = SourceMove::default();
+        assert_eq!(m.on(Event::Start), vec![Action::Copy]);
+        assert!(
+            m.on(Event::Captured).is_empty(),
+            "no capture before the copy"
+        );
+        let first = m.on(Event::Copied {
+            actors: COPY_FROM_ACTORS,
+        });
+        let mut made = 0;
+        assert_eq!(produce(&mut m, first, 2, &mut made), vec![send(0), send(1)]);
+        assert!(m.on(Event::Acked { chunk: 1 }).is_empty());
+        assert_eq!(
+            m.on(Event::Acked { chunk: 0 }),
+            vec![Action::PauseAndCapture { changed_only: true }],
+            "every copy staged: pause"
+        );
+        assert!(m.on(Event::Acked { chunk: 0 }).is_empty(), "a late ack");
+        assert_eq!(m.on(Event::Captured), vec![send(2)]);
+        assert!(
+            m.on(Event::Produced {
+                chunk: 2,
+                last: true
+            })
+            .is_empty()
+        );
+        assert_eq!(
+            m.on(Event::Acked { chunk: 2 }),
+            vec![Action::HandOff, commit(3, 0)]
+        );
+        assert_eq!(m.on(Event::Committed), vec![Action::ReportDone]);
+    }
+
+    #[test]
+    fn a_failure_in_the_copy_round_keeps_the_shard() {
+        for event in [
+            Event::Deadline,
+            Event::NoAnswer {
+                chunk: 0,
+                reason: "gone".into(),
+            },
+        ] {
+            let mut m = SourceMove::default();
+            m.on(Event::Start);
+            m.on(Event::Copied { actors: 1_000 });
+            m.on(Event::Produced {
+                chunk: 0,
+                last: true,
+            });
+            let actions = m.on(event);
+            assert_eq!(actions[0], Action::Resume);
+            assert!(matches!(m.phase, Phase::RolledBack(_)));
+        }
+        let mut m = SourceMove::default();
+        m.on(Event::Start);
+        assert_eq!(
+            m.on(Event::Superseded),
+            vec![Action::Resume, Action::ReportSuperseded]
+        );
+    }
+
+    /// A copy that arrives after a chunk sent after the pause is late (that chunk holds newer
+    /// states) and is not staged; a commit over a partial staging (a restart lost some chunks)
+    /// drops it, so a copy whose replacement never arrived is never served.
+    #[test]
+    fn a_late_copy_is_not_staged_and_a_partial_staging_is_never_served() {
+        let copy = |n: u32| {
+            let mut c = chunk(5, n, false);
+            c.copy = true;
+            c
+        };
+        let mut inc = None;
+        let accept =
+            |inc: &mut Option<Incoming>, c: &Transfer| accept_chunk(inc, 5, Some("app-0"), c);
+        assert_eq!(
+            accept(&mut inc, &copy(0)),
+            Ok(Accept::Stage { fresh: true })
+        );
+        assert_eq!(
+            accept(&mut inc, &chunk(5, 2, true)),
+            Ok(Accept::Stage { fresh: false })
+        );
+        assert_eq!(
+            accept(&mut inc, &copy(1)),
+            Ok(Accept::Duplicate),
+            "late copy"
+        );
+        let mut commit = chunk(5, 3, true);
+        commit.commit = true;
+        assert_eq!(
+            accept(&mut inc, &commit),
+            Ok(Accept::Commit { fresh: false })
+        );
+        // After a restart, only the copy and the last chunk came: the staging is partial.
+        let mut inc = None;
+        assert!(accept(&mut inc, &copy(0)).is_ok());
+        assert!(accept(&mut inc, &chunk(5, 2, true)).is_ok());
+        assert_eq!(
+            accept(&mut inc, &commit),
+            Ok(Accept::Commit { fresh: true })
+        );
     }
 
     #[test]

@@ -28,6 +28,10 @@ use tracing::Instrument;
 /// Bytes of actor state per transfer chunk (NATS's default max payload is 1 MiB).
 pub const CHUNK_BYTES: usize = 512 * 1024;
 
+/// Actors copied per message to the shard's worker in a move's copy round: the worker serves
+/// requests between batches, so none waits for more than a batch's copy (~0.1 ms).
+pub const COPY_BATCH: usize = 256;
+
 /// A chunk unanswered this long fails the move (its destination is gone or stuck), well before
 /// the move's deadline: the source serves the shard again at once.
 pub const CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -116,6 +120,9 @@ impl Shared {
         };
         let mut actions: VecDeque<Action> = first.into();
         let mut lent = host::Lent::default();
+        // The copy round's actors, taken while the shard is still served; `paused` once it is not.
+        let mut copy = host::Lent::default();
+        let mut paused = false;
         let mut chunks: Vec<bytes::Bytes> = Vec::new();
         let mut sends: JoinSet<Event> = JoinSet::new();
         let mut epochs = self.epochs.subscribe();
@@ -142,11 +149,43 @@ impl Shared {
                 continue;
             };
             let next = match action {
-                Action::PauseAndCapture => {
+                Action::Copy => {
+                    let worker = self.state().worker(&self.host, shard);
+                    loop {
+                        let (tx, rx) = oneshot::channel();
+                        let cmd = Cmd::Copy {
+                            from: copy.len(),
+                            max: COPY_BATCH,
+                            tx,
+                        };
+                        if worker.tx.send(cmd).is_err() {
+                            break;
+                        }
+                        let Ok((batch, end)) = rx.await else { break };
+                        copy.extend(batch);
+                        if end {
+                            break;
+                        }
+                    }
+                    machine.on(Event::Copied { actors: copy.len() })
+                }
+                Action::PauseAndCapture { changed_only } => {
+                    // Each copy's sequence, taken before the pause: the pause only compares.
+                    let copied = changed_only.then(|| copy.sequences());
                     let (tx, rx) = oneshot::channel();
                     let worker = self.state().worker(&self.host, shard);
                     let _ = worker.tx.send(Cmd::Pause(tx));
                     lent = rx.await.unwrap_or_default();
+                    paused = true;
+                    if let Some(copied) = copied {
+                        let (changed, dropped) = lent.changed_since(copied);
+                        tracing::debug!(
+                            copied = copy.len(),
+                            changed,
+                            dropped,
+                            "paused after the copy round"
+                        );
+                    }
                     machine.on(Event::Captured)
                 }
                 Action::Produce { chunk } => {
@@ -160,8 +199,13 @@ impl Shared {
                         CHUNK_BYTES + 4096,
                     )
                     .map(|mut w| {
-                        let last = lent.fill(&mut w, CHUNK_BYTES, usize::MAX);
-                        (bytes::Bytes::from(w.finish(last, false)), last)
+                        if paused {
+                            let last = lent.fill(&mut w, CHUNK_BYTES, usize::MAX);
+                            (bytes::Bytes::from(w.finish(last, false)), last)
+                        } else {
+                            let last = copy.fill(&mut w, CHUNK_BYTES, usize::MAX);
+                            (bytes::Bytes::from(w.finish_copy(last)), last)
+                        }
                     });
                     match made {
                         Ok((body, last)) => {
@@ -208,8 +252,9 @@ impl Shared {
                 }
                 Action::Resume => {
                     // To the worker that lent them; if a newer plan stopped it, the actors go.
+                    // Before the pause there is nothing to give back (the copies are not).
                     let lent = std::mem::take(&mut lent);
-                    if let Some(h) = self.state().running(shard) {
+                    if paused && let Some(h) = self.state().running(shard) {
                         let _ = h.tx.send(Cmd::Resume(lent));
                     }
                     Vec::new()
@@ -218,7 +263,7 @@ impl Shared {
                     let took = started.elapsed();
                     self.host.metrics.move_seconds.observe(took.as_secs_f64());
                     self.metrics().move_outcome(MoveOutcome::Done);
-                    let (moved, ms) = (lent.len() as u32, took.as_millis() as u64);
+                    let (moved, ms) = (lent.len().max(copy.len()) as u32, took.as_millis() as u64);
                     self.report(epoch, shard, MovePhase::Done, moved, ms, None)
                         .await;
                     Vec::new()
@@ -250,6 +295,7 @@ impl Shared {
         }
         // After the report: what the move still holds (nothing once rolled back) is freed slowly.
         lent.release();
+        copy.release();
     }
 
     /// Sends chunk `n` in its own task after `delay_ms`; its answer comes back as an event.
@@ -285,6 +331,7 @@ impl Shared {
             last: true,
             actors: Vec::new(),
             commit: true,
+            copy: false,
         };
         let body = encode_transfer(&commit).unwrap_or_default().into();
         let until = tokio::time::Instant::now() + FORWARD_TIMEOUT;

@@ -847,6 +847,7 @@ mod tests {
             last: true,
             actors: vec![],
             commit,
+            copy: false,
         };
         let refused = dst.check_chunk(&chunk(false)).expect_err("late chunk");
         assert_eq!(refused.code, aether_core::protocol::ErrorCode::Redirect);
@@ -1038,6 +1039,7 @@ mod tests {
             last: true,
             actors: vec![],
             commit,
+            copy: false,
         };
         assert_eq!(
             dst.on_chunk(&chunk(0, false)),
@@ -1091,6 +1093,7 @@ mod tests {
             last: true,
             actors: vec![],
             commit: false,
+            copy: false,
         };
         assert!(dst.on_chunk(&t).is_ok());
         let mut failed = done(ps[1].epoch, m.shard, &from);

@@ -85,6 +85,7 @@ impl TransferKey {
                 })
                 .into_iter()
                 .collect(),
+            copy: false,
         }
     }
 }
@@ -451,7 +452,9 @@ impl World {
             };
             let mut next = Vec::new();
             match action {
-                Action::PauseAndCapture => {
+                // The copy round is checked by `move_sim.rs`; here a shard's one value moves whole.
+                Action::Copy => next.push(Event::Copied { actors: 0 }),
+                Action::PauseAndCapture { .. } => {
                     node.paused.insert(shard);
                     a.captured = Some(*node.copy.entry(shard).or_insert(log));
                     next.push(Event::Captured);

@@ -78,7 +78,15 @@ struct Attempt {
     recommit: bool,
     epoch: u64,
     machine: SourceMove,
+    /// The copy round's values (taken while the source serves).
+    copied: Vec<(String, u64)>,
+    /// The values at the pause (what the destination must end up holding), and the ones of them
+    /// sent after it (those that changed since the copy).
     captured: Vec<(String, u64)>,
+    changed: Vec<(String, u64)>,
+    /// Chunks of the copy round.
+    first: u32,
+    paused: bool,
     chunks: Vec<Transfer>,
 }
 
@@ -92,6 +100,8 @@ struct Destination {
 
 struct World {
     shard: u32,
+    /// Moves copy first from this many actors on.
+    copy_from: usize,
     from: String,
     plans: Vec<PlanMessage>,
     /// The event log: each actor's value.
@@ -121,7 +131,7 @@ fn members(n: usize) -> Vec<MemberInput> {
 }
 
 impl World {
-    fn new(actors: usize) -> Self {
+    fn new(actors: usize, copy_from: usize) -> Self {
         let p1: Plan = plan(None, &BTreeSet::new(), &members(2), &spec()).expect("plan");
         let p2 = plan(Some(&p1), &BTreeSet::new(), &members(3), &spec()).expect("plan");
         let mv = p2.moves.first().expect("a move to app-2").clone();
@@ -143,6 +153,7 @@ impl World {
         }
         let mut w = Self {
             shard: mv.shard,
+            copy_from,
             from,
             plans,
             log: (0..actors).map(|i| (format!("a{i}"), 0)).collect(),
@@ -189,7 +200,11 @@ impl World {
                 recommit: true,
                 epoch: fx.epoch,
                 machine,
+                copied: Vec::new(),
                 captured: Vec::new(),
+                changed: Vec::new(),
+                first: 0,
+                paused: false,
                 chunks: Vec::new(),
             });
             self.source_actions(first);
@@ -206,8 +221,15 @@ impl World {
             id: self.attempts,
             recommit: false,
             epoch,
-            machine: SourceMove::default(),
+            machine: SourceMove {
+                copy_from: self.copy_from,
+                ..SourceMove::default()
+            },
+            copied: Vec::new(),
             captured: Vec::new(),
+            changed: Vec::new(),
+            first: 0,
+            paused: false,
             chunks: Vec::new(),
         });
         self.source_event(Event::Start);
@@ -238,17 +260,37 @@ impl World {
             let epoch = a.epoch;
             let mut next = Vec::new();
             match action {
-                Action::PauseAndCapture => {
+                Action::Copy => {
+                    a.copied = self.log.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                    next.push(Event::Copied {
+                        actors: a.copied.len(),
+                    });
+                }
+                Action::PauseAndCapture { changed_only } => {
                     self.src.paused = true;
+                    a.paused = true;
+                    a.first = a.chunks.len() as u32;
                     a.captured = self.log.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                    // Only what changed since the copy round (all of it without one).
+                    a.changed = a
+                        .captured
+                        .iter()
+                        .filter(|c| !changed_only || !a.copied.contains(c))
+                        .cloned()
+                        .collect();
                     next.push(Event::Captured);
                 }
                 Action::Produce { chunk } => {
                     assert_eq!(chunk as usize, a.chunks.len(), "chunks are made in order");
-                    let start = chunk as usize * PER_CHUNK;
-                    let end = (start + PER_CHUNK).min(a.captured.len());
-                    let last = end >= a.captured.len();
-                    let actors = a.captured[start.min(end)..end]
+                    let (list, n) = if a.paused {
+                        (&a.changed, chunk - a.first)
+                    } else {
+                        (&a.copied, chunk)
+                    };
+                    let start = n as usize * PER_CHUNK;
+                    let end = (start + PER_CHUNK).min(list.len());
+                    let last = end >= list.len();
+                    let actors = list[start.min(end)..end]
                         .iter()
                         .map(|(k, v)| ActorSnapshot {
                             actor: ActorRef::new("counter", k.clone()),
@@ -264,9 +306,10 @@ impl World {
                         shard: self.shard,
                         from: self.from.clone(),
                         chunk,
-                        last,
+                        last: last && a.paused,
                         actors,
                         commit: false,
+                        copy: !a.paused,
                     };
                     a.chunks.push(t.clone());
                     self.net.push(Msg::Chunk(t));
@@ -295,6 +338,7 @@ impl World {
                             last: true,
                             actors: Vec::new(),
                             commit: true,
+                            copy: false,
                         }));
                     }
                 }
@@ -554,9 +598,10 @@ proptest! {
     #[test]
     fn at_most_one_side_serves_whatever_the_network_does(
         actors in 0usize..7,
+        copy_from in 0usize..8,
         ops in prop::collection::vec(op(), 0..80),
     ) {
-        let mut w = World::new(actors);
+        let mut w = World::new(actors, copy_from);
         w.check();
         for op in ops {
             w.step(op);
@@ -590,4 +635,87 @@ proptest! {
             );
         }
     }
+}
+
+impl World {
+    /// Delivers the first message in the network that `pick` matches.
+    fn deliver_first(&mut self, pick: impl Fn(&Msg) -> bool) {
+        let i = self
+            .net
+            .iter()
+            .position(pick)
+            .expect("such a message in the network");
+        let msg = self.net.remove(i);
+        self.deliver(msg);
+        self.check();
+    }
+}
+
+fn chunk_no(n: u32) -> impl Fn(&Msg) -> bool {
+    move |m| matches!(m, Msg::Chunk(t) if t.chunk == n && !t.commit)
+}
+
+fn reply_to(n: u32) -> impl Fn(&Msg) -> bool {
+    move |m| matches!(m, Msg::Reply { chunk, .. } if *chunk == n)
+}
+
+fn commit() -> impl Fn(&Msg) -> bool {
+    |m| matches!(m, Msg::Chunk(t) if t.commit)
+}
+
+/// A copy round of one actor, written to while it travels; the changed actor goes again after the
+/// pause, and the hand-off and commit follow. The copy's chunk is also duplicated on the way and
+/// kept in the network. Returns the world with the commit in flight.
+fn copied_then_written() -> World {
+    let mut w = World::new(1, 1);
+    let copy = w.net[0].clone();
+    assert!(matches!(&copy, Msg::Chunk(t) if t.copy), "a copy round");
+    w.net.push(copy);
+    w.step(Op::Write(0));
+    w.deliver_first(chunk_no(0));
+    w.deliver_first(reply_to(0));
+    w.deliver_first(chunk_no(1));
+    assert!(
+        matches!(w.net.last(), Some(Msg::Reply { chunk: 1, .. })),
+        "the chunk after the pause holds the actor written during the copy"
+    );
+    w.deliver_first(reply_to(1));
+    assert!(!w.src_serves(), "handed off");
+    w
+}
+
+/// Found while building the copy round: a destination that restarts after the last chunk and then
+/// receives only a late copy must not serve it (the chunk that replaced it is gone with the
+/// restart): a commit over a partial staging drops it, and the actor comes from the log.
+#[test]
+fn a_restarted_destination_never_serves_a_late_copy_alone() {
+    let mut w = copied_then_written();
+    w.step(Op::CrashDestination);
+    w.deliver_first(chunk_no(0));
+    w.deliver_first(commit());
+    assert!(w.dst_serves());
+    assert!(w.dst.staged.is_empty(), "{:?}", w.dst.staged);
+}
+
+/// The same, when the late copy comes after a late copy of the chunk that replaced it: the staging
+/// is whole again, but the copy is not staged over the newer state.
+#[test]
+fn a_late_copy_never_replaces_the_state_sent_after_the_pause() {
+    let mut w = copied_then_written();
+    let late = w
+        .src
+        .attempt
+        .as_ref()
+        .expect("attempt")
+        .chunks
+        .get(1)
+        .cloned()
+        .expect("chunk 1");
+    w.step(Op::CrashDestination);
+    w.net.push(Msg::Chunk(late));
+    w.deliver_first(chunk_no(1));
+    w.deliver_first(chunk_no(0));
+    w.deliver_first(commit());
+    assert!(w.dst_serves());
+    assert_eq!(w.dst.staged.get("a0"), w.log.get("a0"));
 }

@@ -520,6 +520,7 @@ async fn a_source_restarted_before_its_commit_never_has_its_old_attempt_committe
             state: Bytes(br#"{"state":{"value":999},"recent":[],"base":0}"#.to_vec()),
         }],
         commit: false,
+        copy: false,
     };
     let msg = tokio::time::timeout(
         T,

@@ -450,3 +450,70 @@ async fn a_shard_of_many_chunks_moves_there_and_back_with_every_actors_state() {
         "every migrated state read"
     );
 }
+
+/// A shard of many live actors is first copied while its source still serves it, then paused for
+/// what changed meanwhile: the adds that land during the copy round travel too, and after the move
+/// every counter holds exactly its acknowledged adds, read from its new owner's memory and from the
+/// log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_copied_while_served_keeps_every_write_made_during_the_copy() {
+    const FEW: u32 = 4;
+    let nats = NatsServer::start();
+    let prefix = "copy";
+    let nc = nats.connect().await;
+    let (nodes, p1) =
+        start_cluster(&nats.url(), &nc, prefix, &["app-0", "app-1"], FEW, 8, 30).await;
+    let client = Client::new(nc.clone(), prefix);
+    let actors = 2_000;
+    let warm = run_load(&client, "acct", actors, actors, 16, T).await;
+    assert_eq!(warm.errors, 0);
+    let shard = 1;
+    let in_shard: Vec<String> = (0..actors)
+        .map(|i| format!("acct-{i}"))
+        .filter(|a| aether_core::hash::shard_of(a, FEW) == shard)
+        .collect();
+    assert!(
+        in_shard.len() >= aether_node::migration::COPY_FROM_ACTORS,
+        "the shard is big enough for a copy round: {}",
+        in_shard.len()
+    );
+    let from = p1.owner(shard).expect("owner").to_owned();
+    let to = if from == "app-0" { "app-1" } else { "app-0" };
+    let load = {
+        let client = client.clone();
+        tokio::spawn(async move { run_load(&client, "acct", actors, 8_000, 16, T).await })
+    };
+    // The move starts while the adds run.
+    wait_for("the adds to run", T, || async {
+        let reply = client.read("counter", "acct-1").await;
+        reply.is_ok_and(|r| counter_value(&r).0 >= 2)
+    })
+    .await;
+    let p2 = move_one_shard(&p1, shard, to);
+    publish(&nc, prefix, &p2, 30).await;
+    for n in &nodes {
+        wait_for("plan 2 with its move done", T, || async {
+            n.shared.epoch() == p2.epoch && n.shared.pending_moves() == 0
+        })
+        .await;
+    }
+    let report = load.await.expect("load task");
+    assert_eq!(report.errors, 0, "no add failed during the move");
+    let mut acked = warm.acked.clone();
+    for (k, v) in report.acked {
+        *acked.entry(k).or_default() += v;
+    }
+    assert_nothing_acked_lost(FEW, &nc, prefix, &client, &acked, true).await;
+    for actor in &in_shard {
+        let reply = client.read("counter", actor).await.expect("read");
+        let Outcome::Ok(ok) = &reply.outcome else {
+            panic!("{actor}: {reply:?}")
+        };
+        assert_eq!(ok.node, to, "{actor} is served by its new owner");
+        assert_eq!(
+            ok.state["value"].as_i64(),
+            acked.get(actor).copied(),
+            "{actor}"
+        );
+    }
+}

@@ -275,6 +275,7 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
             ),
         }],
         commit: false,
+        copy: false,
     };
     let migrate = names.node_migrate(other);
     for commit in [false, true] {

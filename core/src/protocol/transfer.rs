@@ -45,6 +45,11 @@ pub struct Transfer {
     /// the destination serves it from now on. Until then exactly one node, the source, serves it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub commit: bool,
+    /// A copy taken while the source still serves the shard (its first round): a later chunk of the
+    /// same attempt (sent once the source paused) replaces or drops what it staged, and a copy that
+    /// arrives after such a chunk (a late duplicate) is acked and not staged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copy: bool,
 }
 
 /// First byte of a binary [`Transfer`]; JSON messages start with `{`.
@@ -59,7 +64,7 @@ fn too_long(what: &str, len: usize) -> Error {
 
 /// Writes a binary [`Transfer`] actor by actor, each actor's state serialised straight into the
 /// message (no copy per actor). Little-endian throughout (docs/PROTOCOL.md, "Binary transfer"):
-/// `0xAE, v: u8, flags: u8 (1 last, 2 commit), epoch: u64, attempt: u64, shard: u32, chunk: u32, from: u16 len +
+/// `0xAE, v: u8, flags: u8 (1 last, 2 commit, 4 copy), epoch: u64, attempt: u64, shard: u32, chunk: u32, from: u16 len +
 /// UTF-8, actors: u32 count`, then per actor `kind: u8 len + UTF-8, id: u32 len + UTF-8, version: u64,
 /// seq: u64, state: u32 len + bytes`.
 #[derive(Debug)]
@@ -157,8 +162,18 @@ impl TransferWriter {
 
     /// The finished message.
     #[must_use]
-    pub fn finish(mut self, last: bool, commit: bool) -> Vec<u8> {
-        self.out[Self::FLAGS_AT] = u8::from(last) | (u8::from(commit) << 1);
+    pub fn finish(self, last: bool, commit: bool) -> Vec<u8> {
+        self.finish_flags(u8::from(last) | (u8::from(commit) << 1))
+    }
+
+    /// The finished message of a copy chunk (flag 4): see [`Transfer::copy`].
+    #[must_use]
+    pub fn finish_copy(self, last: bool) -> Vec<u8> {
+        self.finish_flags(4 | u8::from(last))
+    }
+
+    fn finish_flags(mut self, flags: u8) -> Vec<u8> {
+        self.out[Self::FLAGS_AT] = flags;
         let count_at = TRANSFER_HEADER + self.source_len();
         self.out[count_at..count_at + 4].copy_from_slice(&self.count.to_le_bytes());
         self.out
@@ -194,7 +209,7 @@ pub fn encode_transfer(t: &Transfer) -> Result<Vec<u8>> {
             Ok::<(), std::convert::Infallible>(())
         })?;
     }
-    Ok(w.finish(t.last, t.commit))
+    Ok(w.finish_flags(u8::from(t.last) | (u8::from(t.commit) << 1) | (u8::from(t.copy) << 2)))
 }
 
 /// Parses a [`Transfer`] in either form: binary (first byte [`TRANSFER_MAGIC`]) or JSON.
@@ -211,7 +226,7 @@ pub fn decode_transfer(bytes: &[u8]) -> Result<Transfer> {
         });
     }
     let flags = r.u8()?;
-    if flags & !3 != 0 {
+    if flags & !7 != 0 {
         return Err(Error::Malformed(format!(
             "binary transfer: unknown flags {flags:#04x}"
         )));
@@ -263,6 +278,7 @@ pub fn decode_transfer(bytes: &[u8]) -> Result<Transfer> {
         last: flags & 1 != 0,
         actors,
         commit: flags & 2 != 0,
+        copy: flags & 4 != 0,
     })
 }
 
