@@ -154,7 +154,7 @@ def nats_sections(path):
     out.append(
         f"One shard of `doc` actors with 1 KB of state moves between two nodes. Throughput: the median of "
         f"{m0['quiet_moves']} moves with nothing else running (every actor read before each move, so each "
-        "move captures live actors), move time being the source's, from pause to the destination's commit "
+        "move captures live actors), move time being the source's, from its start (the copy round of a shard of 256 actors or more, then the pause) to the destination's commit "
         "(whole milliseconds, so the 1,000-actor figure is coarse). Baseline: the same bytes as 512 KiB NATS "
         "request/replies between two plain clients, run after each move, median. Then "
         f"{m0['loaded_moves']} moves while 8 readers keep reading the moving actors and 4 read actors of other "
