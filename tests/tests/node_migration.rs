@@ -57,10 +57,9 @@ async fn a_shard_moves_while_clients_keep_writing() {
     }
     let report = load.await.expect("load task");
     assert_eq!(report.errors, 0, "no command failed during the move");
-    let mut acked = warm.acked.clone();
-    for (k, v) in report.acked {
-        *acked.entry(k).or_default() += v;
-    }
+    let mut total = warm;
+    total.absorb(report);
+    let acked = total.acked;
     assert_nothing_acked_lost(SHARDS, &nc, prefix, &client, &acked, true).await;
 
     let done: Vec<Progress> = progress
@@ -499,10 +498,9 @@ async fn a_shard_copied_while_served_keeps_every_write_made_during_the_copy() {
     }
     let report = load.await.expect("load task");
     assert_eq!(report.errors, 0, "no add failed during the move");
-    let mut acked = warm.acked.clone();
-    for (k, v) in report.acked {
-        *acked.entry(k).or_default() += v;
-    }
+    let mut total = warm;
+    total.absorb(report);
+    let acked = total.acked;
     assert_nothing_acked_lost(FEW, &nc, prefix, &client, &acked, true).await;
     for actor in &in_shard {
         let reply = client.read("counter", actor).await.expect("read");
