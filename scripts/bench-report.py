@@ -366,12 +366,12 @@ def main():
         nats_sections(nats) if nats else "",
         app_section(app) if app else "",
     ]
-    # The Peers section (`make bench-peers`) and the rolling update (the end-to-end test) come from
-    # other runs: kept as they are.
+    # The Peers section (`make bench-peers`), the rolling update (the end-to-end test) and the
+    # recovery section (`--bench recovery`, which writes it itself) come from other runs: kept.
     try:
         with open(output) as f:
             old = f.read()
-        for name in ("peers", "rollout"):
+        for name in ("peers", "rollout", "recovery"):
             b, e = old.find(f"<!-- {name}:begin -->"), old.find(f"<!-- {name}:end -->")
             if b >= 0 and e > b:
                 doc.append(old[b : e + len(f"<!-- {name}:end -->")] + "\n")

@@ -99,10 +99,11 @@ async fn command(
                 "the Aether-Command-Id header is not visible ASCII",
             )));
         }
-        // Made here, so the API's own retries below are never applied twice.
+        // Made here, so the API's own retries below are never applied twice; the pod's name
+        // hashed, so the id stays within the limit whatever the name.
         None => format!(
-            "api-{}-{:x}-{}",
-            api.shared.me,
+            "api-{:016x}-{:x}-{}",
+            aether_core::hash::actor_hash(&api.shared.me),
             api.started,
             api.next.fetch_add(1, Ordering::Relaxed)
         ),
@@ -110,16 +111,25 @@ async fn command(
     let req = Request::new(
         ActorRef { kind, id },
         Op::Command { command },
-        Some(command_id),
+        Some(command_id.clone()),
     );
-    answer(&api, req).await
+    let mut resp = answer(&api, req).await;
+    // Every answer names the id used: after a 503 (outcome unknown) the app retries with it.
+    if let Ok(v) = HeaderValue::from_str(&command_id) {
+        resp.headers_mut().insert(COMMAND_ID_HEADER, v);
+    }
+    resp
 }
 
 /// Routes the request, following redirects and `unavailable` until [`API_DEADLINE`].
 async fn answer(api: &Api, req: Request) -> Response {
     let deadline = tokio::time::Instant::now() + API_DEADLINE;
     loop {
-        let reply = api.shared.handle_request(req.clone()).await.into_reply();
+        // The owner drops the command unapplied once the API stopped waiting for it.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut attempt = req.clone();
+        attempt.timeout_ms = Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1));
+        let reply = api.shared.handle_request(attempt).await.into_reply();
         let wait = match &reply.outcome {
             Outcome::Error(e)
                 if matches!(

@@ -7,7 +7,7 @@
 //! actors with their state.
 
 use crate::error::{Error, Result};
-use crate::store::{Outgoing, Snapshot};
+use crate::store::{Inbound, Outgoing, Snapshot};
 use serde_json::Value;
 
 /// What is written, borrowed from the live actor (no copy).
@@ -20,6 +20,9 @@ struct CapturedRef<'a> {
     /// Undelivered sends.
     #[serde(skip_serializing_if = "<[Outgoing]>::is_empty")]
     outbox: &'a [Outgoing],
+    /// Applied sends not released yet.
+    #[serde(skip_serializing_if = "<[Inbound]>::is_empty")]
+    inbox: &'a [Inbound],
 }
 
 /// What is read back.
@@ -32,6 +35,8 @@ struct Captured {
     base: u64,
     #[serde(default)]
     outbox: Vec<Outgoing>,
+    #[serde(default)]
+    inbox: Vec<Inbound>,
 }
 
 /// Appends an actor's captured state to `out`.
@@ -45,6 +50,7 @@ pub fn write(out: &mut Vec<u8>, snapshot: &Snapshot, base: u64) -> Result<()> {
         recent: &snapshot.recent,
         base,
         outbox: &snapshot.outbox,
+        inbox: &snapshot.inbox,
     };
     rmp_serde::encode::write_named(out, &captured)
         .map_err(|e| Error::Corrupt(format!("actor state not capturable: {e}")))
@@ -67,12 +73,14 @@ pub fn read(bytes: &[u8]) -> Result<(Snapshot, u64)> {
         recent,
         base,
         outbox,
+        inbox,
     } = captured;
     Ok((
         Snapshot {
             state,
             recent,
             outbox,
+            inbox,
         },
         base,
     ))
@@ -109,7 +117,7 @@ mod tests {
             recent in prop::collection::vec(".{0,20}", 0..5),
             base in any::<u64>(),
         ) {
-            let snapshot = Snapshot { state, recent, outbox: Vec::new() };
+            let snapshot = Snapshot { recent, ..Snapshot::initial(state) };
             let mut out = vec![0xAE];
             write(&mut out, &snapshot, base).expect("writable");
             prop_assert_ne!(out[1], b'{');
@@ -137,9 +145,14 @@ mod tests {
             state: json!({"data": "a\"b\\c\n"}),
             recent: Vec::new(),
             outbox: vec![Outgoing {
-                id: "send-1".into(),
+                id: "$send-1".into(),
                 actor: aether_core::protocol::ActorRef::new("account", "b"),
                 command: json!({"deposit": 1}),
+                delivered: true,
+            }],
+            inbox: vec![crate::store::Inbound {
+                id: "$send-2".into(),
+                reply: Some(json!({"ok": true})),
             }],
         };
         let mut out = Vec::new();
@@ -147,7 +160,7 @@ mod tests {
         assert_eq!(
             read(&out).expect("reads back"),
             (snapshot.clone(), 0),
-            "the outbox moves too"
+            "the outbox and the inbox move too"
         );
         let raw = b"a\"b\\c\n";
         assert!(out.windows(raw.len()).any(|w| w == raw), "{out:?}");

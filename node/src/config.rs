@@ -77,7 +77,8 @@ pub struct NodeConfig {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "AETHER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
-    /// Replicas of the event stream (NATS cluster).
+    /// Replicas of the event stream, the plan bucket and the progress stream when this node
+    /// creates them (NATS cluster).
     #[arg(long, env = "AETHER_STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
     /// Seconds an actor may stay idle before it is passivated (dropped from memory).

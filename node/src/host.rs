@@ -14,8 +14,10 @@ use crate::behaviour::{AppKind, Kind, Registry};
 use crate::capture;
 use crate::error::Error;
 use crate::metrics::{AppFault, Failure, Metrics};
-use crate::store::{EventStore, Loaded, Outgoing, Record, Snapshot, remember};
-use aether_core::protocol::app::{APPLY_BATCH, ApplyCall, DecideCall, Decision, send_id};
+use crate::store::{EventStore, Loaded, Outgoing, Record, Snapshot, json_size};
+use aether_core::protocol::app::{
+    APPLY_BATCH, ApplyCall, DecideCall, Decision, is_send_id, send_id,
+};
 use aether_core::protocol::{
     ActorRef, ActorReply, ActorSnapshot, ErrorCode, ErrorReply, Op, Reply, Request, TransferWriter,
 };
@@ -91,6 +93,9 @@ pub enum Cmd {
     Pause(oneshot::Sender<Lent>),
     /// Take the lent actors back, unpause and serve the queue.
     Resume(Lent),
+    /// Load the actor if it has pending work (its marker says so): its undelivered sends go out,
+    /// the releases it owes are made; a marker with nothing behind it is removed.
+    Touch(ActorRef),
     /// Install migrated actors (destination side), then answer.
     Install(Staged, oneshot::Sender<()>),
     /// Finish the appends in flight, drop the actors and stop; the requests still held (queued
@@ -286,6 +291,7 @@ impl Packed {
         let (snapshot, base) = capture::read(&self.state)?;
         Ok(Actor {
             kind: self.kind,
+            marked: snapshot.has_pending(),
             snapshot,
             version: self.version,
             seq: self.seq,
@@ -299,6 +305,9 @@ impl Packed {
 #[derive(Debug, Clone)]
 struct Actor {
     kind: Kind,
+    /// Its pending-work marker is (believed) in the log: set before a record that sends, removed
+    /// after the record that leaves nothing pending.
+    marked: bool,
     snapshot: Snapshot,
     version: u64,
     seq: u64,
@@ -346,14 +355,28 @@ struct Appended {
     result: Result<u64, Error>,
     /// The actor's state once the append lands.
     next: serde_json::Value,
-    version: u64,
-    snapshotted: bool,
-    /// False when the decision had no events: nothing was appended, `result` is the old sequence.
-    recorded: bool,
+    /// The record (its events taken out); `None` when nothing was appended (the decision had no
+    /// events), and `result` is then the old sequence.
+    record: Option<Box<Record>>,
     /// An app kind's reply for the caller.
     reply: Option<serde_json::Value>,
-    /// Messages the record sends.
-    sent: Vec<Outgoing>,
+    /// The actor's pending-work marker as this step left it (`None`: untouched).
+    marked: Option<bool>,
+}
+
+impl Appended {
+    fn new(req: Request, tx: oneshot::Sender<Reply>, attempt: u8, expected: u64) -> Self {
+        Self {
+            req,
+            tx,
+            attempt,
+            result: Ok(expected),
+            next: serde_json::Value::Null,
+            record: None,
+            reply: None,
+            marked: None,
+        }
+    }
 }
 
 /// What a request needs after the decision.
@@ -362,8 +385,10 @@ enum Step {
     Append {
         subject: String,
         expected: u64,
-        record: Record,
+        record: Box<Record>,
         next: serde_json::Value,
+        /// Once it landed, the actor has nothing pending: its marker goes.
+        clear_marker: bool,
     },
     /// An app kind's command: the app decides, then the record is appended, off the worker.
     Decide(Box<Deciding>),
@@ -377,8 +402,13 @@ struct Deciding {
     state: serde_json::Value,
     version: u64,
     base: u64,
-    /// The recent command ids and the outbox, when the next record carries a snapshot.
-    recent: Option<(Vec<String>, Vec<Outgoing>)>,
+    /// Everything but the state, when the next record carries a snapshot.
+    prev: Option<Snapshot>,
+    /// The actor's shard, and whether its pending-work marker is set.
+    shard: u32,
+    marked: bool,
+    /// Bytes of what the actor keeps besides its state (recent ids, outbox, inbox).
+    extras: usize,
 }
 
 enum Next {
@@ -440,6 +470,8 @@ impl Worker {
                         self.dispatch(p, 0).await;
                     }
                 }
+                Cmd::Touch(actor) if !self.paused => self.touch(&actor).await,
+                Cmd::Touch(_) => {}
                 Cmd::Install(actors, done) => {
                     self.install(actors);
                     let _ = done.send(());
@@ -599,6 +631,7 @@ impl Worker {
             actor.clone(),
             Actor {
                 kind,
+                marked: snapshot.has_pending(),
                 snapshot,
                 version,
                 seq,
@@ -693,25 +726,30 @@ impl Worker {
             Ok(Step::Append {
                 subject,
                 expected,
-                record,
+                mut record,
                 next,
+                clear_marker,
             }) => {
                 self.busy.insert(req.actor.clone(), VecDeque::new());
                 let shared = self.ctx.clone();
+                let shard = self.shard;
                 self.inflight.push(Box::pin(async move {
-                    let result = shared.store.append(&subject, expected, &record).await;
-                    Appended {
-                        req,
-                        tx,
-                        attempt,
-                        result,
-                        next,
-                        version: record.version,
-                        snapshotted: record.snapshot.is_some(),
-                        recorded: true,
-                        reply: None,
-                        sent: Vec::new(),
+                    let mut done = Appended::new(req, tx, attempt, expected);
+                    done.result = shared.store.append(&subject, expected, &record).await;
+                    if clear_marker
+                        && done.result.is_ok()
+                        && shared
+                            .store
+                            .clear_pending(shard, &done.req.actor)
+                            .await
+                            .is_ok()
+                    {
+                        done.marked = Some(false);
                     }
+                    record.events = Vec::new();
+                    done.record = Some(record);
+                    done.next = next;
+                    done
                 }));
             }
             Ok(Step::Decide(d)) => {
@@ -738,12 +776,13 @@ impl Worker {
             attempt,
             result,
             next,
-            version,
-            snapshotted,
-            recorded,
+            record,
             reply,
-            sent,
+            marked,
         } = done;
+        if let (Some(m), Some(a)) = (marked, self.actors.get_mut(&req.actor)) {
+            a.marked = m;
+        }
         let mut retry = None;
         if result.is_ok() {
             self.ctx.health.set_store_full(None);
@@ -752,24 +791,18 @@ impl Worker {
             Ok(seq) => {
                 let reply = match self.actors.get_mut(&req.actor) {
                     Some(a) => {
-                        if recorded {
+                        if let Some(record) = record {
                             a.snapshot.state = next;
-                            if let Some(id) = &req.id {
-                                remember(&mut a.snapshot.recent, id.clone());
-                            }
-                            if let Some(id) = &req.delivered {
-                                a.snapshot.outbox.retain(|o| &o.id != id);
-                            }
-                            if !sent.is_empty() {
-                                a.snapshot.outbox.extend(sent.iter().cloned());
+                            a.snapshot.absorb(&record);
+                            if !record.send.is_empty() {
                                 let _ = self.ctx.outbox.send(Delivery {
                                     from: req.actor.clone(),
-                                    sends: sent,
+                                    sends: record.send,
                                 });
                             }
-                            a.version = version;
+                            a.version = record.version;
                             a.seq = seq;
-                            if snapshotted {
+                            if record.snapshot.is_some() {
                                 a.base = seq;
                             }
                         }
@@ -858,8 +891,17 @@ impl Worker {
         a.last_used = Instant::now();
         let command = match &req.op {
             Op::Read => return Ok(Step::Reply(self.ok(&self.actors[&req.actor], None))),
+            Op::Release { ids } => return Ok(self.release(req, ids, subject)),
             Op::Command { command } => command,
         };
+        if let Some(id) = &req.id
+            && is_send_id(id)
+            && let Some(applied) = a.snapshot.inbox.iter().find(|i| &i.id == id)
+        {
+            // A send applied here before (its sender has not released it yet): the same answer.
+            let reply = applied.reply.clone();
+            return Ok(Step::Reply(self.ok(&self.actors[&req.actor], reply)));
+        }
         if let Some(id) = &req.id
             && a.snapshot.recent.iter().any(|c| c == id)
         {
@@ -867,31 +909,32 @@ impl Worker {
             return Ok(Step::Reply(self.ok(&self.actors[&req.actor], None)));
         }
         if let Some(id) = &req.delivered
-            && !a.snapshot.outbox.iter().any(|o| &o.id == id)
+            && !a
+                .snapshot
+                .outbox
+                .iter()
+                .any(|o| &o.id == id && !o.delivered)
         {
             // The reply to a send already recorded (the send was delivered twice).
             return Ok(Step::Reply(self.ok(&self.actors[&req.actor], None)));
         }
         let every = a.kind.snapshot_every();
+        let version = a.version + 1;
+        let prev = snapshot_due(version, every).then(|| a.snapshot.clone_without_state());
         let behaviour = match &a.kind {
             Kind::Local(b) => b,
             Kind::App(kind) => {
-                let version = a.version + 1;
-                let recent = (version % every == 0).then(|| {
-                    let mut recent = a.snapshot.recent.clone();
-                    if let Some(id) = &req.id {
-                        remember(&mut recent, id.clone());
-                    }
-                    (recent, a.snapshot.outbox.clone())
-                });
                 return Ok(Step::Decide(Box::new(Deciding {
+                    extras: a.snapshot.extras_bytes(),
                     kind: kind.clone(),
                     subject,
                     expected: a.seq,
                     state: a.snapshot.state.clone(),
                     version: a.version,
                     base: a.base,
-                    recent,
+                    prev,
+                    shard: self.shard,
+                    marked: a.marked,
                 })));
             }
         };
@@ -910,46 +953,95 @@ impl Worker {
         for e in &events {
             behaviour.apply(&mut next, e);
         }
-        let size = json_size(&next);
-        if size > self.ctx.max_state_bytes {
+        let extras = a.snapshot.extras_bytes() + inbound_bytes(req, None);
+        if let Some(e) = over_limit(json_size(&next), extras, self.ctx.max_state_bytes) {
             // Refused before anything is appended: a state this large would not fit a reply, a
             // snapshot record or a transfer chunk.
-            return Ok(Step::Reply(Reply::error(ErrorReply::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "the actor's state would be {size} bytes, over the limit of {} bytes",
-                    self.ctx.max_state_bytes
-                ),
-            ))));
+            return Ok(Step::Reply(Reply::error(e)));
         }
-        let version = a.version + 1;
-        let snapshot = (version % every == 0).then(|| {
-            let mut recent = a.snapshot.recent.clone();
-            if let Some(id) = &req.id {
-                remember(&mut recent, id.clone());
-            }
-            Snapshot {
-                state: next.clone(),
-                recent,
-                outbox: a.snapshot.outbox.clone(),
-            }
-        });
-        let record = Record {
-            v: 1,
-            cmd: req.id.clone(),
-            events,
-            version,
-            base: a.base,
-            snapshot,
-            send: Vec::new(),
-            delivered: Vec::new(),
-        };
+        let mut record = Record::new(req.id.clone(), events, version, a.base);
+        record.snapshot = prev.map(|p| p.after(&record, &next));
         Ok(Step::Append {
             subject,
             expected: a.seq,
-            record,
+            record: Box::new(record),
             next,
+            clear_marker: false,
         })
+    }
+
+    /// A release of send ids: the ones this actor holds (applied, or delivered and owed a
+    /// release) are forgotten by a record; the rest were forgotten before.
+    fn release(&self, req: &Request, ids: &[String], subject: String) -> Step {
+        let a = &self.actors[&req.actor];
+        let held: Vec<String> = ids
+            .iter()
+            .filter(|id| {
+                a.snapshot.inbox.iter().any(|i| &i.id == *id)
+                    || a.snapshot
+                        .outbox
+                        .iter()
+                        .any(|o| &o.id == *id && o.delivered)
+            })
+            .cloned()
+            .collect();
+        if held.is_empty() {
+            return Step::Reply(self.ok(a, None));
+        }
+        let version = a.version + 1;
+        let mut record = Record::new(None, Vec::new(), version, a.base);
+        record.released = held;
+        let next = a.snapshot.state.clone();
+        if snapshot_due(version, a.kind.snapshot_every()) {
+            record.snapshot = Some(a.snapshot.clone_without_state().after(&record, &next));
+        }
+        let clear_marker = a.marked
+            && !a
+                .snapshot
+                .outbox
+                .iter()
+                .any(|o| !record.released.contains(&o.id));
+        Step::Append {
+            subject,
+            expected: a.seq,
+            record: Box::new(record),
+            next,
+            clear_marker,
+        }
+    }
+
+    /// Loads `actor` for its pending work ([`Cmd::Touch`]); a marker with nothing behind it goes.
+    async fn touch(&mut self, actor: &ActorRef) {
+        if self.busy.contains_key(actor) {
+            return;
+        }
+        if let Err(e) = self.load(actor).await {
+            tracing::warn!(actor = %actor.id, kind = %actor.kind, error = %e, "could not load an actor with pending work");
+            return;
+        }
+        let Some(a) = self.actors.get(actor) else {
+            return;
+        };
+        if a.snapshot.has_pending() {
+            return;
+        }
+        // Cleared as a step of the actor, so a record that sends meanwhile marks it after this.
+        self.busy.insert(actor.clone(), VecDeque::new());
+        let (ctx, shard, expected) = (self.ctx.clone(), self.shard, a.seq);
+        let req = Request::new(actor.clone(), Op::Read, None);
+        let (tx, _) = oneshot::channel();
+        self.inflight.push(Box::pin(async move {
+            let mut done = Appended::new(req, tx, 0, expected);
+            if ctx
+                .store
+                .clear_pending(shard, &done.req.actor)
+                .await
+                .is_ok()
+            {
+                done.marked = Some(false);
+            }
+            done
+        }));
     }
 }
 
@@ -1002,18 +1094,7 @@ async fn decide_and_append(
     tx: oneshot::Sender<Reply>,
     attempt: u8,
 ) -> Appended {
-    let mut done = Appended {
-        req,
-        tx,
-        attempt,
-        result: Ok(d.expected),
-        next: serde_json::Value::Null,
-        version: d.version,
-        snapshotted: false,
-        recorded: false,
-        reply: None,
-        sent: Vec::new(),
-    };
+    let mut done = Appended::new(req, tx, attempt, d.expected);
     let Op::Command { command } = &done.req.op else {
         done.result = Err(Error::Internal("a read reached the decide call".into()));
         return done;
@@ -1048,6 +1129,20 @@ async fn decide_and_append(
     };
     done.reply = reply;
     let delivered: Vec<String> = done.req.delivered.iter().cloned().collect();
+    let (events, state, send) = if delivered.is_empty() {
+        (events, state, send)
+    } else {
+        let sent: usize = send.iter().map(|s| json_size(&s.command) + 160).sum();
+        match over_limit(json_size(&state), d.extras + sent, ctx.max_state_bytes) {
+            None => (events, state, send),
+            Some(e) => {
+                // The answer to a send is recorded whatever: what the app decided on it would
+                // leave the actor over its limit, so it is dropped, as if the app had refused it.
+                tracing::warn!(actor = %done.req.actor.id, why = %e.message, "the decision on a send's answer is dropped: over the state limit");
+                (Vec::new(), d.state.clone(), Vec::new())
+            }
+        }
+    };
     if events.is_empty() && send.is_empty() && delivered.is_empty() {
         // Nothing to record: the state stays as it was, whatever the answer says.
         return done;
@@ -1063,60 +1158,73 @@ async fn decide_and_append(
         ));
         return done;
     }
+    let sent: usize = send.iter().map(|s| json_size(&s.command) + 160).sum();
+    let extras = d.extras + sent + inbound_bytes(&done.req, done.reply.as_ref());
+    if let Some(e) = over_limit(size, extras, ctx.max_state_bytes) {
+        done.result = Err(Error::TooLarge(e.message));
+        return done;
+    }
     let version = d.version + 1;
-    let sent: Vec<Outgoing> = send
+    let mut record = Record::new(done.req.id.clone(), events, version, d.base);
+    record.send = send
         .into_iter()
         .enumerate()
         .map(|(i, s)| Outgoing {
             id: send_id(&done.req.actor, version, i),
             actor: s.actor,
             command: s.command,
+            delivered: false,
         })
         .collect();
-    let record = Record {
-        v: 1,
-        cmd: done.req.id.clone(),
-        events,
-        version,
-        base: d.base,
-        snapshot: d.recent.map(|(recent, mut outbox)| {
-            outbox.retain(|o| !delivered.contains(&o.id));
-            outbox.extend(sent.iter().cloned());
-            Snapshot {
-                state: state.clone(),
-                recent,
-                outbox,
-            }
-        }),
-        send: sent,
-        delivered,
-    };
-    done.snapshotted = record.snapshot.is_some();
+    record.delivered = delivered;
+    // A send's answer is kept with it, to answer its repeated deliveries the same.
+    if done.req.id.as_deref().is_some_and(is_send_id) {
+        record.reply.clone_from(&done.reply);
+    }
+    record.snapshot = d.prev.map(|p| p.after(&record, &state));
+    if !record.send.is_empty() && !d.marked {
+        // Marked before the record lands: whoever serves the shard next finds the sends.
+        if let Err(e) = ctx.store.mark_pending(d.shard, &done.req.actor).await {
+            done.result = Err(e);
+            return done;
+        }
+        done.marked = Some(true);
+    }
     done.result = ctx.store.append(&d.subject, d.expected, &record).await;
-    done.sent = record.send;
+    record.events = Vec::new();
+    done.record = Some(Box::new(record));
     done.next = state;
-    done.version = version;
-    done.recorded = true;
     done
 }
 
-/// Bytes of a value's JSON, counted without building it.
-fn json_size(v: &serde_json::Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+/// True when record `version` carries the state: every `every`th, and the first, so that every
+/// later record points at a snapshot and a replay reads from there, never from the stream's start
+/// (which would make the server scan the log up to the actor's first record).
+fn snapshot_due(version: u64, every: u64) -> bool {
+    version == 1 || version.is_multiple_of(every)
+}
+
+/// Bytes a command adds to what its actor keeps besides the state: a send's id and reply, kept
+/// until its sender releases it.
+fn inbound_bytes(req: &Request, reply: Option<&serde_json::Value>) -> usize {
+    match &req.id {
+        Some(id) if is_send_id(id) => id.len() + 32 + reply.map_or(0, json_size),
+        _ => 0,
     }
-    let mut c = Count(0);
-    match serde_json::to_writer(&mut c, v) {
-        Ok(()) => c.0,
-        Err(_) => usize::MAX,
-    }
+}
+
+/// The `tooLarge` refusal of a decision whose state and extras (recent command ids, outbox,
+/// inbox) together exceed `limit`: all of it travels in snapshot records and transfer chunks.
+fn over_limit(state: usize, extras: usize, limit: usize) -> Option<ErrorReply> {
+    (state + extras > limit).then(|| {
+        ErrorReply::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the actor would keep {} bytes ({state} of state, {extras} of recent command ids, undelivered sends and unreleased received ones), over the limit of {limit} bytes",
+                state + extras
+            ),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -1131,11 +1239,8 @@ mod tests {
             .expect("built-in counter");
         let a = Actor {
             kind,
-            snapshot: Snapshot {
-                state: serde_json::json!({ "value": seq }),
-                recent: Vec::new(),
-                outbox: Vec::new(),
-            },
+            marked: false,
+            snapshot: Snapshot::initial(serde_json::json!({ "value": seq })),
             version: seq,
             seq,
             base: 0,

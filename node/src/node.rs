@@ -797,6 +797,7 @@ impl Node {
         let outbox_task = lock(&shared.deliveries)
             .take()
             .map(|rx| tokio::spawn(crate::outbox::run(shared.clone(), rx)));
+        let resume_task = tokio::spawn(crate::outbox::resume_pending(shared.clone()));
         let api_task = match cfg.api_addr.0 {
             Some(addr) => Some(crate::api::serve(addr, shared.clone()).await?),
             None => None,
@@ -878,6 +879,7 @@ impl Node {
         for task in held_tasks {
             task.abort();
         }
+        resume_task.abort();
         for task in app_task.into_iter().chain(api_task).chain(outbox_task) {
             task.abort();
         }
@@ -977,8 +979,9 @@ async fn take_request(shared: &Arc<Shared>, msg: async_nats::Message) {
     };
     let shared = shared.clone();
     shared.tasks.clone().spawn(async move {
+        let from_node = msg.subject.as_str() == shared.names.node_sends(&shared.me);
         let answer = shared
-            .handle_request_bytes(msg.payload, msg.headers.as_ref())
+            .handle_request_bytes(msg.payload, msg.headers.as_ref(), from_node)
             .await;
         if let Some(to) = msg.reply {
             shared.send_reply(to, answer).await;
@@ -998,9 +1001,15 @@ async fn subscribe_requests(shared: &Arc<Shared>) -> Result<Messages> {
         .subscribe(shared.names.node_requests(&shared.me))
         .await
         .map_err(|e| Error::Nats(e.to_string()))?;
+    let sends = shared
+        .client
+        .subscribe(shared.names.node_sends(&shared.me))
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
     Ok(futures::stream::select_all([
         RequestSubscription::new(any),
         RequestSubscription::new(mine),
+        RequestSubscription::new(sends),
     ]))
 }
 

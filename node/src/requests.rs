@@ -74,10 +74,15 @@ enum Target {
 impl Shared {
     /// Handles a request as it came from NATS: size check, decode, the forwarding headers,
     /// dispatch. Never panics on bad bytes.
+    /// `from_node`: it came on the nodes' own subject ([`Names::node_sends`]), where sends'
+    /// deliveries and releases are taken; anywhere else they are refused `malformed`.
+    ///
+    /// [`Names::node_sends`]: aether_core::protocol::Names::node_sends
     pub async fn handle_request_bytes(
         self: &Arc<Self>,
         bytes: bytes::Bytes,
         headers: Option<&async_nats::HeaderMap>,
+        from_node: bool,
     ) -> Answer {
         if bytes.len() > self.max_request_bytes {
             self.metrics().malformed(Malformed::TooLarge);
@@ -97,20 +102,30 @@ impl Shared {
                 return Answer::error(ErrorReply::from_decode(&e));
             }
         };
-        self.handle(req, Some(bytes)).await
+        self.handle(req, Some(bytes), from_node).await
     }
 
     /// Handles a decoded request (from the app API): validation, kind, dispatch.
     pub async fn handle_request(self: &Arc<Self>, req: Request) -> Answer {
-        self.handle(req, None).await
+        self.handle(req, None, false).await
     }
 
     /// Validation, kind, dispatch; `raw` are the bytes the request arrived as, if it came so.
-    async fn handle(self: &Arc<Self>, mut req: Request, raw: Option<bytes::Bytes>) -> Answer {
+    async fn handle(
+        self: &Arc<Self>,
+        mut req: Request,
+        raw: Option<bytes::Bytes>,
+        from_node: bool,
+    ) -> Answer {
         if let Some(ms) = req.timeout_ms {
             req.deadline = Some(std::time::Instant::now() + Duration::from_millis(ms));
         }
-        if let Err(e) = req.validate() {
+        let valid = if from_node {
+            req.validate()
+        } else {
+            req.validate_from_client()
+        };
+        if let Err(e) = valid {
             self.metrics().malformed(match e {
                 aether_core::Error::TooLarge(_) => Malformed::TooLarge,
                 _ => Malformed::Request,
@@ -260,10 +275,15 @@ impl Shared {
                 }
             },
         };
+        // Sends' deliveries and releases go on the nodes' own subject, where a client cannot.
+        let subject = if req.is_nodes_own() {
+            self.names.node_sends(to)
+        } else {
+            self.names.node_requests(to)
+        };
         let sent = tokio::time::timeout(
             FORWARD_TIMEOUT,
-            self.client
-                .request_with_headers(self.names.node_requests(to), headers, bytes),
+            self.client.request_with_headers(subject, headers, bytes),
         )
         .await;
         match sent {

@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use aether_core::protocol::{ActorRef, Names};
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -19,6 +19,10 @@ pub const SNAPSHOT_EVERY: u64 = aether_core::protocol::app::DEFAULT_SNAPSHOT_EVE
 pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Command ids an actor remembers for idempotent retries.
 pub const RECENT_COMMANDS: usize = 64;
+/// Records read per direct-get request when an actor is rebuilt from the log.
+pub const REPLAY_BATCH: usize = 256;
+/// Up to this many records to replay are read one direct get each (no subscription of their own).
+const FEW_RECORDS: u64 = 4;
 
 /// One record on an actor's subject: the events of one command.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,9 +45,38 @@ pub struct Record {
     /// Messages to other actors, sent once this record landed (the outbox).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub send: Vec<Outgoing>,
-    /// Sends of earlier records whose reply this record holds: delivered, not sent again.
+    /// Sends of earlier records whose reply this record holds: delivered, not sent again; each
+    /// stays in the outbox, marked, until its receiver has released it ([`Record::released`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub delivered: Vec<String>,
+    /// What the command's decide answered for its caller (app kinds): kept so that a send applied
+    /// here is answered the same however often it arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Value>,
+    /// Send ids this actor forgets: as a receiver, sends whose sender has recorded their delivery
+    /// (out of [`Snapshot::inbox`]); as a sender, delivered sends their receiver has released (out
+    /// of [`Snapshot::outbox`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<String>,
+}
+
+impl Record {
+    /// A record of the current format.
+    #[must_use]
+    pub fn new(cmd: Option<String>, events: Vec<Value>, version: u64, base: u64) -> Self {
+        Self {
+            v: 1,
+            cmd,
+            events,
+            version,
+            base,
+            snapshot: None,
+            send: Vec::new(),
+            delivered: Vec::new(),
+            reply: None,
+            released: Vec::new(),
+        }
+    }
 }
 
 /// A message in an actor's outbox, from the record that sent it until the record that holds its reply.
@@ -55,6 +88,19 @@ pub struct Outgoing {
     pub actor: ActorRef,
     /// The command.
     pub command: Value,
+    /// Its reply is recorded; kept until the receiver has released it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delivered: bool,
+}
+
+/// A send this actor applied, kept until its sender has recorded the delivery and released it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Inbound {
+    /// The send's command id.
+    pub id: String,
+    /// What the decide answered, given again to a repeated delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Value>,
 }
 
 /// Folded state inside a record, and inside migration transfers.
@@ -65,9 +111,98 @@ pub struct Snapshot {
     /// Recent command ids, oldest first.
     #[serde(default)]
     pub recent: Vec<String>,
-    /// Sent messages whose reply is not recorded yet.
+    /// Sent messages not released by their receivers yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<Outgoing>,
+    /// Sends applied here and not released by their senders yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inbox: Vec<Inbound>,
+}
+
+impl Snapshot {
+    /// The state of an actor with no records.
+    #[must_use]
+    pub fn initial(state: Value) -> Self {
+        Self {
+            state,
+            recent: Vec::new(),
+            outbox: Vec::new(),
+            inbox: Vec::new(),
+        }
+    }
+
+    /// A copy of everything but the state (which is `null`): the start of a record's snapshot.
+    #[must_use]
+    pub fn clone_without_state(&self) -> Self {
+        Self {
+            state: Value::Null,
+            recent: self.recent.clone(),
+            outbox: self.outbox.clone(),
+            inbox: self.inbox.clone(),
+        }
+    }
+
+    /// This snapshot (as before `record`) after `record`, with the state `next`: what `record`
+    /// carries when it is one of the records with a snapshot.
+    #[must_use]
+    pub fn after(mut self, record: &Record, next: &Value) -> Self {
+        self.absorb(record);
+        self.state = next.clone();
+        self
+    }
+
+    /// Bytes (JSON) of what the actor keeps besides its state: recent command ids, outbox, inbox.
+    /// They count against the state limit, since snapshot records and transfers carry them.
+    #[must_use]
+    pub fn extras_bytes(&self) -> usize {
+        let ids: usize = self.recent.iter().map(|r| r.len() + 3).sum();
+        let out: usize = self
+            .outbox
+            .iter()
+            .map(|o| {
+                o.id.len() + o.actor.id.len() + o.actor.kind.len() + 64 + json_size(&o.command)
+            })
+            .sum();
+        let inb: usize = self
+            .inbox
+            .iter()
+            .map(|i| i.id.len() + 32 + i.reply.as_ref().map_or(0, json_size))
+            .sum();
+        ids + out + inb
+    }
+
+    /// True when the actor has work nobody will ask for: sends to deliver, releases owed.
+    #[must_use]
+    pub fn has_pending(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// Folds what a record (that landed) changes besides the state: its command id, its sends,
+    /// the deliveries and releases it records.
+    pub fn absorb(&mut self, r: &Record) {
+        self.outbox.extend(r.send.iter().cloned());
+        for o in &mut self.outbox {
+            if r.delivered.contains(&o.id) {
+                o.delivered = true;
+            }
+        }
+        if !r.released.is_empty() {
+            self.outbox.retain(|o| !r.released.contains(&o.id));
+            self.inbox.retain(|i| !r.released.contains(&i.id));
+        }
+        if let Some(cmd) = &r.cmd {
+            if aether_core::protocol::app::is_send_id(cmd) {
+                if !self.inbox.iter().any(|i| &i.id == cmd) {
+                    self.inbox.push(Inbound {
+                        id: cmd.clone(),
+                        reply: r.reply.clone(),
+                    });
+                }
+            } else {
+                remember(&mut self.recent, cmd.clone());
+            }
+        }
+    }
 }
 
 /// An actor's log position and state, as loaded: the last snapshot and the events after it, which
@@ -196,15 +331,12 @@ impl EventStore {
         }
     }
 
-    /// Loads an actor: its last snapshot, then the records after it, folded with `apply`.
+    /// Loads an actor: its last snapshot, then the records after it (read in batches by direct
+    /// get: no consumer, so no server limit on consumers is ever met however many actors load).
     pub async fn load(&self, subject: &str, initial: Value) -> Result<Loaded> {
         let Some((seq, last)) = self.last(subject).await? else {
             return Ok(Loaded {
-                snapshot: Snapshot {
-                    state: initial,
-                    recent: Vec::new(),
-                    outbox: Vec::new(),
-                },
+                snapshot: Snapshot::initial(initial),
                 version: 0,
                 seq: 0,
                 base: 0,
@@ -221,15 +353,7 @@ impl EventStore {
             });
         }
         let (mut snapshot, mut version, start) = if last.base == 0 {
-            (
-                Snapshot {
-                    state: initial,
-                    recent: Vec::new(),
-                    outbox: Vec::new(),
-                },
-                0,
-                1,
-            )
+            (Snapshot::initial(initial), 0, 1)
         } else {
             let base = self.record_at(last.base, subject).await?;
             let snap = base.snapshot.ok_or_else(|| {
@@ -240,42 +364,26 @@ impl EventStore {
             })?;
             (snap, base.version, last.base + 1)
         };
-        let consumer = self
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: subject.to_owned(),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::Nats(format!("replay {subject}: {e}")))?;
         let mut unfolded = Vec::new();
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| Error::Nats(format!("replay {subject}: {e}")))?;
-        // A replay that stalls (a lost consumer, a server going away) must not hold the shard forever.
-        let replay_deadline = tokio::time::Instant::now() + REPLAY_TIMEOUT;
-        while let Some(msg) = tokio::time::timeout_at(replay_deadline, messages.next())
+        // The records between the snapshot and the last one (which is read already).
+        let between = last.version.saturating_sub(version + 1);
+        let records = if between == 0 {
+            Vec::new()
+        } else {
+            // A replay that stalls (a server going away) must not hold the shard forever.
+            tokio::time::timeout(
+                REPLAY_TIMEOUT,
+                self.records(subject, start, seq - 1, between),
+            )
             .await
             .map_err(|_| {
                 Error::Nats(format!(
                     "replay of {subject} took longer than {REPLAY_TIMEOUT:?}"
                 ))
-            })?
-        {
-            let msg = msg.map_err(|e| Error::Nats(format!("replay {subject}: {e}")))?;
-            let info = msg
-                .info()
-                .map_err(|e| Error::Nats(format!("replay {subject}: {e}")))?;
-            let at = info.stream_sequence;
-            if at > seq {
-                break;
-            }
-            let r: Record = serde_json::from_slice(&msg.payload)
-                .map_err(|e| Error::Corrupt(format!("{subject}@{at}: {e}")))?;
+            })??
+        };
+        let last_base = last.base;
+        for (at, r) in records.into_iter().chain([(seq, last)]) {
             if r.version != version + 1 {
                 // A record missing (purged, deleted): folding on would give a wrong state.
                 return Err(Error::Corrupt(format!(
@@ -283,32 +391,155 @@ impl EventStore {
                     r.version
                 )));
             }
+            snapshot.absorb(&r);
             unfolded.extend(r.events);
-            snapshot.outbox.extend(r.send);
-            if !r.delivered.is_empty() {
-                snapshot.outbox.retain(|o| !r.delivered.contains(&o.id));
-            }
-            if let Some(cmd) = r.cmd {
-                remember(&mut snapshot.recent, cmd);
-            }
             version = r.version;
-            if at == seq {
-                break;
-            }
-        }
-        if version != last.version {
-            return Err(Error::Corrupt(format!(
-                "{subject}: replay reached record {version}, the last is {}: the log has a gap",
-                last.version
-            )));
         }
         Ok(Loaded {
             snapshot,
             version,
             seq,
-            base: last.base,
+            base: last_base,
             unfolded,
         })
+    }
+
+    /// The records of `subject` from stream sequence `from` through `to` (`expected` of them):
+    /// a few by one direct get each, more by batched direct get (nats-server 2.11+), where each
+    /// request answers up to [`REPLAY_BATCH`] messages, then an end-of-batch status (204).
+    async fn records(
+        &self,
+        subject: &str,
+        from: u64,
+        to: u64,
+        expected: u64,
+    ) -> Result<Vec<(u64, Record)>> {
+        if expected <= FEW_RECORDS {
+            let mut out = Vec::new();
+            let mut next = from;
+            while next <= to {
+                let m = match self
+                    .stream
+                    .direct_get_next_for_subject(subject, Some(next))
+                    .await
+                {
+                    Ok(m) => m,
+                    Err(e) if matches!(e.kind(), stream::DirectGetErrorKind::NotFound) => break,
+                    Err(e) => return Err(Error::Nats(format!("replay {subject}: {e}"))),
+                };
+                if m.sequence > to {
+                    break;
+                }
+                let r: Record = serde_json::from_slice(&m.payload)
+                    .map_err(|e| Error::Corrupt(format!("{subject}@{}: {e}", m.sequence)))?;
+                out.push((m.sequence, r));
+                next = m.sequence + 1;
+            }
+            return Ok(out);
+        }
+        let client = self.js.client();
+        let api = format!("$JS.API.DIRECT.GET.{}", self.names.event_stream());
+        let mut out = Vec::new();
+        let mut next = from;
+        while next <= to {
+            let inbox = client.new_inbox();
+            let mut answers = client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| Error::Nats(format!("replay {subject}: {e}")))?;
+            let ask =
+                serde_json::json!({ "seq": next, "next_by_subj": subject, "batch": REPLAY_BATCH });
+            client
+                .publish_with_reply(api.clone(), inbox, ask.to_string().into())
+                .await
+                .map_err(|e| Error::Nats(format!("replay {subject}: {e}")))?;
+            let mut got = 0;
+            while let Some(msg) = answers.next().await {
+                if let Some(status) = msg.status {
+                    match status.as_u16() {
+                        204 => break,
+                        404 => break,
+                        code => {
+                            return Err(Error::Nats(format!(
+                                "replay {subject}: direct get answered {code} {}",
+                                msg.description.unwrap_or_default()
+                            )));
+                        }
+                    }
+                }
+                let at = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Sequence"))
+                    .and_then(|v| v.as_str().parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        Error::Nats(format!("replay {subject}: an answer without a sequence"))
+                    })?;
+                got += 1;
+                next = at + 1;
+                if at > to {
+                    next = to + 1;
+                    break;
+                }
+                let r: Record = serde_json::from_slice(&msg.payload)
+                    .map_err(|e| Error::Corrupt(format!("{subject}@{at}: {e}")))?;
+                out.push((at, r));
+                if at == to {
+                    break;
+                }
+            }
+            // Unsubscribes: nothing of this request is wanted any more.
+            drop(answers);
+            if got == 0 {
+                // Nothing more on the subject (the caller finds any gap).
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks `actor` as having pending work (see [`Names::pending_subject`]); idempotent.
+    pub async fn mark_pending(&self, shard: u32, actor: &ActorRef) -> Result<()> {
+        let subject = self.names.pending_subject(shard, actor);
+        self.js
+            .publish(subject.clone(), bytes::Bytes::from_static(b"1"))
+            .await
+            .map_err(|e| Error::Nats(format!("mark {subject}: {e}")))?
+            .await
+            .map_err(|e| Error::Nats(format!("mark {subject}: {e}")))?;
+        Ok(())
+    }
+
+    /// Removes `actor`'s pending-work marker; idempotent.
+    pub async fn clear_pending(&self, shard: u32, actor: &ActorRef) -> Result<()> {
+        let subject = self.names.pending_subject(shard, actor);
+        self.stream
+            .purge()
+            .filter(&subject)
+            .await
+            .map_err(|e| Error::Nats(format!("clear {subject}: {e}")))?;
+        Ok(())
+    }
+
+    /// The actors marked as having pending work, with their shards, of the shards `wanted` says.
+    pub async fn pending(&self, wanted: impl Fn(u32) -> bool) -> Result<Vec<(u32, ActorRef)>> {
+        let filter = self.names.pending_filter();
+        let mut subjects = self
+            .stream
+            .info_with_subjects(&filter)
+            .await
+            .map_err(|e| Error::Nats(format!("pending work: {e}")))?;
+        let mut actors = Vec::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, count) = entry.map_err(|e| Error::Nats(format!("pending work: {e}")))?;
+            if count > 0
+                && let Some((shard, actor)) = self.names.pending_actor(&subject)
+                && wanted(shard)
+            {
+                actors.push((shard, actor));
+            }
+        }
+        Ok(actors)
     }
 
     async fn record_at(&self, seq: u64, subject: &str) -> Result<Record> {
@@ -342,4 +573,23 @@ pub fn remember(recent: &mut Vec<String>, cmd: String) {
         recent.remove(0);
     }
     recent.push(cmd);
+}
+
+/// Bytes of a value's JSON, counted without building it.
+pub fn json_size(v: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    match serde_json::to_writer(&mut c, v) {
+        Ok(()) => c.0,
+        Err(_) => usize::MAX,
+    }
 }

@@ -52,10 +52,16 @@ impl App {
 
     /// Starts `script` on `port`.
     pub async fn start_on(script: &str, port: u16) -> Self {
+        Self::start_args(script, port, &[]).await
+    }
+
+    /// Starts `script` on `port` with `extra` arguments.
+    pub async fn start_args(script: &str, port: u16, extra: &[&str]) -> Self {
         let script = repo_file(script);
         let child = Command::new(python())
             .arg(&script)
             .args(["--port", &port.to_string()])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -100,6 +106,18 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Vec<u8>) {
+    let (status, _, body) = http_with_head(port, method, path, headers, body).await;
+    (status, body)
+}
+
+/// An HTTP/1.1 exchange on loopback: the status, the head (status line and headers) and the body.
+pub async fn http_with_head(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -138,7 +156,7 @@ pub async fn http(
     {
         body = dechunk(&body);
     }
-    (status, body)
+    (status, head, body)
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {

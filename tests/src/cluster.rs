@@ -174,9 +174,14 @@ pub fn spawn_process_with(
             &format!("127.0.0.1:{http_port}"),
             "--drain-timeout",
             "20",
-            "--api-addr",
-            "off",
         ])
+        // No app API unless `extra` asks for one.
+        .args(
+            (!extra.contains(&"--api-addr"))
+                .then_some(["--api-addr", "off"])
+                .into_iter()
+                .flatten(),
+        )
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

@@ -206,9 +206,10 @@ async fn bank_accounts_through_the_api_and_nats_and_rebuilt_after_a_restart() {
                 .is_empty()
     })
     .await;
-    assert_eq!(logged(&nc, "bank", "account", "bob").await, 1);
-    // alice: deposit, withdraw, transfer, and the record of the reply.
-    assert_eq!(logged(&nc, "bank", "account", "alice").await, 4);
+    // bob: the deposit, and the record of its release once alice recorded the answer.
+    assert_eq!(logged(&nc, "bank", "account", "bob").await, 2);
+    // alice: deposit, withdraw, transfer, the record of the reply and of bob's release.
+    assert_eq!(logged(&nc, "bank", "account", "alice").await, 5);
     let (status, body) = http(
         api,
         "POST",
@@ -237,7 +238,7 @@ async fn bank_accounts_through_the_api_and_nats_and_rebuilt_after_a_restart() {
         assert_eq!(status, 200);
     }
     let expected = json!({"balance": 50 + 170});
-    assert_eq!(logged(&nc, "bank", "account", "alice").await, 21);
+    assert_eq!(logged(&nc, "bank", "account", "alice").await, 22);
     n.terminate();
     n.exited(T).await.expect("clean exit");
     drop(n);
@@ -248,7 +249,7 @@ async fn bank_accounts_through_the_api_and_nats_and_rebuilt_after_a_restart() {
     let b = json_of(&body);
     assert_eq!(
         (b["state"].clone(), b["version"].clone()),
-        (expected, json!(21))
+        (expected, json!(22))
     );
     assert!(
         n2.metrics.app_calls_of("apply") > before,
@@ -517,15 +518,20 @@ async fn a_send_survives_its_senders_owner_dying_between_append_and_delivery() {
         },
     )
     .await;
+    wait_for("the send released at both ends", T, || async {
+        logged(&nc, "xfer", "account", &r).await == 2
+            && logged(&nc, "xfer", "account", &s).await == 4
+    })
+    .await;
     assert_eq!(
         logged(&nc, "xfer", "account", &r).await,
-        1,
-        "deposited once"
+        2,
+        "deposited once, then released"
     );
     assert_eq!(
         logged(&nc, "xfer", "account", &s).await,
-        3,
-        "deposit, transfer, reply"
+        4,
+        "deposit, transfer, reply, released"
     );
 
     // Once more from scratch: nothing is sent again.
@@ -537,8 +543,8 @@ async fn a_send_survives_its_senders_owner_dying_between_append_and_delivery() {
     })
     .await;
     assert_eq!(balance(&nc, "xfer", &r).await, Some(30));
-    assert_eq!(logged(&nc, "xfer", "account", &r).await, 1);
-    assert_eq!(logged(&nc, "xfer", "account", &s).await, 3);
+    assert_eq!(logged(&nc, "xfer", "account", &r).await, 2);
+    assert_eq!(logged(&nc, "xfer", "account", &s).await, 4);
 }
 
 /// A request still waiting when its caller's deadline (`timeoutMs`) passes is dropped before any

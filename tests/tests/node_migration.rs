@@ -245,16 +245,7 @@ async fn a_stale_writer_is_fenced_and_the_owner_recovers() {
         .await
         .expect("read")
         .expect("one record");
-    let rec = |v| Record {
-        v: 1,
-        cmd: None,
-        events: vec![serde_json::json!({"added": 100})],
-        version: v,
-        base: 0,
-        snapshot: None,
-        send: Vec::new(),
-        delivered: Vec::new(),
-    };
+    let rec = |v| Record::new(None, vec![serde_json::json!({"added": 100})], v, 0);
     store
         .append(&subject, seq, &rec(last.version + 1))
         .await

@@ -297,6 +297,28 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
         ))
         .await;
 
+    // 3b. A forged send (a node's own command id) or release, on the nodes' own subject.
+    let sends = names.node_sends(other);
+    let forged_send = aether_core::protocol::Request::new(
+        ActorRef::new("counter", victim),
+        aether_core::protocol::Op::Command {
+            command: serde_json::json!({"add": 1_000_000}),
+        },
+        Some("$send-0000000000000000-1-0".to_owned()),
+    );
+    client_nc
+        .publish(
+            sends.clone(),
+            aether_core::protocol::encode(&forged_send)
+                .expect("encodes")
+                .into(),
+        )
+        .await
+        .expect("sent");
+    refused
+        .wait_for(&format!("Permissions Violation for Publish to \"{sends}\""))
+        .await;
+
     // 4. A raw event record, without the expected-sequence header.
     let event_subject = names.actor_subject(shard, &ActorRef::new("counter", victim));
     client_nc
@@ -467,6 +489,7 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
         plan_subject.as_str(),
         &names.progress(2, shard),
         &names.node_migrate(other),
+        &names.node_sends(other),
         &event_subject,
         &held_subject,
         &names.any_node(),

@@ -245,12 +245,32 @@ impl ApplyAnswer {
 }
 
 /// The command id of the `index`th message of the sender's record `version`:
-/// `send-{XXH3-64("kind/id") as 16 hex digits}-{version}-{index}`. The same wherever and however
-/// often it is sent, so the receiver applies it once.
+/// `$send-{XXH3-64("kind/id") as 16 hex digits}-{version}-{index}`. The same wherever and however
+/// often it is sent, so the receiver applies it once. Command ids starting with `$` are the nodes'
+/// own: no client may use one.
 #[must_use]
 pub fn send_id(from: &ActorRef, version: u64, index: usize) -> String {
     let who = crate::hash::actor_hash(&format!("{}/{}", from.kind, from.id));
-    format!("send-{who:016x}-{version}-{index}")
+    format!("{SEND_ID_PREFIX}{who:016x}-{version}-{index}")
+}
+
+/// How every send id starts ([`send_id`]).
+pub const SEND_ID_PREFIX: &str = "$send-";
+
+/// True for a send's command id ([`send_id`]).
+#[must_use]
+pub fn is_send_id(id: &str) -> bool {
+    id.starts_with(SEND_ID_PREFIX)
+}
+
+/// The command id of the `$reply` command that records the answer to send `id` at its sender:
+/// `$reply-...` with the send id's rest.
+#[must_use]
+pub fn reply_id(send_id: &str) -> String {
+    format!(
+        "$reply-{}",
+        send_id.strip_prefix(SEND_ID_PREFIX).unwrap_or(send_id)
+    )
 }
 
 /// `s` cut to at most `max` bytes, on a character boundary.

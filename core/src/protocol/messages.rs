@@ -73,6 +73,12 @@ pub enum Op {
         /// The command, in the behaviour's own JSON shape.
         command: serde_json::Value,
     },
+    /// Nodes only (`{prefix}.node.{pod}.send`): forget these send ids, recorded. At a receiver the
+    /// sender has recorded their delivery; at the sender the receiver has forgotten them.
+    Release {
+        /// Send ids ([`crate::protocol::app::send_id`]).
+        ids: Vec<String>,
+    },
 }
 
 /// A request to an actor, sent to any node (`{prefix}.req`) or to one node (`{prefix}.node.{pod}.req`).
@@ -108,10 +114,44 @@ pub struct Request {
     pub deadline: Option<std::time::Instant>,
 }
 
-/// Top-level command keys starting with this are the node's own (`$reply`): refused from clients.
+/// Top-level command keys and command ids starting with this are the nodes' own (`$reply`, send
+/// ids): refused from clients.
 pub const RESERVED_PREFIX: char = '$';
 
+/// Most send ids one release names.
+pub const MAX_RELEASE_IDS: usize = 64;
+
 impl Request {
+    /// [`Request::validate`], and what only nodes may send refused: a command id starting with
+    /// [`RESERVED_PREFIX`] (sends' ids) and `release`.
+    pub fn validate_from_client(&self) -> Result<()> {
+        self.validate()?;
+        if let Some(id) = &self.id
+            && id.starts_with(RESERVED_PREFIX)
+        {
+            return Err(Error::Malformed(format!(
+                "command id {id:?}: ids starting with {RESERVED_PREFIX:?} are the nodes' own"
+            )));
+        }
+        if matches!(self.op, Op::Release { .. }) {
+            return Err(Error::Malformed(
+                "op \"release\" is the nodes' own".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// True for what only a node sends (a send's delivery, a release): it travels on the nodes'
+    /// own subject.
+    #[must_use]
+    pub fn is_nodes_own(&self) -> bool {
+        matches!(self.op, Op::Release { .. })
+            || self
+                .id
+                .as_ref()
+                .is_some_and(|i| i.starts_with(RESERVED_PREFIX))
+    }
+
     /// Checks what the node will put into subjects, headers and the log: the actor (kind syntax,
     /// id length), the command id (1 to [`MAX_COMMAND_ID_BYTES`] bytes, no control characters) and
     /// the command's nesting (at most [`MAX_COMMAND_DEPTH`]).
@@ -130,8 +170,20 @@ impl Request {
                 )));
             }
         }
-        if let Op::Command { command } = &self.op {
-            check_command(command)?;
+        match &self.op {
+            Op::Command { command } => check_command(command)?,
+            Op::Release { ids } => {
+                if ids.len() > MAX_RELEASE_IDS
+                    || ids
+                        .iter()
+                        .any(|i| i.len() > MAX_COMMAND_ID_BYTES || !i.starts_with(RESERVED_PREFIX))
+                {
+                    return Err(Error::Malformed(format!(
+                        "a release names 1 to {MAX_RELEASE_IDS} send ids"
+                    )));
+                }
+            }
+            Op::Read => {}
         }
         Ok(())
     }

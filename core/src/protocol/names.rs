@@ -60,6 +60,49 @@ impl Names {
         )
     }
 
+    /// Subject of an actor's pending-work marker, in the event stream beside its records:
+    /// `{prefix}.ev.{shard}._pending.{kind}.{base64url(id)}`. It holds a message while the actor has
+    /// work no client will ask for (undelivered sends, releases owed), so whoever serves the shard
+    /// next resumes it without loading every actor. (`_pending` is never a kind: kinds are
+    /// `[a-z0-9-]`.)
+    #[must_use]
+    pub fn pending_subject(&self, shard: u32, actor: &ActorRef) -> String {
+        format!(
+            "{}.ev.{shard}.{PENDING_TOKEN}.{}.{}",
+            self.prefix,
+            actor.kind,
+            encode_id(&actor.id)
+        )
+    }
+
+    /// Filter for the pending-work markers of every shard.
+    #[must_use]
+    pub fn pending_filter(&self) -> String {
+        format!("{}.ev.*.{PENDING_TOKEN}.>", self.prefix)
+    }
+
+    /// The shard and actor a pending-work marker subject names, `None` for any other subject.
+    #[must_use]
+    pub fn pending_actor(&self, subject: &str) -> Option<(u32, ActorRef)> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".ev.")?;
+        let mut parts = rest.split('.');
+        let (shard, token, kind, id) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if token != PENDING_TOKEN || parts.next().is_some() {
+            return None;
+        }
+        Some((
+            shard.parse().ok()?,
+            ActorRef::new(kind, decode_id(id).ok()?),
+        ))
+    }
+
+    /// Requests only nodes may send to one node: sends' deliveries and releases (the nodes' user
+    /// publishes here, a client's may not).
+    #[must_use]
+    pub fn node_sends(&self, pod: &str) -> String {
+        format!("{}.node.{pod}.send", self.prefix)
+    }
+
     /// Filter for all events of a shard.
     #[must_use]
     pub fn shard_filter(&self, shard: u32) -> String {
@@ -137,6 +180,9 @@ impl Names {
         format!("{}.nodes", self.prefix)
     }
 }
+
+/// The token after the shard in a pending-work marker's subject ([`Names::pending_subject`]).
+pub const PENDING_TOKEN: &str = "_pending";
 
 /// Encodes an actor id as one subject token: base64url without padding of its UTF-8 bytes.
 #[must_use]

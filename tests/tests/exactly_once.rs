@@ -1,0 +1,512 @@
+//! Promises that hold at any size and after any pause (issue 27), against real processes: a send
+//! is applied once however long its sender's node was down (past JetStream's duplicate window,
+//! shortened here to 1 s), a saga finishes without any client touching its sender, a node brings
+//! back every one of many actors after a restart, and clients cannot use the nodes' own command
+//! ids.
+
+use aether_core::hash::shard_of;
+use aether_core::protocol::{ActorRef, ErrorCode, Names, Op, Outcome, Reply, Request};
+use aether_node::client::Client;
+use aether_node::store::{EventStore, Record};
+use aether_tests::app::{App, http_with_head};
+use aether_tests::cluster::{ask, next_plan, publish, spawn_process_with};
+use aether_tests::{NatsServer, Process, free_port, http_get, wait_for, workspace_binary};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+const SHARDS: u32 = 16;
+/// JetStream's duplicate window of the event stream in these tests (the node's default is 120 s).
+const WINDOW: Duration = Duration::from_secs(1);
+
+async fn ready(port: u16) -> bool {
+    http_get(port, "/readyz")
+        .await
+        .is_some_and(|(s, _)| s == 200)
+}
+
+/// The event stream, created before any node with a duplicate window of [`WINDOW`]: whoever
+/// creates it first fixes its settings.
+async fn short_window_stream(nc: &async_nats::Client, prefix: &str) {
+    let names = Names::new(prefix);
+    async_nats::jetstream::new(nc.clone())
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: names.event_stream(),
+            subjects: vec![names.event_subjects()],
+            allow_direct: true,
+            duplicate_window: WINDOW,
+            ..Default::default()
+        })
+        .await
+        .expect("event stream");
+}
+
+/// Every record of an actor's subject, read straight from the log (the actor is not loaded).
+async fn records(nc: &async_nats::Client, prefix: &str, kind: &str, id: &str) -> Vec<Record> {
+    let names = Names::new(prefix);
+    let stream = async_nats::jetstream::new(nc.clone())
+        .get_stream(names.event_stream())
+        .await
+        .expect("stream");
+    let subject = names.actor_subject(shard_of(id, SHARDS), &ActorRef::new(kind, id));
+    let mut out = Vec::new();
+    let mut seq = 1;
+    while let Ok(m) = stream
+        .direct_get_next_for_subject(subject.clone(), Some(seq))
+        .await
+    {
+        out.push(serde_json::from_slice(&m.payload).expect("a record"));
+        seq = m.sequence + 1;
+    }
+    out
+}
+
+/// The actor as its log has it, folded up to its last snapshot (not loaded by any node).
+async fn logged(
+    nc: &async_nats::Client,
+    prefix: &str,
+    kind: &str,
+    id: &str,
+) -> aether_node::store::Loaded {
+    let store = EventStore::open(
+        async_nats::jetstream::new(nc.clone()),
+        Names::new(prefix),
+        1,
+    )
+    .await
+    .expect("store");
+    let actor = ActorRef::new(kind, id);
+    store
+        .load(&store.subject(shard_of(id, SHARDS), &actor), Value::Null)
+        .await
+        .expect("load")
+}
+
+fn state(r: &Reply) -> Value {
+    match &r.outcome {
+        Outcome::Ok(ok) => ok.state.clone(),
+        Outcome::Error(e) => panic!("error reply: {e:?}"),
+    }
+}
+
+async fn read(nc: &async_nats::Client, kind: &str, id: &str) -> Reply {
+    answered(nc, &Request::new(ActorRef::new(kind, id), Op::Read, None)).await
+}
+
+/// The answer to `req`, retried as a client does on `unavailable` (no plan yet, a shard
+/// moving), with the same command id.
+async fn answered(nc: &async_nats::Client, req: &Request) -> Reply {
+    let started = Instant::now();
+    loop {
+        let r = ask(nc, PREFIX, req).await;
+        match &r.outcome {
+            Outcome::Error(e) if e.code == ErrorCode::Unavailable && started.elapsed() < T => {
+                tokio::time::sleep(Duration::from_millis(e.retry_after_ms.unwrap_or(50))).await;
+            }
+            _ => return r,
+        }
+    }
+}
+
+/// A saga stack: one saga app (its `$reply` decide calls held while `hold` exists) and two node
+/// processes, `app-0` and `app-1`.
+struct Saga {
+    nats: NatsServer,
+    nc: async_nats::Client,
+    app: App,
+    hold: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    ports: [u16; 2],
+    nodes: [Option<Process>; 2],
+}
+
+const PREFIX: &str = "eo";
+
+impl Saga {
+    async fn start() -> Self {
+        let nats = NatsServer::start();
+        let nc = nats.connect().await;
+        short_window_stream(&nc, PREFIX).await;
+        let dir = tempfile::tempdir().expect("tmp");
+        let hold = dir.path().join("hold");
+        let app = App::start_args(
+            "tests/apps/saga.py",
+            free_port(),
+            &["--hold", hold.to_str().expect("utf-8 path")],
+        )
+        .await;
+        let mut s = Self {
+            nats,
+            nc,
+            app,
+            hold,
+            _dir: dir,
+            ports: [free_port(), free_port()],
+            nodes: [None, None],
+        };
+        s.node(0);
+        s.node(1);
+        let ports = s.ports;
+        wait_for("both nodes Ready", T, || async {
+            ready(ports[0]).await && ready(ports[1]).await
+        })
+        .await;
+        let plan = next_plan(None, &["app-0", "app-1"], SHARDS, 4);
+        publish(&s.nc, PREFIX, &plan, 10).await;
+        s
+    }
+
+    fn node(&mut self, i: usize) {
+        self.nodes[i] = Some(spawn_process_with(
+            &workspace_binary("aether-node"),
+            &self.nats.url(),
+            PREFIX,
+            &format!("app-{i}"),
+            self.ports[i],
+            &["--app-url", &self.app.url(), "--app-timeout-ms", "60000"],
+        ));
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].take() {
+            p.kill();
+        }
+    }
+
+    async fn ready_again(&mut self, i: usize) {
+        self.node(i);
+        let port = self.ports[i];
+        wait_for("the node Ready again", T, || ready(port)).await;
+    }
+
+    /// An id of `prefix`-n whose shard the first plan gives to `owner`.
+    fn id_on(prefix: &str, owner: &str, skip: usize) -> String {
+        let plan = next_plan(None, &["app-0", "app-1"], SHARDS, 4);
+        (0..)
+            .map(|i| format!("{prefix}-{i}"))
+            .filter(|id| plan.owner(shard_of(id, SHARDS)) == Some(owner))
+            .nth(skip)
+            .expect("an id")
+    }
+
+    async fn place(&self, order: &str, stock: &str) {
+        let req = Request::new(
+            ActorRef::new("order", order),
+            Op::Command {
+                command: json!({"place": {"stock": stock, "qty": 1}}),
+            },
+            Some(format!("place-{order}")),
+        );
+        let r = answered(&self.nc, &req).await;
+        assert!(matches!(r.outcome, Outcome::Ok(_)), "{r:?}");
+    }
+
+    /// Times `stock` applied `order`'s reservation, by its state and by its log.
+    async fn applied(&self, stock: &str, order: &str) -> (i64, usize) {
+        let s = state(&read(&self.nc, "stock", stock).await);
+        let in_state = s["orders"][order].as_i64().unwrap_or(0);
+        let in_log = records(&self.nc, PREFIX, "stock", stock)
+            .await
+            .iter()
+            .flat_map(|r| r.events.iter())
+            .filter(|e| e["reserved"]["order"] == json!(order))
+            .count();
+        (in_state, in_log)
+    }
+
+    /// True once the order's log holds the answer and nothing is pending (read from the log).
+    async fn settled(&self, order: &str) -> bool {
+        let l = logged(&self.nc, PREFIX, "order", order).await;
+        l.snapshot.outbox.is_empty() && l.version >= 3
+    }
+}
+
+/// The sender's node is SIGKILLed after the receiver applied the send and before the sender
+/// recorded the answer; every window passes; the node comes back. Nobody reads the order: its
+/// node resumes it from the pending-work marker, the stock answers the repeated delivery from its
+/// inbox, and the reservation is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_is_applied_once_after_its_senders_node_dies_past_every_window() {
+    let mut s = Saga::start().await;
+    let order = Saga::id_on("order", "app-0", 0);
+    let stock = Saga::id_on("stock", "app-1", 0);
+    std::fs::write(&s.hold, b"").expect("hold");
+    s.place(&order, &stock).await;
+    wait_for("the stock applied the send", T, || async {
+        s.applied(&stock, &order).await.0 == 1
+    })
+    .await;
+    assert!(!s.settled(&order).await, "the answer is held at the app");
+    s.kill(0);
+    std::fs::remove_file(&s.hold).expect("unhold");
+    // Past JetStream's duplicate window (and the time any attempt may still be on its way).
+    tokio::time::sleep(WINDOW * 3).await;
+    let started = Instant::now();
+    s.ready_again(0).await;
+    wait_for(
+        "the saga finished without anyone touching the order",
+        T,
+        || s.settled(&order),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(s.applied(&stock, &order).await, (1, 1), "applied once");
+    wait_for("the stock released the send", T, || async {
+        logged(&s.nc, PREFIX, "stock", &stock)
+            .await
+            .snapshot
+            .inbox
+            .is_empty()
+    })
+    .await;
+    assert_eq!(
+        state(&read(&s.nc, "order", &order).await)["status"],
+        json!("confirmed")
+    );
+    eprintln!("saga finished {took:?} after the restart began");
+}
+
+/// Every node and the nats-server stop, with sends of 20 orders applied but not answered, for
+/// longer than every window; everything comes back: each send applied once, every saga done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_pending_when_the_whole_cluster_stops_are_applied_once_after_it_restarts() {
+    let mut s = Saga::start().await;
+    let orders: Vec<(String, String)> = (0..20)
+        .map(|i| {
+            let (o, st) = if i % 2 == 0 {
+                ("app-0", "app-1")
+            } else {
+                ("app-1", "app-0")
+            };
+            (Saga::id_on("order", o, i), Saga::id_on("stock", st, i % 3))
+        })
+        .collect();
+    std::fs::write(&s.hold, b"").expect("hold");
+    for (o, st) in &orders {
+        s.place(o, st).await;
+    }
+    wait_for("every stock applied its sends", T, || async {
+        for (o, st) in &orders {
+            if s.applied(st, o).await.0 != 1 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    s.kill(0);
+    s.kill(1);
+    s.nats.kill();
+    std::fs::remove_file(&s.hold).expect("unhold");
+    tokio::time::sleep(WINDOW * 3).await;
+    s.nats.restart();
+    s.nc = s.nats.connect().await;
+    let started = Instant::now();
+    s.node(0);
+    s.node(1);
+    wait_for(
+        "every saga finished, nobody touching an order",
+        T,
+        || async {
+            for (o, _) in &orders {
+                if !s.settled(o).await {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    eprintln!(
+        "{} sagas finished {:?} after the restart began",
+        orders.len(),
+        started.elapsed()
+    );
+    for (o, st) in &orders {
+        assert_eq!(s.applied(st, o).await, (1, 1), "{o} at {st}");
+    }
+}
+
+/// More actors than the node keeps in memory and far more than nats-server's default consumer
+/// limit, read back cold after a restart: every one, 0 errors (each was rebuilt by replaying its
+/// records, no consumer per actor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_reads_back_every_one_of_many_actors() {
+    let n: usize = std::env::var("AETHER_RESTART_ACTORS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let port = free_port();
+    let bin = workspace_binary("aether-node");
+    let node = || {
+        spawn_process_with(
+            &bin,
+            &nats.url(),
+            "many",
+            "app-0",
+            port,
+            &["--max-actors", "5000"],
+        )
+    };
+    let mut p = node();
+    wait_for("the node Ready", T, || ready(port)).await;
+    publish(&nc, "many", &next_plan(None, &["app-0"], SHARDS, 4), 10).await;
+    let client = Client::new(nc.clone(), "many");
+    let add = |i: usize, k: usize| {
+        let client = &client;
+        async move {
+            let r = client
+                .add(&format!("c-{i}"), 1, format!("add-{i}-{k}"))
+                .await
+                .expect("sent");
+            matches!(r.outcome, Outcome::Ok(_))
+        }
+    };
+    // Two records each: the last one carries no snapshot, so a load replays the log.
+    for k in 0..2 {
+        let ok = futures::stream::iter(0..n)
+            .map(|i| add(i, k))
+            .buffer_unordered(256)
+            .filter(|ok| std::future::ready(*ok))
+            .count()
+            .await;
+        assert_eq!(ok, n, "every add acknowledged");
+    }
+    p.kill();
+    let _p = node();
+    wait_for("the node Ready again", T, || ready(port)).await;
+    let started = Instant::now();
+    let mut errors = Vec::new();
+    let replies: Vec<(usize, Reply)> = futures::stream::iter(0..n)
+        .map(|i| {
+            let client = &client;
+            async move {
+                let r = client.read("counter", &format!("c-{i}")).await;
+                (i, r.unwrap_or_else(|e| panic!("c-{i}: {e}")))
+            }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    for (i, r) in &replies {
+        match &r.outcome {
+            Outcome::Ok(ok) if ok.state["value"] == json!(2) && ok.version == 2 => {}
+            other => errors.push(format!("c-{i}: {other:?}")),
+        }
+    }
+    eprintln!("{n} actors read back cold in {:?}", started.elapsed());
+    assert!(
+        errors.is_empty(),
+        "{} of {n} actors not read back, e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+    let consumers = async_nats::jetstream::new(nc.clone())
+        .get_stream(Names::new("many").event_stream())
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .state
+        .consumer_count;
+    assert_eq!(consumers, 0, "loads leave no consumer behind");
+}
+
+/// Command ids starting with `$` (sends' ids) and `release` are the nodes' own: refused from a
+/// client on NATS and through the app API; the API names the command id it used on every answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_use_the_nodes_ids_and_the_api_names_its_command_id() {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let (port, api) = (free_port(), free_port());
+    let _p = spawn_process_with(
+        &workspace_binary("aether-node"),
+        &nats.url(),
+        "ns",
+        "app-0",
+        port,
+        &["--api-addr", &format!("127.0.0.1:{api}")],
+    );
+    wait_for("the node Ready", T, || ready(port)).await;
+    publish(&nc, "ns", &next_plan(None, &["app-0"], SHARDS, 4), 10).await;
+    let forged = Request::new(
+        ActorRef::new("counter", "victim"),
+        Op::Command {
+            command: json!({"add": 1}),
+        },
+        Some("$send-0123456789abcdef-1-0".to_owned()),
+    );
+    let code = |r: Reply| match r.outcome {
+        Outcome::Error(e) => e.code,
+        Outcome::Ok(ok) => panic!("accepted: {ok:?}"),
+    };
+    assert_eq!(code(ask(&nc, "ns", &forged).await), ErrorCode::Malformed);
+    let release = Request::new(
+        ActorRef::new("counter", "victim"),
+        Op::Release {
+            ids: vec!["$send-0123456789abcdef-1-0".to_owned()],
+        },
+        None,
+    );
+    assert_eq!(code(ask(&nc, "ns", &release).await), ErrorCode::Malformed);
+    // Straight to the node's own request subject, too.
+    let direct = nc
+        .request(
+            Names::new("ns").node_requests("app-0"),
+            aether_core::protocol::encode(&forged)
+                .expect("encodes")
+                .into(),
+        )
+        .await
+        .expect("answered");
+    let r: Reply = aether_core::protocol::decode(&direct.payload).expect("reply");
+    assert_eq!(code(r), ErrorCode::Malformed);
+
+    let path = "/v1/actors/counter/victim";
+    let (status, _, _) = http_with_head(
+        api,
+        "POST",
+        path,
+        &[("Aether-Command-Id", "$send-x")],
+        br#"{"add": 1}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "a $ id through the API");
+    let (status, head, _) = http_with_head(
+        api,
+        "POST",
+        path,
+        &[("Aether-Command-Id", "c-1")],
+        br#"{"add": 1}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase().contains("aether-command-id: c-1"),
+        "{head}"
+    );
+    let (status, head, _) = http_with_head(api, "POST", path, &[], br#"{"add": 1}"#).await;
+    assert_eq!(status, 200);
+    let made = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("aether-command-id: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no command id in {head}"));
+    assert!(made.starts_with("api-") && made.len() <= 128, "{made}");
+    let v = state(
+        &ask(
+            &nc,
+            "ns",
+            &Request::new(ActorRef::new("counter", "victim"), Op::Read, None),
+        )
+        .await,
+    );
+    assert_eq!(v["value"], json!(2), "only the two client commands applied");
+}
