@@ -15,6 +15,8 @@ use serde_json::Value;
 struct CapturedRef<'a> {
     state: &'a Value,
     recent: &'a [String],
+    #[serde(skip_serializing_if = "<[u64]>::is_empty")]
+    recent_at: &'a [u64],
     /// Sequence of the actor's last snapshot record.
     base: u64,
     /// Undelivered sends.
@@ -32,6 +34,8 @@ struct Captured {
     #[serde(default)]
     recent: Vec<String>,
     #[serde(default)]
+    recent_at: Vec<u64>,
+    #[serde(default)]
     base: u64,
     #[serde(default)]
     outbox: Vec<Outgoing>,
@@ -48,6 +52,7 @@ pub fn write(out: &mut Vec<u8>, snapshot: &Snapshot, base: u64) -> Result<()> {
     let captured = CapturedRef {
         state: &snapshot.state,
         recent: &snapshot.recent,
+        recent_at: &snapshot.recent_at,
         base,
         outbox: &snapshot.outbox,
         inbox: &snapshot.inbox,
@@ -71,6 +76,7 @@ pub fn read(bytes: &[u8]) -> Result<(Snapshot, u64)> {
     let Captured {
         state,
         recent,
+        recent_at,
         base,
         outbox,
         inbox,
@@ -79,6 +85,7 @@ pub fn read(bytes: &[u8]) -> Result<(Snapshot, u64)> {
         Snapshot {
             state,
             recent,
+            recent_at,
             outbox,
             inbox,
         },
@@ -143,7 +150,8 @@ mod tests {
     fn a_string_is_stored_as_is_not_escaped() {
         let snapshot = Snapshot {
             state: json!({"data": "a\"b\\c\n"}),
-            recent: Vec::new(),
+            recent: vec!["c-1".into()],
+            recent_at: vec![7],
             outbox: vec![Outgoing {
                 id: "$send-1".into(),
                 actor: aether_core::protocol::ActorRef::new("account", "b"),

@@ -793,7 +793,7 @@ impl Worker {
                     Some(a) => {
                         if let Some(record) = record {
                             a.snapshot.state = next;
-                            a.snapshot.absorb(&record);
+                            a.snapshot.absorb(&record, seq);
                             if !record.send.is_empty() {
                                 let _ = self.ctx.outbox.send(Delivery {
                                     from: req.actor.clone(),
@@ -821,9 +821,15 @@ impl Worker {
                 self.ctx.metrics.failure(Failure::Duplicate);
                 tracing::info!(command = ?req.id, at, "a retry JetStream recognised: answered from the log");
                 self.drop_actor(&req.actor);
+                let subject = self.ctx.store.subject(self.shard, &req.actor);
+                // The reply the command's first decide gave is in its record.
+                let first = match self.ctx.store.record_at(at, &subject).await {
+                    Ok(r) if r.cmd == req.id => r.reply,
+                    _ => None,
+                };
                 let reply = match self.load(&req.actor).await {
                     Ok(()) => match self.actors.get(&req.actor) {
-                        Some(a) => self.ok(a, None),
+                        Some(a) => self.ok(a, first),
                         None => Reply::error(ErrorReply::new(
                             ErrorCode::Internal,
                             "actor vanished after load",
@@ -903,10 +909,15 @@ impl Worker {
             return Ok(Step::Reply(self.ok(&self.actors[&req.actor], reply)));
         }
         if let Some(id) = &req.id
-            && a.snapshot.recent.iter().any(|c| c == id)
+            && let Some(at) = a.snapshot.recent_seq(id)
         {
-            // A retry of a command already in the log: answer, do not apply twice.
-            return Ok(Step::Reply(self.ok(&self.actors[&req.actor], None)));
+            // A retry of a command already in the log: answered with the reply its record holds,
+            // not applied twice.
+            let reply = match (&a.kind, at) {
+                (Kind::App(_), 1..) => self.ctx.store.record_at(at, &subject).await?.reply,
+                _ => None,
+            };
+            return Ok(Step::Reply(self.ok(&self.actors[&req.actor], reply)));
         }
         if let Some(id) = &req.delivered
             && !a
@@ -1177,8 +1188,15 @@ async fn decide_and_append(
         })
         .collect();
     record.delivered = delivered;
-    // A send's answer is kept with it, to answer its repeated deliveries the same.
-    if done.req.id.as_deref().is_some_and(is_send_id) {
+    // The answer is kept with the record: a repeated delivery of a send is answered the same
+    // (always kept), and so is a client's retry when the reply is small (a large one would make
+    // the record, not only the reply, larger than the server takes).
+    let keep = match (&done.req.id, &done.reply) {
+        (Some(id), Some(_)) if is_send_id(id) => true,
+        (Some(_), Some(r)) => json_size(r) <= KEPT_REPLY_BYTES,
+        _ => false,
+    };
+    if keep {
         record.reply.clone_from(&done.reply);
     }
     record.snapshot = d.prev.map(|p| p.after(&record, &state));
@@ -1196,6 +1214,9 @@ async fn decide_and_append(
     done.next = state;
     done
 }
+
+/// Largest reply (JSON bytes) of a client's command kept in its record for the command's retries.
+pub const KEPT_REPLY_BYTES: usize = 16 * 1024;
 
 /// True when record `version` carries the state: every `every`th, and the first, so that every
 /// later record points at a snapshot and a replay reads from there, never from the stream's start

@@ -19,6 +19,8 @@ pub const SNAPSHOT_EVERY: u64 = aether_core::protocol::app::DEFAULT_SNAPSHOT_EVE
 pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Command ids an actor remembers for idempotent retries.
 pub const RECENT_COMMANDS: usize = 64;
+/// In a record's own snapshot, the sequence of that record (not known before it lands).
+pub const THIS_RECORD: u64 = u64::MAX;
 /// Records read per direct-get request when an actor is rebuilt from the log.
 pub const REPLAY_BATCH: usize = 256;
 /// Up to this many records to replay are read one direct get each (no subscription of their own).
@@ -111,6 +113,10 @@ pub struct Snapshot {
     /// Recent command ids, oldest first.
     #[serde(default)]
     pub recent: Vec<String>,
+    /// The stream sequence of each recent command's record (same order; 0: not known), where a
+    /// retry finds the reply it is answered with. [`THIS_RECORD`] in a record's own snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_at: Vec<u64>,
     /// Sent messages not released by their receivers yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<Outgoing>,
@@ -126,9 +132,41 @@ impl Snapshot {
         Self {
             state,
             recent: Vec::new(),
+            recent_at: Vec::new(),
             outbox: Vec::new(),
             inbox: Vec::new(),
         }
+    }
+
+    /// Remembers a command id and its record's sequence, forgetting the oldest beyond
+    /// [`RECENT_COMMANDS`].
+    pub fn remember(&mut self, cmd: String, seq: u64) {
+        self.recent_at.resize(self.recent.len(), 0);
+        if self.recent.len() >= RECENT_COMMANDS {
+            self.recent.remove(0);
+            self.recent_at.remove(0);
+        }
+        self.recent.push(cmd);
+        self.recent_at.push(seq);
+    }
+
+    /// The sequence of the record of recent command `id`: `None` when not recent, `Some(0)` when
+    /// not known.
+    #[must_use]
+    pub fn recent_seq(&self, id: &str) -> Option<u64> {
+        let i = self.recent.iter().position(|c| c == id)?;
+        Some(self.recent_at.get(i).copied().unwrap_or(0))
+    }
+
+    /// A snapshot read from the record at `seq`: its own command's entry names that record.
+    #[must_use]
+    fn read_at(mut self, seq: u64) -> Self {
+        for at in &mut self.recent_at {
+            if *at == THIS_RECORD {
+                *at = seq;
+            }
+        }
+        self
     }
 
     /// A copy of everything but the state (which is `null`): the start of a record's snapshot.
@@ -137,6 +175,7 @@ impl Snapshot {
         Self {
             state: Value::Null,
             recent: self.recent.clone(),
+            recent_at: self.recent_at.clone(),
             outbox: self.outbox.clone(),
             inbox: self.inbox.clone(),
         }
@@ -146,7 +185,7 @@ impl Snapshot {
     /// carries when it is one of the records with a snapshot.
     #[must_use]
     pub fn after(mut self, record: &Record, next: &Value) -> Self {
-        self.absorb(record);
+        self.absorb(record, THIS_RECORD);
         self.state = next.clone();
         self
     }
@@ -155,7 +194,7 @@ impl Snapshot {
     /// They count against the state limit, since snapshot records and transfers carry them.
     #[must_use]
     pub fn extras_bytes(&self) -> usize {
-        let ids: usize = self.recent.iter().map(|r| r.len() + 3).sum();
+        let ids: usize = self.recent.iter().map(|r| r.len() + 3 + 12).sum();
         let out: usize = self
             .outbox
             .iter()
@@ -177,9 +216,9 @@ impl Snapshot {
         !self.outbox.is_empty()
     }
 
-    /// Folds what a record (that landed) changes besides the state: its command id, its sends,
-    /// the deliveries and releases it records.
-    pub fn absorb(&mut self, r: &Record) {
+    /// Folds what a record (that landed at `seq`) changes besides the state: its command id, its
+    /// sends, the deliveries and releases it records.
+    pub fn absorb(&mut self, r: &Record, seq: u64) {
         self.outbox.extend(r.send.iter().cloned());
         for o in &mut self.outbox {
             if r.delivered.contains(&o.id) {
@@ -199,7 +238,7 @@ impl Snapshot {
                     });
                 }
             } else {
-                remember(&mut self.recent, cmd.clone());
+                self.remember(cmd.clone(), seq);
             }
         }
     }
@@ -345,7 +384,7 @@ impl EventStore {
         };
         if let Some(snapshot) = last.snapshot {
             return Ok(Loaded {
-                snapshot,
+                snapshot: snapshot.read_at(seq),
                 version: last.version,
                 seq,
                 base: seq,
@@ -362,7 +401,7 @@ impl EventStore {
                     last.base
                 ))
             })?;
-            (snap, base.version, last.base + 1)
+            (snap.read_at(last.base), base.version, last.base + 1)
         };
         let mut unfolded = Vec::new();
         // The records between the snapshot and the last one (which is read already).
@@ -391,7 +430,7 @@ impl EventStore {
                     r.version
                 )));
             }
-            snapshot.absorb(&r);
+            snapshot.absorb(&r, at);
             unfolded.extend(r.events);
             version = r.version;
         }
@@ -542,7 +581,8 @@ impl EventStore {
         Ok(actors)
     }
 
-    async fn record_at(&self, seq: u64, subject: &str) -> Result<Record> {
+    /// The record at stream sequence `seq` of `subject`.
+    pub async fn record_at(&self, seq: u64, subject: &str) -> Result<Record> {
         let m = self
             .stream
             .direct_get(seq)
@@ -565,14 +605,6 @@ fn is_full(error: &str) -> bool {
     ]
     .iter()
     .any(|m| e.contains(m))
-}
-
-/// Remembers a command id, forgetting the oldest beyond [`RECENT_COMMANDS`].
-pub fn remember(recent: &mut Vec<String>, cmd: String) {
-    if recent.len() >= RECENT_COMMANDS {
-        recent.remove(0);
-    }
-    recent.push(cmd);
 }
 
 /// Bytes of a value's JSON, counted without building it.

@@ -260,7 +260,8 @@ fn section(r: &serde_json::Value) -> String {
     format!(
         "## Recovery after a restart\n\n\
          Command: `cargo bench -p aether-tests --bench recovery` (part of `make bench`): node processes and \
-         a nats-server on loopback, {shards} shards.\n\n\
+         a nats-server on loopback, {shards} shards. A cold load is a request routed through the node plus \
+         two direct gets; the baseline is one direct get from the client.\n\n\
          | figure | aether | baseline | ratio |\n|---|---|---|---|\n\
          | cold loads after a restart, {actors} counters of 2 records, {inflight} reads in flight | {cold:.0}/s (p99 {cp99:.1} ms) | raw JetStream direct get of each actor's last record: {raw:.0}/s (p99 {rp99:.1} ms) | {ratio:.2}x |\n\
          | {sends} sends recorded while their receivers were down, every node restarted: until all applied, answered and released | {rec:.1} s | the same sends with nothing down: {live:.1} s | {sratio:.2}x |\n\n\

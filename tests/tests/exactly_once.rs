@@ -510,3 +510,75 @@ async fn clients_cannot_use_the_nodes_ids_and_the_api_names_its_command_id() {
     );
     assert_eq!(v["value"], json!(2), "only the two client commands applied");
 }
+
+/// A retry of an app kind's command (same command id) is answered with the reply its decide gave
+/// the first time, also after a restart of the node, and is not applied again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_gets_the_original_reply_also_after_a_restart() {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let app = App::start("examples/bank/app.py").await;
+    let port = free_port();
+    let bin = workspace_binary("aether-node");
+    let node = || {
+        spawn_process_with(
+            &bin,
+            &nats.url(),
+            PREFIX,
+            "app-0",
+            port,
+            &["--app-url", &app.url()],
+        )
+    };
+    let mut p = node();
+    wait_for("the node Ready", T, || ready(port)).await;
+    publish(&nc, PREFIX, &next_plan(None, &["app-0"], SHARDS, 4), 10).await;
+    let deposit = |n: i64, id: &str| {
+        Request::new(
+            ActorRef::new("account", "alice"),
+            Op::Command {
+                command: json!({ "deposit": n }),
+            },
+            Some(id.to_owned()),
+        )
+    };
+    let reply = |r: Reply| match r.outcome {
+        Outcome::Ok(ok) => (ok.reply, ok.state["balance"].clone()),
+        Outcome::Error(e) => panic!("{e:?}"),
+    };
+    assert_eq!(
+        reply(answered(&nc, &deposit(100, "d-1")).await),
+        (Some(json!({"balance": 100})), json!(100))
+    );
+    assert_eq!(
+        reply(answered(&nc, &deposit(50, "d-2")).await),
+        (Some(json!({"balance": 150})), json!(150))
+    );
+    let again = reply(answered(&nc, &deposit(100, "d-1")).await);
+    assert_eq!(
+        again,
+        (Some(json!({"balance": 100})), json!(150)),
+        "the first reply, applied once"
+    );
+    p.kill();
+    let _p = node();
+    wait_for("the node Ready again", T, || ready(port)).await;
+    let again = reply(answered(&nc, &deposit(100, "d-1")).await);
+    assert_eq!(
+        again,
+        (Some(json!({"balance": 100})), json!(150)),
+        "after a restart too"
+    );
+    // Past the ids the actor remembers: JetStream's duplicate window still knows the command, and
+    // its record the reply.
+    let newer = aether_node::store::RECENT_COMMANDS as i64;
+    for i in 0..newer {
+        reply(answered(&nc, &deposit(1, &format!("n-{i}"))).await);
+    }
+    let again = reply(answered(&nc, &deposit(100, "d-1")).await);
+    assert_eq!(
+        again,
+        (Some(json!({"balance": 100})), json!(150 + newer)),
+        "recognised by the duplicate window, answered from the log"
+    );
+}
