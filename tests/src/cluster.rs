@@ -362,3 +362,27 @@ pub async fn progress_log(
     });
     log
 }
+
+/// An actor as its log has it (`shards` of the plan), read straight from the event stream: its last
+/// snapshot and the events after it, not folded; no node loads it.
+pub async fn log_of(
+    nc: &async_nats::Client,
+    prefix: &str,
+    shards: u32,
+    kind: &str,
+    id: &str,
+) -> aether_node::store::Loaded {
+    let store = EventStore::open(
+        async_nats::jetstream::new(nc.clone()),
+        Names::new(prefix),
+        1,
+    )
+    .await
+    .expect("store");
+    let actor = ActorRef::new(kind, id);
+    let subject = store.subject(aether_core::hash::shard_of(id, shards), &actor);
+    store
+        .load(&subject, serde_json::Value::Null)
+        .await
+        .expect("load")
+}

@@ -2,11 +2,10 @@
 //! (`examples/bank/app.py`), a fault app (`tests/apps/faulty.py`) and a real nats-server. Each
 //! fault of the app shows its reply code, its counter and that nothing was appended.
 
-use aether_core::protocol::{ActorRef, ErrorCode, Names, Op, Outcome, Reply, Request};
+use aether_core::protocol::{ActorRef, ErrorCode, Op, Outcome, Reply, Request};
 use aether_node::config::ApiAddr;
 use aether_node::metrics::{AppFault, Failure};
 use aether_node::node::Health;
-use aether_node::store::EventStore;
 use aether_tests::app::{App, http};
 use aether_tests::cluster::{TestNode, ask, next_plan, node_config, publish, spawn_process_with};
 use aether_tests::{NatsServer, free_port, wait_for, workspace_binary};
@@ -77,16 +76,7 @@ async fn log_of(
     kind: &str,
     id: &str,
 ) -> aether_node::store::Loaded {
-    let store = EventStore::open(
-        async_nats::jetstream::new(nc.clone()),
-        Names::new(prefix),
-        1,
-    )
-    .await
-    .expect("store");
-    let actor = ActorRef::new(kind, id);
-    let subject = store.subject(aether_core::hash::shard_of(id, SHARDS), &actor);
-    store.load(&subject, Value::Null).await.expect("load")
+    aether_tests::cluster::log_of(nc, prefix, SHARDS, kind, id).await
 }
 
 /// An account's balance through NATS, once a node answers.

@@ -7,7 +7,7 @@
 use aether_core::hash::shard_of;
 use aether_core::protocol::{ActorRef, ErrorCode, Names, Op, Outcome, Reply, Request};
 use aether_node::client::Client;
-use aether_node::store::{EventStore, Record};
+use aether_node::store::Record;
 use aether_tests::app::{App, http_with_head};
 use aether_tests::cluster::{ask, next_plan, publish, spawn_process_with};
 use aether_tests::{NatsServer, Process, free_port, http_get, wait_for, workspace_binary};
@@ -62,25 +62,14 @@ async fn records(nc: &async_nats::Client, prefix: &str, kind: &str, id: &str) ->
     out
 }
 
-/// The actor as its log has it, folded up to its last snapshot (not loaded by any node).
+/// The actor as its log has it (not loaded by any node).
 async fn logged(
     nc: &async_nats::Client,
     prefix: &str,
     kind: &str,
     id: &str,
 ) -> aether_node::store::Loaded {
-    let store = EventStore::open(
-        async_nats::jetstream::new(nc.clone()),
-        Names::new(prefix),
-        1,
-    )
-    .await
-    .expect("store");
-    let actor = ActorRef::new(kind, id);
-    store
-        .load(&store.subject(shard_of(id, SHARDS), &actor), Value::Null)
-        .await
-        .expect("load")
+    aether_tests::cluster::log_of(nc, prefix, SHARDS, kind, id).await
 }
 
 fn state(r: &Reply) -> Value {
@@ -97,9 +86,14 @@ async fn read(nc: &async_nats::Client, kind: &str, id: &str) -> Reply {
 /// The answer to `req`, retried as a client does on `unavailable` (no plan yet, a shard
 /// moving), with the same command id.
 async fn answered(nc: &async_nats::Client, req: &Request) -> Reply {
+    answered_in(nc, PREFIX, req).await
+}
+
+/// [`answered`] for the nodes of `prefix`.
+async fn answered_in(nc: &async_nats::Client, prefix: &str, req: &Request) -> Reply {
     let started = Instant::now();
     loop {
-        let r = ask(nc, PREFIX, req).await;
+        let r = ask(nc, prefix, req).await;
         match &r.outcome {
             Outcome::Error(e) if e.code == ErrorCode::Unavailable && started.elapsed() < T => {
                 tokio::time::sleep(Duration::from_millis(e.retry_after_ms.unwrap_or(50))).await;
@@ -467,29 +461,18 @@ async fn clients_cannot_use_the_nodes_ids_and_the_api_names_its_command_id() {
     assert_eq!(code(r), ErrorCode::Malformed);
 
     let path = "/v1/actors/counter/victim";
-    let (status, _, _) = http_with_head(
-        api,
-        "POST",
-        path,
-        &[("Aether-Command-Id", "$send-x")],
-        br#"{"add": 1}"#,
-    )
-    .await;
-    assert_eq!(status, 400, "a $ id through the API");
-    let (status, head, _) = http_with_head(
-        api,
-        "POST",
-        path,
-        &[("Aether-Command-Id", "c-1")],
-        br#"{"add": 1}"#,
-    )
-    .await;
+    let post = |id: Option<&'static str>| async move {
+        let headers: Vec<(&str, &str)> = id.map(|i| ("Aether-Command-Id", i)).into_iter().collect();
+        http_with_head(api, "POST", path, &headers, br#"{"add": 1}"#).await
+    };
+    assert_eq!(post(Some("$send-x")).await.0, 400, "a $ id through the API");
+    let (status, head, _) = post(Some("c-1")).await;
     assert_eq!(status, 200);
     assert!(
         head.to_ascii_lowercase().contains("aether-command-id: c-1"),
         "{head}"
     );
-    let (status, head, _) = http_with_head(api, "POST", path, &[], br#"{"add": 1}"#).await;
+    let (status, head, _) = post(None).await;
     assert_eq!(status, 200);
     let made = head
         .lines()
@@ -580,5 +563,96 @@ async fn a_retry_gets_the_original_reply_also_after_a_restart() {
         again,
         (Some(json!({"balance": 100})), json!(150 + newer)),
         "recognised by the duplicate window, answered from the log"
+    );
+}
+
+/// A move without a source: the owner of a shard of 5,000 actors is SIGKILLed and planned out; the
+/// shard's new owner rebuilds every actor from the log, 0 errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_of_many_actors_moved_without_a_source_is_read_back_whole() {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let ports = [free_port(), free_port()];
+    let bin = workspace_binary("aether-node");
+    let node = |i: usize| {
+        spawn_process_with(
+            &bin,
+            &nats.url(),
+            "nosrc",
+            &format!("app-{i}"),
+            ports[i],
+            &[],
+        )
+    };
+    let (mut a, _b) = (node(0), node(1));
+    wait_for("both nodes Ready", T, || async {
+        ready(ports[0]).await && ready(ports[1]).await
+    })
+    .await;
+    let p1 = next_plan(None, &["app-0", "app-1"], SHARDS, 4);
+    publish(&nc, "nosrc", &p1, 10).await;
+    let shard = (0..SHARDS)
+        .find(|&s| p1.owner(s) == Some("app-0"))
+        .expect("a shard of app-0");
+    let ids: Vec<String> = (0..)
+        .map(|i| format!("m-{i}"))
+        .filter(|id| shard_of(id, SHARDS) == shard)
+        .take(5_000)
+        .collect();
+    let client = Client::new(nc.clone(), "nosrc");
+    wait_for("app-0 serves", T, || async {
+        client
+            .read("counter", &ids[0])
+            .await
+            .is_ok_and(|r| matches!(r.outcome, Outcome::Ok(_)))
+    })
+    .await;
+    for k in 0..2 {
+        let ok = futures::stream::iter(&ids)
+            .map(|id| {
+                let client = &client;
+                async move {
+                    client
+                        .add(id, 1, format!("{id}-{k}"))
+                        .await
+                        .is_ok_and(|r| matches!(r.outcome, Outcome::Ok(_)))
+                }
+            })
+            .buffer_unordered(256)
+            .filter(|ok| std::future::ready(*ok))
+            .count()
+            .await;
+        assert_eq!(ok, ids.len(), "every add acknowledged");
+    }
+    a.kill();
+    let p2 = next_plan(Some(&p1), &["app-1"], SHARDS, 4);
+    assert!(
+        p2.moves
+            .iter()
+            .any(|m| m.shard == shard && m.from.is_none()),
+        "a move without a source"
+    );
+    publish(&nc, "nosrc", &p2, 10).await;
+    let replies: Vec<Reply> = futures::stream::iter(&ids)
+        .map(|id| {
+            let nc = &nc;
+            async move {
+                let req = Request::new(ActorRef::new("counter", id.as_str()), Op::Read, None);
+                answered_in(nc, "nosrc", &req).await
+            }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    let wrong: Vec<&Reply> = replies
+        .iter()
+        .filter(|r| !matches!(&r.outcome, Outcome::Ok(ok) if ok.state["value"] == json!(2) && ok.node == "app-1"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} actors not read back from app-1, e.g. {:?}",
+        wrong.len(),
+        ids.len(),
+        wrong.first()
     );
 }
