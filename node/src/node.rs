@@ -957,14 +957,19 @@ impl futures::Stream for RequestSubscription {
     }
 }
 
-/// Takes one request from NATS: refused when its reply subject is the ShardPlan's own, answered
+/// Takes one request from NATS: refused when its reply subject is the ShardPlan's own (or, from a
+/// client, a node's or the operator's inbox), answered
 /// `overloaded` at once when the node is full, else served on a task of its own.
 async fn take_request(shared: &Arc<Shared>, msg: async_nats::Message) {
-    if msg
-        .reply
-        .as_ref()
-        .is_some_and(|to| !shared.names.is_reply_subject(to))
-    {
+    // Only a peer (on the nodes' own subject) may have its answer sent to a node's inbox.
+    let from_node = msg.subject.as_str() == shared.names.node_sends(&shared.me);
+    if msg.reply.as_ref().is_some_and(|to| {
+        if from_node {
+            !shared.names.is_reply_subject(to)
+        } else {
+            !shared.names.is_client_reply_subject(to)
+        }
+    }) {
         shared.metrics().malformed(Malformed::ReplySubject);
         return;
     }
@@ -979,7 +984,6 @@ async fn take_request(shared: &Arc<Shared>, msg: async_nats::Message) {
     };
     let shared = shared.clone();
     shared.tasks.clone().spawn(async move {
-        let from_node = msg.subject.as_str() == shared.names.node_sends(&shared.me);
         let answer = shared
             .handle_request_bytes(msg.payload, msg.headers.as_ref(), from_node)
             .await;

@@ -275,15 +275,12 @@ impl Shared {
                 }
             },
         };
-        // Sends' deliveries and releases go on the nodes' own subject, where a client cannot.
-        let subject = if req.is_nodes_own() {
-            self.names.node_sends(to)
-        } else {
-            self.names.node_requests(to)
-        };
+        // On the nodes' own subject, where a client cannot publish: the owner may answer into this
+        // node's inbox, and takes sends' deliveries and releases.
         let sent = tokio::time::timeout(
             FORWARD_TIMEOUT,
-            self.client.request_with_headers(subject, headers, bytes),
+            self.client
+                .request_with_headers(self.names.node_sends(to), headers, bytes),
         )
         .await;
         match sent {

@@ -459,6 +459,43 @@ async fn clients_cannot_use_the_nodes_ids_and_the_api_names_its_command_id() {
         .expect("answered");
     let r: Reply = aether_core::protocol::decode(&direct.payload).expect("reply");
     assert_eq!(code(r), ErrorCode::Malformed);
+    // A client naming a node's (or the operator's) inbox as its reply subject gets nothing sent
+    // there: a node would otherwise answer into a peer's pending request.
+    let names = Names::new("ns");
+    let read = aether_core::protocol::encode(&Request::new(
+        ActorRef::new("counter", "victim"),
+        Op::Read,
+        None,
+    ))
+    .expect("encodes");
+    let mut peer_inboxes = Vec::new();
+    for inbox in [names.node_inbox(), names.operator_inbox()] {
+        let to = format!("{inbox}.forged");
+        peer_inboxes.push(nc.subscribe(to.clone()).await.expect("sub"));
+        nc.publish_with_reply(names.node_requests("app-0"), to, read.clone().into())
+            .await
+            .expect("sent");
+    }
+    // Taken in order after them: once this is answered, they were refused.
+    nc.request(names.node_requests("app-0"), read.clone().into())
+        .await
+        .expect("answered");
+    for mut sub in peer_inboxes {
+        assert!(
+            futures::FutureExt::now_or_never(sub.next()).is_none(),
+            "nothing answered into a private inbox"
+        );
+    }
+    let metrics = http_get(port, "/metrics").await.expect("metrics").1;
+    assert!(
+        metrics.contains(r#"aether_node_malformed_total{kind="reply_subject"} 2"#),
+        "both counted: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("malformed"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     let path = "/v1/actors/counter/victim";
     let post = |id: Option<&'static str>| async move {

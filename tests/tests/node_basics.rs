@@ -372,11 +372,9 @@ async fn a_forwarded_request_travels_unchanged_with_hops_and_epoch_in_headers() 
         None,
     ))
     .expect("encode");
-    // What app-0 sends app-2 when it forwards: the same bytes, the headers added.
-    let mut seen = nc
-        .subscribe(names.node_requests("app-2"))
-        .await
-        .expect("sub");
+    // What app-0 sends app-2 when it forwards (on the nodes' own subject): the same bytes, the
+    // headers added.
+    let mut seen = nc.subscribe(names.node_sends("app-2")).await.expect("sub");
     nc.flush().await.expect("flush");
     let msg = nc
         .request(names.node_requests("app-0"), body.clone().into())

@@ -141,17 +141,6 @@ impl Request {
         Ok(())
     }
 
-    /// True for what only a node sends (a send's delivery, a release): it travels on the nodes'
-    /// own subject.
-    #[must_use]
-    pub fn is_nodes_own(&self) -> bool {
-        matches!(self.op, Op::Release { .. })
-            || self
-                .id
-                .as_ref()
-                .is_some_and(|i| i.starts_with(RESERVED_PREFIX))
-    }
-
     /// Checks what the node will put into subjects, headers and the log: the actor (kind syntax,
     /// id length), the command id (1 to [`MAX_COMMAND_ID_BYTES`] bytes, no control characters) and
     /// the command's nesting (at most [`MAX_COMMAND_DEPTH`]).

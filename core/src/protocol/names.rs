@@ -96,8 +96,8 @@ impl Names {
         ))
     }
 
-    /// Requests only nodes may send to one node: sends' deliveries and releases (the nodes' user
-    /// publishes here, a client's may not).
+    /// Requests only nodes may send to one node: forwarded requests, sends' deliveries and releases
+    /// (the nodes' user publishes here, a client's may not).
     #[must_use]
     pub fn node_sends(&self, pod: &str) -> String {
         format!("{}.node.{pod}.send", self.prefix)
@@ -154,6 +154,20 @@ impl Names {
     #[must_use]
     pub fn node_inbox(&self) -> String {
         format!("_INBOX_{}_node", self.prefix)
+    }
+
+    /// Whether a request that came from a client (not on [`Names::node_sends`]) may be answered on
+    /// `subject`: a reply subject it may name ([`Names::is_reply_subject`]) that is not under the
+    /// nodes' or the operator's inbox prefix (a client could otherwise have a node answer into a
+    /// peer's or the operator's pending request).
+    #[must_use]
+    pub fn is_client_reply_subject(&self, subject: &str) -> bool {
+        let private = [self.node_inbox(), self.operator_inbox()].iter().any(|p| {
+            subject
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        });
+        self.is_reply_subject(subject) && !private
     }
 
     /// Inbox prefix of the operator's connection: `_INBOX_{prefix}_operator`.
