@@ -693,3 +693,105 @@ async fn a_shard_of_many_actors_moved_without_a_source_is_read_back_whole() {
         wrong.first()
     );
 }
+
+/// An actor whose sends cannot be delivered (the receivers' node is down) fills its outbox up to
+/// the state limit: further sends are refused `tooLarge` with nothing appended, while the actor
+/// stays readable; once the receivers are back every send is delivered once, the outbox empties
+/// and the actor takes commands again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_at_the_state_limit_refuses_more_sends_and_drains_once_delivered() {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let app = App::start("examples/bank/app.py").await;
+    let ports = [free_port(), free_port()];
+    let bin = workspace_binary("aether-node");
+    let node = |i: usize| {
+        spawn_process_with(
+            &bin,
+            &nats.url(),
+            PREFIX,
+            &format!("app-{i}"),
+            ports[i],
+            &["--app-url", &app.url(), "--max-state-bytes", "4096"],
+        )
+    };
+    let (_a, mut b) = (node(0), node(1));
+    wait_for("both nodes Ready", T, || async {
+        ready(ports[0]).await && ready(ports[1]).await
+    })
+    .await;
+    let plan = next_plan(None, &["app-0", "app-1"], SHARDS, 4);
+    publish(&nc, PREFIX, &plan, 10).await;
+    let on = |owner: &str| {
+        (0..)
+            .map(|i| format!("acct-{i}"))
+            .find(|id| plan.owner(shard_of(id, SHARDS)) == Some(owner))
+            .expect("an id")
+    };
+    let (alice, bob) = (on("app-0"), on("app-1"));
+    let cmd = |command: Value, id: String| {
+        Request::new(
+            ActorRef::new("account", alice.as_str()),
+            Op::Command { command },
+            Some(id),
+        )
+    };
+    let r = answered(&nc, &cmd(json!({"deposit": 1_000_000}), "fund".into())).await;
+    assert!(matches!(r.outcome, Outcome::Ok(_)), "{r:?}");
+    b.kill();
+    let mut sent = 0;
+    let refused = loop {
+        let t = cmd(
+            json!({"transfer": {"to": bob, "amount": 1}}),
+            format!("t-{sent}"),
+        );
+        let r = answered(&nc, &t).await;
+        match r.outcome {
+            Outcome::Ok(_) => sent += 1,
+            Outcome::Error(e) => break e,
+        }
+        assert!(sent < 1_000, "the outbox never reached the limit");
+    };
+    assert_eq!(refused.code, ErrorCode::TooLarge, "{refused:?}");
+    let version = logged(&nc, PREFIX, "account", &alice).await.version;
+    let r = answered(
+        &nc,
+        &cmd(
+            json!({"transfer": {"to": bob, "amount": 1}}),
+            "t-over".into(),
+        ),
+    )
+    .await;
+    assert!(matches!(&r.outcome, Outcome::Error(e) if e.code == ErrorCode::TooLarge));
+    assert_eq!(
+        logged(&nc, PREFIX, "account", &alice).await.version,
+        version,
+        "nothing appended"
+    );
+    let now = read(&nc, "account", &alice).await;
+    assert_eq!(
+        state(&now)["balance"],
+        json!(1_000_000 - sent),
+        "readable at the limit"
+    );
+    // The receivers come back: every send is delivered, once, and the outbox empties.
+    let _b = node(1);
+    wait_for("every send delivered and released", T, || async {
+        logged(&nc, PREFIX, "account", &alice)
+            .await
+            .snapshot
+            .outbox
+            .is_empty()
+    })
+    .await;
+    assert_eq!(
+        state(&read(&nc, "account", &bob).await)["balance"],
+        json!(sent),
+        "each send applied once"
+    );
+    let r = answered(&nc, &cmd(json!({"deposit": 1}), "after".into())).await;
+    assert!(
+        matches!(r.outcome, Outcome::Ok(_)),
+        "takes commands again: {r:?}"
+    );
+}
