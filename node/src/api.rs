@@ -10,7 +10,8 @@ use crate::node::Shared;
 use aether_core::protocol::{ActorRef, ErrorCode, ErrorReply, Op, Outcome, Reply, Request};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -53,8 +54,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
+    // A body over the request limit is refused by the handler, in the protocol's JSON shape.
+    let limit = shared.max_request_bytes.saturating_add(1);
     Router::new()
         .route("/v1/actors/{kind}/{id}", get(read).post(command))
+        // The empty id (valid in the protocol) has no path segment of its own.
+        .route("/v1/actors/{kind}/", get(read_empty).post(command_empty))
+        .layer(DefaultBodyLimit::max(limit))
         .with_state(Api {
             shared,
             next: Arc::new(AtomicU64::new(0)),
@@ -62,16 +68,71 @@ pub fn router(shared: Arc<Shared>) -> Router {
         })
 }
 
-async fn read(State(api): State<Api>, Path((kind, id)): Path<(String, String)>) -> Response {
-    answer(&api, Request::new(ActorRef { kind, id }, Op::Read, None)).await
+/// The path's kind and id, or the `malformed` answer (an id that is not UTF-8 once decoded).
+fn actor_of(path: Result<Path<(String, String)>, PathRejection>) -> Result<ActorRef, ErrorReply> {
+    match path {
+        Ok(Path((kind, id))) => Ok(ActorRef { kind, id }),
+        Err(e) => Err(ErrorReply::new(
+            ErrorCode::Malformed,
+            format!("the actor's kind or id in the path: {e}"),
+        )),
+    }
+}
+
+async fn read(
+    State(api): State<Api>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    match actor_of(path) {
+        Ok(actor) => answer(&api, Request::new(actor, Op::Read, None)).await,
+        Err(e) => respond(&Reply::error(e)),
+    }
+}
+
+async fn read_empty(State(api): State<Api>, Path(kind): Path<String>) -> Response {
+    let actor = ActorRef::new(kind, "");
+    answer(&api, Request::new(actor, Op::Read, None)).await
+}
+
+async fn command_empty(
+    State(api): State<Api>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    command_to(api, ActorRef::new(kind, ""), headers, body).await
 }
 
 async fn command(
     State(api): State<Api>,
-    Path((kind, id)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    match actor_of(path) {
+        Ok(actor) => command_to(api, actor, headers, body).await,
+        Err(e) => respond(&Reply::error(e)),
+    }
+}
+
+async fn command_to(
+    api: Api,
+    actor: ActorRef,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return respond(&Reply::error(ErrorReply::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the body could not be read within {} bytes: {e}",
+                    api.shared.max_request_bytes
+                ),
+            )));
+        }
+    };
     if body.len() > api.shared.max_request_bytes {
         return respond(&Reply::error(ErrorReply::new(
             ErrorCode::TooLarge,
@@ -108,11 +169,7 @@ async fn command(
             api.next.fetch_add(1, Ordering::Relaxed)
         ),
     };
-    let req = Request::new(
-        ActorRef { kind, id },
-        Op::Command { command },
-        Some(command_id.clone()),
-    );
+    let req = Request::new(actor, Op::Command { command }, Some(command_id.clone()));
     let mut resp = answer(&api, req).await;
     // Every answer names the id used: after a 503 (outcome unknown) the app retries with it.
     if let Ok(v) = HeaderValue::from_str(&command_id) {

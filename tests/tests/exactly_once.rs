@@ -520,6 +520,28 @@ async fn clients_cannot_use_the_nodes_ids_and_the_api_names_its_command_id() {
         })
         .unwrap_or_else(|| panic!("no command id in {head}"));
     assert!(made.starts_with("api-") && made.len() <= 128, "{made}");
+    // Every API error is the protocol's JSON: a body over the request limit, an id that is not
+    // UTF-8; and the empty id is an actor like any other.
+    let code_of = |body: &[u8]| -> Value {
+        serde_json::from_slice::<Value>(body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))["code"]
+            .clone()
+    };
+    let big = vec![b' '; 3 * 1024 * 1024];
+    let (status, _, body) = http_with_head(api, "POST", path, &[], &big).await;
+    assert_eq!((status, code_of(&body)), (413, json!("tooLarge")));
+    let (status, _, body) = http_with_head(api, "GET", "/v1/actors/counter/%FF", &[], b"").await;
+    assert_eq!((status, code_of(&body)), (400, json!("malformed")));
+    let (status, _, _) =
+        http_with_head(api, "POST", "/v1/actors/counter/", &[], br#"{"add": 7}"#).await;
+    assert_eq!(status, 200, "the empty id");
+    let empty = ask(
+        &nc,
+        "ns",
+        &Request::new(ActorRef::new("counter", ""), Op::Read, None),
+    )
+    .await;
+    assert_eq!(state(&empty)["value"], json!(7), "the same actor over NATS");
     let v = state(
         &ask(
             &nc,
@@ -739,6 +761,23 @@ async fn an_outbox_at_the_state_limit_refuses_more_sends_and_drains_once_deliver
     let r = answered(&nc, &cmd(json!({"deposit": 1_000_000}), "fund".into())).await;
     assert!(matches!(r.outcome, Outcome::Ok(_)), "{r:?}");
     b.kill();
+    // Until the server has dropped app-1's subscriptions, a request to any node may still be
+    // handed to it and be lost with it.
+    let probe = aether_core::protocol::encode(&Request::new(
+        ActorRef::new("account", alice.as_str()),
+        Op::Read,
+        None,
+    ))
+    .expect("encodes");
+    wait_for("the server knows app-1 is gone", T, || async {
+        nc.request(
+            Names::new(PREFIX).node_requests("app-1"),
+            probe.clone().into(),
+        )
+        .await
+        .is_err_and(|e| e.kind() == async_nats::RequestErrorKind::NoResponders)
+    })
+    .await;
     let mut sent = 0;
     let refused = loop {
         let t = cmd(
