@@ -186,7 +186,7 @@ type Hold = (u64, Vec<tokio::task::JoinHandle<()>>);
 /// [`PLAN_POLL_EVERY`]); members are waited for until they do.
 pub const LEAVERS_WAIT: Duration = Duration::from_secs(6);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock means a panic elsewhere; the data (maps of handles) is still consistent.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -16,7 +16,7 @@
 //! ([`resume_pending`]), so no send waits for a client to touch its sender.
 
 use crate::host::{Cmd, Delivery};
-use crate::node::Shared;
+use crate::node::{Shared, lock};
 use crate::ownership::{MAX_HOPS, Route};
 use crate::store::Outgoing;
 use aether_core::protocol::app::{REPLY_KEY, reply_id};
@@ -38,10 +38,6 @@ pub const MAX_SENDERS: usize = 256;
 pub const RESUME_EVERY: Duration = Duration::from_millis(250);
 
 type Queues = Arc<Mutex<HashMap<ActorRef, VecDeque<Outgoing>>>>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Delivers every send handed over by the shard workers, one task per sender, until the node
 /// stops (what is not delivered by then stays in the senders' outboxes).
@@ -126,13 +122,7 @@ async fn one(shared: &Arc<Shared>, from: &ActorRef, send: &Outgoing) -> bool {
             return false;
         }
     }
-    let release = Request::new(
-        send.actor.clone(),
-        Op::Release {
-            ids: vec![send.id.clone()],
-        },
-        None,
-    );
+    let release = release_of(&send.actor, &send.id);
     // A receiver whose kind no node hosts never applied it: nothing to release.
     if shared.host.registry.get(&send.actor.kind).is_some()
         && until_answered(shared, || async {
@@ -143,14 +133,13 @@ async fn one(shared: &Arc<Shared>, from: &ActorRef, send: &Outgoing) -> bool {
     {
         return false;
     }
-    let forget = Request::new(
-        from.clone(),
-        Op::Release {
-            ids: vec![send.id.clone()],
-        },
-        None,
-    );
-    recorded(shared, forget).await
+    recorded(shared, release_of(from, &send.id)).await
+}
+
+/// A release of send `id` at `actor` (steps 3 and 4).
+fn release_of(actor: &ActorRef, id: &str) -> Request {
+    let ids = vec![id.to_owned()];
+    Request::new(actor.clone(), Op::Release { ids }, None)
 }
 
 /// Step 1: the receiver's answer, as a client would get it. Each attempt only while this node

@@ -13,9 +13,9 @@ use aether_core::hash::shard_of;
 use aether_core::protocol::{ActorRef, Names, Op, Outcome, Request};
 use aether_node::client::Client;
 use aether_tests::app::App;
-use aether_tests::cluster::{next_plan, publish, spawn_process_with};
+use aether_tests::cluster::{next_plan, node_process, publish};
 use aether_tests::measure::{Figure, drive};
-use aether_tests::{NatsServer, Process, free_port, http_get, wait_for, workspace_binary};
+use aether_tests::{NatsServer, free_port, http_get, wait_for};
 use futures::StreamExt;
 use serde_json::json;
 use std::sync::Arc;
@@ -53,24 +53,13 @@ async fn ready(port: u16) -> bool {
         .is_some_and(|(s, _)| s == 200)
 }
 
-fn node(nats: &NatsServer, prefix: &str, name: &str, port: u16, extra: &[&str]) -> Process {
-    spawn_process_with(
-        &workspace_binary("aether-node"),
-        &nats.url(),
-        prefix,
-        name,
-        port,
-        extra,
-    )
-}
-
 /// 1. A node restarted with `n` counters reads every one back cold, beside raw direct gets.
 async fn cold_loads() -> serde_json::Value {
     let n = 100_000;
     let nats = NatsServer::start();
     let nc = nats.connect().await;
     let port = free_port();
-    let mut p = node(&nats, "cold", "app-0", port, &["--max-actors", "200000"]);
+    let mut p = node_process(&nats, "cold", "app-0", port, &["--max-actors", "200000"]);
     wait_for("the node Ready", T, || ready(port)).await;
     publish(&nc, "cold", &next_plan(None, &["app-0"], SHARDS, 4), 10).await;
     let client = Client::new(nc.clone(), "cold");
@@ -87,7 +76,7 @@ async fn cold_loads() -> serde_json::Value {
         .await;
     }
     p.kill();
-    let _p = node(&nats, "cold", "app-0", port, &["--max-actors", "200000"]);
+    let _p = node_process(&nats, "cold", "app-0", port, &["--max-actors", "200000"]);
     wait_for("the node Ready again", T, || ready(port)).await;
     wait_for("the plan taken", T, || async {
         client
@@ -206,7 +195,8 @@ async fn pending_sends() -> serde_json::Value {
     let app = App::start("tests/apps/saga.py").await;
     let ports = [free_port(), free_port()];
     let args = ["--app-url", &app.url()];
-    let start = |prefix: &str, i: usize| node(&nats, prefix, &format!("app-{i}"), ports[i], &args);
+    let start =
+        |prefix: &str, i: usize| node_process(&nats, prefix, &format!("app-{i}"), ports[i], &args);
     let ids = Arc::new(saga_ids(n));
     let plan = next_plan(None, &["app-0", "app-1"], SHARDS, 4);
 

@@ -191,6 +191,25 @@ pub fn spawn_process_with(
     Process { child }
 }
 
+/// The workspace's node binary as a process `name` of `prefix` on `nats`, its HTTP on `port`,
+/// with `extra` flags.
+pub fn node_process(
+    nats: &crate::NatsServer,
+    prefix: &str,
+    name: &str,
+    port: u16,
+    extra: &[&str],
+) -> Process {
+    spawn_process_with(
+        &crate::workspace_binary("aether-node"),
+        &nats.url(),
+        prefix,
+        name,
+        port,
+        extra,
+    )
+}
+
 /// The next plan for `members` (active pod names), as the operator computes it.
 #[must_use]
 pub fn next_plan(previous: Option<&Plan>, members: &[&str], shards: u32, capacity: u32) -> Plan {

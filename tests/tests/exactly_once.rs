@@ -9,8 +9,8 @@ use aether_core::protocol::{ActorRef, ErrorCode, Names, Op, Outcome, Reply, Requ
 use aether_node::client::Client;
 use aether_node::store::Record;
 use aether_tests::app::{App, http_with_head};
-use aether_tests::cluster::{ask, next_plan, publish, spawn_process_with};
-use aether_tests::{NatsServer, Process, free_port, http_get, wait_for, workspace_binary};
+use aether_tests::cluster::{ask, log_of, next_plan, node_process, publish};
+use aether_tests::{NatsServer, Process, free_port, http_get, wait_for};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -60,16 +60,6 @@ async fn records(nc: &async_nats::Client, prefix: &str, kind: &str, id: &str) ->
         seq = m.sequence + 1;
     }
     out
-}
-
-/// The actor as its log has it (not loaded by any node).
-async fn logged(
-    nc: &async_nats::Client,
-    prefix: &str,
-    kind: &str,
-    id: &str,
-) -> aether_node::store::Loaded {
-    aether_tests::cluster::log_of(nc, prefix, SHARDS, kind, id).await
 }
 
 fn state(r: &Reply) -> Value {
@@ -152,9 +142,8 @@ impl Saga {
     }
 
     fn node(&mut self, i: usize) {
-        self.nodes[i] = Some(spawn_process_with(
-            &workspace_binary("aether-node"),
-            &self.nats.url(),
+        self.nodes[i] = Some(node_process(
+            &self.nats,
             PREFIX,
             &format!("app-{i}"),
             self.ports[i],
@@ -211,7 +200,7 @@ impl Saga {
 
     /// True once the order's log holds the answer and nothing is pending (read from the log).
     async fn settled(&self, order: &str) -> bool {
-        let l = logged(&self.nc, PREFIX, "order", order).await;
+        let l = log_of(&self.nc, PREFIX, SHARDS, "order", order).await;
         l.snapshot.outbox.is_empty() && l.version >= 3
     }
 }
@@ -247,7 +236,7 @@ async fn a_send_is_applied_once_after_its_senders_node_dies_past_every_window() 
     let took = started.elapsed();
     assert_eq!(s.applied(&stock, &order).await, (1, 1), "applied once");
     wait_for("the stock released the send", T, || async {
-        logged(&s.nc, PREFIX, "stock", &stock)
+        log_of(&s.nc, PREFIX, SHARDS, "stock", &stock)
             .await
             .snapshot
             .inbox
@@ -334,17 +323,7 @@ async fn a_restarted_node_reads_back_every_one_of_many_actors() {
     let nats = NatsServer::start();
     let nc = nats.connect().await;
     let port = free_port();
-    let bin = workspace_binary("aether-node");
-    let node = || {
-        spawn_process_with(
-            &bin,
-            &nats.url(),
-            "many",
-            "app-0",
-            port,
-            &["--max-actors", "5000"],
-        )
-    };
+    let node = || node_process(&nats, "many", "app-0", port, &["--max-actors", "5000"]);
     let mut p = node();
     wait_for("the node Ready", T, || ready(port)).await;
     publish(&nc, "many", &next_plan(None, &["app-0"], SHARDS, 4), 10).await;
@@ -417,9 +396,8 @@ async fn clients_cannot_use_the_nodes_ids_and_the_api_names_its_command_id() {
     let nats = NatsServer::start();
     let nc = nats.connect().await;
     let (port, api) = (free_port(), free_port());
-    let _p = spawn_process_with(
-        &workspace_binary("aether-node"),
-        &nats.url(),
+    let _p = node_process(
+        &nats,
         "ns",
         "app-0",
         port,
@@ -561,17 +539,7 @@ async fn a_retry_gets_the_original_reply_also_after_a_restart() {
     let nc = nats.connect().await;
     let app = App::start("examples/bank/app.py").await;
     let port = free_port();
-    let bin = workspace_binary("aether-node");
-    let node = || {
-        spawn_process_with(
-            &bin,
-            &nats.url(),
-            PREFIX,
-            "app-0",
-            port,
-            &["--app-url", &app.url()],
-        )
-    };
+    let node = || node_process(&nats, PREFIX, "app-0", port, &["--app-url", &app.url()]);
     let mut p = node();
     wait_for("the node Ready", T, || ready(port)).await;
     publish(&nc, PREFIX, &next_plan(None, &["app-0"], SHARDS, 4), 10).await;
@@ -632,17 +600,7 @@ async fn a_shard_of_many_actors_moved_without_a_source_is_read_back_whole() {
     let nats = NatsServer::start();
     let nc = nats.connect().await;
     let ports = [free_port(), free_port()];
-    let bin = workspace_binary("aether-node");
-    let node = |i: usize| {
-        spawn_process_with(
-            &bin,
-            &nats.url(),
-            "nosrc",
-            &format!("app-{i}"),
-            ports[i],
-            &[],
-        )
-    };
+    let node = |i: usize| node_process(&nats, "nosrc", &format!("app-{i}"), ports[i], &[]);
     let (mut a, _b) = (node(0), node(1));
     wait_for("both nodes Ready", T, || async {
         ready(ports[0]).await && ready(ports[1]).await
@@ -726,11 +684,9 @@ async fn an_outbox_at_the_state_limit_refuses_more_sends_and_drains_once_deliver
     let nc = nats.connect().await;
     let app = App::start("examples/bank/app.py").await;
     let ports = [free_port(), free_port()];
-    let bin = workspace_binary("aether-node");
     let node = |i: usize| {
-        spawn_process_with(
-            &bin,
-            &nats.url(),
+        node_process(
+            &nats,
             PREFIX,
             &format!("app-{i}"),
             ports[i],
@@ -792,7 +748,7 @@ async fn an_outbox_at_the_state_limit_refuses_more_sends_and_drains_once_deliver
         assert!(sent < 1_000, "the outbox never reached the limit");
     };
     assert_eq!(refused.code, ErrorCode::TooLarge, "{refused:?}");
-    let version = logged(&nc, PREFIX, "account", &alice).await.version;
+    let version = log_of(&nc, PREFIX, SHARDS, "account", &alice).await.version;
     let r = answered(
         &nc,
         &cmd(
@@ -803,7 +759,7 @@ async fn an_outbox_at_the_state_limit_refuses_more_sends_and_drains_once_deliver
     .await;
     assert!(matches!(&r.outcome, Outcome::Error(e) if e.code == ErrorCode::TooLarge));
     assert_eq!(
-        logged(&nc, PREFIX, "account", &alice).await.version,
+        log_of(&nc, PREFIX, SHARDS, "account", &alice).await.version,
         version,
         "nothing appended"
     );
@@ -816,7 +772,7 @@ async fn an_outbox_at_the_state_limit_refuses_more_sends_and_drains_once_deliver
     // The receivers come back: every send is delivered, once, and the outbox empties.
     let _b = node(1);
     wait_for("every send delivered and released", T, || async {
-        logged(&nc, PREFIX, "account", &alice)
+        log_of(&nc, PREFIX, SHARDS, "account", &alice)
             .await
             .snapshot
             .outbox
