@@ -61,6 +61,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         // The empty id (valid in the protocol) has no path segment of its own.
         .route("/v1/actors/{kind}/", get(read_empty).post(command_empty))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.max_request_bytes,
+            declared_size,
+        ))
         .with_state(Api {
             shared,
             next: Arc::new(AtomicU64::new(0)),
@@ -222,6 +226,26 @@ pub fn status_of(reply: &Reply) -> StatusCode {
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         },
     }
+}
+
+/// A body declared larger than the request limit is refused from the head, before any of it is
+/// read (`tooLarge`, 413).
+async fn declared_size(
+    State(limit): State<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|&n| n > limit as u64) {
+        return respond(&Reply::error(ErrorReply::new(
+            ErrorCode::TooLarge,
+            format!("a body of {n} bytes exceeds {limit} bytes"),
+        )));
+    }
+    next.run(req).await
 }
 
 fn respond(reply: &Reply) -> Response {

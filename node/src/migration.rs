@@ -550,6 +550,11 @@ pub fn accept_chunk(
         paused: false,
         committed: false,
     });
+    if chunk.commit && inc.committed {
+        // Committed already: the same commit again, or a source that restarted after its commit
+        // and sends it again without knowing how many chunks its earlier run sent.
+        return Ok(Accept::Duplicate);
+    }
     if chunk.commit {
         if let Some(total) = inc.total
             && chunk.chunk != total

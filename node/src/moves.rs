@@ -101,7 +101,7 @@ impl Shared {
                 // A newer plan arrived while this move waited for a slot; it decides anew.
                 self.metrics().move_outcome(MoveOutcome::Superseded);
                 let why = "a newer plan came before the move started".to_owned();
-                self.report(epoch, shard, MovePhase::Superseded, 0, 0, Some(why))
+                self.report(epoch, &mv, MovePhase::Superseded, 0, 0, Some(why))
                     .await;
                 return;
             }
@@ -127,7 +127,7 @@ impl Shared {
         let mut sends: JoinSet<Event> = JoinSet::new();
         let mut epochs = self.epochs.subscribe();
         if !recommit {
-            self.report(epoch, shard, MovePhase::Transferring, 0, 0, None)
+            self.report(epoch, &mv, MovePhase::Transferring, 0, 0, None)
                 .await;
         }
         loop {
@@ -235,7 +235,7 @@ impl Shared {
                     }
                     // Stored before the commit is sent: if this process dies after sending it, the
                     // next one reads that it handed off and never serves the shard in this epoch.
-                    self.report(epoch, shard, MovePhase::HandedOff, 0, 0, None)
+                    self.report(epoch, &mv, MovePhase::HandedOff, 0, 0, None)
                         .await;
                     Vec::new()
                 }
@@ -264,7 +264,7 @@ impl Shared {
                     self.host.metrics.move_seconds.observe(took.as_secs_f64());
                     self.metrics().move_outcome(MoveOutcome::Done);
                     let (moved, ms) = (lent.len().max(copy.len()) as u32, took.as_millis() as u64);
-                    self.report(epoch, shard, MovePhase::Done, moved, ms, None)
+                    self.report(epoch, &mv, MovePhase::Done, moved, ms, None)
                         .await;
                     Vec::new()
                 }
@@ -272,7 +272,7 @@ impl Shared {
                     self.metrics().move_outcome(MoveOutcome::Failed);
                     tracing::warn!(%why, "move failed, shard kept");
                     let took = started.elapsed().as_millis() as u64;
-                    self.report(epoch, shard, MovePhase::Failed, 0, took, Some(why))
+                    self.report(epoch, &mv, MovePhase::Failed, 0, took, Some(why))
                         .await;
                     Vec::new()
                 }
@@ -281,7 +281,7 @@ impl Shared {
                     tracing::info!("a newer plan came before the hand-off: shard kept");
                     let took = started.elapsed().as_millis() as u64;
                     let why = "a newer plan came before the hand-off".to_owned();
-                    self.report(epoch, shard, MovePhase::Superseded, 0, took, Some(why))
+                    self.report(epoch, &mv, MovePhase::Superseded, 0, took, Some(why))
                         .await;
                     Vec::new()
                 }
@@ -423,7 +423,12 @@ impl Shared {
         if committed {
             // Done means the destination serves the shard: stored before the commit is confirmed,
             // so whoever starts later reads it.
-            self.report_within(epoch, shard, MovePhase::Done, DONE_STORE_TIMEOUT)
+            let mv = Move {
+                shard,
+                from: Some(chunk.from.clone()),
+                to: self.me.clone(),
+            };
+            self.report_within(epoch, &mv, MovePhase::Done, DONE_STORE_TIMEOUT)
                 .await;
         }
         if let Some(rx) = stopped {

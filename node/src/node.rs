@@ -14,6 +14,7 @@ use crate::moves::MigrationRuntime;
 use crate::ownership::{Ownership, Settled};
 use crate::requests::Answer;
 use crate::store::EventStore;
+use aether_core::plan::Move;
 use aether_core::protocol::{
     ErrorCode, ErrorReply, Held, Names, NodeEvent, NodeEventKind, PlanMessage, Progress, Reply,
     VERSION, decode, encode,
@@ -354,8 +355,8 @@ impl Shared {
         if !fx.report_done.is_empty() {
             let this = self.clone();
             self.tasks.spawn(async move {
-                for shard in fx.report_done {
-                    this.report(epoch, shard, MovePhase::Done, 0, 0, None).await;
+                for mv in fx.report_done {
+                    this.report(epoch, &mv, MovePhase::Done, 0, 0, None).await;
                 }
             });
         }
@@ -406,7 +407,7 @@ impl Shared {
     pub async fn report(
         &self,
         epoch: u64,
-        shard: u32,
+        mv: &Move,
         phase: MovePhase,
         actors: u32,
         duration_ms: u64,
@@ -416,28 +417,32 @@ impl Shared {
             actors,
             duration_ms,
             error,
-            ..self.progress(epoch, shard, phase)
+            ..self.progress(epoch, mv, phase)
         };
         self.store_report(&p, aether_nats::progress::REPORT_FOR)
             .await;
     }
 
     /// Reports a move's phase (no figures), giving up after `within`.
-    pub async fn report_within(&self, epoch: u64, shard: u32, phase: MovePhase, within: Duration) {
-        self.store_report(&self.progress(epoch, shard, phase), within)
+    pub async fn report_within(&self, epoch: u64, mv: &Move, phase: MovePhase, within: Duration) {
+        self.store_report(&self.progress(epoch, mv, phase), within)
             .await;
     }
 
-    fn progress(&self, epoch: u64, shard: u32, phase: MovePhase) -> Progress {
+    /// A report on move `mv` of plan `epoch`, naming its ends (a source that restarts recognises
+    /// its own hand-off by them, whoever reported last).
+    fn progress(&self, epoch: u64, mv: &Move, phase: MovePhase) -> Progress {
         Progress {
             v: VERSION,
             epoch,
-            shard,
+            shard: mv.shard,
             node: self.me.clone(),
             phase,
             actors: 0,
             duration_ms: 0,
             error: None,
+            from: mv.from.clone(),
+            to: Some(mv.to.clone()),
         }
     }
 

@@ -120,7 +120,7 @@ pub struct PlanEffects {
     pub recommit: Vec<Move>,
     /// Moves to this node that are done already: without a source (its actors come from the log),
     /// or committed here in an earlier epoch and listed again. Report them Done.
-    pub report_done: Vec<u32>,
+    pub report_done: Vec<Move>,
 }
 
 /// The current plan and the moves of it still pending.
@@ -184,9 +184,11 @@ pub struct Ownership {
     received: HashMap<u32, String>,
     /// Done reports of a plan this node does not hold yet (progress and plans travel separately).
     early_done: std::collections::BTreeSet<(u64, u32)>,
-    /// This node's own `HandedOff` reports (epoch, shard) still the latest of their move: read again
-    /// after a restart, they say the shard was given up before this process started.
-    reported_hand_offs: std::collections::BTreeSet<(u64, u32)>,
+    /// The latest move of each shard known to have been handed off or committed (by a report of
+    /// any node, or by this node's own hand-off or commit): read again after a restart, it tells a
+    /// source which shards it gave up before this process started, so a plan that lists such a
+    /// move again gets its commit again, never a second owner.
+    last_moves: HashMap<u32, LastMove>,
     /// Destination side: the incoming move of each shard, staged until its commit.
     incoming: HashMap<u32, Incoming>,
     /// Source side: shards with a move running here (or deferred until the plan settles).
@@ -203,6 +205,14 @@ pub struct Ownership {
     awaiting: std::collections::BTreeSet<String>,
     /// Moves of unconfirmed shards, started once the plan settles.
     deferred: Vec<Move>,
+}
+
+/// A move handed off or committed, as its reports name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LastMove {
+    epoch: u64,
+    from: Option<String>,
+    to: String,
 }
 
 /// Moves to start because the plan settled, with that plan's epoch and per-move deadline.
@@ -226,7 +236,7 @@ impl Ownership {
             handed_off: HashMap::new(),
             received: HashMap::new(),
             early_done: std::collections::BTreeSet::new(),
-            reported_hand_offs: std::collections::BTreeSet::new(),
+            last_moves: HashMap::new(),
             incoming: HashMap::new(),
             moving: HashSet::new(),
             held: HashMap::new(),
@@ -352,13 +362,17 @@ impl Ownership {
         }
         let mut view = View::new(plan);
         let epoch = view.plan.epoch;
-        // Moves of this plan this node handed off before it restarted (its own report says so).
+        // Moves this node handed off already, in this plan's epoch or an earlier one (before a
+        // restart, or before a plan that listed another move of the shard), listed again: the
+        // shard's latest hand-off or commit is this very move.
         for m in view.moves_from(&self.me) {
-            if self.reported_hand_offs.contains(&(epoch, m.shard)) {
+            let same = self.last_moves.get(&m.shard).is_some_and(|l| {
+                l.epoch <= epoch && l.from.as_deref() == Some(self.me.as_str()) && l.to == m.to
+            });
+            if same && !self.early_done.contains(&(epoch, m.shard)) {
                 self.handed_off.insert(m.shard, m.to.clone());
             }
         }
-        self.reported_hand_offs = self.reported_hand_offs.split_off(&(epoch + 1, 0));
         // A handed-off move listed again: the shard is the destination's as far as this node is
         // concerned (it never serves it again); the commit is sent again in this epoch.
         let listed: HashMap<u32, &str> = view
@@ -387,16 +401,23 @@ impl Ownership {
                 .iter()
                 .any(|m| m.shard == *shard && m.to == me && m.from.as_deref() == Some(from))
         });
-        let mut report_done: Vec<u32> = view
+        let mut report_done: Vec<Move> = view
             .plan
             .moves
             .iter()
             .filter(|m| m.to == me && (m.from.is_none() || received.contains_key(&m.shard)))
+            .cloned()
+            .collect();
+        report_done.sort_by_key(|m| m.shard);
+        // A shard received by a commit and listed again: its worker is reloaded from the log (its
+        // source may have served it after the commit this node took, however unlikely).
+        let relisted: HashSet<u32> = report_done
+            .iter()
+            .filter(|m| m.from.is_some())
             .map(|m| m.shard)
             .collect();
-        report_done.sort_unstable();
-        for shard in &report_done {
-            view.pending.remove(shard);
+        for m in &report_done {
+            view.pending.remove(&m.shard);
         }
         // Moves reported done before this plan reached this node.
         let early: Vec<(u64, u32)> = self
@@ -411,32 +432,34 @@ impl Ownership {
         let previous = self.view.replace(view);
         let view = self.view.as_ref()?;
         let me = Some(self.me.as_str());
-        // Shards this node serves now but did not serve under the plan just before this one.
-        // The first plan of a process takes nothing from anyone: what it owns, it owns by the
-        // latest plan, which every older holder handed off or was planned out of.
-        let unconfirmed: HashSet<u32> = match &previous {
-            None => HashSet::new(),
-            Some(p) => {
-                let consecutive = p.plan.epoch + 1 == epoch;
-                (0..view.plan.shards)
-                    .filter(|&s| view.owner(s) == me)
-                    .filter(|&s| {
-                        !consecutive
-                            || p.owner(s) != me
-                            || (!self.awaiting.is_empty() && self.unconfirmed.contains(&s))
-                    })
-                    .collect()
-            }
-        };
+        // Shards this node serves now but did not serve under the plan just before this one. A
+        // process's first plan confirms nothing: an older holder (which this process cannot know)
+        // may not have read it yet.
+        let unconfirmed: HashSet<u32> = (0..view.plan.shards)
+            .filter(|&s| view.owner(s) == me)
+            .filter(|&s| match &previous {
+                None => true,
+                Some(p) => {
+                    p.plan.epoch + 1 != epoch
+                        || p.owner(s) != me
+                        || (!self.awaiting.is_empty() && self.unconfirmed.contains(&s))
+                }
+            })
+            .collect();
         let awaiting: std::collections::BTreeSet<String> = if unconfirmed.is_empty() {
             std::collections::BTreeSet::new()
         } else {
-            let leavers = previous.iter().flat_map(|p| &p.plan.members);
+            // Every member, and every pod that may still hold an older plan: the members of the
+            // plan before, or for a first plan every pod whose `held` key this node has read.
+            let before: Vec<&String> = match &previous {
+                Some(p) => p.plan.members.iter().map(|m| &m.name).collect(),
+                None => self.held.keys().collect(),
+            };
             view.plan
                 .members
                 .iter()
-                .chain(leavers)
                 .map(|m| &m.name)
+                .chain(before)
                 .filter(|n| **n != self.me && self.held.get(*n).is_none_or(|&e| e < epoch))
                 .cloned()
                 .collect()
@@ -445,7 +468,10 @@ impl Ownership {
             .into_iter()
             .filter(|&shard| {
                 let before = previous.as_ref().and_then(|p| p.owner(shard));
-                view.owner(shard) != me || before != me || unconfirmed.contains(&shard)
+                view.owner(shard) != me
+                    || before != me
+                    || unconfirmed.contains(&shard)
+                    || relisted.contains(&shard)
             })
             .collect();
         stop.sort_unstable();
@@ -487,13 +513,10 @@ impl Ownership {
     /// destination of a move its source reports failed (the source kept the shard).
     pub fn on_progress(&mut self, p: &Progress) -> Option<u32> {
         let held = self.epoch();
-        if p.phase == MovePhase::HandedOff && p.node == self.me && p.epoch >= held {
-            self.reported_hand_offs.insert((p.epoch, p.shard));
-            while self.reported_hand_offs.len() > EARLY_DONE_LIMIT {
-                self.reported_hand_offs.pop_first();
-            }
-        } else {
-            self.reported_hand_offs.remove(&(p.epoch, p.shard));
+        if matches!(p.phase, MovePhase::HandedOff | MovePhase::Done)
+            && let Some(to) = &p.to
+        {
+            self.moved(p.epoch, p.shard, p.from.as_deref(), to);
         }
         match p.phase {
             MovePhase::Done if p.epoch == held => {
@@ -529,6 +552,8 @@ impl Ownership {
     /// Source side: this node gave `shard` up to `to` in plan `epoch` (every chunk acked).
     pub fn hand_off(&mut self, epoch: u64, shard: u32, to: &str) {
         self.handed_off.insert(shard, to.to_owned());
+        let me = self.me.clone();
+        self.moved(epoch, shard, Some(&me), to);
         if let Some(v) = self.view.as_mut()
             && v.plan.epoch == epoch
         {
@@ -596,6 +621,8 @@ impl Ownership {
             }
             Ok(Accept::Commit { .. }) => {
                 // Received by a hand-off: its source served it alone up to the capture.
+                let me = self.me.clone();
+                self.moved(chunk.epoch, chunk.shard, Some(&chunk.from), &me);
                 self.unconfirmed.remove(&chunk.shard);
                 self.handed_off.remove(&chunk.shard);
                 self.received.insert(chunk.shard, chunk.from.clone());
@@ -606,6 +633,21 @@ impl Ownership {
             _ => {}
         }
         decision
+    }
+
+    /// Keeps the latest hand-off or commit of `shard` (one per shard: bounded by the shard count).
+    fn moved(&mut self, epoch: u64, shard: u32, from: Option<&str>, to: &str) {
+        if self.last_moves.get(&shard).is_some_and(|l| l.epoch > epoch) {
+            return;
+        }
+        self.last_moves.insert(
+            shard,
+            LastMove {
+                epoch,
+                from: from.map(str::to_owned),
+                to: to.to_owned(),
+            },
+        );
     }
 
     /// The source this node's plan names for a move of `shard` to this node.
@@ -711,7 +753,13 @@ impl Ownership {
             "{view:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
             self.handed_off.iter().collect::<BTreeMap<_, _>>(),
             self.received.iter().collect::<BTreeMap<_, _>>(),
-            (&self.early_done, &self.reported_hand_offs),
+            (
+                &self.early_done,
+                self.last_moves
+                    .iter()
+                    .map(|(s, l)| (s, l.epoch, &l.from, &l.to))
+                    .collect::<BTreeSet<_>>()
+            ),
             self.incoming.iter().collect::<BTreeMap<_, _>>(),
             self.moving.iter().collect::<BTreeSet<_>>(),
             self.held.iter().collect::<BTreeMap<_, _>>(),
@@ -781,7 +829,57 @@ mod tests {
             actors: 0,
             duration_ms: 0,
             error: None,
+            from: None,
+            to: None,
         }
+    }
+
+    /// A report on move `m` by `node`, naming the move's ends as nodes do.
+    fn report(epoch: u64, m: &Move, node: &str, phase: MovePhase) -> Progress {
+        Progress {
+            phase,
+            from: m.from.clone(),
+            to: Some(m.to.clone()),
+            ..done(epoch, m.shard, node)
+        }
+    }
+
+    /// A process's first plan, then every member saying it holds it (as when a cluster starts):
+    /// its effects, with the moves that waited for that.
+    fn first_plan(
+        o: &mut Ownership,
+        p: PlanMessage,
+        hosted: impl IntoIterator<Item = u32>,
+    ) -> PlanEffects {
+        let epoch = p.epoch;
+        let names: Vec<String> = p.members.iter().map(|m| m.name.clone()).collect();
+        let mut fx = o.on_plan(p, hosted).expect("a newer plan");
+        for n in names {
+            if let Some(s) = o.on_held(&n, epoch) {
+                fx.start.extend(s.start);
+            }
+        }
+        fx
+    }
+
+    #[test]
+    fn a_first_plan_serves_nothing_until_every_member_holds_it() {
+        let ps = plans(&[2]);
+        let mut o = Ownership::new("app-0");
+        o.on_held("app-2", 0);
+        o.on_plan(msg(&ps[0]), []).expect("first plan");
+        let mine = (0..64)
+            .find(|&s| o.owner(s) == Some("app-0"))
+            .expect("a shard");
+        assert!(!o.serves(mine), "an older holder may not have read it");
+        assert_eq!(
+            o.awaiting(),
+            vec!["app-1", "app-2"],
+            "members and known pods"
+        );
+        assert!(o.on_held("app-1", ps[0].epoch).is_none());
+        assert!(o.stop_waiting_for_non_members(ps[0].epoch).is_some());
+        assert!(o.serves(mine));
     }
 
     #[test]
@@ -806,23 +904,46 @@ mod tests {
         let m = ps[1].moves.first().expect("a move").clone();
         let from = m.from.clone().expect("source");
         let mut o = Ownership::new(from.clone());
-        let mut handed = done(ps[1].epoch, m.shard, &from);
-        handed.phase = MovePhase::HandedOff;
+        let handed = report(ps[1].epoch, &m, &from, MovePhase::HandedOff);
         assert_eq!(o.on_progress(&handed), None);
-        let fx = o.on_plan(msg(&ps[1]), []).expect("plan");
+        let fx = first_plan(&mut o, msg(&ps[1]), []);
         assert!(fx.recommit.iter().any(|r| r.shard == m.shard), "{fx:?}");
         assert!(
             !fx.start.iter().any(|s| s.shard == m.shard),
             "no second transfer"
         );
         assert!(!o.serves(m.shard), "never served again");
-        // A later report of the same move (the destination's Done) replaces the hand-off.
+        // The destination's Done replaced the hand-off in the stream (the latest report of a move
+        // is kept): it names the same move, and a later plan that lists it again (the operator had
+        // not read the Done) gets its commit again too.
+        for epoch in [ps[1].epoch, ps[1].epoch + 1] {
+            let mut o = Ownership::new(from.clone());
+            o.on_progress(&report(ps[1].epoch, &m, "app-2", MovePhase::Done));
+            let mut again = msg(&ps[1]);
+            again.epoch = epoch;
+            let fx = first_plan(&mut o, again, []);
+            if epoch == ps[1].epoch {
+                assert!(!fx.recommit.iter().any(|r| r.shard == m.shard), "done");
+            } else {
+                assert!(fx.recommit.iter().any(|r| r.shard == m.shard), "{fx:?}");
+            }
+            assert!(!fx.start.iter().any(|s| s.shard == m.shard));
+            assert!(!o.serves(m.shard), "never served again");
+        }
+        // Another move of the shard reported later (it came back to this node) is not a hand-off.
         let mut o = Ownership::new(from.clone());
         o.on_progress(&handed);
-        o.on_progress(&done(ps[1].epoch, m.shard, "app-2"));
-        let fx = o.on_plan(msg(&ps[1]), []).expect("plan");
-        assert!(!fx.recommit.iter().any(|r| r.shard == m.shard));
-        assert!(!o.serves(m.shard));
+        let back = Move {
+            shard: m.shard,
+            from: Some("app-2".into()),
+            to: from.clone(),
+        };
+        o.on_progress(&report(ps[1].epoch + 1, &back, "app-2", MovePhase::Done));
+        let mut again = msg(&ps[1]);
+        again.epoch += 2;
+        let fx = first_plan(&mut o, again, []);
+        assert!(fx.recommit.is_empty(), "{fx:?}");
+        assert!(fx.start.iter().any(|s| s.shard == m.shard));
     }
 
     /// Found by the model check: a destination restarted after a commit learns from the Done report
@@ -835,7 +956,7 @@ mod tests {
         let from = m.from.clone().expect("source");
         let mut dst = Ownership::new("app-2");
         dst.on_progress(&done(ps[1].epoch, m.shard, "app-2"));
-        dst.on_plan(msg(&ps[1]), []).expect("plan");
+        first_plan(&mut dst, msg(&ps[1]), []);
         assert!(dst.serves(m.shard));
         let chunk = |commit: bool| Transfer {
             v: VERSION,
@@ -862,7 +983,7 @@ mod tests {
         let ps = plans(&[2]);
         let mut o = Ownership::new("app-0");
         assert_eq!(o.route("x", 0), Route::Unavailable(Unavailable::NoPlan));
-        o.on_plan(msg(&ps[0]), []);
+        first_plan(&mut o, msg(&ps[0]), []);
         let (mut local, mut remote) = (None, None);
         for i in 0..100 {
             let id = format!("a{i}");
@@ -894,7 +1015,7 @@ mod tests {
         let m = ps[1].moves.first().expect("a move to app-2").clone();
         let from = m.from.clone().expect("a source");
         let mut o = Ownership::new(from);
-        o.on_plan(msg(&ps[0]), []).expect("first plan");
+        first_plan(&mut o, msg(&ps[0]), []);
         o.on_plan(msg(&ps[1]), hosted.iter().copied())
             .expect("second plan");
         o.hand_off(ps[1].epoch, m.shard, "app-2");
@@ -992,7 +1113,7 @@ mod tests {
     fn a_skipped_epoch_reloads_and_waits_and_consecutive_plans_do_not() {
         let ps = plans(&[2, 3, 4]);
         let mut a = Ownership::new("app-0");
-        a.on_plan(msg(&ps[0]), []).expect("first plan");
+        first_plan(&mut a, msg(&ps[0]), []);
         let mine = (0..64).find(|&s| a.serves(s)).expect("a shard of app-0");
         // Consecutive: nothing waits, its worker keeps its actors.
         let mut b = a.clone();
@@ -1023,7 +1144,7 @@ mod tests {
         let from = m.from.clone().expect("source");
         let (mut src, mut dst) = (Ownership::new(from.clone()), Ownership::new("app-2"));
         for o in [&mut src, &mut dst] {
-            o.on_plan(msg(&ps[0]), []);
+            first_plan(o, msg(&ps[0]), []);
         }
         let fx = src.on_plan(msg(&ps[1]), []).expect("plan");
         assert!(fx.start.iter().any(|s| s.shard == m.shard));
@@ -1064,14 +1185,17 @@ mod tests {
                 .any(|r| r.shard == m.shard && r.to == "app-2")
         );
         assert!(
-            !fx.report_done.contains(&m.shard),
+            !fx.report_done.iter().any(|d| d.shard == m.shard),
             "not Done before it is confirmed"
         );
         assert!(!fx.start.iter().any(|s| s.shard == m.shard), "still moving");
         assert!(!src.serves(m.shard));
         let fx = dst.on_plan(again, [m.shard]).expect("newer plan");
-        assert!(fx.report_done.contains(&m.shard));
-        assert!(!fx.stop.contains(&m.shard), "it keeps serving");
+        assert!(fx.report_done.iter().any(|d| d.shard == m.shard));
+        assert!(
+            fx.stop.contains(&m.shard),
+            "its worker is reloaded from the log"
+        );
         assert!(dst.serves(m.shard));
     }
 

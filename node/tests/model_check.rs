@@ -9,7 +9,11 @@
 //! serves a shard. The nodes are the pure types the real node runs ([`Ownership`], [`SourceMove`],
 //! the destination's chunk decisions); the shells here do what `moves.rs` and `node.rs` do, without
 //! NATS. Progress reports are durable (the progress stream), read by each node in order at its own
-//! pace and all of them by a node that restarts, before its plan.
+//! pace; a node that restarts reads, before its plan, what the stream keeps: the latest report of
+//! each move. With the budget's switches, the operator plans its retry or replacement from the
+//! reports it has read so far (it may list a move that is done), a destination's `Done` is stored
+//! as a message of its own (late, or lost), and a source's copy round is a step of its own (it
+//! serves the shard meanwhile).
 //!
 //! Every reachable state within the fault budget is visited once (breadth first, states keyed by a
 //! canonical text). Checked in every state:
@@ -23,7 +27,7 @@
 //!
 //! The numbers of states and the depth are printed; `AETHER_MODEL_BUDGET=large` explores more faults.
 
-use aether_core::plan::{MemberInput, PlanSpec, plan};
+use aether_core::plan::{MemberInput, Move, PlanSpec, plan};
 use aether_core::protocol::{
     ActorRef, ActorSnapshot, Bytes, ErrorReply, PlanMessage, Progress, Transfer, VERSION,
 };
@@ -49,6 +53,14 @@ enum Msg {
         chunk: u32,
         commit: bool,
         refused: Option<String>,
+    },
+    /// A destination's `Done` on its way to the progress stream (stored after the commit is
+    /// taken, before it is confirmed, within a deadline: it may be lost, or stored late).
+    Done {
+        node: usize,
+        epoch: u64,
+        shard: u32,
+        from: usize,
     },
 }
 
@@ -163,6 +175,15 @@ struct Budget {
     replan: bool,
     /// Nodes read reports when they choose (else each report reaches every live node at once).
     lazy_progress: bool,
+    /// The operator reads reports when it chooses, so its retry or replacement plan may list a
+    /// move that is done (else it reads each report as it is stored).
+    lagging_operator: bool,
+    /// A destination's `Done` is stored when the network chooses, or lost (else it is stored with
+    /// the commit).
+    late_done: bool,
+    /// A source's copy round ends when the model chooses, the shard served meanwhile (else the
+    /// pause follows the start at once).
+    copy_round: bool,
 }
 
 impl Budget {
@@ -177,6 +198,9 @@ impl Budget {
             retry: false,
             replan: false,
             lazy_progress: false,
+            lagging_operator: false,
+            late_done: false,
+            copy_round: false,
         }
     }
 }
@@ -189,7 +213,12 @@ struct World {
     log: [u64; SHARDS as usize],
     nodes: Vec<Node>,
     net: Vec<Msg>,
+    /// Every report stored, in order. The stream keeps only the latest of each move: a node that
+    /// restarts reads those ([`World::retained`]); a live reader may have seen the others.
     durable: Vec<Progress>,
+    /// Reports the operator has read: it plans its retry or its replacement from these, so it may
+    /// list a move that is done (it has not read the `Done` yet), as the real operator may.
+    op_read: usize,
     attempts: u64,
     budget: Budget,
     /// Each node's `held` key: the epoch it last took.
@@ -210,6 +239,10 @@ enum Step {
     Retry,
     Replan,
     ReadHeld(usize),
+    /// The operator reads every report stored so far.
+    OperatorReads,
+    /// A source's copy round ends (it served the shard meanwhile); the pause comes next.
+    Copied(usize, u32),
 }
 
 fn plans() -> Vec<PlanMessage> {
@@ -272,6 +305,7 @@ impl World {
             nodes: NODES.iter().map(|n| Node::new(n)).collect(),
             net: Vec::new(),
             durable: Vec::new(),
+            op_read: 0,
             attempts: 0,
             budget,
             held: [0; 3],
@@ -279,6 +313,11 @@ impl World {
         // Every node serves epoch 1; epoch 2 is published and read by each node when it chooses.
         for n in 0..NODES.len() {
             w.take_plan(n, 0);
+        }
+        for n in 0..NODES.len() {
+            for m in 0..NODES.len() {
+                w.read_held(n, m);
+            }
         }
         w
     }
@@ -301,6 +340,16 @@ impl World {
             format!("{net:?}"),
             format!("{durable:?}"),
             self.published,
+            // What the operator knows, not how many reports it read to know it, and what it
+            // published (a retry or replacement depends on what it had read).
+            format!("{:?}", self.latest()),
+            format!(
+                "{:?}",
+                self.plans[..self.published]
+                    .iter()
+                    .map(|p| &p.moves)
+                    .collect::<Vec<_>>()
+            ),
             self.log,
             self.attempts,
             self.budget,
@@ -355,8 +404,8 @@ impl World {
         for m in &fx.start {
             self.start_attempt(n, m.shard, fx.epoch, &m.to);
         }
-        for s in &fx.report_done {
-            self.report(fx.epoch, *s, n, MovePhase::Done);
+        for m in &fx.report_done {
+            self.report(fx.epoch, m, n, MovePhase::Done);
         }
         // Its workers stopped at once: it says it holds the plan.
         self.held[n] = fx.epoch;
@@ -397,17 +446,22 @@ impl World {
         self.source_event(n, shard, Event::Start);
     }
 
-    fn report(&mut self, epoch: u64, shard: u32, n: usize, phase: MovePhase) {
+    fn report(&mut self, epoch: u64, m: &Move, n: usize, phase: MovePhase) {
         self.durable.push(Progress {
             v: VERSION,
             epoch,
-            shard,
+            shard: m.shard,
             node: NODES[n].to_owned(),
             phase,
             actors: 0,
             duration_ms: 0,
             error: None,
+            from: m.from.clone(),
+            to: Some(m.to.clone()),
         });
+        if !self.budget.lagging_operator {
+            self.op_read = self.durable.len();
+        }
         if !self.budget.lazy_progress {
             for n in 0..NODES.len() {
                 if self.nodes[n].alive {
@@ -437,6 +491,11 @@ impl World {
                 return;
             };
             let (epoch, id, to) = (a.epoch, a.id, a.to.clone());
+            let mv = Move {
+                shard,
+                from: Some(NODES[n].to_owned()),
+                to: to.clone(),
+            };
             // A chunk (or the commit) of this attempt to its destination.
             let send = |chunk: u32, version: Option<u64>, commit: bool| Msg::Chunk {
                 to: index(&to),
@@ -452,7 +511,10 @@ impl World {
             };
             let mut next = Vec::new();
             match action {
-                // The copy round is checked by `move_sim.rs`; here a shard's one value moves whole.
+                // The copy round is checked by `move_sim.rs`; here it is one step
+                // ([`Step::Copied`]), while the source still serves the shard, and the shard's one
+                // value moves whole after the pause.
+                Action::Copy if self.budget.copy_round => {}
                 Action::Copy => next.push(Event::Copied { actors: 0 }),
                 Action::PauseAndCapture { .. } => {
                     node.paused.insert(shard);
@@ -469,7 +531,7 @@ impl World {
                     node.paused.remove(&shard);
                     node.copy.remove(&shard);
                     // Stored before the commit is sent, as `moves.rs` does.
-                    self.report(epoch, shard, n, MovePhase::HandedOff);
+                    self.report(epoch, &mv, n, MovePhase::HandedOff);
                 }
                 Action::Commit { chunk, .. } => {
                     if node.own.is_current(epoch) {
@@ -481,9 +543,9 @@ impl World {
                 Action::Resume => {
                     node.paused.remove(&shard);
                 }
-                Action::ReportDone => self.report(epoch, shard, n, MovePhase::Done),
-                Action::ReportFailed(_) => self.report(epoch, shard, n, MovePhase::Failed),
-                Action::ReportSuperseded => self.report(epoch, shard, n, MovePhase::Superseded),
+                Action::ReportDone => self.report(epoch, &mv, n, MovePhase::Done),
+                Action::ReportFailed(_) => self.report(epoch, &mv, n, MovePhase::Failed),
+                Action::ReportSuperseded => self.report(epoch, &mv, n, MovePhase::Superseded),
                 Action::CommitUnconfirmed => {}
             }
             let node = &mut self.nodes[n];
@@ -492,16 +554,17 @@ impl World {
                     todo.extend(a.machine.on(e));
                 }
             }
-            if node
-                .attempts
-                .get(&shard)
-                .is_some_and(|a| a.machine.finished())
-                && let Some(a) = node.attempts.remove(&shard)
-                && let Some((m, next, _)) = node.own.move_finished(shard, a.epoch)
-            {
-                self.start_attempt(n, shard, next, &m.to);
-                return;
-            }
+        }
+        // Once every action is carried out (a failure's report comes after its resume).
+        let node = &mut self.nodes[n];
+        if node
+            .attempts
+            .get(&shard)
+            .is_some_and(|a| a.machine.finished())
+            && let Some(a) = node.attempts.remove(&shard)
+            && let Some((m, next, _)) = node.own.move_finished(shard, a.epoch)
+        {
+            self.start_attempt(n, shard, next, &m.to);
         }
     }
 
@@ -538,8 +601,19 @@ impl World {
                         if let Some(v) = node.staged.remove(&t.shard) {
                             node.copy.insert(t.shard, v);
                         }
-                        // The destination stores Done before it confirms the commit.
-                        self.report(t.epoch, t.shard, to, MovePhase::Done);
+                        // The destination stores Done before it confirms the commit, within a
+                        // deadline: the store may be lost or land after the confirmation.
+                        let done = Msg::Done {
+                            node: to,
+                            epoch: t.epoch,
+                            shard: t.shard,
+                            from: index(&t.from),
+                        };
+                        if self.budget.late_done {
+                            self.net.push(done);
+                        } else {
+                            self.deliver(done);
+                        }
                         None
                     }
                     Ok(Accept::Duplicate) => None,
@@ -579,6 +653,19 @@ impl World {
                 };
                 self.source_event(to, shard, event);
             }
+            Msg::Done {
+                node,
+                epoch,
+                shard,
+                from,
+            } => {
+                let m = Move {
+                    shard,
+                    from: Some(NODES[from].to_owned()),
+                    to: NODES[node].to_owned(),
+                };
+                self.report(epoch, &m, node, MovePhase::Done);
+            }
         }
     }
 
@@ -593,6 +680,7 @@ impl World {
     /// A message lost (or sent to a dead node): the source's request times out.
     fn lost(&mut self, msg: &Msg) {
         let (n, shard, epoch, attempt, chunk, commit) = match msg {
+            Msg::Done { .. } => return,
             Msg::Chunk { t, .. } => (
                 index(&t.from),
                 t.shard,
@@ -636,11 +724,25 @@ impl World {
 
     fn restart(&mut self, n: usize) {
         self.nodes[n] = Node::new(NODES[n]);
-        // A node reads every stored report before it acts on a plan.
-        while self.nodes[n].read < self.durable.len() {
-            self.read_progress(n);
+        // A node reads every stored report before it acts on a plan: the latest of each move.
+        for p in self.retained() {
+            if let Some(s) = self.nodes[n].own.on_progress(&p) {
+                self.nodes[n].staged.remove(&s);
+            }
         }
+        self.nodes[n].read = self.durable.len();
         self.take_plan(n, self.published - 1);
+    }
+
+    /// What the progress stream holds: the latest report of each move, in stream order.
+    fn retained(&self) -> Vec<Progress> {
+        let mut last = BTreeMap::new();
+        for (i, p) in self.durable.iter().enumerate() {
+            last.insert((p.epoch, p.shard), i);
+        }
+        let mut keep: Vec<usize> = last.into_values().collect();
+        keep.sort_unstable();
+        keep.into_iter().map(|i| self.durable[i].clone()).collect()
     }
 
     fn steps(&self) -> Vec<Step> {
@@ -672,6 +774,11 @@ impl World {
             if node.read < self.durable.len() {
                 out.push(Step::ReadProgress(n));
             }
+            for (s, a) in &node.attempts {
+                if a.machine.phase == Phase::Copying {
+                    out.push(Step::Copied(n, *s));
+                }
+            }
             if self.budget.deadlines > 0 {
                 for (s, a) in &node.attempts {
                     if !a.machine.finished() {
@@ -690,6 +797,9 @@ impl World {
                 }
             }
         }
+        if (self.budget.retry || self.budget.replan) && self.operator_lags() {
+            out.push(Step::OperatorReads);
+        }
         if self.budget.retry && self.published < self.plans.len() && self.retry_due() {
             out.push(Step::Retry);
         }
@@ -699,9 +809,19 @@ impl World {
         out
     }
 
-    /// The latest report of each move, as the progress stream keeps it.
+    /// True when the reports the operator has not read would change what it knows.
+    fn operator_lags(&self) -> bool {
+        self.latest_of(self.durable.len()) != self.latest()
+    }
+
+    /// The latest report of each move the operator has read.
     fn latest(&self) -> BTreeMap<(u64, u32), MovePhase> {
-        self.durable
+        self.latest_of(self.op_read)
+    }
+
+    /// The latest report of each move among the first `n` stored.
+    fn latest_of(&self, n: usize) -> BTreeMap<(u64, u32), MovePhase> {
+        self.durable[..n]
             .iter()
             .map(|p| ((p.epoch, p.shard), p.phase))
             .collect()
@@ -779,6 +899,8 @@ impl World {
             }
             Step::Retry => {
                 self.budget.retry = false;
+                // What the operator read matters no more (states that differ only in it are one).
+                self.op_read = 0;
                 // The retry lists the moves not reported done, as the operator's does.
                 let latest = self.latest();
                 let epoch = self.plans[self.published - 1].epoch;
@@ -791,6 +913,7 @@ impl World {
                 self.budget.replan = false;
                 self.budget.retry = false;
                 let latest = self.latest();
+                self.op_read = 0;
                 let before = self.plans[self.published - 1].clone();
                 let to = "app-0";
                 let bucket = bucket_of(&before.members, to);
@@ -809,7 +932,7 @@ impl World {
                         } else {
                             m.from.clone()
                         };
-                        aether_core::plan::Move {
+                        Move {
                             shard: m.shard,
                             from,
                             to: to.into(),
@@ -820,6 +943,8 @@ impl World {
                 self.plans[self.published] = p;
                 self.published += 1;
             }
+            Step::OperatorReads => self.op_read = self.durable.len(),
+            Step::Copied(n, s) => self.source_event(n, s, Event::Copied { actors: 0 }),
             // A node's watch catches up with every `held` key (one step, like the reports).
             Step::ReadHeld(n) => {
                 for m in self.held_unread(n) {
@@ -890,6 +1015,16 @@ impl World {
                 }
                 for m in self.held_unread(n) {
                     self.read_held(n, m);
+                    busy = true;
+                }
+                let copying: Vec<u32> = self.nodes[n]
+                    .attempts
+                    .iter()
+                    .filter(|(_, a)| a.machine.phase == Phase::Copying)
+                    .map(|(s, _)| *s)
+                    .collect();
+                for s in copying {
+                    self.source_event(n, s, Event::Copied { actors: 0 });
                     busy = true;
                 }
             }
@@ -1019,16 +1154,24 @@ fn every_state_within_the_fault_budget_is_safe_and_converges() {
         // live nodes as they are stored.
         "" => vec![
             Budget {
-                losses: 1,
                 crashes: 1,
                 writes: 1,
                 retry: true,
                 ..Budget::none()
             },
             Budget {
-                losses: 1,
                 writes: 1,
                 replan: true,
+                ..Budget::none()
+            },
+            // A crash with the operator's retry planned from the reports it has read (a plan that
+            // lists a move done already), the copy round a step (the source serves meanwhile), a
+            // restarted node reading the reports as the stream keeps them: issue 27 finding 3b.
+            Budget {
+                crashes: 1,
+                retry: true,
+                lagging_operator: true,
+                copy_round: true,
                 ..Budget::none()
             },
         ],
@@ -1039,6 +1182,8 @@ fn every_state_within_the_fault_budget_is_safe_and_converges() {
             retry: true,
             replan: true,
             lazy_progress: true,
+            lagging_operator: true,
+            late_done: true,
             ..Budget::none()
         }],
         "large" => vec![Budget {
@@ -1050,21 +1195,50 @@ fn every_state_within_the_fault_budget_is_safe_and_converges() {
             retry: true,
             replan: true,
             lazy_progress: true,
+            lagging_operator: true,
+            late_done: true,
+            copy_round: true,
         }],
-        // `AETHER_MODEL_BUDGET=faults`: one of each fault, the retry or the replacement plan,
-        // reports delivered at once.
-        _ => vec![Budget {
-            losses: 1,
-            duplicates: 1,
-            crashes: 1,
-            deadlines: 1,
-            writes: 1,
-            retry: true,
-            replan: true,
-            lazy_progress: false,
-        }],
+        // `AETHER_MODEL_BUDGET=faults` (`make model-check`): one of each fault, the retry or the
+        // replacement plan, reports delivered to nodes at once; a crash with a lost or late
+        // `Done`, the copy round and an operator planning from what it has read; a crash with
+        // the replacement plan (issue 27 finding 3a).
+        _ => vec![
+            Budget {
+                losses: 1,
+                duplicates: 1,
+                crashes: 1,
+                deadlines: 1,
+                writes: 1,
+                retry: true,
+                replan: true,
+                ..Budget::none()
+            },
+            Budget {
+                losses: 1,
+                crashes: 1,
+                writes: 1,
+                retry: true,
+                lagging_operator: true,
+                late_done: true,
+                copy_round: true,
+                ..Budget::none()
+            },
+            Budget {
+                crashes: 1,
+                replan: true,
+                lagging_operator: true,
+                ..Budget::none()
+            },
+        ],
     };
-    for budget in budgets {
+    let only: Option<usize> = std::env::var("AETHER_MODEL_ONLY")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for (i, budget) in budgets.into_iter().enumerate() {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
         let started = std::time::Instant::now();
         match explore(budget, 20_000_000) {
             Ok((states, depth)) => {
@@ -1096,4 +1270,82 @@ fn the_model_finds_a_stale_copy_served() {
         w.nodes[0].attempts.get(&0).map(|a| &a.machine.phase),
         None | Some(Phase::Idle)
     ));
+}
+
+/// Replays `path` from the start under `budget` as long as the model offers its steps (the code
+/// that found it took them; fixed code may not reach the later ones): every state safe, and from
+/// where it stops the model heals.
+fn replay(budget: Budget, path: &[Step]) -> Result<(), String> {
+    let mut w = World::new(budget);
+    for (i, step) in path.iter().enumerate() {
+        if !format!("{:?}", w.steps()).contains(&format!("{step:?}")) {
+            break;
+        }
+        w.apply(*step);
+        w.check()
+            .map_err(|e| format!("{e} after step {i} ({step:?})"))?;
+    }
+    w.heal(&mut HashSet::new())
+}
+
+/// Issue 27 finding 3, as the model found it on the code before the fix. (a) app-1 restarts while
+/// app-0, still on epoch 2, serves shard 0 it took by a commit; app-1's first plan (the
+/// replacement, epoch 3) names it the source of shard 1's move and it served it at once. (b) app-1
+/// handed shard 1 off and app-2 committed it; the operator, which had not read the `Done`,
+/// listed the move again in its retry; app-1 restarted, read only the latest report of the move
+/// (app-2's `Done`) and served shard 1 from the log beside app-2.
+#[test]
+fn the_restart_traces_the_model_found_stay_safe() {
+    use Step::{Copied, Crash, Deliver, OperatorReads, ReadHeld, ReadPlan, Replan, Restart, Retry};
+    let a = Budget {
+        crashes: 1,
+        replan: true,
+        lagging_operator: true,
+        ..Budget::none()
+    };
+    let a_path = [
+        ReadPlan(2),
+        ReadPlan(1),
+        Replan,
+        ReadPlan(0),
+        Deliver(0),
+        Deliver(0),
+        Crash(1),
+        Restart(1),
+        ReadHeld(0),
+        Deliver(1),
+        Deliver(1),
+        Deliver(1),
+        Deliver(0),
+    ];
+    let b = Budget {
+        crashes: 1,
+        retry: true,
+        lagging_operator: true,
+        copy_round: true,
+        ..Budget::none()
+    };
+    let b_path = [
+        ReadPlan(2),
+        ReadPlan(1),
+        Copied(1, 1),
+        ReadPlan(0),
+        Copied(0, 0),
+        Deliver(0),
+        Deliver(1),
+        OperatorReads,
+        Crash(1),
+        Deliver(1),
+        OperatorReads,
+        Deliver(1),
+        Deliver(0),
+        OperatorReads,
+        Retry,
+        Restart(1),
+    ];
+    for (budget, path) in [(a, &a_path[..]), (b, &b_path[..])] {
+        if let Err(e) = replay(budget, path) {
+            panic!("{e}\nafter {path:?}");
+        }
+    }
 }

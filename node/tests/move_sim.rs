@@ -130,6 +130,14 @@ fn members(n: usize) -> Vec<MemberInput> {
         .collect()
 }
 
+/// Every member of `plan` says it holds it (the members not simulated take each plan at once).
+/// A process's first plan serves nothing before that; the moves that waited are not simulated.
+fn held_by_all(own: &mut Ownership, plan: &PlanMessage) {
+    for m in &plan.members {
+        own.on_held(&m.name, plan.epoch);
+    }
+}
+
 impl World {
     fn new(actors: usize, copy_from: usize) -> Self {
         let p1: Plan = plan(None, &BTreeSet::new(), &members(2), &spec()).expect("plan");
@@ -150,6 +158,7 @@ impl World {
         };
         for p in &plans {
             dst.own.on_plan(p.clone(), []);
+            held_by_all(&mut dst.own, p);
         }
         let mut w = Self {
             shard: mv.shard,
@@ -165,6 +174,7 @@ impl World {
             attempts: 0,
         };
         w.source_plan(0);
+        held_by_all(&mut w.src.own, &w.plans[0]);
         w.source_plan(1);
         w
     }
@@ -382,6 +392,8 @@ impl World {
             actors: 0,
             duration_ms: 0,
             error: None,
+            from: None,
+            to: None,
         }
     }
 
@@ -530,6 +542,9 @@ impl World {
                 // Its plan watch delivers the latest plan only.
                 let n = if self.retry_sent { 3 } else { 2 };
                 self.dst.own.on_plan(self.plans[n - 1].clone(), []);
+                // The source holds it already (it takes each plan as it comes); the members not
+                // simulated do too.
+                held_by_all(&mut self.dst.own, &self.plans[n - 1]);
             }
             Op::CrashSource => {
                 self.src.alive = false;

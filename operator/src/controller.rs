@@ -747,6 +747,8 @@ mod tests {
             actors: 0,
             duration_ms: 0,
             error,
+            from: None,
+            to: None,
         }
     }
 

@@ -637,6 +637,8 @@ mod tests {
             actors: 0,
             duration_ms: 1,
             error: None,
+            from: None,
+            to: None,
         }
     }
 
@@ -705,6 +707,8 @@ mod tests {
             actors: 0,
             duration_ms: 5,
             error: Some("no answer to chunk 0: timed out".into()),
+            from: None,
+            to: None,
         };
         let mut o = observe(&s, Some(&two.status), &["app-0", "app-1", "app-2"]);
         o.progress = vec![fail(2)];

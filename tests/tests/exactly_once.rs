@@ -505,8 +505,11 @@ async fn clients_cannot_use_the_nodes_ids_and_the_api_names_its_command_id() {
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))["code"]
             .clone()
     };
-    let big = vec![b' '; 3 * 1024 * 1024];
-    let (status, _, body) = http_with_head(api, "POST", path, &[], &big).await;
+    // Declared, not sent: the node answers from the head (sending it all would race the answer
+    // and the close with a broken pipe).
+    let big = (3 * 1024 * 1024).to_string();
+    let head = [("Content-Length", big.as_str())];
+    let (status, _, body) = http_with_head(api, "POST", path, &head, b"{").await;
     assert_eq!((status, code_of(&body)), (413, json!("tooLarge")));
     let (status, _, body) = http_with_head(api, "GET", "/v1/actors/counter/%FF", &[], b"").await;
     assert_eq!((status, code_of(&body)), (400, json!("malformed")));

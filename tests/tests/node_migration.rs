@@ -506,3 +506,104 @@ async fn a_shard_copied_while_served_keeps_every_write_made_during_the_copy() {
         );
     }
 }
+
+/// Issue 27 finding 3: a source restarted after its move committed, given a plan that lists the
+/// same move again (an operator that had not read the `Done` yet), sends the commit again and
+/// never serves the shard beside the destination (the model check's trace of the same, on the code
+/// before the fix, is `the_restart_traces_the_model_found_stay_safe` in node/tests/model_check.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_source_never_serves_a_shard_it_handed_off_when_a_plan_lists_the_move_again() {
+    use aether_core::protocol::{Op, Request};
+    let bin = workspace_binary("aether-node");
+    let nats = NatsServer::start();
+    let prefix = "relist";
+    let nc = nats.connect().await;
+    let names = Names::new(prefix);
+    let mut source = spawn_process(&bin, &nats.url(), prefix, "app-0", free_port());
+    let _destination = spawn_process(&bin, &nats.url(), prefix, "app-1", free_port());
+    let p1 = next_plan(None, &["app-0", "app-1"], SHARDS, 8);
+    let reports = progress_log(&nc, prefix).await;
+    publish(&nc, prefix, &p1, 5).await;
+    let client = Client::new(nc.clone(), prefix);
+    let (id, shard) = (0..)
+        .map(|i| format!("c{i}"))
+        .map(|id| {
+            let s = aether_core::hash::shard_of(&id, SHARDS);
+            (id, s)
+        })
+        .find(|(_, s)| p1.owner(*s) == Some("app-0"))
+        .expect("an actor of app-0");
+    client.add(&id, 1, "first".into()).await.expect("add");
+    let p2 = move_one_shard(&p1, shard, "app-1");
+    publish(&nc, prefix, &p2, 5).await;
+    let done = |epoch: u64, node: &'static str| {
+        let reports = reports.clone();
+        move || {
+            let reports = reports.clone();
+            async move {
+                reports.lock().expect("log").iter().any(|p| {
+                    (p.epoch, p.shard, p.phase, p.node.as_str())
+                        == (epoch, shard, MovePhase::Done, node)
+                })
+            }
+        }
+    };
+    wait_for("the source's confirmed Done", T, done(p2.epoch, "app-0")).await;
+    source.kill();
+    let read = Request::new(ActorRef::new("counter", id.as_str()), Op::Read, None);
+    wait_for("the server knows app-0 is gone", T, || async {
+        client
+            .request_once(names.node_requests("app-0"), &read)
+            .await
+            .is_err_and(|e| e.to_string().contains("no responders"))
+    })
+    .await;
+    // The same move again, as an operator that had not read the Done would list it.
+    let mut p3 = p2.clone();
+    p3.epoch += 1;
+    publish(&nc, prefix, &p3, 5).await;
+    let _source = spawn_process(&bin, &nats.url(), prefix, "app-0", free_port());
+    let value_at = |pod: &'static str| {
+        let (client, read, subject) = (client.clone(), read.clone(), names.node_requests(pod));
+        async move {
+            let reply = client.request_once(subject, &read).await.ok()?;
+            match reply.outcome {
+                Outcome::Ok(ok) => ok.state["value"].as_i64(),
+                Outcome::Error(_) => None,
+            }
+        }
+    };
+    wait_for("the restarted source answers", T, || async {
+        value_at("app-0").await.is_some()
+    })
+    .await;
+    for i in 0..5 {
+        let before = value_at("app-0").await.expect("a read at the source");
+        let add = Request::new(
+            ActorRef::new("counter", id.as_str()),
+            Op::Command {
+                command: serde_json::json!({ "add": 1 }),
+            },
+            Some(format!("at-destination-{i}")),
+        );
+        let reply = client
+            .request_once(names.node_requests("app-1"), &add)
+            .await
+            .expect("the destination answers");
+        assert_eq!(counter_value(&reply).0, before + 1, "acknowledged");
+        assert_eq!(
+            value_at("app-0").await,
+            Some(before + 1),
+            "a read at the restarted source sees the destination's acknowledged append"
+        );
+    }
+    wait_for("the move listed again is done", T, done(p3.epoch, "app-1")).await;
+    assert!(
+        !reports
+            .lock()
+            .expect("log")
+            .iter()
+            .any(|p| p.epoch == p3.epoch && p.phase == MovePhase::Transferring),
+        "no second transfer"
+    );
+}

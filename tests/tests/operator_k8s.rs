@@ -262,6 +262,8 @@ async fn the_operator_plans_publishes_and_follows_a_scale_up() {
         actors: 0,
         duration_ms: 0,
         error: Some("x".repeat(1_000_000)),
+        from: None,
+        to: None,
     };
     nc.publish(
         Names::new("actors").progress(epoch, shard),

@@ -243,6 +243,8 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
         actors: 0,
         duration_ms: 1,
         error: None,
+        from: None,
+        to: None,
     };
     let subject = names.progress(2, shard);
     client_nc

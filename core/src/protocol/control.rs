@@ -32,6 +32,12 @@ pub struct Progress {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The move's source (`None`: a move without a source, or a report that does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The move's destination (`None` in a report that does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
 }
 
 /// Node lifecycle news, node -> operator (`{prefix}.nodes`).
