@@ -65,6 +65,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
             shared.max_request_bytes,
             declared_size,
         ))
+        // One bound for NATS requests and API requests alike (`--max-inflight`); outermost, so a
+        // request over it is answered before anything else is done.
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            bounded,
+        ))
         .with_state(Api {
             shared,
             next: Arc::new(AtomicU64::new(0)),
@@ -226,6 +232,23 @@ pub fn status_of(reply: &Reply) -> StatusCode {
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         },
     }
+}
+
+/// At most `--max-inflight` requests (NATS and API together) are handled at once; one more is
+/// answered `unavailable` (503) at once, as on NATS.
+async fn bounded(
+    State(shared): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(permit) = shared.inflight.clone().try_acquire_owned() else {
+        shared.metrics().route(crate::metrics::Route::Overloaded);
+        let e = ErrorReply::unavailable("this node is overloaded", 50);
+        return respond(&Reply::error(e));
+    };
+    let resp = next.run(req).await;
+    drop(permit);
+    resp
 }
 
 /// A body declared larger than the request limit is refused from the head, before any of it is

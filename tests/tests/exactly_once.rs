@@ -793,3 +793,51 @@ async fn an_outbox_at_the_state_limit_refuses_more_sends_and_drains_once_deliver
         "takes commands again: {r:?}"
     );
 }
+
+/// Issue 28 item 3: `--max-inflight` bounds the app API as it bounds NATS requests. A node without
+/// a plan holds each API request for up to 10 s (the API waits out `unavailable`); with a bound of
+/// 2, of 20 requests at once 2 are held and 18 answered `unavailable` ("overloaded") at once.
+/// On 0bae6b1 all 20 were held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_api_is_bounded_by_max_inflight() {
+    let nats = NatsServer::start();
+    let (port, api) = (free_port(), free_port());
+    let _node = node_process(
+        &nats,
+        "bound",
+        "app-0",
+        port,
+        &[
+            "--api-addr",
+            &format!("127.0.0.1:{api}"),
+            "--max-inflight",
+            "2",
+        ],
+    );
+    wait_for("the API listens", T, || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", api))
+            .await
+            .is_ok()
+    })
+    .await;
+    let answers = futures::future::join_all((0..20).map(|i| async move {
+        let path = format!("/v1/actors/counter/c{i}");
+        http_with_head(api, "GET", &path, &[], b"").await
+    }))
+    .await;
+    let overloaded = answers
+        .iter()
+        .filter(|(status, _, body)| {
+            *status == 503 && String::from_utf8_lossy(body).contains("overloaded")
+        })
+        .count();
+    assert_eq!(overloaded, 18, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .filter(|(_, _, body)| String::from_utf8_lossy(body).contains("no plan"))
+            .count()
+            == 2,
+        "the 2 admitted waited for a plan: {answers:?}"
+    );
+}
