@@ -63,6 +63,7 @@ chart-check: $(HELM)
 	@for kind in Deployment ClusterRole Role StatefulSet PodDisruptionBudget ShardPlan NetworkPolicy; do \
 	  grep -q "^kind: $$kind$$" target/chart-render.yaml || { echo "chart render lacks a $$kind"; exit 1; }; done
 	@! $(HELM) template t charts/aether --kube-version $(K8S_VERSION) --set nats.url=bogus > /dev/null 2>&1 || { echo "values.schema.json accepted a bad nats.url"; exit 1; }
+	@! $(HELM) template t charts/aether --kube-version $(K8S_VERSION) --set example.enabled=true --set nats.credentialsSecret=s > /dev/null 2>&1 || { echo "the chart gave the operator the sidecars' Secret"; exit 1; }
 
 ## chaos: the long chaos runs (>= 100 faults, >= 100,000 operations each, one nats-server then a
 ## 3-server cluster), their histories checked; writes RELIABILITY.md. AETHER_CHAOS_SEEDS=a,b replays.
