@@ -1,7 +1,7 @@
 //! The NATS credentials a ShardPlan names (`spec.nats.credentialsSecret`): which Secrets the operator
 //! may read, and the connection options their keys make. No I/O: the controller reads the Secret.
 
-use crate::controller::{Error, Result};
+use crate::error::{Error, Result};
 use k8s_openapi::api::core::v1::Secret;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
