@@ -250,7 +250,7 @@ fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Val
 /// `{prefix}-operator`, `{prefix}-node`, `{prefix}-client`).
 #[must_use]
 pub fn roles_conf(prefix: &str) -> String {
-    let path = crate::stack::repo().join("examples/nats/authorization.conf");
+    let path = repo().join("examples/nats/authorization.conf");
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .replace("aether", prefix)
@@ -297,4 +297,10 @@ impl Role {
             Self::Client => "_INBOX".to_owned(),
         }
     }
+}
+
+/// The repository's root.
+#[must_use]
+pub fn repo() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }

@@ -7,6 +7,7 @@
 //! the nodes' user (Secret `nats-node`), the operator's (Secret `nats-operator`, labelled to opt in,
 //! with the CA) and the CA for the sidecars (Secret `nats-tls`).
 
+pub use crate::auth::repo;
 use crate::auth::{Certs, ROLE_PASSWORDS, Role, roles_conf};
 use crate::k8s::{ControlPlane, helm, k8s_tool, run_tool};
 use crate::kubelet::{Kubelet, KubeletConfig};
@@ -36,12 +37,6 @@ pub struct Stack {
     /// Pods' logs and kubeconfigs.
     pub logs: PathBuf,
     _tmp: tempfile::TempDir,
-}
-
-/// The repository's root.
-#[must_use]
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 impl Stack {
