@@ -1,0 +1,103 @@
+//! What a chaos run reports, and the runs' figures as RELIABILITY.md shows them.
+
+use super::*;
+
+/// What a run saw.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The config.
+    pub config: Config,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<Fault, usize>,
+    /// The schedule, one line per fault (for a replay's comparison).
+    pub schedule: Vec<String>,
+    /// Time from each fault's end until every probed actor answered, milliseconds.
+    pub converge_ms: Vec<u64>,
+    /// Faults after which the system did not converge within a minute.
+    pub not_converged: Vec<String>,
+    /// The checker's verdict.
+    pub verdict: Verdict,
+    /// Plans published.
+    pub plans: u64,
+    /// The run's length.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// Nothing lost, duplicated or stale, and every fault healed.
+    #[must_use]
+    pub fn passed(&self) -> bool {
+        self.verdict.linearizable() && self.not_converged.is_empty()
+    }
+
+    /// Percentile of the convergence times.
+    #[must_use]
+    pub fn converge_percentile(&self, p: f64) -> u64 {
+        let mut v = self.converge_ms.clone();
+        v.sort_unstable();
+        if v.is_empty() {
+            return 0;
+        }
+        let i = ((v.len() - 1) as f64 * p).round() as usize;
+        v[i.min(v.len() - 1)]
+    }
+}
+
+/// The figures of runs as a Markdown section (RELIABILITY.md).
+#[must_use]
+pub fn markdown(reports: &[Report], command: &str) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "## Chaos runs\n");
+    let _ = writeln!(
+        s,
+        "Written by `{command}`: the chaos runner (`tests/src/chaos.rs`) against real processes on loopback; \
+         the history checker (`tests/src/history.rs`) checks each `list` actor's history for \
+         linearizability (every read sees every append acknowledged before it began and nothing never \
+         invoked, no append applied twice, no acknowledged append lost, versions without gaps).\n"
+    );
+    for r in reports {
+        let v = &r.verdict;
+        let _ = writeln!(
+            s,
+            "### Seed {} on {}\n",
+            r.config.seed,
+            if r.config.cluster {
+                "a 3-server NATS cluster, 3 replicas"
+            } else {
+                "one nats-server"
+            }
+        );
+        let _ = writeln!(s, "| figure | value |\n|---|---|");
+        let total: usize = r.faults.values().sum();
+        let _ = writeln!(s, "| faults injected | {total} |");
+        for (f, c) in &r.faults {
+            let _ = writeln!(s, "| - {} | {c} |", f.name());
+        }
+        let _ = writeln!(s, "| plans published | {} |", r.plans);
+        let _ = writeln!(s, "| operations | {} |", v.ops);
+        let _ = writeln!(s, "| acknowledged | {} |", v.acknowledged);
+        for (code, c) in &v.errors {
+            let _ = writeln!(s, "| errors `{code}` | {c} |");
+        }
+        let _ = writeln!(s, "| lost | {} |", v.lost);
+        let _ = writeln!(s, "| duplicated | {} |", v.duplicated);
+        let _ = writeln!(s, "| stale reads | {} |", v.stale_reads);
+        let _ = writeln!(s, "| phantom reads | {} |", v.phantoms);
+        let _ = writeln!(s, "| version gaps | {} |", v.version_gaps);
+        let _ = writeln!(s, "| misordered appends | {} |", v.misordered);
+        let _ = writeln!(
+            s,
+            "| time to converge after a fault, p50 / max | {} ms / {} ms |",
+            r.converge_percentile(0.5),
+            r.converge_percentile(1.0)
+        );
+        let _ = writeln!(
+            s,
+            "| not converged within 60 s | {} |",
+            r.not_converged.len()
+        );
+        let _ = writeln!(s, "| run time | {:.0} s |\n", r.elapsed.as_secs_f64());
+    }
+    s
+}
