@@ -155,6 +155,9 @@ pub struct Metrics {
     pub stale_plans: Counter,
     /// Plan epoch held.
     pub epoch: Gauge,
+    /// Plan epoch settled: every pod that may serve a shard under an older plan holds it, so the
+    /// shards this node takes without a hand-off are served.
+    pub settled: Gauge,
     /// Actors in memory.
     pub actors: Gauge,
     /// Requests queued behind paused (moving) shards.
@@ -190,6 +193,7 @@ impl Default for Metrics {
         ]);
         let stale_plans = Counter::default();
         let epoch = Gauge::default();
+        let settled = Gauge::default();
         let actors = Gauge::default();
         let queued = Gauge::default();
         let move_seconds =
@@ -206,6 +210,11 @@ impl Default for Metrics {
             stale_plans.clone(),
         );
         registry.register("plan_epoch", "Plan epoch held", epoch.clone());
+        registry.register(
+            "plan_settled_epoch",
+            "Plan epoch every pod this node waits for holds (shards taken without a hand-off served)",
+            settled.clone(),
+        );
         registry.register("actors_hosted", "Actors in memory", actors.clone());
         registry.register(
             "queue_depth",
@@ -253,6 +262,7 @@ impl Default for Metrics {
             malformed,
             stale_plans,
             epoch,
+            settled,
             actors,
             queued,
             move_seconds,

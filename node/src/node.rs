@@ -268,6 +268,14 @@ impl Shared {
         self.state().own.epoch()
     }
 
+    /// True once this node holds plan `epoch` and every pod it waits for holds it too (the shards
+    /// it takes without a hand-off are served).
+    #[must_use]
+    pub fn settled_at(&self, epoch: u64) -> bool {
+        let st = self.state();
+        st.own.epoch() == epoch && st.own.settled()
+    }
+
     /// Number of moves of the current plan not done yet.
     #[must_use]
     pub fn pending_moves(&self) -> usize {
@@ -339,7 +347,9 @@ impl Shared {
             .collect();
         let _ = self.holds.send((fx.epoch, answering));
         let epoch = fx.epoch;
-        if !awaiting.is_empty() {
+        if awaiting.is_empty() {
+            self.metrics().settled.set(epoch as i64);
+        } else {
             tracing::info!(
                 epoch,
                 awaiting = %awaiting.join(","),
@@ -379,6 +389,7 @@ impl Shared {
     fn start_settled(self: &Arc<Self>, settled: Option<Settled>) {
         let Some(s) = settled else { return };
         tracing::info!(epoch = s.epoch, moves = s.start.len(), "plan settled");
+        self.metrics().settled.set(s.epoch as i64);
         for mv in s.start {
             self.tasks
                 .spawn_on(self.clone().run_moves(mv, s.epoch, s.timeout), &self.moves);

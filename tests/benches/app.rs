@@ -69,7 +69,7 @@ async fn run() -> Value {
     let node = TestNode::start_full(cfg, kinds, Arc::new(Health::default())).await;
     let plan = next_plan(None, &["app-0"], SHARDS, 4);
     publish(&nc, prefix, &plan, 60).await;
-    wait_for("plan", T, || async { node.shared.epoch() == plan.epoch }).await;
+    wait_for("plan", T, || async { node.shared.settled_at(plan.epoch) }).await;
     let subject = Names::new(prefix).node_requests("app-0");
 
     let path = |kind: &'static str, command: Value, round: usize| {

@@ -106,7 +106,7 @@ async fn run() -> serde_json::Value {
     let p1 = next_plan(None, &["app-0", "app-1"], SHARDS, 4);
     publish(&nc, prefix, &p1, 60).await;
     for n in &nodes {
-        wait_for("plan", T, || async { n.shared.epoch() == 1 }).await;
+        wait_for("plan", T, || async { n.shared.settled_at(1) }).await;
     }
     let names = Names::new(prefix);
     let n = 20_000;

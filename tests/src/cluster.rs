@@ -279,7 +279,7 @@ pub async fn start_cluster(
         crate::wait_for(
             "every node to hold the first plan",
             Duration::from_secs(30),
-            || async { n.shared.epoch() == plan.epoch },
+            || async { n.shared.settled_at(plan.epoch) },
         )
         .await;
     }

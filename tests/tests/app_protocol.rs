@@ -40,7 +40,7 @@ async fn node_again(
     if first {
         publish(&nats.connect().await, prefix, &plan, 10).await;
     }
-    wait_for("the plan", T, || async { n.shared.epoch() == plan.epoch }).await;
+    wait_for("the plan", T, || async { n.shared.settled_at(plan.epoch) }).await;
     (n, api)
 }
 
@@ -550,7 +550,7 @@ async fn a_request_past_its_callers_deadline_is_dropped_and_counted() {
     let n = TestNode::start_with(cfg).await;
     let plan = next_plan(None, &["app-0"], SHARDS, 4);
     publish(&nc, "deadline", &plan, 10).await;
-    wait_for("the plan", T, || async { n.shared.epoch() == plan.epoch }).await;
+    wait_for("the plan", T, || async { n.shared.settled_at(plan.epoch) }).await;
     let m = n.metrics.clone();
 
     let decides = m.app_calls_of("decide");
@@ -600,7 +600,7 @@ async fn a_reply_over_the_servers_max_payload_is_answered_too_large() {
     let n = TestNode::start_with(cfg).await;
     let plan = next_plan(None, &["app-0"], SHARDS, 4);
     publish(&nc, "payload", &plan, 10).await;
-    wait_for("the plan", T, || async { n.shared.epoch() == plan.epoch }).await;
+    wait_for("the plan", T, || async { n.shared.settled_at(plan.epoch) }).await;
 
     let before = n.metrics.failures_of(Failure::Reply);
     let big = command(

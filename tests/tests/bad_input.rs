@@ -307,7 +307,7 @@ async fn a_flood_beyond_max_inflight_is_answered_overloaded_and_nothing_is_lost(
     let plan = aether_tests::cluster::next_plan(None, &["app-0"], SHARDS, 8);
     aether_tests::cluster::publish(&nc, "flood", &plan, 10).await;
     wait_for("the plan", T, || async {
-        node.shared.epoch() == plan.epoch
+        node.shared.settled_at(plan.epoch)
     })
     .await;
     let subject = Names::new("flood").node_requests("app-0");
@@ -441,7 +441,7 @@ async fn actors_in_memory_are_capped_least_recently_used_first() {
     let n = TestNode::start_with(cfg).await;
     let plan = aether_tests::cluster::next_plan(None, &["app-0"], SHARDS, 4);
     aether_tests::cluster::publish(&nc, "cap", &plan, 10).await;
-    wait_for("the plan", T, || async { n.shared.epoch() == plan.epoch }).await;
+    wait_for("the plan", T, || async { n.shared.settled_at(plan.epoch) }).await;
     let client = Client::new(nc.clone(), "cap");
     for i in 0..300 {
         let reply = client

@@ -69,12 +69,12 @@ impl Proc {
         .await;
     }
 
-    async fn epoch(&self) -> u64 {
+    async fn settled(&self) -> u64 {
         let Some((_, text)) = http_get(self.port, "/metrics").await else {
             return 0;
         };
         text.lines()
-            .find_map(|l| l.strip_prefix("aether_node_plan_epoch "))
+            .find_map(|l| l.strip_prefix("aether_node_plan_settled_epoch "))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     }
@@ -188,7 +188,7 @@ async fn a_node_restarted_after_a_commit_serves_the_shard_it_received() {
         .expect("app-0 owns a shard");
     let id = actor_in(shard);
     wait_for("the first plan served", T, || async {
-        a.epoch().await == p1.epoch && b.epoch().await == p1.epoch
+        a.settled().await == p1.epoch && b.settled().await == p1.epoch
     })
     .await;
     assert_eq!(ok(&ask(&nc, prefix, &add(&id, 5, "c1")).await).0, 5);
@@ -216,7 +216,7 @@ async fn a_node_restarted_after_a_commit_serves_the_shard_it_received() {
         restarted.restart(&nats.url(), prefix);
         restarted.ready().await;
         wait_for("the plan held again", T, || async {
-            restarted.epoch().await == p2.epoch
+            restarted.settled().await == p2.epoch
         })
         .await;
         for via in ["app-0", "app-1"] {
@@ -283,7 +283,7 @@ async fn a_server_of_an_r3_cluster_killed_mid_rebalance_loses_nothing_acknowledg
     publish(&nc, prefix, &p1, 30).await;
     for n in &nodes {
         wait_for("the first plan", T, || async {
-            n.shared.epoch() == p1.epoch
+            n.shared.settled_at(p1.epoch)
         })
         .await;
     }
@@ -355,7 +355,7 @@ async fn compaction_keeps_the_last_snapshot_and_a_gap_in_the_log_is_an_error() {
     let p1 = next_plan(None, &["app-0"], SHARDS, 4);
     publish(&nc, prefix, &p1, 30).await;
     wait_for("the plan held", T, || async {
-        node.epoch().await == p1.epoch
+        node.settled().await == p1.epoch
     })
     .await;
     // 70 records: snapshots in records 32 and 64; the log keeps 64..=70.
@@ -490,7 +490,7 @@ async fn a_source_restarted_before_its_commit_never_has_its_old_attempt_committe
         .expect("app-0 owns a shard");
     let id = actor_in(shard);
     wait_for("the first plan served", T, || async {
-        a.epoch().await == p1.epoch && b.epoch().await == p1.epoch
+        a.settled().await == p1.epoch && b.settled().await == p1.epoch
     })
     .await;
     assert_eq!(ok(&ask(&nc, prefix, &add(&id, 5, "c1")).await).0, 5);
@@ -502,7 +502,7 @@ async fn a_source_restarted_before_its_commit_never_has_its_old_attempt_committe
     let p2 = move_one_shard(&p1, shard, "app-1");
     publish(&nc, prefix, &p2, 30).await;
     wait_for("app-1 holds the plan", T, || async {
-        b.epoch().await == p2.epoch
+        b.settled().await == p2.epoch
     })
     .await;
     let first = Transfer {
@@ -733,7 +733,7 @@ mod operator {
         })
         .await;
         for n in &nodes {
-            wait_for("nodes on epoch 51", T, || async { n.shared.epoch() == 51 }).await;
+            wait_for("nodes on epoch 51", T, || async { n.shared.settled_at(51) }).await;
         }
         wait_for("an Event saying why", T, || async {
             warnings(&client, "EpochAdvanced")
@@ -857,7 +857,7 @@ mod operator {
         })
         .await;
         for n in &nodes {
-            wait_for("nodes on epoch 53", T, || async { n.shared.epoch() == 53 }).await;
+            wait_for("nodes on epoch 53", T, || async { n.shared.settled_at(53) }).await;
         }
 
         // 65,536 shards, 2 members -> 3: a third of the shards move. The status (grouped moves)

@@ -199,7 +199,7 @@ async fn a_plan_with_a_lower_epoch_is_ignored() {
     let p2 = next_plan(Some(&plan), &["app-0", "app-1"], 64, 8);
     publish(&nc, "stale", &p2, 10).await;
     for n in &nodes {
-        wait_for("epoch 2", T, || async { n.shared.epoch() == 2 }).await;
+        wait_for("epoch 2", T, || async { n.shared.settled_at(2) }).await;
     }
     // Write epoch 1 straight into the bucket, as a confused or old operator would.
     let js = async_nats::jetstream::new(nc.clone());
@@ -214,7 +214,7 @@ async fn a_plan_with_a_lower_epoch_is_ignored() {
         })
     })
     .await;
-    assert!(nodes.iter().all(|n| n.shared.epoch() == 2));
+    assert!(nodes.iter().all(|n| n.shared.settled_at(2)));
     // The publisher refuses to go back too.
     let bucket = aether_nats::plans::open_bucket(&js, &Names::new("stale"), 1)
         .await
@@ -234,7 +234,7 @@ async fn an_actor_is_rebuilt_from_its_last_snapshot_and_the_records_after_it() {
     let first = TestNode::start(&nats.url(), prefix, "app-0").await;
     let p1 = next_plan(None, &["app-0"], 64, 4);
     publish(&nc, prefix, &p1, 10).await;
-    wait_for("plan 1", T, || async { first.shared.epoch() == 1 }).await;
+    wait_for("plan 1", T, || async { first.shared.settled_at(1) }).await;
     let client = Client::new(nc.clone(), prefix);
     let n = 2 * aether_node::store::SNAPSHOT_EVERY + 6;
     for i in 0..n {
@@ -246,7 +246,7 @@ async fn an_actor_is_rebuilt_from_its_last_snapshot_and_the_records_after_it() {
     let second = TestNode::start(&nats.url(), prefix, "app-1").await;
     let p2 = next_plan(Some(&p1), &["app-1"], 64, 4);
     publish(&nc, prefix, &p2, 10).await;
-    wait_for("plan 2", T, || async { second.shared.epoch() == 2 }).await;
+    wait_for("plan 2", T, || async { second.shared.settled_at(2) }).await;
     let reply = client.read("counter", "long").await.expect("read");
     let Outcome::Ok(ok) = &reply.outcome else {
         panic!("{reply:?}")
@@ -339,7 +339,7 @@ async fn a_client_that_watches_the_plan_sends_to_the_owner_and_follows_a_new_pla
     let next = aether_tests::cluster::move_one_shard(&plan, shard, to);
     publish(&nc, "hop", &next, 10).await;
     wait_for("the client and the nodes at the new plan", T, || async {
-        client.plan_epoch() == next.epoch && nodes.iter().all(|n| n.shared.epoch() == next.epoch)
+        client.plan_epoch() == next.epoch && nodes.iter().all(|n| n.shared.settled_at(next.epoch))
     })
     .await;
     // While the shard moves, its new owner forwards to the source; once it has moved, the
@@ -483,7 +483,7 @@ async fn a_node_that_stops_under_load_answers_every_request_sent_to_it() {
     for round in 0..4 {
         let mut extra = TestNode::start(&nats.url(), "stop", "app-3").await;
         wait_for("app-3 to hold the plan", T, || async {
-            extra.shared.epoch() == plan.epoch
+            extra.shared.settled_at(plan.epoch)
         })
         .await;
         wait_for("app-3 to take requests from the queue group", T, || async {

@@ -51,7 +51,7 @@ async fn a_shard_moves_while_clients_keep_writing() {
     publish(&nc, prefix, &p2, 10).await;
     for n in &nodes {
         wait_for("plan 2 with every move done", T, || async {
-            n.shared.epoch() == 2 && n.shared.pending_moves() == 0
+            n.shared.settled_at(2) && n.shared.pending_moves() == 0
         })
         .await;
     }
@@ -226,7 +226,7 @@ async fn a_stale_writer_is_fenced_and_the_owner_recovers() {
     let node = TestNode::start(&nats.url(), prefix, "app-0").await;
     let p1 = next_plan(None, &["app-0"], SHARDS, 4);
     publish(&nc, prefix, &p1, 5).await;
-    wait_for("plan", T, || async { node.shared.epoch() == 1 }).await;
+    wait_for("plan", T, || async { node.shared.settled_at(1) }).await;
     let client = Client::new(nc.clone(), prefix);
     assert_eq!(
         counter_value(&client.add("hot", 1, "a".into()).await.expect("add")).0,
@@ -275,7 +275,7 @@ async fn sigterm_drains_the_node_before_it_exits() {
     let mut leaving = spawn_process(&bin, &nats.url(), prefix, "app-1", free_port());
     let p1 = next_plan(None, &["app-0", "app-1"], SHARDS, 4);
     publish(&nc, prefix, &p1, 5).await;
-    wait_for("plan", T, || async { a0.shared.epoch() == 1 }).await;
+    wait_for("plan", T, || async { a0.shared.settled_at(1) }).await;
     let client = Client::new(nc.clone(), prefix);
     let before = run_load(&client, "acct", 60, 300, 8, T).await;
     assert_eq!(before.errors, 0);
@@ -483,7 +483,7 @@ async fn a_shard_copied_while_served_keeps_every_write_made_during_the_copy() {
     publish(&nc, prefix, &p2, 30).await;
     for n in &nodes {
         wait_for("plan 2 with its move done", T, || async {
-            n.shared.epoch() == p2.epoch && n.shared.pending_moves() == 0
+            n.shared.settled_at(p2.epoch) && n.shared.pending_moves() == 0
         })
         .await;
     }

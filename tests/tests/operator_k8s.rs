@@ -129,7 +129,7 @@ async fn the_operator_plans_publishes_and_follows_a_scale_up() {
     .await;
     for n in &nodes {
         wait_for("every node on epoch 1", T, || async {
-            n.shared.epoch() == 1
+            n.shared.settled_at(1)
         })
         .await;
     }

@@ -149,7 +149,7 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
     publish(&operator, PREFIX, &p1, 10).await;
     for n in &nodes {
         wait_for("every node to hold plan 1", T, || async {
-            n.shared.epoch() == 1
+            n.shared.settled_at(1)
         })
         .await;
     }
@@ -446,7 +446,7 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
     publish(&operator, PREFIX, &p2, 10).await;
     for n in &nodes {
         wait_for("plan 2 with every move done", T, || async {
-            n.shared.epoch() == 2 && n.shared.pending_moves() == 0
+            n.shared.settled_at(2) && n.shared.pending_moves() == 0
         })
         .await;
     }
@@ -454,7 +454,7 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
     publish(&operator, PREFIX, &p3, 10).await;
     for n in &nodes {
         wait_for("plan 3 with every move done", T, || async {
-            n.shared.epoch() == 3 && n.shared.pending_moves() == 0
+            n.shared.settled_at(3) && n.shared.pending_moves() == 0
         })
         .await;
     }
@@ -584,7 +584,7 @@ async fn each_credential_shape_over_tls_serves() {
         let p1 = next_plan(None, &["app-0"], SHARDS, 8);
         publish(&nc, PREFIX, &p1, 10).await;
         wait_for(&format!("{shape:?}: the node holds plan 1"), T, || async {
-            node.shared.epoch() == 1 && node.health.problem().is_none()
+            node.shared.settled_at(1) && node.health.problem().is_none()
         })
         .await;
         let client = Client::new(nc.clone(), PREFIX);
