@@ -6,7 +6,7 @@
 //! codes become HTTP statuses ([`status_of`]); the body is the protocol's reply either way.
 
 use crate::error::{Error, Result};
-use crate::node::Shared;
+use crate::shared::Shared;
 use aether_core::protocol::{ActorRef, ErrorCode, ErrorReply, Op, Outcome, Reply, Request};
 use axum::Router;
 use axum::body::Bytes;

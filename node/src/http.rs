@@ -1,7 +1,7 @@
 //! `/healthz` (the process runs), `/readyz` (NATS reachable; otherwise 503 and why) and `/metrics`.
 
+use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::node::Health;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};

@@ -10,8 +10,8 @@ use crate::error::{Error, Result};
 use crate::host::{self, Cmd};
 use crate::metrics::{Malformed, MoveOutcome};
 use crate::migration::{Accept, Action, Event, SourceMove};
-use crate::node::Shared;
 use crate::requests::FORWARD_TIMEOUT;
+use crate::shared::Shared;
 use aether_core::plan::Move;
 use aether_core::protocol::{
     ErrorReply, Transfer, TransferAck, TransferWriter, VERSION, decode, decode_transfer,

@@ -16,8 +16,8 @@
 //! ([`resume_pending`]), so no send waits for a client to touch its sender.
 
 use crate::host::{Cmd, Delivery};
-use crate::node::{Shared, lock};
 use crate::ownership::{MAX_HOPS, Route};
+use crate::shared::{Shared, lock};
 use crate::store::Outgoing;
 use aether_core::protocol::app::{REPLY_KEY, reply_id};
 use aether_core::protocol::{ActorRef, ErrorCode, ErrorReply, Op, Outcome, Reply, Request};

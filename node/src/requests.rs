@@ -7,11 +7,13 @@
 //!
 //! [`Ownership::route`]: crate::ownership::Ownership::route
 
+use crate::error::{Error, Result};
 use crate::host::{Cmd, Pending};
 use crate::metrics::{Failure, Malformed, Route as RouteKind};
-use crate::node::Shared;
 use crate::ownership::Route;
-use aether_core::protocol::{ErrorCode, ErrorReply, Reply, Request, decode, encode};
+use crate::shared::{SHUTDOWN_GRACE, Shared};
+use aether_core::protocol::{ErrorCode, ErrorReply, Names, Reply, Request, decode, encode};
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::error::SendError;
@@ -334,4 +336,170 @@ fn forwarded(
         req.timeout_ms = Some(ms);
     }
     Ok(req)
+}
+
+impl Shared {
+    /// Publishes a reply; a reply that cannot be sent is counted (the caller times out and retries).
+    pub async fn send_reply(&self, to: async_nats::Subject, answer: Answer) {
+        let bytes = match answer.into_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "reply not encodable");
+                self.metrics().failure(Failure::Reply);
+                return;
+            }
+        };
+        let len = bytes.len();
+        if let Err(e) = self.client.publish(to.clone(), bytes).await {
+            tracing::warn!(error = %e, "reply not sent");
+            self.metrics().failure(Failure::Reply);
+            if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded {
+                // The caller gets an answer it can act on instead of its own timeout.
+                let limit = self.client.server_info().max_payload;
+                let e = ErrorReply::new(
+                    ErrorCode::TooLarge,
+                    format!("the reply of {len} bytes exceeds the server's max payload of {limit}"),
+                );
+                if let Ok(b) = encode(&Reply::error(e)) {
+                    let _ = self.client.publish(to, b.into()).await;
+                }
+            }
+        }
+    }
+}
+
+pub(crate) type Messages = futures::stream::SelectAll<RequestSubscription>;
+
+/// How many more requests a subscription takes once the node asks it to end (see `end_after`):
+/// more than can be on their way to one node (each caller has a few in flight), few enough that a
+/// loaded queue group hands them out within a second.
+const END_AFTER: u64 = 256;
+/// A stopping node whose request subscriptions took nothing for this long takes it that no more
+/// requests are on their way.
+const QUIET_AT_EXIT: Duration = Duration::from_millis(200);
+
+/// A request subscription that counts the messages it took, so that it can end without losing one.
+pub(crate) struct RequestSubscription {
+    sub: async_nats::Subscriber,
+    taken: u64,
+}
+
+impl RequestSubscription {
+    fn new(sub: async_nats::Subscriber) -> Self {
+        Self { sub, taken: 0 }
+    }
+
+    /// Ends the subscription after `more` further messages, losing none on the way.
+    ///
+    /// async-nats's `drain` (and `unsubscribe`) forget the subscription as soon as its UNSUB is
+    /// written, so a request the server sent before it read the UNSUB is dropped unseen and its
+    /// caller waits out its timeout (the rolling-update test saw one such 10 s wait per rollout).
+    /// `UNSUB <sid> <max>` has no such gap: the server stops delivering at exactly `max` messages
+    /// and the client keeps the subscription until it has received that many. `more` must exceed
+    /// what can be buffered or in flight (else the server stops at once and the client forgets the
+    /// subscription before the surplus arrives); a subscription that does not reach its count ends
+    /// when the node, finding it quiet, closes the connection.
+    async fn end_after(
+        &mut self,
+        more: u64,
+    ) -> std::result::Result<(), async_nats::UnsubscribeError> {
+        self.sub.unsubscribe_after(self.taken + more).await
+    }
+}
+
+impl futures::Stream for RequestSubscription {
+    type Item = async_nats::Message;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let next = std::pin::Pin::new(&mut self.sub).poll_next(cx);
+        if let std::task::Poll::Ready(Some(_)) = &next {
+            self.taken += 1;
+        }
+        next
+    }
+}
+
+/// Takes one request from NATS: refused when its reply subject is the ShardPlan's own (or, from a
+/// client, a node's or the operator's inbox), answered
+/// `overloaded` at once when the node is full, else served on a task of its own.
+pub(crate) async fn take_request(shared: &Arc<Shared>, msg: async_nats::Message) {
+    // Only a peer (on the nodes' own subject) may have its answer sent to a node's inbox.
+    let from_node = msg.subject.as_str() == shared.names.node_sends(&shared.me);
+    if msg.reply.as_ref().is_some_and(|to| {
+        if from_node {
+            !shared.names.is_reply_subject(to)
+        } else {
+            !shared.names.is_client_reply_subject(to)
+        }
+    }) {
+        shared.metrics().malformed(Malformed::ReplySubject);
+        return;
+    }
+    let Ok(permit) = shared.inflight.clone().try_acquire_owned() else {
+        // Full: answered at once, here (the answer is the back-pressure).
+        shared.metrics().route(RouteKind::Overloaded);
+        if let Some(to) = msg.reply {
+            let e = ErrorReply::unavailable("this node is overloaded", 50);
+            shared.send_reply(to, Answer::Reply(Reply::error(e))).await;
+        }
+        return;
+    };
+    let shared = shared.clone();
+    shared.tasks.clone().spawn(async move {
+        let answer = shared
+            .handle_request_bytes(msg.payload, msg.headers.as_ref(), from_node)
+            .await;
+        if let Some(to) = msg.reply {
+            shared.send_reply(to, answer).await;
+        }
+        drop(permit);
+    });
+}
+
+pub(crate) async fn subscribe_requests(shared: &Arc<Shared>) -> Result<Messages> {
+    let any = shared
+        .client
+        .queue_subscribe(shared.names.any_node(), Names::NODE_QUEUE.to_owned())
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
+    let mine = shared
+        .client
+        .subscribe(shared.names.node_requests(&shared.me))
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
+    let sends = shared
+        .client
+        .subscribe(shared.names.node_sends(&shared.me))
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
+    Ok(futures::stream::select_all([
+        RequestSubscription::new(any),
+        RequestSubscription::new(mine),
+        RequestSubscription::new(sends),
+    ]))
+}
+
+/// Stops taking requests, and answers every one NATS already sent here, so none is left for its
+/// caller's timeout. This node serves no shard now (or its workers stop next): each is forwarded
+/// or answered with where to go. See `RequestSubscription::end_after` for why this is not
+/// async-nats's `drain`.
+pub(crate) async fn finish_requests(shared: &Arc<Shared>, mut requests: Messages) {
+    for sub in requests.iter_mut() {
+        if let Err(e) = sub.end_after(END_AFTER).await {
+            tracing::warn!(error = %e, "could not end a request subscription");
+        }
+    }
+    let left = async {
+        // Until every subscription ended, or none took a request for QUIET_AT_EXIT (nobody
+        // sends here any more: the plan names other owners, the queue group has other members).
+        while let Ok(Some(msg)) = tokio::time::timeout(QUIET_AT_EXIT, requests.next()).await {
+            take_request(shared, msg).await;
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, left).await.is_err() {
+        tracing::warn!("requests still arriving at exit");
+    }
 }

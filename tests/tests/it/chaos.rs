@@ -4,7 +4,7 @@
 use aether_tests::chaos::{Config, run};
 
 /// The seeds `make test` runs; a failing seed replays the same schedule
-/// (`AETHER_CHAOS_SEED=<seed> cargo test -p aether-tests --test chaos`).
+/// (`AETHER_CHAOS_SEED=<seed> cargo test --release -p aether-tests --test it chaos::`).
 fn seed(default: u64) -> u64 {
     std::env::var("AETHER_CHAOS_SEED")
         .ok()

@@ -1,0 +1,301 @@
+//! The control messages a node follows: the plan (watched, and read directly now and then),
+//! progress reports of every move, and the `held.{pod}` keys that say which plan each pod serves by;
+//! and this node's own `held.{me}`. The decisions are [`crate::ownership::Ownership`]'s; this
+//! carries them out: workers stopped, moves started, leftovers answered.
+
+use crate::error::{Error, Result};
+use crate::metrics::Malformed;
+use crate::ownership::Settled;
+use crate::shared::{Hold, Shared};
+use aether_core::protocol::{Held, Names, PlanMessage, Progress, VERSION, decode, encode};
+use aether_core::types::MovePhase;
+use async_nats::jetstream;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a plan that takes shards without a hand-off waits for the members of the plan before
+/// that left it to say they hold it (a live node reads the plan at least every
+/// [`PLAN_POLL_EVERY`]); members are waited for until they do.
+pub const LEAVERS_WAIT: Duration = Duration::from_secs(6);
+
+impl Shared {
+    /// Takes a new plan: ignored unless its epoch is higher; then local shards follow it.
+    pub fn on_plan(self: &Arc<Self>, plan: PlanMessage) {
+        let (fx, stopped, timeout, awaiting) = {
+            let mut st = self.state();
+            let held = st.own.epoch();
+            let hosted: Vec<u32> = st.hosted();
+            let got = plan.epoch;
+            let slots = plan.max_concurrent.max(1) as usize;
+            let Some(fx) = st.own.on_plan(plan, hosted) else {
+                drop(st);
+                self.metrics().stale_plans.inc();
+                tracing::info!(held, got, "ignoring a plan that is not newer");
+                return;
+            };
+            self.set_move_slots(slots);
+            let stopped: Vec<_> = fx
+                .stop
+                .iter()
+                .filter_map(|&s| Some((s, st.stop(s)?)))
+                .collect();
+            let awaiting: Vec<String> = st.own.awaiting().into_iter().map(str::to_owned).collect();
+            (fx, stopped, st.own.timeout(), awaiting)
+        };
+        self.metrics().epoch.set(fx.epoch as i64);
+        self.epochs.send_replace(fx.epoch);
+        tracing::info!(epoch = fx.epoch, moves = fx.start.len(), "new plan");
+        let answering = stopped
+            .into_iter()
+            .map(|(shard, rx)| self.answer_leftovers(shard, rx))
+            .collect();
+        self.hold(fx.epoch, answering);
+        let epoch = fx.epoch;
+        if awaiting.is_empty() {
+            self.metrics().settled.set(epoch as i64);
+        } else {
+            tracing::info!(
+                epoch,
+                awaiting = %awaiting.join(","),
+                "shards taken without a hand-off wait until these pods hold the plan"
+            );
+            let this = self.clone();
+            self.tasks.spawn(async move {
+                tokio::time::sleep(LEAVERS_WAIT).await;
+                let settled = this.state().own.stop_waiting_for_non_members(epoch);
+                this.start_settled(settled);
+            });
+        }
+        if !fx.report_done.is_empty() {
+            let this = self.clone();
+            self.tasks.spawn(async move {
+                for mv in fx.report_done {
+                    this.report(epoch, &mv, MovePhase::Done, 0, 0, None).await;
+                }
+            });
+        }
+        for mv in fx.recommit {
+            self.tasks
+                .spawn_on(self.clone().recommit(mv, epoch), &self.moves);
+        }
+        for mv in fx.start {
+            self.tasks
+                .spawn_on(self.clone().run_moves(mv, epoch, timeout), &self.moves);
+        }
+    }
+
+    /// `pod` says it holds plan `epoch`; when that settles the plan, its deferred moves start.
+    pub fn on_held(self: &Arc<Self>, pod: &str, epoch: u64) {
+        let settled = self.state().own.on_held(pod, epoch);
+        self.start_settled(settled);
+    }
+
+    fn start_settled(self: &Arc<Self>, settled: Option<Settled>) {
+        let Some(s) = settled else { return };
+        tracing::info!(epoch = s.epoch, moves = s.start.len(), "plan settled");
+        self.metrics().settled.set(s.epoch as i64);
+        for mv in s.start {
+            self.tasks
+                .spawn_on(self.clone().run_moves(mv, s.epoch, s.timeout), &self.moves);
+        }
+    }
+
+    /// A progress report from any node: done moves change the owner; a failed move to this node
+    /// drops what it staged.
+    pub fn on_progress(self: &Arc<Self>, bytes: &[u8]) {
+        let Ok(p) = decode::<Progress>(bytes) else {
+            self.metrics().malformed(Malformed::Progress);
+            return;
+        };
+        let stopped = {
+            let mut st = self.state();
+            st.own
+                .on_progress(&p)
+                .and_then(|shard| Some((shard, st.stop(shard)?)))
+        };
+        if let Some((shard, rx)) = stopped {
+            drop(self.answer_leftovers(shard, rx));
+        }
+    }
+}
+
+pub(crate) async fn watch_plans(
+    shared: Arc<Shared>,
+    js: jetstream::Context,
+    names: Names,
+    replicas: usize,
+) {
+    loop {
+        let result: Result<()> = async {
+            let bucket = aether_nats::plans::open_bucket(&js, &names, replicas).await?;
+            // The plan held when the watch starts is read before the node says it is Ready.
+            let initial = bucket
+                .entry(Names::PLAN_KEY)
+                .await
+                .map_err(|e| Error::Nats(format!("read plan: {e}")))?
+                .map(|e| e.revision);
+            let mut watch = bucket
+                .watch_with_history(Names::PLAN_KEY)
+                .await
+                .map_err(|e| Error::Nats(format!("watch plans: {e}")))?;
+            if initial.is_none() {
+                shared.host.health.set_plan(None);
+            }
+            let mut seen = 0u64;
+            let mut poll = tokio::time::interval(PLAN_POLL_EVERY);
+            poll.tick().await;
+            loop {
+                let entry = tokio::select! {
+                    next = watch.next() => match next {
+                        Some(entry) => entry.map_err(|e| Error::Nats(format!("watch plans: {e}")))?,
+                        None => break,
+                    },
+                    _ = poll.tick() => {
+                        // A watch can stall without an error when its consumer went with a
+                        // server; the plan is read directly now and then, so it never goes unseen.
+                        match bucket.entry(Names::PLAN_KEY).await {
+                            Ok(Some(entry)) if entry.revision > seen => {
+                                tracing::warn!(revision = entry.revision, "the plan watch was behind");
+                                entry
+                            }
+                            _ => continue,
+                        }
+                    }
+                };
+                let read = initial.is_some_and(|r| entry.revision >= r);
+                if entry.revision <= seen {
+                    continue;
+                }
+                seen = entry.revision;
+                if entry.operation != jetstream::kv::Operation::Put {
+                    continue;
+                }
+                match decode::<PlanMessage>(&entry.value).and_then(|p| p.validate().map(|()| p)) {
+                    Ok(plan) => shared.on_plan(plan),
+                    Err(e) => {
+                        shared.metrics().malformed(Malformed::Plan);
+                        tracing::warn!(error = %e, "ignoring a plan that is malformed or contradicts itself");
+                    }
+                }
+                if read {
+                    // After the plan is taken: Ready means it serves by that plan.
+                    shared.host.health.set_plan(None);
+                }
+            }
+            Err(Error::Nats("plan watch ended".into()))
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "plan watch interrupted; resuming");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Writes `held.{me}` for each plan taken, once the workers that plan stopped have finished (their
+/// appends landed, what they held answered): from then on this node serves nothing by an older plan.
+pub(crate) async fn publish_held(
+    shared: Arc<Shared>,
+    holds: Option<tokio::sync::mpsc::UnboundedReceiver<Hold>>,
+    replicas: usize,
+) {
+    let Some(mut holds) = holds else { return };
+    let key = Names::held_key(&shared.me);
+    let mut bucket = None;
+    while let Some((epoch, answering)) = holds.recv().await {
+        for task in answering {
+            let _ = task.await;
+        }
+        let Ok(body) = encode(&Held {
+            v: VERSION,
+            node: shared.me.clone(),
+            epoch,
+        }) else {
+            continue;
+        };
+        loop {
+            let store = match &bucket {
+                Some(b) => b,
+                None => match aether_nats::plans::open_bucket(&shared.js, &shared.names, replicas)
+                    .await
+                {
+                    Ok(b) => bucket.insert(b),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "plan bucket, to say which plan this node holds");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        continue;
+                    }
+                },
+            };
+            match store.put(&key, body.clone().into()).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, epoch, "could not say which plan this node holds; retrying");
+                    bucket = None;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Follows the other nodes' `held.{pod}` keys; while the plan waits for some, also reads theirs
+/// directly every [`HELD_POLL_EVERY`] (a watch can stall silently with its server).
+pub(crate) async fn watch_held(shared: Arc<Shared>, js: jetstream::Context, replicas: usize) {
+    loop {
+        let result: Result<()> = async {
+            let bucket = aether_nats::plans::open_bucket(&js, &shared.names, replicas).await?;
+            let mut watch = bucket
+                .watch_with_history(Names::HELD_KEYS)
+                .await
+                .map_err(|e| Error::Nats(format!("watch held: {e}")))?;
+            let mut poll = tokio::time::interval(HELD_POLL_EVERY);
+            loop {
+                let entries = tokio::select! {
+                    next = watch.next() => match next {
+                        Some(entry) => vec![entry.map_err(|e| Error::Nats(format!("watch held: {e}")))?],
+                        None => break,
+                    },
+                    _ = poll.tick() => {
+                        let awaiting: Vec<String> = shared.state().own.awaiting().into_iter().map(str::to_owned).collect();
+                        let mut read = Vec::new();
+                        for pod in awaiting {
+                            if let Ok(Some(e)) = bucket.entry(Names::held_key(&pod)).await {
+                                read.push(e);
+                            }
+                        }
+                        read
+                    }
+                };
+                for entry in entries {
+                    if entry.operation != jetstream::kv::Operation::Put {
+                        continue;
+                    }
+                    let Some(pod) = entry.key.strip_prefix("held.") else {
+                        continue;
+                    };
+                    match decode::<Held>(&entry.value) {
+                        Ok(h) => shared.on_held(pod, h.epoch),
+                        Err(e) => {
+                            shared.metrics().malformed(Malformed::Held);
+                            tracing::warn!(error = %e, key = %entry.key, "ignoring a malformed held key");
+                        }
+                    }
+                }
+            }
+            Err(Error::Nats("held watch ended".into()))
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "held watch interrupted; resuming");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// How often a node whose plan waits for other pods reads their `held.{pod}` keys directly.
+pub const HELD_POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// How often a node reads the plan directly, besides watching it.
+pub const PLAN_POLL_EVERY: Duration = Duration::from_secs(5);

@@ -1,0 +1,630 @@
+//! A request on its worker: a read served from memory, a command decided (in process, or by the
+//! app container off the worker) and its record appended, fenced by the actor's sequence; the
+//! reply once the append landed, and the limits a decision must keep.
+
+use super::{Delivery, HostContext, Pending, Worker};
+use crate::behaviour::{AppKind, Kind};
+use crate::error::Error;
+use crate::metrics::{AppFault, Failure};
+use crate::store::{Outgoing, Record, Snapshot, json_size};
+use aether_core::protocol::app::{
+    APPLY_BATCH, ApplyCall, DecideCall, Decision, is_send_id, send_id,
+};
+use aether_core::protocol::{ActorRef, ErrorCode, ErrorReply, Op, Reply, Request};
+use futures::StreamExt;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// A command whose record was appended (or not).
+pub(super) struct Appended {
+    req: Request,
+    tx: oneshot::Sender<Reply>,
+    attempt: u8,
+    result: Result<u64, Error>,
+    /// The actor's state once the append lands.
+    next: serde_json::Value,
+    /// The record (its events taken out); `None` when nothing was appended (the decision had no
+    /// events), and `result` is then the old sequence.
+    record: Option<Box<Record>>,
+    /// An app kind's reply for the caller.
+    reply: Option<serde_json::Value>,
+    /// The actor's pending-work marker as this step left it (`None`: untouched).
+    marked: Option<bool>,
+}
+
+impl Appended {
+    pub(super) fn new(
+        req: Request,
+        tx: oneshot::Sender<Reply>,
+        attempt: u8,
+        expected: u64,
+    ) -> Self {
+        Self {
+            req,
+            tx,
+            attempt,
+            result: Ok(expected),
+            next: serde_json::Value::Null,
+            record: None,
+            reply: None,
+            marked: None,
+        }
+    }
+}
+
+/// What a request needs after the decision.
+pub(super) enum Step {
+    Reply(Reply),
+    Append {
+        subject: String,
+        expected: u64,
+        record: Box<Record>,
+        next: serde_json::Value,
+        /// Once it landed, the actor has nothing pending: its marker goes.
+        clear_marker: bool,
+    },
+    /// An app kind's command: the app decides, then the record is appended, off the worker.
+    Decide(Box<Deciding>),
+}
+
+/// What an app kind's decide call needs, taken from the actor before the call.
+pub(super) struct Deciding {
+    kind: Arc<AppKind>,
+    subject: String,
+    expected: u64,
+    state: serde_json::Value,
+    version: u64,
+    base: u64,
+    /// Everything but the state, when the next record carries a snapshot.
+    prev: Option<Snapshot>,
+    /// The actor's shard, and whether its pending-work marker is set.
+    shard: u32,
+    marked: bool,
+    /// Bytes of what the actor keeps besides its state (recent ids, outbox, inbox).
+    extras: usize,
+}
+
+impl Worker {
+    /// Serves a request: at once, or by starting its append; behind the actor's append in flight.
+    /// A request whose caller stopped waiting is dropped here, counted, before any work.
+    pub(super) async fn dispatch(&mut self, (req, tx): Pending, attempt: u8) {
+        if req.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.ctx.metrics.failure(Failure::Expired);
+            let e = ErrorReply::unavailable("the caller's deadline passed before it was served", 0);
+            let _ = tx.send(Reply::error(e));
+            return;
+        }
+        if let Some(waiting) = self.busy.get_mut(&req.actor) {
+            waiting.push_back((req, tx));
+            return;
+        }
+        match self.prepare(&req).await {
+            Ok(Step::Reply(reply)) => {
+                let _ = tx.send(reply);
+            }
+            Ok(Step::Append {
+                subject,
+                expected,
+                mut record,
+                next,
+                clear_marker,
+            }) => {
+                self.busy.insert(req.actor.clone(), VecDeque::new());
+                let shared = self.ctx.clone();
+                let shard = self.shard;
+                self.inflight.push(Box::pin(async move {
+                    let mut done = Appended::new(req, tx, attempt, expected);
+                    done.result = shared.store.append(&subject, expected, &record).await;
+                    if clear_marker
+                        && done.result.is_ok()
+                        && shared
+                            .store
+                            .clear_pending(shard, &done.req.actor)
+                            .await
+                            .is_ok()
+                    {
+                        done.marked = Some(false);
+                    }
+                    record.events = Vec::new();
+                    done.record = Some(record);
+                    done.next = next;
+                    done
+                }));
+            }
+            Ok(Step::Decide(d)) => {
+                self.busy.insert(req.actor.clone(), VecDeque::new());
+                let ctx = self.ctx.clone();
+                self.inflight
+                    .push(Box::pin(decide_and_append(ctx, *d, req, tx, attempt)));
+            }
+            Err(e) => {
+                self.ctx.metrics.failure(e.failure());
+                if matches!(e, Error::Nats(_) | Error::Corrupt(_)) {
+                    self.drop_actor(&req.actor);
+                }
+                let _ = tx.send(Reply::error(e.to_reply()));
+            }
+        }
+    }
+
+    /// An append finished: answer, then serve what waited for that actor, in order.
+    pub(super) async fn complete(&mut self, done: Appended) {
+        let Appended {
+            req,
+            tx,
+            attempt,
+            result,
+            next,
+            record,
+            reply,
+            marked,
+        } = done;
+        if let (Some(m), Some(a)) = (marked, self.actors.get_mut(&req.actor)) {
+            a.marked = m;
+        }
+        let mut retry = None;
+        if result.is_ok() {
+            self.ctx.health.set_store_full(None);
+        }
+        match result {
+            Ok(seq) => {
+                let reply = match self.actors.get_mut(&req.actor) {
+                    Some(a) => {
+                        if let Some(record) = record {
+                            a.snapshot.state = next;
+                            a.snapshot.absorb(&record, seq);
+                            if !record.send.is_empty() {
+                                let _ = self.ctx.outbox.send(Delivery {
+                                    from: req.actor.clone(),
+                                    sends: record.send,
+                                });
+                            }
+                            a.version = record.version;
+                            a.seq = seq;
+                            if record.snapshot.is_some() {
+                                a.base = seq;
+                            }
+                        }
+                        self.ok(&self.actors[&req.actor], reply)
+                    }
+                    None => Reply::error(ErrorReply::new(
+                        ErrorCode::Internal,
+                        "actor vanished during append",
+                    )),
+                };
+                let _ = tx.send(reply);
+            }
+            // The command is in the log already (a retry older than the ids the actor remembers):
+            // not applied again; the caller gets the state as the log has it.
+            Err(Error::Duplicate(at)) => {
+                self.ctx.metrics.failure(Failure::Duplicate);
+                tracing::info!(command = ?req.id, at, "a retry JetStream recognised: answered from the log");
+                self.drop_actor(&req.actor);
+                let subject = self.ctx.store.subject(self.shard, &req.actor);
+                // The reply the command's first decide gave is in its record.
+                let first = match self.ctx.store.record_at(at, &subject).await {
+                    Ok(r) if r.cmd == req.id => r.reply,
+                    _ => None,
+                };
+                let reply = match self.load(&req.actor).await {
+                    Ok(()) => match self.actors.get(&req.actor) {
+                        Some(a) => self.ok(a, first),
+                        None => Reply::error(ErrorReply::new(
+                            ErrorCode::Internal,
+                            "actor vanished after load",
+                        )),
+                    },
+                    Err(e) => Reply::error(e.to_reply()),
+                };
+                let _ = tx.send(reply);
+            }
+            Err(Error::StoreFull(why)) => {
+                self.ctx.metrics.failure(Failure::StoreFull);
+                tracing::warn!(%why, "the event stream is full: commands are refused");
+                self.ctx
+                    .health
+                    .set_store_full(Some(format!("the event stream is full: {why}")));
+                let e = Error::StoreFull(why);
+                let _ = tx.send(Reply::error(e.to_reply()));
+            }
+            // The app kind refused the command: nothing appended; not a failure.
+            Err(Error::Rejected(why)) => {
+                let _ = tx.send(Reply::error(ErrorReply::new(ErrorCode::Rejected, why)));
+            }
+            // Another node wrote first: reload from the log and decide again, once.
+            Err(Error::Fenced(_)) if attempt == 0 => {
+                self.drop_actor(&req.actor);
+                retry = Some((req.clone(), tx));
+            }
+            Err(e) => {
+                self.ctx.metrics.failure(e.failure());
+                if matches!(e, Error::Fenced(_) | Error::Nats(_) | Error::Corrupt(_)) {
+                    self.drop_actor(&req.actor);
+                }
+                let _ = tx.send(Reply::error(e.to_reply()));
+            }
+        }
+        let waiting = self.busy.remove(&req.actor).unwrap_or_default();
+        if let Some(p) = retry {
+            self.dispatch(p, 1).await;
+        }
+        for p in waiting {
+            self.dispatch(p, 0).await;
+        }
+    }
+
+    /// Finishes every append in flight (and what waits behind them).
+    pub(super) async fn drain(&mut self) {
+        while let Some(done) = self.inflight.next().await {
+            self.complete(done).await;
+        }
+    }
+
+    pub(super) fn drop_actor(&mut self, actor: &ActorRef) {
+        if self.actors.remove(actor).is_some() || self.packed.remove(actor).is_some() {
+            self.ctx.metrics.actors.dec();
+        }
+    }
+
+    /// Loads the actor and decides: a reply now, or a record to append.
+    pub(super) async fn prepare(&mut self, req: &Request) -> Result<Step, Error> {
+        self.load(&req.actor).await?;
+        let subject = self.ctx.store.subject(self.shard, &req.actor);
+        let Some(a) = self.actors.get_mut(&req.actor) else {
+            return Err(Error::Internal("actor vanished after load".into()));
+        };
+        a.last_used = Instant::now();
+        let command = match &req.op {
+            Op::Read => return Ok(Step::Reply(self.ok(&self.actors[&req.actor], None))),
+            Op::Release { ids } => return Ok(self.release(req, ids, subject)),
+            Op::Command { command } => command,
+        };
+        if let Some(id) = &req.id
+            && is_send_id(id)
+            && let Some(applied) = a.snapshot.inbox.iter().find(|i| &i.id == id)
+        {
+            // A send applied here before (its sender has not released it yet): the same answer.
+            let reply = applied.reply.clone();
+            return Ok(Step::Reply(self.ok(&self.actors[&req.actor], reply)));
+        }
+        if let Some(id) = &req.id
+            && let Some(at) = a.snapshot.recent_seq(id)
+        {
+            // A retry of a command already in the log: answered with the reply its record holds,
+            // not applied twice.
+            let reply = match (&a.kind, at) {
+                (Kind::App(_), 1..) => self.ctx.store.record_at(at, &subject).await?.reply,
+                _ => None,
+            };
+            return Ok(Step::Reply(self.ok(&self.actors[&req.actor], reply)));
+        }
+        if let Some(id) = &req.delivered
+            && !a
+                .snapshot
+                .outbox
+                .iter()
+                .any(|o| &o.id == id && !o.delivered)
+        {
+            // The reply to a send already recorded (the send was delivered twice).
+            return Ok(Step::Reply(self.ok(&self.actors[&req.actor], None)));
+        }
+        let every = a.kind.snapshot_every();
+        let version = a.version + 1;
+        let prev = snapshot_due(version, every).then(|| a.snapshot.clone_without_state());
+        let behaviour = match &a.kind {
+            Kind::Local(b) => b,
+            Kind::App(kind) => {
+                return Ok(Step::Decide(Box::new(Deciding {
+                    extras: a.snapshot.extras_bytes(),
+                    kind: kind.clone(),
+                    subject,
+                    expected: a.seq,
+                    state: a.snapshot.state.clone(),
+                    version: a.version,
+                    base: a.base,
+                    prev,
+                    shard: self.shard,
+                    marked: a.marked,
+                })));
+            }
+        };
+        let events = match behaviour.decide(&a.snapshot.state, command) {
+            Ok(events) => events,
+            Err(why) => {
+                return Ok(Step::Reply(Reply::error(ErrorReply::new(
+                    ErrorCode::Rejected,
+                    why,
+                ))));
+            }
+        };
+        // The next state only: the recent command ids (up to 64 strings) are updated in place once
+        // the append lands, and copied only into the records that carry a snapshot.
+        let mut next = a.snapshot.state.clone();
+        for e in &events {
+            behaviour.apply(&mut next, e);
+        }
+        let extras = a.snapshot.extras_bytes() + inbound_bytes(req, None);
+        if let Some(e) = over_limit(json_size(&next), extras, self.ctx.max_state_bytes) {
+            // Refused before anything is appended: a state this large would not fit a reply, a
+            // snapshot record or a transfer chunk.
+            return Ok(Step::Reply(Reply::error(e)));
+        }
+        let mut record = Record::new(req.id.clone(), events, version, a.base);
+        record.snapshot = prev.map(|p| p.after(&record, &next));
+        Ok(Step::Append {
+            subject,
+            expected: a.seq,
+            record: Box::new(record),
+            next,
+            clear_marker: false,
+        })
+    }
+
+    /// A release of send ids: the ones this actor holds (applied, or delivered and owed a
+    /// release) are forgotten by a record; the rest were forgotten before.
+    pub(super) fn release(&self, req: &Request, ids: &[String], subject: String) -> Step {
+        let a = &self.actors[&req.actor];
+        let held: Vec<String> = ids
+            .iter()
+            .filter(|id| {
+                a.snapshot.inbox.iter().any(|i| &i.id == *id)
+                    || a.snapshot
+                        .outbox
+                        .iter()
+                        .any(|o| &o.id == *id && o.delivered)
+            })
+            .cloned()
+            .collect();
+        if held.is_empty() {
+            return Step::Reply(self.ok(a, None));
+        }
+        let version = a.version + 1;
+        let mut record = Record::new(None, Vec::new(), version, a.base);
+        record.released = held;
+        let next = a.snapshot.state.clone();
+        if snapshot_due(version, a.kind.snapshot_every()) {
+            record.snapshot = Some(a.snapshot.clone_without_state().after(&record, &next));
+        }
+        let clear_marker = a.marked
+            && !a
+                .snapshot
+                .outbox
+                .iter()
+                .any(|o| !record.released.contains(&o.id));
+        Step::Append {
+            subject,
+            expected: a.seq,
+            record: Box::new(record),
+            next,
+            clear_marker,
+        }
+    }
+
+    /// Loads `actor` for its pending work ([`Cmd::Touch`]); a marker with nothing behind it goes.
+    pub(super) async fn touch(&mut self, actor: &ActorRef) {
+        if self.busy.contains_key(actor) {
+            return;
+        }
+        if let Err(e) = self.load(actor).await {
+            tracing::warn!(actor = %actor.id, kind = %actor.kind, error = %e, "could not load an actor with pending work");
+            return;
+        }
+        let Some(a) = self.actors.get(actor) else {
+            return;
+        };
+        if a.snapshot.has_pending() {
+            return;
+        }
+        // Cleared as a step of the actor, so a record that sends meanwhile marks it after this.
+        self.busy.insert(actor.clone(), VecDeque::new());
+        let (ctx, shard, expected) = (self.ctx.clone(), self.shard, a.seq);
+        let req = Request::new(actor.clone(), Op::Read, None);
+        let (tx, _) = oneshot::channel();
+        self.inflight.push(Box::pin(async move {
+            let mut done = Appended::new(req, tx, 0, expected);
+            if ctx
+                .store
+                .clear_pending(shard, &done.req.actor)
+                .await
+                .is_ok()
+            {
+                done.marked = Some(false);
+            }
+            done
+        }));
+    }
+}
+
+/// Folds the events loaded after an actor's snapshot into its state: in process, or by the app
+/// container in batches of [`APPLY_BATCH`].
+pub(super) async fn fold(
+    kind: &Kind,
+    actor: &ActorRef,
+    state: &mut serde_json::Value,
+    events: Vec<serde_json::Value>,
+    max_state_bytes: usize,
+) -> Result<(), Error> {
+    match kind {
+        Kind::Local(b) => {
+            for e in &events {
+                b.apply(state, e);
+            }
+        }
+        Kind::App(k) => {
+            for batch in events.chunks(APPLY_BATCH) {
+                let call = ApplyCall {
+                    kind: &actor.kind,
+                    id: &actor.id,
+                    state,
+                    events: batch,
+                };
+                let next = k.app.apply(&call).await?;
+                let size = json_size(&next);
+                if size > max_state_bytes {
+                    return Err(k.app.fault(
+                        AppFault::TooLarge,
+                        format!(
+                            "apply: a state of {size} bytes, over the limit of {max_state_bytes}"
+                        ),
+                    ));
+                }
+                *state = next;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An app kind's command, off the worker: the app decides, the answer is checked (shape by the
+/// protocol, size here), the record is appended. Nothing is appended unless all of that holds.
+pub(super) async fn decide_and_append(
+    ctx: Arc<HostContext>,
+    d: Deciding,
+    req: Request,
+    tx: oneshot::Sender<Reply>,
+    attempt: u8,
+) -> Appended {
+    let mut done = Appended::new(req, tx, attempt, d.expected);
+    let Op::Command { command } = &done.req.op else {
+        done.result = Err(Error::Internal("a read reached the decide call".into()));
+        return done;
+    };
+    let call = DecideCall {
+        kind: &done.req.actor.kind,
+        id: &done.req.actor.id,
+        version: d.version,
+        state: &d.state,
+        command,
+        command_id: done.req.id.as_deref(),
+    };
+    let (events, state, reply, send) = match d.kind.app.decide(&call).await {
+        Ok(Decision::Accept {
+            events,
+            state,
+            reply,
+            send,
+        }) => (events, state, reply, send),
+        // The reply to a send is recorded even when the app refuses it: the send is delivered.
+        Ok(Decision::Reject(_)) if done.req.delivered.is_some() => {
+            (Vec::new(), d.state.clone(), None, Vec::new())
+        }
+        Ok(Decision::Reject(why)) => {
+            done.result = Err(Error::Rejected(why));
+            return done;
+        }
+        Err(e) => {
+            done.result = Err(e);
+            return done;
+        }
+    };
+    done.reply = reply;
+    let delivered: Vec<String> = done.req.delivered.iter().cloned().collect();
+    let (events, state, send) = if delivered.is_empty() {
+        (events, state, send)
+    } else {
+        let sent: usize = send.iter().map(|s| json_size(&s.command) + 160).sum();
+        match over_limit(json_size(&state), d.extras + sent, ctx.max_state_bytes) {
+            None => (events, state, send),
+            Some(e) => {
+                // The answer to a send is recorded whatever: what the app decided on it would
+                // leave the actor over its limit, so it is dropped, as if the app had refused it.
+                tracing::warn!(actor = %done.req.actor.id, why = %e.message, "the decision on a send's answer is dropped: over the state limit");
+                (Vec::new(), d.state.clone(), Vec::new())
+            }
+        }
+    };
+    if events.is_empty() && send.is_empty() && delivered.is_empty() {
+        // Nothing to record: the state stays as it was, whatever the answer says.
+        return done;
+    }
+    let size = json_size(&state);
+    if size > ctx.max_state_bytes {
+        done.result = Err(d.kind.app.fault(
+            AppFault::TooLarge,
+            format!(
+                "decide: the state would be {size} bytes, over the limit of {} bytes",
+                ctx.max_state_bytes
+            ),
+        ));
+        return done;
+    }
+    let sent: usize = send.iter().map(|s| json_size(&s.command) + 160).sum();
+    let extras = d.extras + sent + inbound_bytes(&done.req, done.reply.as_ref());
+    if let Some(e) = over_limit(size, extras, ctx.max_state_bytes) {
+        done.result = Err(Error::TooLarge(e.message));
+        return done;
+    }
+    let version = d.version + 1;
+    let mut record = Record::new(done.req.id.clone(), events, version, d.base);
+    record.send = send
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| Outgoing {
+            id: send_id(&done.req.actor, version, i),
+            actor: s.actor,
+            command: s.command,
+            delivered: false,
+        })
+        .collect();
+    record.delivered = delivered;
+    // The answer is kept with the record: a repeated delivery of a send is answered the same
+    // (always kept), and so is a client's retry when the reply is small (a large one would make
+    // the record, not only the reply, larger than the server takes).
+    let keep = match (&done.req.id, &done.reply) {
+        (Some(id), Some(_)) if is_send_id(id) => true,
+        (Some(_), Some(r)) => json_size(r) <= KEPT_REPLY_BYTES,
+        _ => false,
+    };
+    if keep {
+        record.reply.clone_from(&done.reply);
+    }
+    record.snapshot = d.prev.map(|p| p.after(&record, &state));
+    if !record.send.is_empty() && !d.marked {
+        // Marked before the record lands: whoever serves the shard next finds the sends.
+        if let Err(e) = ctx.store.mark_pending(d.shard, &done.req.actor).await {
+            done.result = Err(e);
+            return done;
+        }
+        done.marked = Some(true);
+    }
+    done.result = ctx.store.append(&d.subject, d.expected, &record).await;
+    record.events = Vec::new();
+    done.record = Some(Box::new(record));
+    done.next = state;
+    done
+}
+
+/// Largest reply (JSON bytes) of a client's command kept in its record for the command's retries.
+pub const KEPT_REPLY_BYTES: usize = 16 * 1024;
+
+/// True when record `version` carries the state: every `every`th, and the first, so that every
+/// later record points at a snapshot and a replay reads from there, never from the stream's start
+/// (which would make the server scan the log up to the actor's first record).
+pub(super) fn snapshot_due(version: u64, every: u64) -> bool {
+    version == 1 || version.is_multiple_of(every)
+}
+
+/// Bytes a command adds to what its actor keeps besides the state: a send's id and reply, kept
+/// until its sender releases it.
+pub(super) fn inbound_bytes(req: &Request, reply: Option<&serde_json::Value>) -> usize {
+    match &req.id {
+        Some(id) if is_send_id(id) => id.len() + 32 + reply.map_or(0, json_size),
+        _ => 0,
+    }
+}
+
+/// The `tooLarge` refusal of a decision whose state and extras (recent command ids, outbox,
+/// inbox) together exceed `limit`: all of it travels in snapshot records and transfer chunks.
+pub(super) fn over_limit(state: usize, extras: usize, limit: usize) -> Option<ErrorReply> {
+    (state + extras > limit).then(|| {
+        ErrorReply::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the actor would keep {} bytes ({state} of state, {extras} of recent command ids, undelivered sends and unreleased received ones), over the limit of {limit} bytes",
+                state + extras
+            ),
+        )
+    })
+}
