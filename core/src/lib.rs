@@ -22,6 +22,7 @@ pub mod plan;
 pub mod protocol;
 pub mod route;
 pub mod shardmap;
+pub mod timers;
 pub mod types;
 
 pub use error::{Error, Result};

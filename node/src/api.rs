@@ -58,6 +58,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.max_request_bytes.saturating_add(1);
     Router::new()
         .route("/v1/actors/{kind}/{id}", get(read).post(command))
+        .route("/v1/actors/{kind}/{id}/timers", get(timers))
         // The empty id (valid in the protocol) has no path segment of its own.
         .route("/v1/actors/{kind}/", get(read_empty).post(command_empty))
         .layer(DefaultBodyLimit::max(limit))
@@ -96,6 +97,32 @@ async fn read(
     match actor_of(path) {
         Ok(actor) => answer(&api, Request::new(actor, Op::Read, None)).await,
         Err(e) => respond(&Reply::error(e)),
+    }
+}
+
+/// `GET /v1/actors/{kind}/{id}/timers`: the actor's timers (a read, routed like any), as
+/// `{"timers": [{name, due, every?, command, catchUp?}]}`.
+async fn timers(
+    State(api): State<Api>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    let actor = match actor_of(path) {
+        Ok(actor) => actor,
+        Err(e) => return respond(&Reply::error(e)),
+    };
+    let reply = answer_reply(&api, Request::new(actor, Op::Read, None)).await;
+    match &reply.outcome {
+        Outcome::Ok(ok) => {
+            let body =
+                serde_json::to_vec(&serde_json::json!({ "timers": ok.timers })).unwrap_or_default();
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
+        }
+        Outcome::Error(_) => respond(&reply),
     }
 }
 
@@ -190,6 +217,11 @@ async fn command_to(
 
 /// Routes the request, following redirects and `unavailable` until [`API_DEADLINE`].
 async fn answer(api: &Api, req: Request) -> Response {
+    respond(&answer_reply(api, req).await)
+}
+
+/// The reply to `req`, following redirects and `unavailable` until [`API_DEADLINE`].
+async fn answer_reply(api: &Api, req: Request) -> Reply {
     let deadline = tokio::time::Instant::now() + API_DEADLINE;
     loop {
         // The owner drops the command unapplied once the API stopped waiting for it.
@@ -206,10 +238,10 @@ async fn answer(api: &Api, req: Request) -> Response {
             {
                 Duration::from_millis(e.retry_after_ms.unwrap_or(50).clamp(10, 1000))
             }
-            _ => return respond(&reply),
+            _ => return reply,
         };
         if tokio::time::Instant::now() + wait >= deadline {
-            return respond(&reply);
+            return reply;
         }
         tokio::time::sleep(wait).await;
     }

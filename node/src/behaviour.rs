@@ -8,6 +8,7 @@
 
 use crate::app::AppClient;
 use aether_core::protocol::app::{DEFAULT_SNAPSHOT_EVERY, KindInfo};
+use aether_core::timers::{TIMER_KEY, TimerSpec};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,48 @@ pub trait Behaviour: Send + Sync + 'static {
     fn decide(&self, state: &Value, command: &Value) -> Result<Vec<Value>, String>;
     /// Folds one event into the state.
     fn apply(&self, state: &mut Value, event: &Value);
+
+    /// The events, and the timers set and cancelled, a command produces against `state`. By
+    /// default every kind takes `{"schedule": {"name", "after"|"at"|"every", "command"}}` and
+    /// `{"cancelTimer": name}` (no events, a timer set or cancelled), and a timer's firing
+    /// `{"$timer": {"command": c, ...}}` is decided as `c`; any other command goes to `decide`.
+    fn decide_with_timers(&self, state: &Value, command: &Value) -> Result<Decided, String> {
+        if let Some(spec) = command.get("schedule") {
+            let spec: TimerSpec = serde_json::from_value(spec.clone()).map_err(|e| {
+                format!("schedule takes a timer {{name, after|at|every, command}}: {e}")
+            })?;
+            return Ok(Decided {
+                timers: vec![spec],
+                ..Decided::default()
+            });
+        }
+        if let Some(name) = command.get("cancelTimer") {
+            let name = name.as_str().ok_or("cancelTimer takes a timer name")?;
+            return Ok(Decided {
+                cancel: vec![name.to_owned()],
+                ..Decided::default()
+            });
+        }
+        let command = command
+            .get(TIMER_KEY)
+            .and_then(|t| t.get("command"))
+            .unwrap_or(command);
+        Ok(Decided {
+            events: self.decide(state, command)?,
+            ..Decided::default()
+        })
+    }
+}
+
+/// What an in-process kind decides: events, and timers set or cancelled.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decided {
+    /// The events to append.
+    pub events: Vec<Value>,
+    /// Timers to set (a name set again replaces its timer).
+    pub timers: Vec<TimerSpec>,
+    /// Names of timers to cancel.
+    pub cancel: Vec<String>,
 }
 
 /// `counter`: state `{"value": n}`; commands `{"add": n}` and `{"set": n}`.

@@ -8,6 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::store::{Inbound, Outgoing, Snapshot};
+use aether_core::timers::Timer;
 use serde_json::Value;
 
 /// What is written, borrowed from the live actor (no copy).
@@ -25,6 +26,9 @@ struct CapturedRef<'a> {
     /// Applied sends not released yet.
     #[serde(skip_serializing_if = "<[Inbound]>::is_empty")]
     inbox: &'a [Inbound],
+    /// Timers.
+    #[serde(skip_serializing_if = "<[Timer]>::is_empty")]
+    timers: &'a [Timer],
 }
 
 /// What is read back.
@@ -41,6 +45,8 @@ struct Captured {
     outbox: Vec<Outgoing>,
     #[serde(default)]
     inbox: Vec<Inbound>,
+    #[serde(default)]
+    timers: Vec<Timer>,
 }
 
 /// Appends an actor's captured state to `out`.
@@ -56,6 +62,7 @@ pub fn write(out: &mut Vec<u8>, snapshot: &Snapshot, base: u64) -> Result<()> {
         base,
         outbox: &snapshot.outbox,
         inbox: &snapshot.inbox,
+        timers: &snapshot.timers,
     };
     rmp_serde::encode::write_named(out, &captured)
         .map_err(|e| Error::Corrupt(format!("actor state not capturable: {e}")))
@@ -80,6 +87,7 @@ pub fn read(bytes: &[u8]) -> Result<(Snapshot, u64)> {
         base,
         outbox,
         inbox,
+        timers,
     } = captured;
     Ok((
         Snapshot {
@@ -88,6 +96,7 @@ pub fn read(bytes: &[u8]) -> Result<(Snapshot, u64)> {
             recent_at,
             outbox,
             inbox,
+            timers,
         },
         base,
     ))
@@ -162,13 +171,20 @@ mod tests {
                 id: "$send-2".into(),
                 reply: Some(json!({"ok": true})),
             }],
+            timers: vec![aether_core::timers::Timer {
+                name: "expire".into(),
+                due: 1_800_000_000_000,
+                every: Some(60_000),
+                command: json!({"expire": true}),
+                catch_up: 2,
+            }],
         };
         let mut out = Vec::new();
         write(&mut out, &snapshot, 0).expect("writable");
         assert_eq!(
             read(&out).expect("reads back"),
             (snapshot.clone(), 0),
-            "the outbox and the inbox move too"
+            "the outbox, the inbox and the timers move too"
         );
         let raw = b"a\"b\\c\n";
         assert!(out.windows(raw.len()).any(|w| w == raw), "{out:?}");

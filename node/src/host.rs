@@ -28,6 +28,7 @@ mod commands;
 mod lending;
 #[cfg(test)]
 mod tests;
+mod timers;
 
 pub use commands::KEPT_REPLY_BYTES;
 use commands::{Appended, fold};
@@ -139,6 +140,7 @@ pub fn spawn(ctx: &Arc<HostContext>, shard: u32) -> ShardHandle {
         queue: VecDeque::new(),
         inflight: FuturesUnordered::new(),
         busy: HashMap::new(),
+        timers: timers::TimerIndex::default(),
     };
     // On the serving runtime even when a migration (on its own runtime) starts the worker.
     ctx.tasks.spawn_on(worker.run(rx), &ctx.serving);
@@ -157,10 +159,13 @@ struct Worker {
     inflight: FuturesUnordered<Pin<Box<dyn Future<Output = Appended> + Send>>>,
     /// Actors with an append in flight, and the requests waiting for it.
     busy: HashMap<ActorRef, VecDeque<Pending>>,
+    /// When the shard's timers come due.
+    timers: timers::TimerIndex,
 }
 
 enum Next {
     Appended(Appended),
+    Timers,
     Cmd(Option<Cmd>),
     Sweep,
 }
@@ -170,16 +175,32 @@ impl Worker {
         let mut sweep = tokio::time::interval(self.ctx.passivate_after.max(Duration::from_secs(1)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopped = None;
+        // The earliest due time of the shard's timers, and an alarm set for it.
+        let mut alarm = Box::pin(tokio::time::sleep(Duration::from_secs(3600)));
+        let mut armed: Option<u64> = None;
         loop {
+            let next_due = self.timers.next();
+            if next_due != armed {
+                armed = next_due;
+                if let Some(due) = next_due {
+                    alarm.as_mut().reset(timers::instant_of(due).into());
+                }
+            }
             let next = tokio::select! {
                 biased;
                 Some(done) = self.inflight.next(), if !self.inflight.is_empty() => Next::Appended(done),
                 cmd = rx.recv() => Next::Cmd(cmd),
+                () = &mut alarm, if armed.is_some() && !self.paused => Next::Timers,
                 _ = sweep.tick() => Next::Sweep,
             };
             let cmd = match next {
                 Next::Appended(done) => {
                     self.complete(done).await;
+                    continue;
+                }
+                Next::Timers => {
+                    armed = None;
+                    self.fire_due().await;
                     continue;
                 }
                 Next::Sweep => {
@@ -243,6 +264,10 @@ impl Worker {
             }
         }
         self.ctx.metrics.actors.dec_by(self.hosted() as i64);
+        self.ctx
+            .metrics
+            .timers_pending
+            .dec_by(self.timers.len() as i64);
         if let Some(back) = stopped {
             // If the stopper is gone, the callers' reply channels close and they are told so.
             let _ = back.send(leftovers);
@@ -293,6 +318,7 @@ impl Worker {
                 Ok(a) => {
                     self.resend(actor, &a.snapshot.outbox);
                     self.actors.insert(actor.clone(), a);
+                    self.index_timers(actor);
                     self.evict(actor);
                     return Ok(());
                 }
@@ -340,6 +366,7 @@ impl Worker {
             },
         );
         self.ctx.metrics.actors.inc();
+        self.index_timers(actor);
         self.evict(actor);
         Ok(())
     }
@@ -403,6 +430,7 @@ impl Worker {
             state: a.snapshot.state.clone(),
             node: self.ctx.me.clone(),
             reply,
+            timers: a.snapshot.timers.clone(),
         })
     }
 }

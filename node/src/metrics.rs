@@ -176,6 +176,14 @@ pub struct Metrics {
     pub app_call_seconds: Histogram,
     /// Calls to the app container by path (`kinds`, `decide`, `apply`).
     pub app_calls: Family<Kind, Counter>,
+    /// Timers indexed on this node (due times its shard workers wait for).
+    pub timers_pending: Gauge,
+    /// Timer firings applied (their records landed).
+    pub timer_firings: Counter,
+    /// Periodic timers' ticks skipped and coalesced into a later firing.
+    pub timer_missed: Counter,
+    /// From a timer's due time to its firing starting, seconds.
+    pub timer_lateness: Histogram,
 }
 
 impl Default for Metrics {
@@ -188,6 +196,11 @@ impl Default for Metrics {
         let app_errors = Family::default();
         let app_calls = Family::default();
         let evicted = Counter::default();
+        let timers_pending = Gauge::default();
+        let timer_firings = Counter::default();
+        let timer_missed = Counter::default();
+        let timer_lateness =
+            Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 60.0]);
         let app_call_seconds = Histogram::new([
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
         ]);
@@ -248,6 +261,26 @@ impl Default for Metrics {
             app_calls.clone(),
         );
         registry.register(
+            "timers_pending",
+            "Timers indexed on this node",
+            timers_pending.clone(),
+        );
+        registry.register(
+            "timer_firings",
+            "Timer firings applied",
+            timer_firings.clone(),
+        );
+        registry.register(
+            "timer_missed_ticks",
+            "Periodic timers' ticks skipped and coalesced into a later firing",
+            timer_missed.clone(),
+        );
+        registry.register(
+            "timer_lateness_seconds",
+            "From a timer's due time to its firing starting",
+            timer_lateness.clone(),
+        );
+        registry.register(
             "evicted",
             "Actors passivated because the node held --max-actors",
             evicted.clone(),
@@ -255,6 +288,10 @@ impl Default for Metrics {
         Self {
             registry,
             evicted,
+            timers_pending,
+            timer_firings,
+            timer_missed,
+            timer_lateness,
             app_calls,
             app_errors,
             app_call_seconds,

@@ -6,6 +6,7 @@
 
 use crate::error::{Error, Result};
 use aether_core::protocol::{ActorRef, Names};
+use aether_core::timers::Timer;
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,12 @@ pub struct Record {
     /// of [`Snapshot::outbox`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub released: Vec<String>,
+    /// Timers this record sets (replacing any of the same name), after [`Record::cancel`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timers: Vec<Timer>,
+    /// Names of timers this record removes (cancelled, or a one-shot timer fired).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancel: Vec<String>,
 }
 
 impl Record {
@@ -77,6 +84,8 @@ impl Record {
             delivered: Vec::new(),
             reply: None,
             released: Vec::new(),
+            timers: Vec::new(),
+            cancel: Vec::new(),
         }
     }
 }
@@ -123,6 +132,9 @@ pub struct Snapshot {
     /// Sends applied here and not released by their senders yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inbox: Vec<Inbound>,
+    /// The actor's timers, sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timers: Vec<Timer>,
 }
 
 impl Snapshot {
@@ -135,6 +147,7 @@ impl Snapshot {
             recent_at: Vec::new(),
             outbox: Vec::new(),
             inbox: Vec::new(),
+            timers: Vec::new(),
         }
     }
 
@@ -178,6 +191,7 @@ impl Snapshot {
             recent_at: self.recent_at.clone(),
             outbox: self.outbox.clone(),
             inbox: self.inbox.clone(),
+            timers: self.timers.clone(),
         }
     }
 
@@ -207,13 +221,18 @@ impl Snapshot {
             .iter()
             .map(|i| i.id.len() + 32 + i.reply.as_ref().map_or(0, json_size))
             .sum();
-        ids + out + inb
+        let timers: usize = self
+            .timers
+            .iter()
+            .map(|t| t.name.len() + 64 + json_size(&t.command))
+            .sum();
+        ids + out + inb + timers
     }
 
-    /// True when the actor has work nobody will ask for: sends to deliver, releases owed.
+    /// True when the actor has work nobody will ask for: sends to deliver, releases owed, timers.
     #[must_use]
     pub fn has_pending(&self) -> bool {
-        !self.outbox.is_empty()
+        !self.outbox.is_empty() || !self.timers.is_empty()
     }
 
     /// Folds what a record (that landed at `seq`) changes besides the state: its command id, its
@@ -228,6 +247,9 @@ impl Snapshot {
         if !r.released.is_empty() {
             self.outbox.retain(|o| !r.released.contains(&o.id));
             self.inbox.retain(|i| !r.released.contains(&i.id));
+        }
+        if !r.timers.is_empty() || !r.cancel.is_empty() {
+            aether_core::timers::apply(&mut self.timers, &r.timers, &r.cancel);
         }
         if let Some(cmd) = &r.cmd {
             if aether_core::protocol::app::is_send_id(cmd) {

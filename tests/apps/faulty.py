@@ -8,6 +8,8 @@ an app container (tests/tests/app_protocol.rs). Kind `faulty`, state {"n": int}:
   {"answer": "slow", "ms": n}          answers after n ms
   {"answer": "bigReply", "bytes": n}   a good answer whose reply is n bytes
   {"answer": "reject"}                 a refusal
+  {"answer": "timer", "timers": [...], "cancel": [...]}  a good answer that sets and cancels timers
+  {"$timer": {...}}                    a firing: recorded in the state's "fired" list
 Usage: faulty.py --port P
 """
 
@@ -15,6 +17,11 @@ import argparse
 import json
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def st(n, fired):
+    """The state: {"n": n}, with the firings seen once there are any."""
+    return {"n": n, "fired": fired} if fired else {"n": n}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -39,12 +46,21 @@ class Handler(BaseHTTPRequestHandler):
         call = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
         state = call.get("state") or {"n": 0}
         if self.path == "/v1/apply":
-            self.answer({"state": {"n": state["n"] + len(call["events"])}})
+            fired = state.get("fired", []) + [e["fired"] for e in call["events"] if "fired" in e]
+            self.answer({"state": st(state["n"] + len(call["events"]), fired)})
             return
         cmd = call["command"]
-        good = {"events": [{"inc": 1}], "state": {"n": state["n"] + 1}, "reply": {"n": state["n"] + 1}}
+        fired = state.get("fired", [])
+        good = {"events": [{"inc": 1}], "state": st(state["n"] + 1, fired), "reply": {"n": state["n"] + 1}}
+        if "$timer" in cmd:
+            f = cmd["$timer"]
+            event = {"fired": {k: f[k] for k in ("name", "due", "missed", "command")}}
+            self.answer({"events": [event], "state": st(state["n"] + 1, fired + [event["fired"]])})
+            return
         what = cmd.get("answer", "ok")
-        if what == "ok":
+        if what == "timer":
+            self.answer({**good, "timers": cmd.get("timers", []), "cancel": cmd.get("cancel", [])})
+        elif what == "ok":
             self.answer(good)
         elif what == "notJson":
             self.raw(200, b"<html>oops</html>")

@@ -124,6 +124,12 @@ pub struct DecideAnswer {
     /// The command is refused, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<Value>,
+    /// Timers to set (a list of [`TimerSpec`]; a name set again replaces its timer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timers: Option<Value>,
+    /// Names of timers to cancel (a list of strings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<Value>,
 }
 
 /// A message from one actor to another: a command, delivered after the sender's record landed,
@@ -149,6 +155,10 @@ pub enum Decision {
         reply: Option<Value>,
         /// Messages to send after the append.
         send: Vec<Send>,
+        /// Timers to set, as answered (`null` or a list of [`crate::timers::TimerSpec`]).
+        timers: Value,
+        /// Timer names to cancel, as answered (`null` or a list of names).
+        cancel: Value,
     },
     /// Refused, with the reason (cut to [`MAX_REASON_BYTES`]).
     Reject(String),
@@ -203,11 +213,17 @@ impl DecideAnswer {
                 .and_then(|()| check_command(&s.command))
                 .map_err(|e| format!("send to {}/{}: {e}", s.actor.kind, s.actor.id))?;
         }
+        // Timers are checked by the node against the clock and the actor's other timers
+        // ([`crate::timers::parse`]): a bad one is the command's `malformed`, not an app error.
+        let timers = self.timers.unwrap_or(Value::Null);
+        let cancel = self.cancel.unwrap_or(Value::Null);
         Ok(Decision::Accept {
             events,
             state,
             reply: self.reply,
             send,
+            timers,
+            cancel,
         })
     }
 }
@@ -308,6 +324,8 @@ mod tests {
                 state: json!({"balance": 5}),
                 reply: Some(json!({"ok": true})),
                 send: vec![],
+                timers: Value::Null,
+                cancel: Value::Null,
             })
         );
         assert_eq!(

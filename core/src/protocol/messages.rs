@@ -263,6 +263,9 @@ pub struct ActorReply {
     /// What an app kind's decide answered for the caller, besides the state (app kinds only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<serde_json::Value>,
+    /// The actor's timers after the request, sorted by name (absent when it has none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timers: Vec<crate::timers::Timer>,
 }
 
 /// Error codes a caller can match on.

@@ -3,7 +3,7 @@
 //! reply once the append landed, and the limits a decision must keep.
 
 use super::{Delivery, HostContext, Pending, Worker};
-use crate::behaviour::{AppKind, Kind};
+use crate::behaviour::{AppKind, Decided, Kind};
 use crate::error::Error;
 use crate::metrics::{AppFault, Failure};
 use crate::store::{Outgoing, Record, Snapshot, json_size};
@@ -11,6 +11,7 @@ use aether_core::protocol::app::{
     APPLY_BATCH, ApplyCall, DecideCall, Decision, is_send_id, send_id,
 };
 use aether_core::protocol::{ActorRef, ErrorCode, ErrorReply, Op, Reply, Request};
+use aether_core::timers::{self, Timer};
 use futures::StreamExt;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -64,6 +65,8 @@ pub(super) enum Step {
         next: serde_json::Value,
         /// Once it landed, the actor has nothing pending: its marker goes.
         clear_marker: bool,
+        /// The actor gets timers and has no marker: marked before the append.
+        mark: bool,
     },
     /// An app kind's command: the app decides, then the record is appended, off the worker.
     Decide(Box<Deciding>),
@@ -84,12 +87,17 @@ pub(super) struct Deciding {
     marked: bool,
     /// Bytes of what the actor keeps besides its state (recent ids, outbox, inbox).
     extras: usize,
+    /// The actor's timers before the decision, and the firing decided (if it is one).
+    timers: Vec<Timer>,
+    fired: Option<(Timer, timers::Firing)>,
+    /// The wall clock of the decision (ms since the Unix epoch): timers' `after` counts from it.
+    now: u64,
 }
 
 impl Worker {
     /// Serves a request: at once, or by starting its append; behind the actor's append in flight.
     /// A request whose caller stopped waiting is dropped here, counted, before any work.
-    pub(super) async fn dispatch(&mut self, (req, tx): Pending, attempt: u8) {
+    pub(super) async fn dispatch(&mut self, (mut req, tx): Pending, attempt: u8) {
         if req.deadline.is_some_and(|d| Instant::now() >= d) {
             self.ctx.metrics.failure(Failure::Expired);
             let e = ErrorReply::unavailable("the caller's deadline passed before it was served", 0);
@@ -100,7 +108,7 @@ impl Worker {
             waiting.push_back((req, tx));
             return;
         }
-        match self.prepare(&req).await {
+        match self.prepare(&mut req).await {
             Ok(Step::Reply(reply)) => {
                 let _ = tx.send(reply);
             }
@@ -110,12 +118,21 @@ impl Worker {
                 mut record,
                 next,
                 clear_marker,
+                mark,
             }) => {
                 self.busy.insert(req.actor.clone(), VecDeque::new());
                 let shared = self.ctx.clone();
                 let shard = self.shard;
                 self.inflight.push(Box::pin(async move {
                     let mut done = Appended::new(req, tx, attempt, expected);
+                    if mark {
+                        // Before the record lands: whoever serves the shard next finds the timers.
+                        if let Err(e) = shared.store.mark_pending(shard, &done.req.actor).await {
+                            done.result = Err(e);
+                            return done;
+                        }
+                        done.marked = Some(true);
+                    }
                     done.result = shared.store.append(&subject, expected, &record).await;
                     if clear_marker
                         && done.result.is_ok()
@@ -170,11 +187,17 @@ impl Worker {
         }
         match result {
             Ok(seq) => {
+                let mut reindex = false;
                 let reply = match self.actors.get_mut(&req.actor) {
                     Some(a) => {
                         if let Some(record) = record {
+                            reindex = !record.timers.is_empty() || !record.cancel.is_empty();
                             a.snapshot.state = next;
                             a.snapshot.absorb(&record, seq);
+                            if let Some(t) = fired_ticks(&req) {
+                                self.ctx.metrics.timer_firings.inc();
+                                self.ctx.metrics.timer_missed.inc_by(t);
+                            }
                             if !record.send.is_empty() {
                                 let _ = self.ctx.outbox.send(Delivery {
                                     from: req.actor.clone(),
@@ -195,6 +218,9 @@ impl Worker {
                     )),
                 };
                 let _ = tx.send(reply);
+                if reindex {
+                    self.index_timers(&req.actor);
+                }
             }
             // The command is in the log already (a retry older than the ids the actor remembers):
             // not applied again; the caller gets the state as the log has it.
@@ -269,13 +295,23 @@ impl Worker {
     }
 
     /// Loads the actor and decides: a reply now, or a record to append.
-    pub(super) async fn prepare(&mut self, req: &Request) -> Result<Step, Error> {
+    pub(super) async fn prepare(&mut self, req: &mut Request) -> Result<Step, Error> {
         self.load(&req.actor).await?;
         let subject = self.ctx.store.subject(self.shard, &req.actor);
         let Some(a) = self.actors.get_mut(&req.actor) else {
             return Err(Error::Internal("actor vanished after load".into()));
         };
         a.last_used = Instant::now();
+        let now = timers::epoch_ms(std::time::SystemTime::now());
+        let fired = match fire(req, &a.snapshot.timers, now) {
+            FiringRequest::NotTimer => None,
+            // Fired already, cancelled or replaced: the index was behind the actor.
+            FiringRequest::NotDue => {
+                self.index_timers(&req.actor);
+                return Ok(Step::Reply(self.ok(&self.actors[&req.actor], None)));
+            }
+            FiringRequest::Due(t, f) => Some((t, f)),
+        };
         let command = match &req.op {
             Op::Read => return Ok(Step::Reply(self.ok(&self.actors[&req.actor], None))),
             Op::Release { ids } => return Ok(self.release(req, ids, subject)),
@@ -327,11 +363,16 @@ impl Worker {
                     prev,
                     shard: self.shard,
                     marked: a.marked,
+                    timers: a.snapshot.timers.clone(),
+                    fired,
+                    now,
                 })));
             }
         };
-        let events = match behaviour.decide(&a.snapshot.state, command) {
-            Ok(events) => events,
+        let decided = match behaviour.decide_with_timers(&a.snapshot.state, command) {
+            Ok(d) => d,
+            // A firing refused still moves its timer on (else it would fire for ever).
+            Err(_) if fired.is_some() => Decided::default(),
             Err(why) => {
                 return Ok(Step::Reply(Reply::error(ErrorReply::new(
                     ErrorCode::Rejected,
@@ -339,6 +380,18 @@ impl Worker {
                 ))));
             }
         };
+        let fired_ref = fired.as_ref().map(|(t, f)| (t, f));
+        let (set, cancel) = match timers::changes(
+            &a.snapshot.timers,
+            fired_ref,
+            &decided.timers,
+            decided.cancel,
+            now,
+        ) {
+            Ok(c) => c,
+            Err(why) => return Ok(Step::Reply(Reply::error(malformed_timers(why)))),
+        };
+        let events = decided.events;
         // The next state only: the recent command ids (up to 64 strings) are updated in place once
         // the append lands, and copied only into the records that carry a snapshot.
         let mut next = a.snapshot.state.clone();
@@ -352,13 +405,16 @@ impl Worker {
             return Ok(Step::Reply(Reply::error(e)));
         }
         let mut record = Record::new(req.id.clone(), events, version, a.base);
+        record.timers = set;
+        record.cancel = cancel;
         record.snapshot = prev.map(|p| p.after(&record, &next));
         Ok(Step::Append {
             subject,
             expected: a.seq,
+            mark: !record.timers.is_empty() && !a.marked,
+            clear_marker: a.marked && !leaves_pending(&a.snapshot, &record),
             record: Box::new(record),
             next,
-            clear_marker: false,
         })
     }
 
@@ -387,18 +443,14 @@ impl Worker {
         if snapshot_due(version, a.kind.snapshot_every()) {
             record.snapshot = Some(a.snapshot.clone_without_state().after(&record, &next));
         }
-        let clear_marker = a.marked
-            && !a
-                .snapshot
-                .outbox
-                .iter()
-                .any(|o| !record.released.contains(&o.id));
+        let clear_marker = a.marked && !leaves_pending(&a.snapshot, &record);
         Step::Append {
             subject,
             expected: a.seq,
             record: Box::new(record),
             next,
             clear_marker,
+            mark: false,
         }
     }
 
@@ -499,17 +551,25 @@ pub(super) async fn decide_and_append(
         command,
         command_id: done.req.id.as_deref(),
     };
-    let (events, state, reply, send) = match d.kind.app.decide(&call).await {
+    let (events, state, reply, send, specs, cancel) = match d.kind.app.decide(&call).await {
         Ok(Decision::Accept {
             events,
             state,
             reply,
             send,
-        }) => (events, state, reply, send),
-        // The reply to a send is recorded even when the app refuses it: the send is delivered.
-        Ok(Decision::Reject(_)) if done.req.delivered.is_some() => {
-            (Vec::new(), d.state.clone(), None, Vec::new())
-        }
+            timers,
+            cancel,
+        }) => (events, state, reply, send, timers, cancel),
+        // The reply to a send is recorded even when the app refuses it: the send is delivered;
+        // a firing refused still moves its timer on.
+        Ok(Decision::Reject(_)) if done.req.delivered.is_some() || d.fired.is_some() => (
+            Vec::new(),
+            d.state.clone(),
+            None,
+            Vec::new(),
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+        ),
         Ok(Decision::Reject(why)) => {
             done.result = Err(Error::Rejected(why));
             return done;
@@ -520,6 +580,16 @@ pub(super) async fn decide_and_append(
         }
     };
     done.reply = reply;
+    let fired = d.fired.as_ref().map(|(t, f)| (t, f));
+    let changed = timers::parse(specs, cancel)
+        .and_then(|(specs, cancel)| timers::changes(&d.timers, fired, &specs, cancel, d.now));
+    let (set, cancel) = match changed {
+        Ok(c) => c,
+        Err(why) => {
+            done.result = Err(Error::Protocol(aether_core::Error::Malformed(why)));
+            return done;
+        }
+    };
     let delivered: Vec<String> = done.req.delivered.iter().cloned().collect();
     let (events, state, send) = if delivered.is_empty() {
         (events, state, send)
@@ -535,7 +605,12 @@ pub(super) async fn decide_and_append(
             }
         }
     };
-    if events.is_empty() && send.is_empty() && delivered.is_empty() {
+    if events.is_empty()
+        && send.is_empty()
+        && delivered.is_empty()
+        && set.is_empty()
+        && cancel.is_empty()
+    {
         // Nothing to record: the state stays as it was, whatever the answer says.
         return done;
     }
@@ -569,6 +644,8 @@ pub(super) async fn decide_and_append(
         })
         .collect();
     record.delivered = delivered;
+    record.timers = set;
+    record.cancel = cancel;
     // The answer is kept with the record: a repeated delivery of a send is answered the same
     // (always kept), and so is a client's retry when the reply is small (a large one would make
     // the record, not only the reply, larger than the server takes).
@@ -581,7 +658,7 @@ pub(super) async fn decide_and_append(
         record.reply.clone_from(&done.reply);
     }
     record.snapshot = d.prev.map(|p| p.after(&record, &state));
-    if !record.send.is_empty() && !d.marked {
+    if (!record.send.is_empty() || !record.timers.is_empty()) && !d.marked {
         // Marked before the record lands: whoever serves the shard next finds the sends.
         if let Err(e) = ctx.store.mark_pending(d.shard, &done.req.actor).await {
             done.result = Err(e);
@@ -594,6 +671,67 @@ pub(super) async fn decide_and_append(
     done.record = Some(Box::new(record));
     done.next = state;
     done
+}
+
+/// What an internal firing request (`{"$timer": {"name"}}`, from the shard's timer index) meets.
+enum FiringRequest {
+    /// Not a firing request.
+    NotTimer,
+    /// The actor has no such timer due now (fired, cancelled or replaced since it was indexed).
+    NotDue,
+    /// Due: the request now carries the firing's command and command id.
+    Due(Timer, timers::Firing),
+}
+
+/// Turns an internal firing request into the firing of the actor's own timer at `now`: the
+/// command `{"$timer": {name, due, missed, command}}` with its command id ([`timers::timer_id`]).
+fn fire(req: &mut Request, current: &[Timer], now: u64) -> FiringRequest {
+    let name = match (&req.op, &req.id) {
+        (Op::Command { command }, None) => match timers::requested_firing(command) {
+            Some(name) => name.to_owned(),
+            None => return FiringRequest::NotTimer,
+        },
+        _ => return FiringRequest::NotTimer,
+    };
+    let Some(t) = current.iter().find(|t| t.name == name) else {
+        return FiringRequest::NotDue;
+    };
+    let Some(f) = t.fire(now) else {
+        return FiringRequest::NotDue;
+    };
+    req.id = Some(timers::timer_id(&req.actor, &name, f.due));
+    req.op = Op::Command {
+        command: timers::firing_command(t, &f),
+    };
+    FiringRequest::Due(t.clone(), f)
+}
+
+/// The ticks a firing request coalesced (`missed`), when it is a firing.
+fn fired_ticks(req: &Request) -> Option<u64> {
+    if !req
+        .id
+        .as_deref()
+        .is_some_and(|id| id.starts_with(timers::TIMER_ID_PREFIX))
+    {
+        return None;
+    }
+    match &req.op {
+        Op::Command { command } => Some(command[timers::TIMER_KEY]["missed"].as_u64().unwrap_or(0)),
+        _ => None,
+    }
+}
+
+/// True when the actor still has work nobody asks for once `record` landed: sends not released,
+/// or timers.
+fn leaves_pending(before: &Snapshot, record: &Record) -> bool {
+    let mut after = before.clone_without_state();
+    after.absorb(record, 0);
+    after.has_pending()
+}
+
+/// The refusal of a decision's timers (nothing appended).
+fn malformed_timers(why: String) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Malformed, why)
 }
 
 /// Largest reply (JSON bytes) of a client's command kept in its record for the command's retries.

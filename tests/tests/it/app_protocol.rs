@@ -18,7 +18,7 @@ const SHARDS: u32 = 16;
 
 /// One node with the app at `app_url` and the API on a free port; the plan (published unless it
 /// is there already) gives it every shard.
-async fn node(nats: &NatsServer, prefix: &str, app_url: &str) -> (TestNode, u16) {
+pub(crate) async fn node(nats: &NatsServer, prefix: &str, app_url: &str) -> (TestNode, u16) {
     node_again(nats, prefix, app_url, true).await
 }
 

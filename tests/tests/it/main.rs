@@ -14,3 +14,4 @@ mod node_http;
 mod node_migration;
 mod operator_k8s;
 mod security;
+mod timers;

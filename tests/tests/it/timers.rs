@@ -1,0 +1,372 @@
+//! Timers (issue 29) against real processes and a real nats-server: an app kind's decide sets and
+//! cancels timers and sees their firings; built-in counters' timers fire through a SIGKILL, a
+//! move and eviction from a cache too small for them; each actor's whole log is then checked:
+//! every firing applied once, never before its due time, periodic ticks on their grid, nothing
+//! fired after a cancel, and nothing left indexed once every timer is gone.
+
+use aether_core::protocol::{ActorRef, ErrorCode, Op, Outcome, Reply, Request};
+use aether_core::timers::TIMER_ID_PREFIX;
+use aether_node::store::{EventStore, Record};
+use aether_tests::app::{App, http};
+use aether_tests::cluster::{ask, log_of, next_plan, node_process, publish};
+use aether_tests::{NatsServer, Process, free_port, http_get, wait_for};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+fn cmd(kind: &str, id: &str, command: Value, cmd_id: &str) -> Request {
+    Request::new(
+        ActorRef::new(kind, id),
+        Op::Command { command },
+        Some(cmd_id.to_owned()),
+    )
+}
+
+fn ok_of(r: &Reply) -> &aether_core::protocol::ActorReply {
+    match &r.outcome {
+        Outcome::Ok(ok) => ok,
+        Outcome::Error(e) => panic!("error reply: {e:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_kind_sets_sees_and_cancels_its_timers_and_bad_ones_are_malformed() {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let app = App::start("tests/apps/faulty.py").await;
+    let prefix = "apptimers";
+    let (_node, api) = crate::app_protocol::node(&nats, prefix, &app.url()).await;
+
+    // A one-shot timer set by decide: listed in the reply, then fired once into decide.
+    let set = json!({"answer": "timer", "timers": [
+        {"name": "t", "after": "300ms", "command": {"x": 1}},
+        {"name": "later", "after": "1h", "command": {"y": 2}},
+    ]});
+    let r = ask(&nc, prefix, &cmd("faulty", "a", set, "c1")).await;
+    let timers = ok_of(&r).timers.clone();
+    assert_eq!(
+        timers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["later", "t"]
+    );
+    let due = timers[1].due;
+    let read = Request::new(ActorRef::new("faulty", "a"), Op::Read, None);
+    wait_for("the timer fired", T, || async {
+        ok_of(&ask(&nc, prefix, &read).await)
+            .state
+            .get("fired")
+            .is_some()
+    })
+    .await;
+    let r = ask(&nc, prefix, &read).await;
+    let ok = ok_of(&r);
+    assert_eq!(
+        ok.state["fired"],
+        json!([{"name": "t", "due": due, "missed": 0, "command": {"x": 1}}])
+    );
+    assert_eq!(ok.timers.len(), 1, "the one-shot timer is gone once fired");
+
+    // The app API lists the actor's timers.
+    let (status, body) = http(api, "GET", "/v1/actors/faulty/a/timers", &[], b"").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let listed: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(listed["timers"][0]["name"], "later");
+    assert_eq!(listed["timers"][0]["command"], json!({"y": 2}));
+
+    // Bad timers are refused `malformed` and nothing is appended.
+    let version = ok.version;
+    for (i, bad) in [
+        json!([{"name": "p", "every": 10}]),
+        json!([{"name": "bad name", "after": 1}]),
+        json!([{"name": "x", "after": "soon"}]),
+        json!(
+            (0..65)
+                .map(|i| json!({"name": format!("n{i}"), "after": "1h"}))
+                .collect::<Vec<_>>()
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = ask(
+            &nc,
+            prefix,
+            &cmd(
+                "faulty",
+                "a",
+                json!({"answer": "timer", "timers": bad}),
+                &format!("bad{i}"),
+            ),
+        )
+        .await;
+        match &r.outcome {
+            Outcome::Error(e) => assert_eq!(e.code, ErrorCode::Malformed, "{e:?}"),
+            Outcome::Ok(ok) => panic!("a bad timer was taken: {ok:?}"),
+        }
+    }
+    assert_eq!(ok_of(&ask(&nc, prefix, &read).await).version, version);
+
+    // Cancelled: gone from the actor and from the listing.
+    let cancel = json!({"answer": "timer", "cancel": ["later"]});
+    let r = ask(&nc, prefix, &cmd("faulty", "a", cancel, "c2")).await;
+    assert!(ok_of(&r).timers.is_empty());
+    let (_, body) = http(api, "GET", "/v1/actors/faulty/a/timers", &[], b"").await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).expect("json"),
+        json!({"timers": []})
+    );
+}
+
+/// A node process with its HTTP port, restartable under the same name.
+struct Pod {
+    name: &'static str,
+    port: u16,
+    process: Option<Process>,
+}
+
+/// Few actors in memory: most timers belong to passivated actors, which still fire.
+const POD_FLAGS: &[&str] = &["--max-actors", "3"];
+
+impl Pod {
+    fn start(nats: &NatsServer, prefix: &str, name: &'static str) -> Self {
+        let port = free_port();
+        Self {
+            name,
+            port,
+            process: Some(node_process(nats, prefix, name, port, POD_FLAGS)),
+        }
+    }
+
+    fn restart(&mut self, nats: &NatsServer, prefix: &str) {
+        self.process = Some(node_process(nats, prefix, self.name, self.port, POD_FLAGS));
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    async fn gauge(&self, name: &str) -> Option<i64> {
+        let (_, text) = http_get(self.port, "/metrics").await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    async fn settled(&self, epoch: u64) -> bool {
+        self.gauge("aether_node_plan_settled_epoch").await == Some(epoch as i64)
+    }
+}
+
+/// Every record of `actor`, oldest first, with the time the stream stored it (ms since the epoch),
+/// read from the event stream itself: no node loads the actor.
+async fn records(
+    js: &async_nats::jetstream::Context,
+    store: &EventStore,
+    shards: u32,
+    actor: &ActorRef,
+) -> Vec<(Record, u64)> {
+    use async_nats::jetstream::consumer::pull::OrderedConfig;
+    let subject = store.subject(aether_core::hash::shard_of(&actor.id, shards), actor);
+    let stream = js
+        .get_stream(aether_core::protocol::Names::new(PREFIX).event_stream())
+        .await
+        .expect("event stream");
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject,
+            ..OrderedConfig::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut out = Vec::new();
+    loop {
+        let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await
+        else {
+            break;
+        };
+        let info = msg.info().expect("a JetStream message");
+        let at = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let pending = info.pending;
+        out.push((serde_json::from_slice(&msg.payload).expect("a record"), at));
+        if pending == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// The firings of `name` in a log: (due, stored at).
+fn firings(log: &[(Record, u64)], name: &str) -> Vec<(u64, u64)> {
+    log.iter()
+        .filter(|(r, _)| {
+            r.cmd
+                .as_deref()
+                .is_some_and(|c| c.starts_with(TIMER_ID_PREFIX) && c.ends_with(&format!("-{name}")))
+        })
+        .map(|(r, at)| {
+            let due = r
+                .cmd
+                .as_deref()
+                .and_then(|c| c.rsplit('-').nth(1)?.parse().ok());
+            (due.unwrap_or(0), *at)
+        })
+        .collect()
+}
+
+const PREFIX: &str = "timers";
+const SHARDS: u32 = 8;
+const ACTORS: usize = 10;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_timers_fire_once_each_through_a_kill_a_move_and_eviction() {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let js = async_nats::jetstream::new(nc.clone());
+    let mut pods = vec![
+        Pod::start(&nats, PREFIX, "app-0"),
+        Pod::start(&nats, PREFIX, "app-1"),
+    ];
+    let p1 = next_plan(None, &["app-0", "app-1"], SHARDS, 4);
+    publish(&nc, PREFIX, &p1, 30).await;
+    for p in &pods {
+        wait_for("plan 1 settled", T, || p.settled(p1.epoch)).await;
+    }
+    let store = EventStore::open(js.clone(), aether_core::protocol::Names::new(PREFIX), 1)
+        .await
+        .expect("store");
+    let actors: Vec<ActorRef> = (0..ACTORS)
+        .map(|i| ActorRef::new("counter", format!("c{i}")))
+        .collect();
+    for a in &actors {
+        let tick = json!({"schedule": {"name": "tick", "every": "1s", "command": {"add": 1}}});
+        let once =
+            json!({"schedule": {"name": "once", "after": "1500ms", "command": {"add": 1000}}});
+        ask(&nc, PREFIX, &cmd("counter", &a.id, tick, "tick")).await;
+        let r = ask(&nc, PREFIX, &cmd("counter", &a.id, once, "once")).await;
+        assert_eq!(ok_of(&r).timers.len(), 2, "{r:?}");
+    }
+    // Progress while waiting: each actor's record count (only its timers append now), read from
+    // the log by direct gets; the whole history is read once at the end.
+    let versions = || async {
+        let mut out = Vec::new();
+        for a in &actors {
+            out.push(log_of(&nc, PREFIX, SHARDS, "counter", &a.id).await.version);
+        }
+        out
+    };
+    let all_grew = |from: Vec<u64>, by: u64| {
+        let versions = &versions;
+        async move {
+            versions()
+                .await
+                .iter()
+                .zip(&from)
+                .all(|(now, then)| *now >= then + by)
+        }
+    };
+    let start = versions().await;
+    wait_for("every actor fired three times", T, || {
+        all_grew(start.clone(), 3)
+    })
+    .await;
+
+    // app-0 SIGKILLed and started again: its shards' timers come back from the markers.
+    pods[0].kill();
+    pods[0].restart(&nats, PREFIX);
+    wait_for("app-0 back", T, || pods[0].settled(p1.epoch)).await;
+    let before = versions().await;
+    wait_for("every actor ticks after the restart", T, || {
+        all_grew(before.clone(), 2)
+    })
+    .await;
+
+    // A third pod: shards move with their actors' timers.
+    pods.push(Pod::start(&nats, PREFIX, "app-2"));
+    let p2 = next_plan(Some(&p1), &["app-0", "app-1", "app-2"], SHARDS, 4);
+    assert!(!p2.moves.is_empty());
+    publish(&nc, PREFIX, &p2, 30).await;
+    for p in &pods {
+        wait_for("plan 2 settled", T, || p.settled(p2.epoch)).await;
+    }
+    let before = versions().await;
+    wait_for("every actor ticks after the move", T, || {
+        all_grew(before.clone(), 2)
+    })
+    .await;
+
+    // Cancelled: no timer left on any actor, and none indexed on any node.
+    for a in &actors {
+        let r = ask(
+            &nc,
+            PREFIX,
+            &cmd("counter", &a.id, json!({"cancelTimer": "tick"}), "stop"),
+        )
+        .await;
+        assert!(ok_of(&r).timers.is_empty(), "{r:?}");
+    }
+    for p in &pods {
+        wait_for("no timer indexed", T, || async {
+            p.gauge("aether_node_timers_pending").await == Some(0)
+        })
+        .await;
+    }
+
+    // Each actor's whole log: every firing once, never early, on its grid, none after the cancel;
+    // the state counts exactly the firings.
+    for a in &actors {
+        let log = records(&js, &store, SHARDS, a).await;
+        let ids: Vec<&str> = log.iter().filter_map(|(r, _)| r.cmd.as_deref()).collect();
+        let mut unique = ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "{}: a command applied twice: {ids:?}",
+            a.id
+        );
+        let once = firings(&log, "once");
+        assert_eq!(once.len(), 1, "{}: the one-shot timer fired {once:?}", a.id);
+        let ticks = firings(&log, "tick");
+        for (due, at) in once.iter().chain(&ticks) {
+            assert!(
+                at >= due,
+                "{}: fired at {at}, before its due time {due}",
+                a.id
+            );
+        }
+        for w in ticks.windows(2) {
+            assert!(
+                w[1].0 > w[0].0 && (w[1].0 - w[0].0) % 1000 == 0,
+                "{}: {ticks:?}",
+                a.id
+            );
+        }
+        let cancelled = log
+            .iter()
+            .position(|(r, _)| r.cmd.as_deref() == Some("stop"))
+            .expect("the cancel is in the log");
+        assert!(
+            log[cancelled..].iter().all(|(r, _)| !r
+                .cmd
+                .as_deref()
+                .is_some_and(|c| c.starts_with(TIMER_ID_PREFIX))),
+            "{}: a firing after the cancel",
+            a.id
+        );
+        let read = Request::new(a.clone(), Op::Read, None);
+        let r = ask(&nc, PREFIX, &read).await;
+        let ok = ok_of(&r);
+        assert_eq!(
+            ok.state["value"],
+            json!(1000 + ticks.len() as i64),
+            "{}",
+            a.id
+        );
+        assert_eq!(ok.version, log.len() as u64, "{}", a.id);
+    }
+}
