@@ -220,6 +220,8 @@ fn firings(log: &[(Record, u64)], name: &str) -> Vec<(u64, u64)> {
 const PREFIX: &str = "timers";
 const SHARDS: u32 = 8;
 const ACTORS: usize = 10;
+/// How long the whole cluster is off: three and a half periods of the ticks.
+const OUTAGE: Duration = Duration::from_millis(3500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_timers_fire_once_each_through_a_kill_a_move_and_eviction() {
@@ -298,6 +300,35 @@ async fn counters_timers_fire_once_each_through_a_kill_a_move_and_eviction() {
     })
     .await;
 
+    // The whole cluster off for 3.5 periods: each periodic timer fires once for what it missed
+    // (coalesced), not a burst.
+    for p in &mut pods {
+        p.kill();
+    }
+    tokio::time::sleep(OUTAGE).await;
+    for p in &mut pods {
+        p.restart(&nats, PREFIX);
+    }
+    for p in &pods {
+        wait_for("plan 2 settled after the outage", T, || p.settled(p2.epoch)).await;
+    }
+    let before = versions().await;
+    wait_for("every actor ticks after the outage", T, || {
+        all_grew(before.clone(), 2)
+    })
+    .await;
+    let mut missed = 0;
+    for p in &pods {
+        missed += p
+            .gauge("aether_node_timer_missed_ticks_total")
+            .await
+            .unwrap_or(0);
+    }
+    assert!(
+        missed >= 2 * ACTORS as i64,
+        "the ticks missed in the outage are counted as coalesced: {missed}"
+    );
+
     // Cancelled: no timer left on any actor, and none indexed on any node.
     for a in &actors {
         let r = ask(
@@ -346,6 +377,16 @@ async fn counters_timers_fire_once_each_through_a_kill_a_move_and_eviction() {
                 a.id
             );
         }
+        // The outage skipped ticks (a gap of whole periods) and they were not fired late one
+        // by one: a firing more than a period after its due time comes at most once per outage
+        // (app-0's restart, the whole cluster's).
+        assert!(
+            ticks.windows(2).any(|w| w[1].0 - w[0].0 >= 3000),
+            "{}: no ticks skipped in the outage: {ticks:?}",
+            a.id
+        );
+        let late = ticks.iter().filter(|(due, at)| at - due > 1000).count();
+        assert!(late <= 2, "{}: {late} late firings, a burst: {ticks:?}", a.id);
         let cancelled = log
             .iter()
             .position(|(r, _)| r.cmd.as_deref() == Some("stop"))
