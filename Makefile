@@ -93,6 +93,7 @@ bench: tools
 	python3 scripts/bench-report.py $${CARGO_TARGET_DIR:-target}/criterion target/balance.md BENCHMARKS.md target/nats-bench.json target/app-bench.json
 	$(CARGO) build --release --bins -p aether-node
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench recovery
+	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench timers
 
 ## bench-peers: aether beside Dapr v1.14.0 actors (placement, daprd per pod, Redis), the same workload
 ## in one run; writes the Peers section of BENCHMARKS.md. Not part of `make test`.

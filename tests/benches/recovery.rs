@@ -14,7 +14,7 @@ use aether_core::protocol::{ActorRef, Names, Op, Outcome, Request};
 use aether_node::client::Client;
 use aether_tests::app::App;
 use aether_tests::cluster::{next_plan, node_process, publish};
-use aether_tests::measure::{Figure, drive};
+use aether_tests::measure::{Figure, drive, with_section};
 use aether_tests::{NatsServer, free_port, http_get, wait_for};
 use futures::StreamExt;
 use serde_json::json;
@@ -44,7 +44,8 @@ fn main() {
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
     let path = format!("{root}/BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    std::fs::write(&path, with_section(&old, &section(&report))).expect("write BENCHMARKS.md");
+    std::fs::write(&path, with_section(&old, "recovery", &section(&report)))
+        .expect("write BENCHMARKS.md");
 }
 
 async fn ready(port: u16) -> bool {
@@ -272,18 +273,4 @@ fn section(r: &serde_json::Value) -> String {
         live = f(&s["live_all_done_s"]),
         sratio = f(&s["ratio"]),
     )
-}
-
-/// `doc` with its recovery section replaced by `section` (appended when it has none).
-fn with_section(doc: &str, section: &str) -> String {
-    let (b, e) = ("<!-- recovery:begin -->", "<!-- recovery:end -->");
-    let block = format!("{b}\n{section}{e}\n");
-    match (doc.find(b), doc.find(e)) {
-        (Some(i), Some(j)) if j > i => format!(
-            "{}{block}{}",
-            &doc[..i],
-            &doc[j + e.len()..].trim_start_matches('\n')
-        ),
-        _ => format!("{}\n{block}", doc.trim_end()),
-    }
 }

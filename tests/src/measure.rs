@@ -150,6 +150,25 @@ pub fn outage(mut calls: Vec<Call>, stopped: Instant) -> Outage {
     }
 }
 
+/// `doc` (BENCHMARKS.md) with `section` between the markers `<!-- {name}:begin -->` and
+/// `<!-- {name}:end -->` (appended with them when they are missing); the rest is left as it is.
+#[must_use]
+pub fn with_section(doc: &str, name: &str, section: &str) -> String {
+    let (b, e) = (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    );
+    let block = format!("{b}\n{section}{e}\n");
+    match (doc.find(&b), doc.find(&e)) {
+        (Some(i), Some(j)) if j > i => format!(
+            "{}{block}{}",
+            &doc[..i],
+            &doc[j + e.len()..].trim_start_matches('\n')
+        ),
+        _ => format!("{}\n{block}", doc.trim_end()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

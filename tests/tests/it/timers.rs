@@ -386,7 +386,11 @@ async fn counters_timers_fire_once_each_through_a_kill_a_move_and_eviction() {
             a.id
         );
         let late = ticks.iter().filter(|(due, at)| at - due > 1000).count();
-        assert!(late <= 2, "{}: {late} late firings, a burst: {ticks:?}", a.id);
+        assert!(
+            late <= 2,
+            "{}: {late} late firings, a burst: {ticks:?}",
+            a.id
+        );
         let cancelled = log
             .iter()
             .position(|(r, _)| r.cmd.as_deref() == Some("stop"))
