@@ -12,8 +12,9 @@
 
 use crate::behaviour::{Kind, Registry};
 use crate::error::Error;
-use crate::metrics::{Failure, Metrics};
-use crate::store::{EventStore, Loaded, Outgoing, Snapshot};
+use crate::metrics::{AppFault, Failure, Metrics};
+use crate::store::{EventStore, Loaded, Outgoing, Snapshot, json_size};
+use aether_core::protocol::app::{APPLY_BATCH, ApplyCall};
 use aether_core::protocol::{ActorRef, ActorReply, ErrorCode, ErrorReply, Reply, Request};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -30,8 +31,8 @@ mod lending;
 mod tests;
 mod timers;
 
+use commands::Appended;
 pub use commands::KEPT_REPLY_BYTES;
-use commands::{Appended, fold};
 pub use lending::{Copied, Lent, Packed, Staged, YIELD_EVERY};
 
 /// A request waiting for its reply.
@@ -433,4 +434,44 @@ impl Worker {
             timers: a.snapshot.timers.clone(),
         })
     }
+}
+
+/// Folds the events loaded after an actor's snapshot into its state: in process, or by the app
+/// container in batches of [`APPLY_BATCH`].
+async fn fold(
+    kind: &Kind,
+    actor: &ActorRef,
+    state: &mut serde_json::Value,
+    events: Vec<serde_json::Value>,
+    max_state_bytes: usize,
+) -> Result<(), Error> {
+    match kind {
+        Kind::Local(b) => {
+            for e in &events {
+                b.apply(state, e);
+            }
+        }
+        Kind::App(k) => {
+            for batch in events.chunks(APPLY_BATCH) {
+                let call = ApplyCall {
+                    kind: &actor.kind,
+                    id: &actor.id,
+                    state,
+                    events: batch,
+                };
+                let next = k.app.apply(&call).await?;
+                let size = json_size(&next);
+                if size > max_state_bytes {
+                    return Err(k.app.fault(
+                        AppFault::TooLarge,
+                        format!(
+                            "apply: a state of {size} bytes, over the limit of {max_state_bytes}"
+                        ),
+                    ));
+                }
+                *state = next;
+            }
+        }
+    }
+    Ok(())
 }

@@ -2,14 +2,13 @@
 //! app container off the worker) and its record appended, fenced by the actor's sequence; the
 //! reply once the append landed, and the limits a decision must keep.
 
+use super::timers::{FiringRequest, fire, fired_ticks, unfire};
 use super::{Delivery, HostContext, Pending, Worker};
 use crate::behaviour::{AppKind, Decided, Kind};
 use crate::error::Error;
 use crate::metrics::{AppFault, Failure};
 use crate::store::{Outgoing, Record, Snapshot, json_size};
-use aether_core::protocol::app::{
-    APPLY_BATCH, ApplyCall, DecideCall, Decision, is_send_id, send_id,
-};
+use aether_core::protocol::app::{DecideCall, Decision, is_send_id, send_id};
 use aether_core::protocol::{ActorRef, ErrorCode, ErrorReply, Op, Reply, Request};
 use aether_core::timers::{self, Timer};
 use futures::StreamExt;
@@ -262,7 +261,8 @@ impl Worker {
             // Another node wrote first: reload from the log and decide again, once.
             Err(Error::Fenced(_)) if attempt == 0 => {
                 self.drop_actor(&req.actor);
-                retry = Some((req.clone(), tx));
+                // A firing is decided again from the actor's timers as the log has them.
+                retry = Some((unfire(req.clone()), tx));
             }
             Err(e) => {
                 self.ctx.metrics.failure(e.failure());
@@ -489,46 +489,6 @@ impl Worker {
     }
 }
 
-/// Folds the events loaded after an actor's snapshot into its state: in process, or by the app
-/// container in batches of [`APPLY_BATCH`].
-pub(super) async fn fold(
-    kind: &Kind,
-    actor: &ActorRef,
-    state: &mut serde_json::Value,
-    events: Vec<serde_json::Value>,
-    max_state_bytes: usize,
-) -> Result<(), Error> {
-    match kind {
-        Kind::Local(b) => {
-            for e in &events {
-                b.apply(state, e);
-            }
-        }
-        Kind::App(k) => {
-            for batch in events.chunks(APPLY_BATCH) {
-                let call = ApplyCall {
-                    kind: &actor.kind,
-                    id: &actor.id,
-                    state,
-                    events: batch,
-                };
-                let next = k.app.apply(&call).await?;
-                let size = json_size(&next);
-                if size > max_state_bytes {
-                    return Err(k.app.fault(
-                        AppFault::TooLarge,
-                        format!(
-                            "apply: a state of {size} bytes, over the limit of {max_state_bytes}"
-                        ),
-                    ));
-                }
-                *state = next;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// An app kind's command, off the worker: the app decides, the answer is checked (shape by the
 /// protocol, size here), the record is appended. Nothing is appended unless all of that holds.
 pub(super) async fn decide_and_append(
@@ -671,54 +631,6 @@ pub(super) async fn decide_and_append(
     done.record = Some(Box::new(record));
     done.next = state;
     done
-}
-
-/// What an internal firing request (`{"$timer": {"name"}}`, from the shard's timer index) meets.
-enum FiringRequest {
-    /// Not a firing request.
-    NotTimer,
-    /// The actor has no such timer due now (fired, cancelled or replaced since it was indexed).
-    NotDue,
-    /// Due: the request now carries the firing's command and command id.
-    Due(Timer, timers::Firing),
-}
-
-/// Turns an internal firing request into the firing of the actor's own timer at `now`: the
-/// command `{"$timer": {name, due, missed, command}}` with its command id ([`timers::timer_id`]).
-fn fire(req: &mut Request, current: &[Timer], now: u64) -> FiringRequest {
-    let name = match (&req.op, &req.id) {
-        (Op::Command { command }, None) => match timers::requested_firing(command) {
-            Some(name) => name.to_owned(),
-            None => return FiringRequest::NotTimer,
-        },
-        _ => return FiringRequest::NotTimer,
-    };
-    let Some(t) = current.iter().find(|t| t.name == name) else {
-        return FiringRequest::NotDue;
-    };
-    let Some(f) = t.fire(now) else {
-        return FiringRequest::NotDue;
-    };
-    req.id = Some(timers::timer_id(&req.actor, &name, f.due));
-    req.op = Op::Command {
-        command: timers::firing_command(t, &f),
-    };
-    FiringRequest::Due(t.clone(), f)
-}
-
-/// The ticks a firing request coalesced (`missed`), when it is a firing.
-fn fired_ticks(req: &Request) -> Option<u64> {
-    if !req
-        .id
-        .as_deref()
-        .is_some_and(|id| id.starts_with(timers::TIMER_ID_PREFIX))
-    {
-        return None;
-    }
-    match &req.op {
-        Op::Command { command } => Some(command[timers::TIMER_KEY]["missed"].as_u64().unwrap_or(0)),
-        _ => None,
-    }
 }
 
 /// True when the actor still has work nobody asks for once `record` landed: sends not released,

@@ -10,7 +10,7 @@
 
 use super::{Pending, Worker};
 use aether_core::protocol::{ActorRef, Op, Request};
-use aether_core::timers::{TIMER_KEY, Timer, epoch_ms};
+use aether_core::timers::{self, TIMER_KEY, Timer, epoch_ms};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
@@ -132,6 +132,68 @@ impl Worker {
     }
 }
 
+/// What an internal firing request (`{"$timer": {"name"}}`, from the shard's timer index) meets.
+pub(super) enum FiringRequest {
+    /// Not a firing request.
+    NotTimer,
+    /// The actor has no such timer due now (fired, cancelled or replaced since it was indexed).
+    NotDue,
+    /// Due: the request now carries the firing's command and command id.
+    Due(Timer, timers::Firing),
+}
+
+/// Turns an internal firing request into the firing of the actor's own timer at `now`: the
+/// command `{"$timer": {name, due, missed, command}}` with its command id ([`timers::timer_id`]).
+pub(super) fn fire(req: &mut Request, current: &[Timer], now: u64) -> FiringRequest {
+    let name = match (&req.op, &req.id) {
+        (Op::Command { command }, None) => match timers::requested_firing(command) {
+            Some(name) => name.to_owned(),
+            None => return FiringRequest::NotTimer,
+        },
+        _ => return FiringRequest::NotTimer,
+    };
+    let Some(t) = current.iter().find(|t| t.name == name) else {
+        return FiringRequest::NotDue;
+    };
+    let Some(f) = t.fire(now) else {
+        return FiringRequest::NotDue;
+    };
+    req.id = Some(timers::timer_id(&req.actor, &name, f.due));
+    req.op = Op::Command {
+        command: timers::firing_command(t, &f),
+    };
+    FiringRequest::Due(t.clone(), f)
+}
+
+/// A firing request back in its internal form (`{"$timer": {"name"}}`, no id), so that it is
+/// judged again against the actor's timers; any other request as it is.
+pub(super) fn unfire(mut req: Request) -> Request {
+    if fired_ticks(&req).is_some()
+        && let Op::Command { command } = &req.op
+        && let Some(name) = command[timers::TIMER_KEY]["name"].as_str()
+    {
+        let command = serde_json::json!({ timers::TIMER_KEY: { "name": name } });
+        req.op = Op::Command { command };
+        req.id = None;
+    }
+    req
+}
+
+/// The ticks a firing request coalesced (`missed`), when it is a firing.
+pub(super) fn fired_ticks(req: &Request) -> Option<u64> {
+    if !req
+        .id
+        .as_deref()
+        .is_some_and(|id| id.starts_with(timers::TIMER_ID_PREFIX))
+    {
+        return None;
+    }
+    match &req.op {
+        Op::Command { command } => Some(command[timers::TIMER_KEY]["missed"].as_u64().unwrap_or(0)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +230,45 @@ mod tests {
         assert_eq!(ix.set(&b, &[]), -1);
         assert_eq!((ix.next(), ix.len()), (Some(30), 1));
         assert!(ix.take_due(29, 10, 1_000).is_empty());
+    }
+
+    #[test]
+    fn a_firing_request_becomes_the_actors_own_firing_and_back() {
+        let actor = ActorRef::new("counter", "a");
+        let internal = || {
+            let command = serde_json::json!({ TIMER_KEY: { "name": "x" } });
+            Request::new(actor.clone(), Op::Command { command }, None)
+        };
+        let current = [t("x", 100)];
+        // Not due yet, or no such timer: nothing to fire.
+        assert!(matches!(
+            fire(&mut internal(), &current, 99),
+            FiringRequest::NotDue
+        ));
+        assert!(matches!(
+            fire(&mut internal(), &[], 500),
+            FiringRequest::NotDue
+        ));
+        // A client's command is never a firing, whatever its shape.
+        let mut client = internal();
+        client.id = Some("c-1".into());
+        assert!(matches!(
+            fire(&mut client, &current, 500),
+            FiringRequest::NotTimer
+        ));
+        let mut req = internal();
+        let FiringRequest::Due(timer, f) = fire(&mut req, &current, 500) else {
+            panic!("due");
+        };
+        assert_eq!(
+            (timer.name.as_str(), f.due, f.missed, f.next),
+            ("x", 100, 0, None)
+        );
+        assert_eq!(req.id, Some(timers::timer_id(&actor, "x", 100)));
+        assert_eq!(fired_ticks(&req), Some(0));
+        // Fenced and decided again: judged anew against the timers as the log then has them.
+        let again = unfire(req);
+        assert_eq!(again, internal());
+        assert_eq!(fired_ticks(&again), None);
     }
 }
