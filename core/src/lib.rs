@@ -22,7 +22,8 @@ pub mod plan;
 pub mod protocol;
 pub mod route;
 pub mod shardmap;
-pub mod timers;
 pub mod types;
 
 pub use error::{Error, Result};
+/// Timers live with the protocol (their fields are part of it); also reachable as `timers`.
+pub use protocol::timers;

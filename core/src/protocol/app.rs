@@ -155,7 +155,7 @@ pub enum Decision {
         reply: Option<Value>,
         /// Messages to send after the append.
         send: Vec<Send>,
-        /// Timers to set, as answered (`null` or a list of [`crate::timers::TimerSpec`]).
+        /// Timers to set, as answered (`null` or a list of [`super::timers::TimerSpec`]).
         timers: Value,
         /// Timer names to cancel, as answered (`null` or a list of names).
         cancel: Value,
@@ -214,7 +214,7 @@ impl DecideAnswer {
                 .map_err(|e| format!("send to {}/{}: {e}", s.actor.kind, s.actor.id))?;
         }
         // Timers are checked by the node against the clock and the actor's other timers
-        // ([`crate::timers::parse`]): a bad one is the command's `malformed`, not an app error.
+        // ([`super::timers::parse`]): a bad one is the command's `malformed`, not an app error.
         let timers = self.timers.unwrap_or(Value::Null);
         let cancel = self.cancel.unwrap_or(Value::Null);
         Ok(Decision::Accept {

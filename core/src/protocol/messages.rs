@@ -265,7 +265,7 @@ pub struct ActorReply {
     pub reply: Option<serde_json::Value>,
     /// The actor's timers after the request, sorted by name (absent when it has none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub timers: Vec<crate::timers::Timer>,
+    pub timers: Vec<super::timers::Timer>,
 }
 
 /// Error codes a caller can match on.

@@ -15,6 +15,7 @@ pub mod app;
 pub mod control;
 pub mod messages;
 pub mod names;
+pub mod timers;
 pub mod transfer;
 
 pub use control::{Held, NodeEvent, NodeEventKind, PlanMessage, Progress};

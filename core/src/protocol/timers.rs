@@ -10,8 +10,8 @@
 //! once for them, `missed` counting the ticks skipped, unless it asks to catch up on up to
 //! `catchUp` of them one by one. See docs/PROTOCOL.md "Timers".
 
-use crate::protocol::ActorRef;
-use crate::protocol::messages::{MAX_COMMAND_DEPTH, json_depth};
+use super::ActorRef;
+use super::messages::{MAX_COMMAND_DEPTH, json_depth};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::{Duration, UNIX_EPOCH};
