@@ -12,7 +12,12 @@ Kind `account`, state {"balance": int}:
                    account `id`: {"deposit": n}. The sidecar delivers it once the event is stored,
                    exactly once in effect, and brings the answer back as {"$reply": {...}}: a refused
                    deposit is refunded here (event {"refunded": n}).
-Every accepted command replies {"balance": <after>}.
+  {"hold": {"id": h, "amount": n, "ttl": t}}  -> event {"held": n, "id": h}: n is set aside (out of the
+                   balance, into "holds") and a timer "hold-h" is set for t (e.g. "15m"); if the hold is
+                   not captured by then, the timer's firing releases it (event {"released": n, "id": h}).
+  {"capture": h}   -> event {"captured": n, "id": h}: the held money is paid out; the timer is cancelled.
+Every accepted command replies {"balance": <after>}. The state is {"balance": b}, with "holds": {h: n}
+while there are any.
 
 Run: python3 app.py [--listen 127.0.0.1:8000]   (or --port, AETHER_APP_PORT); the sidecar gets --app-url http://127.0.0.1:8000.
 """
@@ -34,6 +39,42 @@ def amount(command, key):
 
 
 def decide(me, state, command):
+    """(events, sends, timers, cancel) for a command, or raises ValueError with the reason it is refused."""
+    if isinstance(command, dict):
+        held = decide_holds(state, command)
+        if held is not None:
+            events, timers, cancel = held
+            return events, [], timers, cancel
+    events, sends = decide_money(me, state, command)
+    return events, sends, [], []
+
+
+def decide_holds(state, command):
+    """(events, timers, cancel) for a hold, a capture or a hold's expiry; None for other commands."""
+    holds = state.get("holds", {})
+    if "hold" in command:
+        h = command["hold"]
+        hid, n, ttl = h.get("id"), amount(h, "amount"), h.get("ttl", "15m")
+        if not isinstance(hid, str) or not hid or hid in holds:
+            raise ValueError("hold needs a new string id")
+        if n > state.get("balance", 0):
+            raise ValueError(f"insufficient funds: balance {state.get('balance', 0)}, hold {n}")
+        timer = {"name": f"hold-{hid}", "after": ttl, "command": {"expire": hid}}
+        return [{"held": n, "id": hid}], [timer], []
+    if "capture" in command:
+        hid = command["capture"]
+        if hid not in holds:
+            raise ValueError(f"no hold {hid!r} (captured, released or never made)")
+        return [{"captured": holds[hid], "id": hid}], [], [f"hold-{hid}"]
+    if "$timer" in command:
+        hid = command["$timer"]["command"].get("expire")
+        if hid in holds:  # not captured in time: the money comes back
+            return [{"released": holds[hid], "id": hid}], [], []
+        return [], [], []
+    return None
+
+
+def decide_money(me, state, command):
     """(events, sends) for a command, or raises ValueError with the reason it is refused."""
     balance = state.get("balance", 0)
     if not isinstance(command, dict):
@@ -59,12 +100,22 @@ def decide(me, state, command):
         if "error" in r["outcome"]:  # the deposit was refused: the money comes back
             return [{"refunded": r["command"]["deposit"], "from": r["to"]["id"]}], []
         return [], []
-    raise ValueError('unknown command: expected {"deposit": n}, {"withdraw": n} or {"transfer": {"to", "amount"}}')
+    raise ValueError('unknown command: expected {"deposit": n}, {"withdraw": n}, {"transfer": {"to", "amount"}}, '
+                     '{"hold": {"id", "amount", "ttl"}} or {"capture": id}')
 
 
 def apply(state, event):
     balance = state.get("balance", 0)
-    if "deposited" in event:
+    holds = dict(state.get("holds", {}))
+    if "held" in event:
+        balance -= event["held"]
+        holds[event["id"]] = event["held"]
+    elif "captured" in event:
+        holds.pop(event["id"], None)
+    elif "released" in event:
+        balance += event["released"]
+        holds.pop(event["id"], None)
+    elif "deposited" in event:
         balance += event["deposited"]
     elif "withdrew" in event:
         balance -= event["withdrew"]
@@ -72,7 +123,7 @@ def apply(state, event):
         balance -= event["sent"]
     elif "refunded" in event:
         balance += event["refunded"]
-    return {"balance": balance}
+    return {"balance": balance, "holds": holds} if holds else {"balance": balance}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -102,14 +153,17 @@ class Handler(BaseHTTPRequestHandler):
         state = call.get("state") or {"balance": 0}
         if self.path == "/v1/decide":
             try:
-                events, sends = decide(call.get("id"), state, call.get("command"))
+                events, sends, timers, cancel = decide(call.get("id"), state, call.get("command"))
             except (ValueError, KeyError, TypeError) as why:
                 self.answer(200, {"rejected": str(why)})
                 return
             for e in events:
                 state = apply(state, e)
-            self.answer(200, {"events": events, "state": state, "send": sends,
-                              "reply": {"balance": state["balance"]}})
+            answer = {"events": events, "state": state, "send": sends,
+                      "reply": {"balance": state["balance"]}}
+            if timers or cancel:
+                answer.update(timers=timers, cancel=cancel)
+            self.answer(200, answer)
         elif self.path == "/v1/apply":
             for e in call.get("events", []):
                 state = apply(state, e)

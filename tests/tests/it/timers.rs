@@ -118,6 +118,55 @@ async fn an_app_kind_sets_sees_and_cancels_its_timers_and_bad_ones_are_malformed
     );
 }
 
+/// The bank example's holds: a hold not captured in time is released by its timer, exactly once; a
+/// captured one cancels its timer and is never released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_hold_not_captured_in_time_is_released_once_and_a_captured_one_never() {
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let bank = App::start("examples/bank/app.py").await;
+    let prefix = "holds";
+    let (_node, api) = crate::app_protocol::node(&nats, prefix, &bank.url()).await;
+    let account = |c: Value, id: &str| cmd("account", "alice", c, id);
+    ok_of(&ask(&nc, prefix, &account(json!({"deposit": 100}), "d1")).await);
+    let hold = |h: &str, n: i64, ttl: &str| json!({"hold": {"id": h, "amount": n, "ttl": ttl}});
+    let r = ask(&nc, prefix, &account(hold("h1", 60, "300ms"), "h1")).await;
+    assert_eq!(ok_of(&r).state, json!({"balance": 40, "holds": {"h1": 60}}));
+    let r = ask(&nc, prefix, &account(hold("h2", 30, "1h"), "h2")).await;
+    assert_eq!(ok_of(&r).timers.len(), 2);
+    // Captured before its time: its timer goes with it.
+    let r = ask(&nc, prefix, &account(json!({"capture": "h2"}), "c2")).await;
+    let ok = ok_of(&r);
+    assert_eq!(ok.state, json!({"balance": 10, "holds": {"h1": 60}}));
+    assert_eq!(
+        ok.timers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["hold-h1"]
+    );
+    // Not captured: released by its timer.
+    let read = Request::new(ActorRef::new("account", "alice"), Op::Read, None);
+    wait_for("the hold released", T, || async {
+        ok_of(&ask(&nc, prefix, &read).await).state == json!({"balance": 70})
+    })
+    .await;
+    let r = ask(&nc, prefix, &read).await;
+    let ok = ok_of(&r);
+    assert!(ok.timers.is_empty(), "{:?}", ok.timers);
+    // deposit, two holds, a capture, one release: five records, none twice.
+    assert_eq!(ok.version, 5);
+    let (status, body) = http(api, "GET", "/v1/actors/account/alice/timers", &[], b"").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).expect("json"),
+        json!({"timers": []})
+    );
+    // A capture after the release is refused: the money is back in the balance.
+    let r = ask(&nc, prefix, &account(json!({"capture": "h1"}), "c1")).await;
+    match &r.outcome {
+        Outcome::Error(e) => assert_eq!(e.code, ErrorCode::Rejected, "{e:?}"),
+        Outcome::Ok(ok) => panic!("a released hold was captured: {ok:?}"),
+    }
+}
+
 /// A node process with its HTTP port, restartable under the same name.
 struct Pod {
     name: &'static str,
