@@ -139,7 +139,10 @@ async fn a_bank_hold_not_captured_in_time_is_released_once_and_a_captured_one_ne
     let ok = ok_of(&r);
     assert_eq!(ok.state, json!({"balance": 10, "holds": {"h1": 60}}));
     assert_eq!(
-        ok.timers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ok.timers
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
         ["hold-h1"]
     );
     // Not captured: released by its timer.
