@@ -238,8 +238,9 @@ where
 }
 
 /// Resumes the pending work of every shard this node starts serving (by a plan, a move, a
-/// restart): the actors its pending-work markers name are loaded, which hands their sends to
-/// [`run`]. Checks every [`RESUME_EVERY`]; a shard it could not read is tried again.
+/// restart), or whose worker stopped while it stays served: the actors its pending-work markers
+/// name are loaded, which hands their sends to [`run`] and puts their timers in the shard's index.
+/// Checks every [`RESUME_EVERY`]; a shard it could not read is tried again.
 pub async fn resume_pending(shared: Arc<Shared>) {
     let mut resumed: HashSet<u32> = HashSet::new();
     let mut tick = tokio::time::interval(RESUME_EVERY);
@@ -250,10 +251,13 @@ pub async fn resume_pending(shared: Arc<Shared>) {
             return;
         }
         let fresh: HashSet<u32> = {
-            let st = shared.state();
+            let mut st = shared.state();
             let shards = st.own.plan().map_or(0, |p| p.shards);
             let served: HashSet<u32> = (0..shards).filter(|&s| st.own.serves(s)).collect();
-            resumed.retain(|s| served.contains(s));
+            // A shard whose worker stopped lost what its worker held (timer index, sends in
+            // flight): resumed again if it is still served.
+            let stopped = st.take_stopped();
+            resumed.retain(|s| served.contains(s) && !stopped.contains(s));
             served.difference(&resumed).copied().collect()
         };
         if fresh.is_empty() {

@@ -16,7 +16,7 @@ use aether_core::plan::Move;
 use aether_core::protocol::{Names, NodeEvent, NodeEventKind, Progress, VERSION, encode};
 use aether_core::types::MovePhase;
 use async_nats::jetstream;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
@@ -30,6 +30,9 @@ pub struct State {
     /// The pure ownership state.
     pub own: Ownership,
     workers: HashMap<u32, ShardHandle>,
+    /// Shards whose worker stopped (or died) since the pending work was last resumed: their
+    /// actors with pending work (sends, timers) are loaded again if the shard is still served.
+    stopped: HashSet<u32>,
 }
 
 impl State {
@@ -47,6 +50,11 @@ impl State {
         self.workers.keys().copied().collect()
     }
 
+    /// The shards whose workers stopped since the last call (see `stopped`).
+    pub fn take_stopped(&mut self) -> HashSet<u32> {
+        std::mem::take(&mut self.stopped)
+    }
+
     /// The worker of `shard`, if it runs.
     #[must_use]
     pub fn running(&self, shard: u32) -> Option<&ShardHandle> {
@@ -62,6 +70,7 @@ impl State {
             .is_some_and(|h| h.tx.same_channel(&dead.tx));
         if same {
             self.workers.remove(&shard);
+            self.stopped.insert(shard);
         }
         same
     }
@@ -69,6 +78,7 @@ impl State {
     /// Stops the worker of `shard`; the requests it still held come back on the receiver.
     pub fn stop(&mut self, shard: u32) -> Option<oneshot::Receiver<Vec<Pending>>> {
         let h = self.workers.remove(&shard)?;
+        self.stopped.insert(shard);
         let (tx, rx) = oneshot::channel();
         h.tx.send(Cmd::Stop(tx)).ok()?;
         Some(rx)
@@ -167,6 +177,7 @@ impl Shared {
             state: Mutex::new(State {
                 own: Ownership::new(cfg.pod_name.clone()),
                 workers: HashMap::new(),
+                stopped: HashSet::new(),
             }),
             migrations: Mutex::new(Arc::new(Semaphore::new(4))),
             deliveries: Mutex::new(Some(deliveries)),

@@ -112,12 +112,19 @@ async fn demo(stack: &Stack) -> Result<(), String> {
     let nc = stack.connect_as(aether_tests::auth::Role::Client).await;
     let app = Client::new(nc, "actors");
     step(&format!(
-        "the example app (Python, a container of every pod): {ACCOUNTS} bank accounts opened with {} each, then random transfers between them",
+        "the example app (Python, a container of every pod): {ACCOUNTS} bank accounts opened with {} each, then random transfers between them and holds (half captured, half released by their timers)",
         bank::OPENING
     ));
     bank::open(&app, ACCOUNTS, Duration::from_secs(60)).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let money = bank::transfers(
+        app.clone(),
+        ACCOUNTS,
+        stop.clone(),
+        0,
+        Duration::from_secs(60),
+    );
+    let holding = bank::holds(
         app.clone(),
         ACCOUNTS,
         stop.clone(),
@@ -177,15 +184,20 @@ async fn demo(stack: &Stack) -> Result<(), String> {
         report.errors,
         report.acked.len()
     );
-    step("checking every bank account against the acknowledged transfers");
+    step("checking every bank account against the acknowledged transfers and holds");
     let transfers = money.await.map_err(|e| e.to_string())??;
-    let expected = bank::expected(ACCOUNTS, &transfers);
+    let holds = holding.await.map_err(|e| e.to_string())??;
+    let expected = bank::expected_with(ACCOUNTS, &transfers, &holds);
     bank::settle(&app, &expected, Duration::from_secs(60)).await?;
+    let captured: i64 = holds.iter().filter(|h| h.2).map(|h| h.1).sum();
     println!(
-        "{} transfers acknowledged; every account holds what they say; the {} accounts hold {} in all, as opened",
+        "{} transfers and {} holds acknowledged ({} released by their timers); every account holds what they say; the {} accounts hold {} in all: {} opened, {captured} paid out by captured holds",
         transfers.len(),
+        holds.len(),
+        holds.iter().filter(|h| !h.2).count(),
         ACCOUNTS,
-        expected.iter().sum::<i64>()
+        expected.iter().sum::<i64>(),
+        bank::OPENING * ACCOUNTS as i64
     );
     println!("$ kubectl get shardplans,pods");
     let (_, out) = stack.kubectl(&["get", "shardplans,pods"], None);

@@ -1,6 +1,7 @@
 //! The bank workload of the end-to-end test and `make demo`: accounts of the example app
-//! (`examples/bank/app.py`) opened with a deposit, random transfers between them, and the check that
-//! every account holds exactly what the acknowledged operations say.
+//! (`examples/bank/app.py`) opened with a deposit, random transfers between them, holds that are
+//! captured at once or left for their timer to release, and the check that every account holds
+//! exactly what the acknowledged operations say.
 
 use aether_core::protocol::{ActorRef, ErrorCode, Op, Outcome, Request};
 use aether_node::client::Client;
@@ -13,6 +14,10 @@ pub const OPENING: i64 = 100;
 
 /// A transfer the bank acknowledged: (from, to, amount).
 pub type Transfer = (usize, usize, i64);
+
+/// A hold the bank acknowledged: (account, amount, captured). One not captured is released by its
+/// timer (the example's holds live 300 ms to 1.5 s).
+pub type Hold = (usize, i64, bool);
 
 /// The id of account `i`.
 #[must_use]
@@ -94,19 +99,72 @@ pub fn transfers(
     })
 }
 
+/// Random holds (seeded by `lane`) until `stop`: every other one captured at once, the rest left
+/// for their timers to release; the acknowledged ones and how each ended.
+pub fn holds(
+    client: Client,
+    accounts: usize,
+    stop: Arc<AtomicBool>,
+    lane: u64,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Result<Vec<Hold>, String>> {
+    tokio::spawn(async move {
+        let mut done = Vec::new();
+        let mut x = 0x401d_0000 + lane;
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            x = aether_core::hash::mix64(x);
+            let at = (x % accounts as u64) as usize;
+            let amount = 1 + ((x >> 20) % 5) as i64;
+            let ttl = format!("{}ms", 300 + (x >> 40) % 1200);
+            n += 1;
+            let id = format!("hold-{lane}-{n}");
+            let json = serde_json::json!({"hold": {"id": id, "amount": amount, "ttl": ttl}});
+            if !command(&client, at, json, id.clone(), timeout).await? {
+                continue;
+            }
+            // A capture refused means its hold was released first (its timer fired).
+            let captured = n.is_multiple_of(2)
+                && command(
+                    &client,
+                    at,
+                    serde_json::json!({"capture": id}),
+                    format!("capture-{lane}-{n}"),
+                    timeout,
+                )
+                .await?;
+            done.push((at, amount, captured));
+        }
+        Ok(done)
+    })
+}
+
 /// What each account must hold after `transfers`.
 #[must_use]
 pub fn expected(accounts: usize, transfers: &[Transfer]) -> Vec<i64> {
+    expected_with(accounts, transfers, &[])
+}
+
+/// What each account must hold after `transfers` and `holds` (a captured hold's money is paid
+/// out; a hold not captured comes back once its timer fires).
+#[must_use]
+pub fn expected_with(accounts: usize, transfers: &[Transfer], holds: &[Hold]) -> Vec<i64> {
     let mut e = vec![OPENING; accounts];
     for &(from, to, amount) in transfers {
         e[from] -= amount;
         e[to] += amount;
     }
+    for &(at, amount, captured) in holds {
+        if captured {
+            e[at] -= amount;
+        }
+    }
     e
 }
 
-/// Reads every account until each holds what `expected` says (deposits still in a sender's
-/// outbox are sent when the sender is loaded, which a read does), or says which differ.
+/// Reads every account until each holds what `expected` says and has no hold left (deposits still
+/// in a sender's outbox are sent when the sender is loaded, which a read does; holds are released
+/// by their timers without any read), or says which differ.
 pub async fn settle(client: &Client, expected: &[i64], timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -117,6 +175,8 @@ pub async fn settle(client: &Client, expected: &[i64], timeout: Duration) -> Res
                 .await
                 .map_err(|e| format!("read {}: {e}", account(i)))?;
             let have = match r.outcome {
+                // An account with a hold still open holds less than its due: not settled yet.
+                Outcome::Ok(ok) if ok.state.get("holds").is_some() => i64::MIN,
                 Outcome::Ok(ok) => ok.state["balance"].as_i64().unwrap_or(i64::MIN),
                 Outcome::Error(e) => return Err(format!("read {}: {e:?}", account(i))),
             };

@@ -2,7 +2,9 @@
 //! appends, retries and reads on `list` actors recorded as a [`History`], and a seeded random schedule
 //! of faults: nodes SIGKILLed or SIGSTOPped (also while they are sources of moves), nats-servers killed,
 //! plans changed while moves run, members flapping. The same seed gives the same schedule; the
-//! history is checked for linearizability per actor at the end ([`crate::history::check`]).
+//! history is checked for linearizability per actor at the end ([`crate::history::check`]). Beside
+//! them, `counter` actors carry a periodic timer through the whole run, checked from their logs at
+//! the end (`chaos/timers.rs`).
 //!
 //! Plans are made the way the operator makes them (the core planner, the moves not reported done kept
 //! from their actual owners, then the KV bucket); after every fault, once no move is in flight, the
@@ -49,6 +51,8 @@ pub struct Config {
     pub limit: Duration,
     /// The kinds of fault drawn from.
     pub kinds: &'static [Fault],
+    /// `counter` actors with a periodic timer through the run.
+    pub timer_actors: usize,
 }
 
 impl Config {
@@ -66,6 +70,7 @@ impl Config {
             cluster,
             limit: Duration::from_secs(240),
             kinds: &Fault::ALL,
+            timer_actors: 8,
         }
     }
 
@@ -83,6 +88,7 @@ impl Config {
             cluster,
             limit: Duration::from_secs(1200),
             kinds: &Fault::ALL,
+            timer_actors: 32,
         }
     }
 }
@@ -345,6 +351,9 @@ pub async fn run(cfg: Config) -> Report {
     converge(&client, &actors, Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("the first plan never served: {e}"));
+    let timed = timers::start(&client, cfg.timer_actors)
+        .await
+        .unwrap_or_else(|e| panic!("timers not set: {e}"));
 
     let history = Arc::new(History::new());
     let stop = Arc::new(AtomicBool::new(false));
@@ -370,6 +379,7 @@ pub async fn run(cfg: Config) -> Report {
         converge_ms: Vec::new(),
         not_converged: Vec::new(),
         verdict: Verdict::default(),
+        timers: TimerVerdict::default(),
         plans: 0,
         elapsed: Duration::ZERO,
     };
@@ -419,6 +429,7 @@ pub async fn run(cfg: Config) -> Report {
         read(&client, a, &history).await;
     }
     report.verdict = history::check(&history.ops());
+    report.timers = timers::finish(&client, &js, &prefix, cfg.shards, &timed).await;
     report.plans = planner.published + 1;
     report.elapsed = started.elapsed();
     for p in &mut pods {
@@ -677,4 +688,6 @@ async fn worker(
 }
 
 mod report;
+mod timers;
 pub use report::{Report, markdown};
+pub use timers::TimerVerdict;

@@ -16,6 +16,7 @@ pub mod k8s;
 pub mod kubelet;
 pub mod measure;
 pub mod stack;
+pub mod timers;
 
 /// A free TCP port on loopback for a server a test starts (bound and released).
 ///

@@ -17,6 +17,8 @@ pub struct Report {
     pub not_converged: Vec<String>,
     /// The checker's verdict.
     pub verdict: Verdict,
+    /// The timers' verdict.
+    pub timers: super::TimerVerdict,
     /// Plans published.
     pub plans: u64,
     /// The run's length.
@@ -27,7 +29,9 @@ impl Report {
     /// Nothing lost, duplicated or stale, and every fault healed.
     #[must_use]
     pub fn passed(&self) -> bool {
-        self.verdict.linearizable() && self.not_converged.is_empty()
+        self.verdict.linearizable()
+            && self.not_converged.is_empty()
+            && self.timers.violations.is_empty()
     }
 
     /// Percentile of the convergence times.
@@ -54,7 +58,9 @@ pub fn markdown(reports: &[Report], command: &str) -> String {
         "Written by `{command}`: the chaos runner (`tests/src/chaos.rs`) against real processes on loopback; \
          the history checker (`tests/src/history.rs`) checks each `list` actor's history for \
          linearizability (every read sees every append acknowledged before it began and nothing never \
-         invoked, no append applied twice, no acknowledged append lost, versions without gaps).\n"
+         invoked, no append applied twice, no acknowledged append lost, versions without gaps); \
+         `counter` actors with a periodic timer through the whole run have their logs checked \
+         (`tests/src/timers.rs`: every firing once, never early, on its grid, none after its cancel).\n"
     );
     for r in reports {
         let v = &r.verdict;
@@ -86,6 +92,16 @@ pub fn markdown(reports: &[Report], command: &str) -> String {
         let _ = writeln!(s, "| phantom reads | {} |", v.phantoms);
         let _ = writeln!(s, "| version gaps | {} |", v.version_gaps);
         let _ = writeln!(s, "| misordered appends | {} |", v.misordered);
+        let _ = writeln!(
+            s,
+            "| timers: actors with a periodic timer, firings checked | {}, {} |",
+            r.timers.actors, r.timers.firings
+        );
+        let _ = writeln!(
+            s,
+            "| timer firings applied twice, early, off their grid or after their cancel | {} |",
+            r.timers.violations.len()
+        );
         let _ = writeln!(
             s,
             "| time to converge after a fault, p50 / max | {} ms / {} ms |",

@@ -1,5 +1,6 @@
 //! A short, fixed-seed slice of the chaos suite (`make chaos` runs the long one): a random schedule of
-//! node, NATS and plan faults under a workload, its history checked for linearizability per actor.
+//! node, NATS and plan faults under a workload, its history checked for linearizability per actor,
+//! and periodic timers through it checked from their logs.
 
 use aether_tests::chaos::{Config, run};
 
@@ -21,12 +22,13 @@ async fn check(cfg: Config) {
     }
     let total: usize = report.faults.values().sum();
     eprintln!(
-        "seed {seed}: {total} faults, {} ops, {} acknowledged, errors {:?}, converge p50 {} ms max {} ms",
+        "seed {seed}: {total} faults, {} ops, {} acknowledged, errors {:?}, converge p50 {} ms max {} ms, {} timer firings checked",
         report.verdict.ops,
         report.verdict.acknowledged,
         report.verdict.errors,
         report.converge_percentile(0.5),
-        report.converge_percentile(1.0)
+        report.converge_percentile(1.0),
+        report.timers.firings
     );
     assert!(
         report.verdict.linearizable(),
@@ -47,6 +49,16 @@ async fn check(cfg: Config) {
         "seed {seed}: enough operations"
     );
     assert!(report.verdict.acknowledged > 0);
+    assert!(
+        report.timers.violations.is_empty(),
+        "seed {seed}: timers broke a promise: {:#?}",
+        report.timers.violations
+    );
+    assert!(
+        report.timers.firings >= report.timers.actors,
+        "seed {seed}: the timers fired through the run: {:?}",
+        report.timers
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
