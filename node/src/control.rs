@@ -22,6 +22,7 @@ pub const LEAVERS_WAIT: Duration = Duration::from_secs(6);
 impl Shared {
     /// Takes a new plan: ignored unless its epoch is higher; then local shards follow it.
     pub fn on_plan(self: &Arc<Self>, plan: PlanMessage) {
+        let _span = tracing::debug_span!("plan", epoch = plan.epoch).entered();
         let (fx, stopped, timeout, awaiting) = {
             let mut st = self.state();
             let held = st.own.epoch();
@@ -87,6 +88,7 @@ impl Shared {
 
     /// `pod` says it holds plan `epoch`; when that settles the plan, its deferred moves start.
     pub fn on_held(self: &Arc<Self>, pod: &str, epoch: u64) {
+        let _span = tracing::debug_span!("held", pod, epoch).entered();
         let settled = self.state().own.on_held(pod, epoch);
         self.start_settled(settled);
     }
@@ -108,6 +110,9 @@ impl Shared {
             self.metrics().malformed(Malformed::Progress);
             return;
         };
+        let _span =
+            tracing::debug_span!("progress", epoch = p.epoch, shard = p.shard, node = %p.node)
+                .entered();
         let stopped = {
             let mut st = self.state();
             st.own

@@ -384,13 +384,27 @@ impl Shared {
     /// decoded in its own task, then its actors are staged, packed, in the shard's worker
     /// (installed, not served) before its ack; the commit makes the shard served here.
     pub async fn on_transfer(self: &Arc<Self>, bytes: &[u8]) -> TransferAck {
-        let mut chunk = match decode_transfer(bytes) {
+        let chunk = match decode_transfer(bytes) {
             Ok(c) => c,
             Err(e) => {
                 self.metrics().malformed(Malformed::Transfer);
                 return ack(0, 0, 0, Some(ErrorReply::from_decode(&e)));
             }
         };
+        // The destination's side of the source's "move" span: one move reads as one story.
+        let span = tracing::info_span!(
+            "receive",
+            epoch = chunk.epoch,
+            shard = chunk.shard,
+            from = %chunk.from,
+            to = %self.me,
+            chunk = chunk.chunk
+        );
+        self.receive(chunk).instrument(span).await
+    }
+
+    /// A decoded chunk: checked, staged, acknowledged (see [`Shared::on_transfer`]).
+    async fn receive(self: &Arc<Self>, mut chunk: Transfer) -> TransferAck {
         let (epoch, shard, n) = (chunk.epoch, chunk.shard, chunk.chunk);
         if let Err(e) = self.state().own.check_chunk(&chunk) {
             // Refused before staging (a retry after the plan arrives stages it once).
