@@ -47,6 +47,9 @@ pub struct Context {
     /// Reconciles asked for by NATS news (a node leaving), outside the Kubernetes watches.
     wake: mpsc::UnboundedSender<()>,
     woken: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
+    /// The controller's cache of every ShardPlan, once it runs: the prefix check reads it rather
+    /// than listing every ShardPlan on each reconcile.
+    plans: std::sync::OnceLock<kube::runtime::reflector::Store<ShardPlan>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -73,6 +76,7 @@ impl Context {
             leaving: Arc::new(Mutex::new(HashMap::new())),
             wake,
             woken: Mutex::new(Some(woken)),
+            plans: std::sync::OnceLock::new(),
         })
     }
 
@@ -272,10 +276,26 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
         "{ns}/{name}/{}",
         sp.metadata.uid.clone().unwrap_or_default()
     );
-    let prefix_taken_by = Api::<ShardPlan>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items
+    // The cache only once it holds the whole initial list (a reconcile may run before): else a
+    // ShardPlan created earlier with the same prefix could be missed.
+    let cached = match ctx.plans.get() {
+        Some(store) => {
+            let ready = tokio::time::timeout(Duration::from_secs(5), store.wait_until_ready());
+            matches!(ready.await, Ok(Ok(()))).then(|| store.state())
+        }
+        None => None,
+    };
+    let all: Vec<Arc<ShardPlan>> = match cached {
+        Some(all) => all,
+        None => Api::<ShardPlan>::all(ctx.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+    };
+    let prefix_taken_by = all
         .into_iter()
         .filter(|other| {
             other.spec.nats.url == sp.spec.nats.url
@@ -521,6 +541,7 @@ pub async fn run(
     let plans = Api::<ShardPlan>::all(client.clone());
     let controller = Controller::new(plans, watcher::Config::default());
     let store = controller.store();
+    let _ = ctx.plans.set(store.clone());
     let woken = ctx.woken.lock().ok().and_then(|mut w| w.take());
     let controller = match woken {
         // Every ShardPlan is reconciled (they are few); the one of the leaving pod plans it out.
