@@ -145,3 +145,50 @@ fn documented_app_protocol_examples_match_the_code() {
     let outcome = serde_json::json!({"v": 1, "ok": reply["$reply"]["outcome"]["ok"]});
     assert!(serde_json::from_value::<aether_core::protocol::Reply>(outcome).is_ok());
 }
+
+/// The Timers section's examples: the decide answer that sets and cancels timers is what the code
+/// reads, and the firing's decide call (its `$timer` command and command id) what it writes.
+#[test]
+fn documented_timer_examples_match_the_code() {
+    use aether_core::protocol::ActorRef;
+    use aether_core::protocol::app::{DecideAnswer, Decision};
+    use aether_core::timers::{self, Timer, firing_command, time_ms, timer_id};
+    use serde_json::Value;
+    let doc = include_str!("../../docs/PROTOCOL.md");
+    let line = |prefix: &str| -> Value {
+        let l = doc
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("docs/PROTOCOL.md has no line starting {prefix}"));
+        serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))
+    };
+    let answer: DecideAnswer =
+        serde_json::from_value(line("{\"events\":[{\"reserved\"")).expect("answer");
+    let Ok(Decision::Accept { timers, cancel, .. }) = answer.check() else {
+        panic!("the example is accepted");
+    };
+    let (specs, cancel) = timers::parse(timers, cancel).expect("valid timers");
+    let now = time_ms(&Value::from("2026-12-05T00:00:00Z")).expect("a time");
+    let (set, cancel) = timers::changes(&[], None, &specs, cancel, now).expect("within the limits");
+    assert_eq!(cancel, ["reminder"]);
+    assert_eq!((set[0].due, set[0].every), (now + 900_000, None));
+    assert_eq!(set[1].every, Some(86_400_000));
+    assert_eq!(set[1].catch_up, 3);
+
+    let call = line("{\"kind\":\"order\"");
+    let fired = &call["command"]["$timer"];
+    let due = fired["due"].as_u64().expect("due");
+    let timer = Timer {
+        name: "expire".into(),
+        due,
+        every: None,
+        command: fired["command"].clone(),
+        catch_up: 0,
+    };
+    let firing = timer.fire(due).expect("due");
+    assert_eq!(call["command"], firing_command(&timer, &firing));
+    assert_eq!(
+        call["commandId"],
+        timer_id(&ActorRef::new("order", "o-17"), "expire", due)
+    );
+}
