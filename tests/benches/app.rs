@@ -11,7 +11,7 @@ use aether_node::metrics::Metrics;
 use aether_node::node::Health;
 use aether_tests::app::App;
 use aether_tests::cluster::{TestNode, next_plan, node_config, publish};
-use aether_tests::measure::{Figure, drive, middle, ops};
+use aether_tests::measure::{Figure, drive, middle, ops, run_bench};
 use aether_tests::{NatsServer, wait_for};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -47,14 +47,7 @@ impl Behaviour for RustAccount {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let report = rt.block_on(run());
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/app-bench.json");
-    std::fs::write(path, serde_json::to_vec_pretty(&report).expect("json")).expect("write report");
-    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    run_bench("app", run(), None);
 }
 
 async fn run() -> Value {

@@ -8,7 +8,7 @@ use aether_core::plan::Plan;
 use aether_core::protocol::{ActorRef, Names, Op, Outcome, Progress, Request, decode, encode};
 use aether_node::client::Client;
 use aether_tests::cluster::{TestNode, move_one_shard, next_plan, publish};
-use aether_tests::measure::{Figure, figure, median, middle, ops};
+use aether_tests::measure::{Figure, figure, median, middle, ops, run_bench};
 use aether_tests::{NatsServer, wait_for};
 use futures::StreamExt;
 use serde_json::json;
@@ -85,14 +85,7 @@ async fn move_shard(
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let report = rt.block_on(run());
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/nats-bench.json");
-    std::fs::write(path, serde_json::to_vec_pretty(&report).expect("json")).expect("write report");
-    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    run_bench("nats", run(), None);
 }
 
 async fn run() -> serde_json::Value {

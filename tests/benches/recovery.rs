@@ -14,7 +14,7 @@ use aether_core::protocol::{ActorRef, Names, Op, Outcome, Request};
 use aether_node::client::Client;
 use aether_tests::app::App;
 use aether_tests::cluster::{next_plan, node_process, publish};
-use aether_tests::measure::{Figure, drive, with_section};
+use aether_tests::measure::{Figure, drive, run_bench};
 use aether_tests::{NatsServer, free_port, http_get, wait_for};
 use futures::StreamExt;
 use serde_json::json;
@@ -26,26 +26,12 @@ const IN_FLIGHT: usize = 256;
 const T: Duration = Duration::from_secs(300);
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let report = rt.block_on(async {
+    let run = async {
         let loads = cold_loads().await;
         let sends = pending_sends().await;
         json!({ "cold_loads": loads, "pending_sends": sends })
-    });
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    std::fs::write(
-        format!("{root}/target/recovery-bench.json"),
-        serde_json::to_vec_pretty(&report).expect("json"),
-    )
-    .expect("write report");
-    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
-    let path = format!("{root}/BENCHMARKS.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
-    std::fs::write(&path, with_section(&old, "recovery", &section(&report)))
-        .expect("write BENCHMARKS.md");
+    };
+    run_bench("recovery", run, Some(section));
 }
 
 async fn ready(port: u16) -> bool {

@@ -16,7 +16,7 @@ use aether_core::timers::epoch_ms;
 use aether_node::client::Client;
 use aether_node::store::{EventStore, Record};
 use aether_tests::cluster::{next_plan, node_process, publish};
-use aether_tests::measure::{Figure, drive, figure, with_section};
+use aether_tests::measure::{Figure, drive, figure, run_bench};
 use aether_tests::{NatsServer, free_port, http_get, wait_for};
 use serde_json::json;
 use std::sync::Arc;
@@ -31,22 +31,7 @@ const T: Duration = Duration::from_secs(300);
 const PREFIX: &str = "tbench";
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let report = rt.block_on(run());
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    std::fs::write(
-        format!("{root}/target/timers-bench.json"),
-        serde_json::to_vec_pretty(&report).expect("json"),
-    )
-    .expect("write report");
-    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
-    let path = format!("{root}/BENCHMARKS.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
-    std::fs::write(&path, with_section(&old, "timers", &section(&report)))
-        .expect("write BENCHMARKS.md");
+    run_bench("timers", run(), Some(section));
 }
 
 fn now_ms() -> u64 {

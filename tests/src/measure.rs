@@ -169,6 +169,34 @@ pub fn with_section(doc: &str, name: &str, section: &str) -> String {
     }
 }
 
+/// Runs a benchmark's `run` on a multi-threaded runtime; writes its report to
+/// `target/{name}-bench.json` and standard output, and, with `section`, the report's section of
+/// BENCHMARKS.md (between the markers `name`, see [`with_section`]).
+pub fn run_bench<F: std::future::Future<Output = serde_json::Value>>(
+    name: &str,
+    run: F,
+    section: Option<fn(&serde_json::Value) -> String>,
+) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let report = rt.block_on(run);
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    std::fs::write(
+        format!("{root}/target/{name}-bench.json"),
+        serde_json::to_vec_pretty(&report).expect("json"),
+    )
+    .expect("write report");
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    if let Some(section) = section {
+        let path = format!("{root}/BENCHMARKS.md");
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        std::fs::write(&path, with_section(&old, name, &section(&report)))
+            .expect("write BENCHMARKS.md");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
