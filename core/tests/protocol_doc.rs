@@ -95,15 +95,7 @@ fn documented_app_protocol_examples_match_the_code() {
     use aether_core::protocol::app::{
         ApplyAnswer, ApplyCall, DecideAnswer, DecideCall, Decision, KindsAnswer, send_id,
     };
-    use serde_json::Value;
-    let doc = include_str!("../../docs/PROTOCOL.md");
-    let line = |prefix: &str| -> Value {
-        let l = doc
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_else(|| panic!("docs/PROTOCOL.md has no line starting {prefix}"));
-        serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))
-    };
+    let line = doc_line;
     let kinds: KindsAnswer = serde_json::from_value(line("{\"kinds\":")).expect("kinds");
     assert_eq!(kinds.check().expect("valid")[0].snapshot_every, Some(8));
 
@@ -154,14 +146,7 @@ fn documented_timer_examples_match_the_code() {
     use aether_core::protocol::app::{DecideAnswer, Decision};
     use aether_core::timers::{self, Timer, firing_command, time_ms, timer_id};
     use serde_json::Value;
-    let doc = include_str!("../../docs/PROTOCOL.md");
-    let line = |prefix: &str| -> Value {
-        let l = doc
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_else(|| panic!("docs/PROTOCOL.md has no line starting {prefix}"));
-        serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))
-    };
+    let line = doc_line;
     let answer: DecideAnswer =
         serde_json::from_value(line("{\"events\":[{\"reserved\"")).expect("answer");
     let Ok(Decision::Accept { timers, cancel, .. }) = answer.check() else {
@@ -191,4 +176,14 @@ fn documented_timer_examples_match_the_code() {
         call["commandId"],
         timer_id(&ActorRef::new("order", "o-17"), "expire", due)
     );
+}
+
+/// The JSON of the first line of docs/PROTOCOL.md that starts with `prefix`.
+fn doc_line(prefix: &str) -> serde_json::Value {
+    let doc = include_str!("../../docs/PROTOCOL.md");
+    let l = doc
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("docs/PROTOCOL.md has no line starting {prefix}"));
+    serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))
 }

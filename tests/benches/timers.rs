@@ -15,7 +15,7 @@ use aether_core::protocol::{ActorRef, Names, Op, Outcome, Request};
 use aether_core::timers::epoch_ms;
 use aether_node::client::Client;
 use aether_node::store::{EventStore, Record};
-use aether_tests::cluster::{next_plan, node_process, publish};
+use aether_tests::cluster::{metric, next_plan, node_process, publish};
 use aether_tests::measure::{Figure, drive, figure, run_bench};
 use aether_tests::{NatsServer, free_port, http_get, wait_for};
 use serde_json::json;
@@ -39,12 +39,9 @@ fn now_ms() -> u64 {
 }
 
 async fn firings(port: u16) -> u64 {
-    let Some((_, text)) = http_get(port, "/metrics").await else {
-        return 0;
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix("aether_node_timer_firings_total "))
-        .and_then(|v| v.trim().parse().ok())
+    metric(port, "aether_node_timer_firings_total")
+        .await
+        .and_then(|n| u64::try_from(n).ok())
         .unwrap_or(0)
 }
 

@@ -210,6 +210,87 @@ pub fn node_process(
     )
 }
 
+/// A node as an OS process with its HTTP port, started again under the same name and port.
+#[derive(Debug)]
+pub struct NodeProcess {
+    /// The pod name.
+    pub name: &'static str,
+    /// Its `/healthz`, `/readyz` and `/metrics` port.
+    pub port: u16,
+    extra: &'static [&'static str],
+    process: Option<Process>,
+}
+
+impl NodeProcess {
+    /// Starts `name` of `prefix` on the NATS at `url`.
+    #[must_use]
+    pub fn start(url: &str, prefix: &str, name: &'static str) -> Self {
+        Self::start_with(url, prefix, name, &[])
+    }
+
+    /// Starts `name` with `extra` flags (kept for its restarts).
+    #[must_use]
+    pub fn start_with(
+        url: &str,
+        prefix: &str,
+        name: &'static str,
+        extra: &'static [&'static str],
+    ) -> Self {
+        let mut p = Self {
+            name,
+            port: crate::free_port(),
+            extra,
+            process: None,
+        };
+        p.restart(url, prefix);
+        p
+    }
+
+    /// Starts the process again (after [`NodeProcess::kill`]).
+    pub fn restart(&mut self, url: &str, prefix: &str) {
+        let bin = crate::workspace_binary("aether-node");
+        self.process = Some(spawn_process_with(
+            &bin, url, prefix, self.name, self.port, self.extra,
+        ));
+    }
+
+    /// SIGKILLs the process.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn ready(&self, timeout: Duration) {
+        crate::wait_for(&format!("{} ready", self.name), timeout, || async {
+            matches!(crate::http_get(self.port, "/readyz").await, Some((200, _)))
+        })
+        .await;
+    }
+
+    /// A metric's value on `/metrics` (a counter or gauge without labels).
+    pub async fn metric(&self, name: &str) -> Option<i64> {
+        metric(self.port, name).await
+    }
+
+    /// The plan epoch the node serves settled (`aether_node_plan_settled_epoch`), 0 before one.
+    pub async fn settled_epoch(&self) -> u64 {
+        self.metric("aether_node_plan_settled_epoch")
+            .await
+            .and_then(|e| u64::try_from(e).ok())
+            .unwrap_or(0)
+    }
+}
+
+/// The value of metric `name` (without labels) on the `/metrics` of the node at `port`.
+pub async fn metric(port: u16, name: &str) -> Option<i64> {
+    let (_, text) = crate::http_get(port, "/metrics").await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The next plan for `members` (active pod names), as the operator computes it.
 #[must_use]
 pub fn next_plan(previous: Option<&Plan>, members: &[&str], shards: u32, capacity: u32) -> Plan {

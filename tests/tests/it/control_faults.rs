@@ -10,75 +10,13 @@ use aether_core::protocol::{
     TransferAck, VERSION, decode, encode,
 };
 use aether_core::types::MovePhase;
-use aether_tests::cluster::{
-    ask, move_one_shard, next_plan, progress_log, publish, spawn_process_with,
-};
-use aether_tests::{NatsServer, Process, free_port, http_get, wait_for, workspace_binary};
+use aether_tests::cluster::{NodeProcess, ask, move_one_shard, next_plan, progress_log, publish};
+use aether_tests::{NatsServer, wait_for};
 use futures::StreamExt;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 const SHARDS: u32 = 16;
-
-/// A node process and its HTTP port, started again under the same name and port.
-struct Proc {
-    name: &'static str,
-    port: u16,
-    extra: &'static [&'static str],
-    process: Option<Process>,
-}
-
-impl Proc {
-    fn start(url: &str, prefix: &str, name: &'static str) -> Self {
-        Self::start_with(url, prefix, name, &[])
-    }
-
-    fn start_with(
-        url: &str,
-        prefix: &str,
-        name: &'static str,
-        extra: &'static [&'static str],
-    ) -> Self {
-        let mut p = Self {
-            name,
-            port: free_port(),
-            extra,
-            process: None,
-        };
-        p.restart(url, prefix);
-        p
-    }
-
-    fn restart(&mut self, url: &str, prefix: &str) {
-        let bin = workspace_binary("aether-node");
-        self.process = Some(spawn_process_with(
-            &bin, url, prefix, self.name, self.port, self.extra,
-        ));
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.kill();
-        }
-    }
-
-    async fn ready(&self) {
-        wait_for(&format!("{} ready", self.name), T, || async {
-            matches!(http_get(self.port, "/readyz").await, Some((200, _)))
-        })
-        .await;
-    }
-
-    async fn settled(&self) -> u64 {
-        let Some((_, text)) = http_get(self.port, "/metrics").await else {
-            return 0;
-        };
-        text.lines()
-            .find_map(|l| l.strip_prefix("aether_node_plan_settled_epoch "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
 
 fn add(id: &str, n: i64, cmd: &str) -> Request {
     Request::new(
@@ -177,10 +115,10 @@ async fn a_node_restarted_after_a_commit_serves_the_shard_it_received() {
     let nc = nats.connect().await;
     let prefix = "restart";
     let log = progress_log(&nc, prefix).await;
-    let mut a = Proc::start(&nats.url(), prefix, "app-0");
-    let mut b = Proc::start(&nats.url(), prefix, "app-1");
-    a.ready().await;
-    b.ready().await;
+    let mut a = NodeProcess::start(&nats.url(), prefix, "app-0");
+    let mut b = NodeProcess::start(&nats.url(), prefix, "app-1");
+    a.ready(T).await;
+    b.ready(T).await;
     let p1 = next_plan(None, &["app-0", "app-1"], SHARDS, 4);
     publish(&nc, prefix, &p1, 30).await;
     let shard = (0..SHARDS)
@@ -188,7 +126,7 @@ async fn a_node_restarted_after_a_commit_serves_the_shard_it_received() {
         .expect("app-0 owns a shard");
     let id = actor_in(shard);
     wait_for("the first plan served", T, || async {
-        a.settled().await == p1.epoch && b.settled().await == p1.epoch
+        a.settled_epoch().await == p1.epoch && b.settled_epoch().await == p1.epoch
     })
     .await;
     assert_eq!(ok(&ask(&nc, prefix, &add(&id, 5, "c1")).await).0, 5);
@@ -214,9 +152,9 @@ async fn a_node_restarted_after_a_commit_serves_the_shard_it_received() {
     for restarted in [&mut b, &mut a] {
         restarted.kill();
         restarted.restart(&nats.url(), prefix);
-        restarted.ready().await;
+        restarted.ready(T).await;
         wait_for("the plan held again", T, || async {
-            restarted.settled().await == p2.epoch
+            restarted.settled_epoch().await == p2.epoch
         })
         .await;
         for via in ["app-0", "app-1"] {
@@ -350,12 +288,12 @@ async fn compaction_keeps_the_last_snapshot_and_a_gap_in_the_log_is_an_error() {
     let nc = nats.connect().await;
     let prefix = "compact";
     let names = Names::new(prefix);
-    let mut node = Proc::start_with(&nats.url(), prefix, "app-0", &["--compact-events"]);
-    node.ready().await;
+    let mut node = NodeProcess::start_with(&nats.url(), prefix, "app-0", &["--compact-events"]);
+    node.ready(T).await;
     let p1 = next_plan(None, &["app-0"], SHARDS, 4);
     publish(&nc, prefix, &p1, 30).await;
     wait_for("the plan held", T, || async {
-        node.settled().await == p1.epoch
+        node.settled_epoch().await == p1.epoch
     })
     .await;
     // 70 records: snapshots in records 32 and 64; the log keeps 64..=70.
@@ -393,7 +331,7 @@ async fn compaction_keeps_the_last_snapshot_and_a_gap_in_the_log_is_an_error() {
     // Reloaded from the log by a restarted node: the compacted actor is whole, the gap is an error.
     node.kill();
     node.restart(&nats.url(), prefix);
-    node.ready().await;
+    node.ready(T).await;
     let (value, version, _) = ok(&ask(&nc, prefix, &read("kept")).await);
     assert_eq!((value, version), (70, 70), "rebuilt from its last snapshot");
     let (value, version, _) = ok(&ask(&nc, prefix, &add("kept", 1, "k71")).await);
@@ -479,10 +417,10 @@ async fn a_source_restarted_before_its_commit_never_has_its_old_attempt_committe
     let nc = nats.connect().await;
     let prefix = "attempt";
     let log = progress_log(&nc, prefix).await;
-    let mut a = Proc::start(&nats.url(), prefix, "app-0");
-    let b = Proc::start(&nats.url(), prefix, "app-1");
-    a.ready().await;
-    b.ready().await;
+    let mut a = NodeProcess::start(&nats.url(), prefix, "app-0");
+    let b = NodeProcess::start(&nats.url(), prefix, "app-1");
+    a.ready(T).await;
+    b.ready(T).await;
     let p1 = next_plan(None, &["app-0", "app-1"], SHARDS, 4);
     publish(&nc, prefix, &p1, 30).await;
     let shard = (0..SHARDS)
@@ -490,7 +428,7 @@ async fn a_source_restarted_before_its_commit_never_has_its_old_attempt_committe
         .expect("app-0 owns a shard");
     let id = actor_in(shard);
     wait_for("the first plan served", T, || async {
-        a.settled().await == p1.epoch && b.settled().await == p1.epoch
+        a.settled_epoch().await == p1.epoch && b.settled_epoch().await == p1.epoch
     })
     .await;
     assert_eq!(ok(&ask(&nc, prefix, &add(&id, 5, "c1")).await).0, 5);
@@ -502,7 +440,7 @@ async fn a_source_restarted_before_its_commit_never_has_its_old_attempt_committe
     let p2 = move_one_shard(&p1, shard, "app-1");
     publish(&nc, prefix, &p2, 30).await;
     wait_for("app-1 holds the plan", T, || async {
-        b.settled().await == p2.epoch
+        b.settled_epoch().await == p2.epoch
     })
     .await;
     let first = Transfer {

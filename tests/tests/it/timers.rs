@@ -6,9 +6,9 @@
 
 use aether_core::protocol::{ActorRef, ErrorCode, Op, Outcome, Reply, Request};
 use aether_tests::app::{App, http};
-use aether_tests::cluster::{ask, log_of, next_plan, node_process, publish};
+use aether_tests::cluster::{NodeProcess, ask, log_of, next_plan, publish};
 use aether_tests::timers::{check_periodic, firings, records};
-use aether_tests::{NatsServer, Process, free_port, http_get, wait_for};
+use aether_tests::{NatsServer, wait_for};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -168,48 +168,8 @@ async fn a_bank_hold_not_captured_in_time_is_released_once_and_a_captured_one_ne
     }
 }
 
-/// A node process with its HTTP port, restartable under the same name.
-struct Pod {
-    name: &'static str,
-    port: u16,
-    process: Option<Process>,
-}
-
 /// Few actors in memory: most timers belong to passivated actors, which still fire.
 const POD_FLAGS: &[&str] = &["--max-actors", "3"];
-
-impl Pod {
-    fn start(nats: &NatsServer, prefix: &str, name: &'static str) -> Self {
-        let port = free_port();
-        Self {
-            name,
-            port,
-            process: Some(node_process(nats, prefix, name, port, POD_FLAGS)),
-        }
-    }
-
-    fn restart(&mut self, nats: &NatsServer, prefix: &str) {
-        self.process = Some(node_process(nats, prefix, self.name, self.port, POD_FLAGS));
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.kill();
-        }
-    }
-
-    async fn gauge(&self, name: &str) -> Option<i64> {
-        let (_, text) = http_get(self.port, "/metrics").await?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    }
-
-    async fn settled(&self, epoch: u64) -> bool {
-        self.gauge("aether_node_plan_settled_epoch").await == Some(epoch as i64)
-    }
-}
-
 const PREFIX: &str = "timers";
 const SHARDS: u32 = 8;
 const ACTORS: usize = 10;
@@ -222,13 +182,16 @@ async fn counters_timers_fire_once_each_through_a_kill_a_move_and_eviction() {
     let nc = nats.connect().await;
     let js = async_nats::jetstream::new(nc.clone());
     let mut pods = vec![
-        Pod::start(&nats, PREFIX, "app-0"),
-        Pod::start(&nats, PREFIX, "app-1"),
+        NodeProcess::start_with(&nats.url(), PREFIX, "app-0", POD_FLAGS),
+        NodeProcess::start_with(&nats.url(), PREFIX, "app-1", POD_FLAGS),
     ];
     let p1 = next_plan(None, &["app-0", "app-1"], SHARDS, 4);
     publish(&nc, PREFIX, &p1, 30).await;
     for p in &pods {
-        wait_for("plan 1 settled", T, || p.settled(p1.epoch)).await;
+        wait_for("plan 1 settled", T, || async {
+            p.settled_epoch().await == p1.epoch
+        })
+        .await;
     }
     let actors: Vec<ActorRef> = (0..ACTORS)
         .map(|i| ActorRef::new("counter", format!("c{i}")))
@@ -268,8 +231,11 @@ async fn counters_timers_fire_once_each_through_a_kill_a_move_and_eviction() {
 
     // app-0 SIGKILLed and started again: its shards' timers come back from the markers.
     pods[0].kill();
-    pods[0].restart(&nats, PREFIX);
-    wait_for("app-0 back", T, || pods[0].settled(p1.epoch)).await;
+    pods[0].restart(&nats.url(), PREFIX);
+    wait_for("app-0 back", T, || async {
+        pods[0].settled_epoch().await == p1.epoch
+    })
+    .await;
     let before = versions().await;
     wait_for("every actor ticks after the restart", T, || {
         all_grew(before.clone(), 2)
@@ -277,12 +243,20 @@ async fn counters_timers_fire_once_each_through_a_kill_a_move_and_eviction() {
     .await;
 
     // A third pod: shards move with their actors' timers.
-    pods.push(Pod::start(&nats, PREFIX, "app-2"));
+    pods.push(NodeProcess::start_with(
+        &nats.url(),
+        PREFIX,
+        "app-2",
+        POD_FLAGS,
+    ));
     let p2 = next_plan(Some(&p1), &["app-0", "app-1", "app-2"], SHARDS, 4);
     assert!(!p2.moves.is_empty());
     publish(&nc, PREFIX, &p2, 30).await;
     for p in &pods {
-        wait_for("plan 2 settled", T, || p.settled(p2.epoch)).await;
+        wait_for("plan 2 settled", T, || async {
+            p.settled_epoch().await == p2.epoch
+        })
+        .await;
     }
     let before = versions().await;
     wait_for("every actor ticks after the move", T, || {
@@ -297,10 +271,13 @@ async fn counters_timers_fire_once_each_through_a_kill_a_move_and_eviction() {
     }
     tokio::time::sleep(OUTAGE).await;
     for p in &mut pods {
-        p.restart(&nats, PREFIX);
+        p.restart(&nats.url(), PREFIX);
     }
     for p in &pods {
-        wait_for("plan 2 settled after the outage", T, || p.settled(p2.epoch)).await;
+        wait_for("plan 2 settled after the outage", T, || async {
+            p.settled_epoch().await == p2.epoch
+        })
+        .await;
     }
     let before = versions().await;
     wait_for("every actor ticks after the outage", T, || {
@@ -310,7 +287,7 @@ async fn counters_timers_fire_once_each_through_a_kill_a_move_and_eviction() {
     let mut missed = 0;
     for p in &pods {
         missed += p
-            .gauge("aether_node_timer_missed_ticks_total")
+            .metric("aether_node_timer_missed_ticks_total")
             .await
             .unwrap_or(0);
     }
@@ -331,7 +308,7 @@ async fn counters_timers_fire_once_each_through_a_kill_a_move_and_eviction() {
     }
     for p in &pods {
         wait_for("no timer indexed", T, || async {
-            p.gauge("aether_node_timers_pending").await == Some(0)
+            p.metric("aether_node_timers_pending").await == Some(0)
         })
         .await;
     }
