@@ -59,6 +59,9 @@ pub fn node_config(url: &str, prefix: &str, name: &str) -> NodeConfig {
     }
 }
 
+/// Every progress report published, in arrival order (see [`progress_log`]).
+pub type ProgressLog = Arc<std::sync::Mutex<Vec<aether_core::protocol::Progress>>>;
+
 /// A node running in this process.
 #[derive(Debug)]
 pub struct TestNode {
@@ -440,10 +443,7 @@ pub async fn assert_nothing_acked_lost(
 }
 
 /// Every progress report published under `prefix` (`{prefix}.progress.>`), as it arrives.
-pub async fn progress_log(
-    nc: &async_nats::Client,
-    prefix: &str,
-) -> Arc<std::sync::Mutex<Vec<aether_core::protocol::Progress>>> {
+pub async fn progress_log(nc: &async_nats::Client, prefix: &str) -> ProgressLog {
     use futures::StreamExt;
     let log = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut sub = nc

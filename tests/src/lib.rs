@@ -15,6 +15,7 @@ pub mod history;
 pub mod k8s;
 pub mod kubelet;
 pub mod measure;
+pub mod operator;
 pub mod stack;
 pub mod timers;
 

@@ -509,20 +509,23 @@ async fn a_source_restarted_before_its_commit_never_has_its_old_attempt_committe
 
 mod operator {
     use super::T;
-    use aether_core::crd::{ShardPlan, ShardPlanStatus};
+    use aether_core::crd::ShardPlan;
     use aether_core::protocol::{Names, PlanMessage, decode};
     use aether_core::types::MovePhase;
-    use aether_tests::cluster::progress_log;
+    use aether_tests::cluster::{ProgressLog, progress_log};
     use aether_tests::cluster::{TestNode, next_plan};
     use aether_tests::k8s::{ApiServer, add_ready_pod};
-    use aether_tests::{NatsServer, Process, free_port, wait_for, workspace_binary};
-    use k8s_openapi::api::apps::v1::StatefulSet;
+    use aether_tests::operator::{
+        condition, create_statefulset, install_crd, ready, shardplan as shardplan_on,
+        spawn_operator as spawn_operator_named, status_of,
+    };
+    use aether_tests::{NatsServer, Process, free_port, wait_for};
     use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::events::v1::Event;
     use kube::Api;
     use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
     use serde_json::json;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     const PREFIX: &str = "ctl";
 
@@ -530,46 +533,47 @@ mod operator {
         spawn_operator_named(api, port, "operator-0")
     }
 
-    fn spawn_operator_named(api: &ApiServer, port: u16, name: &str) -> Process {
-        Process {
-            child: Command::new(workspace_binary("aether-operator"))
-                .args(["--http-addr", &format!("127.0.0.1:{port}")])
-                .env("KUBECONFIG", api.kubeconfig())
-                .env("POD_NAMESPACE", "default")
-                .env("POD_NAME", name)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("operator"),
-        }
-    }
-
     fn shardplan(name: &str, shards: u32, url: &str) -> ShardPlan {
         shardplan_on(name, shards, url, PREFIX)
     }
 
-    fn shardplan_on(name: &str, shards: u32, url: &str, prefix: &str) -> ShardPlan {
-        serde_json::from_value(json!({
-            "apiVersion": "aether.dev/v1alpha1", "kind": "ShardPlan", "metadata": {"name": name},
-            "spec": {"statefulSet": "app", "shards": shards, "capacity": 8,
-                     "nats": {"url": url, "subjectPrefix": prefix}}
-        }))
-        .expect("object")
-    }
-
-    fn status_of(sp: &ShardPlan) -> ShardPlanStatus {
-        sp.status.clone().unwrap_or_default()
-    }
-
-    fn condition(sp: &ShardPlan, t: &str) -> Option<(String, String, String)> {
-        status_of(sp)
-            .condition(t)
-            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-    }
-
-    fn ready(sp: &ShardPlan) -> bool {
-        condition(sp, "Ready").is_some_and(|c| c.0 == "True") && status_of(sp).moving == 0
+    /// Waits until the source of each of `moves` (shard, source) reported it done in `epoch`; on
+    /// timeout, says what each unfinished move's reports were.
+    async fn every_move_done(log: &ProgressLog, epoch: u64, moves: &[(u32, String)]) {
+        let unfinished = || {
+            let log = log.lock().expect("lock");
+            moves
+                .iter()
+                .filter(|(shard, from)| {
+                    !log.iter().any(|p| {
+                        p.epoch == epoch
+                            && p.shard == *shard
+                            && &p.node == from
+                            && p.phase == MovePhase::Done
+                    })
+                })
+                .map(|(shard, from)| {
+                    let seen: Vec<String> = log
+                        .iter()
+                        .filter(|p| p.shard == *shard)
+                        .map(|p| format!("{}@{} {:?} {:?}", p.node, p.epoch, p.phase, p.error))
+                        .collect();
+                    format!("shard {shard} from {from}: {seen:?}")
+                })
+                .collect::<Vec<_>>()
+        };
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            let left = unfinished();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after {T:?} waiting for every move of epoch {epoch} reported done by its source; not done: {left:#?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     async fn held(nc: &async_nats::Client) -> Option<PlanMessage> {
@@ -614,31 +618,15 @@ mod operator {
         let nats = NatsServer::start();
         let nc = nats.connect().await;
         let log = progress_log(&nc, PREFIX).await;
-        let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-            Api::all(client.clone());
-        crds.create(&PostParams::default(), &aether_core::crd::definition())
-            .await
-            .expect("CRD");
+        install_crd(&client, "default").await;
         let plans: Api<ShardPlan> = Api::namespaced(client.clone(), "default");
-        wait_for("the CRD to be served", T, || async {
-            plans.list(&Default::default()).await.is_ok()
-        })
-        .await;
-        let sts: StatefulSet = serde_json::from_value(json!({
-            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "app"},
-            "spec": {"replicas": 3, "serviceName": "app", "selector": {"matchLabels": {"app": "app"}},
-                     "template": {"metadata": {"labels": {"app": "app"}}, "spec": {"containers": [{"name": "app", "image": "app"}]}}}
-        }))
-        .expect("sts");
-        let sts = Api::<StatefulSet>::namespaced(client.clone(), "default")
-            .create(&PostParams::default(), &sts)
-            .await
-            .expect("statefulset");
+        let sts = create_statefulset(&client, "default", 3).await;
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
         let mut nodes = Vec::new();
         for name in ["app-0", "app-1"] {
-            add_ready_pod(&pods, &sts, name).await;
+            // The sidecar first: a pod is Ready only once its sidecar is subscribed.
             nodes.push(TestNode::start(&nats.url(), PREFIX, name).await);
+            add_ready_pod(&pods, &sts, name).await;
         }
 
         // Someone wrote epoch 50 to the bucket (a plan the nodes would follow).
@@ -683,8 +671,9 @@ mod operator {
 
         // A scale-up; the operator is frozen as soon as the plan is in NATS (its status lists the
         // moves, nothing more), the moves finish while it is frozen, then it is killed.
-        add_ready_pod(&pods, &sts, "app-2").await;
+        // The sidecar first: a pod is Ready only once its sidecar is subscribed.
         nodes.push(TestNode::start(&nats.url(), PREFIX, "app-2").await);
+        add_ready_pod(&pods, &sts, "app-2").await;
         wait_for("epoch 52 in NATS", T, || async {
             held(&nc).await.is_some_and(|p| p.epoch == 52)
         })
@@ -703,18 +692,7 @@ mod operator {
             .iter()
             .map(|m| (m.shard, m.from.clone().unwrap_or_default()))
             .collect();
-        wait_for("every move reported done by its source", T, || async {
-            let log = log.lock().expect("lock");
-            moves.iter().all(|(shard, from)| {
-                log.iter().any(|p| {
-                    p.epoch == 52
-                        && p.shard == *shard
-                        && &p.node == from
-                        && p.phase == MovePhase::Done
-                })
-            })
-        })
-        .await;
+        every_move_done(&log, 52, &moves).await;
         operator.kill();
         let op_port = free_port();
         let mut leader = spawn_operator(&api, op_port);
@@ -906,8 +884,9 @@ mod operator {
         // without a new epoch.
         let _standby = spawn_operator_named(&api, free_port(), "operator-1");
         let before = status_of(&plans.get("again").await.expect("get")).epoch;
-        add_ready_pod(&pods, &sts, "app-3").await;
+        // The sidecar first: a pod is Ready only once its sidecar is subscribed.
         nodes.push(TestNode::start(&nats.url(), PREFIX, "app-3").await);
+        add_ready_pod(&pods, &sts, "app-3").await;
         let next = before + 1;
         wait_for("the next epoch in NATS", T, || async {
             held(&nc).await.is_some_and(|p| p.epoch == next)
@@ -927,18 +906,7 @@ mod operator {
             .iter()
             .map(|m| (m.shard, m.from.clone().unwrap_or_default()))
             .collect();
-        wait_for("every move reported done by its source", T, || async {
-            let log = log.lock().expect("lock");
-            moves.iter().all(|(shard, from)| {
-                log.iter().any(|p| {
-                    p.epoch == next
-                        && p.shard == *shard
-                        && &p.node == from
-                        && p.phase == MovePhase::Done
-                })
-            })
-        })
-        .await;
+        every_move_done(&log, next, &moves).await;
         leader.kill();
         wait_for("the standby leads and converges", T * 2, || async {
             plans

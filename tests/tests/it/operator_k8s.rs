@@ -87,8 +87,9 @@ async fn the_operator_plans_publishes_and_follows_a_scale_up() {
     let mut nodes = Vec::new();
     for i in 0..3 {
         let name = format!("app-{i}");
-        add_ready_pod(&pods, &sts, &name).await;
+        // The sidecar first: a pod is Ready only once its sidecar is subscribed.
         nodes.push(TestNode::start(&nats.url(), "actors", &name).await);
+        add_ready_pod(&pods, &sts, &name).await;
     }
 
     let op_port = free_port();
@@ -147,8 +148,9 @@ async fn the_operator_plans_publishes_and_follows_a_scale_up() {
 
     // Scale up: a fourth Ready pod with its sidecar. The operator plans epoch 2, the nodes move the
     // shards and report, and the status converges back to Ready with nothing moving.
-    add_ready_pod(&pods, &sts, "app-3").await;
+    // The sidecar first: a pod is Ready only once its sidecar is subscribed.
     nodes.push(TestNode::start(&nats.url(), "actors", "app-3").await);
+    add_ready_pod(&pods, &sts, "app-3").await;
     wait_for("epoch 2 with moves", T, || async {
         plans
             .get("actors")
