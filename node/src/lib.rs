@@ -7,7 +7,9 @@
 //!   plans, progress, hand-offs and commits in, routes and effects out.
 //! - `requests.rs`: a request's way: taken from NATS, decoded, routed, served here, forwarded or
 //!   redirected.
-//! - `moves.rs`: a move's two ends, carrying out the machines of `migration.rs` (pure).
+//! - `moves.rs`: a move's two ends, carrying out the effects `driver.rs` (pure) decides from the
+//!   machines of `migration.rs` and the ownership; the simulator and the model check run the same
+//!   driver.
 //! - `host.rs`: one task per local shard, holding its actors; `host/commands.rs`: a request on its
 //!   worker (decide, append, reply); `host/lending.rs`: actors lent to a move and staged by one.
 //! - `store.rs`: the JetStream event log with fenced appends and inline snapshots.
@@ -25,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod connect;
 pub mod control;
+pub mod driver;
 pub mod error;
 pub mod health;
 pub mod host;

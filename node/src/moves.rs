@@ -6,10 +6,11 @@
 //!
 //! [`Ownership`]: crate::ownership::Ownership
 
+use crate::driver::{self, Effect, Receive, SourceDriver};
 use crate::error::{Error, Result};
 use crate::host::{self, Cmd};
 use crate::metrics::{Malformed, MoveOutcome};
-use crate::migration::{Accept, Action, Event, SourceMove};
+use crate::migration::{Event, SourceMove};
 use crate::requests::FORWARD_TIMEOUT;
 use crate::shared::Shared;
 use aether_core::plan::Move;
@@ -62,14 +63,15 @@ impl Shared {
         mut epoch: u64,
         mut timeout: Duration,
     ) {
-        let shard = mv.shard;
         loop {
-            let span = tracing::info_span!("move", epoch, shard, from = %self.me, to = %mv.to);
-            self.clone()
+            let span =
+                tracing::info_span!("move", epoch, shard = mv.shard, from = %self.me, to = %mv.to);
+            let ended = self
+                .clone()
                 .migrate(mv, epoch, timeout, false)
                 .instrument(span)
                 .await;
-            match self.state().own.move_finished(shard, epoch) {
+            match ended.and_then(|d| d.next(&mut self.state().own)) {
                 Some((m, e, t)) => (mv, epoch, timeout) = (m, e, t),
                 None => return,
             }
@@ -85,40 +87,34 @@ impl Shared {
             .await;
     }
 
-    /// Runs one source-side move through the [`SourceMove`] machine (or, with `recommit`, only
-    /// its commit). The shard's actors are serialised chunk by chunk as the machine asks for
-    /// chunks; each chunk travels in its own task (up to [`crate::migration::WINDOW`] unacked),
-    /// and their answers come back as events. A newer plan before the hand-off stops it at once.
-    async fn migrate(self: Arc<Self>, mv: Move, epoch: u64, timeout: Duration, recommit: bool) {
+    /// Runs one source-side move: the [`SourceDriver`] decides, this carries out its effects in
+    /// order (with `recommit`, only the commit). The shard's actors are serialised chunk by chunk
+    /// as the driver asks for chunks; each chunk travels in its own task (up to
+    /// [`crate::migration::WINDOW`] unacked), and their answers come back as events. A newer plan
+    /// before the hand-off stops it at once. Returns the driver once the move is over (none when
+    /// it never started).
+    async fn migrate(
+        self: Arc<Self>,
+        mv: Move,
+        epoch: u64,
+        timeout: Duration,
+        recommit: bool,
+    ) -> Option<SourceDriver> {
         let shard = mv.shard;
-        let _permit = if recommit {
-            None
+        let (mut driver, first, _permit) = if recommit {
+            let (d, fx) = SourceDriver::recommit(mv.clone(), epoch);
+            (d, fx, None)
         } else {
-            let Ok(permit) = self.move_slots().acquire_owned().await else {
-                return;
-            };
-            if !self.state().own.is_current(epoch) {
-                // A newer plan arrived while this move waited for a slot; it decides anew.
-                self.metrics().move_outcome(MoveOutcome::Superseded);
-                let why = "a newer plan came before the move started".to_owned();
-                self.report(epoch, &mv, MovePhase::Superseded, 0, 0, Some(why))
-                    .await;
-                return;
-            }
-            Some(permit)
+            let permit = self.move_slots().acquire_owned().await.ok()?;
+            let (d, fx) =
+                SourceDriver::start(&self.state().own, mv.clone(), epoch, SourceMove::default());
+            (d, fx, Some(permit))
         };
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started + timeout);
         let to = mv.to.clone();
         let attempt = next_attempt();
-        let (mut machine, first) = if recommit {
-            SourceMove::recommit()
-        } else {
-            let mut m = SourceMove::default();
-            let first = m.on(Event::Start);
-            (m, first)
-        };
-        let mut actions: VecDeque<Action> = first.into();
+        let mut effects: VecDeque<Effect> = first.into();
         let mut lent = host::Lent::default();
         // The copy round's actors, taken while the shard is still served; `paused` once it is not.
         let mut copy = host::Lent::default();
@@ -126,13 +122,9 @@ impl Shared {
         let mut chunks: Vec<bytes::Bytes> = Vec::new();
         let mut sends: JoinSet<Event> = JoinSet::new();
         let mut epochs = self.epochs.subscribe();
-        if !recommit {
-            self.report(epoch, &mv, MovePhase::Transferring, 0, 0, None)
-                .await;
-        }
         loop {
-            let Some(action) = actions.pop_front() else {
-                if machine.finished() || sends.is_empty() {
+            let Some(effect) = effects.pop_front() else {
+                if driver.finished() || sends.is_empty() {
                     break;
                 }
                 let event = tokio::select! {
@@ -145,11 +137,11 @@ impl Shared {
                         Event::Superseded
                     }
                 };
-                actions.extend(machine.on(event));
+                effects.extend(self.drive(&mut driver, event, &to));
                 continue;
             };
-            let next = match action {
-                Action::Copy => {
+            let next = match effect {
+                Effect::Copy => {
                     let worker = self.state().worker(&self.host, shard);
                     loop {
                         let (tx, rx) = oneshot::channel();
@@ -167,9 +159,9 @@ impl Shared {
                             break;
                         }
                     }
-                    machine.on(Event::Copied { actors: copy.len() })
+                    self.drive(&mut driver, Event::Copied { actors: copy.len() }, &to)
                 }
-                Action::PauseAndCapture { changed_only } => {
+                Effect::PauseAndCapture { changed_only } => {
                     // Each copy's sequence, taken before the pause: the pause only compares.
                     let copied = changed_only.then(|| copy.sequences());
                     let (tx, rx) = oneshot::channel();
@@ -186,9 +178,9 @@ impl Shared {
                             "paused after the copy round"
                         );
                     }
-                    machine.on(Event::Captured)
+                    self.drive(&mut driver, Event::Captured, &to)
                 }
-                Action::Produce { chunk } => {
+                Effect::Produce { chunk } => {
                     // Serialise the next actors straight into the chunk.
                     let made = TransferWriter::new(
                         epoch,
@@ -207,50 +199,78 @@ impl Shared {
                             (bytes::Bytes::from(w.finish_copy(last)), last)
                         }
                     });
-                    match made {
+                    let event = match made {
                         Ok((body, last)) => {
                             chunks.push(body.clone());
                             self.send_in(&mut sends, &to, shard, chunk, body, 0, deadline);
-                            machine.on(Event::Produced { chunk, last })
+                            Event::Produced { chunk, last }
                         }
-                        Err(e) => machine.on(Event::ProduceFailed {
+                        Err(e) => Event::ProduceFailed {
                             chunk,
                             reason: e.to_string(),
-                        }),
-                    }
+                        },
+                    };
+                    self.drive(&mut driver, event, &to)
                 }
-                Action::Resend { chunk, delay_ms } => {
+                Effect::Resend { chunk, delay_ms } => {
                     let body = chunks.get(chunk as usize).cloned().unwrap_or_default();
                     self.send_in(&mut sends, &to, shard, chunk, body, delay_ms, deadline);
                     Vec::new()
                 }
-                Action::HandOff => {
-                    let leftovers = {
-                        let mut st = self.state();
-                        st.own.hand_off(epoch, shard, &to);
-                        st.stop(shard)
-                    };
-                    if let Some(rx) = leftovers {
-                        self.forward_leftovers(to.clone(), rx);
+                // Carried out with the hand-off, under the same lock (see `drive`).
+                Effect::StopServing => Vec::new(),
+                Effect::Report { phase, error } => {
+                    let (moved, ms) = (
+                        lent.len().max(copy.len()) as u32,
+                        started.elapsed().as_millis() as u64,
+                    );
+                    match phase {
+                        MovePhase::Done => {
+                            self.host
+                                .metrics
+                                .move_seconds
+                                .observe(started.elapsed().as_secs_f64());
+                            self.metrics().move_outcome(MoveOutcome::Done);
+                        }
+                        MovePhase::Failed => {
+                            self.metrics().move_outcome(MoveOutcome::Failed);
+                            tracing::warn!(
+                                why = error.as_deref().unwrap_or_default(),
+                                "move failed, shard kept"
+                            );
+                        }
+                        MovePhase::Superseded => {
+                            self.metrics().move_outcome(MoveOutcome::Superseded);
+                            tracing::info!(
+                                why = error.as_deref().unwrap_or_default(),
+                                "move superseded: shard kept"
+                            );
+                        }
+                        _ => {}
                     }
-                    // Stored before the commit is sent: if this process dies after sending it, the
-                    // next one reads that it handed off and never serves the shard in this epoch.
-                    self.report(epoch, &mv, MovePhase::HandedOff, 0, 0, None)
-                        .await;
+                    let moved = if phase == MovePhase::Done { moved } else { 0 };
+                    let ms = if phase == MovePhase::Transferring || phase == MovePhase::HandedOff {
+                        0
+                    } else {
+                        ms
+                    };
+                    // Stored before the next effect: `HandedOff` before the commit is sent, so a
+                    // process that dies after sending it reads that it handed off.
+                    self.report(epoch, &mv, phase, moved, ms, error).await;
                     Vec::new()
                 }
-                Action::Commit { chunk, delay_ms } => {
+                Effect::CommitAfter { delay_ms } => {
                     if delay_ms > 0 {
                         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                     }
-                    let event = if self.state().own.is_current(epoch) {
-                        self.commit(&to, epoch, attempt, shard, chunk).await
-                    } else {
-                        Event::Superseded
-                    };
-                    machine.on(event)
+                    let own = &self.state().own;
+                    driver.commit(own)
                 }
-                Action::Resume => {
+                Effect::SendCommit { chunk } => {
+                    let event = self.commit(&to, epoch, attempt, shard, chunk).await;
+                    self.drive(&mut driver, event, &to)
+                }
+                Effect::Resume => {
                     // To the worker that lent them; if a newer plan stopped it, the actors go.
                     // Before the pause there is nothing to give back (the copies are not).
                     let lent = std::mem::take(&mut lent);
@@ -259,43 +279,37 @@ impl Shared {
                     }
                     Vec::new()
                 }
-                Action::ReportDone => {
-                    let took = started.elapsed();
-                    self.host.metrics.move_seconds.observe(took.as_secs_f64());
-                    self.metrics().move_outcome(MoveOutcome::Done);
-                    let (moved, ms) = (lent.len().max(copy.len()) as u32, took.as_millis() as u64);
-                    self.report(epoch, &mv, MovePhase::Done, moved, ms, None)
-                        .await;
-                    Vec::new()
-                }
-                Action::ReportFailed(why) => {
-                    self.metrics().move_outcome(MoveOutcome::Failed);
-                    tracing::warn!(%why, "move failed, shard kept");
-                    let took = started.elapsed().as_millis() as u64;
-                    self.report(epoch, &mv, MovePhase::Failed, 0, took, Some(why))
-                        .await;
-                    Vec::new()
-                }
-                Action::ReportSuperseded => {
-                    self.metrics().move_outcome(MoveOutcome::Superseded);
-                    tracing::info!("a newer plan came before the hand-off: shard kept");
-                    let took = started.elapsed().as_millis() as u64;
-                    let why = "a newer plan came before the hand-off".to_owned();
-                    self.report(epoch, &mv, MovePhase::Superseded, 0, took, Some(why))
-                        .await;
-                    Vec::new()
-                }
-                Action::CommitUnconfirmed => {
+                Effect::Unconfirmed => {
                     self.metrics().move_outcome(MoveOutcome::Superseded);
                     tracing::info!("handed off; a newer plan came before the commit was confirmed");
                     Vec::new()
                 }
             };
-            actions.extend(next);
+            effects.extend(next);
         }
         // After the report: what the move still holds (nothing once rolled back) is freed slowly.
         lent.release();
         copy.release();
+        Some(driver)
+    }
+
+    /// Feeds `event` to the driver under the state lock; a hand-off it decides stops the shard's
+    /// worker under the same lock, and what the worker queued goes on to `to`.
+    fn drive(self: &Arc<Self>, driver: &mut SourceDriver, event: Event, to: &str) -> Vec<Effect> {
+        let (fx, leftovers) = {
+            let mut st = self.state();
+            let fx = driver.on(&mut st.own, event);
+            let leftovers = if fx.contains(&Effect::StopServing) {
+                st.stop(driver.mv.shard)
+            } else {
+                None
+            };
+            (fx, leftovers)
+        };
+        if let Some(rx) = leftovers {
+            self.forward_leftovers(to.to_owned(), rx);
+        }
+        fx
     }
 
     /// Sends chunk `n` in its own task after `delay_ms`; its answer comes back as an event.
@@ -406,42 +420,37 @@ impl Shared {
     /// A decoded chunk: checked, staged, acknowledged (see [`Shared::on_transfer`]).
     async fn receive(self: &Arc<Self>, mut chunk: Transfer) -> TransferAck {
         let (epoch, shard, n) = (chunk.epoch, chunk.shard, chunk.chunk);
-        if let Err(e) = self.state().own.check_chunk(&chunk) {
+        if let Err(e) = driver::check(&self.state().own, &chunk) {
             // Refused before staging (a retry after the plan arrives stages it once).
             return ack(epoch, shard, n, Some(e));
         }
         // Staged before the decision, off the lock (and on the migration runtime).
         let mut staged = host::Staged::default();
         staged.add(&self.host, std::mem::take(&mut chunk.actors));
-        let mut committed = false;
+        let mut done = None;
         let (installed, stopped) = {
             // Acted on under the lock, so a fresh move's clean-up cannot overtake a chunk staged
             // after it.
             let mut st = self.state();
-            match st.own.on_chunk(&chunk) {
-                Ok(Accept::Stage { fresh }) => {
+            match driver::receive(&mut st.own, &chunk) {
+                Ok(Receive::Stage { fresh }) => {
                     let stopped = if fresh { st.stop(shard) } else { None };
                     let (tx, rx) = oneshot::channel();
                     let cmd = Cmd::Install(std::mem::take(&mut staged), tx);
                     let _ = st.worker(&self.host, shard).tx.send(cmd);
                     (Ok(Some(rx)), stopped)
                 }
-                Ok(Accept::Duplicate) => (Ok(None), None),
-                Ok(Accept::Commit { fresh }) => {
-                    committed = true;
+                Ok(Receive::Duplicate) => (Ok(None), None),
+                Ok(Receive::Commit { fresh, done: mv }) => {
+                    done = Some(mv);
                     (Ok(None), if fresh { st.stop(shard) } else { None })
                 }
                 Err(e) => (Err(e), None),
             }
         };
-        if committed {
+        if let Some(mv) = done {
             // Done means the destination serves the shard: stored before the commit is confirmed,
             // so whoever starts later reads it.
-            let mv = Move {
-                shard,
-                from: Some(chunk.from.clone()),
-                to: self.me.clone(),
-            };
             self.report_within(epoch, &mv, MovePhase::Done, DONE_STORE_TIMEOUT)
                 .await;
         }

@@ -137,6 +137,12 @@ impl Ownership {
         }
     }
 
+    /// This node's name.
+    #[must_use]
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
     /// The epoch held, 0 before the first plan.
     #[must_use]
     pub fn epoch(&self) -> u64 {

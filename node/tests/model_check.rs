@@ -6,9 +6,9 @@
 //! node's `held` key (the plan it holds, read by the others when they choose), a network that
 //! delivers in any order, loses
 //! and duplicates messages, nodes that crash and restart, move deadlines, and writes by whoever
-//! serves a shard. The nodes are the pure types the real node runs ([`Ownership`], [`SourceMove`],
-//! the destination's chunk decisions); the shells here do what `moves.rs` and `node.rs` do, without
-//! NATS. Progress reports are durable (the progress stream), read by each node in order at its own
+//! serves a shard. The nodes are the pure code the real node runs: its [`Ownership`] and its move
+//! driver ([`SourceDriver`], [`driver::receive`]), whose effects the shells here carry out as
+//! `moves.rs` and `control.rs` do, without NATS. Progress reports are durable (the progress stream), read by each node in order at its own
 //! pace; a node that restarts reads, before its plan, what the stream keeps: the latest report of
 //! each move. With the budget's switches, the operator plans its retry or replacement from the
 //! reports it has read so far (it may list a move that is done), a destination's `Done` is stored
@@ -32,7 +32,8 @@ use aether_core::protocol::{
     ActorRef, ActorSnapshot, Bytes, ErrorReply, PlanMessage, Progress, Transfer, VERSION,
 };
 use aether_core::types::{MovePhase, Strategy as Placement};
-use aether_node::migration::{Accept, Action, Event, Phase, SourceMove};
+use aether_node::driver::{self, Effect, Receive, SourceDriver};
+use aether_node::migration::{Event, Phase, SourceMove};
 use aether_node::ownership::Ownership;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -107,7 +108,8 @@ struct Attempt {
     id: u64,
     epoch: u64,
     to: String,
-    machine: SourceMove,
+    /// The node's own move driver (`driver.rs`), as `moves.rs` runs it.
+    driver: SourceDriver,
     captured: Option<u64>,
 }
 
@@ -145,7 +147,7 @@ impl Node {
         let attempts: Vec<_> = self
             .attempts
             .iter()
-            .map(|(s, a)| (s, a.id, a.epoch, &a.to, &a.machine.phase, a.captured))
+            .map(|(s, a)| (s, a.id, a.epoch, &a.to, &a.driver.machine.phase, a.captured))
             .collect();
         let _ = write!(
             out,
@@ -387,7 +389,7 @@ impl World {
             self.source_event(n, s, Event::Superseded);
         }
         for m in &fx.recommit {
-            let (machine, first) = SourceMove::recommit();
+            let (driver, first) = SourceDriver::recommit(m.clone(), fx.epoch);
             self.attempts += 1;
             self.nodes[n].attempts.insert(
                 m.shard,
@@ -395,11 +397,11 @@ impl World {
                     id: self.attempts,
                     epoch: fx.epoch,
                     to: m.to.clone(),
-                    machine,
+                    driver,
                     captured: None,
                 },
             );
-            self.source_actions(n, m.shard, first);
+            self.source_effects(n, m.shard, first);
         }
         for m in &fx.start {
             self.start_attempt(n, m.shard, fx.epoch, &m.to);
@@ -432,6 +434,13 @@ impl World {
     }
 
     fn start_attempt(&mut self, n: usize, shard: u32, epoch: u64, to: &str) {
+        let mv = Move {
+            shard,
+            from: Some(NODES[n].to_owned()),
+            to: to.to_owned(),
+        };
+        let (driver, first) =
+            SourceDriver::start(&self.nodes[n].own, mv, epoch, SourceMove::default());
         self.attempts += 1;
         self.nodes[n].attempts.insert(
             shard,
@@ -439,11 +448,11 @@ impl World {
                 id: self.attempts,
                 epoch,
                 to: to.to_owned(),
-                machine: SourceMove::default(),
+                driver,
                 captured: None,
             },
         );
-        self.source_event(n, shard, Event::Start);
+        self.source_effects(n, shard, first);
     }
 
     fn report(&mut self, epoch: u64, m: &Move, n: usize, phase: MovePhase) {
@@ -474,17 +483,19 @@ impl World {
     }
 
     fn source_event(&mut self, n: usize, shard: u32, event: Event) {
-        let Some(a) = self.nodes[n].attempts.get_mut(&shard) else {
+        let node = &mut self.nodes[n];
+        let Some(a) = node.attempts.get_mut(&shard) else {
             return;
         };
-        let out = a.machine.on(event);
-        self.source_actions(n, shard, out);
+        let out = a.driver.on(&mut node.own, event);
+        self.source_effects(n, shard, out);
     }
 
-    /// Carries out a source's actions, as `moves.rs` does, feeding back the events they cause.
-    fn source_actions(&mut self, n: usize, shard: u32, first: Vec<Action>) {
-        let mut todo: VecDeque<Action> = first.into();
-        while let Some(action) = todo.pop_front() {
+    /// Carries out a source's effects in order, as `moves.rs` does, feeding back the events they
+    /// cause.
+    fn source_effects(&mut self, n: usize, shard: u32, first: Vec<Effect>) {
+        let mut todo: VecDeque<Effect> = first.into();
+        while let Some(effect) = todo.pop_front() {
             let log = self.log[shard as usize];
             let node = &mut self.nodes[n];
             let Some(a) = node.attempts.get_mut(&shard) else {
@@ -510,59 +521,55 @@ impl World {
                 },
             };
             let mut next = Vec::new();
-            match action {
+            match effect {
                 // The copy round is checked by `move_sim.rs`; here it is one step
                 // ([`Step::Copied`]), while the source still serves the shard, and the shard's one
                 // value moves whole after the pause.
-                Action::Copy if self.budget.copy_round => {}
-                Action::Copy => next.push(Event::Copied { actors: 0 }),
-                Action::PauseAndCapture { .. } => {
+                Effect::Copy if self.budget.copy_round => {}
+                Effect::Copy => next.push(Event::Copied { actors: 0 }),
+                Effect::PauseAndCapture { .. } => {
                     node.paused.insert(shard);
                     a.captured = Some(*node.copy.entry(shard).or_insert(log));
                     next.push(Event::Captured);
                 }
-                Action::Produce { chunk } => {
+                Effect::Produce { chunk } => {
                     self.net.push(send(chunk, a.captured, false));
                     next.push(Event::Produced { chunk, last: true });
                 }
-                Action::Resend { chunk, .. } => self.net.push(send(chunk, a.captured, false)),
-                Action::HandOff => {
-                    node.own.hand_off(epoch, shard, &to);
+                Effect::Resend { chunk, .. } => self.net.push(send(chunk, a.captured, false)),
+                // The driver recorded the hand-off in the ownership.
+                Effect::StopServing => {
                     node.paused.remove(&shard);
                     node.copy.remove(&shard);
-                    // Stored before the commit is sent, as `moves.rs` does.
-                    self.report(epoch, &mv, n, MovePhase::HandedOff);
                 }
-                Action::Commit { chunk, .. } => {
-                    if node.own.is_current(epoch) {
-                        self.net.push(send(chunk, None, true));
-                    } else {
-                        next.push(Event::Superseded);
-                    }
-                }
-                Action::Resume => {
+                Effect::CommitAfter { .. } => todo.extend(a.driver.commit(&node.own)),
+                Effect::SendCommit { chunk } => self.net.push(send(chunk, None, true)),
+                Effect::Resume => {
                     node.paused.remove(&shard);
                 }
-                Action::ReportDone => self.report(epoch, &mv, n, MovePhase::Done),
-                Action::ReportFailed(_) => self.report(epoch, &mv, n, MovePhase::Failed),
-                Action::ReportSuperseded => self.report(epoch, &mv, n, MovePhase::Superseded),
-                Action::CommitUnconfirmed => {}
+                // `Transferring` says nothing a node or the operator acts on: not modelled.
+                Effect::Report {
+                    phase: MovePhase::Transferring,
+                    ..
+                }
+                | Effect::Unconfirmed => {}
+                Effect::Report { phase, .. } => self.report(epoch, &mv, n, phase),
             }
             let node = &mut self.nodes[n];
             for e in next {
                 if let Some(a) = node.attempts.get_mut(&shard) {
-                    todo.extend(a.machine.on(e));
+                    todo.extend(a.driver.on(&mut node.own, e));
                 }
             }
         }
-        // Once every action is carried out (a failure's report comes after its resume).
+        // Once every effect is carried out (a failure's report comes after its resume).
         let node = &mut self.nodes[n];
         if node
             .attempts
             .get(&shard)
-            .is_some_and(|a| a.machine.finished())
+            .is_some_and(|a| a.driver.finished())
             && let Some(a) = node.attempts.remove(&shard)
-            && let Some((m, next, _)) = node.own.move_finished(shard, a.epoch)
+            && let Some((m, next, _)) = a.driver.next(&mut node.own)
         {
             self.start_attempt(n, shard, next, &m.to);
         }
@@ -576,12 +583,10 @@ impl World {
                 }
                 let transfer = t.transfer();
                 let node = &mut self.nodes[to];
-                let result = node
-                    .own
-                    .check_chunk(&transfer)
-                    .and_then(|()| node.own.on_chunk(&transfer));
+                let result = driver::check(&node.own, &transfer)
+                    .and_then(|()| driver::receive(&mut node.own, &transfer));
                 let refused = match result {
-                    Ok(Accept::Stage { fresh }) => {
+                    Ok(Receive::Stage { fresh }) => {
                         if fresh {
                             node.staged.remove(&t.shard);
                             node.copy.remove(&t.shard);
@@ -591,7 +596,7 @@ impl World {
                         }
                         None
                     }
-                    Ok(Accept::Commit { fresh }) => {
+                    Ok(Receive::Commit { fresh, done: _ }) => {
                         if fresh {
                             node.staged.remove(&t.shard);
                             node.copy.remove(&t.shard);
@@ -616,7 +621,7 @@ impl World {
                         }
                         None
                     }
-                    Ok(Accept::Duplicate) => None,
+                    Ok(Receive::Duplicate) => None,
                     Err(e) => Some(code(&e)),
                 };
                 let from = index(&t.from);
@@ -775,13 +780,13 @@ impl World {
                 out.push(Step::ReadProgress(n));
             }
             for (s, a) in &node.attempts {
-                if a.machine.phase == Phase::Copying {
+                if a.driver.machine.phase == Phase::Copying {
                     out.push(Step::Copied(n, *s));
                 }
             }
             if self.budget.deadlines > 0 {
                 for (s, a) in &node.attempts {
-                    if !a.machine.finished() {
+                    if !a.driver.finished() {
                         out.push(Step::Deadline(n, *s));
                     }
                 }
@@ -1020,7 +1025,7 @@ impl World {
                 let copying: Vec<u32> = self.nodes[n]
                     .attempts
                     .iter()
-                    .filter(|(_, a)| a.machine.phase == Phase::Copying)
+                    .filter(|(_, a)| a.driver.machine.phase == Phase::Copying)
                     .map(|(s, _)| *s)
                     .collect();
                 for s in copying {
@@ -1038,7 +1043,7 @@ impl World {
                         self.nodes[n]
                             .attempts
                             .iter()
-                            .filter(|(_, a)| !a.machine.finished())
+                            .filter(|(_, a)| !a.driver.finished())
                             .map(move |(s, _)| (n, *s))
                     })
                     .collect();
@@ -1267,7 +1272,7 @@ fn the_model_finds_a_stale_copy_served() {
     assert!(w.check().is_ok());
     assert!(w.clone().heal(&mut HashSet::new()).is_ok());
     assert!(matches!(
-        w.nodes[0].attempts.get(&0).map(|a| &a.machine.phase),
+        w.nodes[0].attempts.get(&0).map(|a| &a.driver.machine.phase),
         None | Some(Phase::Idle)
     ));
 }

@@ -1,20 +1,21 @@
 //! A source and a destination node run one shard's move against each other through a simulated
 //! network that loses, duplicates and reorders messages, while either side may crash (the
 //! destination restarts with nothing staged; the source stops for good) and the source serves
-//! writes whenever it owns the shard. The nodes are the pure types the real node runs
-//! ([`Ownership`], [`SourceMove`], the destination's chunk decisions); the shells here do what
-//! `moves.rs` does, without NATS. Progress reports are durable, as the progress stream makes them:
+//! writes whenever it owns the shard. The nodes are the pure code the real node runs: its
+//! [`Ownership`] and its move driver ([`SourceDriver`], [`driver::receive`]), whose effects the
+//! shells here carry out as `moves.rs` does, without NATS. Progress reports are durable, as the progress stream makes them:
 //! never lost, read again by a destination that restarts (before its plans, as the node does).
 //! Checked at every step: at most one side serves the shard; what the destination serves is what the
 //! log holds (it holds exactly what the source captured); a move rolled back leaves the source
 //! serving; once the faults stop, exactly one side serves.
 
-use aether_core::plan::{MemberInput, Plan, PlanSpec, plan};
+use aether_core::plan::{MemberInput, Move, Plan, PlanSpec, plan};
 use aether_core::protocol::{
     ActorRef, ActorSnapshot, Bytes, ErrorReply, PlanMessage, Progress, Transfer, VERSION,
 };
 use aether_core::types::{MovePhase, Strategy as Placement};
-use aether_node::migration::{Accept, Action, Event, SourceMove};
+use aether_node::driver::{self, Effect, Receive, SourceDriver};
+use aether_node::migration::{Event, SourceMove};
 use aether_node::ownership::Ownership;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -77,7 +78,8 @@ struct Attempt {
     /// Only the commit, in a newer epoch, of a move handed off before.
     recommit: bool,
     epoch: u64,
-    machine: SourceMove,
+    /// The node's own move driver (`driver.rs`), as `moves.rs` runs it.
+    driver: SourceDriver,
     /// The copy round's values (taken while the source serves).
     copied: Vec<(String, u64)>,
     /// The values at the pause (what the destination must end up holding), and the ones of them
@@ -202,14 +204,14 @@ impl World {
         {
             self.source_event(Event::Superseded);
         }
-        if fx.recommit.iter().any(|m| m.shard == self.shard) {
-            let (machine, first) = SourceMove::recommit();
+        if let Some(m) = fx.recommit.iter().find(|m| m.shard == self.shard) {
+            let (driver, first) = SourceDriver::recommit(m.clone(), fx.epoch);
             self.attempts += 1;
             self.src.attempt = Some(Attempt {
                 id: self.attempts,
                 recommit: true,
                 epoch: fx.epoch,
-                machine,
+                driver,
                 copied: Vec::new(),
                 captured: Vec::new(),
                 changed: Vec::new(),
@@ -217,24 +219,35 @@ impl World {
                 paused: false,
                 chunks: Vec::new(),
             });
-            self.source_actions(first);
+            self.source_effects(first);
         }
         if fx.start.iter().any(|m| m.shard == self.shard) {
             self.start_attempt(fx.epoch);
         }
     }
 
+    /// The simulated shard's move from the source to the destination.
+    fn the_move(&self) -> Move {
+        Move {
+            shard: self.shard,
+            from: Some(self.from.clone()),
+            to: DEST.to_owned(),
+        }
+    }
+
     fn start_attempt(&mut self, epoch: u64) {
         self.dst.crashed_since_first_chunk = false;
+        let machine = SourceMove {
+            copy_from: self.copy_from,
+            ..SourceMove::default()
+        };
+        let (driver, first) = SourceDriver::start(&self.src.own, self.the_move(), epoch, machine);
         self.attempts += 1;
         self.src.attempt = Some(Attempt {
             id: self.attempts,
             recommit: false,
             epoch,
-            machine: SourceMove {
-                copy_from: self.copy_from,
-                ..SourceMove::default()
-            },
+            driver,
             copied: Vec::new(),
             captured: Vec::new(),
             changed: Vec::new(),
@@ -242,7 +255,7 @@ impl World {
             paused: false,
             chunks: Vec::new(),
         });
-        self.source_event(Event::Start);
+        self.source_effects(first);
     }
 
     /// Reports progress: stored, and delivered to the destination.
@@ -251,32 +264,32 @@ impl World {
         self.net.push(Msg::Progress(p));
     }
 
-    /// Feeds the source's machine and carries out its actions, as `moves.rs` does.
+    /// Feeds the source's driver and carries out its effects, as `moves.rs` does.
     fn source_event(&mut self, event: Event) {
         let Some(a) = self.src.attempt.as_mut() else {
             return;
         };
-        let out = a.machine.on(event);
-        self.source_actions(out);
+        let out = a.driver.on(&mut self.src.own, event);
+        self.source_effects(out);
     }
 
-    /// Carries out the source's actions, feeding back the events they cause.
-    fn source_actions(&mut self, first: Vec<Action>) {
-        let mut todo: VecDeque<Action> = first.into();
-        while let Some(action) = todo.pop_front() {
+    /// Carries out the source's effects in order, feeding back the events they cause.
+    fn source_effects(&mut self, first: Vec<Effect>) {
+        let mut todo: VecDeque<Effect> = first.into();
+        while let Some(effect) = todo.pop_front() {
             let Some(a) = self.src.attempt.as_mut() else {
                 return;
             };
             let epoch = a.epoch;
             let mut next = Vec::new();
-            match action {
-                Action::Copy => {
+            match effect {
+                Effect::Copy => {
                     a.copied = self.log.iter().map(|(k, v)| (k.clone(), *v)).collect();
                     next.push(Event::Copied {
                         actors: a.copied.len(),
                     });
                 }
-                Action::PauseAndCapture { changed_only } => {
+                Effect::PauseAndCapture { changed_only } => {
                     self.src.paused = true;
                     a.paused = true;
                     a.first = a.chunks.len() as u32;
@@ -290,7 +303,7 @@ impl World {
                         .collect();
                     next.push(Event::Captured);
                 }
-                Action::Produce { chunk } => {
+                Effect::Produce { chunk } => {
                     assert_eq!(chunk as usize, a.chunks.len(), "chunks are made in order");
                     let (list, n) = if a.paused {
                         (&a.changed, chunk - a.first)
@@ -325,57 +338,55 @@ impl World {
                     self.net.push(Msg::Chunk(t));
                     next.push(Event::Produced { chunk, last });
                 }
-                Action::Resend { chunk, .. } => {
+                Effect::Resend { chunk, .. } => {
                     let t = a.chunks[chunk as usize].clone();
                     self.net.push(Msg::Chunk(t));
                 }
-                Action::HandOff => {
-                    self.src.own.hand_off(epoch, self.shard, DEST);
-                    self.src.paused = false;
+                // The driver recorded the hand-off in the ownership.
+                Effect::StopServing => self.src.paused = false,
+                Effect::CommitAfter { .. } => {
+                    todo.extend(a.driver.commit(&self.src.own));
                 }
-                Action::Commit { chunk, .. } => {
-                    if !self.src.own.is_current(epoch) {
-                        next.push(Event::Superseded);
-                    } else {
-                        let id = a.id;
-                        self.net.push(Msg::Chunk(Transfer {
-                            v: VERSION,
-                            epoch,
-                            attempt: id,
-                            shard: self.shard,
-                            from: self.from.clone(),
-                            chunk,
-                            last: true,
-                            actors: Vec::new(),
-                            commit: true,
-                            copy: false,
-                        }));
-                    }
+                Effect::SendCommit { chunk } => {
+                    let id = a.id;
+                    self.net.push(Msg::Chunk(Transfer {
+                        v: VERSION,
+                        epoch,
+                        attempt: id,
+                        shard: self.shard,
+                        from: self.from.clone(),
+                        chunk,
+                        last: true,
+                        actors: Vec::new(),
+                        commit: true,
+                        copy: false,
+                    }));
                 }
-                Action::Resume => self.src.paused = false,
-                Action::ReportDone | Action::ReportFailed(_) | Action::ReportSuperseded => {
-                    let phase = match action {
-                        Action::ReportDone => MovePhase::Done,
-                        Action::ReportFailed(_) => MovePhase::Failed,
-                        _ => MovePhase::Superseded,
-                    };
+                Effect::Resume => self.src.paused = false,
+                // `Transferring` says nothing the destination acts on.
+                Effect::Report {
+                    phase: MovePhase::Transferring,
+                    ..
+                }
+                | Effect::Unconfirmed => {}
+                Effect::Report { phase, .. } => {
                     let p = self.progress(epoch, self.shard, phase);
                     self.report(p);
                 }
-                Action::CommitUnconfirmed => {}
             }
             for event in next {
                 if let Some(a) = self.src.attempt.as_mut() {
-                    todo.extend(a.machine.on(event));
+                    todo.extend(a.driver.on(&mut self.src.own, event));
                 }
             }
-            if self
-                .src
-                .attempt
-                .as_ref()
-                .is_some_and(|a| a.machine.finished())
+            if todo.is_empty()
+                && self
+                    .src
+                    .attempt
+                    .as_ref()
+                    .is_some_and(|a| a.driver.finished())
                 && let Some(a) = self.src.attempt.take()
-                && let Some((_, next, _)) = self.src.own.move_finished(self.shard, a.epoch)
+                && let Some((_, next, _)) = a.driver.next(&mut self.src.own)
             {
                 self.start_attempt(next);
             }
@@ -401,13 +412,10 @@ impl World {
         match msg {
             Msg::Chunk(t) => {
                 let (epoch, chunk, commit) = (t.epoch, t.chunk, t.commit);
-                let result = self
-                    .dst
-                    .own
-                    .check_chunk(&t)
-                    .and_then(|()| self.dst.own.on_chunk(&t));
+                let result = driver::check(&self.dst.own, &t)
+                    .and_then(|()| driver::receive(&mut self.dst.own, &t));
                 let result = match result {
-                    Ok(Accept::Stage { fresh }) => {
+                    Ok(Receive::Stage { fresh }) => {
                         if fresh {
                             self.dst.staged.clear();
                         }
@@ -417,14 +425,16 @@ impl World {
                         }
                         Ok(())
                     }
-                    Ok(Accept::Commit { fresh }) => {
+                    Ok(Receive::Commit { fresh, done }) => {
                         if fresh {
                             self.dst.staged.clear();
                         }
                         // The destination stores Done before it confirms the commit.
-                        let mut done = self.progress(t.epoch, self.shard, MovePhase::Done);
-                        done.node = DEST.into();
-                        self.report(done);
+                        let mut p = self.progress(t.epoch, self.shard, MovePhase::Done);
+                        p.node = DEST.into();
+                        p.from = done.from;
+                        p.to = Some(done.to);
+                        self.report(p);
                         // The destination holds exactly what the source captured (when it
                         // restarted meanwhile, what it holds is captured and the rest comes from
                         // the log).
@@ -451,7 +461,7 @@ impl World {
                         }
                         Ok(())
                     }
-                    Ok(Accept::Duplicate) => Ok(()),
+                    Ok(Receive::Duplicate) => Ok(()),
                     Err(e) => Err(e),
                 };
                 self.net.push(Msg::Reply {
@@ -594,7 +604,7 @@ impl World {
         if self.src.alive
             && self.src.attempt.as_ref().is_some_and(|a| {
                 matches!(
-                    a.machine.phase,
+                    a.driver.machine.phase,
                     aether_node::migration::Phase::RolledBack(_)
                 )
             })
