@@ -43,11 +43,34 @@ pub async fn serve(
         .map_err(|e| Error::Config(format!("--api-addr {addr}: {e}")))?;
     let app = router(shared);
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "app API stopped");
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, for instance: wait for some to close.
+                    tracing::warn!(error = %e, "app API: accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "app API connection");
+                }
+            });
         }
     }))
 }
+
+/// How long a connection to the app API may take to send a request's headers, or stay idle
+/// between requests, before it is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The API's routes.
 pub fn router(shared: Arc<Shared>) -> Router {

@@ -1,20 +1,24 @@
-//! A small client: send a request to the actor's owner (one hop, by the plan it watches) or to any
+//! A small client: send a request to the actor's owner (one hop, by the plan it follows) or to any
 //! node, follow redirects and retry-afters until a final answer; and a bounded load generator that
-//! records every acknowledged command.
+//! records every acknowledged command. The plan is followed by reading the bucket's `plan` key
+//! (a JetStream direct get), every [`PLAN_READ_EVERY`] and at once after a redirect: no consumer,
+//! so the client role needs no right to create one.
 
 use crate::error::{Error, Result};
 use aether_core::protocol::{
     ActorRef, ErrorCode, Names, Op, Outcome, PlanMessage, Reply, Request, decode, encode,
 };
 use aether_core::route::RouteTable;
-use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-/// How often a plan watch also reads the plan directly (a watch can stall without an error).
-const PLAN_POLL_EVERY: Duration = Duration::from_secs(5);
+/// How often a client that follows the plan reads it.
+pub const PLAN_READ_EVERY: Duration = Duration::from_secs(2);
+
+/// The least time between two reads of the plan (a burst of redirects reads it once).
+const PLAN_READ_GAP: Duration = Duration::from_millis(100);
 
 /// A client of one ShardPlan's nodes.
 #[derive(Clone, Debug)]
@@ -57,12 +61,14 @@ impl Routes {
     }
 }
 
-/// A watch of the plan bucket, ended when the last client holding it goes.
+/// The plan a client follows, ended when the last client holding it goes.
 #[derive(Debug)]
 struct PlanWatch {
     routes: Arc<RwLock<Routes>>,
     /// The epoch of `routes`, for waiting on the first plan.
     epochs: tokio::sync::watch::Receiver<u64>,
+    /// Asks for a read now (a node said the plan moved on).
+    stale: Arc<tokio::sync::Notify>,
     task: tokio::task::AbortHandle,
 }
 
@@ -84,19 +90,22 @@ impl Client {
         }
     }
 
-    /// A client that watches the plan bucket and sends each request straight to its actor's owner
-    /// (`P.node.{pod}.req`, one hop); to any node while it has no plan, after a redirect without an
-    /// owner, or when the owner does not answer. Needs a Tokio runtime (the watch is a task).
+    /// A client that follows the plan (reads the bucket's `plan` key every [`PLAN_READ_EVERY`] and
+    /// after a redirect) and sends each request straight to its actor's owner (`P.node.{pod}.req`,
+    /// one hop); to any node while it has no plan, after a redirect without an owner, or when the
+    /// owner does not answer. Needs a Tokio runtime (the reads are a task).
     #[must_use]
     pub fn watching_plan(nats: async_nats::Client, prefix: &str) -> Self {
         let names = Names::new(prefix);
         let routes = Arc::new(RwLock::new(Routes::default()));
         let (tx, epochs) = tokio::sync::watch::channel(0);
-        let task = tokio::spawn(watch_plan(
+        let stale = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(follow_plan(
             async_nats::jetstream::new(nats.clone()),
             names.clone(),
             routes.clone(),
             tx,
+            stale.clone(),
         ))
         .abort_handle();
         Self {
@@ -105,6 +114,7 @@ impl Client {
             plan: Some(Arc::new(PlanWatch {
                 routes,
                 epochs,
+                stale,
                 task,
             })),
             deadline: Duration::from_secs(30),
@@ -163,6 +173,9 @@ impl Client {
             match self.request_once(subject.clone(), req).await {
                 Ok(reply) => match &reply.outcome {
                     Outcome::Error(e) if e.code == ErrorCode::Redirect => {
+                        if let Some(w) = &self.plan {
+                            w.stale.notify_one();
+                        }
                         subject = e
                             .owner
                             .as_deref()
@@ -213,13 +226,15 @@ impl Client {
     }
 }
 
-/// Keeps `routes` at the newest valid plan in the bucket of `names`; retries when the bucket is
-/// missing or the watch ends (a client may start before the operator created it).
-async fn watch_plan(
+/// Keeps `routes` at the newest valid plan in the bucket of `names`: reads its `plan` key every
+/// [`PLAN_READ_EVERY`] and when `stale` is notified; retries when the bucket is missing (a client
+/// may start before the operator created it).
+async fn follow_plan(
     js: async_nats::jetstream::Context,
     names: Names,
     routes: Arc<RwLock<Routes>>,
     epochs: tokio::sync::watch::Sender<u64>,
+    stale: Arc<tokio::sync::Notify>,
 ) {
     let take = |value: &[u8]| {
         let Ok(plan) = decode::<PlanMessage>(value).and_then(|p| p.validate().map(|()| p)) else {
@@ -232,37 +247,26 @@ async fn watch_plan(
             epochs.send_replace(plan.epoch);
         }
     };
+    let mut bucket = None;
     loop {
-        let watched: Result<()> = async {
-            let bucket = js
-                .get_key_value(names.plan_bucket())
-                .await
-                .map_err(|e| Error::Nats(format!("plan bucket: {e}")))?;
-            let mut watch = bucket
-                .watch_with_history(Names::PLAN_KEY)
-                .await
-                .map_err(|e| Error::Nats(format!("watch plans: {e}")))?;
-            let mut poll = tokio::time::interval(PLAN_POLL_EVERY);
-            loop {
-                tokio::select! {
-                    next = watch.next() => match next {
-                        Some(Ok(entry)) => take(&entry.value),
-                        Some(Err(e)) => return Err(Error::Nats(format!("watch plans: {e}"))),
-                        None => return Ok(()),
-                    },
-                    _ = poll.tick() => {
-                        if let Ok(Some(value)) = bucket.get(Names::PLAN_KEY).await {
-                            take(&value);
-                        }
-                    }
+        let store = match &bucket {
+            Some(b) => b,
+            None => match js.get_key_value(names.plan_bucket()).await {
+                Ok(b) => bucket.insert(b),
+                Err(e) => {
+                    tracing::debug!(error = %e, "plan bucket not readable yet");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
                 }
-            }
+            },
+        };
+        match store.get(Names::PLAN_KEY).await {
+            Ok(Some(value)) => take(&value),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "plan not read"),
         }
-        .await;
-        if let Err(e) = watched {
-            tracing::debug!(error = %e, "plan watch interrupted; resuming");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = tokio::time::timeout(PLAN_READ_EVERY, stale.notified()).await;
+        tokio::time::sleep(PLAN_READ_GAP).await;
     }
 }
 

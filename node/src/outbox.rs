@@ -69,6 +69,11 @@ pub async fn run(shared: Arc<Shared>, mut deliveries: mpsc::UnboundedReceiver<De
                 let Ok(_slot) = slots.acquire_owned().await else {
                     return;
                 };
+                // A sender at work counts against `--max-inflight` like a request: it waits
+                // while the node is at its bound (requests are answered `overloaded` instead).
+                let Ok(_inflight) = shared.inflight.clone().acquire_owned().await else {
+                    return;
+                };
                 sender(&shared, &queues, from).await;
             });
         }
@@ -153,18 +158,10 @@ async fn deliver(shared: &Arc<Shared>, from: &ActorRef, send: &Outgoing) -> Opti
         },
         Some(send.id.clone()),
     );
-    // A kind no node hosts is a final answer, as a client would get it (here the worker would
-    // answer `internal`, which is retried).
-    let unknown = shared.host.registry.get(&send.actor.kind).is_none();
+    // The receiver's owner judges its kind: `unknownKind` from it is a final answer.
     until_answered(shared, || async {
         if !shared.serves_actor(from) {
             return None;
-        }
-        if unknown {
-            return Some(Reply::error(ErrorReply::new(
-                ErrorCode::UnknownKind,
-                format!("no actor kind {:?}", send.actor.kind),
-            )));
         }
         Some(shared.dispatch(timed(req.clone())).await.into_reply())
     })

@@ -112,7 +112,8 @@ impl Shared {
         self.handle(req, None, false).await
     }
 
-    /// Validation, kind, dispatch; `raw` are the bytes the request arrived as, if it came so.
+    /// Validation, then dispatch (the owner judges the kind); `raw` are the bytes the request
+    /// arrived as, if it came so.
     async fn handle(
         self: &Arc<Self>,
         mut req: Request,
@@ -133,16 +134,6 @@ impl Shared {
                 _ => Malformed::Request,
             });
             return Answer::error(ErrorReply::from_decode(&e));
-        }
-        if self.host.registry.get(&req.actor.kind).is_none() {
-            return Answer::error(ErrorReply::new(
-                ErrorCode::UnknownKind,
-                format!(
-                    "no actor kind {:?} (this node hosts {})",
-                    req.actor.kind,
-                    self.host.registry.kinds().join(", ")
-                ),
-            ));
         }
         self.dispatch_once(req, raw, true).await
     }
@@ -169,6 +160,19 @@ impl Shared {
             }
         };
         match target {
+            // The kinds are the owner's to judge: a node without the kind (one not updated yet in
+            // a rolling update that adds it) forwards the request like any other.
+            Target::Local(..) if self.host.registry.get(&req.actor.kind).is_none() => {
+                Answer::error(ErrorReply::new(
+                    ErrorCode::UnknownKind,
+                    format!(
+                        "no actor kind {:?} (its owner {} hosts {})",
+                        req.actor.kind,
+                        self.me,
+                        self.host.registry.kinds().join(", ")
+                    ),
+                ))
+            }
             Target::Local(worker, shard) => {
                 self.metrics().route(RouteKind::Local);
                 let (tx, rx) = oneshot::channel();

@@ -8,7 +8,7 @@ pub use crate::error::{Error, Result};
 use crate::membership;
 pub use crate::metrics::{Metrics, PlanLabel, Reason};
 use aether_core::crd::{ShardPlan, ShardPlanStatus};
-use aether_core::protocol::{Names, NodeEvent, NodeEventKind, PlanMessage, Progress, decode};
+use aether_core::protocol::{Names, PlanMessage, decode};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -19,7 +19,6 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -27,26 +26,16 @@ use tokio::sync::mpsc;
 /// Field manager of the status writes.
 pub const MANAGER: &str = "aether-operator";
 
-/// A NATS connection with the plan subscriptions made on it.
-#[derive(Debug)]
-struct NatsConn {
-    client: async_nats::Client,
-    prefixes: Vec<String>,
-}
-
 /// State shared by reconciles.
 pub struct Context {
     client: Client,
     recorder: Recorder,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    nats: tokio::sync::Mutex<HashMap<String, NatsConn>>,
-    progress: Arc<Mutex<HashMap<String, Reports>>>,
-    /// Pods whose node announced it is leaving, per subject prefix (until it announces `up`).
-    leaving: Arc<Mutex<HashMap<String, BTreeSet<String>>>>,
+    /// The NATS connections, each with the reports and node events it heard.
+    conns: Conns,
     /// Reconciles asked for by NATS news (a node leaving), outside the Kubernetes watches.
-    wake: mpsc::UnboundedSender<()>,
-    woken: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
+    woken: Mutex<Option<mpsc::UnboundedReceiver<PlanRef>>>,
     /// The controller's cache of every ShardPlan, once it runs: the prefix check reads it rather
     /// than listing every ShardPlan on each reconcile.
     plans: std::sync::OnceLock<kube::runtime::reflector::Store<ShardPlan>>,
@@ -70,170 +59,42 @@ impl Context {
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            conns: Conns::new(metrics.clone(), wake),
             metrics,
-            nats: tokio::sync::Mutex::new(HashMap::new()),
-            progress: Arc::new(Mutex::new(HashMap::new())),
-            leaving: Arc::new(Mutex::new(HashMap::new())),
-            wake,
             woken: Mutex::new(Some(woken)),
             plans: std::sync::OnceLock::new(),
         })
     }
 
-    /// The NATS connection for a ShardPlan (cached per URL and credentials), subscribed to its progress.
-    async fn nats(&self, sp: &ShardPlan, ns: &str) -> Result<async_nats::Client> {
+    /// The NATS connection of a ShardPlan (shared by the ShardPlans of one server list, prefix and
+    /// credentials), following that prefix's progress reports and node events on that server.
+    async fn nats(&self, sp: &ShardPlan, ns: &str) -> Result<Arc<Conn>> {
         let spec = &sp.spec.nats;
         let mut opts = async_nats::ConnectOptions::new();
-        // One connection per URL, prefix (its inbox prefix is the ShardPlan's) and credentials.
-        let mut key = format!("{}|{}", spec.url, spec.subject_prefix);
+        let mut credentials = None;
         if let Some(secret) = &spec.credentials_secret {
             let s = Api::<Secret>::namespaced(self.client.clone(), ns)
                 .get_opt(secret)
                 .await?
                 .ok_or_else(|| crate::credentials::not_allowed(secret, ns))?;
             opts = crate::credentials::options(&s)?;
-            key.push_str(&format!(
-                "|{secret}@{}",
+            credentials = Some(format!(
+                "{ns}/{secret}@{}",
                 s.metadata.resource_version.unwrap_or_default()
             ));
         }
         let opts = opts
             .name(MANAGER)
             .custom_inbox_prefix(Names::new(&spec.subject_prefix).operator_inbox());
-        let mut conns = self.nats.lock().await;
-        if !conns.contains_key(&key) {
-            let urls = aether_nats::process::nats_urls(&spec.url, "spec.nats.url")
-                .map_err(|e| Error::Nats(e.to_string()))?;
-            let client = tokio::time::timeout(Duration::from_secs(5), opts.connect(urls))
-                .await
-                .map_err(|_| Error::Nats(format!("cannot connect to {} within 5s", spec.url)))?
-                .map_err(|e| Error::Nats(format!("cannot connect to {}: {e}", spec.url)))?;
-            conns.insert(
-                key.clone(),
-                NatsConn {
-                    client,
-                    prefixes: Vec::new(),
-                },
-            );
-        }
-        let conn = conns
-            .get_mut(&key)
-            .ok_or_else(|| Error::Nats("connection vanished".into()))?;
-        let prefix = spec.subject_prefix.clone();
-        if !conn.prefixes.contains(&prefix) {
-            // Reports are stored in the progress stream: read from its start (the latest report
-            // of each move), so none sent while this operator was down or not leading is lost.
-            let js = async_nats::jetstream::new(conn.client.clone());
-            let replicas = sp.spec.nats.replicas.max(1) as usize;
-            let reports = aether_nats::progress::open_stream(&js, &Names::new(&prefix), replicas)
-                .await
-                .map_err(|e| Error::Nats(e.to_string()))?;
-            let sink = self.progress.clone();
-            let p = prefix.clone();
-            let metrics = self.metrics.clone();
-            tokio::spawn(async move {
-                loop {
-                    match aether_nats::progress::follow(&reports).await {
-                        Ok((mut messages, _)) => {
-                            while let Some(m) = messages.next().await {
-                                let Ok(m) = m else { continue };
-                                let Ok(report) = decode::<Progress>(&m.payload) else {
-                                    metrics.malformed_reports.inc();
-                                    continue;
-                                };
-                                if let Ok(mut map) = sink.lock() {
-                                    map.entry(p.clone()).or_default().add(report);
-                                }
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "progress stream"),
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            });
-            let mut events = conn
-                .client
-                .subscribe(Names::new(&prefix).node_events())
-                .await
-                .map_err(|e| Error::Nats(e.to_string()))?;
-            let (leaving, wake, p) = (self.leaving.clone(), self.wake.clone(), prefix.clone());
-            tokio::spawn(async move {
-                while let Some(m) = events.next().await {
-                    let Ok(ev) = decode::<NodeEvent>(&m.payload) else {
-                        continue;
-                    };
-                    let changed = leaving.lock().is_ok_and(|mut map| {
-                        let pods = map.entry(p.clone()).or_default();
-                        match ev.event {
-                            NodeEventKind::Leaving => pods.insert(ev.node),
-                            NodeEventKind::Up => pods.remove(&ev.node),
-                        }
-                    });
-                    // Planned out at once, not when the pod goes NotReady or is deleted; and back
-                    // in as soon as it is up again.
-                    if changed {
-                        let _ = wake.send(());
-                    }
-                }
-            });
-            conn.prefixes.push(prefix);
-        }
-        Ok(conn.client.clone())
-    }
-
-    fn leaving(&self, prefix: &str) -> BTreeSet<String> {
-        self.leaving
-            .lock()
-            .map(|m| m.get(prefix).cloned().unwrap_or_default())
-            .unwrap_or_default()
-    }
-
-    fn take_progress(&self, prefix: &str) -> Vec<Progress> {
-        self.progress
-            .lock()
-            .map(|mut m| m.remove(prefix).unwrap_or_default().into_reports())
-            .unwrap_or_default()
-    }
-}
-
-/// Progress reports between two reconciles: the latest per (epoch, shard), which is all a decision
-/// reads (a move reports Transferring, then Done or Failed), so they stay bounded however many
-/// arrive; beyond [`Reports::LIMIT`] moves the oldest epochs go first. Error texts are cut to
-/// [`Reports::ERROR_BYTES`] so a report can never make the status too large to write.
-#[derive(Debug, Default)]
-pub struct Reports(std::collections::BTreeMap<(u64, u32), Progress>);
-
-impl Reports {
-    /// Moves remembered at most (two plans of 65,536 shards).
-    pub const LIMIT: usize = 2 * 65_536;
-    /// Longest error text kept from a report.
-    pub const ERROR_BYTES: usize = 1024;
-
-    /// Adds a report; it replaces an earlier one of the same move.
-    pub fn add(&mut self, mut p: Progress) {
-        if let Some(e) = &mut p.error
-            && e.len() > Self::ERROR_BYTES
-        {
-            *e = aether_core::protocol::app::cut(std::mem::take(e), Self::ERROR_BYTES);
-            e.push_str("...");
-        }
-        self.0.insert((p.epoch, p.shard), p);
-        while self.0.len() > Self::LIMIT {
-            self.0.pop_first();
-        }
-    }
-
-    /// Puts back reports a failed reconcile took, unless a newer one of the same move came since.
-    pub fn restore(&mut self, reports: Vec<Progress>) {
-        for p in reports {
-            self.0.entry((p.epoch, p.shard)).or_insert(p);
-        }
-    }
-
-    /// The reports, oldest epoch first.
-    #[must_use]
-    pub fn into_reports(self) -> Vec<Progress> {
-        self.0.into_values().collect()
+        let key = Key {
+            servers: conns::servers(&spec.url)?,
+            prefix: spec.subject_prefix.clone(),
+            credentials,
+        };
+        let replicas = spec.replicas.max(1) as usize;
+        self.conns
+            .get(&ObjectRef::from_obj(sp), key, &spec.url, opts, replicas)
+            .await
     }
 }
 
@@ -253,6 +114,7 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
         .await?
     else {
         ctx.metrics.problem(&source, None);
+        ctx.conns.release(&ObjectRef::new(&name).within(&ns));
         return Ok(Action::await_change());
     };
     let sts = Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
@@ -265,7 +127,7 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
     let prefix = sp.spec.nats.subject_prefix.clone();
     let replicas = sp.spec.nats.replicas.max(1) as usize;
     let (nats, nats_problem, held) = match ctx.nats(&sp, &ns).await {
-        Ok(c) => match held_plan(&c, &prefix, replicas).await {
+        Ok(c) => match held_plan(&c.client, &prefix, replicas).await {
             Ok(held) => (Some(c), None, held),
             Err(e) => (None, Some(e.to_string()), None),
         },
@@ -295,12 +157,24 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
             .map(Arc::new)
             .collect(),
     };
+    // The same server is the same however its URL is spelled: the same `host:port` in both lists,
+    // or a server both connections reached.
+    let servers = conns::servers(&sp.spec.nats.url).unwrap_or_default();
+    let identity = nats.as_ref().map(|c| c.identity.clone());
+    let same_server = |other: &ShardPlan| {
+        conns::servers(&other.spec.nats.url).is_ok_and(|s| !s.is_disjoint(&servers))
+            || identity.as_ref().is_some_and(|mine| {
+                ctx.conns
+                    .identity_of(&ObjectRef::from_obj(other))
+                    .is_some_and(|theirs| !theirs.is_disjoint(mine))
+            })
+    };
     let prefix_taken_by = all
         .into_iter()
         .filter(|other| {
-            other.spec.nats.url == sp.spec.nats.url
-                && other.spec.nats.subject_prefix == prefix
+            other.spec.nats.subject_prefix == prefix
                 && other.metadata.uid != sp.metadata.uid
+                && same_server(other)
         })
         .filter(|other| {
             // The ShardPlan created first keeps the prefix (names break a tie).
@@ -321,7 +195,12 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
             )
         })
         .next();
-    let progress = ctx.take_progress(&prefix);
+    // A ShardPlan that may not use the prefix takes nothing the one that may needs.
+    let progress = match (&nats, &prefix_taken_by) {
+        (Some(c), None) => c.take_progress(),
+        _ => Vec::new(),
+    };
+    let leaving = nats.as_ref().map(|c| c.leaving()).unwrap_or_default();
     let started = Instant::now();
     let observed = Observed {
         generation: sp.metadata.generation,
@@ -330,7 +209,7 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
         replicas: sts
             .as_ref()
             .map(|s| s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)),
-        members: membership::members(&pods, &ctx.leaving(&prefix)),
+        members: membership::members(&pods, &leaving),
         progress: progress.clone(),
         nats_problem,
         held,
@@ -350,8 +229,8 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
 
     if let Err(e) = write_status(&ctx.client, &ns, &name, &status).await {
         // Nothing was decided for good: hand the reports back for the next attempt.
-        if let Ok(mut map) = ctx.progress.lock() {
-            map.entry(prefix).or_default().restore(progress);
+        if let Some(c) = &nats {
+            c.restore(progress);
         }
         // Deleted while this reconcile ran: nothing to write, nothing wrong.
         if let Error::Kube(kube::Error::Api(status)) = &e
@@ -374,7 +253,7 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
         .get_or_create(&label)
         .set(i64::from(status.moving));
 
-    if let Some(client) = nats {
+    if let Some(conn) = nats {
         let msg = publish.or_else(|| {
             status.plan().map(|p| {
                 let mut msg = PlanMessage::new(
@@ -387,7 +266,7 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
             })
         });
         if let Some(msg) = msg {
-            ensure_published(&client, &prefix, replicas, msg).await?;
+            ensure_published(&conn.client, &prefix, replicas, msg).await?;
         }
     }
     for note in notes {
@@ -544,9 +423,9 @@ pub async fn run(
     let _ = ctx.plans.set(store.clone());
     let woken = ctx.woken.lock().ok().and_then(|mut w| w.take());
     let controller = match woken {
-        // Every ShardPlan is reconciled (they are few); the one of the leaving pod plans it out.
-        Some(rx) => controller.reconcile_all_on(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|()| ((), rx))
+        // Only the ShardPlans of the server and prefix the node event came on.
+        Some(rx) => controller.reconcile_on(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|r| (r, rx))
         })),
         None => controller,
     };
@@ -588,6 +467,7 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| {
+            let ctx = ctx.clone();
             let metrics = ctx.metrics.clone();
             async move {
                 match res {
@@ -601,6 +481,7 @@ pub async fn run(
                     Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
                         let ns = obj.namespace.clone().unwrap_or_default();
                         metrics.problem(&format!("nats {ns}/{}", obj.name), None);
+                        ctx.conns.release(&ObjectRef::new(&obj.name).within(&ns));
                     }
                     Err(e) => tracing::debug!(error = %e, "reconcile dispatch"),
                     Ok(_) => metrics.problem("watches", None),
@@ -609,6 +490,9 @@ pub async fn run(
         })
         .await;
 }
+
+mod conns;
+pub use conns::{Conn, Conns, Key, PlanRef, Reports};
 
 #[cfg(test)]
 mod tests;

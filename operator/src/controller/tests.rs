@@ -1,7 +1,7 @@
 //! Unit tests of `controller.rs`.
 
 use super::*;
-use aether_core::protocol::VERSION;
+use aether_core::protocol::{Progress, VERSION};
 use aether_core::types::MovePhase;
 
 fn report(epoch: u64, shard: u32, phase: MovePhase, error: Option<String>) -> Progress {

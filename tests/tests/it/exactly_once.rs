@@ -841,3 +841,51 @@ async fn the_app_api_is_bounded_by_max_inflight() {
         "the 2 admitted waited for a plan: {answers:?}"
     );
 }
+
+/// Issue 28 item 5: the app API closes a connection that does not finish its request's headers,
+/// or says nothing at all, within its header-read timeout (10 s): 50 slow-header connections and
+/// 50 silent ones cannot hold the API's sockets. On 25a1eae every one stayed open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_and_silent_connections_to_the_app_api_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nats = NatsServer::start();
+    let (port, api) = (free_port(), free_port());
+    let _node = node_process(
+        &nats,
+        "slow",
+        "app-0",
+        port,
+        &["--api-addr", &format!("127.0.0.1:{api}")],
+    );
+    wait_for("the API listens", T, || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", api))
+            .await
+            .is_ok()
+    })
+    .await;
+    let closed = futures::future::join_all((0..100).map(|i| async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", api))
+            .await
+            .expect("connects");
+        if i % 2 == 0 {
+            s.write_all(b"GET /v1/actors/counter/x HTTP/1.1\r\nHost: a\r\n")
+                .await
+                .expect("writes");
+        }
+        let mut buf = [0u8; 1024];
+        // The server closes it (EOF or reset) before the test's bound, or the test fails.
+        matches!(
+            tokio::time::timeout(T, s.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }))
+    .await;
+    assert!(
+        closed.iter().all(|c| *c),
+        "every slow or silent connection closed by the API: {} of 100",
+        closed.iter().filter(|c| **c).count()
+    );
+    // The API still answers a whole request.
+    let (status, _, _) = http_with_head(api, "GET", "/v1/actors/counter/x", &[], b"").await;
+    assert_ne!(status, 0, "the API answers");
+}

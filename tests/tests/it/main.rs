@@ -14,4 +14,5 @@ mod node_http;
 mod node_migration;
 mod operator_k8s;
 mod security;
+mod tenants;
 mod timers;

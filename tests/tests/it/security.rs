@@ -232,6 +232,50 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
     refused
         .wait_for("Permissions Violation for Publish to \"$JS.API.STREAM.CREATE.KV_aether-plans\"")
         .await;
+    // ... nor creates a consumer on it: not a durable one (the server's limit of consumers per
+    // stream, used up, would leave every node started afterwards without its plan watch), not a
+    // push one delivering into a node's subjects.
+    let plans_stream = format!("KV_{}", names.plan_bucket());
+    let durable = tokio::time::timeout(
+        Duration::from_secs(10),
+        js.create_consumer_on_stream(
+            async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("hog-0".into()),
+                ..Default::default()
+            },
+            plans_stream.as_str(),
+        ),
+    )
+    .await;
+    assert!(
+        !matches!(durable, Ok(Ok(_))),
+        "a client user cannot create a durable consumer on the plan bucket"
+    );
+    let push = tokio::time::timeout(
+        Duration::from_secs(10),
+        js.create_consumer_on_stream(
+            async_nats::jetstream::consumer::push::Config {
+                deliver_subject: names.node_migrate("app-0"),
+                ..Default::default()
+            },
+            plans_stream.as_str(),
+        ),
+    )
+    .await;
+    assert!(
+        !matches!(push, Ok(Ok(_))),
+        "a client user cannot have the server push into a node's subjects"
+    );
+    refused
+        .wait_for("Permissions Violation for Publish to \"$JS.API.CONSUMER.CREATE.KV_aether-plans")
+        .await;
+    // A client that follows the plan (one hop to each owner) does so with the client user.
+    let following = Client::watching_plan(client_nc.clone(), PREFIX);
+    assert!(
+        following.wait_for_plan(T).await,
+        "a client user follows the plan"
+    );
+    assert_eq!(following.plan_epoch(), p1.epoch);
 
     // 2. A progress report: Done for a move that does not exist.
     let report = Progress {
@@ -437,7 +481,7 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
     // The nodes and the operator's side work through a rebalance under load: a third node joins,
     // then leaves (draining), with every command acknowledged exactly once.
     let load = {
-        let client = client.clone();
+        let client = following.clone();
         tokio::spawn(async move { run_load(&client, "acct", 50, 1_500, 8, T).await })
     };
     nodes.push(TestNode::start_with(node_with(&url, "app-2")).await);
@@ -466,6 +510,10 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
         .expect("app-2 drains and exits cleanly");
     let report = load.await.expect("load task");
     assert_eq!(report.errors, 0, "no command failed during the rebalance");
+    wait_for("the following client to read plan 3", T, || async {
+        following.plan_epoch() == 3
+    })
+    .await;
     let mut acked: BTreeMap<String, i64> = warm.acked.clone();
     for (actor, n) in &report.acked {
         *acked.entry(actor.clone()).or_default() += n;
