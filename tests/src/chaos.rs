@@ -4,25 +4,22 @@
 //! plans changed while moves run, members flapping. The same seed gives the same schedule; the
 //! history is checked for linearizability per actor at the end ([`crate::history::check`]). Beside
 //! them, `counter` actors carry a periodic timer through the whole run, checked from their logs at
-//! the end (`chaos/timers.rs`).
+//! the end (`chaos/timers.rs`), and the example bank's accounts move money by actor-to-actor sends
+//! (`chaos/sends.rs`: every acknowledged transfer applied once). The event stream's duplicate
+//! window is [`WINDOW`], and one kind of fault stops every process for longer than that.
 //!
-//! Plans are made the way the operator makes them (the core planner, the moves not reported done kept
-//! from their actual owners, then the KV bucket); after every fault, once no move is in flight, the
-//! runner publishes a retry when a move did not finish, as the operator does.
+//! Plans are made the way the operator makes them (`chaos/planner.rs`); after every fault, once no
+//! move is in flight, the runner publishes a retry when a move did not finish, as the operator does.
 
 use crate::cluster::next_plan;
 use crate::history::{self, History, Op, OpKind, Outcome, Verdict};
 use crate::{NatsCluster, NatsServer, Process, free_port, workspace_binary};
-use aether_core::crd::Strategy;
-use aether_core::plan::Plan;
-use aether_core::plan::{MemberInput, PlanSpec, plan};
 use aether_core::protocol::{self, ActorRef, ErrorCode, Names, Op as ReqOp, PlanMessage, Request};
-use aether_core::types::MovePhase;
 use aether_node::client::Client;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,7 +50,13 @@ pub struct Config {
     pub kinds: &'static [Fault],
     /// `counter` actors with a periodic timer through the run.
     pub timer_actors: usize,
+    /// Bank accounts moving money by sends through the run (0: no app, no sends).
+    pub accounts: usize,
 }
+
+/// JetStream's duplicate window of the run's event stream (the node's default is 120 s): short, so
+/// that faults outlast it and only the nodes' own bookkeeping keeps sends and retries once.
+pub const WINDOW: Duration = Duration::from_secs(10);
 
 impl Config {
     /// The slice inside `make test`.
@@ -71,6 +74,7 @@ impl Config {
             limit: Duration::from_secs(240),
             kinds: &Fault::ALL,
             timer_actors: 8,
+            accounts: 8,
         }
     }
 
@@ -89,6 +93,7 @@ impl Config {
             limit: Duration::from_secs(1200),
             kinds: &Fault::ALL,
             timer_actors: 32,
+            accounts: 32,
         }
     }
 }
@@ -114,11 +119,13 @@ pub enum Fault {
     PlanChange,
     /// A member removed and added back at once.
     Flap,
+    /// Every node and every nats-server killed, started again after longer than [`WINDOW`].
+    StopAll,
 }
 
 impl Fault {
     /// Every kind.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::KillNode,
         Self::StopNode,
         Self::KillSourceMidMove,
@@ -128,6 +135,7 @@ impl Fault {
         Self::RestartNats,
         Self::PlanChange,
         Self::Flap,
+        Self::StopAll,
     ];
 
     /// Its name in the report.
@@ -143,6 +151,7 @@ impl Fault {
             Self::RestartNats => "nats-server restart",
             Self::PlanChange => "plan change mid-move",
             Self::Flap => "member flap",
+            Self::StopAll => "every process stopped past every window",
         }
     }
 }
@@ -180,23 +189,35 @@ impl Nats {
             Self::Cluster(c) => c.restart(i % 3),
         }
     }
+
+    fn servers(&self) -> usize {
+        match self {
+            Self::Single(_) => 1,
+            Self::Cluster(_) => 3,
+        }
+    }
 }
 
 struct Pod {
     name: String,
     port: u16,
     proc: Option<Process>,
+    app_url: Option<String>,
 }
 
 impl Pod {
     fn start(&mut self, url: &str, prefix: &str, replicas: &str) {
+        let mut args = vec!["--stream-replicas", replicas];
+        if let Some(app) = &self.app_url {
+            args.extend(["--app-url", app.as_str()]);
+        }
         self.proc = Some(crate::cluster::spawn_process_with(
             &workspace_binary("aether-node"),
             url,
             prefix,
             &self.name,
             self.port,
-            &["--stream-replicas", replicas],
+            &args,
         ));
     }
 
@@ -217,91 +238,6 @@ impl Pod {
     }
 }
 
-/// Plans as the operator makes them: the core planner, with the moves not done yet kept from their
-/// actual owners (read from the progress stream), and a retry only once no move is in flight.
-struct Planner {
-    plan: Plan,
-    members: Vec<String>,
-    shards: u32,
-    bucket: async_nats::jetstream::kv::Store,
-    js: async_nats::jetstream::Context,
-    names: Names,
-    published: u64,
-}
-
-impl Planner {
-    /// The latest report of each move of the current plan (`None`: none yet).
-    async fn outcomes(&self) -> BTreeMap<u32, Option<MovePhase>> {
-        let mut out = BTreeMap::new();
-        let stream = self.js.get_stream(self.names.progress_stream()).await.ok();
-        for m in &self.plan.moves {
-            let mut phase = None;
-            if let Some(stream) = &stream
-                && let Ok(msg) = stream
-                    .get_last_raw_message_by_subject(&self.names.progress(self.plan.epoch, m.shard))
-                    .await
-                && let Ok(p) = protocol::decode::<protocol::Progress>(&msg.payload)
-            {
-                phase = Some(p.phase);
-            }
-            out.insert(m.shard, phase);
-        }
-        out
-    }
-
-    /// The next plan for `members`, published; returns it.
-    async fn publish(&mut self, members: Vec<String>) -> Plan {
-        let pending: BTreeSet<u32> = self
-            .outcomes()
-            .await
-            .into_iter()
-            .filter(|(_, p)| *p != Some(MovePhase::Done))
-            .map(|(s, _)| s)
-            .collect();
-        let inputs: Vec<MemberInput> = members.iter().map(MemberInput::active).collect();
-        let spec = PlanSpec {
-            shards: self.shards,
-            capacity: 4,
-            strategy: Strategy::AnchorHash,
-        };
-        let next = plan(Some(&self.plan), &pending, &inputs, &spec)
-            .unwrap_or_else(|e| panic!("plan: {e}"));
-        let msg = PlanMessage::new(&next, 4, 10);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        // The bucket may be without a leader for a moment after a server restart.
-        while let Err(e) = aether_nats::plans::publish(&self.bucket, &msg).await {
-            assert!(
-                Instant::now() < deadline,
-                "publish plan {}: {e}",
-                next.epoch
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        self.published += 1;
-        self.plan = next.clone();
-        self.members = members;
-        next
-    }
-
-    /// The operator's retry: once no move of the current plan is in flight (each reported, or past
-    /// its deadline), a new plan for the same members if any move did not finish.
-    async fn retry(&mut self) -> Option<Plan> {
-        let deadline = Instant::now() + Duration::from_secs(10 + 5);
-        loop {
-            let outcomes = self.outcomes().await;
-            let settled = outcomes.values().all(Option::is_some);
-            if settled || Instant::now() > deadline {
-                if outcomes.values().all(|p| *p == Some(MovePhase::Done)) {
-                    return None;
-                }
-                let members = self.members.clone();
-                return Some(self.publish(members).await);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
 /// Runs the workload and the fault schedule; returns what happened. Panics only on harness failures.
 pub async fn run(cfg: Config) -> Report {
     let started = Instant::now();
@@ -316,15 +252,33 @@ pub async fn run(cfg: Config) -> Report {
     let names = Names::new(prefix.as_str());
     let nc = nats.connect().await;
     let js = async_nats::jetstream::new(nc.clone());
-    let bucket = aether_nats::plans::open_bucket(&js, &names, if cfg.cluster { 3 } else { 1 })
+    let copies = if cfg.cluster { 3 } else { 1 };
+    let bucket = aether_nats::plans::open_bucket(&js, &names, copies)
         .await
         .unwrap_or_else(|e| panic!("plan bucket: {e}"));
+    // Created before any node, so its duplicate window is this run's.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: names.event_stream(),
+        subjects: vec![names.event_subjects()],
+        allow_direct: true,
+        num_replicas: copies,
+        duplicate_window: WINDOW,
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("event stream: {e}"));
+    let app = if cfg.accounts > 0 {
+        Some(sends::app().await)
+    } else {
+        None
+    };
     let url = nats.url();
     let mut pods: Vec<Pod> = (0..cfg.pods)
         .map(|i| Pod {
             name: format!("pod-{i}"),
             port: free_port(),
             proc: None,
+            app_url: app.as_ref().map(crate::app::App::url),
         })
         .collect();
     for p in &mut pods {
@@ -346,7 +300,9 @@ pub async fn run(cfg: Config) -> Report {
         .await
         .unwrap_or_else(|e| panic!("first plan: {e}"));
     let mut client = Client::new(nc.clone(), &prefix);
-    client.deadline = Duration::from_secs(15);
+    // A client retries a command with its id within the duplicate window, as PROTOCOL.md asks
+    // ("retry with the same id, soon"); after it, the outcome stays unknown to the history.
+    client.deadline = WINDOW - Duration::from_secs(2);
     let actors: Vec<String> = (0..cfg.actors).map(|i| format!("a{i}")).collect();
     converge(&client, &actors, Duration::from_secs(60))
         .await
@@ -354,6 +310,9 @@ pub async fn run(cfg: Config) -> Report {
     let timed = timers::start(&client, cfg.timer_actors)
         .await
         .unwrap_or_else(|e| panic!("timers not set: {e}"));
+    let transfers = sends::start(&client, cfg.accounts, 2)
+        .await
+        .unwrap_or_else(|e| panic!("accounts not opened: {e}"));
 
     let history = Arc::new(History::new());
     let stop = Arc::new(AtomicBool::new(false));
@@ -380,6 +339,7 @@ pub async fn run(cfg: Config) -> Report {
         not_converged: Vec::new(),
         verdict: Verdict::default(),
         timers: TimerVerdict::default(),
+        sends: SendVerdict::default(),
         plans: 0,
         elapsed: Duration::ZERO,
     };
@@ -430,6 +390,7 @@ pub async fn run(cfg: Config) -> Report {
     }
     report.verdict = history::check(&history.ops());
     report.timers = timers::finish(&client, &js, &prefix, cfg.shards, &timed).await;
+    report.sends = sends::finish(&client, &js, &prefix, cfg.shards, transfers).await;
     report.plans = planner.published + 1;
     report.elapsed = started.elapsed();
     for p in &mut pods {
@@ -515,6 +476,28 @@ async fn inject(
                 fault.name(),
                 plan.epoch,
                 plan.moves.len()
+            )
+        }
+        Fault::StopAll => {
+            for p in pods.iter_mut() {
+                p.kill();
+            }
+            for i in 0..nats.servers() {
+                nats.kill(i);
+            }
+            let down = WINDOW + pause;
+            tokio::time::sleep(down).await;
+            for i in 0..nats.servers() {
+                nats.start(i);
+            }
+            for p in pods.iter_mut() {
+                p.start(url, prefix, replicas);
+            }
+            format!(
+                "{}: {} nodes and {} nats-servers down for {down:?}",
+                fault.name(),
+                pods.len(),
+                nats.servers()
             )
         }
         Fault::RestartNats => {
@@ -687,7 +670,11 @@ async fn worker(
     }
 }
 
+mod planner;
 mod report;
+mod sends;
 mod timers;
+use planner::Planner;
 pub use report::{Report, markdown};
+pub use sends::SendVerdict;
 pub use timers::TimerVerdict;

@@ -19,6 +19,8 @@ pub struct Report {
     pub verdict: Verdict,
     /// The timers' verdict.
     pub timers: super::TimerVerdict,
+    /// The sends' verdict.
+    pub sends: super::SendVerdict,
     /// Plans published.
     pub plans: u64,
     /// The run's length.
@@ -32,6 +34,7 @@ impl Report {
         self.verdict.linearizable()
             && self.not_converged.is_empty()
             && self.timers.violations.is_empty()
+            && self.sends.violations.is_empty()
     }
 
     /// Percentile of the convergence times.
@@ -60,7 +63,13 @@ pub fn markdown(reports: &[Report], command: &str) -> String {
          linearizability (every read sees every append acknowledged before it began and nothing never \
          invoked, no append applied twice, no acknowledged append lost, versions without gaps); \
          `counter` actors with a periodic timer through the whole run have their logs checked \
-         (`tests/src/timers.rs`: every firing once, never early, on its grid, none after its cancel).\n"
+         (`tests/src/timers.rs`: every firing once, never early, on its grid, none after its cancel); \
+         the example bank's accounts (`examples/bank/app.py` as every node's app) move money by \
+         actor-to-actor sends through the run and each must hold exactly what the acknowledged \
+         transfers say (a send applied twice or lost is a balance off). The event stream's \
+         duplicate window is {} s, and the fault \"{}\" outlasts it.\n",
+        super::WINDOW.as_secs(),
+        super::Fault::StopAll.name()
     );
     for r in reports {
         let v = &r.verdict;
@@ -101,6 +110,16 @@ pub fn markdown(reports: &[Report], command: &str) -> String {
             s,
             "| timer firings applied twice, early, off their grid or after their cancel | {} |",
             r.timers.violations.len()
+        );
+        let _ = writeln!(
+            s,
+            "| sends: accounts, transfers acknowledged | {}, {} |",
+            r.sends.accounts, r.sends.transfers
+        );
+        let _ = writeln!(
+            s,
+            "| transfers unanswered, accounts off their due (sends lost or applied twice) | {} |",
+            r.sends.violations.len()
         );
         let _ = writeln!(
             s,

@@ -1,6 +1,7 @@
 //! A short, fixed-seed slice of the chaos suite (`make chaos` runs the long one): a random schedule of
 //! node, NATS and plan faults under a workload, its history checked for linearizability per actor,
-//! and periodic timers through it checked from their logs.
+//! periodic timers through it checked from their logs, and bank transfers by actor-to-actor sends
+//! checked against every account's balance.
 
 use aether_tests::chaos::{Config, run};
 
@@ -22,13 +23,14 @@ async fn check(cfg: Config) {
     }
     let total: usize = report.faults.values().sum();
     eprintln!(
-        "seed {seed}: {total} faults, {} ops, {} acknowledged, errors {:?}, converge p50 {} ms max {} ms, {} timer firings checked",
+        "seed {seed}: {total} faults, {} ops, {} acknowledged, errors {:?}, converge p50 {} ms max {} ms, {} timer firings checked, {} transfers",
         report.verdict.ops,
         report.verdict.acknowledged,
         report.verdict.errors,
         report.converge_percentile(0.5),
         report.converge_percentile(1.0),
-        report.timers.firings
+        report.timers.firings,
+        report.sends.transfers
     );
     assert!(
         report.verdict.linearizable(),
@@ -53,6 +55,16 @@ async fn check(cfg: Config) {
         report.timers.violations.is_empty(),
         "seed {seed}: timers broke a promise: {:#?}",
         report.timers.violations
+    );
+    assert!(
+        report.sends.violations.is_empty(),
+        "seed {seed}: sends broke a promise: {:#?}",
+        report.sends.violations
+    );
+    assert!(
+        report.sends.transfers > 0,
+        "seed {seed}: transfers were acknowledged through the run: {:?}",
+        report.sends
     );
     assert!(
         report.timers.firings >= report.timers.actors,

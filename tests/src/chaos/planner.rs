@@ -1,0 +1,95 @@
+//! The runner's operator: plans made the way the operator makes them (the core planner, the moves
+//! not reported done kept from their actual owners, then the KV bucket), and its retry of a plan
+//! whose moves did not all finish.
+
+use aether_core::crd::Strategy;
+use aether_core::plan::{MemberInput, Plan, PlanSpec, plan};
+use aether_core::protocol::{self, Names, PlanMessage};
+use aether_core::types::MovePhase;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// Plans as the operator makes them: the core planner, with the moves not done yet kept from their
+/// actual owners (read from the progress stream), and a retry only once no move is in flight.
+pub(super) struct Planner {
+    pub(super) plan: Plan,
+    pub(super) members: Vec<String>,
+    pub(super) shards: u32,
+    pub(super) bucket: async_nats::jetstream::kv::Store,
+    pub(super) js: async_nats::jetstream::Context,
+    pub(super) names: Names,
+    pub(super) published: u64,
+}
+
+impl Planner {
+    /// The latest report of each move of the current plan (`None`: none yet).
+    async fn outcomes(&self) -> BTreeMap<u32, Option<MovePhase>> {
+        let mut out = BTreeMap::new();
+        let stream = self.js.get_stream(self.names.progress_stream()).await.ok();
+        for m in &self.plan.moves {
+            let mut phase = None;
+            if let Some(stream) = &stream
+                && let Ok(msg) = stream
+                    .get_last_raw_message_by_subject(&self.names.progress(self.plan.epoch, m.shard))
+                    .await
+                && let Ok(p) = protocol::decode::<protocol::Progress>(&msg.payload)
+            {
+                phase = Some(p.phase);
+            }
+            out.insert(m.shard, phase);
+        }
+        out
+    }
+
+    /// The next plan for `members`, published; returns it.
+    pub(super) async fn publish(&mut self, members: Vec<String>) -> Plan {
+        let pending: BTreeSet<u32> = self
+            .outcomes()
+            .await
+            .into_iter()
+            .filter(|(_, p)| *p != Some(MovePhase::Done))
+            .map(|(s, _)| s)
+            .collect();
+        let inputs: Vec<MemberInput> = members.iter().map(MemberInput::active).collect();
+        let spec = PlanSpec {
+            shards: self.shards,
+            capacity: 4,
+            strategy: Strategy::AnchorHash,
+        };
+        let next = plan(Some(&self.plan), &pending, &inputs, &spec)
+            .unwrap_or_else(|e| panic!("plan: {e}"));
+        let msg = PlanMessage::new(&next, 4, 10);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // The bucket may be without a leader for a moment after a server restart.
+        while let Err(e) = aether_nats::plans::publish(&self.bucket, &msg).await {
+            assert!(
+                Instant::now() < deadline,
+                "publish plan {}: {e}",
+                next.epoch
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.published += 1;
+        self.plan = next.clone();
+        self.members = members;
+        next
+    }
+
+    /// The operator's retry: once no move of the current plan is in flight (each reported, or past
+    /// its deadline), a new plan for the same members if any move did not finish.
+    pub(super) async fn retry(&mut self) -> Option<Plan> {
+        let deadline = Instant::now() + Duration::from_secs(10 + 5);
+        loop {
+            let outcomes = self.outcomes().await;
+            let settled = outcomes.values().all(Option::is_some);
+            if settled || Instant::now() > deadline {
+                if outcomes.values().all(|p| *p == Some(MovePhase::Done)) {
+                    return None;
+                }
+                let members = self.members.clone();
+                return Some(self.publish(members).await);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
