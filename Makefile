@@ -14,7 +14,7 @@ KUBECTL := $(TOOLS_DIR)/kubernetes-$(K8S_VERSION)/kubectl
 ETCD := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
 HELM := $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 
-.PHONY: all build test lint fmt generate check-generated chart-check bench bench-peers tools-peers chaos fuzz model-check demo tools clean-tools
+.PHONY: all build test sdk-test lint fmt generate check-generated chart-check bench bench-peers tools-peers chaos fuzz model-check demo tools clean-tools
 
 all: lint test
 
@@ -25,10 +25,15 @@ build:
 # The end-to-end tests start the workspace's binaries as OS processes, so those are built first.
 # Property tests run a fixed-seed slice here (PROPTEST_RNG_SEED); set it to another value to explore.
 PROPTEST_RNG_SEED ?= 20261202
-test: tools check-generated chart-check
+test: tools check-generated chart-check sdk-test
 	$(CARGO) build --workspace --release --bins
 	PROPTEST_RNG_SEED=$(PROPTEST_RNG_SEED) AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) AETHER_ETCD=$(ETCD) AETHER_KUBE_APISERVER=$(KUBE_APISERVER) \
 	  $(CARGO) test --workspace --release --no-fail-fast
+
+## sdk-test: the Python SDK's own tests (kinds, the app protocol over HTTP, the bank in memory);
+## its client against a real sidecar runs in `make test` (tests/tests/it/app_protocol.rs).
+sdk-test:
+	python3 -m unittest discover -s sdk/python/tests
 
 ## demo: a local control plane, NATS and pods as processes; helm install, kubectl apply, a workload,
 ## kubectl scale 3 -> 5 -> 2 while `kubectl get shardplans -w` shows the plan. Ctrl-C tears down.

@@ -632,3 +632,32 @@ async fn a_reply_over_the_servers_max_payload_is_answered_too_large() {
         "{ok:?}"
     );
 }
+
+/// The Python SDK's client (`sdk/python`) against a real sidecar whose app is the bank on the SDK:
+/// `sdk/python/tests/client_check.py` calls accounts through the app API (ids and retries, refusals
+/// and unknown kinds as errors with their codes, a transfer's send, timers, the asyncio client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdks_client_calls_actors_through_a_real_sidecar() {
+    let nats = NatsServer::start();
+    let bank = App::start("examples/bank/app.py").await;
+    let (n, api) = node(&nats, "sdk", &bank.url()).await;
+    wait_for("the node Ready", T, || async {
+        n.health.problem().is_none()
+    })
+    .await;
+    let script = aether_tests::app::repo_file("sdk/python/tests/client_check.py");
+    let api_url = format!("http://127.0.0.1:{api}");
+    let out = tokio::process::Command::new(aether_tests::app::python())
+        .arg(&script)
+        .args(["--api", &api_url])
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "the SDK's client check failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(n);
+}

@@ -1,0 +1,121 @@
+"""The app protocol, served: `GET /v1/kinds`, `POST /v1/decide`, `POST /v1/apply` (docs/PROTOCOL.md,
+"App protocol") over kept-alive HTTP/1.1 on loopback, for the kinds given. Standard library only."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterable, Optional
+
+from .kind import Context, InvalidDecision, Kind
+
+
+class App:
+    """The kinds of one app container. `serve` blocks; `start` serves on a thread (for tests)."""
+
+    def __init__(self, kinds: Iterable[Kind]):
+        self.kinds = {}
+        for k in kinds:
+            if k.name in self.kinds:
+                raise ValueError(f"kind {k.name} given twice")
+            self.kinds[k.name] = k
+        self._kinds_body = json.dumps({"kinds": [k.info() for k in self.kinds.values()]}).encode()
+        self._server: Optional[ThreadingHTTPServer] = None
+
+    # The calls, without HTTP (what the handler runs).
+    def decide(self, call: dict) -> dict:
+        kind = self._kind(call.get("kind"))
+        ctx = Context(kind.name, call.get("id", ""), call.get("version", 0), call.get("commandId"))
+        return kind.run_decide(call.get("state"), call.get("command"), ctx)
+
+    def apply(self, call: dict) -> dict:
+        kind = self._kind(call.get("kind"))
+        state = call.get("state")
+        if state is None:
+            state = kind.initial
+        return {"state": kind.fold(state, call.get("events") or [])}
+
+    def _kind(self, name) -> Kind:
+        kind = self.kinds.get(name)
+        if kind is None:
+            raise InvalidDecision(f"no kind {name!r} here (this app hosts {', '.join(self.kinds)})")
+        return kind
+
+    # HTTP.
+    def server(self, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+        app = self
+
+        class Handler(_Handler):
+            pass
+
+        Handler.app = app
+        server = ThreadingHTTPServer((host, port), Handler)
+        server.daemon_threads = True
+        return server
+
+    def serve(self, host: str = "127.0.0.1", port: int = 8000) -> None:
+        """Serves until interrupted; the sidecar gets `--app-url http://{host}:{port}`."""
+        server = self.server(host, port)
+        print(f"aether app ({', '.join(self.kinds)}) on http://{host}:{server.server_port}",
+              file=sys.stderr, flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serves on a daemon thread; returns its URL."""
+        self._server = self.server(host, port)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return f"http://{host}:{self._server.server_port}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    app: App
+    protocol_version = "HTTP/1.1"  # kept-alive connections
+    # One segment per answer: headers and body buffered together, no Nagle delay (else each call
+    # waits for a delayed ACK).
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
+
+    def _answer(self, status: int, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802 (the http.server API)
+        if self.path == "/v1/kinds":
+            self._answer(200, self.app._kinds_body)
+        else:
+            self._answer(404, json.dumps({"error": f"no {self.path}"}).encode())
+
+    def do_POST(self):  # noqa: N802
+        length = int(self.headers.get("Content-Length", "0"))
+        try:
+            call = json.loads(self.rfile.read(length) or b"{}")
+            if self.path == "/v1/decide":
+                body = self.app.decide(call)
+            elif self.path == "/v1/apply":
+                body = self.app.apply(call)
+            else:
+                self._answer(404, json.dumps({"error": f"no {self.path}"}).encode())
+                return
+            self._answer(200, json.dumps(body, separators=(",", ":")).encode())
+        except Exception as e:  # noqa: BLE001 (any failure of the app's code is answered)
+            # The app's own mistake: the sidecar answers the caller `appError` and counts it.
+            why = f"{type(e).__name__}: {e}"
+            print(f"aether app: {why}", file=sys.stderr, flush=True)
+            self._answer(500, json.dumps({"error": why}).encode())
+
+    def log_message(self, *args):
+        pass
