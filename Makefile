@@ -30,10 +30,11 @@ test: tools check-generated chart-check sdk-test
 	PROPTEST_RNG_SEED=$(PROPTEST_RNG_SEED) AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) AETHER_ETCD=$(ETCD) AETHER_KUBE_APISERVER=$(KUBE_APISERVER) \
 	  $(CARGO) test --workspace --release --no-fail-fast
 
-## sdk-test: the Python SDK's own tests (kinds, the app protocol over HTTP, the bank in memory);
-## its client against a real sidecar runs in `make test` (tests/tests/it/app_protocol.rs).
+## sdk-test: the Python and TypeScript SDKs' own tests (kinds, the app protocol over HTTP, the bank in
+## memory); their clients against a real sidecar run in `make test` (tests/tests/it/app_protocol.rs).
 sdk-test:
 	python3 -m unittest discover -s sdk/python/tests
+	node --test sdk/typescript/test/
 
 ## demo: a local control plane, NATS and pods as processes; helm install, kubectl apply, a workload,
 ## kubectl scale 3 -> 5 -> 2 while `kubectl get shardplans -w` shows the plan. Ctrl-C tears down.

@@ -2,21 +2,15 @@
 """aether example application: bank accounts, on the Python SDK (sdk/python, `aether_actors`).
 
 Kind `account`, state {"balance": int}, with "holds": {id: n} while there are any:
-  {"deposit": n}   n > 0                       -> event {"deposited": n}
-  {"withdraw": n}  n > 0, refused on overdraft -> event {"withdrew": n}
-  {"transfer": {"to": id, "amount": n}}        -> event {"sent": n, "to": id}, and {"deposit": n} sent to
-                   account `id`, exactly once in effect; a refused deposit is refunded here when its
-                   answer comes back (event {"refunded": n}).
-  {"hold": {"id": h, "amount": n, "ttl": t}}  -> event {"held": n, "id": h}: n set aside, and a timer
-                   "hold-h" set for t (e.g. "15m") that releases it unless it is captured first.
-  {"capture": h}   -> event {"captured": n, "id": h}: the held money is paid out; the timer is cancelled.
-Every accepted command replies {"balance": <after>}.
-
-Run: python3 app.py [--listen 127.0.0.1:8000]   (or --port, AETHER_APP_PORT); the sidecar gets --app-url http://127.0.0.1:8000.
+  {"deposit": n}, {"withdraw": n} (n > 0, no overdraft) -> event {"deposited": n} / {"withdrew": n}
+  {"transfer": {"to": id, "amount": n}} -> event {"sent": n, "to": id} and {"deposit": n} sent to account
+      `id`, exactly once in effect; a refused deposit is refunded when its answer comes back.
+  {"hold": {"id": h, "amount": n, "ttl": t}} -> event {"held": n, "id": h}: n set aside, and a timer
+      "hold-h" for t (e.g. "15m") that releases it unless {"capture": h} pays it out first.
+Every accepted command replies {"balance": <after>}. Run: python3 app.py [--listen 127.0.0.1:8000]
+(or --port, AETHER_APP_PORT); the sidecar gets --app-url http://127.0.0.1:8000.
 """
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -29,49 +23,42 @@ except ImportError:  # from a checkout, without `pip install ./sdk/python`
 account = Kind("account", initial={"balance": 0}, snapshot_every=8)
 
 
-def amount(command, key):
+def amount(command, key, state=None):
+    """A positive integer under `key`; with `state`, one the balance covers."""
     n = command.get(key) if isinstance(command, dict) else None
     if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
         raise Rejected(f"{key} takes a positive integer")
+    if state is not None and n > state["balance"]:
+        raise Rejected(f"insufficient funds: balance {state['balance']}, {key} {n}")
     return n
-
-
-def funds(state, n, what):
-    if n > state.get("balance", 0):
-        raise Rejected(f"insufficient funds: balance {state.get('balance', 0)}, {what} {n}")
 
 
 @account.decide
 def decide(state, command, ctx):
     holds = state.get("holds", {})
-    if not isinstance(command, dict):
-        raise Rejected("a command is an object")
-    if "deposit" in command:
-        return Decision(events=[{"deposited": amount(command, "deposit")}])
-    if "withdraw" in command:
-        n = amount(command, "withdraw")
-        funds(state, n, "withdraw")
-        return Decision(events=[{"withdrew": n}])
-    if "transfer" in command:
-        t = command["transfer"]
-        to, n = t.get("to") if isinstance(t, dict) else None, amount(t, "amount")
+    c = command if isinstance(command, dict) else {}
+    if "deposit" in c:
+        return Decision(events=[{"deposited": amount(c, "deposit")}])
+    if "withdraw" in c:
+        return Decision(events=[{"withdrew": amount(c, "withdraw", state)}])
+    if "transfer" in c:
+        t = c["transfer"] if isinstance(c["transfer"], dict) else {}
+        n, to = amount({"transfer": t.get("amount")}, "transfer", state), t.get("to")
         if not isinstance(to, str) or not to or to == ctx.id:
             raise Rejected("transfer needs another account id in 'to'")
-        funds(state, n, "transfer")
         return Decision(events=[{"sent": n, "to": to}], send=[Send("account", to, {"deposit": n})])
-    if "hold" in command:
-        h = command["hold"]
-        hid, n = h.get("id") if isinstance(h, dict) else None, amount(h, "amount")
+    if "hold" in c:
+        h = c["hold"] if isinstance(c["hold"], dict) else {}
+        n, hid = amount({"hold": h.get("amount")}, "hold", state), h.get("id")
         if not isinstance(hid, str) or not hid or hid in holds:
             raise Rejected("hold needs a new string id")
-        funds(state, n, "hold")
         expire = Timer(f"hold-{hid}", {"expire": hid}, after=h.get("ttl", "15m"))
         return Decision(events=[{"held": n, "id": hid}], timers=[expire])
-    if "capture" in command:
-        hid = command["capture"]
-        if not isinstance(hid, str) or hid not in holds:
-            raise Rejected(f"no hold {hid!r} (captured, released or never made)")
+    if c.get("capture") in holds:
+        hid = c["capture"]
         return Decision(events=[{"captured": holds[hid], "id": hid}], cancel=[f"hold-{hid}"])
+    if "capture" in c:
+        raise Rejected(f"no hold {c['capture']!r} (captured, released or never made)")
     raise Rejected('unknown command: expected {"deposit": n}, {"withdraw": n}, {"transfer": {"to", "amount"}}, '
                    '{"hold": {"id", "amount", "ttl"}} or {"capture": id}')
 
@@ -80,16 +67,13 @@ def decide(state, command, ctx):
 def deposit_answered(state, answer, ctx):
     if answer.error is not None:  # the deposit was refused: the money comes back
         return Decision(events=[{"refunded": answer.command["deposit"], "from": answer.to_id}])
-    return None
 
 
 @account.on_timer
 def hold_expired(state, firing, ctx):
     hid = (firing.command or {}).get("expire")
-    holds = state.get("holds", {})
-    if hid in holds:  # not captured in time: the money comes back
-        return Decision(events=[{"released": holds[hid], "id": hid}])
-    return None
+    if hid in state.get("holds", {}):  # not captured in time: the money comes back
+        return Decision(events=[{"released": state["holds"][hid], "id": hid}])
 
 
 @account.reply
@@ -99,33 +83,15 @@ def balance(state):
 
 @account.apply
 def apply(state, event):
-    balance = state.get("balance", 0)
     holds = dict(state.get("holds", {}))
     if "held" in event:
-        balance -= event["held"]
         holds[event["id"]] = event["held"]
-    elif "captured" in event:
+    elif "captured" in event or "released" in event:
         holds.pop(event["id"], None)
-    elif "released" in event:
-        balance += event["released"]
-        holds.pop(event["id"], None)
-    else:
-        balance += event.get("deposited", 0) + event.get("refunded", 0)
-        balance -= event.get("withdrew", 0) + event.get("sent", 0)
-    return {"balance": balance, "holds": holds} if holds else {"balance": balance}
-
-
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--port", type=int, default=int(os.environ.get("AETHER_APP_PORT", "8000")))
-    p.add_argument("--host", default=os.environ.get("AETHER_APP_HOST", "127.0.0.1"))
-    p.add_argument("--listen", help="host:port, in place of --host and --port")
-    args = p.parse_args()
-    if args.listen:
-        args.host, _, port = args.listen.rpartition(":")
-        args.port = int(port)
-    App([account]).serve(args.host, args.port)
+    change = (event.get("deposited", 0) + event.get("refunded", 0) + event.get("released", 0)
+              - event.get("withdrew", 0) - event.get("sent", 0) - event.get("held", 0))
+    return {"balance": state["balance"] + change, **({"holds": holds} if holds else {})}
 
 
 if __name__ == "__main__":
-    main()
+    App([account]).main(__doc__.splitlines()[0])

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,6 +66,19 @@ class App:
             server.serve_forever()
         except KeyboardInterrupt:
             pass
+
+    def main(self, description: str = "an aether app", argv: Optional[list] = None) -> None:
+        """Serves with the command line an app container takes: `--listen host:port`, or `--host`
+        and `--port` (env `AETHER_APP_HOST`, `AETHER_APP_PORT`; default 127.0.0.1:8000)."""
+        p = argparse.ArgumentParser(description=description)
+        p.add_argument("--port", type=int, default=int(os.environ.get("AETHER_APP_PORT", "8000")))
+        p.add_argument("--host", default=os.environ.get("AETHER_APP_HOST", "127.0.0.1"))
+        p.add_argument("--listen", help="host:port, in place of --host and --port")
+        args = p.parse_args(argv)
+        if args.listen:
+            args.host, _, port = args.listen.rpartition(":")
+            args.port = int(port)
+        self.serve(args.host, args.port)
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serves on a daemon thread; returns its URL."""

@@ -65,8 +65,9 @@ pub fn markdown(reports: &[Report], command: &str) -> String {
          `counter` actors with a periodic timer through the whole run have their logs checked \
          (`tests/src/timers.rs`: every firing once, never early, on its grid, none after its cancel); \
          the example bank's accounts (`examples/bank/app.py` as every node's app) move money by \
-         actor-to-actor sends through the run and each must hold exactly what the acknowledged \
-         transfers say (a send applied twice or lost is a balance off). The event stream's \
+         actor-to-actor sends through the run and each must hold exactly what the transfers applied \
+         say (acknowledged, or unanswered and found in the log; a send applied twice or lost is a \
+         balance off). The event stream's \
          duplicate window is {} s, and the fault \"{}\" outlasts it.\n",
         super::WINDOW.as_secs(),
         super::Fault::StopAll.name()
@@ -113,7 +114,7 @@ pub fn markdown(reports: &[Report], command: &str) -> String {
         );
         let _ = writeln!(
             s,
-            "| sends: accounts, transfers acknowledged | {}, {} |",
+            "| sends: accounts, transfers applied (acknowledged, or found in the log) | {}, {} |",
             r.sends.accounts, r.sends.transfers
         );
         let _ = writeln!(

@@ -661,3 +661,44 @@ async fn the_python_sdks_client_calls_actors_through_a_real_sidecar() {
     );
     drop(n);
 }
+
+/// The TypeScript SDK's client (`sdk/typescript`) against a real sidecar whose app is the bank twin
+/// on that SDK (`examples/bank-ts/app.js`): `sdk/typescript/checks/client_check.mjs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typescript_sdks_app_and_client_work_with_a_real_sidecar() {
+    let nats = NatsServer::start();
+    let port = free_port();
+    let app = aether_tests::Process {
+        child: std::process::Command::new("node")
+            .arg(aether_tests::app::repo_file("examples/bank-ts/app.js"))
+            .args(["--port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("node runs"),
+    };
+    wait_for("the TypeScript app listens", T, || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let (n, api) = node(&nats, "sdkts", &format!("http://127.0.0.1:{port}")).await;
+    wait_for("the node Ready", T, || async {
+        n.health.problem().is_none()
+    })
+    .await;
+    let script = aether_tests::app::repo_file("sdk/typescript/checks/client_check.mjs");
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .args(["--api", &format!("http://127.0.0.1:{api}")])
+        .output()
+        .await
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "the TypeScript SDK's client check failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop((n, app));
+}

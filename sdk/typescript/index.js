@@ -1,0 +1,6 @@
+// aether actors in TypeScript or JavaScript: define kinds as decide/apply functions (Kind), serve
+// them to the sidecar (App), call actors through the sidecar's app API (Client), and test kinds in
+// memory without a sidecar (`@aether/actors/testing`).
+export { Kind, Rejected, InvalidDecision, checkDepth } from "./kind.js";
+export { App } from "./server.js";
+export { Client, Actor, AetherError } from "./client.js";

@@ -1,0 +1,98 @@
+// The app protocol, served: GET /v1/kinds, POST /v1/decide, POST /v1/apply (docs/PROTOCOL.md,
+// "App protocol") over kept-alive HTTP/1.1 on loopback, for the kinds given. node:http only.
+
+import http from "node:http";
+import { InvalidDecision } from "./kind.js";
+
+export class App {
+  constructor(kinds) {
+    this.kinds = new Map();
+    for (const k of kinds) {
+      if (this.kinds.has(k.name)) throw new Error(`kind ${k.name} given twice`);
+      this.kinds.set(k.name, k);
+    }
+    this.kindsBody = JSON.stringify({ kinds: [...this.kinds.values()].map((k) => k.info()) });
+    this.server = null;
+  }
+
+  kind(name) {
+    const k = this.kinds.get(name);
+    if (!k) throw new InvalidDecision(`no kind ${JSON.stringify(name)} here (this app hosts ${[...this.kinds.keys()].join(", ")})`);
+    return k;
+  }
+
+  /** A decide call's answer, without HTTP. */
+  decide(call) {
+    const k = this.kind(call.kind);
+    const ctx = { kind: k.name, id: call.id ?? "", version: call.version ?? 0, commandId: call.commandId ?? null };
+    return k.runDecide(call.state, call.command ?? null, ctx);
+  }
+
+  /** An apply call's answer, without HTTP. */
+  apply(call) {
+    const k = this.kind(call.kind);
+    const state = call.state === null || call.state === undefined ? structuredClone(k.initial) : call.state;
+    return { state: k.fold(state, call.events ?? []) };
+  }
+
+  /** Serves on `host:port` (port 0: any); resolves with the URL once listening. */
+  listen(port = 8000, host = "127.0.0.1") {
+    this.server = http.createServer({ keepAlive: true, noDelay: true }, (req, res) => this.handle(req, res));
+    return new Promise((resolve, reject) => {
+      this.server.once("error", reject);
+      this.server.listen(port, host, () => resolve(`http://${host}:${this.server.address().port}`));
+    });
+  }
+
+  /** Serves with the command line an app container takes: `--listen host:port` or `--port`
+   * (env AETHER_APP_PORT, AETHER_APP_HOST; default 127.0.0.1:8000). */
+  async main(argv = process.argv.slice(2)) {
+    let host = process.env.AETHER_APP_HOST ?? "127.0.0.1";
+    let port = Number(process.env.AETHER_APP_PORT ?? 8000);
+    for (let i = 0; i < argv.length; i++) {
+      if (argv[i] === "--port") port = Number(argv[++i]);
+      else if (argv[i] === "--host") host = argv[++i];
+      else if (argv[i] === "--listen") {
+        const v = argv[++i];
+        const at = v.lastIndexOf(":");
+        [host, port] = [v.slice(0, at), Number(v.slice(at + 1))];
+      }
+    }
+    const url = await this.listen(port, host);
+    process.stderr.write(`aether app (${[...this.kinds.keys()].join(", ")}) on ${url}\n`);
+  }
+
+  close() {
+    return new Promise((resolve) => {
+      if (!this.server) return resolve();
+      this.server.closeAllConnections?.();
+      this.server.close(() => resolve());
+    });
+  }
+
+  handle(req, res) {
+    const answer = (status, body) => {
+      const data = Buffer.from(typeof body === "string" ? body : JSON.stringify(body));
+      res.writeHead(status, { "Content-Type": "application/json", "Content-Length": data.length });
+      res.end(data);
+    };
+    if (req.method === "GET") {
+      return req.url === "/v1/kinds" ? answer(200, this.kindsBody) : answer(404, { error: `no ${req.url}` });
+    }
+    const chunks = [];
+    req.on("data", (c) => chunks.push(c));
+    req.on("end", () => {
+      try {
+        const call = chunks.length ? JSON.parse(Buffer.concat(chunks).toString("utf8")) : {};
+        if (req.url === "/v1/decide") return answer(200, this.decide(call));
+        if (req.url === "/v1/apply") return answer(200, this.apply(call));
+        return answer(404, { error: `no ${req.url}` });
+      } catch (e) {
+        // The app's own mistake: the sidecar answers the caller `appError` and counts it.
+        const why = `${e?.constructor?.name ?? "Error"}: ${e?.message ?? e}`;
+        process.stderr.write(`aether app: ${why}\n`);
+        return answer(500, { error: why });
+      }
+    });
+  }
+}
