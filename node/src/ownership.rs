@@ -155,6 +155,13 @@ impl Ownership {
         self.view.as_ref().map(|v| &v.plan)
     }
 
+    /// Source side: a move of `shard` runs here (or waits: held back, or deferred until the plan
+    /// settles).
+    #[must_use]
+    pub fn is_moving(&self, shard: u32) -> bool {
+        self.moving.contains(&shard)
+    }
+
     /// Moves of the current plan not done yet.
     #[must_use]
     pub fn pending_moves(&self) -> usize {

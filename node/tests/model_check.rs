@@ -1081,6 +1081,15 @@ impl World {
             if self.nodes[serving[0]].paused.contains(&s) {
                 return Err(format!("after healing shard {s} stays paused"));
             }
+            // Nothing left waiting: a move a node's ownership counts as running has an attempt.
+            for (n, node) in self.nodes.iter().enumerate() {
+                if node.alive && node.own.is_moving(s) && !node.attempts.contains_key(&s) {
+                    return Err(format!(
+                        "after healing a move of shard {s} waits at {} and nothing will start it",
+                        NODES[n]
+                    ));
+                }
+            }
         }
         Ok(())
     }

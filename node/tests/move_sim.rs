@@ -658,6 +658,14 @@ proptest! {
                 w.src_serves(),
                 w.dst_serves()
             );
+            // Nothing is left waiting: a move the ownership still counts as running has an
+            // attempt (a newer plan's move of the shard, held back while one ran, starts when that
+            // one ends).
+            prop_assert!(
+                w.src.attempt.is_some() || !w.src.own.is_moving(w.shard),
+                "a move of shard {} waits at the source and nothing will start it",
+                w.shard
+            );
         }
     }
 }
