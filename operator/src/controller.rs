@@ -492,7 +492,8 @@ pub async fn run(
 }
 
 mod conns;
-pub use conns::{Conn, Conns, Key, PlanRef, Reports};
+pub use conns::Reports;
+use conns::{Conn, Conns, Key, PlanRef};
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 //! API, as an app in any language would call it.
 
 use crate::{Process, free_port};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,8 +57,13 @@ impl App {
 
     /// Starts `script` on `port` with `extra` arguments.
     pub async fn start_args(script: &str, port: u16, extra: &[&str]) -> Self {
+        Self::start_with(&python(), script, port, extra).await
+    }
+
+    /// Starts `script` (a repository path) with `program` (an interpreter: Python, Node) on `port`.
+    pub async fn start_with(program: &Path, script: &str, port: u16, extra: &[&str]) -> Self {
         let script = repo_file(script);
-        let child = Command::new(python())
+        let child = Command::new(program)
             .arg(&script)
             .args(["--port", &port.to_string()])
             .args(extra)

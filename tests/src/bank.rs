@@ -69,6 +69,21 @@ pub async fn open(client: &Client, accounts: usize, timeout: Duration) -> Result
     Ok(())
 }
 
+/// The next random transfer (from, to, amount) between `accounts` accounts, from the generator
+/// state `x` (seed it with [`transfer_seed`]); `from == to` when this draw moves nothing.
+pub fn next_transfer(x: &mut u64, accounts: usize) -> Transfer {
+    *x = aether_core::hash::mix64(*x);
+    let accounts = accounts as u64;
+    let (from, to) = ((*x % accounts) as usize, ((*x >> 20) % accounts) as usize);
+    (from, to, 1 + ((*x >> 40) % 20) as i64)
+}
+
+/// The generator state of transfer lane `lane`.
+#[must_use]
+pub fn transfer_seed(lane: u64) -> u64 {
+    0x5eed_0000 + lane
+}
+
 /// Random transfers (seeded by `lane`) between the accounts until `stop`; the acknowledged ones.
 pub fn transfers(
     client: Client,
@@ -79,13 +94,10 @@ pub fn transfers(
 ) -> tokio::task::JoinHandle<Result<Vec<Transfer>, String>> {
     tokio::spawn(async move {
         let mut done = Vec::new();
-        let mut x = 0x5eed_0000 + lane;
+        let mut x = transfer_seed(lane);
         let mut n = 0u64;
-        let accounts = accounts as u64;
         while !stop.load(Ordering::Relaxed) {
-            x = aether_core::hash::mix64(x);
-            let (from, to) = ((x % accounts) as usize, ((x >> 20) % accounts) as usize);
-            let amount = 1 + ((x >> 40) % 20) as i64;
+            let (from, to, amount) = next_transfer(&mut x, accounts);
             if from == to {
                 continue;
             }

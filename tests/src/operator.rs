@@ -98,6 +98,30 @@ pub fn condition(sp: &ShardPlan, t: &str) -> Option<(String, String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
+/// Degraded for `reason`, its message naming `naming` (a ShardPlan, `namespace/name`).
+#[must_use]
+pub fn degraded(sp: &ShardPlan, reason: &str, naming: &str) -> bool {
+    condition(sp, "Degraded")
+        .is_some_and(|c| c.0 == "True" && c.1 == reason && c.2.contains(naming))
+}
+
+/// The plan the bucket of `prefix` holds (`None`: no bucket or plan yet, or not a plan).
+pub async fn stored_plan(
+    nc: &async_nats::Client,
+    prefix: &str,
+) -> Option<aether_core::protocol::PlanMessage> {
+    use aether_core::protocol::Names;
+    let kv = async_nats::jetstream::new(nc.clone())
+        .get_key_value(Names::new(prefix).plan_bucket())
+        .await
+        .ok()?;
+    kv.get(Names::PLAN_KEY)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|v| aether_core::protocol::decode(&v).ok())
+}
+
 /// Ready, with nothing moving.
 #[must_use]
 pub fn ready(sp: &ShardPlan) -> bool {

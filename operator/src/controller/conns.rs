@@ -284,12 +284,6 @@ impl Conns {
             .and_then(|u| u.get(plan).map(|(_, id)| id.clone()))
     }
 
-    /// Open connections.
-    #[must_use]
-    pub fn open(&self) -> usize {
-        self.slots.lock().map_or(0, |s| s.len())
-    }
-
     fn leave(&self, plan: &PlanRef, key: &Key) {
         let Ok(mut slots) = self.slots.lock() else {
             return;

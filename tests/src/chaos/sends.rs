@@ -7,7 +7,7 @@
 
 use crate::app::App;
 use crate::bank::{self, Transfer};
-use aether_core::protocol::{ActorRef, ErrorCode, Names, Op, Outcome, Request};
+use aether_core::protocol::{ActorRef, ErrorCode, Op, Outcome, Request};
 use aether_node::client::Client;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,14 +88,18 @@ pub(super) async fn finish(
         return verdict;
     }
     let mut done = Vec::new();
+    let mut logs = std::collections::HashMap::new();
     for lane in sends.lanes {
         match lane.await {
             Ok(l) => {
                 done.extend(l.done);
-                // Unanswered: applied if its account's log records its command id.
+                // Unanswered: applied if its account's log records its command id (each log
+                // read once).
                 for (t, cmd) in l.unknown {
-                    let log = commands(js, prefix, shards, &bank::account(t.0)).await;
-                    if log.contains_key(&cmd) {
+                    if let std::collections::hash_map::Entry::Vacant(e) = logs.entry(t.0) {
+                        e.insert(commands(js, prefix, shards, &bank::account(t.0)).await);
+                    }
+                    if logs.get(&t.0).is_some_and(|log| log.contains_key(&cmd)) {
                         done.push(t);
                     }
                 }
@@ -123,15 +127,10 @@ pub(super) async fn finish(
 /// its id (the client retries it within its deadline, inside the duplicate window).
 async fn transfers(client: Client, accounts: usize, stop: Arc<AtomicBool>, lane: u64) -> Lane {
     let mut out = Lane::default();
-    let mut x = 0x5eed_0000 + lane;
+    let mut x = bank::transfer_seed(lane);
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        x = aether_core::hash::mix64(x);
-        let (from, to) = (
-            (x % accounts as u64) as usize,
-            ((x >> 20) % accounts as u64) as usize,
-        );
-        let amount = 1 + ((x >> 40) % 20) as i64;
+        let (from, to, amount) = bank::next_transfer(&mut x, accounts);
         if from == to {
             continue;
         }
@@ -159,24 +158,10 @@ async fn commands(
     shards: u32,
     id: &str,
 ) -> std::collections::BTreeMap<String, u32> {
-    let names = Names::new(prefix);
     let mut seen = std::collections::BTreeMap::<String, u32>::new();
-    let Ok(stream) = js.get_stream(names.event_stream()).await else {
-        return seen;
-    };
-    let actor = ActorRef::new("account", id);
-    let subject = names.actor_subject(aether_core::hash::shard_of(id, shards), &actor);
-    let mut seq = 1;
-    while let Ok(m) = stream
-        .direct_get_next_for_subject(subject.clone(), Some(seq))
-        .await
-    {
-        seq = m.sequence + 1;
-        if let Ok(r) = serde_json::from_slice::<aether_node::store::Record>(&m.payload)
-            && let Some(cmd) = r.cmd
-        {
-            *seen.entry(cmd).or_default() += 1;
-        }
+    let log = crate::timers::records(js, prefix, shards, &ActorRef::new("account", id)).await;
+    for cmd in log.into_iter().filter_map(|(r, _)| r.cmd) {
+        *seen.entry(cmd).or_default() += 1;
     }
     seen
 }

@@ -633,72 +633,57 @@ async fn a_reply_over_the_servers_max_payload_is_answered_too_large() {
     );
 }
 
-/// The Python SDK's client (`sdk/python`) against a real sidecar whose app is the bank on the SDK:
-/// `sdk/python/tests/client_check.py` calls accounts through the app API (ids and retries, refusals
-/// and unknown kinds as errors with their codes, a transfer's send, timers, the asyncio client).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_sdks_client_calls_actors_through_a_real_sidecar() {
+/// Runs an SDK's client check (`program script --api URL`, a repository path) against a real node,
+/// on a real nats-server, whose app is at `app_url`; fails with what the check printed.
+async fn sdk_client_check(prefix: &str, app_url: &str, program: &std::path::Path, script: &str) {
     let nats = NatsServer::start();
-    let bank = App::start("examples/bank/app.py").await;
-    let (n, api) = node(&nats, "sdk", &bank.url()).await;
+    let (n, api) = node(&nats, prefix, app_url).await;
     wait_for("the node Ready", T, || async {
         n.health.problem().is_none()
     })
     .await;
-    let script = aether_tests::app::repo_file("sdk/python/tests/client_check.py");
-    let api_url = format!("http://127.0.0.1:{api}");
-    let out = tokio::process::Command::new(aether_tests::app::python())
-        .arg(&script)
-        .args(["--api", &api_url])
+    let out = tokio::process::Command::new(program)
+        .arg(aether_tests::app::repo_file(script))
+        .args(["--api", &format!("http://127.0.0.1:{api}")])
         .output()
         .await
-        .expect("python runs");
+        .unwrap_or_else(|e| panic!("{} runs: {e}", program.display()));
     assert!(
         out.status.success(),
-        "the SDK's client check failed:\n{}{}",
+        "{script} failed:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     drop(n);
 }
 
+/// The Python SDK's client (`sdk/python`) against a real sidecar whose app is the bank on the SDK:
+/// `sdk/python/tests/client_check.py` calls accounts through the app API (ids and retries, refusals
+/// and unknown kinds as errors with their codes, a transfer's send, timers, the asyncio client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdks_client_calls_actors_through_a_real_sidecar() {
+    let bank = App::start("examples/bank/app.py").await;
+    let python = aether_tests::app::python();
+    sdk_client_check(
+        "sdk",
+        &bank.url(),
+        &python,
+        "sdk/python/tests/client_check.py",
+    )
+    .await;
+}
+
 /// The TypeScript SDK's client (`sdk/typescript`) against a real sidecar whose app is the bank twin
 /// on that SDK (`examples/bank-ts/app.js`): `sdk/typescript/checks/client_check.mjs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_typescript_sdks_app_and_client_work_with_a_real_sidecar() {
-    let nats = NatsServer::start();
-    let port = free_port();
-    let app = aether_tests::Process {
-        child: std::process::Command::new("node")
-            .arg(aether_tests::app::repo_file("examples/bank-ts/app.js"))
-            .args(["--port", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("node runs"),
-    };
-    wait_for("the TypeScript app listens", T, || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
+    let node_js = std::path::Path::new("node");
+    let bank = App::start_with(node_js, "examples/bank-ts/app.js", free_port(), &[]).await;
+    sdk_client_check(
+        "sdkts",
+        &bank.url(),
+        node_js,
+        "sdk/typescript/checks/client_check.mjs",
+    )
     .await;
-    let (n, api) = node(&nats, "sdkts", &format!("http://127.0.0.1:{port}")).await;
-    wait_for("the node Ready", T, || async {
-        n.health.problem().is_none()
-    })
-    .await;
-    let script = aether_tests::app::repo_file("sdk/typescript/checks/client_check.mjs");
-    let out = tokio::process::Command::new("node")
-        .arg(&script)
-        .args(["--api", &format!("http://127.0.0.1:{api}")])
-        .output()
-        .await
-        .expect("node runs");
-    assert!(
-        out.status.success(),
-        "the TypeScript SDK's client check failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    drop((n, app));
 }

@@ -510,14 +510,14 @@ async fn a_source_restarted_before_its_commit_never_has_its_old_attempt_committe
 mod operator {
     use super::T;
     use aether_core::crd::ShardPlan;
-    use aether_core::protocol::{Names, PlanMessage, decode};
+    use aether_core::protocol::{Names, PlanMessage};
     use aether_core::types::MovePhase;
     use aether_tests::cluster::{ProgressLog, progress_log};
     use aether_tests::cluster::{TestNode, next_plan};
     use aether_tests::k8s::{ApiServer, add_ready_pod};
     use aether_tests::operator::{
-        condition, create_statefulset, install_crd, ready, shardplan as shardplan_on,
-        spawn_operator as spawn_operator_named, status_of,
+        condition, create_statefulset, degraded, install_crd, ready, shardplan as shardplan_on,
+        spawn_operator as spawn_operator_named, status_of, stored_plan,
     };
     use aether_tests::{NatsServer, Process, free_port, wait_for};
     use k8s_openapi::api::core::v1::Pod;
@@ -577,20 +577,7 @@ mod operator {
     }
 
     async fn held(nc: &async_nats::Client) -> Option<PlanMessage> {
-        held_on(nc, PREFIX).await
-    }
-
-    async fn held_on(nc: &async_nats::Client, prefix: &str) -> Option<PlanMessage> {
-        let js = async_nats::jetstream::new(nc.clone());
-        let kv = js
-            .get_key_value(Names::new(prefix).plan_bucket())
-            .await
-            .ok()?;
-        kv.get(Names::PLAN_KEY)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|v| decode::<PlanMessage>(&v).ok())
+        stored_plan(nc, PREFIX).await
     }
 
     async fn warnings(client: &kube::Client, reason: &str) -> Vec<String> {
@@ -716,11 +703,10 @@ mod operator {
             "the copy Degraded: PrefixInUse naming the first",
             T,
             || async {
-                plans.get("copy").await.is_ok_and(|sp| {
-                    condition(&sp, "Degraded").is_some_and(|c| {
-                        c.0 == "True" && c.1 == "PrefixInUse" && c.2.contains("default/actors")
-                    })
-                })
+                plans
+                    .get("copy")
+                    .await
+                    .is_ok_and(|sp| degraded(&sp, "PrefixInUse", "default/actors"))
             },
         )
         .await;
@@ -811,7 +797,7 @@ mod operator {
         let deadline = std::time::Instant::now() + T;
         loop {
             let s = status_of(&plans.get("big").await.expect("get"));
-            let p = held_on(&nc, "big").await;
+            let p = stored_plan(&nc, "big").await;
             let in_nats = p.as_ref().map(|p| (p.epoch, p.moves.len()));
             if s.epoch == 2
                 && s.moving > 20_000

@@ -44,22 +44,9 @@ async fn short_window_stream(nc: &async_nats::Client, prefix: &str) {
 
 /// Every record of an actor's subject, read straight from the log (the actor is not loaded).
 async fn records(nc: &async_nats::Client, prefix: &str, kind: &str, id: &str) -> Vec<Record> {
-    let names = Names::new(prefix);
-    let stream = async_nats::jetstream::new(nc.clone())
-        .get_stream(names.event_stream())
-        .await
-        .expect("stream");
-    let subject = names.actor_subject(shard_of(id, SHARDS), &ActorRef::new(kind, id));
-    let mut out = Vec::new();
-    let mut seq = 1;
-    while let Ok(m) = stream
-        .direct_get_next_for_subject(subject.clone(), Some(seq))
-        .await
-    {
-        out.push(serde_json::from_slice(&m.payload).expect("a record"));
-        seq = m.sequence + 1;
-    }
-    out
+    let js = async_nats::jetstream::new(nc.clone());
+    let log = aether_tests::timers::records(&js, prefix, SHARDS, &ActorRef::new(kind, id)).await;
+    log.into_iter().map(|(r, _)| r).collect()
 }
 
 fn state(r: &Reply) -> Value {

@@ -4,14 +4,12 @@
 //! nodes on real nats-servers.
 
 use aether_core::crd::ShardPlan;
-use aether_core::protocol::{
-    Names, NodeEvent, NodeEventKind, PlanMessage, VERSION, decode, encode,
-};
+use aether_core::protocol::{Names, NodeEvent, NodeEventKind, VERSION, encode};
 use aether_tests::cluster::TestNode;
 use aether_tests::k8s::{ApiServer, add_ready_pod};
 use aether_tests::operator::{
-    condition, create_namespace, create_statefulset, install_crd, ready, shardplan, spawn_operator,
-    status_of,
+    create_namespace, create_statefulset, degraded, install_crd, ready, shardplan, spawn_operator,
+    status_of, stored_plan,
 };
 use aether_tests::{NatsServer, free_port, wait_for};
 use k8s_openapi::api::core::v1::Pod;
@@ -21,19 +19,6 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 const PREFIX: &str = "ten";
-
-async fn stored_plan(nc: &async_nats::Client) -> Option<PlanMessage> {
-    let js = async_nats::jetstream::new(nc.clone());
-    let kv = js
-        .get_key_value(Names::new(PREFIX).plan_bucket())
-        .await
-        .ok()?;
-    kv.get(Names::PLAN_KEY)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|v| decode::<PlanMessage>(&v).ok())
-}
 
 async fn leaving(nc: &async_nats::Client, pod: &str) {
     let ev = NodeEvent {
@@ -134,7 +119,9 @@ async fn a_shardplan_on_another_server_neither_steers_nor_hears_another_with_its
         "the victim's plan is untouched: {:?}",
         status_of(&sp)
     );
-    let held = stored_plan(&victim_nc).await.expect("the victim's plan");
+    let held = stored_plan(&victim_nc, PREFIX)
+        .await
+        .expect("the victim's plan");
     assert_eq!((held.epoch, held.members.len()), (epoch, 2));
 
     // The same server, its URL spelled another way: the later ShardPlan may not use the prefix.
@@ -155,15 +142,16 @@ async fn a_shardplan_on_another_server_neither_steers_nor_hears_another_with_its
         "the copy Degraded: PrefixInUse naming the victim",
         T,
         || async {
-            theirs.get("copy").await.is_ok_and(|sp| {
-                condition(&sp, "Degraded").is_some_and(|c| {
-                    c.0 == "True" && c.1 == "PrefixInUse" && c.2.contains("default/victim")
-                })
-            })
+            theirs
+                .get("copy")
+                .await
+                .is_ok_and(|sp| degraded(&sp, "PrefixInUse", "default/victim"))
         },
     )
     .await;
-    let held = stored_plan(&victim_nc).await.expect("the victim's plan");
+    let held = stored_plan(&victim_nc, PREFIX)
+        .await
+        .expect("the victim's plan");
     assert_eq!(
         (held.epoch, held.members.len()),
         (epoch, 2),
