@@ -6,7 +6,7 @@
 use crate::decide::{Decision, Held, Note, Observed, decide};
 pub use crate::error::{Error, Result};
 use crate::membership;
-pub use crate::metrics::{Metrics, PlanLabel, Reason};
+pub use crate::metrics::{Metrics, PlanFigures, Reason};
 use aether_core::crd::{ShardPlan, ShardPlanStatus};
 use aether_core::protocol::{Names, PlanMessage, decode};
 use futures::StreamExt;
@@ -48,9 +48,15 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// A context for `client`, reporting Events as `identity`.
+    /// A context for `client`, reporting Events as `identity`; a NATS connection attempt may take
+    /// `connect_within`.
     #[must_use]
-    pub fn new(client: Client, identity: &str, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        identity: &str,
+        metrics: Arc<Metrics>,
+        connect_within: Duration,
+    ) -> Arc<Self> {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: Some(identity.to_owned()),
@@ -59,7 +65,7 @@ impl Context {
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            conns: Conns::new(metrics.clone(), wake),
+            conns: Conns::new(metrics.clone(), wake, connect_within),
             metrics,
             woken: Mutex::new(Some(woken)),
             plans: std::sync::OnceLock::new(),
@@ -108,12 +114,12 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
     let name = sp.name_any();
     // The cache may not hold this operator's last status write yet; deciding from it would plan from
     // an old status and drop the progress reports of the moves it no longer lists. Read it fresh.
-    let source = format!("nats {ns}/{name}");
+    let key = format!("{ns}/{name}");
     let Some(sp) = Api::<ShardPlan>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&name)
         .await?
     else {
-        ctx.metrics.problem(&source, None);
+        ctx.metrics.plan(&key, None);
         ctx.conns.release(&ObjectRef::new(&name).within(&ns));
         return Ok(Action::await_change());
     };
@@ -133,7 +139,6 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
         },
         Err(e) => (None, Some(e.to_string()), None),
     };
-    ctx.metrics.problem(&source, nats_problem.clone());
     let me = format!(
         "{ns}/{name}/{}",
         sp.metadata.uid.clone().unwrap_or_default()
@@ -236,22 +241,18 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
         if let Error::Kube(kube::Error::Api(status)) = &e
             && status.code == 404
         {
-            ctx.metrics.problem(&source, None);
+            ctx.metrics.plan(&key, None);
             return Ok(Action::await_change());
         }
         return Err(e);
     }
-    let label = PlanLabel {
-        shardplan: format!("{ns}/{name}"),
-    };
-    ctx.metrics
-        .epoch
-        .get_or_create(&label)
-        .set(status.epoch as i64);
-    ctx.metrics
-        .moving
-        .get_or_create(&label)
-        .set(i64::from(status.moving));
+    ctx.metrics.plan(
+        &key,
+        Some(PlanFigures {
+            moving: status.moving,
+            nats_unreachable: nats.is_none(),
+        }),
+    );
 
     if let Some(conn) = nats {
         let msg = publish.or_else(|| {
@@ -475,16 +476,16 @@ pub async fn run(
                     // not Ready, saying why, until a reconcile runs again.
                     Err(kube::runtime::controller::Error::QueueError(e)) => {
                         tracing::warn!(error = %e, "watch");
-                        metrics.problem("watches", Some(e.to_string()));
+                        metrics.watches(Some(e.to_string()));
                     }
                     // A ShardPlan deleted: its problems go with it.
                     Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
                         let ns = obj.namespace.clone().unwrap_or_default();
-                        metrics.problem(&format!("nats {ns}/{}", obj.name), None);
+                        metrics.plan(&format!("{ns}/{}", obj.name), None);
                         ctx.conns.release(&ObjectRef::new(&obj.name).within(&ns));
                     }
                     Err(e) => tracing::debug!(error = %e, "reconcile dispatch"),
-                    Ok(_) => metrics.problem("watches", None),
+                    Ok(_) => metrics.watches(None),
                 }
             }
         })

@@ -29,6 +29,10 @@ struct Args {
     /// Name of the leader Lease.
     #[arg(long, env = "AETHER_LEASE", default_value = "aether-operator")]
     lease_name: String,
+    /// Seconds a connection attempt to a ShardPlan's NATS may take; while one waits, other
+    /// ShardPlans are reconciled as usual.
+    #[arg(long, env = "AETHER_NATS_CONNECT_TIMEOUT", default_value = "5", value_parser = parse_secs)]
+    nats_connect_timeout: std::time::Duration,
     /// Log as JSON lines.
     #[arg(long, env = "AETHER_LOG_JSON")]
     log_json: bool,
@@ -96,7 +100,7 @@ async fn run(args: Args) -> Result<(), String> {
         }
     }
     tracing::info!(identity = %args.identity, "leading");
-    let ctx = Context::new(client, &args.identity, metrics);
+    let ctx = Context::new(client, &args.identity, metrics, args.nats_connect_timeout);
     let mut lost = leader.clone();
     let stop = async move {
         tokio::select! {
@@ -112,10 +116,17 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// 200 while the operator can do its job; 503 with why (a watch failing, a ShardPlan's NATS
-/// unreachable) otherwise.
+fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(std::time::Duration::from_secs(n)),
+        _ => Err(format!("{s:?} is not a whole number of seconds above 0")),
+    }
+}
+
+/// 200 while the operator can do its job; 503 with why (its watches failing) otherwise. It names
+/// no ShardPlan: one ShardPlan's NATS unreachable is that ShardPlan's `Degraded` condition.
 async fn readyz(State(m): State<Arc<Metrics>>) -> axum::response::Response {
-    match m.problems() {
+    match m.problem() {
         None => "ready\n".into_response(),
         Some(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }

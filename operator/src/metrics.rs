@@ -15,14 +15,19 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
-/// Label of per-ShardPlan metrics (bounded by the number of ShardPlans).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PlanLabel {
-    /// namespace/name.
-    pub shardplan: String,
+/// What the metrics count of one ShardPlan (kept by ShardPlan, served only as totals).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanFigures {
+    /// Moves not done.
+    pub moving: u32,
+    /// Its NATS could not be reached or read at its last reconcile.
+    pub nats_unreachable: bool,
 }
 
-/// Operator metrics, served at `/metrics`.
+/// Operator metrics, served at `/metrics`. The operator serves every namespace and its endpoints
+/// answer any pod that reaches them, so they name no ShardPlan: per-ShardPlan figures are totals
+/// here, and each ShardPlan's own epoch, moves and conditions are in its status, which only those
+/// allowed to read it see.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -30,17 +35,22 @@ pub struct Metrics {
     pub reconciles: Counter,
     /// Reconcile errors by reason.
     pub errors: Family<Reason, Counter>,
-    /// Current epoch per ShardPlan.
-    pub epoch: Family<PlanLabel, Gauge>,
-    /// Moves not done per ShardPlan.
-    pub moving: Family<PlanLabel, Gauge>,
+    /// ShardPlans reconciled and not deleted.
+    shardplans: Gauge,
+    /// Moves not done, over all ShardPlans.
+    moving: Gauge,
+    /// ShardPlans whose NATS could not be reached or read.
+    unreachable: Gauge,
+    /// Each ShardPlan's figures, by namespace/name (never served as such).
+    plans: Mutex<std::collections::BTreeMap<String, PlanFigures>>,
     /// Seconds to decide (plan computation included).
     pub plan_seconds: Histogram,
     /// Progress reports that did not decode.
     pub malformed_reports: Counter,
-    /// Why the operator cannot do its job, by source (`watches`, `nats namespace/name`); empty
-    /// when it can. `/readyz` answers 503 with them.
-    pub problems: Mutex<std::collections::BTreeMap<String, String>>,
+    /// Why the operator cannot do its job (its watches fail), `None` when it can. `/readyz`
+    /// answers 503 with it. One ShardPlan's NATS is that ShardPlan's problem (its `Degraded`
+    /// condition), not the operator's.
+    watches: Mutex<Option<String>>,
 }
 
 impl Default for Metrics {
@@ -48,8 +58,9 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("aether_operator");
         let reconciles = Counter::default();
         let errors = Family::<Reason, Counter>::default();
-        let epoch = Family::<PlanLabel, Gauge>::default();
-        let moving = Family::<PlanLabel, Gauge>::default();
+        let shardplans = Gauge::default();
+        let moving = Gauge::default();
+        let unreachable = Gauge::default();
         let plan_seconds = Histogram::new([0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25]);
         let malformed_reports = Counter::default();
         registry.register(
@@ -63,8 +74,21 @@ impl Default for Metrics {
             "Reconcile errors by reason",
             errors.clone(),
         );
-        registry.register("plan_epoch", "Current plan epoch", epoch.clone());
-        registry.register("moves_in_flight", "Shard moves not done", moving.clone());
+        registry.register(
+            "shardplans",
+            "ShardPlans reconciled and not deleted",
+            shardplans.clone(),
+        );
+        registry.register(
+            "moves_in_flight",
+            "Shard moves not done, over all ShardPlans",
+            moving.clone(),
+        );
+        registry.register(
+            "shardplans_nats_unreachable",
+            "ShardPlans whose NATS could not be reached or read at their last reconcile",
+            unreachable.clone(),
+        );
         registry.register(
             "decide_seconds",
             "Time to decide a reconcile, plan included",
@@ -74,39 +98,54 @@ impl Default for Metrics {
             registry,
             reconciles,
             errors,
-            epoch,
+            shardplans,
             moving,
+            unreachable,
+            plans: Mutex::new(std::collections::BTreeMap::new()),
             plan_seconds,
             malformed_reports,
-            problems: Mutex::new(std::collections::BTreeMap::new()),
+            watches: Mutex::new(None),
         }
     }
 }
 
 impl Metrics {
-    /// Records (`Some`) or clears (`None`) a problem of `source`.
-    pub fn problem(&self, source: &str, why: Option<String>) {
-        if let Ok(mut p) = self.problems.lock() {
-            match why {
-                Some(w) => {
-                    p.insert(source.to_owned(), w);
-                }
-                None => {
-                    p.remove(source);
-                }
+    /// Records the figures of ShardPlan `key` (`namespace/name`), or forgets it (`None`: deleted),
+    /// and sets the totals.
+    pub fn plan(&self, key: &str, figures: Option<PlanFigures>) {
+        let Ok(mut plans) = self.plans.lock() else {
+            return;
+        };
+        match figures {
+            Some(f) => {
+                plans.insert(key.to_owned(), f);
             }
+            None => {
+                plans.remove(key);
+            }
+        }
+        self.shardplans.set(plans.len() as i64);
+        self.moving
+            .set(plans.values().map(|f| i64::from(f.moving)).sum());
+        self.unreachable
+            .set(plans.values().filter(|f| f.nats_unreachable).count() as i64);
+    }
+
+    /// Records (`Some`) or clears (`None`) why the operator's watches fail.
+    pub fn watches(&self, why: Option<String>) {
+        if let Ok(mut w) = self.watches.lock() {
+            *w = why;
         }
     }
 
-    /// The problems, one per line; `None` when there are none.
+    /// Why the operator cannot do its job; `None` when it can.
     #[must_use]
-    pub fn problems(&self) -> Option<String> {
-        let p = self.problems.lock().ok()?;
-        (!p.is_empty()).then(|| {
-            p.iter()
-                .map(|(k, v)| format!("{k}: {v}\n"))
-                .collect::<String>()
-        })
+    pub fn problem(&self) -> Option<String> {
+        self.watches
+            .lock()
+            .ok()?
+            .as_ref()
+            .map(|w| format!("watches: {w}\n"))
     }
 
     /// Prometheus text exposition.

@@ -91,7 +91,12 @@ async fn body_json(req: Request<Body>) -> serde_json::Value {
 async fn a_conflicting_status_write_is_an_error_and_publishes_nothing() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
-    let ctx = Context::new(client, "test", Arc::new(Metrics::default()));
+    let ctx = Context::new(
+        client,
+        "test",
+        Arc::new(Metrics::default()),
+        std::time::Duration::from_secs(5),
+    );
     let sp = shardplan();
     let run = tokio::spawn(reconcile(sp.clone(), ctx.clone()));
     serve_fresh_read(&mut handle, &sp).await;
@@ -145,7 +150,12 @@ async fn a_conflicting_status_write_is_an_error_and_publishes_nothing() {
 async fn an_unreachable_nats_is_reported_with_what_to_fix() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
-    let ctx = Context::new(client, "test", Arc::new(Metrics::default()));
+    let ctx = Context::new(
+        client,
+        "test",
+        Arc::new(Metrics::default()),
+        std::time::Duration::from_secs(5),
+    );
     let sp = shardplan();
     let run = tokio::spawn(reconcile(sp.clone(), ctx.clone()));
     serve_fresh_read(&mut handle, &sp).await;

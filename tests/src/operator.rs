@@ -14,9 +14,16 @@ use std::time::Duration;
 /// Starts the operator (`POD_NAME` `name`, namespace `default`) with its HTTP endpoints on `port`.
 #[must_use]
 pub fn spawn_operator(api: &ApiServer, port: u16, name: &str) -> Process {
+    spawn_operator_with(api, port, name, &[])
+}
+
+/// [`spawn_operator`] with more flags.
+#[must_use]
+pub fn spawn_operator_with(api: &ApiServer, port: u16, name: &str, flags: &[&str]) -> Process {
     Process {
         child: Command::new(workspace_binary("aether-operator"))
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(flags)
             .env("KUBECONFIG", api.kubeconfig())
             .env("POD_NAMESPACE", "default")
             .env("POD_NAME", name)

@@ -18,9 +18,6 @@ use tokio::sync::mpsc;
 /// A ShardPlan, as the connections know it.
 pub type PlanRef = ObjectRef<ShardPlan>;
 
-/// How long a connection attempt may take.
-pub const CONNECT_WITHIN: Duration = Duration::from_secs(5);
-
 /// The servers a `spec.nats.url` names, each as `host:port` (host lower-cased, the port explicit,
 /// without scheme or user), sorted: two spellings of one list are one.
 pub fn servers(url: &str) -> Result<BTreeSet<String>> {
@@ -190,13 +187,20 @@ pub struct Conns {
     used: Mutex<HashMap<PlanRef, (Key, BTreeSet<String>)>>,
     metrics: Arc<Metrics>,
     wake: mpsc::UnboundedSender<PlanRef>,
+    /// How long a connection attempt may take.
+    connect_within: Duration,
 }
 
 impl Conns {
     /// No connection yet; node events wake ShardPlans through `wake`.
     #[must_use]
-    pub fn new(metrics: Arc<Metrics>, wake: mpsc::UnboundedSender<PlanRef>) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        wake: mpsc::UnboundedSender<PlanRef>,
+        connect_within: Duration,
+    ) -> Self {
         Self {
+            connect_within,
             slots: Mutex::new(HashMap::new()),
             used: Mutex::new(HashMap::new()),
             metrics,
@@ -228,12 +232,12 @@ impl Conns {
                 None => {
                     let addrs = aether_nats::process::nats_urls(url, "spec.nats.url")
                         .map_err(|e| Error::Nats(e.to_string()))?;
-                    let client = tokio::time::timeout(CONNECT_WITHIN, options.connect(addrs))
+                    let within = self.connect_within;
+                    let options = options.connection_timeout(within);
+                    let client = tokio::time::timeout(within, options.connect(addrs))
                         .await
                         .map_err(|_| {
-                            Error::Nats(format!(
-                                "cannot connect to {url} within {CONNECT_WITHIN:?}"
-                            ))
+                            Error::Nats(format!("cannot connect to {url} within {within:?}"))
                         })?
                         .map_err(|e| Error::Nats(format!("cannot connect to {url}: {e}")))?;
                     let c = Arc::new(

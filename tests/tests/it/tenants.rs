@@ -1,7 +1,7 @@
 //! Tenants that cannot reach each other through the operator (issue 28): ShardPlans of one subject
 //! prefix on two nats-servers hear only their own server's node events, and two spellings of one
-//! server are one server for the prefix check. The operator process on a real kube-apiserver,
-//! nodes on real nats-servers.
+//! server are one server for the prefix check; a ShardPlan whose NATS never answers delays no
+//! other. The operator process on a real kube-apiserver, nodes on real nats-servers.
 
 use aether_core::crd::ShardPlan;
 use aether_core::protocol::{Names, NodeEvent, NodeEventKind, VERSION, encode};
@@ -9,7 +9,7 @@ use aether_tests::cluster::TestNode;
 use aether_tests::k8s::{ApiServer, add_ready_pod};
 use aether_tests::operator::{
     create_namespace, create_statefulset, degraded, install_crd, ready, shardplan, spawn_operator,
-    status_of, stored_plan,
+    spawn_operator_with, status_of, stored_plan,
 };
 use aether_tests::{NatsServer, free_port, wait_for};
 use k8s_openapi::api::core::v1::Pod;
@@ -167,5 +167,125 @@ async fn a_shardplan_on_another_server_neither_steers_nor_hears_another_with_its
             .is_ok_and(|sp| ready(&sp) && status_of(&sp).member_count == 1)
     })
     .await;
+    drop(nodes);
+}
+
+/// A "server" that accepts TCP connections and never says a word: a NATS connection to it waits
+/// for the server's INFO until the operator's connect timeout. Keeps every connection it accepted.
+struct Silent {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Silent {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = accepted.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                if let Ok(mut a) = keep.lock() {
+                    a.push(conn);
+                }
+            }
+        });
+        Self { port, accepted }
+    }
+
+    /// The first connection accepted, once there is one.
+    fn first(&self) -> Option<std::net::TcpStream> {
+        let a = self.accepted.lock().ok()?;
+        a.first().and_then(|c| c.try_clone().ok())
+    }
+}
+
+/// Whether the peer still holds `conn` open (nothing to read yet, no end of stream).
+fn still_open(conn: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    conn.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 64];
+    match (&*conn).read(&mut buf) {
+        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        // End of stream (0), or bytes: the operator's client sends nothing before the server's
+        // INFO, so either means it is not waiting on this connection any more.
+        Ok(0 | 1..) => false,
+    }
+}
+
+/// One tenant's ShardPlan names a NATS that accepts the connection and never answers; while the
+/// operator's attempt to connect to it is still waiting (its connect timeout made long here),
+/// another tenant's ShardPlan is planned, published and Ready, and the operator stays Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shardplan_whose_nats_never_answers_delays_no_other() {
+    let api = ApiServer::start().await;
+    let client = api.client().await;
+    install_crd(&client, "default").await;
+    create_namespace(&client, "other").await;
+    let silent = Silent::start();
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let op_port = free_port();
+    let _operator = spawn_operator_with(
+        &api,
+        op_port,
+        "operator-0",
+        &["--nats-connect-timeout", "300"],
+    );
+
+    let theirs: Api<ShardPlan> = Api::namespaced(client.clone(), "other");
+    theirs
+        .create(
+            &PostParams::default(),
+            &shardplan(
+                "stuck",
+                16,
+                &format!("nats://127.0.0.1:{}", silent.port),
+                PREFIX,
+            ),
+        )
+        .await
+        .expect("stuck ShardPlan");
+    wait_for(
+        "the operator connecting to the silent server",
+        T,
+        || async { silent.first().is_some() },
+    )
+    .await;
+    let waiting = silent.first().expect("a connection");
+
+    let sts = create_statefulset(&client, "default", 2).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut nodes = Vec::new();
+    for name in ["app-0", "app-1"] {
+        nodes.push(TestNode::start(&nats.url(), "mine", name).await);
+        add_ready_pod(&pods, &sts, name).await;
+    }
+    let mine: Api<ShardPlan> = Api::namespaced(client.clone(), "default");
+    mine.create(
+        &PostParams::default(),
+        &shardplan("mine", 16, &nats.url(), "mine"),
+    )
+    .await
+    .expect("my ShardPlan");
+    wait_for("my ShardPlan Ready with 2 members", T, || async {
+        mine.get("mine")
+            .await
+            .is_ok_and(|sp| ready(&sp) && status_of(&sp).member_count == 2)
+    })
+    .await;
+    let held = stored_plan(&nc, "mine").await.expect("my plan in NATS");
+    assert_eq!(held.members.len(), 2);
+    assert!(
+        still_open(&waiting),
+        "the attempt on the silent server ended before my ShardPlan was planned: it waited for it"
+    );
+    assert!(
+        matches!(
+            aether_tests::http_get(op_port, "/readyz").await,
+            Some((200, _))
+        ),
+        "the operator is Ready while one ShardPlan's NATS does not answer"
+    );
     drop(nodes);
 }
