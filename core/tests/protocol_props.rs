@@ -64,7 +64,7 @@ proptest! {
     #[test]
     fn replies_round_trip(state in json_value(), version in any::<u64>(), err in error_reply(), ok in any::<bool>()) {
         let msg = if ok {
-            Reply::ok(ActorReply { version, state, node: "app-0".into(), reply: None, timers: Vec::new() })
+            Reply::ok(ActorReply { version, state: state.into(), node: "app-0".into(), reply: None, timers: Vec::new() })
         } else {
             Reply::error(err)
         };

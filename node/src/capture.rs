@@ -91,7 +91,7 @@ pub fn read(bytes: &[u8]) -> Result<(Snapshot, u64)> {
     } = captured;
     Ok((
         Snapshot {
-            state,
+            state: state.into(),
             recent,
             recent_at,
             outbox,
@@ -158,7 +158,7 @@ mod tests {
     #[test]
     fn a_string_is_stored_as_is_not_escaped() {
         let snapshot = Snapshot {
-            state: json!({"data": "a\"b\\c\n"}),
+            state: json!({"data": "a\"b\\c\n"}).into(),
             recent: vec!["c-1".into()],
             recent_at: vec![7],
             outbox: vec![Outgoing {

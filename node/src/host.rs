@@ -348,7 +348,7 @@ impl Worker {
         fold(
             &kind,
             actor,
-            &mut snapshot.state,
+            snapshot.state.make_mut(),
             unfolded,
             self.ctx.max_state_bytes,
         )

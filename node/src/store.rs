@@ -117,8 +117,8 @@ pub struct Inbound {
 /// Folded state inside a record, and inside migration transfers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
-    /// The behaviour's state.
-    pub state: Value,
+    /// The behaviour's state, shared with the replies that carry it.
+    pub state: aether_core::protocol::SharedJson,
     /// Recent command ids, oldest first.
     #[serde(default)]
     pub recent: Vec<String>,
@@ -142,7 +142,7 @@ impl Snapshot {
     #[must_use]
     pub fn initial(state: Value) -> Self {
         Self {
-            state,
+            state: state.into(),
             recent: Vec::new(),
             recent_at: Vec::new(),
             outbox: Vec::new(),
@@ -186,7 +186,7 @@ impl Snapshot {
     #[must_use]
     pub fn clone_without_state(&self) -> Self {
         Self {
-            state: Value::Null,
+            state: Value::Null.into(),
             recent: self.recent.clone(),
             recent_at: self.recent_at.clone(),
             outbox: self.outbox.clone(),
@@ -198,7 +198,7 @@ impl Snapshot {
     /// This snapshot (as before `record`) after `record`, with the state `next`: what `record`
     /// carries when it is one of the records with a snapshot.
     #[must_use]
-    pub fn after(mut self, record: &Record, next: &Value) -> Self {
+    pub fn after(mut self, record: &Record, next: &aether_core::protocol::SharedJson) -> Self {
         self.absorb(record, THIS_RECORD);
         self.state = next.clone();
         self

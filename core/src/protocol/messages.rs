@@ -256,8 +256,8 @@ pub enum Outcome {
 pub struct ActorReply {
     /// Number of events of the actor after the request.
     pub version: u64,
-    /// The actor's state after the request.
-    pub state: serde_json::Value,
+    /// The actor's state after the request (shared with the actor that answered, not copied).
+    pub state: super::SharedJson,
     /// Node that answered.
     pub node: String,
     /// What an app kind's decide answered for the caller, besides the state (app kinds only).

@@ -5,6 +5,7 @@
 //! - [`messages`]: requests and replies, with one constructor per error reply ("Request", "Reply").
 //! - [`transfer`]: migration chunks and their acks, JSON or binary ("Transfer").
 //! - [`control`]: plans, progress reports and node lifecycle events.
+//! - [`shared`]: an actor's state shared by its replies and records instead of copied.
 //!
 //! Every JSON message carries `"v": 1`. [`decode`] turns bytes into a message or a typed [`Error`]
 //! (`Malformed`, `UnsupportedVersion`), never a panic; receivers answer such bytes with an
@@ -15,6 +16,7 @@ pub mod app;
 pub mod control;
 pub mod messages;
 pub mod names;
+pub mod shared;
 pub mod timers;
 pub mod transfer;
 
@@ -24,6 +26,7 @@ pub use messages::{
     MAX_COMMAND_ID_BYTES, Op, Outcome, RESERVED_PREFIX, Reply, Request, check_command, json_depth,
 };
 pub use names::{Names, decode_id, encode_id};
+pub use shared::SharedJson;
 pub use transfer::{
     ActorSnapshot, TRANSFER_MAGIC, Transfer, TransferAck, TransferWriter, decode_transfer,
     encode_transfer,

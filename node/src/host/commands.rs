@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::metrics::{AppFault, Failure};
 use crate::store::{Outgoing, Record, Snapshot, json_size};
 use aether_core::protocol::app::{DecideCall, Decision, is_send_id, send_id};
-use aether_core::protocol::{ActorRef, ErrorCode, ErrorReply, Op, Reply, Request};
+use aether_core::protocol::{ActorRef, ErrorCode, ErrorReply, Op, Reply, Request, SharedJson};
 use aether_core::timers::{self, Timer};
 use futures::StreamExt;
 use std::collections::VecDeque;
@@ -24,7 +24,7 @@ pub(super) struct Appended {
     attempt: u8,
     result: Result<u64, Error>,
     /// The actor's state once the append lands.
-    next: serde_json::Value,
+    next: SharedJson,
     /// The record (its events taken out); `None` when nothing was appended (the decision had no
     /// events), and `result` is then the old sequence.
     record: Option<Box<Record>>,
@@ -46,7 +46,7 @@ impl Appended {
             tx,
             attempt,
             result: Ok(expected),
-            next: serde_json::Value::Null,
+            next: SharedJson::default(),
             record: None,
             reply: None,
             marked: None,
@@ -61,7 +61,7 @@ pub(super) enum Step {
         subject: String,
         expected: u64,
         record: Box<Record>,
-        next: serde_json::Value,
+        next: SharedJson,
         /// Once it landed, the actor has nothing pending: its marker goes.
         clear_marker: bool,
         /// The actor gets timers and has no marker: marked before the append.
@@ -76,7 +76,7 @@ pub(super) struct Deciding {
     kind: Arc<AppKind>,
     subject: String,
     expected: u64,
-    state: serde_json::Value,
+    state: SharedJson,
     version: u64,
     base: u64,
     /// Everything but the state, when the next record carries a snapshot.
@@ -394,9 +394,10 @@ impl Worker {
         let events = decided.events;
         // The next state only: the recent command ids (up to 64 strings) are updated in place once
         // the append lands, and copied only into the records that carry a snapshot.
+        // Shared with the actor until an event changes it: a command without events copies nothing.
         let mut next = a.snapshot.state.clone();
         for e in &events {
-            behaviour.apply(&mut next, e);
+            behaviour.apply(next.make_mut(), e);
         }
         let extras = a.snapshot.extras_bytes() + inbound_bytes(req, None);
         if let Some(e) = over_limit(json_size(&next), extras, self.ctx.max_state_bytes) {
@@ -519,7 +520,7 @@ pub(super) async fn decide_and_append(
             send,
             timers,
             cancel,
-        }) => (events, state, reply, send, timers, cancel),
+        }) => (events, state.into(), reply, send, timers, cancel),
         // The reply to a send is recorded even when the app refuses it: the send is delivered;
         // a firing refused still moves its timer on.
         Ok(Decision::Reject(_)) if done.req.delivered.is_some() || d.fired.is_some() => (

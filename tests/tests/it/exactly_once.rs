@@ -51,7 +51,7 @@ async fn records(nc: &async_nats::Client, prefix: &str, kind: &str, id: &str) ->
 
 fn state(r: &Reply) -> Value {
     match &r.outcome {
-        Outcome::Ok(ok) => ok.state.clone(),
+        Outcome::Ok(ok) => (*ok.state).clone(),
         Outcome::Error(e) => panic!("error reply: {e:?}"),
     }
 }
