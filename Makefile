@@ -14,7 +14,7 @@ KUBECTL := $(TOOLS_DIR)/kubernetes-$(K8S_VERSION)/kubectl
 ETCD := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
 HELM := $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 
-.PHONY: all build test sdk-test lint fmt generate check-generated chart-check bench bench-peers tools-peers chaos fuzz model-check demo tools clean-tools
+.PHONY: all build test sdk-test lint fmt generate check-generated chart-check bench bench-peers tools-peers chaos fuzz model-check demo tools clean-tools images
 
 all: lint test
 
@@ -41,6 +41,21 @@ sdk-test:
 demo: tools
 	$(CARGO) build --release --bins --example demo -p aether-tests -p aether-node -p aether-operator
 	AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) $${CARGO_TARGET_DIR:-target}/release/examples/demo
+
+## images: OCI image archives of aether-node, aether-operator and the bank example under
+## target/images/, without a container engine: each Dockerfile's last stage on a base of Debian
+## packages (scripts/oci-image.py), then checked against its Dockerfile (scripts/check-images.py).
+## Load one with `ctr -n k8s.io images import`, `kind load image-archive` or `skopeo copy oci-archive:`.
+APP_VERSION := $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' charts/aether/Chart.yaml)
+IMAGE_REPO ?= ghcr.io/aether-dev
+IMAGES_DIR := $${CARGO_TARGET_DIR:-target}/images
+images:
+	$(CARGO) build --release --bins -p aether-node -p aether-operator
+	mkdir -p $(IMAGES_DIR)
+	python3 scripts/oci-image.py docker/node.Dockerfile $(IMAGE_REPO)/aether-node:$(APP_VERSION) $(IMAGES_DIR)/aether-node.tar --base rust
+	python3 scripts/oci-image.py docker/operator.Dockerfile $(IMAGE_REPO)/aether-operator:$(APP_VERSION) $(IMAGES_DIR)/aether-operator.tar --base rust
+	python3 scripts/oci-image.py docker/bank-example.Dockerfile $(IMAGE_REPO)/aether-bank-example:$(APP_VERSION) $(IMAGES_DIR)/aether-bank-example.tar --base python
+	python3 scripts/check-images.py docker/node.Dockerfile=$(IMAGES_DIR)/aether-node.tar docker/operator.Dockerfile=$(IMAGES_DIR)/aether-operator.tar docker/bank-example.Dockerfile=$(IMAGES_DIR)/aether-bank-example.tar
 
 ## lint: formatting and clippy, warnings are errors.
 lint:

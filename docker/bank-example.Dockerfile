@@ -1,6 +1,7 @@
 # The example application (examples/bank/app.py) on the Python SDK (sdk/python): standard library only.
 # Build from the repository root: docker build -f docker/bank-example.Dockerfile .
-FROM python:3.12-slim
+# Debian 12's Python 3.11, as `make images` builds it from Debian packages.
+FROM gcr.io/distroless/python3-debian12:nonroot
 COPY sdk/python/aether_actors /app/aether_actors
 COPY examples/bank/app.py /app/app.py
 # A read-only root filesystem (the chart sets one): no bytecode files written.
