@@ -12,6 +12,7 @@ packages (downloaded with `apt-get download` into --debs, never from a registry)
 - `python`: Debian 12's Python 3.11 (`python3.11-minimal`, `libpython3.11-minimal`,
   `libpython3.11-stdlib`) and the libraries its standard library links, the packages distroless's
   python3-debian12 carries, documentation left out.
+- `none`: nothing (a static binary, e.g. the real node's pause image).
 
 The last stage's COPY (`--from=build /src/...` reads the workspace's files: the builder stage's
 `/src` is the workspace), ENV, WORKDIR, USER and ENTRYPOINT become the image's second layer and
@@ -301,7 +302,11 @@ def blob(out, data):
 def build(dockerfile, name, out, base, debs):
     spec = spec_of(dockerfile)
     binaries = [src for src, _ in spec["copies"] if src.is_file() and os.access(src, os.X_OK)]
-    base_layer = rust_base(binaries, debs) if base == "rust" else python_base(debs)
+    base_layer = {
+        "rust": lambda: rust_base(binaries, debs),
+        "python": lambda: python_base(debs),
+        "none": Layer,
+    }[base]()
     files = {"oci-layout": json.dumps({"imageLayoutVersion": "1.0.0"}).encode()}
     layers, diff_ids = [], []
     for layer in (base_layer, app_layer(spec)):
@@ -368,7 +373,7 @@ def main():
     ap.add_argument("dockerfile")
     ap.add_argument("name", help="the image's name with its tag, e.g. ghcr.io/aether-dev/aether-node:0.1.0")
     ap.add_argument("out", help="the OCI archive to write")
-    ap.add_argument("--base", choices=["rust", "python"], required=True)
+    ap.add_argument("--base", choices=["rust", "python", "none"], required=True)
     ap.add_argument("--debs", default=str(Path.home() / ".cache/aether/debs"), help="where Debian packages are kept")
     a = ap.parse_args()
     build(a.dockerfile, a.name, a.out, a.base, Path(a.debs))

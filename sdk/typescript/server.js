@@ -59,6 +59,11 @@ export class App {
       }
     }
     const url = await this.listen(port, host);
+    // In a container the app is process 1, and the kernel ignores a signal process 1 has no
+    // handler for: without these, a pod's deletion waits out its grace period before a SIGKILL.
+    for (const sig of ["SIGTERM", "SIGINT"]) {
+      process.once(sig, () => this.close().then(() => process.exit(0)));
+    }
     process.stderr.write(`aether app (${[...this.kinds.keys()].join(", ")}) on ${url}\n`);
   }
 

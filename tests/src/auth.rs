@@ -19,6 +19,16 @@ impl Certs {
     /// Makes them; panics (the test fails) when openssl is missing.
     #[must_use]
     pub fn make() -> Self {
+        Self::make_for(&[])
+    }
+
+    /// [`Certs::make`] with the server certificate valid for `ips` too (besides 127.0.0.1).
+    #[must_use]
+    pub fn make_for(ips: &[&str]) -> Self {
+        let san = ips.iter().fold(
+            "subjectAltName=IP:127.0.0.1,DNS:localhost".to_owned(),
+            |s, ip| format!("{s},IP:{ip}"),
+        ) + "\n";
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let d = dir.path();
         for ca in ["ca", "other-ca"] {
@@ -48,11 +58,7 @@ impl Certs {
             );
         }
         for (name, usage, san) in [
-            (
-                "server",
-                "serverAuth",
-                "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-            ),
+            ("server", "serverAuth", san.as_str()),
             ("client", "clientAuth", ""),
         ] {
             openssl(

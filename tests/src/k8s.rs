@@ -60,13 +60,20 @@ pub fn helm() -> PathBuf {
 pub struct ApiServer {
     _etcd: Process,
     _apiserver: Process,
+    addr: String,
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl ApiServer {
-    /// Starts etcd and kube-apiserver and waits until the API server is ready.
+    /// Starts etcd and kube-apiserver on loopback and waits until the API server is ready.
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// [`ApiServer::start`] with the API server listening on, and advertising, `addr` (the real
+    /// node's bridge address, which its pods reach through the `kubernetes` Service).
+    pub async fn start_on(addr: &str) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let (client, peer) = (free_port(), free_port());
         let etcd = Command::new(tool("etcd", &format!("etcd-{ETCD_VERSION}"), "AETHER_ETCD"))
@@ -113,12 +120,7 @@ impl ApiServer {
         let port = free_port();
         let apiserver = Command::new(k8s_tool("kube-apiserver"))
             .args(["--etcd-servers", &format!("http://127.0.0.1:{client}")])
-            .args([
-                "--bind-address",
-                "127.0.0.1",
-                "--secure-port",
-                &port.to_string(),
-            ])
+            .args(["--bind-address", addr, "--secure-port", &port.to_string()])
             .arg("--cert-dir")
             .arg(dir.path().join("certs"))
             .arg("--token-auth-file")
@@ -138,7 +140,7 @@ impl ApiServer {
                 "--disable-admission-plugins",
                 "ServiceAccount",
                 "--advertise-address",
-                "127.0.0.1",
+                addr,
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -147,6 +149,7 @@ impl ApiServer {
         let s = Self {
             _etcd: etcd,
             _apiserver: Process { child: apiserver },
+            addr: addr.to_owned(),
             port,
             dir,
         };
@@ -169,10 +172,17 @@ impl ApiServer {
         s
     }
 
-    /// `https://127.0.0.1:<port>`.
+    /// `https://<addr>:<port>`.
     #[must_use]
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.addr, self.port)
+    }
+
+    /// The CA of the API server's own (self-signed) serving certificate: what pods verify it with
+    /// (`kube-root-ca.crt`).
+    #[must_use]
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("certs").join("apiserver.crt")
     }
 
     /// The directory of this server's files (etcd data, keys, kubeconfigs).
@@ -222,12 +232,19 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts etcd and the API server, then the controller manager and the scheduler.
     pub async fn start() -> Self {
-        let api = ApiServer::start().await;
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// [`ControlPlane::start`] with the API server on `addr` (see [`ApiServer::start_on`]).
+    pub async fn start_on(addr: &str) -> Self {
+        let api = ApiServer::start_on(addr).await;
         let kubeconfig = api.kubeconfig();
         let key = api.dir().join("sa.key");
         let controller_manager = component("kube-controller-manager", &kubeconfig)
             .arg("--service-account-private-key-file")
             .arg(&key)
+            .arg("--root-ca-file")
+            .arg(api.ca())
             .arg("--use-service-account-credentials=false")
             .args(["--controllers", "*"])
             .spawn()

@@ -21,7 +21,11 @@
 //! - restarts a process that exits (restartPolicy Always), probes `readinessProbe.httpGet` every 250 ms
 //!   and writes phase, pod IP, the Ready condition and container statuses to the pod's status;
 //! - when the pod is deleted: SIGTERM, waits up to the grace period, SIGKILL, then deletes the pod
-//!   object (grace 0), as the kubelet does once the containers have stopped;
+//!   object (grace 0), as the kubelet does once the containers have stopped. A process that dies of
+//!   SIGTERM's default action (it installed no handler) is counted ([`Kubelet::ignored_sigterm`])
+//!   and the pod waits out its grace period: in a container the process is PID 1, and the kernel
+//!   ignores a signal PID 1 has no handler for, so a real kubelet would wait and SIGKILL it (found
+//!   on the real node: the bank app kept every deleted pod for its whole grace period);
 //! - renews the node's Lease so the node lifecycle controller keeps it Ready.
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -64,6 +68,8 @@ struct Registry {
     /// `namespace/name` -> process ids of the pod's running containers.
     pods: HashMap<String, Vec<u32>>,
     next_ip: u32,
+    /// `namespace/pod/container` of each process that died of SIGTERM's default action.
+    ignored_sigterm: Vec<String>,
 }
 
 /// The fake node and its pod runner; everything stops (processes killed) on drop.
@@ -114,6 +120,14 @@ impl Kubelet {
                 .is_ok_and(|s| s.success());
         }
         killed
+    }
+
+    /// The containers (`namespace/pod/container`) that installed no SIGTERM handler: each died of
+    /// the signal's default action, which as a container's PID 1 would have been ignored.
+    #[must_use]
+    pub fn ignored_sigterm(&self) -> Vec<String> {
+        let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        reg.ignored_sigterm.clone()
     }
 
     /// Names of the pods running here, `namespace/name`.
@@ -299,7 +313,14 @@ impl PodRun {
                     .deletion_grace_period_seconds
                     .or(spec.termination_grace_period_seconds)
                     .unwrap_or(30);
-                stop_all(&mut procs, Duration::from_secs(grace.max(0) as u64)).await;
+                let ignored = stop_all(&mut procs, Duration::from_secs(grace.max(0) as u64)).await;
+                for c in ignored {
+                    eprintln!(
+                        "kubelet: {ns}/{name} container {c} died of SIGTERM's default action: as a container's PID 1 it would ignore SIGTERM and be killed after the grace period ({grace} s); handle SIGTERM"
+                    );
+                    let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+                    reg.ignored_sigterm.push(format!("{ns}/{name}/{c}"));
+                }
                 let dp =
                     DeleteParams {
                         grace_period_seconds: Some(0),
@@ -672,8 +693,11 @@ impl Proc {
     }
 }
 
-/// SIGTERM to every process, SIGKILL to those still running after `grace`.
-async fn stop_all(procs: &mut [Proc], grace: Duration) {
+/// SIGTERM to every process, SIGKILL to those still running after `grace`. Returns the containers
+/// that died of SIGTERM's default action (no handler), after waiting out `grace` for them as a
+/// kubelet would for a PID 1 that ignores the signal.
+async fn stop_all(procs: &mut [Proc], grace: Duration) -> Vec<String> {
+    use std::os::unix::process::ExitStatusExt;
     for p in procs.iter_mut() {
         if let Some(pid) = p.child.as_ref().and_then(Child::id) {
             let _ = std::process::Command::new("kill")
@@ -682,14 +706,23 @@ async fn stop_all(procs: &mut [Proc], grace: Duration) {
         }
     }
     let deadline = Instant::now() + grace;
+    let mut ignored = Vec::new();
     for p in procs.iter_mut() {
         if let Some(mut c) = p.child.take() {
             let left = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(left, c.wait()).await.is_err() {
-                let _ = c.kill().await;
+            match tokio::time::timeout(left, c.wait()).await {
+                Err(_) => {
+                    let _ = c.kill().await;
+                }
+                Ok(Ok(status)) if status.signal() == Some(15) => ignored.push(p.name.clone()),
+                Ok(_) => {}
             }
         }
     }
+    if !ignored.is_empty() {
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+    ignored
 }
 
 mod probe;

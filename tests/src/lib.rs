@@ -122,6 +122,7 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct NatsServer {
     child: Option<Child>,
+    addr: String,
     port: u16,
     store: tempfile::TempDir,
     extra: Vec<String>,
@@ -145,9 +146,17 @@ impl NatsServer {
     /// `$VARIABLE`s).
     #[must_use]
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_on("127.0.0.1", extra, env)
+    }
+
+    /// [`NatsServer::start_with_env`] listening on `addr` (e.g. the real node's bridge address,
+    /// which its pods reach).
+    #[must_use]
+    pub fn start_on(addr: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let mut s = Self {
             child: None,
+            addr: addr.to_owned(),
             // Chosen by the server itself on its first start (no race with other tests' servers
             // for a port picked here), then kept across restarts.
             port: 0,
@@ -172,7 +181,7 @@ impl NatsServer {
             self.port.to_string()
         };
         let child = Command::new(nats_server_binary())
-            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+            .args(["-a", &self.addr, "-p", &port, "-js", "-sd"])
             .arg(self.store.path())
             .arg("--ports_file_dir")
             .arg(&ports_dir)
@@ -220,7 +229,7 @@ impl NatsServer {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while std::net::TcpStream::connect((self.addr.as_str(), self.port)).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "nats-server did not listen on {}",
@@ -230,10 +239,10 @@ impl NatsServer {
         }
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://<addr>:<port>`.
     #[must_use]
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.addr, self.port)
     }
 
     /// The server's process id, while it runs.

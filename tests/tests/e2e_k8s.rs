@@ -345,6 +345,10 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
         violations.is_empty(),
         "nats-server refused: {violations:#?}"
     );
+    // Every container of every deleted pod stopped by its own SIGTERM handler (as a container's
+    // PID 1, one without a handler would hold its pod for the whole grace period).
+    let ignored = stack.kubelet.ignored_sigterm();
+    assert!(ignored.is_empty(), "no SIGTERM handler: {ignored:?}");
 }
 
 /// Calls of the rollout test's load: each worker adds 1 to a random one of `ROLL_ACTORS` counters.
@@ -568,4 +572,8 @@ async fn rollout_restart_under_load_fails_nothing_and_loses_nothing() {
         violations.is_empty(),
         "nats-server refused: {violations:#?}"
     );
+    // Every container of every deleted pod stopped by its own SIGTERM handler (as a container's
+    // PID 1, one without a handler would hold its pod for the whole grace period).
+    let ignored = stack.kubelet.ignored_sigterm();
+    assert!(ignored.is_empty(), "no SIGTERM handler: {ignored:?}");
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,14 +59,26 @@ class App:
         return server
 
     def serve(self, host: str = "127.0.0.1", port: int = 8000) -> None:
-        """Serves until interrupted; the sidecar gets `--app-url http://{host}:{port}`."""
+        """Serves until SIGTERM or SIGINT, then returns; the sidecar gets `--app-url
+        http://{host}:{port}`. The handlers matter in a container: there the app is process 1, and
+        the kernel ignores a signal process 1 has no handler for, so without them a pod's deletion
+        would wait out its whole grace period before the kubelet kills the app."""
         server = self.server(host, port)
+        if threading.current_thread() is threading.main_thread():
+            def stop(signum, _frame):
+                # shutdown() waits for serve_forever to return: from another thread.
+                threading.Thread(target=server.shutdown, daemon=True).start()
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, stop)
         print(f"aether app ({', '.join(self.kinds)}) on http://{host}:{server.server_port}",
               file=sys.stderr, flush=True)
         try:
             server.serve_forever()
         except KeyboardInterrupt:
             pass
+        finally:
+            server.server_close()
 
     def main(self, description: str = "an aether app", argv: Optional[list] = None) -> None:
         """Serves with the command line an app container takes: `--listen host:port`, or `--host`

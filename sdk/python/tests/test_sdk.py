@@ -140,6 +140,22 @@ class Served(unittest.TestCase):
         self.assertIn("no kind 'nope'", answer["error"])
 
 
+class Stops(unittest.TestCase):
+    def test_the_served_app_stops_on_sigterm_as_a_containers_process_1_must(self):
+        # Process 1 of a container ignores a signal it has no handler for: the app must have one.
+        import signal
+        import subprocess
+
+        app = Path(__file__).resolve().parents[3] / "examples" / "bank" / "app.py"
+        p = subprocess.Popen([sys.executable, str(app), "--listen", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True)
+        try:
+            self.assertIn("aether app", p.stderr.readline())
+            p.send_signal(signal.SIGTERM)
+            self.assertEqual(p.wait(timeout=10), 0, "exits 0 by its own handler, not by the signal")
+        finally:
+            p.kill()
+
+
 class BankInMemory(unittest.TestCase):
     def test_transfers_by_sends_are_applied_once_and_replay_gives_the_same_state(self):
         h = Harness([bank()])

@@ -93,3 +93,14 @@ test("a refusal is an answer; the client maps error answers to AetherError", asy
     await app.close();
   }
 });
+
+test("the served app stops on SIGTERM, as a container's process 1 must", async () => {
+  // Process 1 of a container ignores a signal it has no handler for: the app must have one.
+  const { spawn } = await import("node:child_process");
+  const app = new URL("../../../examples/bank-ts/app.js", import.meta.url).pathname;
+  const p = spawn(process.execPath, [app, "--listen", "127.0.0.1:0"], { stdio: ["ignore", "ignore", "pipe"] });
+  await new Promise((resolve) => p.stderr.once("data", resolve));
+  const exited = new Promise((resolve) => p.once("exit", (code, signal) => resolve({ code, signal })));
+  p.kill("SIGTERM");
+  assert.deepEqual(await exited, { code: 0, signal: null });
+});
