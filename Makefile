@@ -14,7 +14,7 @@ KUBECTL := $(TOOLS_DIR)/kubernetes-$(K8S_VERSION)/kubectl
 ETCD := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
 HELM := $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 
-.PHONY: all build test sdk-test lint fmt generate check-generated chart-check bench bench-peers tools-peers chaos fuzz model-check demo tools clean-tools images
+.PHONY: all build test sdk-test lint fmt generate check-generated chart-check bench bench-peers tools-peers chaos fuzz model-check demo tools clean-tools images node-tools e2e-node
 
 all: lint test
 
@@ -56,6 +56,31 @@ images:
 	python3 scripts/oci-image.py docker/operator.Dockerfile $(IMAGE_REPO)/aether-operator:$(APP_VERSION) $(IMAGES_DIR)/aether-operator.tar --base rust
 	python3 scripts/oci-image.py docker/bank-example.Dockerfile $(IMAGE_REPO)/aether-bank-example:$(APP_VERSION) $(IMAGES_DIR)/aether-bank-example.tar --base python
 	python3 scripts/check-images.py docker/node.Dockerfile=$(IMAGES_DIR)/aether-node.tar docker/operator.Dockerfile=$(IMAGES_DIR)/aether-operator.tar docker/bank-example.Dockerfile=$(IMAGES_DIR)/aether-bank-example.tar
+
+## node-tools: what a real node needs (`make e2e-node`): Debian's containerd, runc, CNI plugins,
+## iptables, conntrack and skopeo (apt-get, when missing), and the kubelet and kube-proxy of the
+## control plane's version (tools/build-k8s.sh node: ~5 min once the control plane is built).
+KUBELET := $(TOOLS_DIR)/kubernetes-$(K8S_VERSION)/kubelet
+node-tools: tools $(KUBELET)
+	@command -v containerd >/dev/null && command -v runc >/dev/null && test -x /usr/lib/cni/bridge \
+	  && command -v iptables >/dev/null && command -v conntrack >/dev/null && command -v skopeo >/dev/null \
+	  || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q containerd runc \
+	      containernetworking-plugins iptables conntrack skopeo)
+
+$(KUBELET):
+	TOOLS_DIR=$(TOOLS_DIR) K8S_VERSION=$(K8S_VERSION) tools/build-k8s.sh node
+
+## e2e-node: the chart on a real node (root): containerd, runc and a kubelet run the images of
+## `make images` (tests/tests/e2e_node.rs). Not part of `make test`.
+e2e-node: node-tools images
+	tools/node/clean.sh
+	mkdir -p $${CARGO_TARGET_DIR:-target}/pause
+	gcc -static -O2 -o $${CARGO_TARGET_DIR:-target}/pause/pause tools/node/pause.c
+	python3 scripts/oci-image.py tools/node/pause.Dockerfile registry.k8s.io/pause:3.10 $(IMAGES_DIR)/pause.tar --base none
+	skopeo inspect oci-archive:$(IMAGES_DIR)/aether-node.tar >/dev/null
+	PROPTEST_RNG_SEED=$(PROPTEST_RNG_SEED) AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) AETHER_ETCD=$(ETCD) AETHER_KUBE_APISERVER=$(KUBE_APISERVER) \
+	  $(CARGO) test --release -p aether-tests --features real-node --test e2e_node -- --nocapture; \
+	  status=$$?; tools/node/clean.sh; exit $$status
 
 ## lint: formatting and clippy, warnings are errors.
 lint:

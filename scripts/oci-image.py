@@ -187,12 +187,13 @@ class Layer:
     def __init__(self):
         self.entries = {}
 
-    def dir(self, path, mode=0o755):
+    def dir(self, path, mode=0o755, owner=0):
         path = path.strip("/")
         parts = path.split("/")
         for i in range(1, len(parts) + 1):
             p = "/".join(parts[:i])
-            self.entries.setdefault(p, ("dir", mode if i == len(parts) else 0o755, None))
+            last = i == len(parts)
+            self.entries.setdefault(p, ("dir", mode if last else 0o755, owner if last else 0))
 
     def file(self, path, data, mode=0o644):
         path = path.strip("/")
@@ -226,7 +227,8 @@ class Layer:
             for path in sorted(self.entries):
                 kind, mode, data = self.entries[path]
                 info = tarfile.TarInfo(path)
-                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                owner = data if kind == "dir" else 0
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, owner, owner, "", ""
                 info.mode = mode
                 if kind == "dir":
                     info.type = tarfile.DIRTYPE
@@ -279,7 +281,7 @@ def users(layer):
     layer.file("etc/passwd", b"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n")
     layer.file("etc/group", b"root:x:0:\nnonroot:x:65532:\nnobody:x:65534:\n")
     layer.dir("tmp", 0o1777)
-    layer.dir("home/nonroot", 0o700)
+    layer.dir("home/nonroot", 0o700, owner=65532)
 
 
 def app_layer(spec):

@@ -68,12 +68,18 @@ pub struct ApiServer {
 impl ApiServer {
     /// Starts etcd and kube-apiserver on loopback and waits until the API server is ready.
     pub async fn start() -> Self {
-        Self::start_on("127.0.0.1").await
+        Self::start_with("127.0.0.1", false).await
     }
 
     /// [`ApiServer::start`] with the API server listening on, and advertising, `addr` (the real
-    /// node's bridge address, which its pods reach through the `kubernetes` Service).
+    /// node's bridge address, which its pods reach through the `kubernetes` Service), and the
+    /// `ServiceAccount` admission plugin on: a real kubelet mounts the service account token it
+    /// adds to each pod (the test kubelet gives pods a kubeconfig instead).
     pub async fn start_on(addr: &str) -> Self {
+        Self::start_with(addr, true).await
+    }
+
+    async fn start_with(addr: &str, service_accounts: bool) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let (client, peer) = (free_port(), free_port());
         let etcd = Command::new(tool("etcd", &format!("etcd-{ETCD_VERSION}"), "AETHER_ETCD"))
@@ -136,12 +142,14 @@ impl ApiServer {
                 "--service-cluster-ip-range",
                 "10.0.0.0/24",
             ])
-            .args([
-                "--disable-admission-plugins",
-                "ServiceAccount",
-                "--advertise-address",
-                addr,
-            ])
+            .args(if service_accounts {
+                ["--enable-admission-plugins", "ServiceAccount"]
+            } else {
+                ["--disable-admission-plugins", "ServiceAccount"]
+            })
+            .args(["--advertise-address", addr])
+            // Logs and exec reach a kubelet at its Node's address, not its name.
+            .args(["--kubelet-preferred-address-types", "InternalIP"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

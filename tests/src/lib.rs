@@ -16,6 +16,7 @@ pub mod k8s;
 pub mod kubelet;
 pub mod measure;
 pub mod operator;
+pub mod realnode;
 pub mod stack;
 pub mod timers;
 

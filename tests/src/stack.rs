@@ -111,33 +111,7 @@ impl Stack {
     /// example StatefulSet (3 sidecar pods) and its ShardPlan on, plus `--set` of each of `sets`.
     #[must_use]
     pub fn helm_install(&self, sets: &[&str]) -> (bool, String) {
-        let kubeconfig = self.cp.kubeconfig();
-        let chart = repo().join("charts/aether");
-        let nats_url = format!("nats.url={}", self.nats_url);
-        let mut args = vec![
-            "install",
-            "aether",
-            path_str(&chart),
-            "--kubeconfig",
-            path_str(&kubeconfig),
-            "--namespace",
-            NS,
-            "--create-namespace",
-            "--set",
-            &nats_url,
-            "--set",
-            "example.enabled=true",
-            "--set",
-            "nats.credentialsSecret=nats-node",
-            "--set",
-            "nats.operatorCredentialsSecret=nats-operator",
-            "--set",
-            "nats.tlsSecret=nats-tls",
-        ];
-        for s in sets {
-            args.extend(["--set", s]);
-        }
-        run_tool(&helm(), &args, None)
+        helm_install(&self.cp.kubeconfig(), &self.nats_url, sets)
     }
 
     /// The README's ShardPlan (`examples/shardplan.yaml`), pointed at this stack's NATS server.
@@ -173,11 +147,44 @@ impl Stack {
 }
 
 /// The example's subject prefix (the chart's `example.subjectPrefix`).
-const PREFIX: &str = "actors";
+pub const PREFIX: &str = "actors";
+
+/// `helm install aether charts/aether` into `aether-system` as a user would: NATS at `nats_url`
+/// (TLS, the Secrets of [`create_secrets`]), the example StatefulSet (3 sidecar pods) and its
+/// ShardPlan on, plus `--set` of each of `sets`.
+#[must_use]
+pub fn helm_install(kubeconfig: &Path, nats_url: &str, sets: &[&str]) -> (bool, String) {
+    let chart = repo().join("charts/aether");
+    let nats_url = format!("nats.url={nats_url}");
+    let mut args = vec![
+        "install",
+        "aether",
+        path_str(&chart),
+        "--kubeconfig",
+        path_str(kubeconfig),
+        "--namespace",
+        NS,
+        "--create-namespace",
+        "--set",
+        &nats_url,
+        "--set",
+        "example.enabled=true",
+        "--set",
+        "nats.credentialsSecret=nats-node",
+        "--set",
+        "nats.operatorCredentialsSecret=nats-operator",
+        "--set",
+        "nats.tlsSecret=nats-tls",
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    run_tool(&helm(), &args, None)
+}
 
 /// The namespace and the Secrets the chart is installed with: the nodes' user, the operator's
 /// (labelled to opt in, with the CA), the CA for the sidecars.
-async fn create_secrets(cp: &ControlPlane, certs: &Certs) {
+pub async fn create_secrets(cp: &ControlPlane, certs: &Certs) {
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::{Namespace, Secret};
     use kube::api::PostParams;
