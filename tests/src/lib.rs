@@ -17,6 +17,7 @@ pub mod kubelet;
 pub mod measure;
 pub mod operator;
 pub mod realnode;
+pub mod rollout;
 pub mod stack;
 pub mod timers;
 

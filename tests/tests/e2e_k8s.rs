@@ -23,18 +23,16 @@ use aether_node::client::{Client, LoadReport, run_load};
 use aether_tests::auth::Role;
 use aether_tests::bank;
 use aether_tests::cluster::assert_nothing_acked_lost;
-use aether_tests::measure::{Call, Outage, outage};
+use aether_tests::rollout::{ROLL_ACTORS, rollout_under_load};
 use aether_tests::stack::{NS, Stack, brief, owners, settled, wait_settled};
 use aether_tests::wait_for;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use rand::{RngExt, SeedableRng};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PREFIX: &str = "actors";
 const SHARDS: u32 = 1024;
@@ -351,118 +349,6 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
     assert!(ignored.is_empty(), "no SIGTERM handler: {ignored:?}");
 }
 
-/// Calls of the rollout test's load: each worker adds 1 to a random one of `ROLL_ACTORS` counters.
-const ROLL_ACTORS: usize = 1000;
-const ROLL_IN_FLIGHT: usize = 16;
-
-/// What one load worker saw: each call, and the acknowledged sum per counter.
-type Recorded = (Vec<Call>, BTreeMap<String, i64>);
-
-/// Adds until `stop`, recording each call and the acknowledged sum per counter.
-fn recorded_load(
-    client: &Client,
-    stop: &Arc<AtomicBool>,
-    seed: u64,
-) -> Vec<tokio::task::JoinHandle<Recorded>> {
-    (0..ROLL_IN_FLIGHT as u64)
-        .map(|w| {
-            let (client, stop) = (client.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(seed * 1000 + w);
-                let (mut calls, mut acked) = (Vec::new(), BTreeMap::new());
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let actor = rng.random_range(0..ROLL_ACTORS);
-                    let name = format!("roll-{actor}");
-                    let start = Instant::now();
-                    let ok = matches!(
-                        client.add(&name, 1, format!("roll-{seed}-{w}-{i}")).await,
-                        Ok(aether_core::protocol::Reply {
-                            outcome: aether_core::protocol::Outcome::Ok(_),
-                            ..
-                        })
-                    );
-                    i += 1;
-                    if ok {
-                        *acked.entry(name).or_default() += 1;
-                    }
-                    calls.push(Call {
-                        actor,
-                        start,
-                        end: Instant::now(),
-                        ok,
-                    });
-                }
-                (calls, acked)
-            })
-        })
-        .collect()
-}
-
-/// What one rollout under load showed.
-#[derive(Debug)]
-struct Rollout {
-    outage: Outage,
-    /// From `kubectl rollout restart` to the plan settled on every new pod.
-    took: Duration,
-    acked: BTreeMap<String, i64>,
-}
-
-/// `kubectl rollout restart statefulset actors` under load; returns when every pod is new and the
-/// plan settled on all three again.
-async fn rollout_under_load(
-    stack: &Stack,
-    plans: &Api<ShardPlan>,
-    app: &Client,
-    seed: u64,
-) -> Rollout {
-    let epoch = plans
-        .get("actors")
-        .await
-        .expect("get")
-        .status
-        .unwrap_or_default()
-        .epoch;
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers = recorded_load(app, &stop, seed);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let start = Instant::now();
-    let (ok, out) = stack.kubectl(&["rollout", "restart", "statefulset", "actors"], None);
-    assert!(ok, "{out}");
-    let (ok, out) = tokio::task::block_in_place(|| {
-        stack.kubectl(
-            &[
-                "rollout",
-                "status",
-                "statefulset",
-                "actors",
-                "--timeout=300s",
-            ],
-            None,
-        )
-    });
-    assert!(ok, "the rollout did not finish: {out}");
-    wait_settled(plans, "actors", 3, epoch, T)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let took = start.elapsed();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut calls, mut acked) = (Vec::new(), BTreeMap::new());
-    for w in workers {
-        let (c, a) = w.await.expect("load worker");
-        calls.extend(c);
-        for (k, v) in a {
-            *acked.entry(k).or_default() += v;
-        }
-    }
-    Rollout {
-        outage: outage(calls, Instant::now()),
-        took,
-        acked,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_restart_under_load_fails_nothing_and_loses_nothing() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -499,7 +385,7 @@ async fn rollout_restart_under_load_fails_nothing_and_loses_nothing() {
 
     // With the drain: each pod's node hands its shards over before it exits.
     let before = uids().await;
-    let drained = rollout_under_load(&stack, &plans, &app, 1).await;
+    let drained = rollout_under_load(|a| stack.kubectl(a, None), &plans, &app, 1).await;
     let o = drained.outage;
     eprintln!(
         "rollout with drain: {} calls, {} failed, unavailable p50 {:.1} ms p99 {:.1} ms max {:.1} ms, took {:.1} s",
@@ -550,7 +436,7 @@ async fn rollout_restart_under_load_fails_nothing_and_loses_nothing() {
     wait_settled(&plans, "actors", 3, 0, T)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let killed = rollout_under_load(&stack, &plans, &app, 2).await;
+    let killed = rollout_under_load(|a| stack.kubectl(a, None), &plans, &app, 2).await;
     let k = killed.outage;
     eprintln!(
         "rollout without drain: {} calls, {} failed, unavailable p50 {:.1} ms p99 {:.1} ms max {:.1} ms, took {:.1} s",

@@ -3,8 +3,9 @@
 //! (`aether_tests::realnode`). As a user would: `helm install` (only the images' pull policy set),
 //! NATS with TLS and the shipped per-role users, the example StatefulSet with the bank app beside
 //! each sidecar; then `kubectl scale` 3 -> 5 -> 2 with a sidecar's container killed during the
-//! scale-in. Asserts every pod Ready through its real probes, the runtime enforcing the chart's
-//! security context (read from the containers' processes), and every counter exact after each step.
+//! scale-in, back to 3 and a `kubectl rollout restart` under load. Asserts every pod Ready through
+//! its real probes, the runtime enforcing the chart's security context (read from the containers'
+//! processes), every counter exact after each step, and no call failed during the rollout.
 //!
 //! Needs root, `make node-tools` and `make images` (the `make e2e-node` target runs both).
 
@@ -14,6 +15,7 @@ use aether_node::client::Client;
 use aether_tests::auth::{Certs, ROLE_PASSWORDS, Role, roles_conf};
 use aether_tests::k8s::{ControlPlane, k8s_tool, run_tool};
 use aether_tests::realnode::{BRIDGE_IP, Bridge, PAUSE_IMAGE, RealNode};
+use aether_tests::rollout::rollout_under_load;
 use aether_tests::stack::{NS, PREFIX, brief, create_secrets, helm_install, wait_settled};
 use aether_tests::{NatsServer, wait_for};
 use k8s_openapi::api::core::v1::Pod;
@@ -236,4 +238,38 @@ async fn the_chart_on_a_real_node_scales_and_survives_a_killed_sidecar() {
     add_all(&client_nats, 2, &mut acked).await;
     assert_exact(&client_nats, &acked, "2 pods").await;
     eprintln!("{}", brief(&sp));
+
+    // Back to 3, then `kubectl rollout restart` under load: every pod replaced by the real
+    // kubelet (SIGTERM, the sidecar drains, a new container), no call failed, nothing lost.
+    kubectl(&cp, &["scale", "statefulset", "actors", "--replicas", "3"]);
+    wait_settled(
+        &plans,
+        "actors",
+        3,
+        sp.status.clone().unwrap_or_default().epoch,
+        T,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = cp.kubeconfig();
+    let kubectl_ns = |args: &[&str]| {
+        let mut all = vec![
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap_or_default(),
+            "-n",
+            NS,
+        ];
+        all.extend_from_slice(args);
+        run_tool(&k8s_tool("kubectl"), &all, None)
+    };
+    let rolled = rollout_under_load(kubectl_ns, &plans, &client_nats, 1).await;
+    let o = &rolled.outage;
+    eprintln!(
+        "rollout restart under load on the real node: {:?}, {} calls, {} failed, per-actor unavailability p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+        rolled.took, o.calls, o.failed, o.p50_ms, o.p99_ms, o.max_ms
+    );
+    assert!(o.calls > 0, "the load ran during the rollout");
+    assert_eq!(o.failed, 0, "calls failed during the rollout");
+    assert_exact(&client_nats, &rolled.acked, "after the rollout").await;
+    assert_exact(&client_nats, &acked, "after the rollout").await;
 }
