@@ -253,21 +253,6 @@ async fn watch_pods(client: Client, cfg: Arc<KubeletConfig>, registry: Arc<Mutex
     }
 }
 
-/// One container: the resolved command and its process.
-struct Proc {
-    name: String,
-    image: String,
-    program: Option<PathBuf>,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    probe: Option<(u16, String)>,
-    child: Option<Child>,
-    exited_at: Option<Instant>,
-    restarts: u32,
-    /// Why a kubelet would not start it (`CreateContainerConfigError`).
-    refused: Option<String>,
-}
-
 struct PodRun {
     client: Client,
     cfg: Arc<KubeletConfig>,
@@ -630,100 +615,7 @@ impl PodRun {
     }
 }
 
-impl Proc {
-    /// Starts the process, or restarts it after it exited (after a short back-off).
-    fn keep_running(&mut self, dir: &std::path::Path, pod: &str) {
-        let Some(program) = self.program.clone() else {
-            return;
-        };
-        if self.refused.is_some() {
-            return;
-        }
-        if let Some(c) = self.child.as_mut() {
-            match c.try_wait() {
-                Ok(None) => return,
-                Ok(Some(_)) | Err(_) => {
-                    self.child = None;
-                    self.exited_at = Some(Instant::now());
-                    self.restarts += 1;
-                }
-            }
-        }
-        if self
-            .exited_at
-            .is_some_and(|t| t.elapsed() < RESTART_BACKOFF)
-        {
-            return;
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("{pod}-{}.log", self.name)));
-        let mut cmd = Command::new(&program);
-        cmd.args(&self.args)
-            .envs(self.env.iter().cloned())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true);
-        match log {
-            Ok(f) => cmd.stderr(f),
-            Err(_) => cmd.stderr(std::process::Stdio::null()),
-        };
-        match cmd.spawn() {
-            Ok(child) => self.child = Some(child),
-            Err(e) => {
-                eprintln!("kubelet: cannot start {}: {e}", program.display());
-                self.exited_at = Some(Instant::now());
-            }
-        }
-    }
-
-    fn running(&self) -> bool {
-        self.refused.is_none() && (self.program.is_none() || self.child.is_some())
-    }
-
-    async fn ready(&mut self, ip: &str) -> bool {
-        if !self.running() {
-            return false;
-        }
-        match (&self.probe, &self.program) {
-            (Some((port, path)), Some(_)) => http_ok(ip, *port, path).await,
-            _ => true,
-        }
-    }
-}
-
-/// SIGTERM to every process, SIGKILL to those still running after `grace`. Returns the containers
-/// that died of SIGTERM's default action (no handler), after waiting out `grace` for them as a
-/// kubelet would for a PID 1 that ignores the signal.
-async fn stop_all(procs: &mut [Proc], grace: Duration) -> Vec<String> {
-    use std::os::unix::process::ExitStatusExt;
-    for p in procs.iter_mut() {
-        if let Some(pid) = p.child.as_ref().and_then(Child::id) {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-    }
-    let deadline = Instant::now() + grace;
-    let mut ignored = Vec::new();
-    for p in procs.iter_mut() {
-        if let Some(mut c) = p.child.take() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, c.wait()).await {
-                Err(_) => {
-                    let _ = c.kill().await;
-                }
-                Ok(Ok(status)) if status.signal() == Some(15) => ignored.push(p.name.clone()),
-                Ok(_) => {}
-            }
-        }
-    }
-    if !ignored.is_empty() {
-        tokio::time::sleep_until(deadline.into()).await;
-    }
-    ignored
-}
-
 mod probe;
+mod process;
 use probe::{http_ok, non_root_refusal, pod_key, pod_status};
+use process::{Proc, stop_all};
