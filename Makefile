@@ -86,6 +86,7 @@ e2e-node: node-tools images
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p aether-tests --features real-node --test e2e_node -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

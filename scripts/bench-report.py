@@ -238,7 +238,10 @@ def missed(r):
         if ratio < 0.5:
             rows.append(
                 f"- Migration of {m['actors']} actors: {ratio:.2f}x raw bytes/s, {100 * (1 - ratio / 0.5):.0f}% short of "
-                "0.5x. Chunks are binary, each actor's state MessagePack written straight from the paused actor "
+                "0.5x. Since 2026-12-03 a shard of 256 actors or more is copied while it is still served and then "
+                "paused only for what changed meanwhile: a copy round plus the pause, more work than the "
+                "whole-shard pause these figures were measured with before (0.63x on 2026-11-26), for a far "
+                "shorter pause. Chunks are binary, each actor's state MessagePack written straight from the actor "
                 "(about 1 us per 1 KB actor), three chunks unacked; the destination copies each actor's bytes "
                 "and parses them on first use. What remains is that copying and the moved actors' memory, on "
                 "one migration thread per node at nice +10 that yields every 16 actors, on 2 cores shared with "

@@ -10,6 +10,7 @@ builder stage's `/src/...` is the workspace). Reads only the archives and the Do
 import gzip
 import io
 import json
+import os
 import shlex
 import sys
 import tarfile
@@ -58,7 +59,9 @@ def check(dockerfile, path):
             args = [a for a in shlex.split(rest) if not a.startswith("--")]
             *srcs, dest = args
             for src in srcs:
-                local = ROOT / (src[len("/src/"):] if src.startswith("/src/") else src)
+                rel = src[len("/src/"):] if src.startswith("/src/") else src
+                target = os.environ.get("CARGO_TARGET_DIR")
+                local = Path(target) / rel[len("target/"):] if target and rel.startswith("target/") else ROOT / rel
                 pairs = (
                     [(p, f"{dest.rstrip('/')}/{p.relative_to(local).as_posix()}") for p in local.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
                     if local.is_dir()

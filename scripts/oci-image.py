@@ -69,6 +69,15 @@ DROP = ("usr/share/doc/", "usr/share/man/", "usr/share/info/", "usr/share/lintia
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+def local(src):
+    """The workspace's file for a Dockerfile's source path; `target/` is the cargo target
+    directory (`CARGO_TARGET_DIR` when set)."""
+    target = os.environ.get("CARGO_TARGET_DIR")
+    if target and src.startswith("target/"):
+        return Path(target) / src[len("target/"):]
+    return ROOT / src
+
+
 def fail(msg):
     print(f"oci-image: {msg}", file=sys.stderr)
     sys.exit(1)
@@ -116,7 +125,7 @@ def spec_of(dockerfile):
                     if not src.startswith("/src/"):
                         fail(f"{dockerfile}: COPY --from reads the builder's /src only: {src}")
                     src = src[len("/src/"):]
-                path = ROOT / src
+                path = local(src)
                 if not path.exists():
                     fail(f"{dockerfile}: COPY {src}: {path} does not exist (build it first)")
                 copies.append((path, dest))

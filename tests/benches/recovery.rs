@@ -148,9 +148,23 @@ async fn place(client: &Client, ids: &Arc<Vec<(String, String)>>) {
                 },
                 Some(format!("place-{o}")),
             );
-            c.send(&req)
-                .await
-                .is_ok_and(|r| matches!(r.outcome, Outcome::Ok(_)))
+            // A client retries with the same command id (PROTOCOL.md): under this load the Python
+            // app can answer a decide after the node's app timeout, and the order is then
+            // answered `unavailable` without being applied.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let r = c.send(&req).await;
+                let ok = r
+                    .as_ref()
+                    .is_ok_and(|r| matches!(r.outcome, Outcome::Ok(_)));
+                if ok || Instant::now() > deadline {
+                    if !ok {
+                        eprintln!("order {o} not placed: {r:?}");
+                    }
+                    break ok;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     })
     .await;
@@ -205,10 +219,24 @@ async fn pending_sends() -> serde_json::Value {
     drop((_a, _b));
 
     // Receivers down while the orders are placed; then every node killed and restarted.
-    let (ports2, mut a) = (ports, start("down", 0));
-    wait_for("app-0 Ready", T, || ready(ports2[0])).await;
+    // Both take the plan first: a node serves its first plan's shards only once every member holds
+    // that epoch (so a node that restarted alone cannot serve beside an old holder); then the
+    // receivers' node goes down.
+    let (ports2, mut a, mut b) = (ports, start("down", 0), start("down", 1));
+    wait_for("both Ready", T, || async {
+        ready(ports2[0]).await && ready(ports2[1]).await
+    })
+    .await;
     publish(&nc, "down", &plan, 10).await;
     let client = Client::new(nc.clone(), "down");
+    wait_for("app-0 serving", T, || async {
+        client
+            .read("order", &ids[0].0)
+            .await
+            .is_ok_and(|r| matches!(r.outcome, Outcome::Ok(_)))
+    })
+    .await;
+    b.kill();
     place(&client, &ids).await;
     wait_for("every order marked pending", T, || async {
         pending(&nc, "down").await == n

@@ -112,4 +112,3 @@ pub(super) async fn stop_all(procs: &mut [Proc], grace: Duration) -> Vec<String>
     }
     ignored
 }
-
