@@ -204,14 +204,18 @@ class Layer:
             last = i == len(parts)
             self.entries.setdefault(p, ("dir", mode if last else 0o755, owner if last else 0))
 
+    def parent(self, path):
+        if "/" in path:
+            self.dir(os.path.dirname(path))
+
     def file(self, path, data, mode=0o644):
         path = path.strip("/")
-        self.dir(os.path.dirname(path)) if "/" in path else None
+        self.parent(path)
         self.entries[path] = ("file", mode, data)
 
     def link(self, path, target):
         path = path.strip("/")
-        self.dir(os.path.dirname(path)) if "/" in path else None
+        self.parent(path)
         self.entries[path] = ("symlink", 0o777, target)
 
     def tree(self, src, dest, keep=lambda rel: True):

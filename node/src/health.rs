@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Why the node is not ready, by part; ready when every part is `None`. Read in this order: the
 /// first problem is the one `/readyz` names.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct Parts {
     /// The NATS connections and JetStream.
     connection: Option<String>,

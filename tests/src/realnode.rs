@@ -365,13 +365,6 @@ impl Drop for RealNode {
         let _ = Command::new("pkill")
             .args(["-KILL", "-f", &format!("containerd-shim.*{sock}")])
             .status();
-        let _ = Command::new("pkill")
-            .args([
-                "-KILL",
-                "-f",
-                &format!("shim.*{}", self.dir.path().display()),
-            ])
-            .status();
         // Mounts the kubelet and containerd made under the directory, deepest first.
         let prefix = self.dir.path().to_string_lossy().into_owned();
         let mut mounts: Vec<String> = std::fs::read_to_string("/proc/mounts")

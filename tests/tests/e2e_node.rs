@@ -78,7 +78,8 @@ fn assert_confined(node: &RealNode, pod: &str, c: &str, uid: &str) {
     );
 }
 
-fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
+/// `kubectl -n aether-system <args>` with the admin kubeconfig: success and output.
+fn kubectl_ns(cp: &ControlPlane, args: &[&str]) -> (bool, String) {
     let kubeconfig = cp.kubeconfig();
     let mut all = vec![
         "--kubeconfig",
@@ -87,9 +88,21 @@ fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
         NS,
     ];
     all.extend_from_slice(args);
-    let (ok, out) = run_tool(&k8s_tool("kubectl"), &all, None);
+    run_tool(&k8s_tool("kubectl"), &all, None)
+}
+
+fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
+    let (ok, out) = kubectl_ns(cp, args);
     assert!(ok, "kubectl {}: {out}", args.join(" "));
     out
+}
+
+/// Waits until the ShardPlan settled on `members` after the epoch of `before`.
+async fn settle(plans: &Api<ShardPlan>, members: u32, before: &ShardPlan) -> ShardPlan {
+    let epoch = before.status.clone().unwrap_or_default().epoch;
+    wait_settled(plans, "actors", members, epoch, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Adds 1 to each counter, the number of times in `rounds`; returns what was acknowledged.
@@ -189,15 +202,7 @@ async fn the_chart_on_a_real_node_scales_and_survives_a_killed_sidecar() {
 
     kubectl(&cp, &["scale", "statefulset", "actors", "--replicas", "5"]);
     let t = Instant::now();
-    let sp = wait_settled(
-        &plans,
-        "actors",
-        5,
-        sp.status.clone().unwrap_or_default().epoch,
-        T,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let sp = settle(&plans, 5, &sp).await;
     eprintln!("kubectl scale 3 -> 5: settled in {:?}", t.elapsed());
     add_all(&client_nats, 1, &mut acked).await;
     assert_exact(&client_nats, &acked, "5 pods").await;
@@ -216,15 +221,7 @@ async fn the_chart_on_a_real_node_scales_and_survives_a_killed_sidecar() {
         node.kill("actors-0", "aether-node"),
         "actors-0's sidecar killed"
     );
-    let sp = wait_settled(
-        &plans,
-        "actors",
-        2,
-        sp.status.clone().unwrap_or_default().epoch,
-        T,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let sp = settle(&plans, 2, &sp).await;
     eprintln!(
         "kubectl scale 5 -> 2 with a killed sidecar: settled in {:?}",
         t.elapsed()
@@ -242,27 +239,8 @@ async fn the_chart_on_a_real_node_scales_and_survives_a_killed_sidecar() {
     // Back to 3, then `kubectl rollout restart` under load: every pod replaced by the real
     // kubelet (SIGTERM, the sidecar drains, a new container), no call failed, nothing lost.
     kubectl(&cp, &["scale", "statefulset", "actors", "--replicas", "3"]);
-    wait_settled(
-        &plans,
-        "actors",
-        3,
-        sp.status.clone().unwrap_or_default().epoch,
-        T,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let kubeconfig = cp.kubeconfig();
-    let kubectl_ns = |args: &[&str]| {
-        let mut all = vec![
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap_or_default(),
-            "-n",
-            NS,
-        ];
-        all.extend_from_slice(args);
-        run_tool(&k8s_tool("kubectl"), &all, None)
-    };
-    let rolled = rollout_under_load(kubectl_ns, &plans, &client_nats, 1).await;
+    settle(&plans, 3, &sp).await;
+    let rolled = rollout_under_load(|a| kubectl_ns(&cp, a), &plans, &client_nats, 1).await;
     let o = &rolled.outage;
     eprintln!(
         "rollout restart under load on the real node: {:?}, {} calls, {} failed, per-actor unavailability p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
