@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod commands;
 mod lending;
+mod marker;
 #[cfg(test)]
 mod tests;
 mod timers;
@@ -65,7 +66,13 @@ pub struct HostContext {
     pub health: Arc<crate::health::Health>,
     /// Where actors' sends go to be delivered (the node's outbox task, `outbox.rs`).
     pub outbox: mpsc::UnboundedSender<Delivery>,
+    /// Loads for looks (timers, sends to resume) in progress on the node, at most
+    /// [`LOOK_LOADS`]: a catch-up after an outage leaves the store room for requests.
+    pub look_loads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most actors the node's workers load at once for their looks (see [`HostContext::look_loads`]).
+pub const LOOK_LOADS: usize = 16;
 
 /// Messages of one actor to deliver: sent by a record that just landed, or found undelivered when
 /// the actor was loaded.
@@ -98,9 +105,10 @@ pub enum Cmd {
     Pause(oneshot::Sender<Lent>),
     /// Take the lent actors back, unpause and serve the queue.
     Resume(Lent),
-    /// Load the actor if it has pending work (its marker says so): its undelivered sends go out,
-    /// the releases it owes are made; a marker with nothing behind it is removed.
-    Touch(ActorRef),
+    /// What the shard's pending-work markers say, read when the node started serving it: when
+    /// to look at each actor (`0`: at once, for its sends). The actor is loaded then: its
+    /// undelivered sends go out, its due timers fire; a marker with nothing behind it is removed.
+    Look(Vec<(ActorRef, u64)>),
     /// Install migrated actors (destination side), then answer.
     Install(Staged, oneshot::Sender<()>),
     /// Finish the appends in flight, drop the actors and stop; the requests still held (queued
@@ -119,9 +127,10 @@ pub struct ShardHandle {
 #[derive(Debug, Clone)]
 struct Actor {
     kind: Kind,
-    /// Its pending-work marker is (believed) in the log: set before a record that sends, removed
-    /// after the record that leaves nothing pending.
-    marked: bool,
+    /// Its pending-work marker as the worker knows it ([`marker::Marker`]): written before a
+    /// record that sends or sets an earlier timer, removed after the record that leaves nothing
+    /// pending.
+    marker: marker::Marker,
     snapshot: Snapshot,
     version: u64,
     seq: u64,
@@ -141,7 +150,8 @@ pub fn spawn(ctx: &Arc<HostContext>, shard: u32) -> ShardHandle {
         queue: VecDeque::new(),
         inflight: FuturesUnordered::new(),
         busy: HashMap::new(),
-        timers: timers::TimerIndex::default(),
+        timers: timers::LookIndex::default(),
+        index_bytes: 0,
     };
     // On the serving runtime even when a migration (on its own runtime) starts the worker.
     ctx.tasks.spawn_on(worker.run(rx), &ctx.serving);
@@ -160,8 +170,10 @@ struct Worker {
     inflight: FuturesUnordered<Pin<Box<dyn Future<Output = Appended> + Send>>>,
     /// Actors with an append in flight, and the requests waiting for it.
     busy: HashMap<ActorRef, VecDeque<Pending>>,
-    /// When the shard's timers come due.
-    timers: timers::TimerIndex,
+    /// When to look at the shard's actors with timers (or sends to resume), in memory or not.
+    timers: timers::LookIndex,
+    /// Bytes of `timers` counted in the node's gauge.
+    index_bytes: i64,
 }
 
 enum Next {
@@ -240,8 +252,7 @@ impl Worker {
                         self.dispatch(p, 0).await;
                     }
                 }
-                Cmd::Touch(actor) if !self.paused => self.touch(&actor).await,
-                Cmd::Touch(_) => {}
+                Cmd::Look(marked) => self.index_markers(marked),
                 Cmd::Install(actors, done) => {
                     self.install(actors);
                     let _ = done.send(());
@@ -269,6 +280,7 @@ impl Worker {
             .metrics
             .timers_pending
             .dec_by(self.timers.len() as i64);
+        self.ctx.metrics.timer_index_bytes.dec_by(self.index_bytes);
         if let Some(back) = stopped {
             // If the stopper is gone, the callers' reply channels close and they are told so.
             let _ = back.send(leftovers);
@@ -358,7 +370,7 @@ impl Worker {
             actor.clone(),
             Actor {
                 kind,
-                marked: snapshot.has_pending(),
+                marker: snapshot.has_pending().then_some(marker::UNKNOWN),
                 snapshot,
                 version,
                 seq,

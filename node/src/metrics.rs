@@ -176,8 +176,11 @@ pub struct Metrics {
     pub app_call_seconds: Histogram,
     /// Calls to the app container by path (`kinds`, `decide`, `apply`).
     pub app_calls: Family<Kind, Counter>,
-    /// Timers indexed on this node (due times its shard workers wait for).
+    /// Actors in this node's look indexes: with timers (their earliest due time is held), or with
+    /// sends to resume, whether the actor is in memory or not.
     pub timers_pending: Gauge,
+    /// Bytes the look indexes have allocated.
+    pub timer_index_bytes: Gauge,
     /// Timer firings applied (their records landed).
     pub timer_firings: Counter,
     /// Periodic timers' ticks skipped and coalesced into a later firing.
@@ -197,6 +200,7 @@ impl Default for Metrics {
         let app_calls = Family::default();
         let evicted = Counter::default();
         let timers_pending = Gauge::default();
+        let timer_index_bytes = Gauge::default();
         let timer_firings = Counter::default();
         let timer_missed = Counter::default();
         let timer_lateness =
@@ -262,8 +266,13 @@ impl Default for Metrics {
         );
         registry.register(
             "timers_pending",
-            "Timers indexed on this node",
+            "Actors whose next look (earliest timer, or sends to resume) this node's indexes hold",
             timers_pending.clone(),
+        );
+        registry.register(
+            "timer_index_bytes",
+            "Bytes allocated by this node's look indexes",
+            timer_index_bytes.clone(),
         );
         registry.register(
             "timer_firings",
@@ -289,6 +298,7 @@ impl Default for Metrics {
             registry,
             evicted,
             timers_pending,
+            timer_index_bytes,
             timer_firings,
             timer_missed,
             timer_lateness,

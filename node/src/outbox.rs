@@ -235,8 +235,9 @@ where
 }
 
 /// Resumes the pending work of every shard this node starts serving (by a plan, a move, a
-/// restart), or whose worker stopped while it stays served: the actors its pending-work markers
-/// name are loaded, which hands their sends to [`run`] and puts their timers in the shard's index.
+/// restart), or whose worker stopped while it stays served: what its pending-work markers say goes
+/// into the shard's index, and each actor is loaded when its look comes (at once for sends, which
+/// hands them to [`run`]; at its earliest timer otherwise), not before.
 /// Checks every [`RESUME_EVERY`]; a shard it could not read is tried again.
 pub async fn resume_pending(shared: Arc<Shared>) {
     let mut resumed: HashSet<u32> = HashSet::new();
@@ -260,20 +261,25 @@ pub async fn resume_pending(shared: Arc<Shared>) {
         if fresh.is_empty() {
             continue;
         }
-        match shared.host.store.pending(|s| fresh.contains(&s)).await {
-            Ok(actors) => {
-                if !actors.is_empty() {
-                    tracing::info!(
-                        actors = actors.len(),
-                        shards = fresh.len(),
-                        "resuming pending work"
-                    );
+        let found = shared.host.store.pending(
+            |s| fresh.contains(&s),
+            |batch| {
+                let mut by_shard: HashMap<u32, Vec<(ActorRef, u64)>> = HashMap::new();
+                for (shard, actor, look) in batch {
+                    by_shard.entry(shard).or_default().push((actor, look));
                 }
                 let mut st = shared.state();
-                for (shard, actor) in actors {
+                for (shard, marked) in by_shard {
                     if st.own.serves(shard) {
-                        let _ = st.worker(&shared.host, shard).tx.send(Cmd::Touch(actor));
+                        let _ = st.worker(&shared.host, shard).tx.send(Cmd::Look(marked));
                     }
+                }
+            },
+        );
+        match found.await {
+            Ok(actors) => {
+                if actors > 0 {
+                    tracing::info!(actors, shards = fresh.len(), "indexed pending work");
                 }
                 resumed.extend(fresh);
             }

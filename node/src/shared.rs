@@ -161,6 +161,7 @@ impl Shared {
             tasks: tasks.clone(),
             health,
             outbox,
+            look_loads: Arc::new(Semaphore::new(crate::host::LOOK_LOADS)),
         });
         Arc::new(Self {
             me: cfg.pod_name.clone(),

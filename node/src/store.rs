@@ -282,6 +282,11 @@ pub struct Loaded {
     pub unfolded: Vec<Value>,
 }
 
+/// Markers [`EventStore::pending`] hands over at once.
+pub const MARKER_BATCH: usize = 4096;
+/// Longest wait for the next marker while reading them.
+const MARKER_WAIT: Duration = Duration::from_secs(10);
+
 /// Handle on the event stream.
 #[derive(Clone, Debug)]
 pub struct EventStore {
@@ -559,15 +564,31 @@ impl EventStore {
         Ok(out)
     }
 
-    /// Marks `actor` as having pending work (see [`Names::pending_subject`]); idempotent.
-    pub async fn mark_pending(&self, shard: u32, actor: &ActorRef) -> Result<()> {
+    /// Writes `actor`'s pending-work marker (see [`Names::pending_subject`]): the earliest time it
+    /// needs a look, in ms since the Unix epoch (`0`: at once). With `replace`, the markers before
+    /// it are purged once it is stored (a crash between leaves two; the last one counts).
+    pub async fn mark_pending(
+        &self,
+        shard: u32,
+        actor: &ActorRef,
+        look: u64,
+        replace: bool,
+    ) -> Result<()> {
         let subject = self.names.pending_subject(shard, actor);
         self.js
-            .publish(subject.clone(), bytes::Bytes::from_static(b"1"))
+            .publish(subject.clone(), bytes::Bytes::from(look.to_string()))
             .await
             .map_err(|e| Error::Nats(format!("mark {subject}: {e}")))?
             .await
             .map_err(|e| Error::Nats(format!("mark {subject}: {e}")))?;
+        if replace {
+            self.stream
+                .purge()
+                .filter(&subject)
+                .keep(1)
+                .await
+                .map_err(|e| Error::Nats(format!("mark {subject}: {e}")))?;
+        }
         Ok(())
     }
 
@@ -582,25 +603,90 @@ impl EventStore {
         Ok(())
     }
 
-    /// The actors marked as having pending work, with their shards, of the shards `wanted` says.
-    pub async fn pending(&self, wanted: impl Fn(u32) -> bool) -> Result<Vec<(u32, ActorRef)>> {
-        let filter = self.names.pending_filter();
-        let mut subjects = self
+    /// The pending-work markers of the shards `wanted` says: each actor marked, with its shard and
+    /// the time it needs a look (a marker that does not read as one, such as an older node's `1`,
+    /// says "at once"), handed to `batch` [`MARKER_BATCH`] at a time. One ordered consumer, the
+    /// last marker of each subject, deleted when read; whatever the number of markers.
+    pub async fn pending(
+        &self,
+        wanted: impl Fn(u32) -> bool,
+        mut batch: impl FnMut(Vec<(u32, ActorRef, u64)>),
+    ) -> Result<usize> {
+        let failed = |e: &dyn std::fmt::Display| Error::Nats(format!("pending work: {e}"));
+        let mut consumer = self
             .stream
-            .info_with_subjects(&filter)
+            .create_consumer(jetstream::consumer::pull::Config {
+                filter_subject: self.names.pending_filter(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                memory_storage: true,
+                // Gone by itself if this node dies while reading.
+                inactive_threshold: MARKER_WAIT,
+                ..Default::default()
+            })
             .await
-            .map_err(|e| Error::Nats(format!("pending work: {e}")))?;
-        let mut actors = Vec::new();
-        while let Some(entry) = subjects.next().await {
-            let (subject, count) = entry.map_err(|e| Error::Nats(format!("pending work: {e}")))?;
-            if count > 0
-                && let Some((shard, actor)) = self.names.pending_actor(&subject)
+            .map_err(|e| failed(&e))?;
+        let name = consumer.info().await.map_err(|e| failed(&e))?.name.clone();
+        let read = self.read_markers(&mut consumer, wanted, &mut batch).await;
+        // Deleted whatever the outcome: reading leaves no consumer behind.
+        let _ = self.stream.delete_consumer(&name).await;
+        read
+    }
+
+    async fn read_markers(
+        &self,
+        consumer: &mut jetstream::consumer::PullConsumer,
+        wanted: impl Fn(u32) -> bool,
+        batch: &mut impl FnMut(Vec<(u32, ActorRef, u64)>),
+    ) -> Result<usize> {
+        let failed = |e: &dyn std::fmt::Display| Error::Nats(format!("pending work: {e}"));
+        let total = consumer.cached_info().num_pending;
+        let mut found = 0;
+        if total == 0 {
+            return Ok(0);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
+        let mut out = Vec::with_capacity(MARKER_BATCH);
+        // Markers written meanwhile are read too; a stream that never stops growing is read up
+        // to twice what it held.
+        let mut budget = total.saturating_mul(2).saturating_add(MARKER_BATCH as u64);
+        loop {
+            let next = tokio::time::timeout(MARKER_WAIT, messages.next())
+                .await
+                .map_err(|_| {
+                    failed(&format!(
+                        "no marker within {MARKER_WAIT:?} after {} of {total}",
+                        total.saturating_mul(2) + MARKER_BATCH as u64 - budget
+                    ))
+                })?;
+            let Some(m) = next else { break };
+            let m = m.map_err(|e| failed(&e))?;
+            budget = budget.saturating_sub(1);
+            let left = m.info().map_err(|e| failed(&e))?.pending;
+            if let Some((shard, actor)) = self.names.pending_actor(&m.subject)
                 && wanted(shard)
             {
-                actors.push((shard, actor));
+                let look = std::str::from_utf8(&m.payload)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .unwrap_or(0);
+                out.push((shard, actor, look));
+                found += 1;
+                if out.len() == MARKER_BATCH {
+                    batch(std::mem::replace(
+                        &mut out,
+                        Vec::with_capacity(MARKER_BATCH),
+                    ));
+                }
+            }
+            if left == 0 || budget == 0 {
+                break;
             }
         }
-        Ok(actors)
+        if !out.is_empty() {
+            batch(out);
+        }
+        Ok(found)
     }
 
     /// The record at stream sequence `seq` of `subject`.

@@ -245,15 +245,13 @@ pub fn firing_command(timer: &Timer, firing: &Firing) -> Value {
     }})
 }
 
-/// The name of the timer an internal firing request asks for: `{"$timer": {"name": ...}}` with no
-/// `due` yet (the worker fills in the rest from the actor's own timer).
+/// True for an internal firing request: `{"$timer": {}}`, with no `due` yet (the worker fills in
+/// the rest from the actor's earliest due timer).
 #[must_use]
-pub fn requested_firing(command: &Value) -> Option<&str> {
-    let t = command.get(TIMER_KEY)?;
-    if t.get("due").is_some() {
-        return None;
-    }
-    t.get("name")?.as_str()
+pub fn is_firing_request(command: &Value) -> bool {
+    command
+        .get(TIMER_KEY)
+        .is_some_and(|t| t.is_object() && t.get("due").is_none())
 }
 
 /// What a record changes of an actor's timers: `cancel` removes, then `set` replaces by name.

@@ -2,6 +2,7 @@
 //! app container off the worker) and its record appended, fenced by the actor's sequence; the
 //! reply once the append landed, and the limits a decision must keep.
 
+use super::marker::{self, After, Marker, Writes};
 use super::timers::{FiringRequest, fire, fired_ticks, unfire};
 use super::{Delivery, HostContext, Pending, Worker};
 use crate::behaviour::{AppKind, Decided, Kind};
@@ -31,7 +32,7 @@ pub(super) struct Appended {
     /// An app kind's reply for the caller.
     reply: Option<serde_json::Value>,
     /// The actor's pending-work marker as this step left it (`None`: untouched).
-    marked: Option<bool>,
+    marked: Option<Marker>,
 }
 
 impl Appended {
@@ -62,10 +63,8 @@ pub(super) enum Step {
         expected: u64,
         record: Box<Record>,
         next: SharedJson,
-        /// Once it landed, the actor has nothing pending: its marker goes.
-        clear_marker: bool,
-        /// The actor gets timers and has no marker: marked before the append.
-        mark: bool,
+        /// The marker's writes around the append.
+        marker: Writes,
     },
     /// An app kind's command: the app decides, then the record is appended, off the worker.
     Decide(Box<Deciding>),
@@ -81,9 +80,11 @@ pub(super) struct Deciding {
     base: u64,
     /// Everything but the state, when the next record carries a snapshot.
     prev: Option<Snapshot>,
-    /// The actor's shard, and whether its pending-work marker is set.
+    /// The actor's shard, and its pending-work marker.
     shard: u32,
-    marked: bool,
+    marker: Marker,
+    /// Whether the actor's outbox holds anything (sends to deliver, releases owed).
+    outbox: bool,
     /// Bytes of what the actor keeps besides its state (recent ids, outbox, inbox).
     extras: usize,
     /// The actor's timers before the decision, and the firing decided (if it is one).
@@ -116,33 +117,23 @@ impl Worker {
                 expected,
                 mut record,
                 next,
-                clear_marker,
-                mark,
+                marker,
             }) => {
                 self.busy.insert(req.actor.clone(), VecDeque::new());
                 let shared = self.ctx.clone();
-                let shard = self.shard;
+                let (shard, had) = (self.shard, self.marker_of(&req.actor));
                 self.inflight.push(Box::pin(async move {
                     let mut done = Appended::new(req, tx, attempt, expected);
-                    if mark {
-                        // Before the record lands: whoever serves the shard next finds the timers.
-                        if let Err(e) = shared.store.mark_pending(shard, &done.req.actor).await {
-                            done.result = Err(e);
-                            return done;
-                        }
-                        done.marked = Some(true);
-                    }
-                    done.result = shared.store.append(&subject, expected, &record).await;
-                    if clear_marker
-                        && done.result.is_ok()
-                        && shared
-                            .store
-                            .clear_pending(shard, &done.req.actor)
-                            .await
-                            .is_ok()
-                    {
-                        done.marked = Some(false);
-                    }
+                    append_marked(
+                        &shared,
+                        shard,
+                        had,
+                        marker,
+                        (&subject, expected),
+                        &record,
+                        &mut done,
+                    )
+                    .await;
                     record.events = Vec::new();
                     done.record = Some(record);
                     done.next = next;
@@ -178,7 +169,7 @@ impl Worker {
             marked,
         } = done;
         if let (Some(m), Some(a)) = (marked, self.actors.get_mut(&req.actor)) {
-            a.marked = m;
+            a.marker = m;
         }
         let mut retry = None;
         if result.is_ok() {
@@ -362,7 +353,8 @@ impl Worker {
                     base: a.base,
                     prev,
                     shard: self.shard,
-                    marked: a.marked,
+                    marker: a.marker,
+                    outbox: !a.snapshot.outbox.is_empty(),
                     timers: a.snapshot.timers.clone(),
                     fired,
                     now,
@@ -409,11 +401,16 @@ impl Worker {
         record.timers = set;
         record.cancel = cancel;
         record.snapshot = prev.map(|p| p.after(&record, &next));
+        let outbox = !a.snapshot.outbox.is_empty();
         Ok(Step::Append {
             subject,
             expected: a.seq,
-            mark: !record.timers.is_empty() && !a.marked,
-            clear_marker: a.marked && !leaves_pending(&a.snapshot, &record),
+            marker: marker::writes(
+                a.marker,
+                marker::look(outbox, &a.snapshot.timers),
+                marker::look_after(outbox, &a.snapshot.timers, &record),
+                now,
+            ),
             record: Box::new(record),
             next,
         })
@@ -444,18 +441,33 @@ impl Worker {
         if snapshot_due(version, a.kind.snapshot_every()) {
             record.snapshot = Some(a.snapshot.clone_without_state().after(&record, &next));
         }
-        let clear_marker = a.marked && !leaves_pending(&a.snapshot, &record);
+        let outbox = !a.snapshot.outbox.is_empty();
+        let left = a
+            .snapshot
+            .outbox
+            .iter()
+            .any(|o| !record.released.contains(&o.id));
+        let marker = marker::writes(
+            a.marker,
+            marker::look(outbox, &a.snapshot.timers),
+            marker::look_after(left, &a.snapshot.timers, &record),
+            timers::epoch_ms(std::time::SystemTime::now()),
+        );
         Step::Append {
             subject,
             expected: a.seq,
             record: Box::new(record),
             next,
-            clear_marker,
-            mark: false,
+            marker,
         }
     }
 
-    /// Loads `actor` for its pending work ([`Cmd::Touch`]); a marker with nothing behind it goes.
+    /// The actor's pending-work marker as the worker knows it.
+    fn marker_of(&self, actor: &ActorRef) -> Marker {
+        self.actors.get(actor).and_then(|a| a.marker)
+    }
+
+    /// Loads `actor` for its pending work (its look came); a marker with nothing behind it goes.
     pub(super) async fn touch(&mut self, actor: &ActorRef) {
         if self.busy.contains_key(actor) {
             return;
@@ -483,7 +495,7 @@ impl Worker {
                 .await
                 .is_ok()
             {
-                done.marked = Some(false);
+                done.marked = Some(None);
             }
             done
         }));
@@ -619,27 +631,66 @@ pub(super) async fn decide_and_append(
         record.reply.clone_from(&done.reply);
     }
     record.snapshot = d.prev.map(|p| p.after(&record, &state));
-    if (!record.send.is_empty() || !record.timers.is_empty()) && !d.marked {
-        // Marked before the record lands: whoever serves the shard next finds the sends.
-        if let Err(e) = ctx.store.mark_pending(d.shard, &done.req.actor).await {
-            done.result = Err(e);
-            return done;
-        }
-        done.marked = Some(true);
-    }
-    done.result = ctx.store.append(&d.subject, d.expected, &record).await;
+    let writes = marker::writes(
+        d.marker,
+        marker::look(d.outbox, &d.timers),
+        marker::look_after(d.outbox, &d.timers, &record),
+        d.now,
+    );
+    append_marked(
+        &ctx,
+        d.shard,
+        d.marker,
+        writes,
+        (&d.subject, d.expected),
+        &record,
+        &mut done,
+    )
+    .await;
     record.events = Vec::new();
     done.record = Some(Box::new(record));
     done.next = state;
     done
 }
 
-/// True when the actor still has work nobody asks for once `record` landed: sends not released,
-/// or timers.
-fn leaves_pending(before: &Snapshot, record: &Record) -> bool {
-    let mut after = before.clone_without_state();
-    after.absorb(record, 0);
-    after.has_pending()
+/// Appends `record` with the marker's writes around it: the first before (a failure to write
+/// it fails the command, nothing appended), the second once the record landed (a failure there
+/// leaves a marker earlier than needed, which costs a look, never a firing).
+async fn append_marked(
+    ctx: &HostContext,
+    shard: u32,
+    had: Marker,
+    writes: Writes,
+    (subject, expected): (&str, u64),
+    record: &Record,
+    done: &mut Appended,
+) {
+    let actor = &done.req.actor;
+    if let Some(t) = writes.before {
+        // Before the record lands: whoever serves the shard next finds the sends and timers.
+        if let Err(e) = ctx.store.mark_pending(shard, actor, t, had.is_some()).await {
+            done.result = Err(e);
+            return;
+        }
+        done.marked = Some(Some(t));
+    }
+    done.result = ctx.store.append(subject, expected, record).await;
+    if done.result.is_err() {
+        return;
+    }
+    match writes.after {
+        After::Keep => {}
+        After::Clear => {
+            if ctx.store.clear_pending(shard, actor).await.is_ok() {
+                done.marked = Some(None);
+            }
+        }
+        After::Set(t) => {
+            if ctx.store.mark_pending(shard, actor, t, true).await.is_ok() {
+                done.marked = Some(Some(t));
+            }
+        }
+    }
 }
 
 /// The refusal of a decision's timers (nothing appended).

@@ -191,7 +191,7 @@ impl Packed {
         let (snapshot, base) = capture::read(&self.state)?;
         Ok(Actor {
             kind: self.kind,
-            marked: snapshot.has_pending(),
+            marker: snapshot.has_pending().then_some(super::marker::UNKNOWN),
             snapshot,
             version: self.version,
             seq: self.seq,

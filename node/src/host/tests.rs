@@ -8,7 +8,7 @@ fn actor(id: &str, seq: u64) -> (ActorRef, Actor) {
         .expect("built-in counter");
     let a = Actor {
         kind,
-        marked: false,
+        marker: None,
         snapshot: Snapshot::initial(serde_json::json!({ "value": seq })),
         version: seq,
         seq,

@@ -354,3 +354,97 @@ async fn counters_timers_fire_once_each_through_a_kill_a_move_and_eviction() {
         assert_eq!(ok.version, log.len() as u64, "{}", a.id);
     }
 }
+
+/// Many actors with timers, in a cache far too small for them, their node SIGKILLed: the node
+/// started again indexes every one from its marker (which says the timer's due time) and loads
+/// only the actors whose timers come due, not the others; a one-shot timer that fired leaves no
+/// marker, a far one's marker says its due time. Nobody reads the far actors afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_indexes_many_timers_without_loading_their_actors() {
+    const FAR: usize = 3_000;
+    const NEAR: usize = 30;
+    let prefix = "manytimers";
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let js = async_nats::jetstream::new(nc.clone());
+    let mut pod = NodeProcess::start_with(&nats.url(), prefix, "app-0", &["--max-actors", "100"]);
+    let plan = next_plan(None, &["app-0"], SHARDS, 4);
+    publish(&nc, prefix, &plan, 30).await;
+    wait_for("plan settled", T, || async {
+        pod.settled_epoch().await == plan.epoch
+    })
+    .await;
+    let schedule = |name: &str, after: &str| json!({"schedule": {"name": name, "after": after, "command": {"add": 1}}});
+    let set = |id: String, command: Value| {
+        let nc = nc.clone();
+        async move {
+            let r = ask(&nc, prefix, &cmd("counter", &id, command, "set")).await;
+            (id, ok_of(&r).timers[0].due)
+        }
+    };
+    let mut far = Vec::new();
+    for chunk in (0..FAR).collect::<Vec<_>>().chunks(200) {
+        let sets = chunk
+            .iter()
+            .map(|i| set(format!("far{i}"), schedule("later", "1h")));
+        far.extend(futures::future::join_all(sets).await);
+    }
+    // Due once the node is back: long enough for the restart, short for the test.
+    let near: Vec<(String, u64)> = futures::future::join_all(
+        (0..NEAR).map(|i| set(format!("near{i}"), schedule("soon", "6s"))),
+    )
+    .await;
+
+    pod.kill();
+    pod.restart(&nats.url(), prefix);
+    wait_for("every actor with a timer indexed again", T, || async {
+        pod.metric("aether_node_timers_pending").await == Some((FAR + NEAR) as i64)
+    })
+    .await;
+    let hosted = pod.metric("aether_node_actors_hosted").await.unwrap_or(-1);
+    assert!(
+        hosted <= NEAR as i64,
+        "{hosted} actors loaded to index {} timers",
+        FAR + NEAR
+    );
+    // The near ones fire (each loaded for it); the far ones stay indexed and not loaded.
+    wait_for("the near timers fired", T, || async {
+        pod.metric("aether_node_timers_pending").await == Some(FAR as i64)
+    })
+    .await;
+    assert_eq!(
+        pod.metric("aether_node_timer_firings_total").await,
+        Some(NEAR as i64)
+    );
+    let hosted = pod.metric("aether_node_actors_hosted").await.unwrap_or(-1);
+    assert!(hosted <= NEAR as i64, "{hosted} actors loaded");
+    let bytes = pod
+        .metric("aether_node_timer_index_bytes")
+        .await
+        .unwrap_or(0);
+    assert!(bytes > 0, "the index's bytes are counted");
+
+    // The markers: gone with the fired one-shot timers; the far ones say their due time.
+    let names = aether_core::protocol::Names::new(prefix);
+    let stream = js.get_stream(names.event_stream()).await.expect("stream");
+    let marker = |id: &str| {
+        let actor = ActorRef::new("counter", id);
+        let subject = names.pending_subject(aether_core::hash::shard_of(id, SHARDS), &actor);
+        let stream = stream.clone();
+        async move {
+            stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+                .ok()
+                .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        }
+    };
+    for (id, _) in &near {
+        let log = records(&js, prefix, SHARDS, &ActorRef::new("counter", id.as_str())).await;
+        assert_eq!(firings(&log, "soon").len(), 1, "{id}: fired once");
+        assert_eq!(marker(id).await, None, "{id}: no marker left");
+    }
+    for (id, due) in far.iter().step_by(97) {
+        assert_eq!(marker(id).await, Some(due.to_string()), "{id}: its marker");
+    }
+}
