@@ -50,6 +50,17 @@ pub async fn connect(
     }
 }
 
+/// Connects once as `kubectl aether`, with its own inbox prefix ([`Names::inspect_inbox`]).
+pub async fn connect_inspector(args: &crate::config::NatsArgs) -> Result<async_nats::Client> {
+    let urls = aether_nats::process::nats_urls(&args.nats_url, "--nats-url")?;
+    let inbox = Names::new(args.prefix.clone()).inspect_inbox();
+    options(args, "kubectl-aether", Some(inbox))
+        .await?
+        .connect(urls)
+        .await
+        .map_err(|e| Error::Nats(format!("cannot connect to NATS at {}: {e}", args.nats_url)))
+}
+
 /// The connection options of `args`: credentials, TLS, reconnecting for ever once connected.
 async fn options(
     args: &crate::config::NatsArgs,

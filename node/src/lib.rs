@@ -32,6 +32,7 @@ pub mod error;
 pub mod health;
 pub mod host;
 pub mod http;
+pub mod inspect;
 pub mod metrics;
 pub mod migration;
 pub mod moves;

@@ -286,6 +286,8 @@ pub struct Loaded {
 pub const MARKER_BATCH: usize = 4096;
 /// Longest wait for the next marker while reading them.
 const MARKER_WAIT: Duration = Duration::from_secs(10);
+/// How soon the reader asks again when a fetch found no marker and the server says some are left.
+const MARKER_IDLE: Duration = Duration::from_millis(50);
 
 /// Handle on the event stream.
 #[derive(Clone, Debug)]
@@ -316,6 +318,41 @@ impl EventStore {
             names,
             compact: false,
         })
+    }
+
+    /// The event stream of `names` as it is: an error when it does not exist (read-only tools
+    /// never create it).
+    pub async fn existing(js: jetstream::Context, names: Names) -> Result<Self> {
+        let stream = js.get_stream(names.event_stream()).await.map_err(|e| {
+            Error::Config(format!(
+                "no event stream {} on this NATS ({e}): is the subject prefix right?",
+                names.event_stream()
+            ))
+        })?;
+        Ok(Self {
+            js,
+            stream,
+            names,
+            compact: false,
+        })
+    }
+
+    /// The stream.
+    #[must_use]
+    pub fn stream(&self) -> &stream::Stream {
+        &self.stream
+    }
+
+    /// Every record of `subject` the stream still holds, oldest first, with its sequence.
+    pub async fn log(&self, subject: &str) -> Result<Vec<(u64, Record)>> {
+        let Some((seq, last)) = self.last(subject).await? else {
+            return Ok(Vec::new());
+        };
+        let mut out = self
+            .records(subject, 1, seq.saturating_sub(1), last.version)
+            .await?;
+        out.push((seq, last));
+        Ok(out)
     }
 
     /// With `on`, every record that carries a snapshot purges the actor's records before it
@@ -645,46 +682,60 @@ impl EventStore {
         if total == 0 {
             return Ok(0);
         }
-        let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
+        // Fetches that answer what is there at once (no pull left waiting for markers purged
+        // since the read began), until one answers nothing and the server says none are left.
+        let mut read = 0u64;
+        let mut idle = Duration::ZERO;
         let mut out = Vec::with_capacity(MARKER_BATCH);
-        // Markers written meanwhile are read too; a stream that never stops growing is read up
-        // to twice what it held.
-        let mut budget = total.saturating_mul(2).saturating_add(MARKER_BATCH as u64);
         loop {
-            let next = tokio::time::timeout(MARKER_WAIT, messages.next())
+            let mut messages = consumer
+                .fetch()
+                .max_messages(MARKER_BATCH)
+                .messages()
                 .await
-                .map_err(|_| {
-                    failed(&format!(
-                        "no marker within {MARKER_WAIT:?} after {} of {total}",
-                        total.saturating_mul(2) + MARKER_BATCH as u64 - budget
-                    ))
-                })?;
-            let Some(m) = next else { break };
-            let m = m.map_err(|e| failed(&e))?;
-            budget = budget.saturating_sub(1);
-            let left = m.info().map_err(|e| failed(&e))?.pending;
-            if let Some((shard, actor)) = self.names.pending_actor(&m.subject)
-                && wanted(shard)
-            {
-                let look = std::str::from_utf8(&m.payload)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .unwrap_or(0);
-                out.push((shard, actor, look));
-                found += 1;
-                if out.len() == MARKER_BATCH {
-                    batch(std::mem::replace(
-                        &mut out,
-                        Vec::with_capacity(MARKER_BATCH),
-                    ));
+                .map_err(|e| failed(&e))?;
+            let mut got = 0;
+            while let Some(m) = messages.next().await {
+                let m = m.map_err(|e| failed(&e))?;
+                got += 1;
+                if let Some((shard, actor)) = self.names.pending_actor(&m.subject)
+                    && wanted(shard)
+                {
+                    let look = std::str::from_utf8(&m.payload)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    out.push((shard, actor, look));
+                    found += 1;
                 }
             }
-            if left == 0 || budget == 0 {
+            if !out.is_empty() {
+                batch(std::mem::replace(
+                    &mut out,
+                    Vec::with_capacity(MARKER_BATCH),
+                ));
+            }
+            read += got;
+            // Markers written meanwhile are read too; a stream that never stops growing is read
+            // up to twice what it held.
+            if read > total.saturating_mul(2) {
                 break;
             }
-        }
-        if !out.is_empty() {
-            batch(out);
+            if got > 0 {
+                idle = Duration::ZERO;
+                continue;
+            }
+            let left = consumer.info().await.map_err(|e| failed(&e))?.num_pending;
+            if left == 0 {
+                break;
+            }
+            idle += MARKER_IDLE;
+            if idle >= MARKER_WAIT {
+                return Err(failed(&format!(
+                    "no marker within {MARKER_WAIT:?} after {read} of {total}, {left} still pending"
+                )));
+            }
+            tokio::time::sleep(MARKER_IDLE).await;
         }
         Ok(found)
     }

@@ -260,10 +260,10 @@ fn section(r: &serde_json::Value) -> String {
          | firing throughput: {timers} one-shot timers on as many counters, all due at one instant, until every firing is applied | {rate:.0}/s ({secs:.1} s) | {timers} routed adds on the same counters, {inflight} in flight: {adds:.0}/s | {ratio:.2}x | >= 0.9x |\n\
          | lateness, nothing moving: {steady} timers due {per_s}/s, due time to the firing's record stored | p50 {l50} ms, p99 {l99} ms, max {lmax} ms | routed adds started {per_s}/s on other counters (before the timers come due): p50 {a50:.1} ms, p99 {a99:.1} ms | - | p99 <= 25 ms |\n\
          | lateness during a rebalance: {steady} timers due {per_s}/s while a second node joins and {moved} of {shards} shards move to it | all: p50 {r50} ms, p99 {r99} ms, max {rmax} ms; the {on_moved} on moved shards: p50 {m50} ms, p99 {m99} ms, max {mmax} ms | the same rate with nothing moving (above): p99 {l99} ms | - | p99 <= 100 ms, max <= 1 s |\n\n\
-         A moved shard's timers fire on its new owner once it has loaded the shard's actors with timers \
-         (their pending-work markers, listed within 250 ms of the commit); a firing due while its shard \
-         is paused for the move waits for that. Not measured yet: a million pending timers on one node, \
-         the catch-up after a 10-minute outage with 100,000 periodic timers.\n",
+         A moved shard's timers fire on its new owner once it has read the shard's pending-work \
+         markers (within 250 ms of the commit; each says when its actor next needs a look, so no actor \
+         is loaded before its timer is due); a firing due while its shard is paused for the move waits \
+         for that. A million pending timers and the catch-up after an outage: \"Timers at scale\" below.\n",
         shards = SHARDS,
         timers = b["timers"],
         rate = f(&b["firings_per_s"]),

@@ -264,10 +264,11 @@ pub fn roles_conf(prefix: &str) -> String {
 
 /// The passwords the roles' users get in the tests, as nats-server's environment
 /// ([`roles_conf`] reads them from there).
-pub const ROLE_PASSWORDS: [(&str, &str); 3] = [
+pub const ROLE_PASSWORDS: [(&str, &str); 4] = [
     ("AETHER_OPERATOR_PASSWORD", "operator-secret"),
     ("AETHER_NODE_PASSWORD", "node-secret"),
     ("AETHER_CLIENT_PASSWORD", "client-secret"),
+    ("AETHER_INSPECT_PASSWORD", "inspect-secret"),
 ];
 
 /// A role of [`roles_conf`].
@@ -279,6 +280,8 @@ pub enum Role {
     Node,
     /// Sends requests only.
     Client,
+    /// `kubectl aether`: reads the plan and the event stream.
+    Inspect,
 }
 
 impl Role {
@@ -289,6 +292,7 @@ impl Role {
             Self::Operator => ("operator", 0),
             Self::Node => ("node", 1),
             Self::Client => ("client", 2),
+            Self::Inspect => ("inspect", 3),
         };
         (format!("{prefix}-{name}"), ROLE_PASSWORDS[i].1.to_owned())
     }
@@ -301,6 +305,7 @@ impl Role {
             Self::Operator => names.operator_inbox(),
             Self::Node => names.node_inbox(),
             Self::Client => "_INBOX".to_owned(),
+            Self::Inspect => names.inspect_inbox(),
         }
     }
 }

@@ -81,6 +81,28 @@ impl Names {
         format!("{}.ev.*.{PENDING_TOKEN}.>", self.prefix)
     }
 
+    /// The subject prefix.
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The shard and actor an actor's subject ([`Names::actor_subject`]) names, `None` for any
+    /// other subject (a pending-work marker's included).
+    #[must_use]
+    pub fn actor_of(&self, subject: &str) -> Option<(u32, ActorRef)> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".ev.")?;
+        let mut parts = rest.split('.');
+        let (shard, kind, id) = (parts.next()?, parts.next()?, parts.next()?);
+        if kind == PENDING_TOKEN || parts.next().is_some() {
+            return None;
+        }
+        Some((
+            shard.parse().ok()?,
+            ActorRef::new(kind, decode_id(id).ok()?),
+        ))
+    }
+
     /// The shard and actor a pending-work marker subject names, `None` for any other subject.
     #[must_use]
     pub fn pending_actor(&self, subject: &str) -> Option<(u32, ActorRef)> {
@@ -168,6 +190,13 @@ impl Names {
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
         });
         self.is_reply_subject(subject) && !private
+    }
+
+    /// Inbox prefix of `kubectl aether`'s connection: `_INBOX_{prefix}_inspect` (it reads actors'
+    /// records, which no client may read).
+    #[must_use]
+    pub fn inspect_inbox(&self) -> String {
+        format!("_INBOX_{}_inspect", self.prefix)
     }
 
     /// Inbox prefix of the operator's connection: `_INBOX_{prefix}_operator`.

@@ -9,6 +9,7 @@ mod bad_input;
 mod chaos;
 mod control_faults;
 mod exactly_once;
+mod inspect;
 mod node_basics;
 mod node_http;
 mod node_migration;

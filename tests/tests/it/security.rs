@@ -37,14 +37,14 @@ const SHAPES: [Shape; 5] = [
 ];
 
 /// nats-server with the shipped roles; its log is kept to check who was refused what.
-struct Roles {
-    nats: NatsServer,
+pub(crate) struct Roles {
+    pub(crate) nats: NatsServer,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Roles {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("nats.log");
         // The shipped file as it is: it is written for the prefix `aether`.
@@ -74,7 +74,7 @@ impl Roles {
 
 /// A connection as `role`'s user, with its inbox prefix (as it connects), and the errors the
 /// server sends it (permission violations).
-async fn connect_as(url: &str, role: Role) -> (async_nats::Client, Errors) {
+pub(crate) async fn connect_as(url: &str, role: Role) -> (async_nats::Client, Errors) {
     let errors = Errors::default();
     let sink = errors.clone();
     let (user, password) = role.user(PREFIX);
@@ -96,11 +96,11 @@ async fn connect_as(url: &str, role: Role) -> (async_nats::Client, Errors) {
 }
 
 #[derive(Clone, Default)]
-struct Errors(Arc<Mutex<Vec<String>>>);
+pub(crate) struct Errors(Arc<Mutex<Vec<String>>>);
 
 impl Errors {
     /// Waits until the server has said `what` to this connection.
-    async fn wait_for(&self, what: &str) {
+    pub(crate) async fn wait_for(&self, what: &str) {
         wait_for(&format!("the server to say {what:?}"), T, || async {
             self.0
                 .lock()
@@ -113,7 +113,7 @@ impl Errors {
 }
 
 /// A node as the nodes' user.
-fn node_with(url: &str, name: &str) -> aether_node::config::NodeConfig {
+pub(crate) fn node_with(url: &str, name: &str) -> aether_node::config::NodeConfig {
     let (user, password) = Role::Node.user(PREFIX);
     let mut cfg = node_config(url, PREFIX, name);
     cfg.nats.nats_user = Some(user);

@@ -60,7 +60,11 @@ fn op() -> impl Strategy<Value = Op> {
 fn actor(k: u8) -> ActorRef {
     // Two kinds, ids that share prefixes and repeat across kinds.
     a(
-        if k.is_multiple_of(3) { "order" } else { "counter" },
+        if k.is_multiple_of(3) {
+            "order"
+        } else {
+            "counter"
+        },
         &"i".repeat(usize::from(k % 13) + 1),
     )
 }

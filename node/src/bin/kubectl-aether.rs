@@ -1,0 +1,106 @@
+//! `kubectl aether`: see inside a running aether, read-only, from its NATS (docs: README, "See
+//! inside: kubectl aether"). A kubectl plugin: on PATH as `kubectl-aether`, run as `kubectl aether`.
+
+use aether_node::config::NatsArgs;
+use aether_node::inspect::{Inspector, Output, parse_actor, render};
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// See inside a running aether: where an actor lives, its state, its history, the actors of a
+/// kind or a shard. Read-only; connects to the ShardPlan's NATS (its subject prefix) as the
+/// `aether-inspect` user or any user with at least its permissions.
+#[derive(Debug, Parser)]
+#[command(name = "kubectl-aether", version)]
+struct Cli {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// How to print: aligned columns, or one JSON or YAML document for scripts.
+    #[arg(short, long, value_enum, default_value = "table", global = true)]
+    output: Output,
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, Subcommand)]
+enum What {
+    /// The shard of KIND/ID, the pod that owns it, the move it is in.
+    Where {
+        /// The actor, as KIND/ID.
+        actor: String,
+    },
+    /// The actor's state, version, owner, timers and pending sends, from its log.
+    Get {
+        /// The actor, as KIND/ID.
+        actor: String,
+    },
+    /// The actor's records from its log, and the state after any version.
+    History {
+        /// The actor, as KIND/ID.
+        actor: String,
+        /// Only records from this version on.
+        #[arg(long, default_value_t = 1)]
+        since: u64,
+        /// Also the state after this version (folded by the kind's apply: built-in kinds, or an
+        /// app kind at a version whose record carries a snapshot).
+        #[arg(long)]
+        at: Option<u64>,
+    },
+    /// Actor ids from the event stream (no actor is loaded), of a kind or a shard.
+    Actors {
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this shard.
+        #[arg(long)]
+        shard: Option<u32>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kubectl-aether: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kubectl-aether: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: &Cli) -> aether_node::Result<String> {
+    let (name, view) = match &cli.what {
+        What::Where { actor } => ("where", parse_actor(actor)?),
+        What::Get { actor } | What::History { actor, .. } => ("get", parse_actor(actor)?),
+        What::Actors { .. } => ("actors", aether_core::protocol::ActorRef::new("", "")),
+    };
+    let nats = aether_node::connect::connect_inspector(&cli.nats).await?;
+    let inspector = Inspector::open(nats, &cli.nats.prefix).await?;
+    let (name, value) = match &cli.what {
+        What::Where { .. } => (name, inspector.where_is(&view).await?),
+        What::Get { .. } => (name, inspector.get(&view).await?),
+        What::History { since, at, .. } => {
+            ("history", inspector.history(&view, *since, *at).await?)
+        }
+        What::Actors { kind, shard, limit } => (
+            name,
+            inspector.actors(kind.as_deref(), *shard, *limit).await?,
+        ),
+    };
+    Ok(render(name, &value, cli.output))
+}

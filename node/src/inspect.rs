@@ -1,0 +1,288 @@
+//! What `kubectl aether` shows of a running aether, read-only from NATS: where an actor lives, its
+//! state and pending work, its history from the log, the actors of a kind or shard. Each view is
+//! built by pure functions from what was read (the plan, the records) and folded by the node's
+//! own code (`store.rs`'s load, the built-in kinds' apply), so it shows what a node would serve.
+//! Nothing here writes: no stream is created, no actor loaded on a node, no consumer left behind.
+
+use crate::behaviour::{Kind, Registry};
+use crate::error::{Error, Result};
+use crate::store::{EventStore, Record, Snapshot};
+use aether_core::hash::shard_of;
+use aether_core::protocol::{ActorRef, Names, PlanMessage, decode};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+mod render;
+pub use render::{Output, render};
+
+/// Parses `KIND/ID` (the id may hold further slashes).
+pub fn parse_actor(text: &str) -> Result<ActorRef> {
+    match text.split_once('/') {
+        Some((kind, id)) if !kind.is_empty() => Ok(ActorRef::new(kind, id)),
+        _ => Err(Error::Config(format!(
+            "expected KIND/ID (for example counter/user-42), got {text:?}"
+        ))),
+    }
+}
+
+/// Where `actor` lives by `plan`: its shard, the pod that owns it, the move it is in.
+#[must_use]
+pub fn whereabouts(plan: &PlanMessage, actor: &ActorRef) -> Value {
+    let shard = shard_of(&actor.id, plan.shards);
+    let owner = plan.shard_map.bucket(shard).and_then(|b| {
+        plan.members
+            .iter()
+            .find(|m| m.bucket == b)
+            .map(|m| m.name.clone())
+    });
+    let moving = plan
+        .moves
+        .iter()
+        .find(|m| m.shard == shard)
+        .map(|m| json!({"from": m.from, "to": m.to}));
+    json!({
+        "actor": format!("{}/{}", actor.kind, actor.id),
+        "shard": shard,
+        "shards": plan.shards,
+        "owner": owner,
+        "epoch": plan.epoch,
+        "moving": moving,
+    })
+}
+
+/// An actor's state as its log has it: folded with the built-in kind's apply when `kind` is one;
+/// for an app kind, its last snapshot and the events after it (only the app can fold those).
+#[must_use]
+pub fn actor_view(
+    actor: &ActorRef,
+    kind: Option<&Kind>,
+    snapshot: &Snapshot,
+    version: u64,
+    unfolded: &[Value],
+) -> Value {
+    let mut state = (*snapshot.state).clone();
+    let mut after = Vec::new();
+    match kind {
+        Some(Kind::Local(b)) => unfolded.iter().for_each(|e| b.apply(&mut state, e)),
+        _ => after = unfolded.to_vec(),
+    }
+    let pending: Vec<Value> = snapshot
+        .outbox
+        .iter()
+        .map(|o| {
+            json!({
+                "id": o.id,
+                "to": format!("{}/{}", o.actor.kind, o.actor.id),
+                "delivered": o.delivered,
+            })
+        })
+        .collect();
+    json!({
+        "actor": format!("{}/{}", actor.kind, actor.id),
+        "version": version,
+        "state": state,
+        "eventsNotFolded": after,
+        "timers": snapshot.timers,
+        "pendingSends": pending,
+        "unreleasedReceived": snapshot.inbox.len(),
+        "recentCommandIds": snapshot.recent.len(),
+    })
+}
+
+/// One row of an actor's history.
+#[must_use]
+pub fn history_row(seq: u64, r: &Record) -> Value {
+    json!({
+        "version": r.version,
+        "seq": seq,
+        "command": r.cmd,
+        "events": r.events,
+        "sends": r.send.iter().map(|s| json!({"id": s.id, "to": format!("{}/{}", s.actor.kind, s.actor.id), "command": s.command})).collect::<Vec<_>>(),
+        "delivered": r.delivered,
+        "released": r.released,
+        "timersSet": r.timers.iter().map(|t| &t.name).collect::<Vec<_>>(),
+        "timersCancelled": r.cancel,
+        "snapshot": r.snapshot.is_some(),
+    })
+}
+
+/// The state after version `at`, folded from the log's `records` (oldest first) by the built-in
+/// kind `kind`: from the last snapshot at or before `at`, else from the kind's initial state
+/// when the log starts at version 1. `None` when the log cannot give it (purged before, or an
+/// app kind without a snapshot there).
+#[must_use]
+pub fn state_at(kind: Option<&Kind>, records: &[(u64, Record)], at: u64) -> Option<Value> {
+    let upto: Vec<&Record> = records
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.version <= at)
+        .collect();
+    let start = upto.iter().rposition(|r| r.snapshot.is_some());
+    let (mut state, rest) = match start {
+        Some(i) => ((*upto[i].snapshot.as_ref()?.state).clone(), &upto[i + 1..]),
+        None if upto.first().is_some_and(|r| r.version == 1) => (kind?.initial(), &upto[..]),
+        None => return None,
+    };
+    if upto.last()?.version != at {
+        return None;
+    }
+    for r in rest {
+        match kind {
+            Some(Kind::Local(b)) => r.events.iter().for_each(|e| b.apply(&mut state, e)),
+            _ if r.events.is_empty() => {}
+            _ => return None,
+        }
+    }
+    Some(state)
+}
+
+/// The read-only view of one prefix on one NATS.
+#[allow(missing_debug_implementations)] // holds a JetStream context and the kinds, nothing to show
+pub struct Inspector {
+    names: Names,
+    js: async_nats::jetstream::Context,
+    store: EventStore,
+    kinds: Registry,
+}
+
+impl Inspector {
+    /// Opens the prefix's event stream (never creating it: a missing one is an error).
+    pub async fn open(nats: async_nats::Client, prefix: &str) -> Result<Self> {
+        let names = Names::new(prefix);
+        let js = async_nats::jetstream::new(nats);
+        let store = EventStore::existing(js.clone(), names.clone()).await?;
+        Ok(Self {
+            names,
+            js,
+            store,
+            kinds: Registry::builtin(),
+        })
+    }
+
+    /// The plan the nodes follow.
+    pub async fn plan(&self) -> Result<PlanMessage> {
+        let bucket = self.names.plan_bucket();
+        let missing = || {
+            Error::Config(format!(
+                "no plan in bucket {bucket}: no ShardPlan has published one for this prefix"
+            ))
+        };
+        let kv = self
+            .js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|_| missing())?;
+        let value = kv
+            .get("plan")
+            .await
+            .map_err(|e| Error::Nats(format!("plan: {e}")))?
+            .ok_or_else(missing)?;
+        Ok(decode::<PlanMessage>(&value)?)
+    }
+
+    /// `where`.
+    pub async fn where_is(&self, actor: &ActorRef) -> Result<Value> {
+        Ok(whereabouts(&self.plan().await?, actor))
+    }
+
+    /// `get`: the actor from its log, and where it lives.
+    pub async fn get(&self, actor: &ActorRef) -> Result<Value> {
+        let plan = self.plan().await?;
+        let shard = shard_of(&actor.id, plan.shards);
+        let subject = self.names.actor_subject(shard, actor);
+        let kind = self.kinds.get(&actor.kind);
+        let initial = kind.map_or(Value::Null, Kind::initial);
+        let loaded = self.store.load(&subject, initial).await?;
+        if loaded.version == 0 {
+            return Err(unknown(actor, &self.names));
+        }
+        let mut view = actor_view(
+            actor,
+            kind,
+            &loaded.snapshot,
+            loaded.version,
+            &loaded.unfolded,
+        );
+        view["where"] = whereabouts(&plan, actor);
+        Ok(view)
+    }
+
+    /// `history`: the records from version `since` on, and with `at`, the state after it.
+    pub async fn history(&self, actor: &ActorRef, since: u64, at: Option<u64>) -> Result<Value> {
+        let plan = self.plan().await?;
+        let subject = self
+            .names
+            .actor_subject(shard_of(&actor.id, plan.shards), actor);
+        let records = self.store.log(&subject).await?;
+        if records.is_empty() {
+            return Err(unknown(actor, &self.names));
+        }
+        let kind = self.kinds.get(&actor.kind);
+        let rows: Vec<Value> = records
+            .iter()
+            .filter(|(_, r)| r.version >= since)
+            .map(|(seq, r)| history_row(*seq, r))
+            .collect();
+        let mut out = json!({
+            "actor": format!("{}/{}", actor.kind, actor.id),
+            "records": rows,
+        });
+        if let Some(v) = at {
+            out["at"] = json!(v);
+            out["stateAt"] = state_at(kind, &records, v).ok_or_else(|| {
+                Error::Config(format!(
+                    "the state after version {v} cannot be folded from this log (no such version, purged before it, or an app kind's events with no snapshot at or before it)"
+                ))
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// `actors`: ids from the event stream's subjects (no actor is loaded), at most `limit`.
+    pub async fn actors(
+        &self,
+        kind: Option<&str>,
+        shard: Option<u32>,
+        limit: usize,
+    ) -> Result<Value> {
+        let filter = format!(
+            "{}.ev.{}.{}.*",
+            self.names.prefix(),
+            shard.map_or("*".to_owned(), |s| s.to_string()),
+            kind.unwrap_or("*")
+        );
+        let mut subjects = self
+            .store
+            .stream()
+            .info_with_subjects(&filter)
+            .await
+            .map_err(|e| Error::Nats(format!("actors: {e}")))?;
+        let mut out = Vec::new();
+        let mut more = false;
+        while let Some(entry) = subjects.next().await {
+            let (subject, records) = entry.map_err(|e| Error::Nats(format!("actors: {e}")))?;
+            let Some((shard, actor)) = self.names.actor_of(&subject) else {
+                continue;
+            };
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            out.push(json!({"actor": format!("{}/{}", actor.kind, actor.id), "shard": shard, "records": records}));
+        }
+        Ok(json!({"actors": out, "more": more}))
+    }
+}
+
+fn unknown(actor: &ActorRef, names: &Names) -> Error {
+    Error::Config(format!(
+        "no actor {}/{} in the event stream {}: it has no record (never commanded, or another prefix)",
+        actor.kind,
+        actor.id,
+        names.event_stream()
+    ))
+}
+
+#[cfg(test)]
+#[path = "inspect/tests.rs"]
+mod tests;

@@ -1,0 +1,233 @@
+//! `kubectl aether` (issue 31) against a real nats-server configured with the shipped roles and a
+//! real node: each subcommand's answer checked against what the node serves and the log holds,
+//! every bad argument and missing thing a clear error, and the inspect user unable to do more
+//! than read.
+
+use crate::security::{Roles, connect_as, node_with};
+use aether_core::hash::shard_of;
+use aether_core::protocol::{ActorRef, Op, Outcome, Request};
+use aether_node::client::Client;
+use aether_tests::auth::Role;
+use aether_tests::cluster::{TestNode, next_plan, publish};
+use aether_tests::{wait_for, workspace_binary};
+use serde_json::{Value, json};
+use std::process::Command;
+use std::time::Duration;
+
+const PREFIX: &str = "aether";
+const SHARDS: u32 = 16;
+const T: Duration = Duration::from_secs(30);
+
+/// Runs `kubectl-aether` as the inspect user on `url` with `args`: (exit success, stdout, stderr).
+fn kubectl_aether(url: &str, args: &[&str]) -> (bool, String, String) {
+    let (user, password) = Role::Inspect.user(PREFIX);
+    let out = Command::new(workspace_binary("kubectl-aether"))
+        .args(["--nats-url", url, "--nats-user", &user, "--prefix", PREFIX])
+        .args(args)
+        .env("NATS_PASSWORD", password)
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl-aether: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json_of(url: &str, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let (ok, out, err) = kubectl_aether(url, &all);
+    assert!(ok, "kubectl aether {args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+fn fails_with(url: &str, args: &[&str], why: &str) {
+    let (ok, out, err) = kubectl_aether(url, args);
+    assert!(!ok, "kubectl aether {args:?} succeeded: {out}");
+    assert!(
+        err.contains(why),
+        "kubectl aether {args:?}: {err:?} does not say {why:?}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_aether_shows_where_an_actor_lives_its_state_and_its_history() {
+    let roles = Roles::start();
+    let url = roles.nats.url();
+    let (operator, _) = connect_as(&url, Role::Operator).await;
+    let node = TestNode::start_with(node_with(&url, "app-0")).await;
+    let plan = next_plan(None, &["app-0"], SHARDS, 4);
+    publish(&operator, PREFIX, &plan, 10).await;
+    wait_for("the node holds the plan", T, || async {
+        node.shared.settled_at(plan.epoch)
+    })
+    .await;
+    let (client_nc, _) = connect_as(&url, Role::Client).await;
+    let client = Client::new(client_nc, PREFIX);
+    let command = |id: &str, c: Value, cmd: &str| {
+        Request::new(
+            ActorRef::new("counter", id),
+            Op::Command { command: c },
+            Some(cmd.into()),
+        )
+    };
+    for (i, n) in [2, 3, 5].iter().enumerate() {
+        let r = client
+            .send(&command(
+                "user/42",
+                json!({ "add": n }),
+                &format!("add-{i}"),
+            ))
+            .await
+            .expect("a reply");
+        assert!(matches!(r.outcome, Outcome::Ok(_)), "{r:?}");
+    }
+    let timer = json!({"schedule": {"name": "later", "after": "1h", "command": {"add": 1}}});
+    let r = client
+        .send(&command("user/42", timer, "timer"))
+        .await
+        .expect("a reply");
+    let Outcome::Ok(served) = &r.outcome else {
+        panic!("{r:?}")
+    };
+    for i in 0..5 {
+        client
+            .send(&command(&format!("other-{i}"), json!({"add": 1}), "one"))
+            .await
+            .expect("a reply");
+    }
+
+    // where: the shard and owner by the plan.
+    let w = json_of(&url, &["where", "counter/user/42"]);
+    assert_eq!(w["shard"], json!(shard_of("user/42", SHARDS)));
+    assert_eq!(w["owner"], json!("app-0"));
+    assert_eq!(w["epoch"], json!(plan.epoch));
+    let (ok, table, _) = kubectl_aether(&url, &["where", "counter/user/42"]);
+    assert!(
+        ok && table.contains("OWNER") && table.contains("app-0"),
+        "{table}"
+    );
+
+    // get: what the node serves, from the log.
+    let g = json_of(&url, &["get", "counter/user/42"]);
+    assert_eq!(g["state"], (*served.state).clone());
+    assert_eq!(g["version"], json!(served.version));
+    assert_eq!(g["timers"][0]["name"], json!("later"));
+    assert_eq!(g["where"]["owner"], json!("app-0"));
+    let y = kubectl_aether(&url, &["get", "counter/user/42", "-o", "yaml"]);
+    assert!(y.0 && y.1.contains("version: 4"), "{}", y.1);
+
+    // history: every record, and the state after any version.
+    let h = json_of(&url, &["history", "counter/user/42", "--at", "2"]);
+    let records = h["records"].as_array().expect("records");
+    assert_eq!(records.len(), 4);
+    assert_eq!(records[0]["command"], json!("add-0"));
+    assert_eq!(records[3]["timersSet"], json!(["later"]));
+    assert_eq!(h["stateAt"], json!({"value": 5}));
+    let h = json_of(&url, &["history", "counter/user/42", "--since", "3"]);
+    assert_eq!(h["records"].as_array().map(Vec::len), Some(2));
+
+    // actors: ids from the stream's subjects, paged by --limit.
+    let a = json_of(&url, &["actors", "--kind", "counter"]);
+    let mut ids: Vec<String> = a["actors"]
+        .as_array()
+        .expect("actors")
+        .iter()
+        .map(|x| x["actor"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    assert!(ids.contains(&"counter/user/42".to_owned()));
+    assert_eq!(a["more"], json!(false));
+    let a = json_of(&url, &["actors", "--limit", "2"]);
+    assert_eq!(
+        (a["actors"].as_array().map(Vec::len), &a["more"]),
+        (Some(2), &json!(true))
+    );
+    let shard = shard_of("user/42", SHARDS).to_string();
+    let a = json_of(&url, &["actors", "--shard", &shard]);
+    assert!(a["actors"].as_array().expect("actors").iter().all(|x| {
+        x["shard"]
+            == json!(shard_of(
+                x["actor"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .trim_start_matches("counter/"),
+                SHARDS
+            ))
+    }));
+
+    // Every bad argument, unknown actor and missing thing: one clear line, a failure.
+    fails_with(&url, &["get", "counter/nobody"], "no actor counter/nobody");
+    fails_with(
+        &url,
+        &["history", "counter/nobody"],
+        "no actor counter/nobody",
+    );
+    fails_with(&url, &["where", "user-42"], "expected KIND/ID");
+    fails_with(
+        &url,
+        &["history", "counter/user/42", "--at", "9"],
+        "cannot be folded",
+    );
+    let (ok, _, err) = kubectl_aether(&url, &["get", "counter/x", "-o", "xml"]);
+    assert!(!ok && err.contains("xml"), "{err}");
+    let (user, password) = Role::Inspect.user(PREFIX);
+    let other = Command::new(workspace_binary("kubectl-aether"))
+        .args([
+            "--nats-url",
+            &url,
+            "--nats-user",
+            &user,
+            "--prefix",
+            "elsewhere",
+            "get",
+            "counter/x",
+        ])
+        .env("NATS_PASSWORD", &password)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        !other.status.success() && err.contains("no event stream elsewhere-events"),
+        "{err}"
+    );
+    let closed = format!("nats://127.0.0.1:{}", aether_tests::free_port());
+    fails_with(&closed, &["get", "counter/x"], "cannot connect to NATS");
+
+    // The inspect user reads, and nothing more: no request to a node, no consumer, no write, no
+    // client's inbox.
+    let (inspect, refused) = connect_as(&url, Role::Inspect).await;
+    inspect
+        .publish(format!("{PREFIX}.req"), "{}".into())
+        .await
+        .expect("sent");
+    refused
+        .wait_for("Permissions Violation for Publish to \"aether.req\"")
+        .await;
+    inspect
+        .publish(format!("{PREFIX}.ev.0.counter.eA"), "{}".into())
+        .await
+        .expect("sent");
+    refused
+        .wait_for("Permissions Violation for Publish to \"aether.ev.0.counter.eA\"")
+        .await;
+    let js = async_nats::jetstream::new(inspect.clone());
+    let stream = js
+        .get_stream(format!("{PREFIX}-events"))
+        .await
+        .expect("stream info is allowed");
+    assert!(
+        stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+            .await
+            .is_err(),
+        "the inspect user made a consumer"
+    );
+    assert!(inspect.subscribe("_INBOX.>").await.is_ok());
+    refused
+        .wait_for("Permissions Violation for Subscription to \"_INBOX.>\"")
+        .await;
+}
