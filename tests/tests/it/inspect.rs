@@ -159,6 +159,18 @@ async fn kubectl_aether_shows_where_an_actor_lives_its_state_and_its_history() {
             ))
     }));
 
+    // The tables as people read them (the README's transcript comes from here).
+    for args in [
+        &["where", "counter/user/42"][..],
+        &["get", "counter/user/42"],
+        &["history", "counter/user/42", "--at", "2"],
+        &["actors", "--limit", "3"],
+    ] {
+        let (ok, table, err) = kubectl_aether(&url, args);
+        assert!(ok, "{args:?}: {err}");
+        eprintln!("$ kubectl aether {}\n{table}", args.join(" "));
+    }
+
     // Every bad argument, unknown actor and missing thing: one clear line, a failure.
     fails_with(&url, &["get", "counter/nobody"], "no actor counter/nobody");
     fails_with(
