@@ -8,9 +8,10 @@ use crate::behaviour::{Kind, Registry};
 use crate::error::{Error, Result};
 use crate::store::{EventStore, Record, Snapshot};
 use aether_core::hash::shard_of;
-use aether_core::protocol::{ActorRef, Names, PlanMessage, decode};
+use aether_core::protocol::{ActorRef, Held, Names, PlanMessage, Progress, decode};
 use futures::StreamExt;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 mod render;
 pub use render::{Output, render};
@@ -136,6 +137,96 @@ pub fn state_at(kind: Option<&Kind>, records: &[(u64, Record)], at: u64) -> Opti
     Some(state)
 }
 
+/// The moves of `plan` with the latest report of each (`reports`, by shard).
+#[must_use]
+pub fn moves_view(plan: &PlanMessage, reports: &BTreeMap<u32, Progress>) -> Value {
+    let moves: Vec<Value> = plan
+        .moves
+        .iter()
+        .map(|m| {
+            let r = reports.get(&m.shard);
+            json!({
+                "shard": m.shard,
+                "from": m.from,
+                "to": m.to,
+                "phase": r.map_or(json!("Pending"), |r| json!(r.phase)),
+                "actors": r.map(|r| r.actors),
+                "durationMs": r.map(|r| r.duration_ms),
+                "error": r.and_then(|r| r.error.clone()),
+            })
+        })
+        .collect();
+    json!({"epoch": plan.epoch, "moves": moves})
+}
+
+/// The cluster at a glance: the plan's epoch and members (shards each, the plan each holds),
+/// the balance, the moves by phase with the failed ones' errors, the pods not holding the plan,
+/// the streams' sizes.
+#[must_use]
+pub fn status_view(
+    plan: &PlanMessage,
+    held: &BTreeMap<String, Option<u64>>,
+    reports: &BTreeMap<u32, Progress>,
+    streams: Value,
+) -> Value {
+    let mut shards: BTreeMap<u16, u32> = BTreeMap::new();
+    for b in plan.shard_map.buckets() {
+        *shards.entry(*b).or_default() += 1;
+    }
+    let members: Vec<Value> = plan
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "pod": m.name,
+                "shards": shards.get(&m.bucket).copied().unwrap_or(0),
+                "holds": held.get(&m.name).copied().flatten(),
+            })
+        })
+        .collect();
+    let counts: Vec<u32> = plan
+        .members
+        .iter()
+        .map(|m| shards.get(&m.bucket).copied().unwrap_or(0))
+        .collect();
+    let mean = f64::from(plan.shards) / counts.len().max(1) as f64;
+    let max = counts.iter().copied().max().unwrap_or(0);
+    let moves = moves_view(plan, reports);
+    let mut by_phase: BTreeMap<String, usize> = BTreeMap::new();
+    for m in moves["moves"].as_array().into_iter().flatten() {
+        *by_phase
+            .entry(m["phase"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    let failed: Vec<&Value> = moves["moves"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["phase"] == "Failed")
+        .collect();
+    let behind: Vec<&String> = plan
+        .members
+        .iter()
+        .map(|m| &m.name)
+        .filter(|p| {
+            held.get(*p)
+                .copied()
+                .flatten()
+                .is_none_or(|e| e < plan.epoch)
+        })
+        .collect();
+    json!({
+        "epoch": plan.epoch,
+        "shards": plan.shards,
+        "members": members,
+        "balance": {"maxShards": max, "meanShards": mean, "maxOverMean": if mean > 0.0 { f64::from(max) / mean } else { 0.0 }},
+        "moves": by_phase,
+        "failedMoves": failed,
+        "notHoldingPlan": behind,
+        "streams": streams,
+    })
+}
+
 /// The read-only view of one prefix on one NATS.
 #[allow(missing_debug_implementations)] // holds a JetStream context and the kinds, nothing to show
 pub struct Inspector {
@@ -178,6 +269,70 @@ impl Inspector {
             .map_err(|e| Error::Nats(format!("plan: {e}")))?
             .ok_or_else(missing)?;
         Ok(decode::<PlanMessage>(&value)?)
+    }
+
+    /// The latest report of each move of `plan`.
+    async fn reports(&self, plan: &PlanMessage) -> Result<BTreeMap<u32, Progress>> {
+        let mut out = BTreeMap::new();
+        if plan.moves.is_empty() {
+            return Ok(out);
+        }
+        let stream = self
+            .js
+            .get_stream(self.names.progress_stream())
+            .await
+            .map_err(|e| Error::Nats(format!("progress stream: {e}")))?;
+        for m in &plan.moves {
+            let subject = self.names.progress(plan.epoch, m.shard);
+            match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(msg) => {
+                    if let Ok(p) = decode::<Progress>(&msg.payload) {
+                        out.insert(m.shard, p);
+                    }
+                }
+                Err(e)
+                    if e.kind()
+                        == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(Error::Nats(format!("progress of shard {}: {e}", m.shard))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// `moves`.
+    pub async fn moves(&self) -> Result<Value> {
+        let plan = self.plan().await?;
+        let reports = self.reports(&plan).await?;
+        Ok(moves_view(&plan, &reports))
+    }
+
+    /// `status`.
+    pub async fn status(&self) -> Result<Value> {
+        let plan = self.plan().await?;
+        let reports = self.reports(&plan).await?;
+        let kv = self
+            .js
+            .get_key_value(self.names.plan_bucket())
+            .await
+            .map_err(|e| Error::Nats(format!("plan bucket: {e}")))?;
+        let mut held = BTreeMap::new();
+        for m in &plan.members {
+            let epoch = match kv.get(Names::held_key(&m.name)).await {
+                Ok(Some(v)) => decode::<Held>(&v).ok().map(|h| h.epoch),
+                Ok(None) => None,
+                Err(e) => return Err(Error::Nats(format!("held.{}: {e}", m.name))),
+            };
+            held.insert(m.name.clone(), epoch);
+        }
+        let mut events = self.store.stream().clone();
+        let info = events
+            .info()
+            .await
+            .map_err(|e| Error::Nats(format!("event stream: {e}")))?;
+        let streams = json!({
+            "events": {"messages": info.state.messages, "bytes": info.state.bytes, "subjects": info.state.subjects_count},
+        });
+        Ok(status_view(&plan, &held, &reports, streams))
     }
 
     /// `where`.

@@ -23,6 +23,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum What {
+    /// The plan's epoch and members (shards each, the plan each holds), the balance, the moves by
+    /// phase with the failed ones' errors, the pods not holding the plan, the event stream's size.
+    Status,
+    /// The moves of the current plan, each with its latest report; with --watch, again every
+    /// second while any is not done.
+    Moves {
+        /// Print again every second until every move is done.
+        #[arg(long)]
+        watch: bool,
+    },
     /// The shard of KIND/ID, the pod that owns it, the move it is in.
     Where {
         /// The actor, as KIND/ID.
@@ -88,6 +98,8 @@ async fn run(cli: &Cli) -> aether_node::Result<String> {
         What::Where { actor } => ("where", parse_actor(actor)?),
         What::Get { actor } | What::History { actor, .. } => ("get", parse_actor(actor)?),
         What::Actors { .. } => ("actors", aether_core::protocol::ActorRef::new("", "")),
+        What::Status => ("status", aether_core::protocol::ActorRef::new("", "")),
+        What::Moves { .. } => ("moves", aether_core::protocol::ActorRef::new("", "")),
     };
     let nats = aether_node::connect::connect_inspector(&cli.nats).await?;
     let inspector = Inspector::open(nats, &cli.nats.prefix).await?;
@@ -101,6 +113,23 @@ async fn run(cli: &Cli) -> aether_node::Result<String> {
             name,
             inspector.actors(kind.as_deref(), *shard, *limit).await?,
         ),
+        What::Status => (name, inspector.status().await?),
+        What::Moves { watch } => {
+            let mut moves = inspector.moves().await?;
+            while *watch && !all_done(&moves) {
+                print!("{}", render(name, &moves, cli.output));
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                moves = inspector.moves().await?;
+            }
+            (name, moves)
+        }
     };
     Ok(render(name, &value, cli.output))
+}
+
+/// True when every move of the view is done.
+fn all_done(moves: &serde_json::Value) -> bool {
+    moves["moves"]
+        .as_array()
+        .is_none_or(|m| m.iter().all(|m| m["phase"] == "Done"))
 }

@@ -168,6 +168,73 @@ fn table(what: &str, v: &Value) -> String {
             }
             out
         }
+        "moves" => {
+            let rows: Vec<Vec<String>> = v["moves"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    vec![
+                        cell(&m["shard"]),
+                        cell(&m["from"]),
+                        cell(&m["to"]),
+                        cell(&m["phase"]),
+                        cell(&m["actors"]),
+                        cell(&m["durationMs"]),
+                        cell(&m["error"]),
+                    ]
+                })
+                .collect();
+            format!("EPOCH {}\n", v["epoch"])
+                + &columns(
+                    &["SHARD", "FROM", "TO", "PHASE", "ACTORS", "MS", "ERROR"],
+                    &rows,
+                )
+        }
+        "status" => {
+            let rows: Vec<Vec<String>> = v["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| vec![cell(&m["pod"]), cell(&m["shards"]), cell(&m["holds"])])
+                .collect();
+            let mut out = pairs(&[
+                ("EPOCH", cell(&v["epoch"])),
+                ("SHARDS", cell(&v["shards"])),
+                (
+                    "BALANCE",
+                    format!(
+                        "most shards on a pod {} (mean {:.1}, {:.2}x)",
+                        v["balance"]["maxShards"],
+                        v["balance"]["meanShards"].as_f64().unwrap_or(0.0),
+                        v["balance"]["maxOverMean"].as_f64().unwrap_or(0.0)
+                    ),
+                ),
+                ("MOVES", phases(&v["moves"])),
+                ("NOT HOLDING PLAN", cell(&v["notHoldingPlan"])),
+                (
+                    "EVENT STREAM",
+                    format!(
+                        "{} records, {} bytes, {} subjects",
+                        v["streams"]["events"]["messages"],
+                        v["streams"]["events"]["bytes"],
+                        v["streams"]["events"]["subjects"]
+                    ),
+                ),
+            ]);
+            out.push('\n');
+            out.push_str(&columns(&["POD", "SHARDS", "HOLDS EPOCH"], &rows));
+            for f in v["failedMoves"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "FAILED shard {} from {} to {}: {}\n",
+                    f["shard"],
+                    cell(&f["from"]),
+                    cell(&f["to"]),
+                    cell(&f["error"])
+                ));
+            }
+            out
+        }
         _ => serde_json::to_string_pretty(v).unwrap_or_default() + "\n",
     }
 }
@@ -185,4 +252,15 @@ fn list(items: Vec<String>) -> String {
     } else {
         items.join("; ")
     }
+}
+
+/// `{"Done": 8, "Failed": 1}` as `8 Done, 1 Failed` (`-` for none).
+fn phases(v: &Value) -> String {
+    let parts: Vec<String> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(phase, n)| format!("{n} {phase}"))
+        .collect();
+    list(parts).replace("; ", ", ")
 }

@@ -97,3 +97,46 @@ fn an_actors_view_shows_its_pending_work() {
         "{table}"
     );
 }
+
+#[test]
+fn status_counts_shards_per_pod_and_names_failed_moves_and_pods_behind() {
+    let mut plan = two_pods();
+    plan.epoch = 3;
+    plan.moves.push(aether_core::types::Move {
+        shard: 0,
+        from: Some("app-0".into()),
+        to: "app-1".into(),
+    });
+    let held: BTreeMap<String, Option<u64>> =
+        [("app-0".to_owned(), Some(3)), ("app-1".to_owned(), Some(2))].into();
+    let report = Progress {
+        v: 1,
+        epoch: 3,
+        shard: 0,
+        node: "app-0".into(),
+        phase: aether_core::types::MovePhase::Failed,
+        actors: 0,
+        duration_ms: 5,
+        error: Some("no answer to chunk 0".into()),
+        from: Some("app-0".into()),
+        to: Some("app-1".into()),
+    };
+    let reports: BTreeMap<u32, Progress> = [(0, report)].into();
+    let v = status_view(&plan, &held, &reports, json!({}));
+    let shards: u64 = v["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m["shards"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(shards, 8);
+    assert_eq!(v["notHoldingPlan"], json!(["app-1"]));
+    assert_eq!(v["moves"], json!({"Failed": 1}));
+    assert_eq!(v["failedMoves"][0]["error"], json!("no answer to chunk 0"));
+    let table = render("status", &v, Output::Table);
+    assert!(table.contains("1 Failed"), "{table}");
+    assert!(
+        table.contains("FAILED shard 0 from app-0 to app-1: no answer to chunk 0"),
+        "{table}"
+    );
+}

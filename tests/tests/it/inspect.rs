@@ -159,12 +159,72 @@ async fn kubectl_aether_shows_where_an_actor_lives_its_state_and_its_history() {
             ))
     }));
 
+    // status: one pod holding the plan, every shard on it.
+    let st = json_of(&url, &["status"]);
+    assert_eq!(st["epoch"], json!(plan.epoch));
+    assert_eq!(
+        st["members"],
+        json!([{"pod": "app-0", "shards": SHARDS, "holds": plan.epoch}])
+    );
+    assert_eq!(st["notHoldingPlan"], json!([]));
+    assert!(
+        st["streams"]["events"]["messages"].as_u64() >= Some(10),
+        "{st}"
+    );
+
+    // A second pod and a plan that moves half the shards to it: `moves` follows them to Done,
+    // `status` shows both pods holding it and the shards split.
+    let node1 = TestNode::start_with(node_with(&url, "app-1")).await;
+    let p2 = next_plan(Some(&plan), &["app-0", "app-1"], SHARDS, 4);
+    publish(&operator, PREFIX, &p2, 10).await;
+    for n in [&node, &node1] {
+        wait_for("both nodes hold plan 2", T, || async {
+            n.shared.settled_at(p2.epoch)
+        })
+        .await;
+    }
+    let (ok, watched, err) = kubectl_aether(&url, &["moves", "--watch"]);
+    assert!(ok, "moves --watch: {err}");
+    assert!(
+        watched.contains("PHASE") && watched.contains("Done"),
+        "{watched}"
+    );
+    let mv = json_of(&url, &["moves"]);
+    assert_eq!(mv["epoch"], json!(p2.epoch));
+    let moves = mv["moves"].as_array().expect("moves");
+    assert_eq!(moves.len(), p2.moves.len());
+    assert!(
+        moves
+            .iter()
+            .all(|m| m["phase"] == "Done" && m["to"] == "app-1"),
+        "{mv}"
+    );
+    let st = json_of(&url, &["status"]);
+    let shards: u64 = st["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m["shards"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(shards, u64::from(SHARDS));
+    assert!(
+        st["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .all(|m| m["holds"] == json!(p2.epoch)),
+        "{st}"
+    );
+    assert_eq!(st["moves"], json!({"Done": p2.moves.len()}));
+
     // The tables as people read them (the README's transcript comes from here).
     for args in [
         &["where", "counter/user/42"][..],
         &["get", "counter/user/42"],
         &["history", "counter/user/42", "--at", "2"],
         &["actors", "--limit", "3"],
+        &["status"],
+        &["moves"],
     ] {
         let (ok, table, err) = kubectl_aether(&url, args);
         assert!(ok, "{args:?}: {err}");
