@@ -25,15 +25,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+mod append;
 mod commands;
+mod deciding;
 mod lending;
 mod marker;
 #[cfg(test)]
 mod tests;
 mod timers;
 
-use commands::Appended;
-pub use commands::KEPT_REPLY_BYTES;
+use append::Appended;
+pub use append::KEPT_REPLY_BYTES;
 pub use lending::{Copied, Lent, Packed, Staged, YIELD_EVERY};
 
 /// A request waiting for its reply.

@@ -2,58 +2,24 @@
 //! app container off the worker) and its record appended, fenced by the actor's sequence; the
 //! reply once the append landed, and the limits a decision must keep.
 
-use super::marker::{self, After, Marker, Writes};
+use super::append::{
+    Appended, append_marked, inbound_bytes, malformed_timers, over_limit, snapshot_due,
+};
+use super::deciding::{Deciding, decide_and_append};
+use super::marker::{self, Marker, Writes};
 use super::timers::{FiringRequest, fire, fired_ticks, unfire};
-use super::{Delivery, HostContext, Pending, Worker};
-use crate::behaviour::{AppKind, Decided, Kind};
+use super::{Delivery, Pending, Worker};
+use crate::behaviour::{Decided, Kind};
 use crate::error::Error;
-use crate::metrics::{AppFault, Failure};
-use crate::store::{Outgoing, Record, Snapshot, json_size};
-use aether_core::protocol::app::{DecideCall, Decision, is_send_id, send_id};
+use crate::metrics::Failure;
+use crate::store::{Record, json_size};
+use aether_core::protocol::app::is_send_id;
 use aether_core::protocol::{ActorRef, ErrorCode, ErrorReply, Op, Reply, Request, SharedJson};
-use aether_core::timers::{self, Timer};
+use aether_core::timers;
 use futures::StreamExt;
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
-
-/// A command whose record was appended (or not).
-pub(super) struct Appended {
-    req: Request,
-    tx: oneshot::Sender<Reply>,
-    attempt: u8,
-    result: Result<u64, Error>,
-    /// The actor's state once the append lands.
-    next: SharedJson,
-    /// The record (its events taken out); `None` when nothing was appended (the decision had no
-    /// events), and `result` is then the old sequence.
-    record: Option<Box<Record>>,
-    /// An app kind's reply for the caller.
-    reply: Option<serde_json::Value>,
-    /// The actor's pending-work marker as this step left it (`None`: untouched).
-    marked: Option<Marker>,
-}
-
-impl Appended {
-    pub(super) fn new(
-        req: Request,
-        tx: oneshot::Sender<Reply>,
-        attempt: u8,
-        expected: u64,
-    ) -> Self {
-        Self {
-            req,
-            tx,
-            attempt,
-            result: Ok(expected),
-            next: SharedJson::default(),
-            record: None,
-            reply: None,
-            marked: None,
-        }
-    }
-}
 
 /// What a request needs after the decision.
 pub(super) enum Step {
@@ -68,30 +34,6 @@ pub(super) enum Step {
     },
     /// An app kind's command: the app decides, then the record is appended, off the worker.
     Decide(Box<Deciding>),
-}
-
-/// What an app kind's decide call needs, taken from the actor before the call.
-pub(super) struct Deciding {
-    kind: Arc<AppKind>,
-    subject: String,
-    expected: u64,
-    state: SharedJson,
-    version: u64,
-    base: u64,
-    /// Everything but the state, when the next record carries a snapshot.
-    prev: Option<Snapshot>,
-    /// The actor's shard, and its pending-work marker.
-    shard: u32,
-    marker: Marker,
-    /// Whether the actor's outbox holds anything (sends to deliver, releases owed).
-    outbox: bool,
-    /// Bytes of what the actor keeps besides its state (recent ids, outbox, inbox).
-    extras: usize,
-    /// The actor's timers before the decision, and the firing decided (if it is one).
-    timers: Vec<Timer>,
-    fired: Option<(Timer, timers::Firing)>,
-    /// The wall clock of the decision (ms since the Unix epoch): timers' `after` counts from it.
-    now: u64,
 }
 
 impl Worker {
@@ -500,233 +442,4 @@ impl Worker {
             done
         }));
     }
-}
-
-/// An app kind's command, off the worker: the app decides, the answer is checked (shape by the
-/// protocol, size here), the record is appended. Nothing is appended unless all of that holds.
-pub(super) async fn decide_and_append(
-    ctx: Arc<HostContext>,
-    d: Deciding,
-    req: Request,
-    tx: oneshot::Sender<Reply>,
-    attempt: u8,
-) -> Appended {
-    let mut done = Appended::new(req, tx, attempt, d.expected);
-    let Op::Command { command } = &done.req.op else {
-        done.result = Err(Error::Internal("a read reached the decide call".into()));
-        return done;
-    };
-    let call = DecideCall {
-        kind: &done.req.actor.kind,
-        id: &done.req.actor.id,
-        version: d.version,
-        state: &d.state,
-        command,
-        command_id: done.req.id.as_deref(),
-    };
-    let (events, state, reply, send, specs, cancel) = match d.kind.app.decide(&call).await {
-        Ok(Decision::Accept {
-            events,
-            state,
-            reply,
-            send,
-            timers,
-            cancel,
-        }) => (events, state.into(), reply, send, timers, cancel),
-        // The reply to a send is recorded even when the app refuses it: the send is delivered;
-        // a firing refused still moves its timer on.
-        Ok(Decision::Reject(_)) if done.req.delivered.is_some() || d.fired.is_some() => (
-            Vec::new(),
-            d.state.clone(),
-            None,
-            Vec::new(),
-            serde_json::Value::Null,
-            serde_json::Value::Null,
-        ),
-        Ok(Decision::Reject(why)) => {
-            done.result = Err(Error::Rejected(why));
-            return done;
-        }
-        Err(e) => {
-            done.result = Err(e);
-            return done;
-        }
-    };
-    done.reply = reply;
-    let fired = d.fired.as_ref().map(|(t, f)| (t, f));
-    let changed = timers::parse(specs, cancel)
-        .and_then(|(specs, cancel)| timers::changes(&d.timers, fired, &specs, cancel, d.now));
-    let (set, cancel) = match changed {
-        Ok(c) => c,
-        Err(why) => {
-            done.result = Err(Error::Protocol(aether_core::Error::Malformed(why)));
-            return done;
-        }
-    };
-    let delivered: Vec<String> = done.req.delivered.iter().cloned().collect();
-    let (events, state, send) = if delivered.is_empty() {
-        (events, state, send)
-    } else {
-        let sent: usize = send.iter().map(|s| json_size(&s.command) + 160).sum();
-        match over_limit(json_size(&state), d.extras + sent, ctx.max_state_bytes) {
-            None => (events, state, send),
-            Some(e) => {
-                // The answer to a send is recorded whatever: what the app decided on it would
-                // leave the actor over its limit, so it is dropped, as if the app had refused it.
-                tracing::warn!(actor = %done.req.actor.id, why = %e.message, "the decision on a send's answer is dropped: over the state limit");
-                (Vec::new(), d.state.clone(), Vec::new())
-            }
-        }
-    };
-    if events.is_empty()
-        && send.is_empty()
-        && delivered.is_empty()
-        && set.is_empty()
-        && cancel.is_empty()
-    {
-        // Nothing to record: the state stays as it was, whatever the answer says.
-        return done;
-    }
-    let size = json_size(&state);
-    if size > ctx.max_state_bytes {
-        done.result = Err(d.kind.app.fault(
-            AppFault::TooLarge,
-            format!(
-                "decide: the state would be {size} bytes, over the limit of {} bytes",
-                ctx.max_state_bytes
-            ),
-        ));
-        return done;
-    }
-    let sent: usize = send.iter().map(|s| json_size(&s.command) + 160).sum();
-    let extras = d.extras + sent + inbound_bytes(&done.req, done.reply.as_ref());
-    if let Some(e) = over_limit(size, extras, ctx.max_state_bytes) {
-        done.result = Err(Error::TooLarge(e.message));
-        return done;
-    }
-    let version = d.version + 1;
-    let mut record = Record::new(done.req.id.clone(), events, version, d.base);
-    record.send = send
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| Outgoing {
-            id: send_id(&done.req.actor, version, i),
-            actor: s.actor,
-            command: s.command,
-            delivered: false,
-        })
-        .collect();
-    record.delivered = delivered;
-    record.timers = set;
-    record.cancel = cancel;
-    // The answer is kept with the record: a repeated delivery of a send is answered the same
-    // (always kept), and so is a client's retry when the reply is small (a large one would make
-    // the record, not only the reply, larger than the server takes).
-    let keep = match (&done.req.id, &done.reply) {
-        (Some(id), Some(_)) if is_send_id(id) => true,
-        (Some(_), Some(r)) => json_size(r) <= KEPT_REPLY_BYTES,
-        _ => false,
-    };
-    if keep {
-        record.reply.clone_from(&done.reply);
-    }
-    record.snapshot = d.prev.map(|p| p.after(&record, &state));
-    let writes = marker::writes(
-        d.marker,
-        marker::look(d.outbox, &d.timers),
-        marker::look_after(d.outbox, &d.timers, &record),
-        d.now,
-    );
-    append_marked(
-        &ctx,
-        d.shard,
-        d.marker,
-        writes,
-        (&d.subject, d.expected),
-        &record,
-        &mut done,
-    )
-    .await;
-    record.events = Vec::new();
-    done.record = Some(Box::new(record));
-    done.next = state;
-    done
-}
-
-/// Appends `record` with the marker's writes around it: the first before (a failure to write
-/// it fails the command, nothing appended), the second once the record landed (a failure there
-/// leaves a marker earlier than needed, which costs a look, never a firing).
-async fn append_marked(
-    ctx: &HostContext,
-    shard: u32,
-    had: Marker,
-    writes: Writes,
-    (subject, expected): (&str, u64),
-    record: &Record,
-    done: &mut Appended,
-) {
-    let actor = &done.req.actor;
-    if let Some(t) = writes.before {
-        // Before the record lands: whoever serves the shard next finds the sends and timers.
-        if let Err(e) = ctx.store.mark_pending(shard, actor, t, had.is_some()).await {
-            done.result = Err(e);
-            return;
-        }
-        done.marked = Some(Some(t));
-    }
-    done.result = ctx.store.append(subject, expected, record).await;
-    if done.result.is_err() {
-        return;
-    }
-    match writes.after {
-        After::Keep => {}
-        After::Clear => {
-            if ctx.store.clear_pending(shard, actor).await.is_ok() {
-                done.marked = Some(None);
-            }
-        }
-        After::Set(t) => {
-            if ctx.store.mark_pending(shard, actor, t, true).await.is_ok() {
-                done.marked = Some(Some(t));
-            }
-        }
-    }
-}
-
-/// The refusal of a decision's timers (nothing appended).
-fn malformed_timers(why: String) -> ErrorReply {
-    ErrorReply::new(ErrorCode::Malformed, why)
-}
-
-/// Largest reply (JSON bytes) of a client's command kept in its record for the command's retries.
-pub const KEPT_REPLY_BYTES: usize = 16 * 1024;
-
-/// True when record `version` carries the state: every `every`th, and the first, so that every
-/// later record points at a snapshot and a replay reads from there, never from the stream's start
-/// (which would make the server scan the log up to the actor's first record).
-pub(super) fn snapshot_due(version: u64, every: u64) -> bool {
-    version == 1 || version.is_multiple_of(every)
-}
-
-/// Bytes a command adds to what its actor keeps besides the state: a send's id and reply, kept
-/// until its sender releases it.
-pub(super) fn inbound_bytes(req: &Request, reply: Option<&serde_json::Value>) -> usize {
-    match &req.id {
-        Some(id) if is_send_id(id) => id.len() + 32 + reply.map_or(0, json_size),
-        _ => 0,
-    }
-}
-
-/// The `tooLarge` refusal of a decision whose state and extras (recent command ids, outbox,
-/// inbox) together exceed `limit`: all of it travels in snapshot records and transfer chunks.
-pub(super) fn over_limit(state: usize, extras: usize, limit: usize) -> Option<ErrorReply> {
-    (state + extras > limit).then(|| {
-        ErrorReply::new(
-            ErrorCode::TooLarge,
-            format!(
-                "the actor would keep {} bytes ({state} of state, {extras} of recent command ids, undelivered sends and unreleased received ones), over the limit of {limit} bytes",
-                state + extras
-            ),
-        )
-    })
 }
