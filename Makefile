@@ -14,7 +14,7 @@ KUBECTL := $(TOOLS_DIR)/kubernetes-$(K8S_VERSION)/kubectl
 ETCD := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
 HELM := $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 
-.PHONY: all build test sdk-test lint fmt generate check-generated chart-check bench bench-peers tools-peers chaos fuzz model-check demo tools clean-tools images node-tools e2e-node
+.PHONY: all build test sdk-test lint fmt generate check-generated chart-check bench bench-scale bench-peers tools-peers chaos fuzz model-check demo tools clean-tools images node-tools e2e-node
 
 all: lint test
 
@@ -143,6 +143,11 @@ bench: tools
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench timers
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench timer_scale
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench hot
+
+## bench-scale: how cost grows (memory per live and passivated actor at 10,000 to 1,000,000
+## actors); writes the section "How cost grows" of BENCHMARKS.md. Its own target: about 10 minutes.
+bench-scale: tools
+	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench scale
 
 ## bench-peers: aether beside Dapr v1.14.0 actors (placement, daprd per pod, Redis), the same workload
 ## in one run; writes the Peers section of BENCHMARKS.md. Not part of `make test`.

@@ -15,16 +15,15 @@
 //!
 //! Writes `target/timer-scale-bench.json` and the section "Timers at scale" of BENCHMARKS.md.
 
-use aether_core::hash::shard_of;
 use aether_core::protocol::{ActorRef, Names, Op, Outcome, Request};
 use aether_core::timers::epoch_ms;
 use aether_node::client::Client;
-use aether_tests::cluster::{metric, next_plan, node_process};
+use aether_tests::cluster::{metric, node_process};
+use aether_tests::logs::{rss, template, with_due, write_logs};
 use aether_tests::measure::{Figure, figure, run_bench};
 use aether_tests::{NatsServer, free_port, http_get, wait_for};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use std::future::IntoFuture;
 use std::time::{Duration, Instant, SystemTime};
 
 const SHARDS: u32 = 64;
@@ -44,8 +43,6 @@ const OUTAGE: Duration = Duration::from_secs(600);
 const PERIOD: &str = "60s";
 const READS_PER_S: u64 = 200;
 const T: Duration = Duration::from_secs(600);
-/// Raw publishes in flight while the logs are written.
-const WINDOW: usize = 4096;
 
 fn main() {
     run_bench("timer-scale", run(), Some(section));
@@ -60,122 +57,6 @@ async fn gauge(port: u16, name: &str) -> u64 {
         .await
         .and_then(|n| u64::try_from(n).ok())
         .unwrap_or(0)
-}
-
-/// Resident memory of process `pid`, bytes.
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// Sets timer `name` by `command` on a template counter through a node of `prefix` (started,
-/// planned, stopped here) and returns its first record and its marker as the node wrote them;
-/// the template's own timer is then cancelled.
-async fn template(nats: &NatsServer, prefix: &str, name: &str, command: Value) -> (Value, String) {
-    let nc = nats.connect().await;
-    let port = free_port();
-    let mut node = node_process(nats, prefix, "app-0", port, &[]);
-    let plan = next_plan(None, &["app-0"], SHARDS, 4);
-    aether_tests::cluster::publish(&nc, prefix, &plan, 10).await;
-    let client = Client::new(nc.clone(), prefix);
-    let actor = ActorRef::new("counter", "template");
-    let req = Request::new(actor.clone(), Op::Command { command }, Some("set".into()));
-    wait_for("the template set", T, || async {
-        client
-            .send(&req)
-            .await
-            .is_ok_and(|r| matches!(r.outcome, Outcome::Ok(_)))
-    })
-    .await;
-    let names = Names::new(prefix);
-    let js = async_nats::jetstream::new(nc.clone());
-    let stream = js.get_stream(names.event_stream()).await.expect("stream");
-    let shard = shard_of(&actor.id, SHARDS);
-    let record = stream
-        .get_last_raw_message_by_subject(&names.actor_subject(shard, &actor))
-        .await
-        .expect("the template's record");
-    let marker = stream
-        .get_last_raw_message_by_subject(&names.pending_subject(shard, &actor))
-        .await
-        .expect("the template's marker");
-    let cancel = Request::new(
-        actor,
-        Op::Command {
-            command: json!({ "cancelTimer": name }),
-        },
-        Some("cancel".into()),
-    );
-    let r = client.send(&cancel).await.expect("cancelled");
-    assert!(matches!(r.outcome, Outcome::Ok(_)), "{r:?}");
-    node.kill();
-    (
-        serde_json::from_slice(&record.payload).expect("a record"),
-        String::from_utf8_lossy(&marker.payload).into_owned(),
-    )
-}
-
-/// Every `due` in a record (its timers, its snapshot's) set to `due`.
-fn with_due(v: &mut Value, due: u64) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m.iter_mut() {
-                if k == "due" {
-                    *x = json!(due);
-                } else {
-                    with_due(x, due);
-                }
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(|x| with_due(x, due)),
-        _ => {}
-    }
-}
-
-/// Writes `n` counters `{tag}{i}` of `prefix`: each the template's record and a marker saying
-/// `marker`; returns the seconds it took.
-async fn write_logs(
-    nc: &async_nats::Client,
-    prefix: &str,
-    tag: &str,
-    n: usize,
-    record: &Value,
-    marker: &str,
-) -> f64 {
-    let js = async_nats::jetstream::new(nc.clone());
-    let names = Names::new(prefix);
-    let record = bytes::Bytes::from(serde_json::to_vec(record).expect("json"));
-    let marker = bytes::Bytes::from(marker.to_owned());
-    let started = Instant::now();
-    let mut acks = futures::stream::FuturesUnordered::new();
-    for i in 0..n {
-        let actor = ActorRef::new("counter", format!("{tag}{i}"));
-        let shard = shard_of(&actor.id, SHARDS);
-        for (subject, payload) in [
-            (names.actor_subject(shard, &actor), record.clone()),
-            (names.pending_subject(shard, &actor), marker.clone()),
-        ] {
-            acks.push(
-                js.publish(subject, payload)
-                    .await
-                    .expect("publish")
-                    .into_future(),
-            );
-            while acks.len() >= WINDOW {
-                acks.next().await.expect("an ack").expect("stored");
-            }
-        }
-    }
-    while let Some(ack) = acks.next().await {
-        ack.expect("stored");
-    }
-    started.elapsed().as_secs_f64()
 }
 
 /// The raw read the node does: every marker of `prefix` by one consumer (the last message of
@@ -224,13 +105,26 @@ async fn pending_timers(nats: &NatsServer) -> Value {
     let (record, marker) = template(
         nats,
         prefix,
-        "later",
+        SHARDS,
         json!({"schedule": {"name": "later", "at": due, "command": {"add": 1}}}),
+        Some(json!({"cancelTimer": "later"})),
     )
     .await;
-    assert_eq!(marker, due.to_string(), "the marker says the due time");
+    assert_eq!(
+        marker,
+        Some(due.to_string()),
+        "the marker says the due time"
+    );
     let nc = nats.connect().await;
-    let write_s = write_logs(&nc, prefix, "p", pending, &record, &marker).await;
+    let write_s = write_logs(
+        &nc,
+        prefix,
+        SHARDS,
+        ("p", pending),
+        &record,
+        marker.as_deref(),
+    )
+    .await;
     let (read, raw_s) = raw_marker_read(&nc, prefix).await;
     assert_eq!(read, pending as u64, "every marker read");
 
@@ -311,16 +205,21 @@ async fn catch_up(nats: &NatsServer) -> Value {
     let (mut record, marker) = template(
         nats,
         prefix,
-        "tick",
+        SHARDS,
         json!({"schedule": {"name": "tick", "every": PERIOD, "command": {"add": 1}}}),
+        Some(json!({"cancelTimer": "tick"})),
     )
     .await;
     // Every timer's last firing was OUTAGE ago: its next tick then, and all those since missed.
     let last = now_ms() - OUTAGE.as_millis() as u64;
     with_due(&mut record, last);
-    assert!(marker.parse::<u64>().is_ok(), "a marker says a time");
+    assert!(
+        marker.is_some_and(|m| m.parse::<u64>().is_ok()),
+        "a marker says a time"
+    );
     let nc = nats.connect().await;
-    write_logs(&nc, prefix, "c", catch_up, &record, &last.to_string()).await;
+    let last_s = last.to_string();
+    write_logs(&nc, prefix, SHARDS, ("c", catch_up), &record, Some(&last_s)).await;
 
     let port = free_port();
     let _node = node_process(nats, prefix, "app-0", port, &[]);

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod history;
 pub mod k8s;
 pub mod kubelet;
+pub mod logs;
 pub mod measure;
 pub mod operator;
 pub mod realnode;
