@@ -27,7 +27,7 @@
 //!
 //! The numbers of states and the depth are printed; `AETHER_MODEL_BUDGET=large` explores more faults.
 
-use aether_core::plan::{MemberInput, Move, PlanSpec, plan};
+use aether_core::plan::{MemberInput, Move, PlanSpec, plan, retry};
 use aether_core::protocol::{
     ActorRef, ActorSnapshot, Bytes, ErrorReply, PlanMessage, Progress, Transfer, VERSION,
 };
@@ -842,10 +842,8 @@ impl World {
             .iter()
             .map(|m| latest.get(&(epoch, m.shard)))
             .collect();
-        phases
-            .iter()
-            .any(|p| matches!(p, Some(MovePhase::Failed | MovePhase::Superseded)))
-            && !phases.contains(&Some(&MovePhase::HandedOff))
+        // The operator's rule (`aether_core::plan::retry`), as the real operator follows it.
+        retry::retry_due(phases.into_iter().map(|p| p.copied()))
     }
 
     /// The node serving `shard` and not paused, if any.
@@ -906,12 +904,15 @@ impl World {
                 self.budget.retry = false;
                 // What the operator read matters no more (states that differ only in it are one).
                 self.op_read = 0;
-                // The retry lists the moves not reported done, as the operator's does.
+                // The retry lists the moves not reported done, by the operator's rule.
                 let latest = self.latest();
                 let epoch = self.plans[self.published - 1].epoch;
+                let keep = retry::unfinished(&self.plans[self.published].moves, |s| {
+                    latest.get(&(epoch, s)).copied()
+                });
                 self.plans[self.published]
                     .moves
-                    .retain(|m| latest.get(&(epoch, m.shard)) != Some(&MovePhase::Done));
+                    .retain(|m| keep.contains(&m.shard));
                 self.published += 1;
             }
             Step::Replan => {

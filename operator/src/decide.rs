@@ -6,7 +6,7 @@
 use aether_core::crd::{
     MemberState, MemberStatus, MovePhase, MoveStatus, ShardPlanSpec, ShardPlanStatus,
 };
-use aether_core::plan::{MemberInput, PlanSpec, plan};
+use aether_core::plan::{MemberInput, Move, PlanSpec, plan, retry};
 use aether_core::protocol::{PlanMessage, Progress};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use std::collections::{BTreeMap, BTreeSet};
@@ -196,11 +196,11 @@ pub fn decide(o: &Observed<'_>) -> Decision {
     }
     // A retry is a new plan, which stops every transfer not handed off yet: it waits until none
     // is in flight (a stuck one fails by its deadline), so one failure never rolls the others back.
-    let transferring = status
-        .moves
-        .iter()
-        .any(|m| m.phase == MovePhase::Transferring);
-    let retry_due = !transferring
+    // The shared rule (`aether_core::plan::retry`, which the chaos suite's planner and the model
+    // check's operator follow too) on the phases as the status folds them (a `HandedOff` report
+    // shows as `Transferring`; a done move is gone), then the operator's own bounds on a failed
+    // move: its attempts and its backoff.
+    let retry_due = retry::retry_due(status.moves.iter().map(|m| Some(m.phase)))
         && status.moves.iter().any(|m| {
             m.phase == MovePhase::Failed
                 && m.attempts <= o.spec.migration.max_retries
@@ -219,7 +219,17 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         && !o.spec.paused
         && (membership_changed || retry_due || !sources_gone.is_empty())
     {
-        let pending: BTreeSet<u32> = status.moves.iter().map(|m| m.shard).collect();
+        let moves: Vec<Move> = status
+            .moves
+            .iter()
+            .map(|m| Move {
+                shard: m.shard,
+                from: m.from.clone(),
+                to: m.to.clone(),
+            })
+            .collect();
+        let phase = |s: u32| status.moves.iter().find(|m| m.shard == s).map(|m| m.phase);
+        let pending = retry::unfinished(&moves, phase);
         let spec = PlanSpec {
             shards: o.spec.shards,
             capacity: o.spec.capacity,

@@ -3,10 +3,10 @@
 //! whose moves did not all finish.
 
 use aether_core::crd::Strategy;
-use aether_core::plan::{MemberInput, Plan, PlanSpec, plan};
+use aether_core::plan::{MemberInput, Plan, PlanSpec, plan, retry};
 use aether_core::protocol::{self, Names, PlanMessage};
 use aether_core::types::MovePhase;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Plans as the operator makes them: the core planner, with the moves not done yet kept from their
@@ -43,13 +43,8 @@ impl Planner {
 
     /// The next plan for `members`, published; returns it.
     pub(super) async fn publish(&mut self, members: Vec<String>) -> Plan {
-        let pending: BTreeSet<u32> = self
-            .outcomes()
-            .await
-            .into_iter()
-            .filter(|(_, p)| *p != Some(MovePhase::Done))
-            .map(|(s, _)| s)
-            .collect();
+        let outcomes = self.outcomes().await;
+        let pending = retry::unfinished(&self.plan.moves, |s| outcomes.get(&s).copied().flatten());
         let inputs: Vec<MemberInput> = members.iter().map(MemberInput::active).collect();
         let spec = PlanSpec {
             shards: self.shards,
@@ -75,17 +70,18 @@ impl Planner {
         next
     }
 
-    /// The operator's retry: once no move of the current plan is in flight (each reported, or past
-    /// its deadline), a new plan for the same members if any move did not finish.
+    /// The operator's retry, by its rule (`aether_core::plan::retry`): once a move of the current
+    /// plan failed or was superseded and none is in flight, or past the plan's deadline (as the
+    /// operator fails a move that got no outcome), a new plan for the same members if any move
+    /// did not finish.
     pub(super) async fn retry(&mut self) -> Option<Plan> {
         let deadline = Instant::now() + Duration::from_secs(10 + 5);
         loop {
             let outcomes = self.outcomes().await;
-            let settled = outcomes.values().all(Option::is_some);
-            if settled || Instant::now() > deadline {
-                if outcomes.values().all(|p| *p == Some(MovePhase::Done)) {
-                    return None;
-                }
+            if outcomes.values().all(|p| *p == Some(MovePhase::Done)) {
+                return None;
+            }
+            if retry::retry_due(outcomes.values().copied()) || Instant::now() > deadline {
                 let members = self.members.clone();
                 return Some(self.publish(members).await);
             }
