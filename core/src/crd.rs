@@ -380,6 +380,17 @@ pub struct MoveStatus {
     pub retry_after: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
+impl From<&MoveStatus> for Move {
+    /// The move a status entry tracks, without its progress.
+    fn from(m: &MoveStatus) -> Self {
+        Self {
+            shard: m.shard,
+            from: m.from.clone(),
+            to: m.to.clone(),
+        }
+    }
+}
+
 impl ShardPlanStatus {
     /// The plan this status describes: its members, shard map and the moves in flight; `None`
     /// before the first plan.
@@ -402,15 +413,7 @@ impl ShardPlanStatus {
             shards: shard_map.len() as u32,
             members,
             shard_map,
-            moves: self
-                .moves
-                .iter()
-                .map(|m| Move {
-                    shard: m.shard,
-                    from: m.from.clone(),
-                    to: m.to.clone(),
-                })
-                .collect(),
+            moves: self.moves.iter().map(Move::from).collect(),
             placement,
         })
     }

@@ -98,27 +98,38 @@ impl Plan {
     /// Name of the member holding `bucket`.
     #[must_use]
     pub fn member_of_bucket(&self, bucket: u16) -> Option<&str> {
-        self.members
-            .binary_search_by_key(&bucket, |m| m.bucket)
-            .ok()
-            .map(|i| self.members[i].name.as_str())
+        member_of_bucket(&self.members, bucket)
     }
 
     /// Number of shards each member owns, by member name.
     #[must_use]
     pub fn loads(&self) -> BTreeMap<&str, usize> {
-        let mut per_bucket: BTreeMap<u16, usize> =
-            self.members.iter().map(|m| (m.bucket, 0)).collect();
-        for &b in self.shard_map.buckets() {
-            if let Some(c) = per_bucket.get_mut(&b) {
-                *c += 1;
-            }
-        }
-        per_bucket
-            .into_iter()
-            .filter_map(|(b, c)| Some((self.member_of_bucket(b)?, c)))
-            .collect()
+        loads(&self.members, &self.shard_map)
     }
+}
+
+/// Name of the member of `members` (sorted by bucket, as plans list them) holding `bucket`.
+#[must_use]
+pub fn member_of_bucket(members: &[Member], bucket: u16) -> Option<&str> {
+    members
+        .binary_search_by_key(&bucket, |m| m.bucket)
+        .ok()
+        .map(|i| members[i].name.as_str())
+}
+
+/// Number of shards each of `members` owns by `shard_map`, by member name.
+#[must_use]
+pub fn loads<'a>(members: &'a [Member], shard_map: &ShardMap) -> BTreeMap<&'a str, usize> {
+    let mut per_bucket: BTreeMap<u16, usize> = members.iter().map(|m| (m.bucket, 0)).collect();
+    for &b in shard_map.buckets() {
+        if let Some(c) = per_bucket.get_mut(&b) {
+            *c += 1;
+        }
+    }
+    per_bucket
+        .into_iter()
+        .filter_map(|(b, c)| Some((member_of_bucket(members, b)?, c)))
+        .collect()
 }
 
 /// Orders pod names naturally: `app-2` before `app-10`.

@@ -8,6 +8,7 @@ use crate::behaviour::{Kind, Registry};
 use crate::error::{Error, Result};
 use crate::store::{EventStore, Record, Snapshot};
 use aether_core::hash::shard_of;
+use aether_core::plan::{loads, member_of_bucket};
 use aether_core::protocol::{ActorRef, Held, Names, PlanMessage, Progress, decode};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -30,12 +31,10 @@ pub fn parse_actor(text: &str) -> Result<ActorRef> {
 #[must_use]
 pub fn whereabouts(plan: &PlanMessage, actor: &ActorRef) -> Value {
     let shard = shard_of(&actor.id, plan.shards);
-    let owner = plan.shard_map.bucket(shard).and_then(|b| {
-        plan.members
-            .iter()
-            .find(|m| m.bucket == b)
-            .map(|m| m.name.clone())
-    });
+    let owner = plan
+        .shard_map
+        .bucket(shard)
+        .and_then(|b| member_of_bucket(&plan.members, b));
     let moving = plan
         .moves
         .iter()
@@ -169,28 +168,20 @@ pub fn status_view(
     reports: &BTreeMap<u32, Progress>,
     streams: Value,
 ) -> Value {
-    let mut shards: BTreeMap<u16, u32> = BTreeMap::new();
-    for b in plan.shard_map.buckets() {
-        *shards.entry(*b).or_default() += 1;
-    }
+    let shards = loads(&plan.members, &plan.shard_map);
     let members: Vec<Value> = plan
         .members
         .iter()
         .map(|m| {
             json!({
                 "pod": m.name,
-                "shards": shards.get(&m.bucket).copied().unwrap_or(0),
+                "shards": shards.get(m.name.as_str()).copied().unwrap_or(0),
                 "holds": held.get(&m.name).copied().flatten(),
             })
         })
         .collect();
-    let counts: Vec<u32> = plan
-        .members
-        .iter()
-        .map(|m| shards.get(&m.bucket).copied().unwrap_or(0))
-        .collect();
-    let mean = f64::from(plan.shards) / counts.len().max(1) as f64;
-    let max = counts.iter().copied().max().unwrap_or(0);
+    let mean = f64::from(plan.shards) / plan.members.len().max(1) as f64;
+    let max = shards.values().copied().max().unwrap_or(0);
     let moves = moves_view(plan, reports);
     let mut by_phase: BTreeMap<String, usize> = BTreeMap::new();
     for m in moves["moves"].as_array().into_iter().flatten() {
@@ -219,7 +210,7 @@ pub fn status_view(
         "epoch": plan.epoch,
         "shards": plan.shards,
         "members": members,
-        "balance": {"maxShards": max, "meanShards": mean, "maxOverMean": if mean > 0.0 { f64::from(max) / mean } else { 0.0 }},
+        "balance": {"maxShards": max, "meanShards": mean, "maxOverMean": if mean > 0.0 { max as f64 / mean } else { 0.0 }},
         "moves": by_phase,
         "failedMoves": failed,
         "notHoldingPlan": behind,

@@ -219,15 +219,7 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         && !o.spec.paused
         && (membership_changed || retry_due || !sources_gone.is_empty())
     {
-        let moves: Vec<Move> = status
-            .moves
-            .iter()
-            .map(|m| Move {
-                shard: m.shard,
-                from: m.from.clone(),
-                to: m.to.clone(),
-            })
-            .collect();
+        let moves: Vec<Move> = status.moves.iter().map(Move::from).collect();
         let phase = |s: u32| status.moves.iter().find(|m| m.shard == s).map(|m| m.phase);
         let pending = retry::unfinished(&moves, phase);
         let spec = PlanSpec {

@@ -11,10 +11,10 @@
 
 use aether_core::protocol::{ActorRef, Op, Outcome, Request};
 use aether_node::client::Client;
-use aether_tests::cluster::{metric, node_process};
+use aether_tests::cluster::{count, node_process, wait_ready};
 use aether_tests::logs::{rss, template, write_logs};
 use aether_tests::measure::{drive, run_bench};
-use aether_tests::{NatsServer, free_port, http_get, wait_for};
+use aether_tests::{NatsServer, free_port, wait_for};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -25,13 +25,6 @@ const T: Duration = Duration::from_secs(900);
 
 fn main() {
     run_bench("scale", run(), Some(section));
-}
-
-async fn gauge(port: u16, name: &str) -> u64 {
-    metric(port, name)
-        .await
-        .and_then(|n| u64::try_from(n).ok())
-        .unwrap_or(0)
 }
 
 /// One size: `n` counters written, a fresh node, each read once; memory before, after, and
@@ -55,12 +48,7 @@ async fn live(nats: &NatsServer, n: usize) -> Value {
         &["--max-actors", &max, "--passivate-after", &idle],
     );
     let pid = node.child.id();
-    wait_for("the node Ready", T, || async {
-        http_get(port, "/readyz")
-            .await
-            .is_some_and(|(s, _)| s == 200)
-    })
-    .await;
+    wait_ready("app-0", port, T).await;
     // The plan the template's node was given (one member, app-0) is in the bucket already.
     let client = Client::new(nc.clone(), &prefix);
     // The template's own counter, read once: the node is serving.
@@ -84,12 +72,12 @@ async fn live(nats: &NatsServer, n: usize) -> Value {
         }
     })
     .await;
-    let hosted = gauge(port, "aether_node_actors_hosted").await;
+    let hosted = count(port, "aether_node_actors_hosted").await;
     let after = rss(pid);
     // Idle past --passivate-after: every counter dropped from memory.
     let passivated = if passivates {
         wait_for("every counter passivated", T, || async {
-            gauge(port, "aether_node_actors_hosted").await == 0
+            count(port, "aether_node_actors_hosted").await == 0
         })
         .await;
         Some(rss(pid))

@@ -18,10 +18,10 @@
 use aether_core::protocol::{ActorRef, Names, Op, Outcome, Request};
 use aether_core::timers::epoch_ms;
 use aether_node::client::Client;
-use aether_tests::cluster::{metric, node_process};
+use aether_tests::cluster::{count, node_process, wait_ready};
 use aether_tests::logs::{rss, template, with_due, write_logs};
 use aether_tests::measure::{Figure, figure, run_bench};
-use aether_tests::{NatsServer, free_port, http_get, wait_for};
+use aether_tests::{NatsServer, free_port, wait_for};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant, SystemTime};
@@ -52,13 +52,6 @@ fn now_ms() -> u64 {
     epoch_ms(SystemTime::now())
 }
 
-async fn gauge(port: u16, name: &str) -> u64 {
-    metric(port, name)
-        .await
-        .and_then(|n| u64::try_from(n).ok())
-        .unwrap_or(0)
-}
-
 /// The raw read the node does: every marker of `prefix` by one consumer (the last message of
 /// each subject); the markers read and the seconds it took.
 async fn raw_marker_read(nc: &async_nats::Client, prefix: &str) -> (u64, f64) {
@@ -87,15 +80,6 @@ async fn raw_marker_read(nc: &async_nats::Client, prefix: &str) -> (u64, f64) {
         }
     }
     (read, started.elapsed().as_secs_f64())
-}
-
-async fn ready(port: u16) {
-    wait_for("the node Ready", T, || async {
-        http_get(port, "/readyz")
-            .await
-            .is_some_and(|(s, _)| s == 200)
-    })
-    .await;
 }
 
 async fn pending_timers(nats: &NatsServer) -> Value {
@@ -133,17 +117,17 @@ async fn pending_timers(nats: &NatsServer) -> Value {
     let started = Instant::now();
     let node = node_process(nats, prefix, "app-0", port, &[]);
     let pid = node.child.id();
-    ready(port).await;
+    wait_ready("app-0", port, T).await;
     let ready_s = started.elapsed().as_secs_f64();
     let rss_ready = rss(pid);
     let all = pending as u64;
     wait_for("every timer indexed", T, || async {
-        gauge(port, "aether_node_timers_pending").await >= all
+        count(port, "aether_node_timers_pending").await >= all
     })
     .await;
     let indexed_s = started.elapsed().as_secs_f64();
-    let index_bytes = gauge(port, "aether_node_timer_index_bytes").await;
-    let hosted = gauge(port, "aether_node_actors_hosted").await;
+    let index_bytes = count(port, "aether_node_timer_index_bytes").await;
+    let hosted = count(port, "aether_node_actors_hosted").await;
     let rss_indexed = rss(pid);
     json!({
         "timers": all,
@@ -223,7 +207,7 @@ async fn catch_up(nats: &NatsServer) -> Value {
 
     let port = free_port();
     let _node = node_process(nats, prefix, "app-0", port, &[]);
-    ready(port).await;
+    wait_ready("app-0", port, T).await;
     let served = Instant::now();
     let client = Client::new(nc.clone(), prefix);
     let all = catch_up as u64;
@@ -233,14 +217,14 @@ async fn catch_up(nats: &NatsServer) -> Value {
         d.load(std::sync::atomic::Ordering::Relaxed)
     }));
     wait_for("every timer fired", T, || async {
-        gauge(port, "aether_node_timer_firings_total").await >= all
+        count(port, "aether_node_timer_firings_total").await >= all
     })
     .await;
     let fired_s = served.elapsed().as_secs_f64();
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let during = reads.await.expect("reads");
-    let missed = gauge(port, "aether_node_timer_missed_ticks_total").await;
-    let fired = gauge(port, "aether_node_timer_firings_total").await;
+    let missed = count(port, "aether_node_timer_missed_ticks_total").await;
+    let fired = count(port, "aether_node_timer_firings_total").await;
     // The same reads with nothing catching up (the next ticks are 10 s away at most, and cheap).
     let quiet_until = Instant::now() + Duration::from_secs(5);
     let quiet = paced_reads(client, move || Instant::now() >= quiet_until).await;

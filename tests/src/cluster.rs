@@ -266,10 +266,7 @@ impl NodeProcess {
 
     /// Waits until `/readyz` answers 200.
     pub async fn ready(&self, timeout: Duration) {
-        crate::wait_for(&format!("{} ready", self.name), timeout, || async {
-            matches!(crate::http_get(self.port, "/readyz").await, Some((200, _)))
-        })
-        .await;
+        wait_ready(self.name, self.port, timeout).await;
     }
 
     /// A metric's value on `/metrics` (a counter or gauge without labels).
@@ -284,6 +281,23 @@ impl NodeProcess {
             .and_then(|e| u64::try_from(e).ok())
             .unwrap_or(0)
     }
+}
+
+/// Waits until the `/readyz` of the node `name` at `port` answers 200.
+pub async fn wait_ready(name: &str, port: u16, timeout: Duration) {
+    crate::wait_for(&format!("{name} ready"), timeout, || async {
+        matches!(crate::http_get(port, "/readyz").await, Some((200, _)))
+    })
+    .await;
+}
+
+/// A counter or gauge (without labels) of the node at `port` that cannot be negative; 0 when it
+/// is not there yet.
+pub async fn count(port: u16, name: &str) -> u64 {
+    metric(port, name)
+        .await
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(0)
 }
 
 /// The value of metric `name` (without labels) on the `/metrics` of the node at `port`.

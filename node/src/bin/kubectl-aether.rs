@@ -94,34 +94,32 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> aether_node::Result<String> {
-    let (name, view) = match &cli.what {
-        What::Where { actor } => ("where", parse_actor(actor)?),
-        What::Get { actor } | What::History { actor, .. } => ("get", parse_actor(actor)?),
-        What::Actors { .. } => ("actors", aether_core::protocol::ActorRef::new("", "")),
-        What::Status => ("status", aether_core::protocol::ActorRef::new("", "")),
-        What::Moves { .. } => ("moves", aether_core::protocol::ActorRef::new("", "")),
-    };
+    // A bad KIND/ID is said before NATS is reached.
+    if let What::Where { actor } | What::Get { actor } | What::History { actor, .. } = &cli.what {
+        parse_actor(actor)?;
+    }
     let nats = aether_node::connect::connect_inspector(&cli.nats).await?;
     let inspector = Inspector::open(nats, &cli.nats.prefix).await?;
     let (name, value) = match &cli.what {
-        What::Where { .. } => (name, inspector.where_is(&view).await?),
-        What::Get { .. } => (name, inspector.get(&view).await?),
-        What::History { since, at, .. } => {
-            ("history", inspector.history(&view, *since, *at).await?)
-        }
+        What::Where { actor } => ("where", inspector.where_is(&parse_actor(actor)?).await?),
+        What::Get { actor } => ("get", inspector.get(&parse_actor(actor)?).await?),
+        What::History { actor, since, at } => (
+            "history",
+            inspector.history(&parse_actor(actor)?, *since, *at).await?,
+        ),
         What::Actors { kind, shard, limit } => (
-            name,
+            "actors",
             inspector.actors(kind.as_deref(), *shard, *limit).await?,
         ),
-        What::Status => (name, inspector.status().await?),
+        What::Status => ("status", inspector.status().await?),
         What::Moves { watch } => {
             let mut moves = inspector.moves().await?;
             while *watch && !all_done(&moves) {
-                print!("{}", render(name, &moves, cli.output));
+                print!("{}", render("moves", &moves, cli.output));
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 moves = inspector.moves().await?;
             }
-            (name, moves)
+            ("moves", moves)
         }
     };
     Ok(render(name, &value, cli.output))

@@ -90,7 +90,7 @@ impl Worker {
         let retry_at = now + RETRY_FIRING_AFTER.as_millis() as u64;
         let (mut loads, mut looked) = (0, 0);
         while loads < LOADS_PER_TURN && looked < FIRINGS_PER_TURN {
-            let Some(actor) = self.timers.take_due(now, 1, retry_at).pop() else {
+            let Some(actor) = self.timers.take_next(now, retry_at) else {
                 break;
             };
             looked += 1;

@@ -272,20 +272,17 @@ async fn kubectl_aether_shows_where_an_actor_lives_its_state_and_its_history() {
     // The inspect user reads, and nothing more: no request to a node, no consumer, no write, no
     // client's inbox.
     let (inspect, refused) = connect_as(&url, Role::Inspect).await;
-    inspect
-        .publish(format!("{PREFIX}.req"), "{}".into())
-        .await
-        .expect("sent");
-    refused
-        .wait_for("Permissions Violation for Publish to \"aether.req\"")
-        .await;
-    inspect
-        .publish(format!("{PREFIX}.ev.0.counter.eA"), "{}".into())
-        .await
-        .expect("sent");
-    refused
-        .wait_for("Permissions Violation for Publish to \"aether.ev.0.counter.eA\"")
-        .await;
+    for subject in [format!("{PREFIX}.req"), format!("{PREFIX}.ev.0.counter.eA")] {
+        inspect
+            .publish(subject.clone(), "{}".into())
+            .await
+            .expect("sent");
+        refused
+            .wait_for(&format!(
+                "Permissions Violation for Publish to \"{subject}\""
+            ))
+            .await;
+    }
     let js = async_nats::jetstream::new(inspect.clone());
     let stream = js
         .get_stream(format!("{PREFIX}-events"))

@@ -211,28 +211,31 @@ impl LookIndex {
         self.heap.peek().map(|Reverse((t, _))| *t)
     }
 
-    /// Up to `max` actors whose look time is `now` or earlier, each moved to `retry_at` (set again
-    /// once the look landed).
-    pub fn take_due(&mut self, now: u64, max: usize, retry_at: u64) -> Vec<ActorRef> {
-        let mut out = Vec::new();
-        while out.len() < max {
-            self.settle();
-            match self.heap.peek() {
-                Some(Reverse((t, _))) if *t <= now => {}
-                _ => break,
-            }
-            let Some(Reverse((_, i))) = self.heap.pop() else {
-                break;
-            };
-            let s = self.slots[i as usize];
-            out.push(ActorRef::new(
-                self.kinds[usize::from(s.kind)].clone(),
-                self.id(&s).to_owned(),
-            ));
-            self.slots[i as usize].look = retry_at;
-            self.heap.push(Reverse((retry_at, i)));
+    /// The actor with the earliest look time, if it is `now` or earlier, moved to `retry_at` (set
+    /// again once the look landed).
+    pub fn take_next(&mut self, now: u64, retry_at: u64) -> Option<ActorRef> {
+        self.settle();
+        let Reverse((t, i)) = *self.heap.peek()?;
+        if t > now {
+            return None;
         }
-        out
+        self.heap.pop();
+        let s = self.slots[i as usize];
+        let actor = ActorRef::new(
+            self.kinds[usize::from(s.kind)].clone(),
+            self.id(&s).to_owned(),
+        );
+        self.slots[i as usize].look = retry_at;
+        self.heap.push(Reverse((retry_at, i)));
+        Some(actor)
+    }
+
+    /// Up to `max` of [`LookIndex::take_next`], earliest first.
+    #[cfg(test)]
+    pub fn take_due(&mut self, now: u64, max: usize, retry_at: u64) -> Vec<ActorRef> {
+        std::iter::from_fn(|| self.take_next(now, retry_at))
+            .take(max)
+            .collect()
     }
 
     /// Actors held.
