@@ -95,6 +95,11 @@ pub struct NodeConfig {
     /// chunk fits NATS's default 1 MiB payload.
     #[arg(long, env = "AETHER_MAX_STATE_BYTES", default_value_t = 256 * 1024)]
     pub max_state_bytes: usize,
+    /// Bytes per second of large replies (over 64 KiB: a big actor's state) the node sends at
+    /// most, one at a time on its second connection, so a hot big actor leaves the node's and the
+    /// NATS server's time to its neighbours.
+    #[arg(long, env = "AETHER_LARGE_REPLY_RATE", default_value_t = 200_000_000)]
+    pub large_reply_rate: u64,
     /// Most requests in flight on this node; beyond it a request is answered `unavailable` at once.
     #[arg(long, env = "AETHER_MAX_INFLIGHT", default_value_t = 10_000)]
     pub max_inflight: usize,

@@ -12,12 +12,16 @@ use crate::host::{Cmd, Pending};
 use crate::metrics::{Failure, Malformed, Route as RouteKind};
 use crate::ownership::Route;
 use crate::shared::{SHUTDOWN_GRACE, Shared};
-use aether_core::protocol::{ErrorCode, ErrorReply, Names, Reply, Request, decode, encode};
+use aether_core::protocol::{ErrorCode, ErrorReply, Names, Op, Reply, Request, decode, encode};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::error::SendError;
 use tokio::sync::oneshot;
+
+pub mod large;
+
+pub use large::LARGE_REPLY_BYTES;
 
 /// Time to wait for a forwarded request's reply.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +40,8 @@ pub enum Answer {
     Reply(Reply),
     /// The owner's reply to a forwarded request, as the owner encoded it.
     Relayed(bytes::Bytes),
+    /// Its own reply, already encoded (a large read: [`large`]).
+    Encoded(Reply, bytes::Bytes),
 }
 
 impl Answer {
@@ -47,7 +53,7 @@ impl Answer {
     /// an `internal` error.
     pub fn into_reply(self) -> Reply {
         match self {
-            Self::Reply(reply) => reply,
+            Self::Reply(reply) | Self::Encoded(reply, _) => reply,
             Self::Relayed(bytes) => decode::<Reply>(&bytes).unwrap_or_else(|e| {
                 Reply::error(ErrorReply::new(
                     ErrorCode::Internal,
@@ -61,7 +67,7 @@ impl Answer {
     pub fn into_bytes(self) -> aether_core::Result<bytes::Bytes> {
         match self {
             Self::Reply(reply) => encode(&reply).map(Into::into),
-            Self::Relayed(bytes) => Ok(bytes),
+            Self::Relayed(bytes) | Self::Encoded(_, bytes) => Ok(bytes),
         }
     }
 }
@@ -176,6 +182,7 @@ impl Shared {
             Target::Local(worker, shard) => {
                 self.metrics().route(RouteKind::Local);
                 let (tx, rx) = oneshot::channel();
+                let read = matches!(req.op, Op::Read).then(|| req.actor.clone());
                 if let Err(SendError(cmd)) = worker.tx.send(Cmd::Request((req, tx))) {
                     // Still registered: the worker ended by itself (it never should). Noticed,
                     // counted and replaced; its actors reload from the log.
@@ -190,9 +197,13 @@ impl Shared {
                     // Stopped between the routing and the send: route again.
                     return Answer::Reply(self.reroute(shard));
                 }
-                Answer::Reply(rx.await.unwrap_or_else(|_| {
+                let reply = rx.await.unwrap_or_else(|_| {
                     Reply::error(ErrorReply::unavailable("shard worker stopped", 20))
-                }))
+                });
+                match read {
+                    Some(actor) => self.encoded.answer(&actor, reply),
+                    None => Answer::Reply(reply),
+                }
             }
             Target::Forward(to) => {
                 self.metrics().route(RouteKind::Forwarded);
@@ -354,7 +365,23 @@ impl Shared {
             }
         };
         let len = bytes.len();
-        if let Err(e) = self.client.publish(to.clone(), bytes).await {
+        let sent = if len > LARGE_REPLY_BYTES {
+            // A large reply (a big actor's state) takes its turn in the lane (`large`).
+            self.large_replies
+                .send(len, async {
+                    self.bulk.publish(to.clone(), bytes).await?;
+                    self.bulk.flush().await.map_err(|e| {
+                        async_nats::PublishError::with_source(
+                            async_nats::client::PublishErrorKind::Send,
+                            e,
+                        )
+                    })
+                })
+                .await
+        } else {
+            self.client.publish(to.clone(), bytes).await
+        };
+        if let Err(e) = sent {
             tracing::warn!(error = %e, "reply not sent");
             self.metrics().failure(Failure::Reply);
             if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded {

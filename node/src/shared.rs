@@ -106,6 +106,10 @@ pub struct Shared {
     /// Requests in flight on this node (each holds a permit until it is answered): bounds every
     /// queue on the request path (worker channels, requests waiting behind an append, forwards).
     pub inflight: Arc<Semaphore>,
+    /// The turn of a large reply on the bulk connection.
+    pub large_replies: crate::requests::large::Lane,
+    /// Large read replies encoded once per state.
+    pub encoded: crate::requests::large::Encoded,
     /// Every task the node spawns (requests, transfers, moves, workers): joined on shutdown.
     pub tasks: TaskTracker,
     /// JetStream on the main connection: progress reports.
@@ -171,6 +175,8 @@ impl Shared {
             moves,
             max_request_bytes: cfg.max_request_bytes,
             inflight: Arc::new(Semaphore::new(cfg.max_inflight.max(1))),
+            large_replies: crate::requests::large::Lane::new(cfg.large_reply_rate),
+            encoded: crate::requests::large::Encoded::default(),
             tasks,
             js: jetstream::new(client.clone()),
             epochs: tokio::sync::watch::Sender::new(0),

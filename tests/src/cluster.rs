@@ -50,6 +50,7 @@ pub fn node_config(url: &str, prefix: &str, name: &str) -> NodeConfig {
         queue_limit: 10_000,
         max_state_bytes: 256 * 1024,
         max_inflight: 10_000,
+        large_reply_rate: 200_000_000,
         max_actors: 100_000,
         compact_events: false,
         app_url: None,

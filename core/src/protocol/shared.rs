@@ -16,6 +16,12 @@ impl SharedJson {
         Arc::make_mut(&mut self.0)
     }
 
+    /// Whether both are the one shared value (not only equal values).
+    #[must_use]
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The value, copied only if it is still shared.
     #[must_use]
     pub fn into_value(self) -> Value {
