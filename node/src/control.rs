@@ -6,22 +6,28 @@
 use crate::error::{Error, Result};
 use crate::metrics::Malformed;
 use crate::ownership::Settled;
-use crate::shared::{Hold, Shared};
-use aether_core::protocol::{Held, Names, PlanMessage, Progress, VERSION, decode, encode};
+use crate::shared::Shared;
+use aether_core::protocol::{Names, PlanMessage, Progress, decode};
 use aether_core::types::MovePhase;
 use async_nats::jetstream;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod held;
+pub use held::HELD_POLL_EVERY;
+pub(crate) use held::{keep_lease, publish_held, watch_held};
+
 /// How long a plan that takes shards without a hand-off waits for the members of the plan before
-/// that left it to say they hold it (a live node reads the plan at least every
-/// [`PLAN_POLL_EVERY`]); members are waited for until they do.
+/// that left it to say they hold it, when nothing says when their lease ends (a node of a version
+/// without leases: a live one reads the plan at least every [`PLAN_POLL_EVERY`]); members are
+/// waited for until they do.
 pub const LEAVERS_WAIT: Duration = Duration::from_secs(6);
 
 impl Shared {
-    /// Takes a new plan: ignored unless its epoch is higher; then local shards follow it.
-    pub fn on_plan(self: &Arc<Self>, plan: PlanMessage) {
+    /// Takes a new plan (stamped `plan_ms` by the server, ms since the Unix epoch): ignored unless
+    /// its epoch is higher; then local shards follow it.
+    pub fn on_plan(self: &Arc<Self>, plan: PlanMessage, plan_ms: Option<u64>) {
         let _span = tracing::debug_span!("plan", epoch = plan.epoch).entered();
         let (fx, stopped, timeout, awaiting) = {
             let mut st = self.state();
@@ -31,8 +37,10 @@ impl Shared {
             let slots = plan.max_concurrent.max(1) as usize;
             let Some(fx) = st.own.on_plan(plan, hosted) else {
                 drop(st);
-                self.metrics().stale_plans.inc();
-                tracing::info!(held, got, "ignoring a plan that is not newer");
+                if got < held {
+                    self.metrics().stale_plans.inc();
+                    tracing::info!(held, got, "ignoring a plan older than the one held");
+                }
                 return;
             };
             self.set_move_slots(slots);
@@ -61,12 +69,7 @@ impl Shared {
                 awaiting = %awaiting.join(","),
                 "shards taken without a hand-off wait until these pods hold the plan"
             );
-            let this = self.clone();
-            self.tasks.spawn(async move {
-                tokio::time::sleep(LEAVERS_WAIT).await;
-                let settled = this.state().own.stop_waiting_for_non_members(epoch);
-                this.start_settled(settled);
-            });
+            self.tasks.spawn(self.clone().wait_for_pods(epoch, plan_ms));
         }
         if !fx.report_done.is_empty() {
             let this = self.clone();
@@ -177,7 +180,7 @@ pub(crate) async fn watch_plans(
                     continue;
                 }
                 match decode::<PlanMessage>(&entry.value).and_then(|p| p.validate().map(|()| p)) {
-                    Ok(plan) => shared.on_plan(plan),
+                    Ok(plan) => shared.on_plan(plan, Some(held::stamp_ms(&entry))),
                     Err(e) => {
                         shared.metrics().malformed(Malformed::Plan);
                         tracing::warn!(error = %e, "ignoring a plan that is malformed or contradicts itself");
@@ -197,110 +200,6 @@ pub(crate) async fn watch_plans(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
-
-/// Writes `held.{me}` for each plan taken, once the workers that plan stopped have finished (their
-/// appends landed, what they held answered): from then on this node serves nothing by an older plan.
-pub(crate) async fn publish_held(
-    shared: Arc<Shared>,
-    holds: Option<tokio::sync::mpsc::UnboundedReceiver<Hold>>,
-    replicas: usize,
-) {
-    let Some(mut holds) = holds else { return };
-    let key = Names::held_key(&shared.me);
-    let mut bucket = None;
-    while let Some((epoch, answering)) = holds.recv().await {
-        for task in answering {
-            let _ = task.await;
-        }
-        let Ok(body) = encode(&Held {
-            v: VERSION,
-            node: shared.me.clone(),
-            epoch,
-        }) else {
-            continue;
-        };
-        loop {
-            let store = match &bucket {
-                Some(b) => b,
-                None => match aether_nats::plans::open_bucket(&shared.js, &shared.names, replicas)
-                    .await
-                {
-                    Ok(b) => bucket.insert(b),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "plan bucket, to say which plan this node holds");
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                        continue;
-                    }
-                },
-            };
-            match store.put(&key, body.clone().into()).await {
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, epoch, "could not say which plan this node holds; retrying");
-                    bucket = None;
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
-        }
-    }
-}
-
-/// Follows the other nodes' `held.{pod}` keys; while the plan waits for some, also reads theirs
-/// directly every [`HELD_POLL_EVERY`] (a watch can stall silently with its server).
-pub(crate) async fn watch_held(shared: Arc<Shared>, js: jetstream::Context, replicas: usize) {
-    loop {
-        let result: Result<()> = async {
-            let bucket = aether_nats::plans::open_bucket(&js, &shared.names, replicas).await?;
-            let mut watch = bucket
-                .watch_with_history(Names::HELD_KEYS)
-                .await
-                .map_err(|e| Error::Nats(format!("watch held: {e}")))?;
-            let mut poll = tokio::time::interval(HELD_POLL_EVERY);
-            loop {
-                let entries = tokio::select! {
-                    next = watch.next() => match next {
-                        Some(entry) => vec![entry.map_err(|e| Error::Nats(format!("watch held: {e}")))?],
-                        None => break,
-                    },
-                    _ = poll.tick() => {
-                        let awaiting: Vec<String> = shared.state().own.awaiting().into_iter().map(str::to_owned).collect();
-                        let mut read = Vec::new();
-                        for pod in awaiting {
-                            if let Ok(Some(e)) = bucket.entry(Names::held_key(&pod)).await {
-                                read.push(e);
-                            }
-                        }
-                        read
-                    }
-                };
-                for entry in entries {
-                    if entry.operation != jetstream::kv::Operation::Put {
-                        continue;
-                    }
-                    let Some(pod) = entry.key.strip_prefix("held.") else {
-                        continue;
-                    };
-                    match decode::<Held>(&entry.value) {
-                        Ok(h) => shared.on_held(pod, h.epoch),
-                        Err(e) => {
-                            shared.metrics().malformed(Malformed::Held);
-                            tracing::warn!(error = %e, key = %entry.key, "ignoring a malformed held key");
-                        }
-                    }
-                }
-            }
-            Err(Error::Nats("held watch ended".into()))
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "held watch interrupted; resuming");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// How often a node whose plan waits for other pods reads their `held.{pod}` keys directly.
-pub const HELD_POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// How often a node reads the plan directly, besides watching it.
 pub const PLAN_POLL_EVERY: Duration = Duration::from_secs(5);

@@ -15,6 +15,8 @@ struct Parts {
     app: Option<String>,
     /// The plan bucket is not read yet (`None` once it is).
     plan: Option<String>,
+    /// The node holds no lease on serving (`control/held.rs`): it answers `unavailable`.
+    lease: Option<String>,
 }
 
 /// Health as `/readyz` reports it, available before NATS is.
@@ -57,8 +59,13 @@ impl Health {
         self.update(|p| p.plan = why);
     }
 
+    /// The node holds no lease on serving (`Some(why)`), or does (`None`).
+    pub fn set_lease(&self, why: Option<String>) {
+        self.update(|p| p.lease = why);
+    }
+
     /// The current problem: the connection's, else a full event stream, else the app's, else the
-    /// plan's; `None` when the node is ready.
+    /// plan's, else the lease's; `None` when the node is ready.
     #[must_use]
     pub fn problem(&self) -> Option<String> {
         let Ok(p) = self.parts.lock() else {
@@ -69,6 +76,7 @@ impl Health {
             .or_else(|| p.store_full.clone())
             .or_else(|| p.app.clone())
             .or_else(|| p.plan.clone())
+            .or_else(|| p.lease.clone())
     }
 }
 

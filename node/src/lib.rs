@@ -33,6 +33,7 @@ pub mod health;
 pub mod host;
 pub mod http;
 pub mod inspect;
+pub mod large;
 pub mod metrics;
 pub mod migration;
 pub mod moves;

@@ -5,7 +5,7 @@
 use crate::app::AppClient;
 use crate::behaviour::Registry;
 use crate::config::NodeConfig;
-use crate::control::{publish_held, watch_held, watch_plans};
+use crate::control::{keep_lease, publish_held, watch_held, watch_plans};
 use crate::error::{Error, Result};
 use crate::metrics::{Failure, Malformed, Metrics};
 use crate::moves::MigrationRuntime;
@@ -78,6 +78,7 @@ impl Node {
     ) -> Result<Self> {
         health.set(Some(format!("connecting to NATS at {}", cfg.nats.nats_url)));
         health.set_plan(Some("reading the plan bucket".to_owned()));
+        health.set_lease(Some("no lease yet: held.{pod} not written".to_owned()));
         let client = connect(&cfg.nats, &cfg.pod_name, Some(&health)).await?;
         let names = Names::new(cfg.nats.prefix.clone());
         let js = jetstream::new(client.clone());
@@ -199,11 +200,10 @@ impl Node {
                 shared.js.clone(),
                 cfg.stream_replicas,
             )),
-            shared.tasks.spawn(publish_held(
-                shared.clone(),
-                shared.take_holds(),
-                cfg.stream_replicas,
-            )),
+            shared
+                .tasks
+                .spawn(publish_held(shared.clone(), shared.take_holds())),
+            shared.tasks.spawn(keep_lease(shared.clone())),
         ];
         let app_task = shared
             .app()

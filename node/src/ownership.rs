@@ -605,6 +605,16 @@ impl Ownership {
         self.settle()
     }
 
+    /// `pod`'s lease has lapsed (`lease::wait`): it serves nothing until it has read a plan at
+    /// least as new as `epoch`, so this plan need not wait for it to say it holds it. Returns the
+    /// moves to start when that settles the plan.
+    pub fn stop_waiting_for(&mut self, pod: &str, epoch: u64) -> Option<Settled> {
+        if epoch != self.epoch() || !self.awaiting.remove(pod) {
+            return None;
+        }
+        self.settle()
+    }
+
     /// The members of the plan before that are not members of this one have had time to take it
     /// (a live node reads the plan at least every few seconds): stop waiting for them, so a pod
     /// that is gone for good does not hold its shards' new owners back. Returns the moves to start
@@ -642,39 +652,6 @@ impl Ownership {
         self.plan().map_or(Duration::from_secs(30), timeout)
     }
 
-    /// Everything this node knows, in one canonical text (maps sorted): two values with the same key
-    /// behave the same. For model checkers that keep each state they explored once.
-    #[must_use]
-    pub fn state_key(&self) -> String {
-        use std::collections::{BTreeMap, BTreeSet};
-        let view = self
-            .view
-            .as_ref()
-            .map(|v| (v.plan.epoch, v.pending.iter().collect::<BTreeMap<_, _>>()));
-        let mut deferred: Vec<u32> = self.deferred.iter().map(|m| m.shard).collect();
-        deferred.sort_unstable();
-        format!(
-            "{view:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
-            self.handed_off.iter().collect::<BTreeMap<_, _>>(),
-            self.received.iter().collect::<BTreeMap<_, _>>(),
-            (
-                &self.early_done,
-                self.last_moves
-                    .iter()
-                    .map(|(s, l)| (s, l.epoch, &l.from, &l.to))
-                    .collect::<BTreeSet<_>>()
-            ),
-            self.incoming.iter().collect::<BTreeMap<_, _>>(),
-            self.moving.iter().collect::<BTreeSet<_>>(),
-            self.held.iter().collect::<BTreeMap<_, _>>(),
-            (
-                self.unconfirmed.iter().collect::<BTreeSet<_>>(),
-                &self.awaiting,
-                deferred
-            ),
-        )
-    }
-
     /// True once this node may exit while draining: not a member, nothing leaving from it.
     #[must_use]
     pub fn drained(&self) -> bool {
@@ -688,5 +665,7 @@ fn timeout(plan: &PlanMessage) -> Duration {
 }
 
 mod answers;
+pub mod lease;
+mod state_key;
 #[cfg(test)]
 mod tests;

@@ -19,10 +19,6 @@ use std::time::Duration;
 use tokio::sync::mpsc::error::SendError;
 use tokio::sync::oneshot;
 
-pub mod large;
-
-pub use large::LARGE_REPLY_BYTES;
-
 /// Time to wait for a forwarded request's reply.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -40,7 +36,7 @@ pub enum Answer {
     Reply(Reply),
     /// The owner's reply to a forwarded request, as the owner encoded it.
     Relayed(bytes::Bytes),
-    /// Its own reply, already encoded (a large read: [`large`]).
+    /// Its own reply, already encoded (a plain read: [`crate::large`]).
     Encoded(Reply, bytes::Bytes),
 }
 
@@ -179,6 +175,14 @@ impl Shared {
                     ),
                 ))
             }
+            Target::Local(..) if !self.serving_lease() => {
+                // Without a lease this node may hold an older plan than the one others serve by.
+                self.metrics().route(RouteKind::Unavailable);
+                Answer::error(ErrorReply::unavailable(
+                    "this node holds no lease on serving (it could not write to the plan bucket lately)",
+                    100,
+                ))
+            }
             Target::Local(worker, shard) => {
                 self.metrics().route(RouteKind::Local);
                 let (tx, rx) = oneshot::channel();
@@ -200,8 +204,8 @@ impl Shared {
                 let reply = rx.await.unwrap_or_else(|_| {
                     Reply::error(ErrorReply::unavailable("shard worker stopped", 20))
                 });
-                match read {
-                    Some(actor) => self.encoded.answer(&actor, reply),
+                match read.and_then(|actor| self.encoded.bytes(&actor, &reply)) {
+                    Some(bytes) => Answer::Encoded(reply, bytes),
                     None => Answer::Reply(reply),
                 }
             }
@@ -365,7 +369,7 @@ impl Shared {
             }
         };
         let len = bytes.len();
-        let sent = if len > LARGE_REPLY_BYTES {
+        let sent = if len > crate::large::LARGE_REPLY_BYTES {
             // A large reply (a big actor's state) takes its turn in the lane (`large`).
             self.large_replies
                 .send(len, async {

@@ -107,15 +107,21 @@ pub struct Shared {
     /// queue on the request path (worker channels, requests waiting behind an append, forwards).
     pub inflight: Arc<Semaphore>,
     /// The turn of a large reply on the bulk connection.
-    pub large_replies: crate::requests::large::Lane,
+    pub large_replies: crate::large::Lane,
     /// Large read replies encoded once per state.
-    pub encoded: crate::requests::large::Encoded,
+    pub encoded: crate::large::Encoded,
     /// Every task the node spawns (requests, transfers, moves, workers): joined on shutdown.
     pub tasks: TaskTracker,
     /// JetStream on the main connection: progress reports.
     pub js: jetstream::Context,
     /// The epoch held, for moves that stop at once when a newer plan comes.
     pub epochs: tokio::sync::watch::Sender<u64>,
+    /// The epoch `held.{me}` says: a plan taken once the workers it stopped have finished.
+    pub held_epoch: tokio::sync::watch::Sender<u64>,
+    /// When this node's lease on serving ends (`ownership::lease`); `None` before the first.
+    lease: Mutex<Option<tokio::time::Instant>>,
+    /// Replicas of the streams and buckets this node creates.
+    replicas: usize,
     state: Mutex<State>,
     migrations: Mutex<Arc<Semaphore>>,
     /// The actors' sends, taken by the outbox task when the node serves.
@@ -175,11 +181,14 @@ impl Shared {
             moves,
             max_request_bytes: cfg.max_request_bytes,
             inflight: Arc::new(Semaphore::new(cfg.max_inflight.max(1))),
-            large_replies: crate::requests::large::Lane::new(cfg.large_reply_rate),
-            encoded: crate::requests::large::Encoded::default(),
+            large_replies: crate::large::Lane::new(cfg.large_reply_rate),
+            encoded: crate::large::Encoded::default(),
             tasks,
             js: jetstream::new(client.clone()),
             epochs: tokio::sync::watch::Sender::new(0),
+            held_epoch: tokio::sync::watch::Sender::new(0),
+            lease: Mutex::new(None),
+            replicas: cfg.stream_replicas,
             client,
             state: Mutex::new(State {
                 own: Ownership::new(cfg.pod_name.clone()),
@@ -272,6 +281,28 @@ impl Shared {
     /// `held.{me}` says so.
     pub(crate) fn hold(&self, epoch: u64, answering: Vec<tokio::task::JoinHandle<()>>) {
         let _ = self.holds.send((epoch, answering));
+    }
+
+    /// Whether this node's lease on serving runs (`ownership::lease`): without it, it serves nothing.
+    #[must_use]
+    pub fn serving_lease(&self) -> bool {
+        crate::ownership::lease::serving(tokio::time::Instant::now(), self.lease_until())
+    }
+
+    pub(crate) fn lease_until(&self) -> Option<tokio::time::Instant> {
+        *lock(&self.lease)
+    }
+
+    pub(crate) fn renew_lease(&self, until: tokio::time::Instant) {
+        *lock(&self.lease) = Some(until);
+        self.host.health.set_lease(None);
+    }
+
+    /// The plan bucket (`held.{pod}` keys, the plan).
+    pub(crate) async fn plan_bucket(&self) -> Result<async_nats::jetstream::kv::Store> {
+        aether_nats::plans::open_bucket(&self.js, &self.names, self.replicas)
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))
     }
 
     /// The plans taken, for the one task that writes `held.{me}` (`None` once taken).

@@ -71,6 +71,10 @@ pub struct Held {
     pub node: String,
     /// The plan epoch it holds.
     pub epoch: u64,
+    /// How long, in ms, the node serves after sending this write (it rewrites the key well within
+    /// that); a node of a version without leases leaves it out.
+    #[serde(rename = "leaseMs", default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
 }
 
 /// The plan as stored in the KV bucket (`{prefix}-plans`, key `plan`).

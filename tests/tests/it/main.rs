@@ -10,6 +10,7 @@ mod chaos;
 mod control_faults;
 mod exactly_once;
 mod inspect;
+mod lease;
 mod node_basics;
 mod node_http;
 mod node_migration;

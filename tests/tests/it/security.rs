@@ -415,6 +415,7 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
         v: VERSION,
         node: "app-0".into(),
         epoch: 1_000,
+        lease_ms: None,
     };
     client_nc
         .publish(held_subject.clone(), encode(&held).expect("encodes").into())

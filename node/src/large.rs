@@ -8,11 +8,9 @@
 //!   small one in the node's socket, and large replies take the node's bandwidth and the NATS
 //!   server's time only up to that rate (as a byte-rate quota does), leaving the rest to the others.
 
-use super::Answer;
-use crate::shared::lock;
 use aether_core::protocol::{ActorRef, ActorReply, Outcome, Reply, encode};
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -64,37 +62,40 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    /// The answer to a plain read of `actor`: its kept bytes if `reply` is what they encode,
-    /// else `reply` (and its bytes kept if it is large).
-    pub fn answer(&self, actor: &ActorRef, reply: Reply) -> Answer {
+    fn kept(&self) -> MutexGuard<'_, VecDeque<(ActorRef, ActorReply, bytes::Bytes)>> {
+        // Poisoned only by a panic elsewhere; the list is still whole.
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The bytes of `reply` to a plain read of `actor`: the kept ones if `reply` is what they
+    /// encode, else `reply` encoded (and kept if large); `None` for a reply of another kind.
+    pub fn bytes(&self, actor: &ActorRef, reply: &Reply) -> Option<bytes::Bytes> {
         let Outcome::Ok(ok) = &reply.outcome else {
-            return Answer::Reply(reply);
+            return None;
         };
         if ok.reply.is_some() {
-            return Answer::Reply(reply);
+            return None;
         }
         {
-            let mut kept = lock(&self.kept);
+            let mut kept = self.kept();
             if let Some(i) = kept.iter().position(|(a, _, _)| a == actor) {
                 if same(&kept[i].1, ok) {
                     let hit = kept.remove(i).unwrap_or_else(|| unreachable!());
                     let bytes = hit.2.clone();
                     kept.push_front(hit);
-                    return Answer::Encoded(reply, bytes);
+                    return Some(bytes);
                 }
                 kept.remove(i);
             }
         }
-        let Ok(bytes) = encode(&reply).map(bytes::Bytes::from) else {
-            return Answer::Reply(reply);
-        };
+        let bytes = encode(reply).map(bytes::Bytes::from).ok()?;
         if bytes.len() > LARGE_REPLY_BYTES {
-            let mut kept = lock(&self.kept);
+            let mut kept = self.kept();
             kept.retain(|(a, _, _)| a != actor);
             kept.push_front((actor.clone(), ok.clone(), bytes.clone()));
             kept.truncate(KEPT);
         }
-        Answer::Encoded(reply, bytes)
+        Some(bytes)
     }
 }
 
@@ -124,11 +125,8 @@ mod tests {
         })
     }
 
-    fn bytes(a: &Answer) -> &bytes::Bytes {
-        match a {
-            Answer::Encoded(_, b) => b,
-            other => panic!("not encoded: {other:?}"),
-        }
+    fn bytes(b: &Option<bytes::Bytes>) -> &bytes::Bytes {
+        b.as_ref().expect("a plain read's reply is encoded")
     }
 
     #[tokio::test(start_paused = true)]
@@ -157,23 +155,23 @@ mod tests {
         let enc = Encoded::default();
         let actor = ActorRef::new("doc", "hot");
         let big = SharedJson::from(json!({"k": "x".repeat(LARGE_REPLY_BYTES)}));
-        let first = enc.answer(&actor, read(&big, 3));
-        let again = enc.answer(&actor, read(&big, 3));
+        let first = enc.bytes(&actor, &read(&big, 3));
+        let again = enc.bytes(&actor, &read(&big, 3));
         // The same bytes, not an equal copy.
         assert_eq!(bytes(&first).as_ptr(), bytes(&again).as_ptr());
         // An equal state that is another value (a reload), or another version: encoded anew, and
         // what it encodes is that reply.
         let reloaded = SharedJson::from(json!({"k": "y".repeat(LARGE_REPLY_BYTES)}));
-        let after = enc.answer(&actor, read(&reloaded, 3));
+        let after = enc.bytes(&actor, &read(&reloaded, 3));
         assert_ne!(bytes(&after).as_ptr(), bytes(&first).as_ptr());
         assert!(std::str::from_utf8(bytes(&after)).is_ok_and(|s| s.contains("yyyy")));
-        let next = enc.answer(&actor, read(&reloaded, 4));
+        let next = enc.bytes(&actor, &read(&reloaded, 4));
         assert_ne!(bytes(&next).as_ptr(), bytes(&after).as_ptr());
         // A small read is encoded each time and not kept.
         let small = SharedJson::from(json!({"n": 1}));
-        let a = enc.answer(&ActorRef::new("counter", "c"), read(&small, 1));
-        let b = enc.answer(&ActorRef::new("counter", "c"), read(&small, 1));
+        let a = enc.bytes(&ActorRef::new("counter", "c"), &read(&small, 1));
+        let b = enc.bytes(&ActorRef::new("counter", "c"), &read(&small, 1));
         assert_ne!(bytes(&a).as_ptr(), bytes(&b).as_ptr());
-        assert_eq!(lock(&enc.kept).len(), 1);
+        assert_eq!(enc.kept().len(), 1);
     }
 }
