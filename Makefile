@@ -145,9 +145,11 @@ bench: tools
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench hot
 
 ## bench-scale: how cost grows (memory per live and passivated actor at 10,000 to 1,000,000
-## actors); writes the section "How cost grows" of BENCHMARKS.md. Its own target: about 10 minutes.
+## actors; a node lost among 3 holding 300,000); writes the sections "How cost grows" and "Node
+## loss" of BENCHMARKS.md. Its own target: about 15 minutes.
 bench-scale: tools
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench scale
+	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench node_loss
 
 ## bench-peers: aether beside Dapr v1.14.0 actors (placement, daprd per pod, Redis), the same workload
 ## in one run; writes the Peers section of BENCHMARKS.md. Not part of `make test`.

@@ -154,7 +154,7 @@ fn section(r: &Value) -> String {
          node writes them, then each counter read once through the node, which keeps them all \
          (`--max-actors` twice their number). Memory is the node process's resident set, sampled \
          before the reads, after them, and once every counter is passivated. Machine: see \
-         \"Machine\" above. Not measured yet (issue 33): 3 nodes, a 1 KB doc, node loss, scale-out, \
+         \"Machine\" above. Not measured yet (issue 33): 3 nodes, a 1 KB doc, scale-out, \
          stream size, members at 65,536 shards, the soak.\n\n\
          | figure | aether | baseline | ratio | goal |\n|---|---|---|---|---|\n{rows}\n\
          {why}Resident memory after passivation is what the allocator keeps, not what the node holds: \

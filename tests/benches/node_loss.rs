@@ -1,0 +1,239 @@
+//! Node loss (`make bench-scale`, issue 33): 3 node processes and a nats-server on loopback hold
+//! `AETHER_BENCH_NODE_LOSS` counters (default 300,000), every one read once (all in memory). A node
+//! is SIGKILLed without a drain and a plan without it is published, as the operator does once it
+//! sees the pod gone: (1) at once, the worst case for the lease the new owners wait out; (2) 3 s
+//! after the kill, about when Kubernetes reports a killed pod. For each, the time from the plan
+//! until every shard of the dead node answers a read (one counter per shard asked until it does);
+//! then every counter of the dead node read once more through the cluster (rebuilt from its log),
+//! beside a raw JetStream direct get of each one's last record at the same concurrency. Every
+//! counter must read 1: none served from an incomplete log.
+//!
+//! Writes `target/node_loss-bench.json` and the section "Node loss" of BENCHMARKS.md.
+
+use aether_core::hash::shard_of;
+use aether_core::plan::Plan;
+use aether_core::protocol::{ActorRef, Names, Op, Outcome, Request};
+use aether_node::client::Client;
+use aether_tests::cluster::{NodeProcess, next_plan, publish};
+use aether_tests::logs::{template, write_logs};
+use aether_tests::measure::{Figure, drive, run_bench};
+use aether_tests::{NatsServer, wait_for};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SHARDS: u32 = 64;
+const IN_FLIGHT: usize = 256;
+const PREFIX: &str = "loss";
+const T: Duration = Duration::from_secs(600);
+const NODES: [&str; 3] = ["app-0", "app-1", "app-2"];
+const FLAGS: &[&str] = &["--max-actors", "2000000", "--passivate-after", "3600"];
+/// When the second loss is planned after its kill: about when Kubernetes reports a killed pod.
+const DETECTED_AFTER: Duration = Duration::from_secs(3);
+
+fn main() {
+    run_bench("node_loss", run(), Some(section));
+}
+
+fn actors() -> usize {
+    std::env::var("AETHER_BENCH_NODE_LOSS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000)
+}
+
+async fn read_is_one(c: &Client, id: &str) -> bool {
+    let req = Request::new(ActorRef::new("counter", id), Op::Read, None);
+    c.send(&req).await.is_ok_and(|r| match r.outcome {
+        Outcome::Ok(ok) => ok.state == json!({"value": 1}),
+        Outcome::Error(_) => false,
+    })
+}
+
+/// Reads every id once, `IN_FLIGHT` at a time; each must read 1.
+async fn read_all(client: &Client, ids: Arc<Vec<String>>) -> Figure {
+    let c = client.clone();
+    drive(ids.len(), IN_FLIGHT, move |i| {
+        let (c, ids) = (c.clone(), ids.clone());
+        async move { read_is_one(&c, &ids[i]).await }
+    })
+    .await
+}
+
+/// Kills `victim`, waits `after`, publishes the plan without it; returns that plan and, per shard
+/// the victim owned, the time from the plan until a counter of that shard answered.
+async fn lose(
+    nc: &async_nats::Client,
+    client: &Client,
+    nodes: &mut [NodeProcess],
+    (before, victim, after): (&Plan, usize, Duration),
+    n: usize,
+) -> (Plan, Vec<Duration>) {
+    let shards: Vec<u32> = (0..SHARDS)
+        .filter(|&s| before.owner(s) == Some(NODES[victim]))
+        .collect();
+    let probes: Vec<String> = shards
+        .iter()
+        .map(|&s| {
+            (0..n)
+                .map(|i| format!("c{i}"))
+                .find(|id| shard_of(id, SHARDS) == s)
+                .expect("a counter in every shard")
+        })
+        .collect();
+    let members: Vec<&str> = NODES
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| *i != victim && before.members.iter().any(|x| x.name == **m))
+        .map(|(_, m)| *m)
+        .collect();
+    nodes[victim].kill();
+    tokio::time::sleep(after).await;
+    let plan = next_plan(Some(before), &members, SHARDS, 4);
+    assert!(
+        plan.moves.iter().all(|m| m.from.is_none()),
+        "the dead node's shards move without a source"
+    );
+    publish(nc, PREFIX, &plan, 60).await;
+    let planned = Instant::now();
+    let waits = futures::future::join_all(probes.into_iter().map(|id| {
+        let c = client.clone();
+        async move {
+            wait_for("a shard of the dead node served", T, || {
+                read_is_one(&c, &id)
+            })
+            .await;
+            planned.elapsed()
+        }
+    }))
+    .await;
+    (plan, waits)
+}
+
+/// p50, p99 and max of `d`, ms.
+fn spread(mut d: Vec<Duration>) -> Value {
+    d.sort_unstable();
+    let at = |q: f64| d[((d.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
+    json!({"shards": d.len(), "p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": at(1.0)})
+}
+
+/// A raw JetStream direct get of each id's last record, `IN_FLIGHT` at a time.
+async fn raw_reads(nc: &async_nats::Client, ids: Arc<Vec<String>>) -> Figure {
+    let names = Names::new(PREFIX);
+    let js = async_nats::jetstream::new(nc.clone());
+    let stream = Arc::new(js.get_stream(names.event_stream()).await.expect("stream"));
+    drive(ids.len(), IN_FLIGHT, move |i| {
+        let (stream, ids, names) = (stream.clone(), ids.clone(), names.clone());
+        async move {
+            let actor = ActorRef::new("counter", ids[i].as_str());
+            let subject = names.actor_subject(shard_of(&actor.id, SHARDS), &actor);
+            stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+                .is_ok()
+        }
+    })
+    .await
+}
+
+async fn run() -> Value {
+    let n = actors();
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let (record, _) = template(&nats, PREFIX, SHARDS, json!({"add": 1}), None).await;
+    write_logs(&nc, PREFIX, SHARDS, ("c", n), &record, None).await;
+    // The template's plan (app-0 alone) is in the bucket; the first plan here has no moves.
+    let first = next_plan(None, &["app-0"], SHARDS, 4);
+    let mut p1 = next_plan(None, &NODES, SHARDS, 4);
+    p1.epoch = first.epoch + 1;
+    let mut nodes: Vec<NodeProcess> = NODES
+        .iter()
+        .map(|m| NodeProcess::start_with(&nats.url(), PREFIX, m, FLAGS))
+        .collect();
+    for node in &nodes {
+        node.ready(T).await;
+    }
+    publish(&nc, PREFIX, &p1, 60).await;
+    for node in &nodes {
+        wait_for("the plan settled", T, || async {
+            node.settled_epoch().await == p1.epoch
+        })
+        .await;
+    }
+    let client = Client::new(nc.clone(), PREFIX);
+    let all: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("c{i}")).collect());
+    let live = read_all(&client, all).await;
+    eprintln!("{n} counters live: {live:?}");
+
+    let (p2, at_once) = lose(&nc, &client, &mut nodes, (&p1, 2, Duration::ZERO), n).await;
+    let lost: Arc<Vec<String>> = Arc::new(
+        (0..n)
+            .map(|i| format!("c{i}"))
+            .filter(|id| p1.owner(shard_of(id, SHARDS)) == Some("app-2"))
+            .collect(),
+    );
+    let rebuilt = read_all(&client, lost.clone()).await;
+    let raw = raw_reads(&nc, lost.clone()).await;
+    let (_, detected) = lose(&nc, &client, &mut nodes, (&p2, 1, DETECTED_AFTER), n).await;
+    json!({
+        "actors": n,
+        "live_reads": live,
+        "planned_at_once": spread(at_once),
+        "planned_after_ms": DETECTED_AFTER.as_millis() as u64,
+        "planned_after_detection": spread(detected),
+        "lost_actors": lost.len(),
+        "rebuilt": rebuilt,
+        "raw": raw,
+        "ratio": rebuilt.ops_per_s / raw.ops_per_s.max(1.0),
+    })
+}
+
+fn section(r: &Value) -> String {
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let ratio = f(&r["ratio"]);
+    let p99_detected = f(&r["planned_after_detection"]["p99_ms"]);
+    format!(
+        "## Node loss\n\n\
+         Command: `make bench-scale` (`cargo bench -p aether-tests --bench node_loss`): 3 node processes \
+         and a nats-server on loopback, {SHARDS} shards, {n} counters (their logs written as a node writes \
+         them), every one read once so that each node holds its third in memory. A node is SIGKILLed \
+         without a drain and a plan without it published (its shards move without a source: their new \
+         owners rebuild each actor from its log when it is first asked for); a counter of each of its \
+         shards is asked until it answers. Every read checks the value: none is served from an \
+         incomplete log. Machine: see \"Machine\" above.\n\n\
+         | figure | aether | baseline | ratio | goal |\n|---|---|---|---|---|\n\
+         | plan published at once after the kill: until each of the dead node's {s1} shards answers | p50 {a50:.0} ms, p99 {a99:.0} ms, max {amax:.0} ms | - | - | the worst case for the lease (2 s, + 250 ms margin, from the dead node's last write): its new owners wait it out |\n\
+         | plan published {after} ms after the kill (about when Kubernetes reports a killed pod): until each of its {s2} shards answers | p50 {d50:.0} ms, p99 {d99:.0} ms, max {dmax:.0} ms | the rule before leases: 6 s for a pod that left, until planned out for a member | - | p99 within 1 s of the plan: {verdict} |\n\
+         | the dead node's {lost} counters read again (each rebuilt from its log on its new owner), {IN_FLIGHT} in flight | {rb:.0}/s (p99 {rb99:.1} ms) | raw JetStream direct get of each one's last record: {raw:.0}/s (p99 {raw99:.1} ms) | {ratio:.2}x | 0.5x the raw read: {rverdict} |\n\n\
+         A node serves only while its lease runs (it rewrites `held.{{pod}}` every 500 ms; docs/PROTOCOL.md \
+         \"Held\"), so the dead node's shards are served once its last write is 2.25 s old by the server's \
+         stamps: at once when the plan comes later than that. A rebuild is a request routed through the \
+         node plus two direct gets (the actor's last record and its last snapshot record) where the \
+         baseline is one direct get from the client.\n",
+        n = r["actors"],
+        s1 = r["planned_at_once"]["shards"],
+        a50 = f(&r["planned_at_once"]["p50_ms"]),
+        a99 = f(&r["planned_at_once"]["p99_ms"]),
+        amax = f(&r["planned_at_once"]["max_ms"]),
+        after = r["planned_after_ms"],
+        s2 = r["planned_after_detection"]["shards"],
+        d50 = f(&r["planned_after_detection"]["p50_ms"]),
+        d99 = p99_detected,
+        dmax = f(&r["planned_after_detection"]["max_ms"]),
+        verdict = if p99_detected <= 1000.0 {
+            "met".to_owned()
+        } else {
+            format!("**missed** by {:.0} ms", p99_detected - 1000.0)
+        },
+        lost = r["lost_actors"],
+        rb = f(&r["rebuilt"]["ops_per_s"]),
+        rb99 = f(&r["rebuilt"]["p99_us"]) / 1000.0,
+        raw = f(&r["raw"]["ops_per_s"]),
+        raw99 = f(&r["raw"]["p99_us"]) / 1000.0,
+        rverdict = if ratio >= 0.5 {
+            "met".to_owned()
+        } else {
+            format!("**missed** ({:.1}x short)", 0.5 / ratio.max(0.001))
+        },
+    )
+}
