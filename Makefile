@@ -145,11 +145,13 @@ bench: tools
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench hot
 
 ## bench-scale: how cost grows (memory per live and passivated actor at 10,000 to 1,000,000
-## actors; a node lost among 3 holding 300,000); writes the sections "How cost grows" and "Node
-## loss" of BENCHMARKS.md. Its own target: about 15 minutes.
+## actors; a node lost among 3 holding 300,000; the event stream's size per actor); writes the
+## sections "How cost grows", "Node loss" and "Stream size per actor" of BENCHMARKS.md. Its own
+## target: about 16 minutes.
 bench-scale: tools
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench scale
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench node_loss
+	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench stream_size
 
 ## bench-peers: aether beside Dapr v1.14.0 actors (placement, daprd per pod, Redis), the same workload
 ## in one run; writes the Peers section of BENCHMARKS.md. Not part of `make test`.
