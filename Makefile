@@ -145,13 +145,14 @@ bench: tools
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench hot
 
 ## bench-scale: how cost grows (memory per live and passivated actor at 10,000 to 1,000,000
-## actors; a node lost among 3 holding 300,000; the event stream's size per actor); writes the
-## sections "How cost grows", "Node loss" and "Stream size per actor" of BENCHMARKS.md. Its own
-## target: about 16 minutes.
+## actors; a node lost among 3 holding 300,000; the event stream's size per actor; 3, 10 and 30
+## members at 65,536 shards); writes the sections "How cost grows", "Node loss", "Stream size per
+## actor" and "Members at 65,536 shards" of BENCHMARKS.md. Its own target: about 20 minutes.
 bench-scale: tools
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench scale
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench node_loss
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench stream_size
+	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench members
 
 ## bench-peers: aether beside Dapr v1.14.0 actors (placement, daprd per pod, Redis), the same workload
 ## in one run; writes the Peers section of BENCHMARKS.md. Not part of `make test`.

@@ -155,7 +155,7 @@ fn section(r: &Value) -> String {
          (`--max-actors` twice their number). Memory is the node process's resident set, sampled \
          before the reads, after them, and once every counter is passivated. Machine: see \
          \"Machine\" above. Not measured yet (issue 33): 3 nodes, a 1 KB doc, scale-out, \
-         members at 65,536 shards, the soak (node loss and stream size: their own sections below).\n\n\
+         the soak (node loss, stream size and members at 65,536 shards: their own sections below).\n\n\
          | figure | aether | baseline | ratio | goal |\n|---|---|---|---|---|\n{rows}\n\
          {why}Resident memory after passivation is what the allocator keeps, not what the node holds: \
          the node drops every passivated actor (`aether_node_actors_hosted` 0).\n"
