@@ -7,6 +7,7 @@ Every figure sits beside its baseline from the same run; ratios are what count.
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -369,15 +370,14 @@ def main():
         nats_sections(nats) if nats else "",
         app_section(app) if app else "",
     ]
-    # The Peers section (`make bench-peers`), the rolling update (the end-to-end test) and the
-    # recovery section (`--bench recovery`, which writes it itself) come from other runs: kept.
+    # Every marked section (`<!-- name:begin -->` to `<!-- name:end -->`: the Peers section of
+    # `make bench-peers`, the rolling update of the end-to-end test, and each bench that writes its
+    # own, e.g. recovery, timers, hot, scale) comes from another run: kept, in its order.
     try:
         with open(output) as f:
             old = f.read()
-        for name in ("peers", "rollout", "recovery"):
-            b, e = old.find(f"<!-- {name}:begin -->"), old.find(f"<!-- {name}:end -->")
-            if b >= 0 and e > b:
-                doc.append(old[b : e + len(f"<!-- {name}:end -->")] + "\n")
+        for m in re.finditer(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->", old, re.S):
+            doc.append(m.group(0) + "\n")
     except FileNotFoundError:
         pass
     with open(output, "w") as f:
