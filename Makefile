@@ -145,7 +145,7 @@ bench: tools
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench hot
 
 ## bench-scale: how cost grows (memory per live and passivated actor at 10,000 to 1,000,000
-## actors; a node lost among 3 holding 300,000; the event stream's size per actor; 3, 10 and 30
+## actors; a node joining 3 and one lost, 1,000,000 counters; the event stream's size per actor; 3, 10 and 30
 ## members at 65,536 shards); writes the sections "How cost grows", "Node loss", "Stream size per
 ## actor" and "Members at 65,536 shards" of BENCHMARKS.md. Its own target: about 20 minutes.
 bench-scale: tools

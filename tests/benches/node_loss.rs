@@ -1,5 +1,5 @@
 //! Scale-out and node loss (`make bench-scale`, issue 33): 3 node processes and a nats-server on
-//! loopback hold `AETHER_BENCH_NODE_LOSS` counters (default 300,000), every one read once (all in
+//! loopback hold `AETHER_BENCH_NODE_LOSS` counters (default 1,000,000), every one read once (all in
 //! memory). Scale-out: under a steady read load, a fourth node joins and takes its share by moves
 //! (with the states, copied while served): the time until every move is done, the p99 of the actors
 //! that do not move during it beside before it, and the moving actors' unavailability. Node loss:
@@ -49,7 +49,7 @@ fn actors() -> usize {
     std::env::var("AETHER_BENCH_NODE_LOSS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300_000)
+        .unwrap_or(1_000_000)
 }
 
 async fn read_is_one(c: &Client, id: &str) -> bool {
@@ -353,7 +353,10 @@ fn section(r: &Value) -> String {
              counters that do not move queue behind that burst, and a moving counter's reads wait for \
              its shard's last copy round and commit under it (the 10,000-actor move alone, \
              \"Shard migration\" above, keeps each actor's p99 under 2 ms). Fewer moves at a time (the \
-             plan's `maxConcurrent`) would spread the same work over longer; not measured yet.\n\n"
+             plan's `maxConcurrent`) would spread the same work over longer; not measured yet. The moving \
+             counters' unavailability grows with the counters per shard (p99 261 ms at 300,000 \
+             counters, 407 ms at 1,000,000, 2026-12-05): under this load the hand-off's pause is not \
+             yet independent of the shard's size; not analysed yet.\n\n"
         },
         n = r["actors"],
         readers = LOAD_READERS,
