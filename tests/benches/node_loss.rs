@@ -347,15 +347,15 @@ fn section(r: &Value) -> String {
         why = if staying <= 1.5 {
             ""
         } else {
-            "Why the scale-out's goal is missed (not yet measured piece by piece): the join moves its \
+            "Why the scale-out's goal is missed: the join moves its \
              share (a quarter of the counters, with their states) in about a second, 4 shards at a time \
              per source, on the same 2 cores as the readers, the other nodes and nats-server; the \
              counters that do not move queue behind that burst, and a moving counter's reads wait for \
              its shard's last copy round and commit under it (the 10,000-actor move alone, \
              \"Shard migration\" above, keeps each actor's p99 under 2 ms). Fewer moves at a time (the \
              plan's `maxConcurrent`) would spread the same work over longer; not measured yet. The moving \
-             counters' unavailability (p99 261 ms at 300,000 counters, 407 ms at 1,000,000, \
-             2026-12-05) is their shard's pause, timed effect by effect in one run at 300,000 (a \
+             counters' unavailability (p99 from 261 ms to 800 ms in the runs of 2026-12-05, growing \
+             with the counters per shard) is their shard's pause, timed effect by effect in one run at 300,000 (a \
              temporary log, 2026-12-05): taking the ~4,700 actors from the worker 15-34 ms, storing \
              the `HandedOff` report 45-108 ms and the commit's round trip 16-92 ms, each a JetStream \
              or NATS round trip on a machine saturated by the burst; the rule that `HandedOff` is \
