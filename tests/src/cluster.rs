@@ -187,7 +187,11 @@ pub fn spawn_process_with(
                 .flatten(),
         )
         .args(extra)
-        .env("RUST_LOG", "warn")
+        // `AETHER_NODE_LOG` (a `RUST_LOG` filter) shows more of the nodes when diagnosing a run.
+        .env(
+            "RUST_LOG",
+            std::env::var("AETHER_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
