@@ -195,11 +195,7 @@ impl Node {
             .tasks
             .spawn(watch_health(shared.clone(), health.clone()));
         let held_tasks = [
-            shared.tasks.spawn(watch_held(
-                shared.clone(),
-                shared.js.clone(),
-                cfg.stream_replicas,
-            )),
+            shared.tasks.spawn(watch_held(shared.clone())),
             shared
                 .tasks
                 .spawn(publish_held(shared.clone(), shared.take_holds())),

@@ -11,7 +11,7 @@ use crate::metrics::Malformed;
 use crate::ownership::lease::{self, HeldSeen, Wait};
 use crate::shared::Hold;
 use aether_core::protocol::{Held, Names, PlanMessage, VERSION, decode, encode};
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,10 +161,10 @@ impl Shared {
                     None => Wait::Unknown,
                 };
                 let settled = match wait {
-                    Wait::Held => self
-                        .state()
-                        .own
-                        .on_held(&pod, seen.map_or(epoch, |s| s.epoch)),
+                    Wait::Held => {
+                        self.on_held(&pod, seen.map_or(epoch, |s| s.epoch));
+                        None
+                    }
                     Wait::Lapsed => {
                         tracing::info!(pod, epoch, "its lease has lapsed: not waited for");
                         self.state().own.stop_waiting_for(&pod, epoch)
@@ -191,10 +191,10 @@ impl Shared {
 /// Follows the other nodes' `held.{pod}` keys (a pod that says it holds the plan is not waited for
 /// any more); [`Shared::wait_for_pods`] reads them directly besides, a watch can stall silently with
 /// its server.
-pub(crate) async fn watch_held(shared: Arc<Shared>, js: jetstream::Context, replicas: usize) {
+pub(crate) async fn watch_held(shared: Arc<Shared>) {
     loop {
         let result: Result<()> = async {
-            let bucket = aether_nats::plans::open_bucket(&js, &shared.names, replicas).await?;
+            let bucket = shared.plan_bucket().await?;
             let mut watch = bucket
                 .watch_with_history(Names::HELD_KEYS)
                 .await
