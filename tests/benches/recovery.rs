@@ -13,7 +13,7 @@ use aether_core::hash::shard_of;
 use aether_core::protocol::{ActorRef, Names, Op, Outcome, Request};
 use aether_node::client::Client;
 use aether_tests::app::App;
-use aether_tests::cluster::{next_plan, node_process, publish};
+use aether_tests::cluster::{next_plan, node_process, publish, wait_serving};
 use aether_tests::measure::{Figure, drive, run_bench};
 use aether_tests::{NatsServer, free_port, http_get, wait_for};
 use futures::StreamExt;
@@ -65,13 +65,7 @@ async fn cold_loads() -> serde_json::Value {
     p.kill();
     let _p = node_process(&nats, "cold", "app-0", port, &["--max-actors", "200000"]);
     wait_for("the node Ready again", T, || ready(port)).await;
-    wait_for("the plan taken", T, || async {
-        client
-            .read("counter", "warm-up")
-            .await
-            .is_ok_and(|r| matches!(r.outcome, Outcome::Ok(_)))
-    })
-    .await;
+    wait_serving(&client, "warm-up", T).await;
     let c = client.clone();
     let cold: Figure = drive(n, IN_FLIGHT, move |i| {
         let c = c.clone();

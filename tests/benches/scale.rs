@@ -11,7 +11,7 @@
 
 use aether_core::protocol::{ActorRef, Op, Outcome, Request};
 use aether_node::client::Client;
-use aether_tests::cluster::{count, node_process, wait_ready};
+use aether_tests::cluster::{count, node_process, wait_ready, wait_serving};
 use aether_tests::logs::{rss, template, write_logs};
 use aether_tests::measure::{drive, run_bench};
 use aether_tests::{NatsServer, free_port, wait_for};
@@ -52,13 +52,7 @@ async fn live(nats: &NatsServer, n: usize) -> Value {
     // The plan the template's node was given (one member, app-0) is in the bucket already.
     let client = Client::new(nc.clone(), &prefix);
     // The template's own counter, read once: the node is serving.
-    wait_for("the node serving", T, || async {
-        client
-            .read("counter", "template")
-            .await
-            .is_ok_and(|r| matches!(r.outcome, Outcome::Ok(_)))
-    })
-    .await;
+    wait_serving(&client, "template", T).await;
     let before = rss(pid);
     let c = client.clone();
     let reads = drive(n, IN_FLIGHT, move |i| {

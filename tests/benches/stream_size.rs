@@ -8,9 +8,9 @@
 
 use aether_core::protocol::{ActorRef, Names, Op, Outcome, Request};
 use aether_node::client::Client;
-use aether_tests::cluster::{next_plan, node_process, publish, wait_ready};
+use aether_tests::cluster::{next_plan, node_process, publish, wait_ready, wait_serving};
 use aether_tests::measure::{drive, run_bench};
-use aether_tests::{NatsServer, free_port, wait_for};
+use aether_tests::{NatsServer, free_port};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -40,13 +40,7 @@ async fn through_node(nats: &NatsServer, prefix: &'static str, flags: &[&str]) -
     wait_ready("app-0", port, T).await;
     publish(&nc, prefix, &next_plan(None, &["app-0"], SHARDS, 4), 30).await;
     let client = Client::new(nc.clone(), prefix);
-    wait_for("the node serving", T, || async {
-        client
-            .read("counter", "c0")
-            .await
-            .is_ok_and(|r| matches!(r.outcome, Outcome::Ok(_)))
-    })
-    .await;
+    wait_serving(&client, "c0", T).await;
     let c = client.clone();
     drive(ACTORS * COMMANDS, IN_FLIGHT, move |i| {
         let c = c.clone();

@@ -288,6 +288,17 @@ impl NodeProcess {
     }
 }
 
+/// Waits until a read of the counter `id` through `client` answers: the node serves by a plan.
+pub async fn wait_serving(client: &aether_node::client::Client, id: &str, timeout: Duration) {
+    crate::wait_for("the node serving", timeout, || async {
+        client
+            .read("counter", id)
+            .await
+            .is_ok_and(|r| matches!(r.outcome, aether_core::protocol::Outcome::Ok(_)))
+    })
+    .await;
+}
+
 /// Waits until the `/readyz` of the node `name` at `port` answers 200.
 pub async fn wait_ready(name: &str, port: u16, timeout: Duration) {
     crate::wait_for(&format!("{name} ready"), timeout, || async {
