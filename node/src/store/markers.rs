@@ -58,8 +58,11 @@ impl EventStore {
 
     /// The pending-work markers of the shards `wanted` says: each actor marked, with its shard and
     /// the time it needs a look (a marker that does not read as one, such as an older node's `1`,
-    /// says "at once"), handed to `batch` [`MARKER_BATCH`] at a time. One ordered consumer, the
-    /// last marker of each subject, deleted when read; whatever the number of markers.
+    /// says "at once"), handed to `batch` [`MARKER_BATCH`] at a time; whatever the number of
+    /// markers. One consumer over every marker (a subject left with two by a crash between a write
+    /// and its purge hands both: the earlier look costs an early load, nothing more), deleted when
+    /// read. Not "the last per subject": such a consumer stops delivering the rest once markers it
+    /// was to deliver are purged while it reads, and counts them as pending for good.
     pub async fn pending(
         &self,
         wanted: impl Fn(u32) -> bool,
@@ -70,7 +73,7 @@ impl EventStore {
             .stream
             .create_consumer(jetstream::consumer::pull::Config {
                 filter_subject: self.names.pending_filter(),
-                deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
                 ack_policy: jetstream::consumer::AckPolicy::None,
                 memory_storage: true,
                 // Gone by itself if this node dies while reading.
@@ -99,7 +102,10 @@ impl EventStore {
             return Ok(0);
         }
         // Fetches that answer what is there at once (no pull left waiting for markers purged
-        // since the read began), until one answers nothing and the server says none are left.
+        // since the read began), until one answers nothing after markers came: the consumer has
+        // reached the end of the stream. Markers written after the read began are their writers'
+        // (the shards' owners) to index; a node reads only shards it already serves. Before any
+        // marker came, an empty answer ends the read only once the server says none are left.
         let mut read = 0u64;
         let mut idle = Duration::ZERO;
         let mut out = Vec::with_capacity(MARKER_BATCH);
@@ -132,14 +138,16 @@ impl EventStore {
                 ));
             }
             read += got;
-            // Markers written meanwhile are read too; a stream that never stops growing is read
-            // up to twice what it held.
+            // Markers written meanwhile may be read too; never more than twice what the stream held.
             if read > total.saturating_mul(2) {
                 break;
             }
             if got > 0 {
                 idle = Duration::ZERO;
                 continue;
+            }
+            if read > 0 {
+                break;
             }
             let left = consumer.info().await.map_err(|e| failed(&e))?.num_pending;
             if left == 0 {

@@ -448,3 +448,96 @@ async fn a_restarted_node_indexes_many_timers_without_loading_their_actors() {
         assert_eq!(marker(id).await, Some(due.to_string()), "{id}: its marker");
     }
 }
+
+/// The pending-work read of a node that starts serving shards reads every marker that was there and
+/// ends, while other nodes go on purging and writing markers. A "last per subject" consumer stopped
+/// delivering once markers it was to deliver were purged, and went on counting them as pending, so
+/// the read waited for markers that never came (a joining node's timers fired 48 s late in the
+/// timers bench). Every marker that stayed is read, none that was purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_work_read_ends_while_markers_are_purged_and_written() {
+    use aether_node::store::{EventStore, MARKER_BATCH};
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const MARKED: usize = 3 * MARKER_BATCH;
+    // Purged while the read runs, after its first batch: not delivered yet (delivery is in order).
+    const PURGED: std::ops::Range<usize> = 2 * MARKER_BATCH..MARKED;
+    let nats = NatsServer::start();
+    let nc = nats.connect().await;
+    let js = async_nats::jetstream::new(nc.clone());
+    let store = Arc::new(
+        EventStore::open(js, aether_core::protocol::Names::new("markread"), 1)
+            .await
+            .expect("store"),
+    );
+    let actor = |i: usize| ActorRef::new("counter", format!("m{i}"));
+    let shard = |i: usize| aether_core::hash::shard_of(&format!("m{i}"), SHARDS);
+    for chunk in (0..MARKED).collect::<Vec<_>>().chunks(500) {
+        let marks = chunk.iter().map(|&i| {
+            let store = store.clone();
+            async move { store.mark_pending(shard(i), &actor(i), 0, false).await }
+        });
+        for r in futures::future::join_all(marks).await {
+            r.expect("mark");
+        }
+    }
+
+    // Another node's worker: purges the markers of PURGED once the read has begun, then writes a
+    // new marker now and then until the read is over.
+    let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
+    let (purged_tx, purged_rx) = std::sync::mpsc::channel::<()>();
+    let done = Arc::new(AtomicBool::new(false));
+    let other = {
+        let (store, done) = (store.clone(), done.clone());
+        tokio::spawn(async move {
+            let _ = begun_rx.await;
+            for i in PURGED {
+                store
+                    .clear_pending(shard(i), &actor(i))
+                    .await
+                    .expect("purge");
+            }
+            let _ = purged_tx.send(());
+            let mut n = 0;
+            while !done.load(Ordering::Relaxed) {
+                let id = MARKED + n;
+                store
+                    .mark_pending(shard(id), &actor(id), 0, true)
+                    .await
+                    .expect("mark");
+                n += 1;
+                // Paces the writer (a few markers a second, as timers being set elsewhere).
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    };
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut begun = Some(begun_tx);
+    let read = tokio::time::timeout(
+        T,
+        store.pending(
+            |_| true,
+            |batch| {
+                seen.extend(batch.into_iter().map(|(_, a, _)| a.id));
+                if let Some(tx) = begun.take() {
+                    let _ = tx.send(());
+                    tokio::task::block_in_place(|| purged_rx.recv()).expect("purged");
+                }
+            },
+        ),
+    )
+    .await;
+    done.store(true, Ordering::Relaxed);
+    other.await.expect("writer");
+    let found = read
+        .expect("the read ends while markers keep being written")
+        .expect("read");
+    assert_eq!(found, seen.len(), "each marker handed over once");
+    for i in 0..PURGED.start {
+        assert!(seen.contains(&format!("m{i}")), "m{i}: its marker was read");
+    }
+    for i in PURGED {
+        assert!(!seen.contains(&format!("m{i}")), "m{i}: purged, yet read");
+    }
+}
