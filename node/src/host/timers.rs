@@ -15,6 +15,8 @@ use aether_core::timers::{self, TIMER_KEY, Timer, epoch_ms};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 
+#[cfg(test)]
+mod handoff_sim;
 mod index;
 pub(super) use index::LookIndex;
 
