@@ -311,10 +311,13 @@ def app_section(path):
         "## Application kinds: the app container and a Rust kind in process vs the built-in kind\n",
         f"{r['commands']} commands per run, {r['in_flight']} in flight, one client, one node, the app and "
         f"nats-server on the same 2 cores; {r['rounds']} runs of each path interleaved, the median run shown. "
-        "Each command appends one record. `python app`: the bank example (`examples/bank/app.py`, "
-        "ThreadingHTTPServer, standard library) decides over loopback HTTP; `rust in process`: the same "
+        "Each command appends one record. `python app`: the bank example on the Python SDK "
+        "(`examples/bank/app.py`, ThreadingHTTPServer, standard library) decides over loopback HTTP, the "
+        "decide calls waiting at one moment sent in one `POST /v1/decide-batch` (the SDK offers "
+        "`decideBatch` 64); `rust in process`: the same "
         "account logic as a `Behaviour` registered in the node; baseline: the built-in `counter`. "
-        "`app call alone`: the node's app client calling the Python app's decide, no node, no NATS. "
+        "`app call alone`: the node's app client calling the Python app's decide one call per request "
+        "(no batches), no node, no NATS. "
         "Goals: python app >= 0.5x, rust in process >= 0.9x the built-in throughput.\n",
         "| path | ops/s | p50 | p99 | throughput / built-in | goal | ops/s of each run |",
         "|---|---|---|---|---|---|---|",
@@ -335,7 +338,14 @@ def app_section(path):
             f"| {ratio:.2f}x | {g} | {each} |"
         )
     py, call = r["python_app"]["ops_per_s"], r["app_call"]["ops_per_s"]
-    if py / base["ops_per_s"] < 0.5:
+    if py / base["ops_per_s"] >= 0.5:
+        out.append(
+            f"\nThe python app path reaches {py / call:.2f}x the app's own speed one call at a time "
+            f"({call:.0f} decide calls/s): batches take the per-request cost of the Python HTTP server "
+            "(parsing, a thread's turn, the interpreter's lock) once for all the calls waiting, where "
+            "one call per request made that cost the ceiling (0.32x the built-in path before batches).\n"
+        )
+    else:
         out.append(
             f"\nThe python app path misses its goal by {0.5 - py / base['ops_per_s']:.2f}x of the built-in "
             f"throughput: the Python app itself answers at most {call:.0f} decide calls/s here "

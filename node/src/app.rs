@@ -1,7 +1,9 @@
-//! The node's client for the app container: the app protocol's three calls (`aether_core::protocol::app`)
+//! The node's client for the app container: the app protocol's calls (`aether_core::protocol::app`)
 //! over HTTP/1.1 with kept-alive connections. Every answer is checked for size and shape before the
 //! node uses it; a failed call says how it failed ([`AppFault`]), counted in
 //! `aether_node_app_errors_total`, and each call's duration goes to `aether_node_app_call_duration_seconds`.
+//! An app whose kinds answer offers `decideBatch` gets the decide calls waiting at one moment in
+//! one request (`batch.rs`).
 
 use crate::error::{Error, Result};
 use crate::metrics::{AppFault, Metrics};
@@ -9,6 +11,8 @@ use aether_core::protocol::app::{
     APPLY_PATH, ApplyAnswer, ApplyCall, DECIDE_PATH, DecideAnswer, DecideCall, Decision,
     KINDS_PATH, KindInfo, KindsAnswer,
 };
+
+mod batch;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, StatusCode, header};
@@ -22,6 +26,13 @@ use std::time::{Duration, Instant};
 /// The app container, as the node calls it.
 #[derive(Debug)]
 pub struct AppClient {
+    http: Http,
+    batch: batch::Lane,
+}
+
+/// The HTTP side of the calls (cloned into the batch lane's task).
+#[derive(Clone, Debug)]
+struct Http {
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
@@ -52,33 +63,58 @@ impl AppClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Ok(Self {
+        let http = Http {
             base,
             client,
             timeout,
             max_answer_bytes,
             metrics,
+        };
+        Ok(Self {
+            batch: batch::Lane::default(),
+            http,
         })
     }
 
     /// The app's URL.
     #[must_use]
     pub fn url(&self) -> &str {
-        &self.base
+        &self.http.base
     }
 
-    /// `GET /v1/kinds`.
+    /// `GET /v1/kinds`; also takes the app's `decideBatch` (asked again every probe, so an app
+    /// restarted without batches gets single calls).
     pub async fn kinds(&self) -> Result<Vec<KindInfo>> {
-        let answer: KindsAnswer = self.call(Method::GET, KINDS_PATH, Bytes::new()).await?;
-        answer
+        let answer: KindsAnswer = self
+            .http
+            .call(Method::GET, KINDS_PATH, Bytes::new())
+            .await?;
+        let batch = answer
+            .batch()
+            .map_err(|why| self.fault(AppFault::Malformed, why))?;
+        let kinds = answer
             .check()
-            .map_err(|why| self.fault(AppFault::Malformed, why))
+            .map_err(|why| self.fault(AppFault::Malformed, why))?;
+        self.batch.set_max(batch);
+        Ok(kinds)
     }
 
-    /// `POST /v1/decide`.
+    /// The most decide calls sent in one request (1: no batches).
+    #[must_use]
+    pub fn batch_max(&self) -> usize {
+        self.batch.max()
+    }
+
+    /// A decide call: `POST /v1/decide`, or one entry of a `POST /v1/decide-batch`.
     pub async fn decide(&self, call: &DecideCall<'_>) -> Result<Decision> {
         let body = serde_json::to_vec(call).map_err(|e| Error::Internal(e.to_string()))?;
-        let answer: DecideAnswer = self.call(Method::POST, DECIDE_PATH, body.into()).await?;
+        if self.batch.max() > 1 {
+            return self.batch.decide(&self.http, body).await;
+        }
+        let answer: DecideAnswer = self
+            .http
+            .call(Method::POST, DECIDE_PATH, body.into())
+            .await?;
         answer
             .check()
             .map_err(|why| self.fault(AppFault::Malformed, format!("decide: {why}")))
@@ -87,7 +123,10 @@ impl AppClient {
     /// `POST /v1/apply`.
     pub async fn apply(&self, call: &ApplyCall<'_>) -> Result<serde_json::Value> {
         let body = serde_json::to_vec(call).map_err(|e| Error::Internal(e.to_string()))?;
-        let answer: ApplyAnswer = self.call(Method::POST, APPLY_PATH, body.into()).await?;
+        let answer: ApplyAnswer = self
+            .http
+            .call(Method::POST, APPLY_PATH, body.into())
+            .await?;
         answer
             .check()
             .map_err(|why| self.fault(AppFault::Malformed, format!("apply: {why}")))
@@ -95,6 +134,13 @@ impl AppClient {
 
     /// Counts a fault and makes its error.
     pub fn fault(&self, fault: AppFault, why: impl Into<String>) -> Error {
+        self.http.fault(fault, why)
+    }
+}
+
+impl Http {
+    /// Counts a fault and makes its error.
+    fn fault(&self, fault: AppFault, why: impl Into<String>) -> Error {
         self.metrics.app_error(fault);
         Error::App(fault, why.into())
     }
@@ -105,9 +151,22 @@ impl AppClient {
         path: &'static str,
         body: Bytes,
     ) -> Result<T> {
+        self.call_limited(method, path, body, self.max_answer_bytes)
+            .await
+    }
+
+    /// A call whose answer may take up to `limit` bytes.
+    async fn call_limited<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &'static str,
+        body: Bytes,
+        limit: usize,
+    ) -> Result<T> {
         self.metrics.app_call(path.trim_start_matches("/v1/"));
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.exchange(method, path, body)).await;
+        let result =
+            tokio::time::timeout(self.timeout, self.exchange(method, path, body, limit)).await;
         self.metrics
             .app_call_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -128,7 +187,13 @@ impl AppClient {
         })
     }
 
-    async fn exchange(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes> {
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        limit: usize,
+    ) -> Result<Bytes> {
         let req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
@@ -142,14 +207,14 @@ impl AppClient {
             )
         })?;
         let status = resp.status();
-        let body = Limited::new(resp.into_body(), self.max_answer_bytes)
+        let body = Limited::new(resp.into_body(), limit)
             .collect()
             .await
             .map_err(|e| {
                 if e.is::<http_body_util::LengthLimitError>() {
                     self.fault(
                         AppFault::TooLarge,
-                        format!("{path}: the answer exceeds {} bytes", self.max_answer_bytes),
+                        format!("{path}: the answer exceeds {limit} bytes"),
                     )
                 } else {
                     self.fault(

@@ -86,15 +86,21 @@ export class Rejected extends Error {}
 export class InvalidDecision extends Error {}
 export function checkDepth(value: unknown, where: string, depth?: number): void;
 
+/** Decide calls the SDK offers to take in one POST /v1/decide-batch. */
+export const DECIDE_BATCH: number;
+
 /** The kinds of one app container, serving the app protocol. */
 export class App {
-  constructor(kinds: Kind[]);
+  /** `decideBatch`: the most decide calls the sidecar may send in one request (1: one per request; default DECIDE_BATCH). */
+  constructor(kinds: Kind[], options?: { decideBatch?: number });
   /** Serves on host:port (0: any port); resolves with the URL. */
   listen(port?: number, host?: string): Promise<string>;
   /** Serves with the app container's command line: --listen host:port, --port, --host (env AETHER_APP_PORT/HOST). */
   main(argv?: string[]): Promise<void>;
   close(): Promise<void>;
   decide(call: Json): Json;
+  /** `{"calls": [...]}` answered `{"answers": [...]}`, a failed call as `{"error": why}`. */
+  decideBatch(batch: Json): Json;
   apply(call: Json): Json;
 }
 

@@ -2,5 +2,5 @@
 // them to the sidecar (App), call actors through the sidecar's app API (Client), and test kinds in
 // memory without a sidecar (`@aether/actors/testing`).
 export { Kind, Rejected, InvalidDecision, checkDepth } from "./kind.js";
-export { App } from "./server.js";
+export { App, DECIDE_BATCH } from "./server.js";
 export { Client, Actor, AetherError } from "./client.js";

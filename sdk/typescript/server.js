@@ -1,17 +1,27 @@
-// The app protocol, served: GET /v1/kinds, POST /v1/decide, POST /v1/apply (docs/PROTOCOL.md,
-// "App protocol") over kept-alive HTTP/1.1 on loopback, for the kinds given. node:http only.
+// The app protocol, served: GET /v1/kinds, POST /v1/decide, POST /v1/decide-batch, POST /v1/apply
+// (docs/PROTOCOL.md, "App protocol") over kept-alive HTTP/1.1 on loopback, for the kinds given.
+// node:http only.
 
 import http from "node:http";
 import { InvalidDecision } from "./kind.js";
 
+/** Decide calls the SDK offers to take in one POST /v1/decide-batch (`decideBatch`). */
+export const DECIDE_BATCH = 64;
+
 export class App {
-  constructor(kinds) {
+  /** `decideBatch`: the most decide calls the sidecar may send in one request (1: one per request). */
+  constructor(kinds, { decideBatch = DECIDE_BATCH } = {}) {
     this.kinds = new Map();
     for (const k of kinds) {
       if (this.kinds.has(k.name)) throw new Error(`kind ${k.name} given twice`);
       this.kinds.set(k.name, k);
     }
-    this.kindsBody = JSON.stringify({ kinds: [...this.kinds.values()].map((k) => k.info()) });
+    if (!(Number.isInteger(decideBatch) && decideBatch >= 1 && decideBatch <= 1024)) {
+      throw new Error(`decideBatch ${decideBatch} is outside 1..1024`);
+    }
+    const info = { kinds: [...this.kinds.values()].map((k) => k.info()) };
+    if (decideBatch > 1) info.decideBatch = decideBatch;
+    this.kindsBody = JSON.stringify(info);
     this.server = null;
   }
 
@@ -26,6 +36,20 @@ export class App {
     const k = this.kind(call.kind);
     const ctx = { kind: k.name, id: call.id ?? "", version: call.version ?? 0, commandId: call.commandId ?? null };
     return k.runDecide(call.state, call.command ?? null, ctx);
+  }
+
+  /** Each call's answer, in order; a call the app's code fails on answers `{error}` alone. */
+  decideBatch(batch) {
+    const answers = (batch.calls ?? []).map((call) => {
+      try {
+        return this.decide(call);
+      } catch (e) {
+        const why = `${e?.constructor?.name ?? "Error"}: ${e?.message ?? e}`;
+        process.stderr.write(`aether app: ${why}\n`);
+        return { error: why };
+      }
+    });
+    return { answers };
   }
 
   /** An apply call's answer, without HTTP. */
@@ -90,6 +114,7 @@ export class App {
       try {
         const call = chunks.length ? JSON.parse(Buffer.concat(chunks).toString("utf8")) : {};
         if (req.url === "/v1/decide") return answer(200, this.decide(call));
+        if (req.url === "/v1/decide-batch") return answer(200, this.decideBatch(call));
         if (req.url === "/v1/apply") return answer(200, this.apply(call));
         return answer(404, { error: `no ${req.url}` });
       } catch (e) {

@@ -10,7 +10,9 @@ an app container (tests/tests/app_protocol.rs). Kind `faulty`, state {"n": int}:
   {"answer": "reject"}                 a refusal
   {"answer": "timer", "timers": [...], "cancel": [...]}  a good answer that sets and cancels timers
   {"$timer": {...}}                    a firing: recorded in the state's "fired" list
-Usage: faulty.py --port P
+With --batch N it offers `decideBatch` N: in a batch, a call that would answer another status is
+answered {"error": ...} alone, and {"answer": "batchShort"} makes the whole batch one answer short.
+Usage: faulty.py --port P [--batch N]
 """
 
 import argparse
@@ -24,7 +26,49 @@ def st(n, fired):
     return {"n": n, "fired": fired} if fired else {"n": n}
 
 
+def apply(call):
+    state = call.get("state") or {"n": 0}
+    fired = state.get("fired", []) + [e["fired"] for e in call["events"] if "fired" in e]
+    return 200, {"state": st(state["n"] + len(call["events"]), fired)}
+
+
+def decide(call):
+    """One decide call's (status, answer); an answer that is not JSON comes as bytes."""
+    state = call.get("state") or {"n": 0}
+    cmd = call["command"]
+    fired = state.get("fired", [])
+    good = {"events": [{"inc": 1}], "state": st(state["n"] + 1, fired), "reply": {"n": state["n"] + 1}}
+    if "$timer" in cmd:
+        f = cmd["$timer"]
+        event = {"fired": {k: f[k] for k in ("name", "due", "missed", "command")}}
+        return 200, {"events": [event], "state": st(state["n"] + 1, fired + [event["fired"]])}
+    what = cmd.get("answer", "ok")
+    if what == "timer":
+        return 200, {**good, "timers": cmd.get("timers", []), "cancel": cmd.get("cancel", [])}
+    if what in ("ok", "batchShort"):
+        return 200, good
+    if what == "notJson":
+        return 200, b"<html>oops</html>"
+    if what == "eventsNotList":
+        return 200, {"events": {"inc": 1}, "state": {"n": 1}}
+    if what == "noState":
+        return 200, {"events": [{"inc": 1}]}
+    if what == "status500":
+        return 500, {"error": "boom"}
+    if what == "bigState":
+        return 200, {"events": [{"inc": 1}], "state": {"n": state["n"] + 1, "pad": "x" * cmd["bytes"]}}
+    if what == "bigReply":
+        return 200, {**good, "reply": "r" * cmd["bytes"]}
+    if what == "slow":
+        time.sleep(cmd["ms"] / 1000)
+        return 200, good
+    if what == "reject":
+        return 200, {"rejected": "refused as asked"}
+    return 200, good
+
+
 class Handler(BaseHTTPRequestHandler):
+    batch = 0
     protocol_version = "HTTP/1.1"
     wbufsize = 1 << 16
     disable_nagle_algorithm = True
@@ -40,45 +84,33 @@ class Handler(BaseHTTPRequestHandler):
         self.raw(status, json.dumps(body).encode())
 
     def do_GET(self):
-        self.answer({"kinds": [{"name": "faulty", "snapshotEvery": 4, "initial": {"n": 0}}]})
+        kinds = {"kinds": [{"name": "faulty", "snapshotEvery": 4, "initial": {"n": 0}}]}
+        if self.batch > 1:
+            kinds["decideBatch"] = self.batch
+        self.answer(kinds)
 
     def do_POST(self):
         call = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-        state = call.get("state") or {"n": 0}
-        if self.path == "/v1/apply":
-            fired = state.get("fired", []) + [e["fired"] for e in call["events"] if "fired" in e]
-            self.answer({"state": st(state["n"] + len(call["events"]), fired)})
+        if self.path == "/v1/decide-batch":
+            calls = call["calls"]
+            answers = []
+            for c in calls:
+                status, body = decide(c)
+                if status != 200:
+                    answers.append({"error": "failed as asked"})
+                elif not isinstance(body, dict):
+                    answers.append({"events": "not JSON as asked"})
+                else:
+                    answers.append(body)
+            if any(c["command"].get("answer") == "batchShort" for c in calls):
+                answers = answers[:-1]
+            self.answer({"answers": answers})
             return
-        cmd = call["command"]
-        fired = state.get("fired", [])
-        good = {"events": [{"inc": 1}], "state": st(state["n"] + 1, fired), "reply": {"n": state["n"] + 1}}
-        if "$timer" in cmd:
-            f = cmd["$timer"]
-            event = {"fired": {k: f[k] for k in ("name", "due", "missed", "command")}}
-            self.answer({"events": [event], "state": st(state["n"] + 1, fired + [event["fired"]])})
-            return
-        what = cmd.get("answer", "ok")
-        if what == "timer":
-            self.answer({**good, "timers": cmd.get("timers", []), "cancel": cmd.get("cancel", [])})
-        elif what == "ok":
-            self.answer(good)
-        elif what == "notJson":
-            self.raw(200, b"<html>oops</html>")
-        elif what == "eventsNotList":
-            self.answer({"events": {"inc": 1}, "state": {"n": 1}})
-        elif what == "noState":
-            self.answer({"events": [{"inc": 1}]})
-        elif what == "status500":
-            self.answer({"error": "boom"}, status=500)
-        elif what == "bigState":
-            self.answer({"events": [{"inc": 1}], "state": {"n": state["n"] + 1, "pad": "x" * cmd["bytes"]}})
-        elif what == "bigReply":
-            self.answer({**good, "reply": "r" * cmd["bytes"]})
-        elif what == "slow":
-            time.sleep(cmd["ms"] / 1000)
-            self.answer(good)
-        elif what == "reject":
-            self.answer({"rejected": "refused as asked"})
+        status, body = apply(call) if self.path == "/v1/apply" else decide(call)
+        if isinstance(body, bytes):
+            self.raw(status, body)
+        else:
+            self.answer(body, status)
 
     def log_message(self, *args):
         pass
@@ -87,7 +119,9 @@ class Handler(BaseHTTPRequestHandler):
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--batch", type=int, default=0)
     a = p.parse_args()
+    Handler.batch = a.batch
     s = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     s.daemon_threads = True
     s.serve_forever()

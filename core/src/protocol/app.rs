@@ -6,7 +6,10 @@
 //! - `POST /v1/decide` with [`DecideCall`] -> [`DecideAnswer`]: the events a command produces, the
 //!   state after them and the reply for the caller, or `rejected` with a reason;
 //! - `POST /v1/apply` with [`ApplyCall`] -> [`ApplyAnswer`]: events folded into a state, when an
-//!   actor is rebuilt from the log.
+//!   actor is rebuilt from the log;
+//! - `POST /v1/decide-batch` with `{"calls": [DecideCall, ...]}` -> [`DecideBatchAnswer`]: several
+//!   decide calls (of different actors) in one request, only to an app whose kinds answer offers
+//!   it ([`KindsAnswer::decide_batch`]).
 //!
 //! The app is never trusted with sizes or shapes: [`DecideAnswer::check`] and [`ApplyAnswer::check`]
 //! turn an answer into what the node may append, or say what is wrong with it. See docs/PROTOCOL.md.
@@ -21,6 +24,10 @@ pub const KINDS_PATH: &str = "/v1/kinds";
 pub const DECIDE_PATH: &str = "/v1/decide";
 /// Path of the apply call.
 pub const APPLY_PATH: &str = "/v1/apply";
+/// Path of the batched decide call.
+pub const DECIDE_BATCH_PATH: &str = "/v1/decide-batch";
+/// Most decide calls an app may take in one batch (`decideBatch`).
+pub const MAX_DECIDE_BATCH: usize = 1024;
 /// Records between two snapshots, unless a kind says otherwise.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 32;
 /// Largest `snapshotEvery` a kind may ask for (a load replays at most this many records).
@@ -38,9 +45,14 @@ pub const MAX_REASON_BYTES: usize = 1024;
 
 /// The app's answer to `GET /v1/kinds`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct KindsAnswer {
     /// The kinds the app hosts.
     pub kinds: Vec<KindInfo>,
+    /// The app takes `POST /v1/decide-batch` with up to this many calls (2 to
+    /// [`MAX_DECIDE_BATCH`]); absent, 0 or 1: one decide call per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decide_batch: Option<u64>,
 }
 
 /// One kind the app hosts.
@@ -59,6 +71,18 @@ pub struct KindInfo {
 }
 
 impl KindsAnswer {
+    /// The most decide calls the app takes in one request (1: no batches), or what is wrong with
+    /// `decideBatch`.
+    pub fn batch(&self) -> Result<usize, String> {
+        match self.decide_batch {
+            None | Some(0 | 1) => Ok(1),
+            Some(n) => usize::try_from(n)
+                .ok()
+                .filter(|&n| n <= MAX_DECIDE_BATCH)
+                .ok_or_else(|| format!("decideBatch {n} is over {MAX_DECIDE_BATCH}")),
+        }
+    }
+
     /// The kinds, or what is wrong with the answer: a name that is not a kind, a repeated name, a
     /// `snapshotEvery` out of range, an initial state nested too deep.
     pub fn check(self) -> Result<Vec<KindInfo>, String> {
@@ -228,6 +252,24 @@ impl DecideAnswer {
     }
 }
 
+/// The app's answer to `POST /v1/decide-batch`: one entry per call, in the calls' order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DecideBatchAnswer {
+    /// The answers.
+    pub answers: Vec<BatchEntry>,
+}
+
+/// One call's answer in a batch: a decide answer, or the app's failure on that call alone.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchEntry {
+    /// The app's code failed on this call (the command's `appError`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+    /// The answer, when the app did not fail.
+    #[serde(flatten)]
+    pub answer: DecideAnswer,
+}
+
 /// `POST /v1/apply`: events to fold into a state, oldest first.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ApplyCall<'a> {
@@ -368,5 +410,30 @@ mod tests {
             let k: KindsAnswer = serde_json::from_value(bad).expect("decodes");
             assert!(k.check().is_err());
         }
+    }
+
+    #[test]
+    fn decide_batches_are_offered_and_answered_as_documented() {
+        let batch = |v: Value| {
+            serde_json::from_value::<KindsAnswer>(json!({"kinds": [], "decideBatch": v}))
+                .map_err(|e| e.to_string())
+                .and_then(|k| k.batch())
+        };
+        assert_eq!(batch(json!(64)), Ok(64));
+        assert_eq!(batch(json!(1)), Ok(1));
+        assert_eq!(batch(json!(0)), Ok(1));
+        assert_eq!(batch(Value::Null), Ok(1));
+        assert!(batch(json!(1025)).is_err());
+        // docs/PROTOCOL.md's example answer: a decision and a refusal, then an entry that failed.
+        let answers: DecideBatchAnswer = serde_json::from_value(json!({"answers": [
+            {"events": [{"deposited": 5}], "state": {"balance": 105}, "reply": {"balance": 105}},
+            {"rejected": "insufficient funds: balance 100, transfer 150"},
+            {"error": "KeyError: 'x'"}
+        ]}))
+        .expect("decodes");
+        let [a, b, c] = <[BatchEntry; 3]>::try_from(answers.answers).expect("three");
+        assert!(a.error.is_none() && matches!(a.answer.check(), Ok(Decision::Accept { .. })));
+        assert!(matches!(b.answer.check(), Ok(Decision::Reject(_))));
+        assert_eq!(c.error, Some(json!("KeyError: 'x'")));
     }
 }

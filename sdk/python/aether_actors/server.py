@@ -1,5 +1,6 @@
-"""The app protocol, served: `GET /v1/kinds`, `POST /v1/decide`, `POST /v1/apply` (docs/PROTOCOL.md,
-"App protocol") over kept-alive HTTP/1.1 on loopback, for the kinds given. Standard library only."""
+"""The app protocol, served: `GET /v1/kinds`, `POST /v1/decide`, `POST /v1/decide-batch`,
+`POST /v1/apply` (docs/PROTOCOL.md, "App protocol") over kept-alive HTTP/1.1 on loopback, for the
+kinds given. Standard library only."""
 
 from __future__ import annotations
 
@@ -15,16 +16,26 @@ from typing import Iterable, Optional
 from .kind import Context, InvalidDecision, Kind
 
 
-class App:
-    """The kinds of one app container. `serve` blocks; `start` serves on a thread (for tests)."""
+#: Decide calls the SDK offers to take in one `POST /v1/decide-batch` (`decideBatch`).
+DECIDE_BATCH = 64
 
-    def __init__(self, kinds: Iterable[Kind]):
+
+class App:
+    """The kinds of one app container. `serve` blocks; `start` serves on a thread (for tests).
+    `decide_batch`: the most decide calls the sidecar may send in one request (1: one per request)."""
+
+    def __init__(self, kinds: Iterable[Kind], decide_batch: int = DECIDE_BATCH):
         self.kinds = {}
         for k in kinds:
             if k.name in self.kinds:
                 raise ValueError(f"kind {k.name} given twice")
             self.kinds[k.name] = k
-        self._kinds_body = json.dumps({"kinds": [k.info() for k in self.kinds.values()]}).encode()
+        if not 1 <= decide_batch <= 1024:
+            raise ValueError(f"decide_batch {decide_batch} is outside 1..1024")
+        info = {"kinds": [k.info() for k in self.kinds.values()]}
+        if decide_batch > 1:
+            info["decideBatch"] = decide_batch
+        self._kinds_body = json.dumps(info).encode()
         self._server: Optional[ThreadingHTTPServer] = None
 
     # The calls, without HTTP (what the handler runs).
@@ -32,6 +43,19 @@ class App:
         kind = self._kind(call.get("kind"))
         ctx = Context(kind.name, call.get("id", ""), call.get("version", 0), call.get("commandId"))
         return kind.run_decide(call.get("state"), call.get("command"), ctx)
+
+    def decide_batch(self, batch: dict) -> dict:
+        """Each call's answer, in order; a call the app's code fails on answers `{"error": why}`
+        alone, the others are answered."""
+        answers = []
+        for call in batch.get("calls") or []:
+            try:
+                answers.append(self.decide(call))
+            except Exception as e:  # noqa: BLE001 (that call's failure only)
+                why = f"{type(e).__name__}: {e}"
+                print(f"aether app: {why}", file=sys.stderr, flush=True)
+                answers.append({"error": why})
+        return {"answers": answers}
 
     def apply(self, call: dict) -> dict:
         kind = self._kind(call.get("kind"))
@@ -133,6 +157,8 @@ class _Handler(BaseHTTPRequestHandler):
             call = json.loads(self.rfile.read(length) or b"{}")
             if self.path == "/v1/decide":
                 body = self.app.decide(call)
+            elif self.path == "/v1/decide-batch":
+                body = self.app.decide_batch(call)
             elif self.path == "/v1/apply":
                 body = self.app.apply(call)
             else:

@@ -228,6 +228,10 @@ class Conformance(unittest.TestCase):
                     except urllib.error.HTTPError as e:
                         status, body = e.code, json.loads(e.read())
                     self.assertEqual(status, case["status"])
+                    if "errorAt" in case:
+                        failed = body["answers"][case["errorAt"]]
+                        self.assertIn(case["errorContains"], failed["error"])
+                        body["answers"][case["errorAt"]] = None
                     if "body" in case:
                         self.assertEqual(body, case["body"])
                     else:

@@ -4,6 +4,7 @@
 //! kubelet and a cluster of pods, one test at a time) is a binary of its own.
 //! Run one module: `cargo test --release -p aether-tests --test it control_faults::`.
 
+mod app_batch;
 mod app_protocol;
 mod bad_input;
 mod chaos;
