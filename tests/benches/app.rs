@@ -1,6 +1,8 @@
-//! The application kinds (`make bench`): commands through the Python example app (an HTTP call per
-//! command) and through a Rust kind in process, beside the built-in `counter` on the same node in the
-//! same run; and the app call by itself (the node's app client against the Python app). Writes
+//! The application kinds (`make bench`): commands through the bank on the Python SDK and on the
+//! TypeScript SDK (decide calls in batches), through a hand-written standard-library Python app (one
+//! decide call per request: `tests/apps/faulty.py`), and through a Rust kind in process, beside the
+//! built-in `counter` in the same run; and the app call by itself (the node's app client against the
+//! Python app, one call per request). Each app has a node of its own. Writes
 //! `target/app-bench.json`, which scripts/bench-report.py turns into a section of BENCHMARKS.md.
 
 use aether_core::protocol::app::DecideCall;
@@ -14,6 +16,7 @@ use aether_tests::cluster::{TestNode, next_plan, node_config, publish};
 use aether_tests::measure::{Figure, drive, middle, ops, run_bench};
 use aether_tests::{NatsServer, wait_for};
 use serde_json::{Value, json};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,22 +53,51 @@ fn main() {
     run_bench("app", run(), None);
 }
 
+/// A node of its own (prefix `prefix`) with the app at `app_url`, every shard planned to it; the
+/// node and its request subject.
+async fn node_for(
+    nats: &NatsServer,
+    nc: &async_nats::Client,
+    prefix: &str,
+    app_url: String,
+    kinds: Registry,
+) -> (TestNode, String) {
+    let mut cfg = node_config(&nats.url(), prefix, "app-0");
+    cfg.app_url = Some(app_url);
+    let node = TestNode::start_full(cfg, kinds, Arc::new(Health::default())).await;
+    let plan = next_plan(None, &["app-0"], SHARDS, 4);
+    publish(nc, prefix, &plan, 60).await;
+    wait_for("plan", T, || async { node.shared.settled_at(plan.epoch) }).await;
+    (node, Names::new(prefix).node_requests("app-0"))
+}
+
 async fn run() -> Value {
     let nats = NatsServer::start();
     let nc = nats.connect().await;
     let app = App::start("examples/bank/app.py").await;
-    let prefix = "appbench";
-    let mut cfg = node_config(&nats.url(), prefix, "app-0");
-    cfg.app_url = Some(app.url());
+    let ts_app = App::start_with(
+        Path::new("node"),
+        "examples/bank-ts/app.js",
+        aether_tests::free_port(),
+        &[],
+    )
+    .await;
+    let stdlib_app = App::start("tests/apps/faulty.py").await;
     let mut kinds = Registry::builtin();
     kinds.register(Arc::new(RustAccount));
-    let node = TestNode::start_full(cfg, kinds, Arc::new(Health::default())).await;
-    let plan = next_plan(None, &["app-0"], SHARDS, 4);
-    publish(&nc, prefix, &plan, 60).await;
-    wait_for("plan", T, || async { node.shared.settled_at(plan.epoch) }).await;
-    let subject = Names::new(prefix).node_requests("app-0");
+    let (_node, subject) = node_for(&nats, &nc, "appbench", app.url(), kinds).await;
+    let (_ts_node, ts_subject) =
+        node_for(&nats, &nc, "appbench-ts", ts_app.url(), Registry::builtin()).await;
+    let (_stdlib_node, stdlib_subject) = node_for(
+        &nats,
+        &nc,
+        "appbench-std",
+        stdlib_app.url(),
+        Registry::builtin(),
+    )
+    .await;
 
-    let path = |kind: &'static str, command: Value, round: usize| {
+    let path = |subject: &String, kind: &'static str, command: Value, round: usize| {
         let (c, subject, command) = (nc.clone(), subject.clone(), command.clone());
         move |i: usize| {
             let (c, subject, command) = (c.clone(), subject.clone(), command.clone());
@@ -107,18 +139,48 @@ async fn run() -> Value {
             client.decide(&call).await.is_ok()
         }
     };
-    let (mut builtin, mut rust, mut python, mut app_call): (
-        Vec<Figure>,
-        Vec<Figure>,
-        Vec<Figure>,
-        Vec<Figure>,
-    ) = Default::default();
+    let deposit = || json!({"deposit": 1});
+    // A round not counted first: connections made, the app's interpreter warm (V8 compiles the
+    // hot code as it runs).
+    for (subject, kind, command) in [
+        (&subject, "counter", json!({"add": 1})),
+        (&subject, "raccount", deposit()),
+        (&subject, "account", deposit()),
+        (&ts_subject, "account", deposit()),
+        (&stdlib_subject, "faulty", json!({"ok": true})),
+    ] {
+        drive(N / 5, IN_FLIGHT, path(subject, kind, command, ROUNDS)).await;
+    }
+    let mut figures: [Vec<Figure>; 6] = Default::default();
     for round in 0..ROUNDS {
-        builtin.push(drive(N, IN_FLIGHT, path("counter", json!({"add": 1}), round)).await);
-        rust.push(drive(N, IN_FLIGHT, path("raccount", json!({"deposit": 1}), round)).await);
-        python.push(drive(N, IN_FLIGHT, path("account", json!({"deposit": 1}), round)).await);
+        let [builtin, rust, python, typescript, stdlib, app_call] = &mut figures;
+        builtin.push(
+            drive(
+                N,
+                IN_FLIGHT,
+                path(&subject, "counter", json!({"add": 1}), round),
+            )
+            .await,
+        );
+        rust.push(drive(N, IN_FLIGHT, path(&subject, "raccount", deposit(), round)).await);
+        python.push(drive(N, IN_FLIGHT, path(&subject, "account", deposit(), round)).await);
+        typescript.push(drive(N, IN_FLIGHT, path(&ts_subject, "account", deposit(), round)).await);
+        stdlib.push(
+            drive(
+                N,
+                IN_FLIGHT,
+                path(&stdlib_subject, "faulty", json!({"ok": true}), round),
+            )
+            .await,
+        );
         app_call.push(drive(N, IN_FLIGHT, call.clone()).await);
     }
+    let [builtin, rust, python, typescript, stdlib, app_call] = figures;
+    let lines = |file: &str| {
+        std::fs::read_to_string(aether_tests::app::repo_file(file))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
     json!({
         "in_flight": IN_FLIGHT,
         "commands": N,
@@ -126,12 +188,20 @@ async fn run() -> Value {
         "builtin_counter": middle(&builtin),
         "rust_in_process": middle(&rust),
         "python_app": middle(&python),
+        "typescript_app": middle(&typescript),
+        "stdlib_app": middle(&stdlib),
         "app_call": middle(&app_call),
         "runs_ops_per_s": {
             "builtin_counter": ops(&builtin),
             "rust_in_process": ops(&rust),
             "python_app": ops(&python),
+            "typescript_app": ops(&typescript),
+            "stdlib_app": ops(&stdlib),
             "app_call": ops(&app_call),
+        },
+        "bank_lines": {
+            "python_sdk": lines("examples/bank/app.py"),
+            "typescript_sdk": lines("examples/bank-ts/app.js"),
         },
     })
 }
