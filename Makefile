@@ -146,13 +146,16 @@ bench: tools
 
 ## bench-scale: how cost grows (memory per live and passivated actor at 10,000 to 1,000,000
 ## actors; a node joining 3 and one lost, 1,000,000 counters; the event stream's size per actor; 3, 10 and 30
-## members at 65,536 shards); writes the sections "How cost grows", "Node loss", "Stream size per
-## actor" and "Members at 65,536 shards" of BENCHMARKS.md. Its own target: about 20 minutes.
+## members at 65,536 shards; kubectl aether's where, get and actors at 1,000,000 actors); writes the
+## sections "How cost grows", "Node loss", "Stream size per actor", "Members at 65,536 shards" and
+## "kubectl aether at scale" of BENCHMARKS.md. Its own target: about 22 minutes.
 bench-scale: tools
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench scale
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench node_loss
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench stream_size
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench members
+	$(CARGO) build --release --bins -p aether-node
+	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench inspect
 
 ## bench-peers: aether beside Dapr v1.14.0 actors (placement, daprd per pod, Redis), the same workload
 ## in one run; writes the Peers section of BENCHMARKS.md. Not part of `make test`.

@@ -384,37 +384,49 @@ impl Inspector {
         Ok(out)
     }
 
-    /// `actors`: ids from the event stream's subjects (no actor is loaded), at most `limit`.
+    /// `actors`: ids from the event stream's subjects (no actor is loaded), at most `limit`. Read a
+    /// shard at a time (the server lists a filter's subjects in full for each page it answers, so
+    /// a first page of a million actors would cost the whole list), in shard order; the whole
+    /// stream at once when no plan says the number of shards.
     pub async fn actors(
         &self,
         kind: Option<&str>,
         shard: Option<u32>,
         limit: usize,
     ) -> Result<Value> {
-        let filter = format!(
-            "{}.ev.{}.{}.*",
-            self.names.prefix(),
-            shard.map_or("*".to_owned(), |s| s.to_string()),
-            kind.unwrap_or("*")
-        );
-        let mut subjects = self
-            .store
-            .stream()
-            .info_with_subjects(&filter)
-            .await
-            .map_err(|e| Error::Nats(format!("actors: {e}")))?;
+        let filter = |s: Option<u32>| {
+            format!(
+                "{}.ev.{}.{}.*",
+                self.names.prefix(),
+                s.map_or("*".to_owned(), |s| s.to_string()),
+                kind.unwrap_or("*")
+            )
+        };
+        let filters: Vec<String> = match (shard, self.plan().await) {
+            (Some(s), _) => vec![filter(Some(s))],
+            (None, Ok(plan)) => (0..plan.shards).map(|s| filter(Some(s))).collect(),
+            (None, Err(_)) => vec![filter(None)],
+        };
         let mut out = Vec::new();
         let mut more = false;
-        while let Some(entry) = subjects.next().await {
-            let (subject, records) = entry.map_err(|e| Error::Nats(format!("actors: {e}")))?;
-            let Some((shard, actor)) = self.names.actor_of(&subject) else {
-                continue;
-            };
-            if out.len() == limit {
-                more = true;
-                break;
+        'shards: for f in filters {
+            let mut subjects = self
+                .store
+                .stream()
+                .info_with_subjects(&f)
+                .await
+                .map_err(|e| Error::Nats(format!("actors: {e}")))?;
+            while let Some(entry) = subjects.next().await {
+                let (subject, records) = entry.map_err(|e| Error::Nats(format!("actors: {e}")))?;
+                let Some((shard, actor)) = self.names.actor_of(&subject) else {
+                    continue;
+                };
+                if out.len() == limit {
+                    more = true;
+                    break 'shards;
+                }
+                out.push(json!({"actor": format!("{}/{}", actor.kind, actor.id), "shard": shard, "records": records}));
             }
-            out.push(json!({"actor": format!("{}/{}", actor.kind, actor.id), "shard": shard, "records": records}));
         }
         Ok(json!({"actors": out, "more": more}))
     }
