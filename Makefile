@@ -14,7 +14,7 @@ KUBECTL := $(TOOLS_DIR)/kubernetes-$(K8S_VERSION)/kubectl
 ETCD := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
 HELM := $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 
-.PHONY: all build test sdk-test lint fmt generate check-generated chart-check bench bench-scale bench-peers tools-peers chaos fuzz model-check demo tools clean-tools images node-tools e2e-node
+.PHONY: all build test sdk-test lint fmt generate check-generated chart-check bench bench-scale bench-peers tools-peers chaos soak fuzz model-check demo tools clean-tools images node-tools e2e-node
 
 all: lint test
 
@@ -118,6 +118,13 @@ chaos: tools
 	$(CARGO) build --release --bins -p aether-node
 	$(CARGO) build --release --example chaos -p aether-tests
 	AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) $${CARGO_TARGET_DIR:-target}/release/examples/chaos
+
+## soak: the bank on 4 node processes for an hour (AETHER_SOAK_MINUTES), a plan change every minute;
+## memory, descriptors and p99 each minute, every account exact at the end: RELIABILITY.md "Soak".
+soak: tools
+	$(CARGO) build --release --bins -p aether-node
+	$(CARGO) build --release --example soak -p aether-tests
+	AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) $${CARGO_TARGET_DIR:-target}/release/examples/soak
 
 ## fuzz: every decoder of network input, 800,000 mutated inputs each (14 decoders: >= 10 million
 ## executions); `make test` runs 2,000 each. Corpus: core/tests/corpus/.

@@ -670,7 +670,7 @@ async fn worker(
     }
 }
 
-mod planner;
+pub mod planner;
 mod report;
 mod sends;
 mod timers;

@@ -19,6 +19,7 @@ pub mod measure;
 pub mod operator;
 pub mod realnode;
 pub mod rollout;
+pub mod soak;
 pub mod stack;
 pub mod timers;
 

@@ -1,6 +1,6 @@
-//! The runner's operator: plans made the way the operator makes them (the core planner, the moves
-//! not reported done kept from their actual owners, then the KV bucket), and its retry of a plan
-//! whose moves did not all finish.
+//! The runner's operator (also `make soak`'s): plans made the way the operator makes them (the
+//! core planner, the moves not reported done kept from their actual owners, then the KV bucket),
+//! and its retry of a plan whose moves did not all finish.
 
 use aether_core::crd::Strategy;
 use aether_core::plan::{MemberInput, Plan, PlanSpec, plan, retry};
@@ -11,14 +11,22 @@ use std::time::{Duration, Instant};
 
 /// Plans as the operator makes them: the core planner, with the moves not done yet kept from their
 /// actual owners (read from the progress stream), and a retry only once no move is in flight.
-pub(super) struct Planner {
-    pub(super) plan: Plan,
-    pub(super) members: Vec<String>,
-    pub(super) shards: u32,
-    pub(super) bucket: async_nats::jetstream::kv::Store,
-    pub(super) js: async_nats::jetstream::Context,
-    pub(super) names: Names,
-    pub(super) published: u64,
+#[derive(Debug)]
+pub struct Planner {
+    /// The plan published last.
+    pub plan: Plan,
+    /// Its members.
+    pub members: Vec<String>,
+    /// Shards of every plan.
+    pub shards: u32,
+    /// The plan bucket.
+    pub bucket: async_nats::jetstream::kv::Store,
+    /// JetStream, for the progress reports.
+    pub js: async_nats::jetstream::Context,
+    /// The prefix's names.
+    pub names: Names,
+    /// Plans published.
+    pub published: u64,
 }
 
 impl Planner {
@@ -42,7 +50,7 @@ impl Planner {
     }
 
     /// The next plan for `members`, published; returns it.
-    pub(super) async fn publish(&mut self, members: Vec<String>) -> Plan {
+    pub async fn publish(&mut self, members: Vec<String>) -> Plan {
         let outcomes = self.outcomes().await;
         let pending = retry::unfinished(&self.plan.moves, |s| outcomes.get(&s).copied().flatten());
         let inputs: Vec<MemberInput> = members.iter().map(MemberInput::active).collect();
@@ -74,7 +82,7 @@ impl Planner {
     /// plan failed or was superseded and none is in flight, or past the plan's deadline (as the
     /// operator fails a move that got no outcome), a new plan for the same members if any move
     /// did not finish.
-    pub(super) async fn retry(&mut self) -> Option<Plan> {
+    pub async fn retry(&mut self) -> Option<Plan> {
         let deadline = Instant::now() + Duration::from_secs(10 + 5);
         loop {
             let outcomes = self.outcomes().await;
