@@ -200,3 +200,33 @@ pub fn svg(r: &Value) -> String {
     out.push_str("</svg>\n");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn report(rss: &[f64], p99: &[f64]) -> Value {
+        let samples: Vec<Value> = rss
+            .iter()
+            .zip(p99)
+            .enumerate()
+            .map(|(m, (r, p))| {
+                json!({"minute": m + 1, "p99_ms": p, "processes": [{"process": "node", "rss": r, "fds": 20}]})
+            })
+            .collect();
+        json!({"minutes": rss.len(), "accounts": 2, "lanes": 1, "transfers": 10, "plans": 3, "settled": null, "samples": samples})
+    }
+
+    #[test]
+    fn growth_is_judged_over_the_second_half() {
+        assert!((growth(&[100.0, 200.0, 200.0, 210.0]) - 0.05).abs() < 1e-9);
+        let flat = section(&report(&[100.0, 200.0, 200.0, 200.0], &[5.0; 4]));
+        assert!(flat.contains("goal <= 5%: met"), "{flat}");
+        let leak = section(&report(&[100.0, 100.0, 150.0, 200.0], &[5.0; 4]));
+        assert!(leak.contains("**missed**"), "{leak}");
+        assert!(leak.contains("not the hour"), "{leak}");
+        let svg = svg(&report(&[1.0, 2.0], &[3.0, 4.0]));
+        assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+    }
+}
