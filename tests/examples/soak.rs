@@ -6,7 +6,8 @@
 //! and the transfers' p99. At the end: every account holds exactly what the acknowledged transfers
 //! say (nothing lost, nothing applied twice, the money conserved).
 //!
-//! Minutes: `AETHER_SOAK_MINUTES` (default 60). Writes `target/soak.json`, `docs/soak.svg` (memory
+//! Minutes: `AETHER_SOAK_MINUTES` (default 60); `AETHER_SOAK_REPORT_ONLY=1` writes the report again
+//! from the last run without running. Writes `target/soak.json`, `docs/soak.svg` (memory
 //! and p99 over time) and the section "Soak" of RELIABILITY.md.
 
 use aether_core::protocol::{Names, PlanMessage};
@@ -62,8 +63,36 @@ fn members_at(m: usize) -> Vec<String> {
     }
 }
 
+/// Writes the plot and the section of RELIABILITY.md from `report`.
+fn write_report(report: &Value) {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    std::fs::write(
+        format!("{root}/docs/soak.svg"),
+        aether_tests::soak::svg(report),
+    )
+    .expect("write docs/soak.svg");
+    let path = format!("{root}/RELIABILITY.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(
+        &path,
+        aether_tests::measure::with_section(&old, "soak", &aether_tests::soak::section(report)),
+    )
+    .expect("write RELIABILITY.md");
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // `AETHER_SOAK_REPORT_ONLY=1`: the plot and the section again from the last run's
+    // `target/soak.json` (after a change of the report), without running.
+    if std::env::var("AETHER_SOAK_REPORT_ONLY").is_ok_and(|v| v == "1") {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let report: Value = serde_json::from_slice(
+            &std::fs::read(format!("{root}/target/soak.json")).expect("target/soak.json"),
+        )
+        .expect("target/soak.json is a report");
+        write_report(&report);
+        return;
+    }
     let minutes: usize = std::env::var("AETHER_SOAK_MINUTES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -208,17 +237,6 @@ async fn main() {
         serde_json::to_vec_pretty(&report).expect("json"),
     )
     .expect("write target/soak.json");
-    std::fs::write(
-        format!("{root}/docs/soak.svg"),
-        aether_tests::soak::svg(&report),
-    )
-    .expect("write docs/soak.svg");
-    let path = format!("{root}/RELIABILITY.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
-    std::fs::write(
-        &path,
-        aether_tests::measure::with_section(&old, "soak", &aether_tests::soak::section(&report)),
-    )
-    .expect("write RELIABILITY.md");
+    write_report(&report);
     settled.expect("every account holds what the acknowledged transfers say");
 }

@@ -138,7 +138,7 @@ pub fn svg(r: &Value) -> String {
     ];
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n",
-        2.0 * H + 40.0
+        3.0 * H + 60.0
     );
     let mut panel = |top: f64, title: &str, lines: Vec<(String, Vec<f64>)>, unit: &str| {
         let n = lines.iter().map(|(_, v)| v.len()).max().unwrap_or(1).max(2);
@@ -180,11 +180,25 @@ pub fn svg(r: &Value) -> String {
             );
         }
     };
-    let rss = series(r, "rss")
+    // nats-server apart: its memory is ten times a node's and would flatten theirs.
+    let (server, rest): (Vec<_>, Vec<_>) = series(r, "rss")
         .into_iter()
-        .map(|(n, v)| (n, v.into_iter().map(|b| b / (1024.0 * 1024.0)).collect()))
-        .collect();
-    panel(0.0, "resident memory by minute", rss, "MB");
+        .map(|(n, v)| {
+            (
+                n,
+                v.into_iter()
+                    .map(|b| b / (1024.0 * 1024.0))
+                    .collect::<Vec<f64>>(),
+            )
+        })
+        .partition(|(n, _)| n == "nats-server");
+    panel(0.0, "nats-server's resident memory by minute", server, "MB");
+    panel(
+        H + 20.0,
+        "nodes' and apps' resident memory by minute",
+        rest,
+        "MB",
+    );
     let p99 = r["samples"]
         .as_array()
         .into_iter()
@@ -192,7 +206,7 @@ pub fn svg(r: &Value) -> String {
         .map(|s| num(&s["p99_ms"]))
         .collect();
     panel(
-        H + 20.0,
+        2.0 * (H + 20.0),
         "transfers' p99 by minute",
         vec![("p99".to_owned(), p99)],
         "ms",
