@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 mod render;
-pub use render::{Output, render};
+pub use render::{Output, actors as render_actors, render};
 
 /// Parses `KIND/ID` (the id may hold further slashes).
 pub fn parse_actor(text: &str) -> Result<ActorRef> {
@@ -393,7 +393,7 @@ impl Inspector {
         kind: Option<&str>,
         shard: Option<u32>,
         limit: usize,
-    ) -> Result<Value> {
+    ) -> Result<ActorList> {
         let filter = |s: Option<u32>| {
             format!(
                 "{}.ev.{}.{}.*",
@@ -425,11 +425,36 @@ impl Inspector {
                     more = true;
                     break 'shards;
                 }
-                out.push(json!({"actor": format!("{}/{}", actor.kind, actor.id), "shard": shard, "records": records}));
+                out.push(ActorRow {
+                    actor: format!("{}/{}", actor.kind, actor.id),
+                    records,
+                    shard,
+                });
             }
         }
-        Ok(json!({"actors": out, "more": more}))
+        Ok(ActorList { actors: out, more })
     }
+}
+
+/// What `actors` lists: rows kept compact (a million of them printed as JSON values first took
+/// over a kilobyte each), printed by [`render::actors`]. Fields in the order JSON output had them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ActorList {
+    /// The actors found, at most the limit.
+    pub actors: Vec<ActorRow>,
+    /// True when there are more than the limit.
+    pub more: bool,
+}
+
+/// One actor of [`ActorList`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ActorRow {
+    /// `KIND/ID`.
+    pub actor: String,
+    /// Records on its subject.
+    pub records: usize,
+    /// Its shard.
+    pub shard: u32,
 }
 
 fn unknown(actor: &ActorRef, names: &Names) -> Error {

@@ -2,7 +2,7 @@
 //! inside: kubectl aether"). A kubectl plugin: on PATH as `kubectl-aether`, run as `kubectl aether`.
 
 use aether_node::config::NatsArgs;
-use aether_node::inspect::{Inspector, Output, parse_actor, render};
+use aether_node::inspect::{Inspector, Output, parse_actor, render, render_actors};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -107,10 +107,10 @@ async fn run(cli: &Cli) -> aether_node::Result<String> {
             "history",
             inspector.history(&parse_actor(actor)?, *since, *at).await?,
         ),
-        What::Actors { kind, shard, limit } => (
-            "actors",
-            inspector.actors(kind.as_deref(), *shard, *limit).await?,
-        ),
+        What::Actors { kind, shard, limit } => {
+            let list = inspector.actors(kind.as_deref(), *shard, *limit).await?;
+            return Ok(render_actors(&list, cli.output));
+        }
         What::Status => ("status", inspector.status().await?),
         What::Moves { watch } => {
             let mut moves = inspector.moves().await?;

@@ -23,6 +23,27 @@ pub fn render(what: &str, view: &Value, output: Output) -> String {
     }
 }
 
+/// `actors`' list in `output`.
+#[must_use]
+pub fn actors(list: &super::ActorList, output: Output) -> String {
+    match output {
+        Output::Json => serde_json::to_string_pretty(list).unwrap_or_default() + "\n",
+        Output::Yaml => serde_norway::to_string(list).unwrap_or_default(),
+        Output::Table => {
+            let rows: Vec<Vec<String>> = list
+                .actors
+                .iter()
+                .map(|a| vec![a.actor.clone(), a.shard.to_string(), a.records.to_string()])
+                .collect();
+            let mut out = columns(&["ACTOR", "SHARD", "RECORDS"], &rows);
+            if list.more {
+                out.push_str("(more: raise --limit, or narrow by --kind or --shard)\n");
+            }
+            out
+        }
+    }
+}
+
 /// A value in one cell: strings bare, `null` as `-`, the rest as compact JSON.
 fn cell(v: &Value) -> String {
     match v {
@@ -152,19 +173,6 @@ fn table(what: &str, v: &Value) -> String {
                     v["at"],
                     cell(&v["stateAt"])
                 ));
-            }
-            out
-        }
-        "actors" => {
-            let rows: Vec<Vec<String>> = v["actors"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|a| vec![cell(&a["actor"]), cell(&a["shard"]), cell(&a["records"])])
-                .collect();
-            let mut out = columns(&["ACTOR", "SHARD", "RECORDS"], &rows);
-            if v["more"] == true {
-                out.push_str("(more: raise --limit, or narrow by --kind or --shard)\n");
             }
             out
         }
