@@ -28,13 +28,6 @@ fn main() {
     run_bench("inspect", run(), Some(section));
 }
 
-fn size() -> usize {
-    std::env::var("AETHER_BENCH_INSPECT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(ACTORS)
-}
-
 /// Runs the plugin with `args` on `url`: its stdout, and the wall time in ms.
 fn plugin(url: &str, args: &[&str]) -> (String, f64) {
     let started = Instant::now();
@@ -67,7 +60,7 @@ fn ids(n: usize) -> Vec<String> {
 }
 
 async fn run() -> Value {
-    let n = size();
+    let n = aether_tests::measure::env_size("AETHER_BENCH_INSPECT", ACTORS);
     let nats = NatsServer::start();
     let nc = nats.connect().await;
     let url = nats.url();

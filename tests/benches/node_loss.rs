@@ -45,13 +45,6 @@ fn main() {
     run_bench("node_loss", run(), Some(section));
 }
 
-fn actors() -> usize {
-    std::env::var("AETHER_BENCH_NODE_LOSS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000)
-}
-
 async fn read_is_one(c: &Client, id: &str) -> bool {
     let req = Request::new(ActorRef::new("counter", id), Op::Read, None);
     c.send(&req).await.is_ok_and(|r| match r.outcome {
@@ -259,7 +252,7 @@ async fn raw_reads(nc: &async_nats::Client, ids: Arc<Vec<String>>) -> Figure {
 }
 
 async fn run() -> Value {
-    let n = actors();
+    let n = aether_tests::measure::env_size("AETHER_BENCH_NODE_LOSS", 1_000_000);
     let nats = NatsServer::start();
     let nc = nats.connect().await;
     let (record, _) = template(&nats, PREFIX, SHARDS, json!({"add": 1}), None).await;

@@ -20,7 +20,7 @@ use aether_core::timers::epoch_ms;
 use aether_node::client::Client;
 use aether_tests::cluster::{count, node_process, wait_ready};
 use aether_tests::logs::{rss, template, with_due, write_logs};
-use aether_tests::measure::{Figure, figure, run_bench};
+use aether_tests::measure::{Figure, env_size, figure, run_bench};
 use aether_tests::{NatsServer, free_port, wait_for};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -32,12 +32,6 @@ const SHARDS: u32 = 64;
 const PENDING: usize = 1_000_000;
 const CATCH_UP: usize = 100_000;
 
-fn size(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 const OUTAGE: Duration = Duration::from_secs(600);
 /// Longer than the catch-up: each timer's first firing after the outage is the one measured.
 const PERIOD: &str = "60s";
@@ -83,7 +77,7 @@ async fn raw_marker_read(nc: &async_nats::Client, prefix: &str) -> (u64, f64) {
 }
 
 async fn pending_timers(nats: &NatsServer) -> Value {
-    let pending = size("AETHER_BENCH_PENDING", PENDING);
+    let pending = env_size("AETHER_BENCH_PENDING", PENDING);
     let prefix = "tscale";
     let due = now_ms() + 2 * 3_600_000;
     let (record, marker) = template(
@@ -184,7 +178,7 @@ async fn paced_reads(client: Client, stop: impl Fn() -> bool) -> Value {
 }
 
 async fn catch_up(nats: &NatsServer) -> Value {
-    let catch_up = size("AETHER_BENCH_CATCH_UP", CATCH_UP);
+    let catch_up = env_size("AETHER_BENCH_CATCH_UP", CATCH_UP);
     let prefix = "tcatch";
     let (mut record, marker) = template(
         nats,

@@ -13,7 +13,7 @@
 use aether_core::protocol::{Names, PlanMessage};
 use aether_node::client::Client;
 use aether_tests::app::App;
-use aether_tests::bank::{self, Transfer};
+use aether_tests::bank;
 use aether_tests::chaos::planner::Planner;
 use aether_tests::cluster::{next_plan, node_process, wait_ready};
 use aether_tests::{NatsServer, free_port};
@@ -147,29 +147,20 @@ async fn main() {
     let latencies: Arc<Mutex<Vec<Vec<f64>>>> = Arc::new(Mutex::new(vec![Vec::new(); minutes + 2]));
     let lanes: Vec<_> = (0..LANES)
         .map(|lane| {
-            let (client, stop, latencies) = (client.clone(), stop.clone(), latencies.clone());
-            tokio::spawn(async move {
-                let mut done: Vec<Transfer> = Vec::new();
-                let mut x = bank::transfer_seed(lane);
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let (from, to, amount) = bank::next_transfer(&mut x, ACCOUNTS);
-                    if from == to {
-                        continue;
-                    }
-                    n += 1;
-                    let json = json!({"transfer": {"to": bank::account(to), "amount": amount}});
-                    let t0 = Instant::now();
-                    if bank::command(&client, from, json, format!("xfer-{lane}-{n}"), T).await? {
-                        done.push((from, to, amount));
-                    }
+            let latencies = latencies.clone();
+            bank::transfers_timed(
+                client.clone(),
+                ACCOUNTS,
+                stop.clone(),
+                lane,
+                T,
+                move |took| {
                     let minute = (started.elapsed().as_secs() / 60) as usize;
                     if let Some(v) = latencies.lock().expect("lock").get_mut(minute) {
-                        v.push(t0.elapsed().as_secs_f64() * 1000.0);
+                        v.push(took.as_secs_f64() * 1000.0);
                     }
-                }
-                Ok::<_, String>(done)
-            })
+                },
+            )
         })
         .collect();
 

@@ -92,6 +92,18 @@ pub fn transfers(
     lane: u64,
     timeout: Duration,
 ) -> tokio::task::JoinHandle<Result<Vec<Transfer>, String>> {
+    transfers_timed(client, accounts, stop, lane, timeout, |_| {})
+}
+
+/// [`transfers`], telling `took` how long each transfer took to its final answer.
+pub fn transfers_timed(
+    client: Client,
+    accounts: usize,
+    stop: Arc<AtomicBool>,
+    lane: u64,
+    timeout: Duration,
+    mut took: impl FnMut(Duration) + Send + 'static,
+) -> tokio::task::JoinHandle<Result<Vec<Transfer>, String>> {
     tokio::spawn(async move {
         let mut done = Vec::new();
         let mut x = transfer_seed(lane);
@@ -103,9 +115,11 @@ pub fn transfers(
             }
             n += 1;
             let json = serde_json::json!({"transfer": {"to": account(to), "amount": amount}});
+            let started = Instant::now();
             if command(&client, from, json, format!("xfer-{lane}-{n}"), timeout).await? {
                 done.push((from, to, amount));
             }
+            took(started.elapsed());
         }
         Ok(done)
     })

@@ -169,6 +169,16 @@ pub fn with_section(doc: &str, name: &str, section: &str) -> String {
     }
 }
 
+/// A size from the environment variable `var` (a bench made smaller for a quick look), else
+/// `default` (the recorded run's).
+#[must_use]
+pub fn env_size(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Runs a benchmark's `run` on a multi-threaded runtime; writes its report to
 /// `target/{name}-bench.json` and standard output, and, with `section`, the report's section of
 /// BENCHMARKS.md (between the markers `name`, see [`with_section`]).

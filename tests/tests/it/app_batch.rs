@@ -3,24 +3,16 @@
 //! commands at once; and the fault app with `--batch`, whose faults inside a batch fail only the
 //! calls they must.
 
-use super::app_protocol::node;
+use super::app_protocol::{command, node};
 use aether_core::protocol::{ActorRef, ErrorCode, Op, Outcome, Reply, Request};
 use aether_node::metrics::AppFault;
 use aether_tests::app::App;
 use aether_tests::cluster::{ask, log_of};
 use aether_tests::{NatsServer, free_port, wait_for};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
-
-fn command(kind: &str, id: &str, command: Value, cmd: &str) -> Request {
-    Request::new(
-        ActorRef::new(kind, id),
-        Op::Command { command },
-        Some(cmd.to_owned()),
-    )
-}
 
 fn code(r: &Reply) -> Option<ErrorCode> {
     match &r.outcome {

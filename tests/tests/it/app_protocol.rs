@@ -44,7 +44,7 @@ async fn node_again(
     (n, api)
 }
 
-fn command(kind: &str, id: &str, command: Value, cmd: &str) -> Request {
+pub(crate) fn command(kind: &str, id: &str, command: Value, cmd: &str) -> Request {
     Request::new(
         ActorRef::new(kind, id),
         Op::Command { command },
