@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 mod append;
 mod commands;
 mod deciding;
+mod forgotten;
 mod lending;
 mod marker;
 #[cfg(test)]
@@ -138,6 +139,27 @@ struct Actor {
     seq: u64,
     base: u64,
     last_used: Instant,
+    /// An app actor's command ids forgotten while JetStream's duplicate window may hold them.
+    forgotten: Option<Box<forgotten::Forgotten>>,
+}
+
+impl Actor {
+    /// The forgotten ids of an app actor just loaded, remembering `recent` ids.
+    fn forgotten_at_load(
+        kind: &Kind,
+        recent: usize,
+        window: Duration,
+    ) -> Option<Box<forgotten::Forgotten>> {
+        match kind {
+            Kind::App(_) => forgotten::Forgotten::loaded(
+                recent,
+                crate::store::RECENT_COMMANDS,
+                Instant::now(),
+                window,
+            ),
+            Kind::Local(_) => None,
+        }
+    }
 }
 
 /// Starts the worker of `shard`.
@@ -317,6 +339,12 @@ impl Worker {
         let busy = &self.busy;
         self.actors
             .retain(|k, a| busy.contains_key(k) || a.last_used.elapsed() < idle);
+        let now = Instant::now();
+        for a in self.actors.values_mut() {
+            if a.forgotten.as_mut().is_some_and(|f| f.expire(now)) {
+                a.forgotten = None;
+            }
+        }
         self.packed.retain(|_, p| p.since.elapsed() < idle);
         self.ctx
             .metrics
@@ -329,7 +357,7 @@ impl Worker {
             return Ok(());
         }
         if let Some(p) = self.packed.remove(actor) {
-            match p.unpack() {
+            match p.unpack(self.ctx.store.duplicate_window()) {
                 Ok(a) => {
                     self.resend(actor, &a.snapshot.outbox);
                     self.actors.insert(actor.clone(), a);
@@ -368,9 +396,11 @@ impl Worker {
         )
         .await?;
         self.resend(actor, &snapshot.outbox);
+        let window = self.ctx.store.duplicate_window();
         self.actors.insert(
             actor.clone(),
             Actor {
+                forgotten: Actor::forgotten_at_load(&kind, snapshot.recent.len(), window),
                 kind,
                 marker: snapshot.has_pending().then_some(marker::UNKNOWN),
                 snapshot,

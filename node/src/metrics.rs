@@ -99,7 +99,8 @@ label_enum!(
         Progress => "progress",
         /// A reply not sent.
         Reply => "reply",
-        /// JetStream answered an append as a duplicate of an earlier one with the same command id
+        /// JetStream holds a record with the command's id already (its duplicate window): the
+        /// append was answered as a duplicate, or the stream was asked before an app's decide
         /// (the actor is reloaded from the log; the command is not applied again).
         Duplicate => "duplicate",
         /// A shard worker ended without being stopped (restarted; its actors reload).

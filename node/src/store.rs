@@ -30,6 +30,13 @@ pub const REPLAY_BATCH: usize = 256;
 /// Up to this many records to replay are read one direct get each (no subscription of their own).
 const FEW_RECORDS: u64 = 4;
 
+/// JetStream's "rollup failed" (10111): the answer to [`EventStore::seen`] when the id is new.
+fn refused_rollup(e: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|j| j.error_code() == jetstream::ErrorCode::STREAM_ROLLUP_FAILED)
+}
+
 /// One record on an actor's subject: the events of one command.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -155,15 +162,16 @@ impl Snapshot {
     }
 
     /// Remembers a command id and its record's sequence, forgetting the oldest beyond
-    /// [`RECENT_COMMANDS`].
-    pub fn remember(&mut self, cmd: String, seq: u64) {
+    /// [`RECENT_COMMANDS`]: returns the id forgotten.
+    pub fn remember(&mut self, cmd: String, seq: u64) -> Option<String> {
         self.recent_at.resize(self.recent.len(), 0);
-        if self.recent.len() >= RECENT_COMMANDS {
-            self.recent.remove(0);
+        let forgotten = (self.recent.len() >= RECENT_COMMANDS).then(|| {
             self.recent_at.remove(0);
-        }
+            self.recent.remove(0)
+        });
         self.recent.push(cmd);
         self.recent_at.push(seq);
+        forgotten
     }
 
     /// The sequence of the record of recent command `id`: `None` when not recent, `Some(0)` when
@@ -202,7 +210,7 @@ impl Snapshot {
     /// carries when it is one of the records with a snapshot.
     #[must_use]
     pub fn after(mut self, record: &Record, next: &aether_core::protocol::SharedJson) -> Self {
-        self.absorb(record, THIS_RECORD);
+        let _ = self.absorb(record, THIS_RECORD);
         self.state = next.clone();
         self
     }
@@ -239,8 +247,8 @@ impl Snapshot {
     }
 
     /// Folds what a record (that landed at `seq`) changes besides the state: its command id, its
-    /// sends, the deliveries and releases it records.
-    pub fn absorb(&mut self, r: &Record, seq: u64) {
+    /// sends, the deliveries and releases it records. Returns the command id it forgot, if any.
+    pub fn absorb(&mut self, r: &Record, seq: u64) -> Option<String> {
         self.outbox.extend(r.send.iter().cloned());
         for o in &mut self.outbox {
             if r.delivered.contains(&o.id) {
@@ -263,9 +271,10 @@ impl Snapshot {
                     });
                 }
             } else {
-                self.remember(cmd.clone(), seq);
+                return self.remember(cmd.clone(), seq);
             }
         }
+        None
     }
 }
 
@@ -417,6 +426,34 @@ impl EventStore {
         }
     }
 
+    /// JetStream's duplicate window of the event stream (whoever created it chose it).
+    #[must_use]
+    pub fn duplicate_window(&self) -> Duration {
+        self.stream.cached_info().config.duplicate_window
+    }
+
+    /// Whether the stream's duplicate window still holds a record of command `cmd` on `subject`:
+    /// its sequence, or `None`. Asked by a publish that nothing stores: it carries the command's
+    /// message id and a `Nats-Rollup` header the stream refuses. nats-server looks the id up first
+    /// (a duplicate is acknowledged with the first record's sequence) and refuses the rollup after
+    /// (10111) before anything is stored or the id staged, alone or clustered (2.15; the
+    /// `store_seen` test checks both).
+    pub async fn seen(&self, subject: &str, cmd: &str) -> Result<Option<u64>> {
+        let msg = jetstream::message::PublishMessage::build()
+            .message_id(format!("{subject}:{cmd}"))
+            .header("Nats-Rollup", "aether-seen");
+        let ack = async { self.js.send_publish(subject.to_owned(), msg).await?.await }.await;
+        match ack {
+            Ok(ack) if ack.duplicate => Ok(Some(ack.sequence)),
+            Ok(ack) => Err(Error::Internal(format!(
+                "{subject}: the stream stored a probe for {cmd} at {} (it must refuse rollups)",
+                ack.sequence
+            ))),
+            Err(e) if refused_rollup(&e) => Ok(None),
+            Err(e) => Err(Error::Nats(format!("ask the stream about {cmd}: {e}"))),
+        }
+    }
+
     /// The last record of a subject and its sequence.
     pub async fn last(&self, subject: &str) -> Result<Option<(u64, Record)>> {
         match self.stream.direct_get_last_for_subject(subject).await {
@@ -490,7 +527,7 @@ impl EventStore {
                     r.version
                 )));
             }
-            snapshot.absorb(&r, at);
+            let _ = snapshot.absorb(&r, at);
             unfolded.extend(r.events);
             version = r.version;
         }

@@ -125,7 +125,16 @@ impl Worker {
                         if let Some(record) = record {
                             reindex = !record.timers.is_empty() || !record.cancel.is_empty();
                             a.snapshot.state = next;
-                            a.snapshot.absorb(&record, seq);
+                            if let Some(id) = a.snapshot.absorb(&record, seq)
+                                && matches!(a.kind, Kind::App(_))
+                            {
+                                let window = self.ctx.store.duplicate_window();
+                                a.forgotten.get_or_insert_default().forgot(
+                                    &id,
+                                    Instant::now(),
+                                    window,
+                                );
+                            }
                             if let Some(t) = fired_ticks(&req) {
                                 self.ctx.metrics.timer_firings.inc();
                                 self.ctx.metrics.timer_missed.inc_by(t);
@@ -279,6 +288,14 @@ impl Worker {
             // The reply to a send already recorded (the send was delivered twice).
             return Ok(Step::Reply(self.ok(&self.actors[&req.actor], None)));
         }
+        // An app kind's command the actor does not remember, but JetStream's duplicate window may:
+        // asked of the stream before the app is called.
+        let ask_stream = req.id.as_deref().is_some_and(|id| {
+            !is_send_id(id)
+                && a.forgotten
+                    .as_ref()
+                    .is_some_and(|f| f.may_hold(id, Instant::now()))
+        });
         let every = a.kind.snapshot_every();
         let version = a.version + 1;
         let prev = snapshot_due(version, every).then(|| a.snapshot.clone_without_state());
@@ -300,6 +317,7 @@ impl Worker {
                     timers: a.snapshot.timers.clone(),
                     fired,
                     now,
+                    ask_stream,
                 })));
             }
         };

@@ -37,6 +37,9 @@ pub(super) struct Deciding {
     pub(super) fired: Option<(Timer, timers::Firing)>,
     /// The wall clock of the decision (ms since the Unix epoch): timers' `after` counts from it.
     pub(super) now: u64,
+    /// Whether to ask the event stream whether it holds the command already (an id the actor
+    /// forgot that JetStream's duplicate window may hold): then the app is not called.
+    pub(super) ask_stream: bool,
 }
 
 /// An app kind's command, off the worker: the app decides, the answer is checked (shape by the
@@ -53,6 +56,22 @@ pub(super) async fn decide_and_append(
         done.result = Err(Error::Internal("a read reached the decide call".into()));
         return done;
     };
+    if d.ask_stream
+        && let Some(id) = &done.req.id
+    {
+        match ctx.store.seen(&d.subject, id).await {
+            Ok(None) => {}
+            // Answered as a duplicate append is: from the log, the first reply.
+            Ok(Some(at)) => {
+                done.result = Err(Error::Duplicate(at));
+                return done;
+            }
+            Err(e) => {
+                done.result = Err(e);
+                return done;
+            }
+        }
+    }
     let call = DecideCall {
         kind: &done.req.actor.kind,
         id: &done.req.actor.id,

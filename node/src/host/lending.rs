@@ -187,9 +187,10 @@ pub struct Packed {
 
 impl Packed {
     /// The live actor, or why its state does not read.
-    pub(super) fn unpack(self) -> Result<Actor, Error> {
+    pub(super) fn unpack(self, window: std::time::Duration) -> Result<Actor, Error> {
         let (snapshot, base) = capture::read(&self.state)?;
         Ok(Actor {
+            forgotten: Actor::forgotten_at_load(&self.kind, snapshot.recent.len(), window),
             kind: self.kind,
             marker: snapshot.has_pending().then_some(super::marker::UNKNOWN),
             snapshot,

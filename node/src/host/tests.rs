@@ -14,6 +14,7 @@ fn actor(id: &str, seq: u64) -> (ActorRef, Actor) {
         seq,
         base: 0,
         last_used: Instant::now(),
+        forgotten: None,
     };
     (ActorRef::new("counter", id), a)
 }

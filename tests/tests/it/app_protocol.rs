@@ -22,7 +22,7 @@ pub(crate) async fn node(nats: &NatsServer, prefix: &str, app_url: &str) -> (Tes
     node_again(nats, prefix, app_url, true).await
 }
 
-async fn node_again(
+pub(crate) async fn node_again(
     nats: &NatsServer,
     prefix: &str,
     app_url: &str,

@@ -16,6 +16,7 @@ mod node_basics;
 mod node_http;
 mod node_migration;
 mod operator_k8s;
+mod retries;
 mod security;
 mod tenants;
 mod timers;
