@@ -14,7 +14,7 @@ KUBECTL := $(TOOLS_DIR)/kubernetes-$(K8S_VERSION)/kubectl
 ETCD := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
 HELM := $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 
-.PHONY: all build test sdk-test lint fmt generate check-generated chart-check bench bench-scale bench-peers tools-peers chaos soak fuzz model-check demo tools clean-tools images node-tools e2e-node
+.PHONY: all build test sdk-test lint fmt generate check-generated chart-check bench bench-scale bench-peers tools-peers chaos soak fuzz model-check demo tools clean-tools images node-tools e2e-node observability
 
 all: lint test
 
@@ -82,11 +82,38 @@ e2e-node: node-tools images
 	  $(CARGO) test --release -p aether-tests --features real-node --test e2e_node -- --nocapture; \
 	  status=$$?; tools/node/clean.sh; exit $$status
 
+## observability: the chart's dashboard and alerts proven on real data: `promtool check rules` and
+## `promtool test rules` (each alert fires and resolves), then the end-to-end stack with a real
+## Prometheus configured from the chart's PodMonitors and PrometheusRule (tests/tests/observability.rs).
+## Prometheus and promtool build from their Go module (~6 min once); the Prometheus Operator's CRDs
+## come from its module. Not part of `make test`.
+PROMETHEUS_VERSION := v0.316.0
+PROMETHEUS_OPERATOR_VERSION := v0.85.0
+PROMETHEUS := $(TOOLS_DIR)/prometheus-$(PROMETHEUS_VERSION)/prometheus
+PROMTOOL := $(TOOLS_DIR)/prometheus-$(PROMETHEUS_VERSION)/promtool
+PROMETHEUS_CRDS := $(TOOLS_DIR)/prometheus-operator-$(PROMETHEUS_OPERATOR_VERSION)/crds.yaml
+$(PROMETHEUS):
+	mkdir -p $(dir $@)
+	GOBIN=$(abspath $(dir $@)) go install github.com/prometheus/prometheus/cmd/prometheus@$(PROMETHEUS_VERSION) github.com/prometheus/prometheus/cmd/promtool@$(PROMETHEUS_VERSION)
+$(PROMETHEUS_CRDS):
+	mkdir -p $(dir $@)
+	dir=$$(cd $$(mktemp -d) && go mod init crds >/dev/null 2>&1 && go mod download -json github.com/prometheus-operator/prometheus-operator@$(PROMETHEUS_OPERATOR_VERSION) | sed -n 's/.*"Dir": "\(.*\)".*/\1/p') && \
+	  cat $$dir/example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml > $@.tmp && echo --- >> $@.tmp && \
+	  cat $$dir/example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml >> $@.tmp && mv $@.tmp $@
+observability: tools $(PROMETHEUS) $(PROMETHEUS_CRDS)
+	$(PROMTOOL) check rules charts/aether/files/alerts.yaml
+	$(PROMTOOL) test rules tests/observability/alerts.test.yaml
+	$(CARGO) build --workspace --release --bins
+	AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) AETHER_ETCD=$(ETCD) AETHER_KUBE_APISERVER=$(KUBE_APISERVER) \
+	  AETHER_PROMETHEUS=$(PROMETHEUS) AETHER_PROMETHEUS_OPERATOR_CRDS=$(PROMETHEUS_CRDS) \
+	  $(CARGO) test --release -p aether-tests --features observability --test observability -- --nocapture
+
 ## lint: formatting and clippy, warnings are errors.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p aether-tests --features real-node --test e2e_node -- -D warnings
+	$(CARGO) clippy -p aether-tests --features observability --test observability -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
@@ -109,6 +136,10 @@ chart-check: $(HELM)
 	python3 scripts/chart-security.py < target/chart-render.yaml
 	@for kind in Deployment ClusterRole Role StatefulSet PodDisruptionBudget ShardPlan NetworkPolicy; do \
 	  grep -q "^kind: $$kind$$" target/chart-render.yaml || { echo "chart render lacks a $$kind"; exit 1; }; done
+	$(HELM) template t charts/aether --kube-version $(K8S_VERSION) --set example.enabled=true --set monitoring.dashboards.enabled=true --set monitoring.prometheusRule.enabled=true --set monitoring.podMonitor.enabled=true > target/chart-monitoring.yaml
+	@for kind in ConfigMap PrometheusRule PodMonitor; do \
+	  grep -q "^kind: $$kind$$" target/chart-monitoring.yaml || { echo "chart render with monitoring lacks a $$kind"; exit 1; }; done
+	python3 -c 'import json,sys; d=json.load(open("charts/aether/files/dashboard.json")); assert all(t["expr"] for p in d["panels"] for t in p.get("targets",[]))'
 	@! $(HELM) template t charts/aether --kube-version $(K8S_VERSION) --set nats.url=bogus > /dev/null 2>&1 || { echo "values.schema.json accepted a bad nats.url"; exit 1; }
 	@! $(HELM) template t charts/aether --kube-version $(K8S_VERSION) --set example.enabled=true --set nats.credentialsSecret=s > /dev/null 2>&1 || { echo "the chart gave the operator the sidecars' Secret"; exit 1; }
 

@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::health::Health;
+use crate::metrics::Metrics;
 use aether_core::protocol::Names;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,17 +17,21 @@ pub async fn connect(
     args: &crate::config::NatsArgs,
     name: &str,
     node: Option<&Health>,
+    metrics: Option<&Metrics>,
 ) -> Result<async_nats::Client> {
     let urls = aether_nats::process::nats_urls(&args.nats_url, "--nats-url")?;
     let inbox = node.map(|_| Names::new(args.prefix.clone()).node_inbox());
     let mut said = std::collections::BTreeSet::new();
     loop {
-        let e = match options(args, name, inbox.clone())
+        let e = match options(args, name, inbox.clone(), metrics)
             .await?
             .connect(urls.clone())
             .await
         {
             Ok(client) => {
+                if let Some(m) = metrics {
+                    m.nats_connected.set(1);
+                }
                 if let (Some(health), false) = (node, said.is_empty()) {
                     health.set(Some(format!(
                         "connected to NATS at {}; opening the streams",
@@ -54,7 +59,7 @@ pub async fn connect(
 pub async fn connect_inspector(args: &crate::config::NatsArgs) -> Result<async_nats::Client> {
     let urls = aether_nats::process::nats_urls(&args.nats_url, "--nats-url")?;
     let inbox = Names::new(args.prefix.clone()).inspect_inbox();
-    options(args, "kubectl-aether", Some(inbox))
+    options(args, "kubectl-aether", Some(inbox), None)
         .await?
         .connect(urls)
         .await
@@ -66,9 +71,11 @@ async fn options(
     args: &crate::config::NatsArgs,
     name: &str,
     inbox: Option<String>,
+    metrics: Option<&Metrics>,
 ) -> Result<async_nats::ConnectOptions> {
     // The reason a reconnect fails is said once, until the connection is back.
     let said = Arc::new(Mutex::new(String::new()));
+    let gauges = metrics.map(|m| (m.nats_connected.clone(), m.nats_disconnects.clone()));
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
         .max_reconnects(None)
@@ -76,11 +83,21 @@ async fn options(
         // said in the log; the request or append it concerned fails on its own.
         .event_callback(move |event| {
             let said = said.clone();
+            let gauges = gauges.clone();
             async move {
                 match event {
                     async_nats::Event::ServerError(e) => tracing::error!("NATS server: {e}"),
-                    async_nats::Event::Disconnected => tracing::warn!("NATS: disconnected"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS: disconnected");
+                        if let Some((up, downs)) = &gauges {
+                            up.set(0);
+                            downs.inc();
+                        }
+                    }
                     async_nats::Event::Connected => {
+                        if let Some((up, _)) = &gauges {
+                            up.set(1);
+                        }
                         if let Ok(mut s) = said.lock() {
                             s.clear();
                         }

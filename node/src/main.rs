@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(cfg) => run(cfg).await,
             Command::Send(args) => {
-                let nats = node::connect(&args.nats, "aether-cli", None).await?;
+                let nats = node::connect(&args.nats, "aether-cli", None, None).await?;
                 // Straight to the owner when the plan is readable soon; else through any node.
                 let client = aether_node::client::Client::watching_plan(nats, &args.nats.prefix);
                 client.wait_for_plan(PLAN_WAIT).await;
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Load(args) => {
-                let nats = node::connect(&args.nats, "aether-load", None).await?;
+                let nats = node::connect(&args.nats, "aether-load", None, None).await?;
                 let client = aether_node::client::Client::watching_plan(nats, &args.nats.prefix);
                 client.wait_for_plan(PLAN_WAIT).await;
                 let report = aether_node::client::run_load(

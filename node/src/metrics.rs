@@ -24,6 +24,10 @@ macro_rules! label_enum {
         }
 
         impl $name {
+            /// Every value (their series are created at start, at 0, so that a dashboard or an
+            /// alert finds each before the first one is counted).
+            pub const ALL: &[Self] = &[$(Self::$variant),*];
+
             /// The label value.
             #[must_use]
             pub fn as_str(self) -> &'static str {
@@ -188,7 +192,16 @@ pub struct Metrics {
     pub timer_missed: Counter,
     /// From a timer's due time to its firing starting, seconds.
     pub timer_lateness: Histogram,
+    /// Requests served by this node's shards, from routing to the reply, seconds.
+    pub request_seconds: Histogram,
+    /// 1 while the node's NATS connection is up, 0 while it reconnects.
+    pub nats_connected: Gauge,
+    /// Times the node's NATS connection was lost.
+    pub nats_disconnects: Counter,
 }
+
+/// Paths of calls to the app container (`aether_node_app_calls_total{kind}`).
+pub const APP_CALLS: &[&str] = &["kinds", "decide", "apply"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -295,7 +308,49 @@ impl Default for Metrics {
             "Actors passivated because the node held --max-actors",
             evicted.clone(),
         );
+        let nats_connected = Gauge::default();
+        let nats_disconnects = Counter::default();
+        let request_seconds = Histogram::new([
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0, 5.0,
+        ]);
+        registry.register(
+            "request_duration_seconds",
+            "Requests served by this node's shards, from routing to the reply",
+            request_seconds.clone(),
+        );
+        registry.register(
+            "nats_connected",
+            "1 while the node's NATS connection is up, 0 while it reconnects",
+            nats_connected.clone(),
+        );
+        registry.register(
+            "nats_disconnects",
+            "Times the node's NATS connection was lost",
+            nats_disconnects.clone(),
+        );
+        let label = |kind: &'static str| Kind { kind };
+        for r in Route::ALL {
+            let _ = messages.get_or_create(&label(r.as_str()));
+        }
+        for m in Malformed::ALL {
+            let _ = malformed.get_or_create(&label(m.as_str()));
+        }
+        for f in Failure::ALL {
+            let _ = failures.get_or_create(&label(f.as_str()));
+        }
+        for f in AppFault::ALL {
+            let _ = app_errors.get_or_create(&label(f.as_str()));
+        }
+        for o in MoveOutcome::ALL {
+            let _ = moves.get_or_create(&label(o.as_str()));
+        }
+        for c in APP_CALLS {
+            let _ = app_calls.get_or_create(&label(c));
+        }
         Self {
+            request_seconds,
+            nats_connected,
+            nats_disconnects,
             registry,
             evicted,
             timers_pending,

@@ -79,7 +79,7 @@ impl Node {
         health.set(Some(format!("connecting to NATS at {}", cfg.nats.nats_url)));
         health.set_plan(Some("reading the plan bucket".to_owned()));
         health.set_lease(Some("no lease yet: held.{pod} not written".to_owned()));
-        let client = connect(&cfg.nats, &cfg.pod_name, Some(&health)).await?;
+        let client = connect(&cfg.nats, &cfg.pod_name, Some(&health), Some(&metrics)).await?;
         let names = Names::new(cfg.nats.prefix.clone());
         let js = jetstream::new(client.clone());
         let (store, reports) = loop {
@@ -109,7 +109,7 @@ impl Node {
         let waiting = health.clone();
         let bulk = moves
             .handle()
-            .spawn(async move { connect(&nats, &name, Some(&waiting)).await })
+            .spawn(async move { connect(&nats, &name, Some(&waiting), None).await })
             .await
             .map_err(|e| Error::Internal(format!("migration runtime: {e}")))??;
         let shared = Shared::new(

@@ -185,6 +185,7 @@ impl Shared {
             }
             Target::Local(worker, shard) => {
                 self.metrics().route(RouteKind::Local);
+                let started = std::time::Instant::now();
                 let (tx, rx) = oneshot::channel();
                 let read = matches!(req.op, Op::Read).then(|| req.actor.clone());
                 if let Err(SendError(cmd)) = worker.tx.send(Cmd::Request((req, tx))) {
@@ -204,6 +205,9 @@ impl Shared {
                 let reply = rx.await.unwrap_or_else(|_| {
                     Reply::error(ErrorReply::unavailable("shard worker stopped", 20))
                 });
+                self.metrics()
+                    .request_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 match read.and_then(|actor| self.encoded.bytes(&actor, &reply)) {
                     Some(bytes) => Answer::Encoded(reply, bytes),
                     None => Answer::Reply(reply),

@@ -251,6 +251,9 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
         Some(PlanFigures {
             moving: status.moving,
             nats_unreachable: nats.is_none(),
+            degraded: status
+                .condition("Degraded")
+                .is_some_and(|c| c.status == "True"),
         }),
     );
 

@@ -18,6 +18,7 @@ impl Error {
     /// Metric label: a fixed category per variant.
     #[must_use]
     pub fn reason(&self) -> &'static str {
+        // Each is in [`REASONS`].
         match self {
             Self::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
             Self::Kube(_) => "kube",
@@ -26,6 +27,9 @@ impl Error {
         }
     }
 }
+
+/// Every [`Error::reason`] (`aether_operator_reconcile_errors_total{reason}`, each at 0 from the start).
+pub const REASONS: [&str; 4] = ["conflict", "kube", "nats", "invalid"];
 
 /// Result with the operator's [`enum@Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -22,6 +22,8 @@ pub struct PlanFigures {
     pub moving: u32,
     /// Its NATS could not be reached or read at its last reconcile.
     pub nats_unreachable: bool,
+    /// Its `Degraded` condition is true.
+    pub degraded: bool,
 }
 
 /// Operator metrics, served at `/metrics`. The operator serves every namespace and its endpoints
@@ -41,6 +43,8 @@ pub struct Metrics {
     moving: Gauge,
     /// ShardPlans whose NATS could not be reached or read.
     unreachable: Gauge,
+    /// ShardPlans whose `Degraded` condition is true.
+    degraded: Gauge,
     /// Each ShardPlan's figures, by namespace/name (never served as such).
     plans: Mutex<std::collections::BTreeMap<String, PlanFigures>>,
     /// Seconds to decide (plan computation included).
@@ -61,6 +65,7 @@ impl Default for Metrics {
         let shardplans = Gauge::default();
         let moving = Gauge::default();
         let unreachable = Gauge::default();
+        let degraded = Gauge::default();
         let plan_seconds = Histogram::new([0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25]);
         let malformed_reports = Counter::default();
         registry.register(
@@ -90,6 +95,14 @@ impl Default for Metrics {
             unreachable.clone(),
         );
         registry.register(
+            "shardplans_degraded",
+            "ShardPlans whose Degraded condition is true",
+            degraded.clone(),
+        );
+        for reason in crate::error::REASONS {
+            let _ = errors.get_or_create(&Reason { reason });
+        }
+        registry.register(
             "decide_seconds",
             "Time to decide a reconcile, plan included",
             plan_seconds.clone(),
@@ -101,6 +114,7 @@ impl Default for Metrics {
             shardplans,
             moving,
             unreachable,
+            degraded,
             plans: Mutex::new(std::collections::BTreeMap::new()),
             plan_seconds,
             malformed_reports,
@@ -129,6 +143,8 @@ impl Metrics {
             .set(plans.values().map(|f| i64::from(f.moving)).sum());
         self.unreachable
             .set(plans.values().filter(|f| f.nats_unreachable).count() as i64);
+        self.degraded
+            .set(plans.values().filter(|f| f.degraded).count() as i64);
     }
 
     /// Records (`Some`) or clears (`None`) why the operator's watches fail.
