@@ -85,13 +85,20 @@ e2e-node: node-tools images
 ## observability: the chart's dashboard and alerts proven on real data: `promtool check rules` and
 ## `promtool test rules` (each alert fires and resolves), then the end-to-end stack with a real
 ## Prometheus configured from the chart's PodMonitors and PrometheusRule (tests/tests/observability.rs).
-## Prometheus and promtool build from their Go module (~6 min once); the Prometheus Operator's CRDs
-## come from its module. Not part of `make test`.
+## Then traces (tests/tests/traces.rs): node processes exporting to a real Jaeger v2. Prometheus,
+## promtool and Jaeger build from their Go modules (~6 and ~5 min once); the Prometheus Operator's
+## CRDs come from its module. Not part of `make test`.
 PROMETHEUS_VERSION := v0.316.0
 PROMETHEUS_OPERATOR_VERSION := v0.85.0
 PROMETHEUS := $(TOOLS_DIR)/prometheus-$(PROMETHEUS_VERSION)/prometheus
 PROMTOOL := $(TOOLS_DIR)/prometheus-$(PROMETHEUS_VERSION)/promtool
 PROMETHEUS_CRDS := $(TOOLS_DIR)/prometheus-operator-$(PROMETHEUS_OPERATOR_VERSION)/crds.yaml
+JAEGER_VERSION := v1.75.0
+JAEGER := $(TOOLS_DIR)/jaeger-$(JAEGER_VERSION)/jaeger
+$(JAEGER):
+	mkdir -p $(dir $@)
+	dir=$$(mktemp -d) && cd $$dir && go mod init jaeger-build >/dev/null 2>&1 && \
+	  go get -tool github.com/jaegertracing/jaeger/cmd/jaeger@$(JAEGER_VERSION) && GOBIN=$(abspath $(dir $@)) go install tool
 $(PROMETHEUS):
 	mkdir -p $(dir $@)
 	GOBIN=$(abspath $(dir $@)) go install github.com/prometheus/prometheus/cmd/prometheus@$(PROMETHEUS_VERSION) github.com/prometheus/prometheus/cmd/promtool@$(PROMETHEUS_VERSION)
@@ -100,20 +107,20 @@ $(PROMETHEUS_CRDS):
 	dir=$$(cd $$(mktemp -d) && go mod init crds >/dev/null 2>&1 && go mod download -json github.com/prometheus-operator/prometheus-operator@$(PROMETHEUS_OPERATOR_VERSION) | sed -n 's/.*"Dir": "\(.*\)".*/\1/p') && \
 	  cat $$dir/example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml > $@.tmp && echo --- >> $@.tmp && \
 	  cat $$dir/example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml >> $@.tmp && mv $@.tmp $@
-observability: tools $(PROMETHEUS) $(PROMETHEUS_CRDS)
+observability: tools $(PROMETHEUS) $(PROMETHEUS_CRDS) $(JAEGER)
 	$(PROMTOOL) check rules charts/aether/files/alerts.yaml
 	$(PROMTOOL) test rules tests/observability/alerts.test.yaml
 	$(CARGO) build --workspace --release --bins
 	AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) AETHER_ETCD=$(ETCD) AETHER_KUBE_APISERVER=$(KUBE_APISERVER) \
-	  AETHER_PROMETHEUS=$(PROMETHEUS) AETHER_PROMETHEUS_OPERATOR_CRDS=$(PROMETHEUS_CRDS) \
-	  $(CARGO) test --release -p aether-tests --features observability --test observability -- --nocapture
+	  AETHER_PROMETHEUS=$(PROMETHEUS) AETHER_PROMETHEUS_OPERATOR_CRDS=$(PROMETHEUS_CRDS) AETHER_JAEGER=$(JAEGER) \
+	  $(CARGO) test --release -p aether-tests --features observability --test observability --test traces -- --nocapture
 
 ## lint: formatting and clippy, warnings are errors.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p aether-tests --features real-node --test e2e_node -- -D warnings
-	$(CARGO) clippy -p aether-tests --features observability --test observability -- -D warnings
+	$(CARGO) clippy -p aether-tests --features observability --test observability --test traces -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -56,7 +56,7 @@ proptest! {
     #[test]
     fn requests_round_trip(actor in actor(), cmd in proptest::option::of(json_value()), id in proptest::option::of(any::<String>()), hops in any::<u8>(), epoch in any::<u64>()) {
         let op = match cmd { Some(command) => Op::Command { command }, None => Op::Read };
-        let msg = Request { v: VERSION, id, actor, op, hops, epoch, delivered: None, timeout_ms: None, deadline: None };
+        let msg = Request { v: VERSION, id, actor, op, hops, epoch, delivered: None, timeout_ms: None, deadline: None, trace: None };
         let back: Request = decode(&encode(&msg).expect("encodes")).expect("decodes");
         prop_assert_eq!(back, msg);
     }

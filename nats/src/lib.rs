@@ -6,6 +6,7 @@
 pub mod plans;
 pub mod process;
 pub mod progress;
+pub mod telemetry;
 
 /// What can go wrong here.
 #[derive(Debug, thiserror::Error)]

@@ -2,26 +2,11 @@
 
 use crate::{Error, Result};
 
-/// Structured logs to stderr, filtered by `RUST_LOG` (default `info`), as JSON lines when asked.
-pub fn init_logs(json: bool) {
-    // async-nats logs every failed connection attempt as an error; the processes say once why they
-    // cannot connect (and /readyz says it), so its connector is quiet unless RUST_LOG names it.
-    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    let spec = if spec.contains("async_nats") {
-        spec
-    } else {
-        format!("{spec},async_nats::connector=off")
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats::connector=off"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+/// Structured logs to stderr, filtered by `RUST_LOG` (default `info`), as JSON lines when asked, and
+/// traces when an OTLP endpoint is set ([`crate::telemetry::init`]); keep the guard to the end.
+#[must_use]
+pub fn init_logs(json: bool, service: &str) -> crate::telemetry::Telemetry {
+    crate::telemetry::init(json, service)
 }
 
 /// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.

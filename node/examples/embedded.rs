@@ -50,15 +50,17 @@ async fn main() -> Result<(), aether_node::Error> {
             "only `run` is served here".into(),
         ));
     };
-    aether_nats::process::init_logs(cfg.log_json);
+    let telemetry = aether_nats::process::init_logs(cfg.log_json, "aether-embedded");
     let mut kinds = Registry::builtin();
     kinds.register(Arc::new(Visits));
     let (health, metrics) = (Arc::new(Health::default()), Arc::new(Metrics::default()));
     let listener = tokio::net::TcpListener::bind(cfg.http_addr).await?;
     let probes = aether_node::http::router(health.clone(), metrics.clone());
     tokio::spawn(async move { axum::serve(listener, probes).await });
-    Node::connect_with(cfg, kinds, health, metrics)
+    let served = Node::connect_with(cfg, kinds, health, metrics)
         .await?
         .serve(aether_nats::process::terminate())
-        .await
+        .await;
+    telemetry.finish().await;
+    served
 }

@@ -194,10 +194,15 @@ impl Http {
         body: Bytes,
         limit: usize,
     ) -> Result<Bytes> {
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
-            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_TYPE, "application/json");
+        // The span this call is part of (a decide of a traced request), for an app that traces.
+        if let Some(tp) = aether_nats::telemetry::traceparent(&tracing::Span::current()) {
+            req = req.header(aether_nats::telemetry::TRACEPARENT, tp);
+        }
+        let req = req
             .body(Full::new(body))
             .map_err(|e| Error::Internal(format!("app request: {e}")))?;
         let resp = self.client.request(req).await.map_err(|e| {

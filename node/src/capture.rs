@@ -166,6 +166,7 @@ mod tests {
                 actor: aether_core::protocol::ActorRef::new("account", "b"),
                 command: json!({"deposit": 1}),
                 delivered: true,
+                trace: None,
             }],
             inbox: vec![crate::store::Inbound {
                 id: "$send-2".into(),

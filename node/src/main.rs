@@ -73,7 +73,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: NodeConfig) -> aether_node::Result<()> {
-    aether_nats::process::init_logs(cfg.log_json);
+    let telemetry = aether_nats::process::init_logs(cfg.log_json, "aether-node");
     let health = Arc::new(Health::default());
     let metrics = Arc::new(Metrics::default());
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
@@ -85,5 +85,7 @@ async fn run(cfg: NodeConfig) -> aether_node::Result<()> {
             tracing::error!(error = %e, "http server stopped");
         }
     });
-    node::run(cfg, health, metrics, aether_nats::process::terminate()).await
+    let ran = node::run(cfg, health, metrics, aether_nats::process::terminate()).await;
+    telemetry.finish().await;
+    ran
 }

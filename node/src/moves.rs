@@ -325,12 +325,15 @@ impl Shared {
         deadline: tokio::time::Instant,
     ) {
         let (this, to) = (self.clone(), to.to_owned());
-        sends.spawn(async move {
-            if delay_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        sends.spawn(
+            async move {
+                if delay_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                }
+                this.send_chunk(&to, shard, n, body, deadline).await
             }
-            this.send_chunk(&to, shard, n, body, deadline).await
-        });
+            .in_current_span(),
+        );
     }
 
     /// Sends the commit once; its answer as an event.
@@ -365,7 +368,14 @@ impl Shared {
         body: bytes::Bytes,
         deadline: tokio::time::Instant,
     ) -> Event {
-        let request = self.bulk.request(self.names.node_migrate(to), body);
+        // A chunk carries the move's span: the destination's `receive` joins its trace.
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(tp) = aether_nats::telemetry::traceparent(&tracing::Span::current()) {
+            headers.insert(aether_nats::telemetry::TRACEPARENT, tp.as_str());
+        }
+        let request = self
+            .bulk
+            .request_with_headers(self.names.node_migrate(to), headers, body);
         let until = deadline.min(tokio::time::Instant::now() + CHUNK_TIMEOUT);
         match tokio::time::timeout_at(until, request).await {
             Err(_) if until < deadline => Event::NoAnswer {
@@ -397,7 +407,11 @@ impl Shared {
     /// Destination side of a transfer chunk. Chunks of one move arrive concurrently: each is
     /// decoded in its own task, then its actors are staged, packed, in the shard's worker
     /// (installed, not served) before its ack; the commit makes the shard served here.
-    pub async fn on_transfer(self: &Arc<Self>, bytes: &[u8]) -> TransferAck {
+    pub async fn on_transfer(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        traceparent: Option<&str>,
+    ) -> TransferAck {
         let chunk = match decode_transfer(bytes) {
             Ok(c) => c,
             Err(e) => {
@@ -414,6 +428,7 @@ impl Shared {
             to = %self.me,
             chunk = chunk.chunk
         );
+        aether_nats::telemetry::follow(&span, traceparent);
         self.receive(chunk).instrument(span).await
     }
 

@@ -26,6 +26,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Instrument;
 
 /// Longest wait between two attempts at a delivery.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -88,7 +89,7 @@ async fn sender(shared: &Arc<Shared>, queues: &Queues, from: ActorRef) {
             lock(queues).remove(&from);
             return;
         };
-        let finished = one(shared, &from, &send).await;
+        let finished = one(shared, &from, &send).instrument(send_span(&send)).await;
         let mut q = lock(queues);
         match q.get_mut(&from) {
             Some(queue) if finished => {
@@ -100,6 +101,17 @@ async fn sender(shared: &Arc<Shared>, queues: &Queues, from: ActorRef) {
             }
         }
     }
+}
+
+/// The span of one send's steps (traces on): a child of the decision that sent it, so the
+/// receiver's request and the sender's `$reply` join that trace.
+fn send_span(send: &Outgoing) -> tracing::Span {
+    if !aether_nats::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!("send", id = %send.id, to = %send.actor.kind);
+    aether_nats::telemetry::follow(&span, send.trace.as_deref());
+    span
 }
 
 /// The steps of one send from where the sender's outbox says it is; false when they cannot go on

@@ -13,11 +13,13 @@ use crate::metrics::{Failure, Malformed, Route as RouteKind};
 use crate::ownership::Route;
 use crate::shared::{SHUTDOWN_GRACE, Shared};
 use aether_core::protocol::{ErrorCode, ErrorReply, Names, Op, Reply, Request, decode, encode};
+use aether_nats::telemetry::{self, TRACEPARENT};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::error::SendError;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 /// Time to wait for a forwarded request's reply.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -147,10 +149,13 @@ impl Shared {
 
     async fn dispatch_once(
         self: &Arc<Self>,
-        req: Request,
+        mut req: Request,
         raw: Option<bytes::Bytes>,
         may_restart: bool,
     ) -> Answer {
+        if req.trace.is_none() {
+            req.trace = telemetry::traceparent(&tracing::Span::current());
+        }
         let target = {
             let mut st = self.state();
             match st.own.route(&req.actor.id, req.hops) {
@@ -282,6 +287,9 @@ impl Shared {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(HOPS, req.hops.saturating_add(1).to_string().as_str());
         headers.insert(EPOCH, self.epoch().to_string().as_str());
+        if let Some(tp) = &req.trace {
+            headers.insert(TRACEPARENT, tp.as_str());
+        }
         if let Some(deadline) = req.deadline {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
@@ -487,15 +495,34 @@ pub(crate) async fn take_request(shared: &Arc<Shared>, msg: async_nats::Message)
         return;
     };
     let shared = shared.clone();
-    shared.tasks.clone().spawn(async move {
-        let answer = shared
-            .handle_request_bytes(msg.payload, msg.headers.as_ref(), from_node)
-            .await;
-        if let Some(to) = msg.reply {
-            shared.send_reply(to, answer).await;
+    let span = request_span(msg.headers.as_ref(), from_node);
+    shared.tasks.clone().spawn(
+        async move {
+            let answer = shared
+                .handle_request_bytes(msg.payload, msg.headers.as_ref(), from_node)
+                .await;
+            if let Some(to) = msg.reply {
+                shared.send_reply(to, answer).await;
+            }
+            drop(permit);
         }
-        drop(permit);
-    });
+        .instrument(span),
+    );
+}
+
+/// The span of a request taken from NATS (traces on), a child of the `traceparent` its sender
+/// gave (a forwarding node, an outbox, a client that traces).
+pub(crate) fn request_span(
+    headers: Option<&async_nats::HeaderMap>,
+    from_node: bool,
+) -> tracing::Span {
+    if !telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!("request", otel.kind = "server", from_node);
+    let parent = headers.and_then(|h| h.get(TRACEPARENT)).map(|v| v.as_str());
+    telemetry::follow(&span, parent);
+    span
 }
 
 pub(crate) async fn subscribe_requests(shared: &Arc<Shared>) -> Result<Messages> {

@@ -112,6 +112,10 @@ pub struct Outgoing {
     /// Its reply is recorded; kept until the receiver has released it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delivered: bool,
+    /// The W3C `traceparent` of the decision that sent it (traces on): its delivery joins that
+    /// trace, also after a crash or a move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// A send this actor applied, kept until its sender has recorded the delivery and released it.
@@ -224,7 +228,12 @@ impl Snapshot {
             .outbox
             .iter()
             .map(|o| {
-                o.id.len() + o.actor.id.len() + o.actor.kind.len() + 64 + json_size(&o.command)
+                o.id.len()
+                    + o.actor.id.len()
+                    + o.actor.kind.len()
+                    + 64
+                    + o.trace.as_ref().map_or(0, |t| t.len() + 12)
+                    + json_size(&o.command)
             })
             .sum();
         let inb: usize = self

@@ -40,7 +40,6 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    aether_nats::process::init_logs(args.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,6 +60,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    let telemetry = aether_nats::process::init_logs(args.log_json, "aether-operator");
+    let ran = serve(args).await;
+    telemetry.finish().await;
+    ran
+}
+
+async fn serve(args: Args) -> Result<(), String> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("no Kubernetes client (in-cluster config or KUBECONFIG): {e}"))?;

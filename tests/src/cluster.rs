@@ -163,6 +163,19 @@ pub fn spawn_process_with(
     http_port: u16,
     extra: &[&str],
 ) -> Process {
+    spawn_process_env(bin, url, prefix, name, http_port, extra, &[])
+}
+
+/// As [`spawn_process_with`], with `env` set in the process's environment.
+pub fn spawn_process_env(
+    bin: &Path,
+    url: &str,
+    prefix: &str,
+    name: &str,
+    http_port: u16,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Process {
     let child = Command::new(bin)
         .args([
             "run",
@@ -187,6 +200,7 @@ pub fn spawn_process_with(
                 .flatten(),
         )
         .args(extra)
+        .envs(env.iter().copied())
         // `AETHER_NODE_LOG` (a `RUST_LOG` filter) shows more of the nodes when diagnosing a run.
         .env(
             "RUST_LOG",

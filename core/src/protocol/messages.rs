@@ -112,6 +112,9 @@ pub struct Request {
     /// Inside a node only: when the caller stops waiting (from `timeoutMs` on arrival).
     #[serde(skip)]
     pub deadline: Option<std::time::Instant>,
+    /// Inside a node only: the W3C `traceparent` of the span serving the request (traces on).
+    #[serde(skip)]
+    pub trace: Option<String>,
 }
 
 /// Top-level command keys and command ids starting with this are the nodes' own (`$reply`, send
@@ -189,6 +192,7 @@ impl Request {
             delivered: None,
             timeout_ms: None,
             deadline: None,
+            trace: None,
         }
     }
 }

@@ -13,11 +13,13 @@ use hyper::Method;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Instrument;
 
 /// Batch requests to the app at once: one being answered while the next fills up.
 pub const IN_FLIGHT: usize = 2;
 
-type Waiting = (Vec<u8>, oneshot::Sender<Result<Decision>>);
+/// A call's JSON, where its answer goes, and the span it was made in (its trace).
+type Waiting = (Vec<u8>, oneshot::Sender<Result<Decision>>, tracing::Span);
 
 /// The queue of decide calls and the most the app takes in one request.
 #[derive(Debug)]
@@ -53,7 +55,7 @@ impl Lane {
         });
         let (tx, rx) = oneshot::channel();
         queue
-            .send((body, tx))
+            .send((body, tx, tracing::Span::current()))
             .map_err(|_| Error::Internal("the app's batch queue is gone".into()))?;
         rx.await
             .map_err(|_| Error::Internal("the app's batch request was dropped".into()))?
@@ -83,18 +85,23 @@ async fn send_batches(
             }
         }
         let http = http.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            batch(&http, calls).await;
-        });
+        // The request carries its first call's trace (`traceparent`).
+        let span = calls[0].2.clone();
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                batch(&http, calls).await;
+            }
+            .instrument(span),
+        );
     }
 }
 
 /// `{"calls": [...]}` from the calls' own JSON, as they are.
 fn body_of(calls: &[Waiting]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(calls.iter().map(|(b, _)| b.len() + 1).sum::<usize>() + 12);
+    let mut body = Vec::with_capacity(calls.iter().map(|(b, ..)| b.len() + 1).sum::<usize>() + 12);
     body.extend_from_slice(b"{\"calls\":[");
-    for (i, (call, _)) in calls.iter().enumerate() {
+    for (i, (call, ..)) in calls.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
@@ -126,7 +133,7 @@ async fn batch(http: &Http, calls: Vec<Waiting>) {
                 "{DECIDE_BATCH_PATH}: {} answers to {n} calls",
                 a.answers.len()
             );
-            for (_, tx) in calls {
+            for (_, tx, _) in calls {
                 let _ = tx.send(Err(http.fault(AppFault::Malformed, why.clone())));
             }
             return;
@@ -137,13 +144,13 @@ async fn batch(http: &Http, calls: Vec<Waiting>) {
                 Error::App(f, why) => (*f, why.clone()),
                 other => (AppFault::Unreachable, other.to_string()),
             };
-            for (_, tx) in calls {
+            for (_, tx, _) in calls {
                 let _ = tx.send(Err(Error::App(fault, why.clone())));
             }
             return;
         }
     };
-    for ((_, tx), entry) in calls.into_iter().zip(answers) {
+    for ((_, tx, _), entry) in calls.into_iter().zip(answers) {
         let decision = match entry.error {
             Some(error) => Err(http.fault(
                 AppFault::Status,
@@ -164,7 +171,13 @@ mod tests {
 
     #[test]
     fn a_batch_body_holds_each_call_as_it_is() {
-        let call = |s: &str| (s.as_bytes().to_vec(), oneshot::channel().0);
+        let call = |s: &str| {
+            (
+                s.as_bytes().to_vec(),
+                oneshot::channel().0,
+                tracing::Span::none(),
+            )
+        };
         let calls = vec![
             call(r#"{"kind":"a","id":"1"}"#),
             call(r#"{"kind":"a","id":"2"}"#),

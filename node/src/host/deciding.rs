@@ -14,6 +14,7 @@ use aether_core::protocol::{Op, Reply, Request, SharedJson};
 use aether_core::timers::{self, Timer};
 use std::sync::Arc;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 /// What an app kind's decide call needs, taken from the actor before the call.
 pub(super) struct Deciding {
@@ -80,7 +81,18 @@ pub(super) async fn decide_and_append(
         command,
         command_id: done.req.id.as_deref(),
     };
-    let (events, state, reply, send, specs, cancel) = match d.kind.app.decide(&call).await {
+    // The app's decide as a span of the request's trace (traces on); the call carries it as
+    // `traceparent`, and so do the sends it makes.
+    let span = if aether_nats::telemetry::enabled() {
+        let span = tracing::info_span!("decide", otel.kind = "client", kind = %done.req.actor.kind);
+        aether_nats::telemetry::follow(&span, done.req.trace.as_deref());
+        span
+    } else {
+        tracing::Span::none()
+    };
+    let trace = aether_nats::telemetry::traceparent(&span);
+    let decided = d.kind.app.decide(&call).instrument(span).await;
+    let (events, state, reply, send, specs, cancel) = match decided {
         Ok(Decision::Accept {
             events,
             state,
@@ -170,6 +182,7 @@ pub(super) async fn decide_and_append(
             actor: s.actor,
             command: s.command,
             delivered: false,
+            trace: trace.clone(),
         })
         .collect();
     record.delivered = delivered;

@@ -79,6 +79,7 @@ fn an_actors_view_shows_its_pending_work() {
         actor: ActorRef::new("account", "bob"),
         command: json!({"deposit": 5}),
         delivered: true,
+        trace: None,
     });
     let actor = ActorRef::new("counter", "a");
     let v = actor_view(&actor, kinds.get("counter"), &snap, 7, &[]);

@@ -620,7 +620,7 @@ async fn each_credential_shape_over_tls_serves() {
     for shape in SHAPES {
         let (_nats, args) = tls_server(&certs, shape, dir.path());
         // The test's own connection goes through the node's connect, with the same settings.
-        let nc = aether_node::node::connect(&args, "test", None)
+        let nc = aether_node::node::connect(&args, "test", None, None)
             .await
             .unwrap_or_else(|e| panic!("{shape:?}: {e}"));
         assert!(
