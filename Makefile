@@ -188,6 +188,7 @@ bench: tools
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench timers
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench timer_scale
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench hot
+	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench tracing
 
 ## bench-scale: how cost grows (memory per live and passivated actor at 10,000 to 1,000,000
 ## actors; a node joining 3 and one lost, 1,000,000 counters; the event stream's size per actor; 3, 10 and 30

@@ -79,8 +79,15 @@ pub fn init(json: bool, service: &str) -> Telemetry {
             .with_target("aether_node", tracing::Level::INFO)
             .with_target("aether_operator", tracing::Level::INFO)
             .with_target("aether_nats", tracing::Level::INFO);
+        // Only what a span says of itself: no source location, thread, level or target
+        // attributes and no busy/idle timing (each costs on every span or every poll).
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("aether"))
+            .with_location(false)
+            .with_threads(false)
+            .with_level(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
             .with_filter(ours)
     });
     if provider.is_some() {

@@ -149,13 +149,10 @@ impl Shared {
 
     async fn dispatch_once(
         self: &Arc<Self>,
-        mut req: Request,
+        req: Request,
         raw: Option<bytes::Bytes>,
         may_restart: bool,
     ) -> Answer {
-        if req.trace.is_none() {
-            req.trace = telemetry::traceparent(&tracing::Span::current());
-        }
         let target = {
             let mut st = self.state();
             match st.own.route(&req.actor.id, req.hops) {
@@ -190,6 +187,18 @@ impl Shared {
             }
             Target::Local(worker, shard) => {
                 self.metrics().route(RouteKind::Local);
+                let mut req = req;
+                // An app kind's decide joins the request's trace (traces on); built-in kinds make
+                // no span of their own.
+                if req.trace.is_none()
+                    && telemetry::enabled()
+                    && matches!(
+                        self.host.registry.get(&req.actor.kind),
+                        Some(crate::behaviour::Kind::App(_))
+                    )
+                {
+                    req.trace = telemetry::traceparent(&tracing::Span::current());
+                }
                 let started = std::time::Instant::now();
                 let (tx, rx) = oneshot::channel();
                 let read = matches!(req.op, Op::Read).then(|| req.actor.clone());
@@ -287,7 +296,11 @@ impl Shared {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(HOPS, req.hops.saturating_add(1).to_string().as_str());
         headers.insert(EPOCH, self.epoch().to_string().as_str());
-        if let Some(tp) = &req.trace {
+        let trace = req
+            .trace
+            .clone()
+            .or_else(|| telemetry::traceparent(&tracing::Span::current()));
+        if let Some(tp) = trace {
             headers.insert(TRACEPARENT, tp.as_str());
         }
         if let Some(deadline) = req.deadline {
