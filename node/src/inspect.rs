@@ -393,6 +393,7 @@ impl Inspector {
         kind: Option<&str>,
         shard: Option<u32>,
         limit: usize,
+        after: Option<&Cursor>,
     ) -> Result<ActorList> {
         let filter = |s: Option<u32>| {
             format!(
@@ -402,37 +403,60 @@ impl Inspector {
                 kind.unwrap_or("*")
             )
         };
-        let filters: Vec<String> = match (shard, self.plan().await) {
-            (Some(s), _) => vec![filter(Some(s))],
-            (None, Ok(plan)) => (0..plan.shards).map(|s| filter(Some(s))).collect(),
-            (None, Err(_)) => vec![filter(None)],
+        let shards: Vec<Option<u32>> = match (shard, self.plan().await) {
+            (Some(s), _) => vec![Some(s)],
+            (None, Ok(plan)) => (0..plan.shards).map(Some).collect(),
+            (None, Err(_)) => vec![None],
         };
         let mut out = Vec::new();
         let mut more = false;
-        'shards: for f in filters {
+        'shards: for s in shards {
+            // Past the cursor's shard only (shards in order; a cursor's shard was read in part).
+            if let (Some(c), Some(s)) = (after, s)
+                && s < c.shard
+            {
+                continue;
+            }
             let mut subjects = self
                 .store
                 .stream()
-                .info_with_subjects(&f)
+                .info_with_subjects(filter(s))
                 .await
                 .map_err(|e| Error::Nats(format!("actors: {e}")))?;
+            // One shard's subjects, sorted: a page ends at a place the next can start from.
+            let mut rows = Vec::new();
             while let Some(entry) = subjects.next().await {
                 let (subject, records) = entry.map_err(|e| Error::Nats(format!("actors: {e}")))?;
                 let Some((shard, actor)) = self.names.actor_of(&subject) else {
                     continue;
                 };
-                if out.len() == limit {
-                    more = true;
-                    break 'shards;
+                let actor = format!("{}/{}", actor.kind, actor.id);
+                if after.is_some_and(|c| (shard, actor.as_str()) <= (c.shard, c.actor.as_str())) {
+                    continue;
                 }
-                out.push(ActorRow {
-                    actor: format!("{}/{}", actor.kind, actor.id),
+                rows.push(ActorRow {
+                    actor,
                     records,
                     shard,
                 });
             }
+            rows.sort_unstable_by(|a, b| (a.shard, &a.actor).cmp(&(b.shard, &b.actor)));
+            for row in rows {
+                if out.len() == limit {
+                    more = true;
+                    break 'shards;
+                }
+                out.push(row);
+            }
         }
-        Ok(ActorList { actors: out, more })
+        let next = more
+            .then(|| out.last().map(|r| format!("{}/{}", r.shard, r.actor)))
+            .flatten();
+        Ok(ActorList {
+            actors: out,
+            more,
+            next,
+        })
     }
 }
 
@@ -444,6 +468,39 @@ pub struct ActorList {
     pub actors: Vec<ActorRow>,
     /// True when there are more than the limit.
     pub more: bool,
+    /// With `more`: the cursor (`SHARD/KIND/ID` of the last row) `--after` takes for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// Where a page of `actors` starts: after this actor of this shard (shards in order, each
+/// shard's actors sorted by `KIND/ID`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// The shard.
+    pub shard: u32,
+    /// `KIND/ID`.
+    pub actor: String,
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = Error;
+
+    /// `SHARD/KIND/ID`, as `next` gives it.
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = || {
+            Error::Config(format!(
+                "--after {text:?}: expected SHARD/KIND/ID, as a page's `next` gives it"
+            ))
+        };
+        let (shard, actor) = text.split_once('/').ok_or_else(bad)?;
+        let shard = shard.parse().map_err(|_| bad())?;
+        parse_actor(actor).map_err(|_| bad())?;
+        Ok(Self {
+            shard,
+            actor: actor.to_owned(),
+        })
+    }
 }
 
 /// One actor of [`ActorList`].

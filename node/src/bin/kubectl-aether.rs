@@ -2,7 +2,7 @@
 //! inside: kubectl aether"). A kubectl plugin: on PATH as `kubectl-aether`, run as `kubectl aether`.
 
 use aether_node::config::NatsArgs;
-use aether_node::inspect::{Inspector, Output, parse_actor, render, render_actors};
+use aether_node::inspect::{Cursor, Inspector, Output, parse_actor, render, render_actors};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -23,6 +23,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum What {
+    /// A completion script for SHELL (bash, zsh, fish, elvish, powershell): e.g.
+    /// `source <(kubectl aether completion bash)`, or written as the executable
+    /// `kubectl_complete-aether` on PATH for `kubectl aether <TAB>` (kubectl 1.26 and later).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// The plan's epoch and members (shards each, the plan each holds), the balance, the moves by
     /// phase with the failed ones' errors, the pods not holding the plan, the event stream's size.
     Status,
@@ -66,6 +73,9 @@ enum What {
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// The page after this cursor (`SHARD/KIND/ID`: the `next` of the page before).
+        #[arg(long)]
+        after: Option<Cursor>,
     },
 }
 
@@ -94,6 +104,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> aether_node::Result<String> {
+    if let What::Completion { shell } = &cli.what {
+        use clap::CommandFactory;
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut Cli::command(), "kubectl-aether", &mut script);
+        return Ok(String::from_utf8_lossy(&script).into_owned());
+    }
     // A bad KIND/ID is said before NATS is reached.
     if let What::Where { actor } | What::Get { actor } | What::History { actor, .. } = &cli.what {
         parse_actor(actor)?;
@@ -107,11 +123,19 @@ async fn run(cli: &Cli) -> aether_node::Result<String> {
             "history",
             inspector.history(&parse_actor(actor)?, *since, *at).await?,
         ),
-        What::Actors { kind, shard, limit } => {
-            let list = inspector.actors(kind.as_deref(), *shard, *limit).await?;
+        What::Actors {
+            kind,
+            shard,
+            limit,
+            after,
+        } => {
+            let list = inspector
+                .actors(kind.as_deref(), *shard, *limit, after.as_ref())
+                .await?;
             return Ok(render_actors(&list, cli.output));
         }
         What::Status => ("status", inspector.status().await?),
+        What::Completion { .. } => return Ok(String::new()),
         What::Moves { watch } => {
             let mut moves = inspector.moves().await?;
             while *watch && !all_done(&moves) {

@@ -36,7 +36,9 @@ pub fn actors(list: &super::ActorList, output: Output) -> String {
                 .map(|a| vec![a.actor.clone(), a.shard.to_string(), a.records.to_string()])
                 .collect();
             let mut out = columns(&["ACTOR", "SHARD", "RECORDS"], &rows);
-            if list.more {
+            if let Some(next) = &list.next {
+                out.push_str(&format!("(more: the next page with --after {next})\n"));
+            } else if list.more {
                 out.push_str("(more: raise --limit, or narrow by --kind or --shard)\n");
             }
             out

@@ -146,6 +146,50 @@ async fn kubectl_aether_shows_where_an_actor_lives_its_state_and_its_history() {
         (a["actors"].as_array().map(Vec::len), &a["more"]),
         (Some(2), &json!(true))
     );
+    // Pages of 2 with --after the page's `next`: every actor once, in (shard, KIND/ID) order.
+    let (mut paged, mut after) = (Vec::new(), None::<String>);
+    loop {
+        let mut args = vec!["actors", "--kind", "counter", "--limit", "2"];
+        if let Some(a) = &after {
+            args.extend(["--after", a.as_str()]);
+        }
+        let page = json_of(&url, &args);
+        for x in page["actors"].as_array().expect("actors") {
+            paged.push((
+                x["shard"].as_u64().unwrap_or_default(),
+                x["actor"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => break,
+        }
+        assert!(paged.len() <= ids.len(), "pages repeat: {paged:?}");
+    }
+    let mut sorted = paged.clone();
+    sorted.sort();
+    assert_eq!(paged, sorted, "in order");
+    let mut paged_ids: Vec<String> = paged.into_iter().map(|(_, a)| a).collect();
+    paged_ids.sort();
+    assert_eq!(paged_ids, ids, "every actor once");
+    let (ok, _, err) = kubectl_aether(&url, &["actors", "--after", "x/counter/a"]);
+    assert!(!ok && err.contains("expected SHARD/KIND/ID"), "{err}");
+    // Completions: a bash script that parses and offers the subcommands and their options.
+    let (ok, script, err) = kubectl_aether(&url, &["completion", "bash"]);
+    assert!(ok, "{err}");
+    assert!(
+        script.contains("history") && script.contains("--after"),
+        "{script}"
+    );
+    let file = std::env::temp_dir().join(format!("kubectl-aether-{}.bash", std::process::id()));
+    std::fs::write(&file, &script).expect("script");
+    let parsed = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&file)
+        .status()
+        .expect("bash");
+    let _ = std::fs::remove_file(&file);
+    assert!(parsed.success(), "bash -n refused the completion script");
     let shard = shard_of("user/42", SHARDS).to_string();
     let a = json_of(&url, &["actors", "--shard", &shard]);
     assert!(a["actors"].as_array().expect("actors").iter().all(|x| {
