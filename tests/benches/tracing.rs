@@ -192,7 +192,7 @@ fn section(r: &serde_json::Value) -> String {
          round shown. Traced nodes export over OTLP/HTTP to a receiver that discards what it gets \
          ({reqs} export requests in the traced rounds). The baseline is the same node with traces off.\n\n\
          | traces | routed command | vs off |\n|---|---|---|\n{off}{all}{tenth}\n\
-         Overhead at 100% sampling: {va} (goal 5%); at 10%: {vt} (goal 1%). A traced request makes a \
+         Overhead at 100% sampling: {va}; at 10%: {vt}. A traced request makes a \
          `request` span (and a sampled one is exported in a batch); with traces off no span is made. Why \
          the 10% figure is close to the 100% one: a span is made for every request and the sampler decides \
          only when it ends, so sampling saves the export, not the span; making no span for a request \
