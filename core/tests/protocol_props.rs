@@ -92,8 +92,8 @@ proptest! {
     }
 
     #[test]
-    fn reports_round_trip(epoch in any::<u64>(), shard in any::<u32>(), actors in any::<u32>(), duration_ms in any::<u64>(), error in proptest::option::of(any::<String>()), from in proptest::option::of(any::<String>()), to in proptest::option::of(any::<String>())) {
-        let msg = Progress { v: VERSION, epoch, shard, node: "app-2".into(), phase: MovePhase::Failed, actors, duration_ms, error, from, to };
+    fn reports_round_trip(epoch in any::<u64>(), shard in any::<u32>(), actors in any::<u32>(), duration_ms in any::<u64>(), bytes in any::<u64>(), error in proptest::option::of(any::<String>()), from in proptest::option::of(any::<String>()), to in proptest::option::of(any::<String>())) {
+        let msg = Progress { v: VERSION, epoch, shard, node: "app-2".into(), phase: MovePhase::Failed, actors, duration_ms, bytes, error, from, to };
         let back: Progress = decode(&encode(&msg).expect("encodes")).expect("decodes");
         prop_assert_eq!(back, msg);
         let ev = NodeEvent { v: VERSION, node: "app-2".into(), event: NodeEventKind::Leaving };

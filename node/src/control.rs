@@ -75,7 +75,8 @@ impl Shared {
             let this = self.clone();
             self.tasks.spawn(async move {
                 for mv in fx.report_done {
-                    this.report(epoch, &mv, MovePhase::Done, 0, 0, None).await;
+                    this.report(epoch, &mv, MovePhase::Done, (0, 0), 0, None)
+                        .await;
                 }
             });
         }

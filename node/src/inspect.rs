@@ -149,7 +149,9 @@ pub fn moves_view(plan: &PlanMessage, reports: &BTreeMap<u32, Progress>) -> Valu
                 "from": m.from,
                 "to": m.to,
                 "phase": r.map_or(json!("Pending"), |r| json!(r.phase)),
+                "attempts": plan.attempts.get(&m.shard).copied().unwrap_or(0),
                 "actors": r.map(|r| r.actors),
+                "bytes": r.map(|r| r.bytes).filter(|b| *b > 0),
                 "durationMs": r.map(|r| r.duration_ms),
                 "error": r.and_then(|r| r.error.clone()),
             })

@@ -248,7 +248,13 @@ impl Shared {
                         }
                         _ => {}
                     }
-                    let moved = if phase == MovePhase::Done { moved } else { 0 };
+                    let done = phase == MovePhase::Done;
+                    let moved = if done { moved } else { 0 };
+                    let bytes = if done {
+                        chunks.iter().map(|c| c.len() as u64).sum()
+                    } else {
+                        0
+                    };
                     let ms = if phase == MovePhase::Transferring || phase == MovePhase::HandedOff {
                         0
                     } else {
@@ -256,7 +262,8 @@ impl Shared {
                     };
                     // Stored before the next effect: `HandedOff` before the commit is sent, so a
                     // process that dies after sending it reads that it handed off.
-                    self.report(epoch, &mv, phase, moved, ms, error).await;
+                    self.report(epoch, &mv, phase, (moved, bytes), ms, error)
+                        .await;
                     Vec::new()
                 }
                 Effect::CommitAfter { delay_ms } => {

@@ -323,12 +323,13 @@ impl Shared {
         epoch: u64,
         mv: &Move,
         phase: MovePhase,
-        actors: u32,
+        (actors, bytes): (u32, u64),
         duration_ms: u64,
         error: Option<String>,
     ) {
         let p = Progress {
             actors,
+            bytes,
             duration_ms,
             error,
             ..self.progress(epoch, mv, phase)
@@ -354,6 +355,7 @@ impl Shared {
             phase,
             actors: 0,
             duration_ms: 0,
+            bytes: 0,
             error: None,
             from: mv.from.clone(),
             to: Some(mv.to.clone()),

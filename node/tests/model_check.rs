@@ -464,6 +464,7 @@ impl World {
             phase,
             actors: 0,
             duration_ms: 0,
+            bytes: 0,
             error: None,
             from: m.from.clone(),
             to: Some(m.to.clone()),

@@ -402,6 +402,7 @@ impl World {
             phase,
             actors: 0,
             duration_ms: 0,
+            bytes: 0,
             error: None,
             from: None,
             to: None,

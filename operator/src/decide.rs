@@ -286,7 +286,7 @@ pub fn decide(o: &Observed<'_>) -> Decision {
                 status.placement = Some(next.placement.clone());
                 status.shard_map = Some(next.shard_map.clone());
                 status.planned_at = Some(o.now.clone());
-                publish = Some(message(&next, o));
+                publish = Some(message(&next, o, &status.moves));
             }
             Err(e) => degraded = Some(("InvalidPlan", e.to_string())),
         }
@@ -312,7 +312,7 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         for m in &mut status.moves {
             m.phase = MovePhase::Pending;
         }
-        publish = Some(message(&current, o));
+        publish = Some(message(&current, o, &status.moves));
     }
     if degraded.is_none() && !exhausted.is_empty() {
         degraded = Some((
@@ -443,13 +443,18 @@ pub fn decide(o: &Observed<'_>) -> Decision {
 }
 
 /// The plan message of `plan`, signed by this ShardPlan.
-fn message(plan: &aether_core::plan::Plan, o: &Observed<'_>) -> PlanMessage {
+fn message(plan: &aether_core::plan::Plan, o: &Observed<'_>, moves: &[MoveStatus]) -> PlanMessage {
     let mut msg = PlanMessage::new(
         plan,
         o.spec.migration.max_concurrent,
         o.spec.migration.timeout_seconds,
     );
     msg.owner = Some(o.me.clone());
+    msg.attempts = moves
+        .iter()
+        .filter(|m| m.attempts > 0 && plan.moves.iter().any(|p| p.shard == m.shard))
+        .map(|m| (m.shard, m.attempts))
+        .collect();
     msg
 }
 

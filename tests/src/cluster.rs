@@ -377,11 +377,16 @@ pub fn move_one_shard(plan: &Plan, shard: u32, to: &str) -> Plan {
 
 /// Publishes a plan to the KV bucket the way the operator does.
 pub async fn publish(client: &async_nats::Client, prefix: &str, plan: &Plan, timeout_seconds: u32) {
+    publish_message(client, prefix, &PlanMessage::new(plan, 4, timeout_seconds)).await;
+}
+
+/// Publishes a plan message as it is (the operator's fields included).
+pub async fn publish_message(client: &async_nats::Client, prefix: &str, msg: &PlanMessage) {
     let js = async_nats::jetstream::new(client.clone());
     let bucket = aether_nats::plans::open_bucket(&js, &Names::new(prefix), 1)
         .await
         .unwrap_or_else(|e| panic!("plan bucket: {e}"));
-    aether_nats::plans::publish(&bucket, &PlanMessage::new(plan, 4, timeout_seconds))
+    aether_nats::plans::publish(&bucket, msg)
         .await
         .unwrap_or_else(|e| panic!("publish plan: {e}"));
 }

@@ -9,6 +9,10 @@ use crate::types::MovePhase;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// A node's report on one move, node -> operator (`{prefix}.progress`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -29,6 +33,9 @@ pub struct Progress {
     /// Time the move took so far.
     #[serde(default)]
     pub duration_ms: u64,
+    /// Bytes of the transfer chunks the source made (its `Done` report; 0 otherwise).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes: u64,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -103,6 +110,10 @@ pub struct PlanMessage {
     /// another ShardPlan (or of another writer) on the same prefix from its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Attempts each listed move had before this plan (shard -> count; the operator's
+    /// `status.moves[].attempts`), for people (`kubectl aether moves`): nodes do not use it.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub attempts: std::collections::BTreeMap<u32, u32>,
 }
 
 impl PlanMessage {
@@ -119,6 +130,7 @@ impl PlanMessage {
             max_concurrent,
             timeout_seconds,
             owner: None,
+            attempts: std::collections::BTreeMap::new(),
         }
     }
 

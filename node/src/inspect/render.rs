@@ -189,7 +189,9 @@ fn table(what: &str, v: &Value) -> String {
                         cell(&m["from"]),
                         cell(&m["to"]),
                         cell(&m["phase"]),
+                        cell(&m["attempts"]),
                         cell(&m["actors"]),
+                        cell(&m["bytes"]),
                         cell(&m["durationMs"]),
                         cell(&m["error"]),
                     ]
@@ -197,7 +199,10 @@ fn table(what: &str, v: &Value) -> String {
                 .collect();
             format!("EPOCH {}\n", v["epoch"])
                 + &columns(
-                    &["SHARD", "FROM", "TO", "PHASE", "ACTORS", "MS", "ERROR"],
+                    &[
+                        "SHARD", "FROM", "TO", "PHASE", "ATTEMPTS", "ACTORS", "BYTES", "MS",
+                        "ERROR",
+                    ],
                     &rows,
                 )
         }

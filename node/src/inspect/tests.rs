@@ -118,6 +118,7 @@ fn status_counts_shards_per_pod_and_names_failed_moves_and_pods_behind() {
         phase: aether_core::types::MovePhase::Failed,
         actors: 0,
         duration_ms: 5,
+        bytes: 0,
         error: Some("no answer to chunk 0".into()),
         from: Some("app-0".into()),
         to: Some("app-1".into()),

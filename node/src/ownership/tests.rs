@@ -43,6 +43,7 @@ fn done(epoch: u64, shard: u32, node: &str) -> Progress {
         phase: MovePhase::Done,
         actors: 0,
         duration_ms: 0,
+        bytes: 0,
         error: None,
         from: None,
         to: None,

@@ -13,6 +13,7 @@ fn report(epoch: u64, shard: u32, phase: MovePhase, error: Option<String>) -> Pr
         phase,
         actors: 0,
         duration_ms: 0,
+        bytes: 0,
         error,
         from: None,
         to: None,

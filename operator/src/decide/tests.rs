@@ -48,6 +48,7 @@ fn done(epoch: u64, shard: u32) -> Progress {
         phase: MovePhase::Done,
         actors: 0,
         duration_ms: 1,
+        bytes: 0,
         error: None,
         from: None,
         to: None,
@@ -118,6 +119,7 @@ fn failed_moves_are_retried_then_degraded() {
         phase: MovePhase::Failed,
         actors: 0,
         duration_ms: 5,
+        bytes: 0,
         error: Some("no answer to chunk 0: timed out".into()),
         from: None,
         to: None,
@@ -142,6 +144,15 @@ fn failed_moves_are_retried_then_degraded() {
         .find(|m| m.shard == shard)
         .expect("kept");
     assert_eq!(mv.attempts, 1);
+    assert_eq!(
+        retry.attempts,
+        std::collections::BTreeMap::from([(shard, 1)]),
+        "the retry plan says how often its moves were tried (kubectl aether moves shows it)"
+    );
+    assert!(
+        two.publish.as_ref().is_some_and(|p| p.attempts.is_empty()),
+        "a first plan tried nothing yet"
+    );
     assert_eq!(
         mv.last_error.as_deref(),
         Some("no answer to chunk 0: timed out")

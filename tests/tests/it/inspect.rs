@@ -5,10 +5,10 @@
 
 use crate::security::{Roles, connect_as, node_with};
 use aether_core::hash::shard_of;
-use aether_core::protocol::{ActorRef, Op, Outcome, Request};
+use aether_core::protocol::{ActorRef, Op, Outcome, PlanMessage, Request};
 use aether_node::client::Client;
 use aether_tests::auth::Role;
-use aether_tests::cluster::{TestNode, next_plan, publish};
+use aether_tests::cluster::{TestNode, next_plan, publish, publish_message};
 use aether_tests::{wait_for, workspace_binary};
 use serde_json::{Value, json};
 use std::process::Command;
@@ -220,7 +220,11 @@ async fn kubectl_aether_shows_where_an_actor_lives_its_state_and_its_history() {
     // `status` shows both pods holding it and the shards split.
     let node1 = TestNode::start_with(node_with(&url, "app-1")).await;
     let p2 = next_plan(Some(&plan), &["app-0", "app-1"], SHARDS, 4);
-    publish(&operator, PREFIX, &p2, 10).await;
+    // As the operator publishes a retry: the attempts its moves had before.
+    let mut msg = PlanMessage::new(&p2, 4, 10);
+    let tried = p2.moves[0].shard;
+    msg.attempts.insert(tried, 2);
+    publish_message(&operator, PREFIX, &msg).await;
     for n in [&node, &node1] {
         wait_for("both nodes hold plan 2", T, || async {
             n.shared.settled_at(p2.epoch)
@@ -242,6 +246,20 @@ async fn kubectl_aether_shows_where_an_actor_lives_its_state_and_its_history() {
             .iter()
             .all(|m| m["phase"] == "Done" && m["to"] == "app-1"),
         "{mv}"
+    );
+    for m in moves {
+        let attempts = if m["shard"] == json!(tried) { 2 } else { 0 };
+        assert_eq!(m["attempts"], json!(attempts), "{m}");
+        // The source's `Done` says what it sent (the latest report of a move is the source's).
+        assert!(m["bytes"].is_null() || m["bytes"].as_u64() > Some(0), "{m}");
+    }
+    assert!(
+        moves.iter().any(|m| m["bytes"].as_u64() > Some(0)),
+        "the bytes moves sent: {mv}"
+    );
+    assert!(
+        watched.contains("ATTEMPTS") && watched.contains("BYTES"),
+        "{watched}"
     );
     let st = json_of(&url, &["status"]);
     let shards: u64 = st["members"]

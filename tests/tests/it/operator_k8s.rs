@@ -272,6 +272,7 @@ async fn the_operator_plans_publishes_and_follows_a_scale_up() {
                 phase: aether_core::crd::MovePhase::Failed,
                 actors: 0,
                 duration_ms: 0,
+                bytes: 0,
                 error: Some("x".repeat(1_000_000)),
                 from: None,
                 to: None,

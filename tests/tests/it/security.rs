@@ -286,6 +286,7 @@ async fn a_client_user_cannot_forge_what_nodes_and_the_operator_send() {
         phase: MovePhase::Done,
         actors: 0,
         duration_ms: 1,
+        bytes: 0,
         error: None,
         from: None,
         to: None,
