@@ -1,6 +1,6 @@
 //! What aether's operator and node sidecar share, and nothing else: the plan bucket in NATS KV
 //! ([`plans`]: both may create it, the operator publishes, the nodes watch) and process plumbing
-//! ([`process`]: logs, the termination signal, NATS URLs, metric text). The operator depends on this
+//! ([`process`]: the termination signal, NATS URLs, metric text; [`telemetry`]: logs and traces). The operator depends on this
 //! crate and the core, never on the node.
 
 pub mod plans;

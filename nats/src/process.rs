@@ -1,13 +1,6 @@
-//! Process plumbing both binaries share: logs, the termination signal, NATS URLs, metric text.
+//! Process plumbing both binaries share: the termination signal, NATS URLs, metric text.
 
 use crate::{Error, Result};
-
-/// Structured logs to stderr, filtered by `RUST_LOG` (default `info`), as JSON lines when asked, and
-/// traces when an OTLP endpoint is set ([`crate::telemetry::init`]); keep the guard to the end.
-#[must_use]
-pub fn init_logs(json: bool, service: &str) -> crate::telemetry::Telemetry {
-    crate::telemetry::init(json, service)
-}
 
 /// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.
 pub async fn terminate() {

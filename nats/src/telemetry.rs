@@ -144,6 +144,32 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
     carrier.remove(TRACEPARENT)
 }
 
+/// A span made by `make` as a child of `traceparent` (see [`follow`]) when traces are on; no span
+/// otherwise (spans made only for the trace cost nothing with traces off).
+pub fn child_of(parent: Option<&str>, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    let span = make();
+    follow(&span, parent);
+    span
+}
+
+/// The `traceparent` among NATS message headers.
+#[must_use]
+pub fn parent_in(headers: Option<&async_nats::HeaderMap>) -> Option<&str> {
+    headers
+        .and_then(|h| h.get(TRACEPARENT))
+        .map(async_nats::HeaderValue::as_str)
+}
+
+/// Puts `traceparent` (when there is one) among NATS message headers.
+pub fn put(headers: &mut async_nats::HeaderMap, traceparent: Option<String>) {
+    if let Some(tp) = traceparent {
+        headers.insert(TRACEPARENT, tp.as_str());
+    }
+}
+
 /// Makes `span` a child of the span `traceparent` names (another process's, or a stored one).
 pub fn follow(span: &tracing::Span, traceparent: Option<&str>) {
     let Some(tp) = traceparent.filter(|_| enabled()) else {

@@ -50,7 +50,7 @@ async fn main() -> Result<(), aether_node::Error> {
             "only `run` is served here".into(),
         ));
     };
-    let telemetry = aether_nats::process::init_logs(cfg.log_json, "aether-embedded");
+    let telemetry = aether_nats::telemetry::init(cfg.log_json, "aether-embedded");
     let mut kinds = Registry::builtin();
     kinds.register(Arc::new(Visits));
     let (health, metrics) = (Arc::new(Health::default()), Arc::new(Metrics::default()));

@@ -73,7 +73,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: NodeConfig) -> aether_node::Result<()> {
-    let telemetry = aether_nats::process::init_logs(cfg.log_json, "aether-node");
+    let telemetry = aether_nats::telemetry::init(cfg.log_json, "aether-node");
     let health = Arc::new(Health::default());
     let metrics = Arc::new(Metrics::default());
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)

@@ -377,9 +377,8 @@ impl Shared {
     ) -> Event {
         // A chunk carries the move's span: the destination's `receive` joins its trace.
         let mut headers = async_nats::HeaderMap::new();
-        if let Some(tp) = aether_nats::telemetry::traceparent(&tracing::Span::current()) {
-            headers.insert(aether_nats::telemetry::TRACEPARENT, tp.as_str());
-        }
+        let current = aether_nats::telemetry::traceparent(&tracing::Span::current());
+        aether_nats::telemetry::put(&mut headers, current);
         let request = self
             .bulk
             .request_with_headers(self.names.node_migrate(to), headers, body);

@@ -230,11 +230,7 @@ impl Node {
                     }
                     let (shared, tasks) = (shared.clone(), shared.tasks.clone());
                     tasks.spawn_on(async move {
-                        let parent = msg
-                            .headers
-                            .as_ref()
-                            .and_then(|h| h.get(aether_nats::telemetry::TRACEPARENT))
-                            .map(|v| v.as_str().to_owned());
+                        let parent = aether_nats::telemetry::parent_in(msg.headers.as_ref()).map(str::to_owned);
                         let ack = shared.on_transfer(&msg.payload, parent.as_deref()).await;
                         if let (Some(to), Ok(bytes)) = (msg.reply, encode(&ack))
                             && let Err(e) = shared.bulk.publish(to, bytes.into()).await

@@ -106,12 +106,10 @@ async fn sender(shared: &Arc<Shared>, queues: &Queues, from: ActorRef) {
 /// The span of one send's steps (traces on): a child of the decision that sent it, so the
 /// receiver's request and the sender's `$reply` join that trace.
 fn send_span(send: &Outgoing) -> tracing::Span {
-    if !aether_nats::telemetry::enabled() {
-        return tracing::Span::none();
-    }
-    let span = tracing::info_span!("send", id = %send.id, to = %send.actor.kind);
-    aether_nats::telemetry::follow(&span, send.trace.as_deref());
-    span
+    aether_nats::telemetry::child_of(
+        send.trace.as_deref(),
+        || tracing::info_span!("send", id = %send.id, to = %send.actor.kind),
+    )
 }
 
 /// The steps of one send from where the sender's outbox says it is; false when they cannot go on

@@ -13,7 +13,7 @@ use crate::metrics::{Failure, Malformed, Route as RouteKind};
 use crate::ownership::Route;
 use crate::shared::{SHUTDOWN_GRACE, Shared};
 use aether_core::protocol::{ErrorCode, ErrorReply, Names, Op, Reply, Request, decode, encode};
-use aether_nats::telemetry::{self, TRACEPARENT};
+use aether_nats::telemetry;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -300,9 +300,7 @@ impl Shared {
             .trace
             .clone()
             .or_else(|| telemetry::traceparent(&tracing::Span::current()));
-        if let Some(tp) = trace {
-            headers.insert(TRACEPARENT, tp.as_str());
-        }
+        telemetry::put(&mut headers, trace);
         if let Some(deadline) = req.deadline {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
@@ -529,13 +527,9 @@ pub(crate) fn request_span(
     headers: Option<&async_nats::HeaderMap>,
     from_node: bool,
 ) -> tracing::Span {
-    if !telemetry::enabled() {
-        return tracing::Span::none();
-    }
-    let span = tracing::info_span!("request", otel.kind = "server", from_node);
-    let parent = headers.and_then(|h| h.get(TRACEPARENT)).map(|v| v.as_str());
-    telemetry::follow(&span, parent);
-    span
+    telemetry::child_of(telemetry::parent_in(headers), || {
+        tracing::info_span!("request", otel.kind = "server", from_node)
+    })
 }
 
 pub(crate) async fn subscribe_requests(shared: &Arc<Shared>) -> Result<Messages> {

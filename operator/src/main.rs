@@ -60,7 +60,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let telemetry = aether_nats::process::init_logs(args.log_json, "aether-operator");
+    let telemetry = aether_nats::telemetry::init(args.log_json, "aether-operator");
     let ran = serve(args).await;
     telemetry.finish().await;
     ran

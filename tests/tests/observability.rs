@@ -140,7 +140,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 fn valued(expr: &str) -> String {
     for op in [" > ", " < ", " == ", " >= ", " <= "] {
         if let Some((lhs, rhs)) = expr.rsplit_once(op) {
-            return format!("{lhs}{}bool {rhs}", op.trim_end().to_owned() + " ");
+            return format!("{lhs}{op}bool {rhs}");
         }
     }
     panic!("an alert without a comparison: {expr}");

@@ -130,6 +130,33 @@ fn describe(trace: &[Span]) -> String {
         .join("\n")
 }
 
+/// Waits until a trace of aether-node-0 with a span named `operation` is `whole`; fails after
+/// [`T`] with every such trace and the operations each node reported. Polled: Jaeger has no way to
+/// wait for a trace.
+async fn until_trace(query: u16, operation: &str, what: &str, whole: impl Fn(&[Span]) -> bool) {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let found = traces(query, "aether-node-0", operation).await;
+        if found.iter().any(|t| whole(t)) {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            let mut operations = String::new();
+            for service in ["aether-node-0", "aether-node-1"] {
+                let path = format!("/api/services/{service}/operations");
+                let (_, body) = http(query, "GET", &path, &[], b"").await;
+                operations += &format!("{service}: {}\n", String::from_utf8_lossy(&body));
+            }
+            let traces: Vec<String> = found.iter().map(|t| describe(t)).collect();
+            panic!(
+                "no {what} within {T:?}; operations:\n{operations}traces:\n{}",
+                traces.join("\n---\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_transfer_and_a_move_are_each_one_trace_across_nodes() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -243,72 +270,21 @@ async fn a_forwarded_transfer_and_a_move_are_each_one_trace_across_nodes() {
                     .is_some()
             })
     };
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        let found = traces(query, "aether-node-0", "request").await;
-        if found.iter().any(|t| whole(t)) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no whole trace of the transfer within {T:?}; traces:\n{}",
-            found
-                .iter()
-                .map(|t| describe(t))
-                .collect::<Vec<_>>()
-                .join("\n---\n")
-        );
-        // Polled until the deadline: Jaeger has no way to wait for a trace.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_trace(query, "request", "the transfer's trace, whole", whole).await;
 
     // A move: the receiver's shard from app-0 to app-1, with its actors: one trace.
     let p2 = move_one_shard(&p1, shard_of(&receiver, SHARDS), "app-1");
     publish(&nc, PREFIX, &p2, 10).await;
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        let found = traces(query, "aether-node-0", "move").await;
-        let whole = found.iter().any(|trace| {
+    until_trace(
+        query,
+        "move",
+        "a move's trace with the destination's receive",
+        |trace| {
             trace
                 .iter()
                 .filter(|s| s.service == "aether-node-0" && s.operation == "move")
                 .any(|mv| child(trace, mv, "aether-node-1", "receive").is_some())
-        });
-        if whole {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no move's trace with the destination's receive within {T:?}; operations {} and {}; traces:\n{}",
-            String::from_utf8_lossy(
-                &http(
-                    query,
-                    "GET",
-                    "/api/services/aether-node-0/operations",
-                    &[],
-                    b""
-                )
-                .await
-                .1
-            ),
-            String::from_utf8_lossy(
-                &http(
-                    query,
-                    "GET",
-                    "/api/services/aether-node-1/operations",
-                    &[],
-                    b""
-                )
-                .await
-                .1
-            ),
-            found
-                .iter()
-                .map(|t| describe(t))
-                .collect::<Vec<_>>()
-                .join("\n---\n")
-        );
-        // Polled until the deadline: Jaeger has no way to wait for a trace.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        },
+    )
+    .await;
 }

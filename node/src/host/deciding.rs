@@ -83,13 +83,10 @@ pub(super) async fn decide_and_append(
     };
     // The app's decide as a span of the request's trace (traces on); the call carries it as
     // `traceparent`, and so do the sends it makes.
-    let span = if aether_nats::telemetry::enabled() {
-        let span = tracing::info_span!("decide", otel.kind = "client", kind = %done.req.actor.kind);
-        aether_nats::telemetry::follow(&span, done.req.trace.as_deref());
-        span
-    } else {
-        tracing::Span::none()
-    };
+    let span = aether_nats::telemetry::child_of(
+        done.req.trace.as_deref(),
+        || tracing::info_span!("decide", otel.kind = "client", kind = %done.req.actor.kind),
+    );
     let trace = aether_nats::telemetry::traceparent(&span);
     let decided = d.kind.app.decide(&call).instrument(span).await;
     let (events, state, reply, send, specs, cancel) = match decided {
