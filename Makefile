@@ -32,8 +32,11 @@ test: tools check-generated chart-check sdk-test
 
 ## sdk-test: the Python and TypeScript SDKs' own tests (kinds, the app protocol over HTTP, the bank in
 ## memory); their clients against a real sidecar run in `make test` (tests/tests/it/app_protocol.rs).
+## scripts/check-ts.sh first proves the committed JavaScript (sdk/typescript/dist, examples/bank-ts/app.js)
+## is what tsc makes of the TypeScript sources.
 sdk-test:
 	python3 -m unittest discover -s sdk/python/tests
+	bash scripts/check-ts.sh
 	node --test sdk/typescript/test/
 
 ## demo: a local control plane, NATS and pods as processes; helm install, kubectl apply, a workload,

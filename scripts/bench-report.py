@@ -316,7 +316,7 @@ def app_section(path):
         "decide calls waiting at one moment sent in one `POST /v1/decide-batch` (the SDK offers "
         "`decideBatch` 64); `rust in process`: the same "
         "account logic as a `Behaviour` registered in the node; baseline: the built-in `counter`. "
-        "`typescript app`: its twin on the TypeScript SDK (`examples/bank-ts/app.js`, node:http, "
+        "`typescript app`: its twin on the TypeScript SDK (`examples/bank-ts/app.ts`, compiled by tsc, node:http, "
         "batches of 64 too); `stdlib app`: a hand-written standard-library Python app "
         "(`tests/apps/faulty.py`, one decide call per request, as an app without an SDK speaks the "
         "protocol); each app behind a node of its own. "
@@ -356,7 +356,7 @@ def app_section(path):
         bl = r["bank_lines"]
         out.append(
             f"\nThe bank app's lines: {bl['python_sdk']} on the Python SDK (`examples/bank/app.py`), "
-            f"{bl['typescript_sdk']} on the TypeScript SDK (`examples/bank-ts/app.js`); hand-written "
+            f"{bl['typescript_sdk']} on the TypeScript SDK (`examples/bank-ts/app.ts`); hand-written "
             "against the protocol with the standard library it was 197 (`examples/bank/app.py` at "
             "21161d5, the same kind with its holds and timers)."
         )

@@ -201,7 +201,7 @@ async fn run() -> Value {
         },
         "bank_lines": {
             "python_sdk": lines("examples/bank/app.py"),
-            "typescript_sdk": lines("examples/bank-ts/app.js"),
+            "typescript_sdk": lines("examples/bank-ts/app.ts"),
         },
     })
 }

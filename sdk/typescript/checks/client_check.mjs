@@ -2,7 +2,7 @@
 // app is examples/bank-ts/app.js): ids and retries, refusals and unknown kinds as AetherErrors with
 // the protocol's codes, a transfer's send arriving, timers. Exits non-zero on any mismatch.
 import assert from "node:assert/strict";
-import { AetherError, Client } from "../index.js";
+import { AetherError, Client } from "../dist/index.js";
 
 const api = process.argv[process.argv.indexOf("--api") + 1];
 const client = new Client(api);

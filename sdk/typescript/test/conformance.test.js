@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
-import { App } from "../index.js";
+import { App } from "../dist/index.js";
 import { account } from "../../../examples/bank-ts/app.js";
 
 const vectors = JSON.parse(readFileSync(new URL("../../conformance/bank.json", import.meta.url), "utf8")).cases;

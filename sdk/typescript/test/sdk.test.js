@@ -1,8 +1,8 @@
 // The SDK's own tests: kinds checked, the app protocol over real HTTP, the bank twin in memory.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { App, Client, AetherError, InvalidDecision, Kind, Rejected } from "../index.js";
-import { Harness, ms } from "../testing.js";
+import { App, Client, AetherError, InvalidDecision, Kind, Rejected } from "../dist/index.js";
+import { Harness, ms } from "../dist/testing.js";
 import { account } from "../../../examples/bank-ts/app.js";
 
 const nested = (depth) => { let v = 1; for (let i = 0; i < depth; i++) v = [v]; return v; };

@@ -5,16 +5,17 @@
 
 import { createHash } from "node:crypto";
 import { InvalidDecision } from "./kind.js";
+import type { ActorRef, Json, Kind, WireTimer } from "./kind.js";
 
-const UNITS = { ms: 1, s: 1000, sec: 1000, m: 60_000, min: 60_000, h: 3_600_000, d: 86_400_000, day: 86_400_000, days: 86_400_000 };
+const UNITS: Record<string, number> = { ms: 1, s: 1000, sec: 1000, m: 60_000, min: 60_000, h: 3_600_000, d: 86_400_000, day: 86_400_000, days: 86_400_000 };
 
 /** A duration: milliseconds, or text such as "15m", "1h 30m", "500ms". */
-export function ms(v) {
+export function ms(v: number | string): number {
   if (typeof v === "number") return v;
   let total = 0;
   const re = /\s*([0-9.]+)\s*([a-z]+)/gy;
   const text = String(v).trim();
-  let m;
+  let m: RegExpExecArray | null;
   let end = 0;
   while ((m = re.exec(text)) !== null) {
     if (!(m[2] in UNITS)) throw new Error(`duration ${JSON.stringify(v)}`);
@@ -25,42 +26,78 @@ export function ms(v) {
   return total;
 }
 
-const h = (kind, id) => createHash("sha256").update(`${kind}/${id}`).digest("hex").slice(0, 16);
+const h = (kind: string, id: string): string => createHash("sha256").update(`${kind}/${id}`).digest("hex").slice(0, 16);
 
+/** A call's answer: `{rejected}` or `{version, state, reply}`. */
+export type CallResult = { rejected: string } | { version: number; state: Json; reply?: Json };
+
+/** A timer an actor set, with the time it comes due. */
+interface PendingTimer {
+  name: string;
+  due: number;
+  command: Json;
+  every?: number;
+}
+
+/** What the harness holds of one actor, as the sidecar would. */
+interface ActorRecord {
+  kind: string;
+  id: string;
+  state: Json;
+  events: Json[];
+  version: number;
+  timers: Map<string, PendingTimer>;
+  seen: Map<string, CallResult>;
+}
+
+/** A send recorded and not yet delivered. */
+interface Outgoing {
+  from: [string, string];
+  sid: string;
+  to: ActorRef;
+  command: Json;
+}
+
+/** Kinds in memory: no sidecar, no NATS. */
 export class Harness {
-  constructor(kinds, { nowMs = 1_800_000_000_000 } = {}) {
+  private readonly kinds: Map<string, Kind>;
+  private readonly actors = new Map<string, ActorRecord>();
+  nowMs: number;
+  private readonly outbox: Outgoing[] = [];
+
+  constructor(kinds: Kind[], { nowMs = 1_800_000_000_000 }: { nowMs?: number } = {}) {
     this.kinds = new Map(kinds.map((k) => [k.name, k]));
-    this.actors = new Map();
     this.nowMs = nowMs;
-    this.outbox = [];
   }
 
-  kind(name) {
+  private kind(name: string): Kind {
     const k = this.kinds.get(name);
     if (!k) throw new InvalidDecision(`no kind ${JSON.stringify(name)} in the harness`);
     return k;
   }
 
-  actor(kind, id) {
+  private actor(kind: string, id: string): ActorRecord {
     const key = `${kind}\u0000${id}`;
-    if (!this.actors.has(key)) {
+    let a = this.actors.get(key);
+    if (!a) {
       const k = this.kind(kind);
-      this.actors.set(key, { kind, id, state: structuredClone(k.initial), events: [], version: 0, timers: new Map(), seen: new Map() });
+      a = { kind, id, state: structuredClone(k.initial), events: [], version: 0, timers: new Map(), seen: new Map() };
+      this.actors.set(key, a);
     }
-    return this.actors.get(key);
+    return a;
   }
 
-  state(kind, id) {
+  state(kind: string, id: string): Json {
     return this.actor(kind, id).state;
   }
 
   /** Decides `command`: `{rejected}` or `{version, state, reply}`; a repeated commandId gets the first answer. */
-  call(kind, id, command, commandId = null) {
+  call(kind: string, id: string, command: Json, commandId: string | null = null): CallResult {
     const a = this.actor(kind, id);
-    if (commandId !== null && a.seen.has(commandId)) return a.seen.get(commandId);
+    if (commandId !== null && a.seen.has(commandId)) return a.seen.get(commandId)!;
     const ctx = { kind, id, version: a.version, commandId };
     const answer = this.kind(kind).runDecide(structuredClone(a.state), structuredClone(command), ctx);
-    let result;
+    let result: CallResult;
     if ("rejected" in answer) {
       result = { rejected: answer.rejected };
     } else {
@@ -81,12 +118,12 @@ export class Harness {
   }
 
   /** Delivers pending sends, oldest first, each answer back as a `$reply`; returns how many. */
-  run(limit = 100_000) {
+  run(limit = 100_000): number {
     let n = 0;
     while (this.outbox.length) {
       if (++n > limit) throw new Error(`more than ${limit} sends: do the actors send to each other forever?`);
-      const { from, sid, to, command } = this.outbox.shift();
-      let outcome;
+      const { from, sid, to, command } = this.outbox.shift()!;
+      let outcome: Json;
       if (this.kinds.has(to.kind)) {
         const got = this.call(to.kind, to.id, command, sid);
         outcome = "rejected" in got
@@ -102,11 +139,11 @@ export class Harness {
 
   /** Moves the clock `ms` on and fires every timer due (periodic ones once, `missed` counting
    * skipped ticks), delivering the sends they cause; returns how many fired. */
-  advance(byMs) {
+  advance(byMs: number): number {
     this.nowMs += byMs;
     let fired = 0;
     for (;;) {
-      const due = [];
+      const due: [number, ActorRecord, PendingTimer][] = [];
       for (const a of this.actors.values()) for (const t of a.timers.values()) if (t.due <= this.nowMs) due.push([t.due, a, t]);
       if (!due.length) return fired;
       due.sort((x, y) => x[0] - y[0] || x[2].name.localeCompare(y[2].name));
@@ -126,8 +163,9 @@ export class Harness {
     }
   }
 
-  /** Every actor's events, applied from its kind's initial state, give the state it holds. */
-  checkReplay() {
+  /** Every actor's events, applied from its kind's initial state, give the state it holds (throws
+   * if not). */
+  checkReplay(): void {
     for (const a of this.actors.values()) {
       const k = this.kind(a.kind);
       const again = k.fold(structuredClone(k.initial), structuredClone(a.events));
@@ -137,9 +175,9 @@ export class Harness {
     }
   }
 
-  resolve(t) {
+  private resolve(t: WireTimer): PendingTimer {
     const every = t.every !== undefined ? ms(t.every) : null;
-    let due;
+    let due: number;
     if (t.at !== undefined) due = typeof t.at === "number" ? t.at : Date.parse(t.at);
     else if (t.after !== undefined) due = this.nowMs + ms(t.after);
     else due = this.nowMs + (every ?? 0);
