@@ -20,6 +20,8 @@
 //! - at most one node serves a shard;
 //! - a node that serves a shard holds the log's state of its actor (no stale read), so a committed
 //!   move's destination holds what the source captured and an acknowledged write survives;
+//! - no node pauses a shard for a move of a plan it no longer holds (that plan's moves are void:
+//!   the pause would make the shard unavailable for nothing);
 //!
 //! and from every state, once the faults stop (dead nodes restart, every node reads the newest plan
 //! and every report, messages are delivered, deadlines fire): the network settles, exactly one node
@@ -119,6 +121,8 @@ struct Node {
     alive: bool,
     /// Source side: the move running per shard.
     attempts: BTreeMap<u32, Attempt>,
+    /// Source side: moves listed by a plan, waiting for a move slot (their epoch and destination).
+    waiting: BTreeMap<u32, (u64, String)>,
     /// Destination side: the actor's version staged per shard (installed, not served).
     staged: BTreeMap<u32, u64>,
     /// The actor's copy a worker holds per shard (loaded from the log when first needed).
@@ -135,6 +139,7 @@ impl Node {
             own: Ownership::new(name),
             alive: true,
             attempts: BTreeMap::new(),
+            waiting: BTreeMap::new(),
             staged: BTreeMap::new(),
             copy: BTreeMap::new(),
             paused: BTreeSet::new(),
@@ -151,9 +156,10 @@ impl Node {
             .collect();
         let _ = write!(
             out,
-            "[{} {} {attempts:?} {:?} {:?} {:?} {}]",
+            "[{} {} {attempts:?} {:?} {:?} {:?} {:?} {}]",
             self.alive,
             self.own.state_key(),
+            self.waiting,
             self.staged,
             self.copy,
             self.paused,
@@ -186,6 +192,9 @@ struct Budget {
     /// A source's copy round ends when the model chooses, the shard served meanwhile (else the
     /// pause follows the start at once).
     copy_round: bool,
+    /// A move waits for a move slot as long as the model chooses before it starts (a plan may
+    /// come meanwhile), as `moves.rs` waits for its permit (else it starts when listed).
+    slots: bool,
 }
 
 impl Budget {
@@ -203,6 +212,7 @@ impl Budget {
             lagging_operator: false,
             late_done: false,
             copy_round: false,
+            slots: false,
         }
     }
 }
@@ -225,6 +235,9 @@ struct World {
     budget: Budget,
     /// Each node's `held` key: the epoch it last took.
     held: [u64; 3],
+    /// A shard paused for a move of a plan its node no longer holds (the shard unavailable for
+    /// nothing: that plan's moves are void), if one was.
+    stale_pause: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -245,6 +258,8 @@ enum Step {
     OperatorReads,
     /// A source's copy round ends (it served the shard meanwhile); the pause comes next.
     Copied(usize, u32),
+    /// A move waiting at node `n` gets its slot and starts.
+    Slot(usize, u32),
 }
 
 fn plans() -> Vec<PlanMessage> {
@@ -311,6 +326,7 @@ impl World {
             attempts: 0,
             budget,
             held: [0; 3],
+            stale_pause: None,
         };
         // Every node serves epoch 1; epoch 2 is published and read by each node when it chooses.
         for n in 0..NODES.len() {
@@ -433,7 +449,18 @@ impl World {
             .collect()
     }
 
+    /// A move listed for node `n` as source: it starts now, or, with move slots, once
+    /// [`Step::Slot`] gives it one.
     fn start_attempt(&mut self, n: usize, shard: u32, epoch: u64, to: &str) {
+        if self.budget.slots {
+            self.nodes[n].waiting.insert(shard, (epoch, to.to_owned()));
+        } else {
+            self.begin_attempt(n, shard, epoch, to);
+        }
+    }
+
+    /// The move starts: the driver decides what it does under the plan the node holds now.
+    fn begin_attempt(&mut self, n: usize, shard: u32, epoch: u64, to: &str) {
         let mv = Move {
             shard,
             from: Some(NODES[n].to_owned()),
@@ -529,6 +556,13 @@ impl World {
                 Effect::Copy if self.budget.copy_round => {}
                 Effect::Copy => next.push(Event::Copied { actors: 0 }),
                 Effect::PauseAndCapture { .. } => {
+                    if !node.own.is_current(epoch) {
+                        self.stale_pause = Some(format!(
+                            "{} paused shard {shard} for a move of epoch {epoch} while holding epoch {}",
+                            NODES[n],
+                            node.own.epoch()
+                        ));
+                    }
                     node.paused.insert(shard);
                     a.captured = Some(*node.copy.entry(shard).or_insert(log));
                     next.push(Event::Captured);
@@ -785,6 +819,9 @@ impl World {
                     out.push(Step::Copied(n, *s));
                 }
             }
+            for s in node.waiting.keys() {
+                out.push(Step::Slot(n, *s));
+            }
             if self.budget.deadlines > 0 {
                 for (s, a) in &node.attempts {
                     if !a.driver.finished() {
@@ -952,6 +989,7 @@ impl World {
             }
             Step::OperatorReads => self.op_read = self.durable.len(),
             Step::Copied(n, s) => self.source_event(n, s, Event::Copied { actors: 0 }),
+            Step::Slot(n, s) => self.slot(n, s),
             // A node's watch catches up with every `held` key (one step, like the reports).
             Step::ReadHeld(n) => {
                 for m in self.held_unread(n) {
@@ -961,10 +999,20 @@ impl World {
         }
     }
 
+    /// The move of `shard` waiting at node `n` gets its slot.
+    fn slot(&mut self, n: usize, shard: u32) {
+        if let Some((epoch, to)) = self.nodes[n].waiting.remove(&shard) {
+            self.begin_attempt(n, shard, epoch, &to);
+        }
+    }
+
     /// The safety properties; `Err` says which failed. A node serves a shard when its ownership
     /// says so and the shard is not paused (a paused shard holds its requests: they are forwarded
     /// at the hand-off, or served after a resume, which then must find no other node serving).
     fn check(&self) -> Result<(), String> {
+        if let Some(e) = &self.stale_pause {
+            return Err(e.clone());
+        }
         for s in 0..SHARDS {
             let serving: Vec<usize> = (0..NODES.len())
                 .filter(|&n| {
@@ -1032,6 +1080,11 @@ impl World {
                     .collect();
                 for s in copying {
                     self.source_event(n, s, Event::Copied { actors: 0 });
+                    busy = true;
+                }
+                let waiting: Vec<u32> = self.nodes[n].waiting.keys().copied().collect();
+                for s in waiting {
+                    self.slot(n, s);
                     busy = true;
                 }
             }
@@ -1175,9 +1228,11 @@ fn every_state_within_the_fault_budget_is_safe_and_converges() {
                 retry: true,
                 ..Budget::none()
             },
+            // Moves wait for a slot while the plan is replaced (rule 2 of `driver.rs`).
             Budget {
                 writes: 1,
                 replan: true,
+                slots: true,
                 ..Budget::none()
             },
             // A crash with the operator's retry planned from the reports it has read (a plan that
@@ -1214,6 +1269,7 @@ fn every_state_within_the_fault_budget_is_safe_and_converges() {
             lagging_operator: true,
             late_done: true,
             copy_round: true,
+            slots: true,
         }],
         // `AETHER_MODEL_BUDGET=faults` (`make model-check`): one of each fault, the retry or the
         // replacement plan, reports delivered to nodes at once; a crash with a lost or late
@@ -1244,6 +1300,7 @@ fn every_state_within_the_fault_budget_is_safe_and_converges() {
                 crashes: 1,
                 replan: true,
                 lagging_operator: true,
+                slots: true,
                 ..Budget::none()
             },
         ],

@@ -1,7 +1,7 @@
 //! `make soak` (issue 33): a long run of the bank on 4 node processes (3 members at first), each
 //! with its own bank app (`examples/bank/app.py`), one nats-server; transfers between accounts by
 //! sends from a few sequential lanes the whole time, and every minute a plan change (a fourth node
-//! joins, it leaves, a member leaves, it comes back), planned as the operator plans
+//! joins, it leaves, a member leaves, it comes back), planned by the operator's own decision
 //! (`chaos::planner`). Each minute: the resident memory and open file descriptors of every process,
 //! and the transfers' p99. At the end: every account holds exactly what the acknowledged transfers
 //! say (nothing lost, nothing applied twice, the money conserved).
@@ -10,12 +10,12 @@
 //! from the last run without running. Writes `target/soak.json`, `docs/soak.svg` (memory
 //! and p99 over time) and the section "Soak" of RELIABILITY.md.
 
-use aether_core::protocol::{Names, PlanMessage};
+use aether_core::protocol::Names;
 use aether_node::client::Client;
 use aether_tests::app::App;
 use aether_tests::bank;
 use aether_tests::chaos::planner::Planner;
-use aether_tests::cluster::{next_plan, node_process, wait_ready};
+use aether_tests::cluster::{node_process, wait_ready};
 use aether_tests::{NatsServer, free_port};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -122,20 +122,7 @@ async fn main() {
         nodes.push(node);
     }
     let first = members_at(1);
-    let refs: Vec<&str> = first.iter().map(String::as_str).collect();
-    let plan = next_plan(None, &refs, SHARDS, 4);
-    aether_nats::plans::publish(&bucket, &PlanMessage::new(&plan, 4, 10))
-        .await
-        .expect("first plan");
-    let mut planner = Planner {
-        plan,
-        members: first,
-        shards: SHARDS,
-        bucket,
-        js,
-        names,
-        published: 1,
-    };
+    let (mut planner, _) = Planner::start(first, SHARDS, bucket, js, names).await;
     let client = Client::new(nc.clone(), PREFIX);
     bank::open(&client, ACCOUNTS, T)
         .await
@@ -210,7 +197,7 @@ async fn main() {
         acknowledged.extend(lane.await.expect("lane").expect("transfers"));
     }
     // The last plan's moves finish (retried as the operator would), then every account is exact.
-    while planner.retry().await.is_some() {}
+    while planner.retry(Duration::from_secs(120)).await.is_some() {}
     let expected = bank::expected(ACCOUNTS, &acknowledged);
     let settled = bank::settle(&client, &expected, T).await;
     let report = json!({

@@ -8,13 +8,13 @@
 //! (`chaos/sends.rs`: every acknowledged transfer applied once). The event stream's duplicate
 //! window is [`WINDOW`], and one kind of fault stops every process for longer than that.
 //!
-//! Plans are made the way the operator makes them (`chaos/planner.rs`); after every fault, once no
-//! move is in flight, the runner publishes a retry when a move did not finish, as the operator does.
+//! Plans are made by the operator's own reconcile decision (`chaos/planner.rs` runs
+//! `aether_operator::decide`); after every fault the runner reconciles as the operator does until
+//! every move is done or the operator publishes a retry (a failure's backoff, a move's deadline).
 
-use crate::cluster::next_plan;
 use crate::history::{self, History, Op, OpKind, Outcome, Verdict};
 use crate::{NatsCluster, NatsServer, Process, free_port, workspace_binary};
-use aether_core::protocol::{self, ActorRef, ErrorCode, Names, Op as ReqOp, PlanMessage, Request};
+use aether_core::protocol::{self, ActorRef, ErrorCode, Names, Op as ReqOp, Request};
 use aether_node::client::Client;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -57,6 +57,10 @@ pub struct Config {
 /// JetStream's duplicate window of the run's event stream (the node's default is 120 s): short, so
 /// that faults outlast it and only the nodes' own bookkeeping keeps sends and retries once.
 pub const WINDOW: Duration = Duration::from_secs(10);
+
+/// How long the runner reconciles after a fault before it moves on: past the operator's deadline
+/// of a move that got no outcome (its share of the 10 s timeout plus the 30 s grace).
+const RETRY_LIMIT: Duration = Duration::from_secs(90);
 
 impl Config {
     /// The slice inside `make test`.
@@ -285,20 +289,8 @@ pub async fn run(cfg: Config) -> Report {
         p.start(&url, &prefix, replicas);
     }
     let first: Vec<String> = pods.iter().take(3).map(|p| p.name.clone()).collect();
-    let refs: Vec<&str> = first.iter().map(String::as_str).collect();
-    let plan = next_plan(None, &refs, cfg.shards, 4);
-    let mut planner = Planner {
-        plan: plan.clone(),
-        members: first.clone(),
-        shards: cfg.shards,
-        bucket,
-        js: js.clone(),
-        names: names.clone(),
-        published: 0,
-    };
-    aether_nats::plans::publish(&planner.bucket, &PlanMessage::new(&plan, 4, 10))
-        .await
-        .unwrap_or_else(|e| panic!("first plan: {e}"));
+    let (mut planner, _) =
+        Planner::start(first.clone(), cfg.shards, bucket, js.clone(), names.clone()).await;
     let mut client = Client::new(nc.clone(), &prefix);
     // A client retries a command with its id within the duplicate window, as PROTOCOL.md asks
     // ("retry with the same id, soon"); after it, the outcome stays unknown to the history.
@@ -372,7 +364,7 @@ pub async fn run(cfg: Config) -> Report {
         *report.faults.entry(fault).or_default() += 1;
         n += 1;
         let healed = Instant::now();
-        planner.retry().await;
+        planner.retry(RETRY_LIMIT).await;
         match converge(&client, &actors, Duration::from_secs(60)).await {
             Ok(()) => report
                 .converge_ms
@@ -391,7 +383,7 @@ pub async fn run(cfg: Config) -> Report {
     report.verdict = history::check(&history.ops());
     report.timers = timers::finish(&client, &js, &prefix, cfg.shards, &timed).await;
     report.sends = sends::finish(&client, &js, &prefix, cfg.shards, transfers).await;
-    report.plans = planner.published + 1;
+    report.plans = planner.published;
     report.elapsed = started.elapsed();
     for p in &mut pods {
         p.kill();

@@ -1,24 +1,28 @@
-//! The runner's operator (also `make soak`'s): plans made the way the operator makes them (the
-//! core planner, the moves not reported done kept from their actual owners, then the KV bucket),
-//! and its retry of a plan whose moves did not all finish.
+//! The runner's operator (also `make soak`'s): the operator's own reconcile decision
+//! (`aether_operator::decide::decide`) run on what the runner observes (its members, the progress
+//! stream's latest report of each move), its plans published to the KV bucket. So plans, the moves
+//! not done kept from their actual owners, and retries (after a failure's backoff, or a move's
+//! deadline) are the operator's, not a copy of them.
 
-use aether_core::crd::Strategy;
-use aether_core::plan::{MemberInput, Plan, PlanSpec, plan, retry};
-use aether_core::protocol::{self, Names, PlanMessage};
-use aether_core::types::MovePhase;
-use std::collections::BTreeMap;
+use aether_core::crd::{ShardPlanSpec, ShardPlanStatus};
+use aether_core::plan::{MemberInput, Plan};
+use aether_core::protocol::{self, Names, PlanMessage, Progress};
+use aether_operator::decide::{Held, Observed, decide};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::time::{Duration, Instant};
 
-/// Plans as the operator makes them: the core planner, with the moves not done yet kept from their
-/// actual owners (read from the progress stream), and a retry only once no move is in flight.
+/// This runner as the plans' signer (a ShardPlan's `namespace/name/uid`).
+const ME: &str = "chaos/runner/1";
+
+/// Plans as the operator makes them: its `decide` on the runner's observations.
 #[derive(Debug)]
 pub struct Planner {
-    /// The plan published last.
-    pub plan: Plan,
-    /// Its members.
+    /// The ShardPlan the runner stands for.
+    spec: ShardPlanSpec,
+    /// Its status, as `decide` left it.
+    status: ShardPlanStatus,
+    /// The members of the plan published last.
     pub members: Vec<String>,
-    /// Shards of every plan.
-    pub shards: u32,
     /// The plan bucket.
     pub bucket: async_nats::jetstream::kv::Store,
     /// JetStream, for the progress reports.
@@ -30,68 +34,126 @@ pub struct Planner {
 }
 
 impl Planner {
-    /// The latest report of each move of the current plan (`None`: none yet).
-    async fn outcomes(&self) -> BTreeMap<u32, Option<MovePhase>> {
-        let mut out = BTreeMap::new();
-        let stream = self.js.get_stream(self.names.progress_stream()).await.ok();
-        for m in &self.plan.moves {
-            let mut phase = None;
-            if let Some(stream) = &stream
-                && let Ok(msg) = stream
-                    .get_last_raw_message_by_subject(&self.names.progress(self.plan.epoch, m.shard))
-                    .await
-                && let Ok(p) = protocol::decode::<protocol::Progress>(&msg.payload)
+    /// The first plan for `members` (`shards` shards, capacity 4, moves of at most 10 s, 4 at
+    /// once per source), published.
+    pub async fn start(
+        members: Vec<String>,
+        shards: u32,
+        bucket: async_nats::jetstream::kv::Store,
+        js: async_nats::jetstream::Context,
+        names: Names,
+    ) -> (Self, Plan) {
+        let spec: ShardPlanSpec = serde_json::from_value(serde_json::json!({
+            "statefulSet": "app",
+            "shards": shards,
+            "capacity": 4,
+            "migration": {"maxConcurrent": 4, "timeoutSeconds": 10},
+        }))
+        .unwrap_or_else(|e| panic!("spec: {e}"));
+        let mut planner = Self {
+            spec,
+            status: ShardPlanStatus::default(),
+            members: Vec::new(),
+            bucket,
+            js,
+            names,
+            published: 0,
+        };
+        let plan = planner.publish(members).await;
+        (planner, plan)
+    }
+
+    /// The latest report of each move of the current plan.
+    async fn reports(&self) -> Vec<Progress> {
+        let mut out = Vec::new();
+        let Ok(stream) = self.js.get_stream(self.names.progress_stream()).await else {
+            return out;
+        };
+        for m in &self.status.moves {
+            if let Ok(msg) = stream
+                .get_last_raw_message_by_subject(&self.names.progress(self.status.epoch, m.shard))
+                .await
+                && let Ok(p) = protocol::decode::<Progress>(&msg.payload)
             {
-                phase = Some(p.phase);
+                out.push(p);
             }
-            out.insert(m.shard, phase);
         }
         out
     }
 
-    /// The next plan for `members`, published; returns it.
-    pub async fn publish(&mut self, members: Vec<String>) -> Plan {
-        let outcomes = self.outcomes().await;
-        let pending = retry::unfinished(&self.plan.moves, |s| outcomes.get(&s).copied().flatten());
-        let inputs: Vec<MemberInput> = members.iter().map(MemberInput::active).collect();
-        let spec = PlanSpec {
-            shards: self.shards,
-            capacity: 4,
-            strategy: Strategy::AnchorHash,
-        };
-        let next = plan(Some(&self.plan), &pending, &inputs, &spec)
-            .unwrap_or_else(|e| panic!("plan: {e}"));
-        let msg = PlanMessage::new(&next, 4, 10);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        // The bucket may be without a leader for a moment after a server restart.
-        while let Err(e) = aether_nats::plans::publish(&self.bucket, &msg).await {
-            assert!(
-                Instant::now() < deadline,
-                "publish plan {}: {e}",
-                next.epoch
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    /// One reconcile of the operator on `members` and the reports read now; publishes the plan it
+    /// decides, if any, and returns it.
+    async fn reconcile(&mut self, members: &[String]) -> Option<Plan> {
+        let progress = self.reports().await;
+        // The pods as the operator sees them: `members` Ready; a member of the plan that left
+        // them is being deleted (draining: still the source of its moves, as a scaled-down pod
+        // is until its shards are handed over).
+        let mut inputs: Vec<MemberInput> = members.iter().map(MemberInput::active).collect();
+        for m in &self.status.members {
+            if !members.contains(&m.pod) {
+                inputs.push(MemberInput::draining(m.pod.clone()));
+            }
         }
+        let observed = Observed {
+            generation: Some(1),
+            spec: &self.spec,
+            status: (self.published > 0).then_some(&self.status),
+            replicas: Some(members.len() as i32),
+            members: inputs,
+            progress,
+            nats_problem: None,
+            held: (self.published > 0).then(|| Held {
+                epoch: self.status.epoch,
+                shards: self.spec.shards,
+                owner: Some(ME.to_owned()),
+            }),
+            me: ME.to_owned(),
+            prefix_taken_by: None,
+            now: Time(k8s_openapi::jiff::Timestamp::now()),
+        };
+        let decision = decide(&observed);
+        self.status = decision.status;
+        let msg = decision.publish?;
+        self.put(&msg).await;
         self.published += 1;
-        self.plan = next.clone();
-        self.members = members;
-        next
+        self.members = members.to_vec();
+        self.status.plan()
     }
 
-    /// The operator's retry, by its rule (`aether_core::plan::retry`): once a move of the current
-    /// plan failed or was superseded and none is in flight, or past the plan's deadline (as the
-    /// operator fails a move that got no outcome), a new plan for the same members if any move
-    /// did not finish.
-    pub async fn retry(&mut self) -> Option<Plan> {
-        let deadline = Instant::now() + Duration::from_secs(10 + 5);
+    async fn put(&self, msg: &PlanMessage) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // The bucket may be without a leader for a moment after a server restart.
+        while let Err(e) = aether_nats::plans::publish(&self.bucket, msg).await {
+            assert!(Instant::now() < deadline, "publish plan {}: {e}", msg.epoch);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The operator's plan for `members` (a membership change), published. When it makes none
+    /// (the members are the plan's already, or it is degraded), the current plan.
+    pub async fn publish(&mut self, members: Vec<String>) -> Plan {
+        match self.reconcile(&members).await {
+            Some(plan) => plan,
+            None => self
+                .status
+                .plan()
+                .unwrap_or_else(|| panic!("the operator made no plan for {members:?}")),
+        }
+    }
+
+    /// Reconciles, as the operator does while moves are in flight, until every move of the
+    /// current plan is done (`None`) or the operator publishes a retry (a move failed and its
+    /// backoff passed with none in flight, or a move got no outcome by its deadline: the plan's
+    /// time plus its share of the timeout plus the operator's grace). Gives up after `limit`.
+    pub async fn retry(&mut self, limit: Duration) -> Option<Plan> {
+        let deadline = Instant::now() + limit;
+        let members = self.members.clone();
         loop {
-            let outcomes = self.outcomes().await;
-            if outcomes.values().all(|p| *p == Some(MovePhase::Done)) {
-                return None;
+            if let Some(plan) = self.reconcile(&members).await {
+                return Some(plan);
             }
-            if retry::retry_due(outcomes.values().copied()) || Instant::now() > deadline {
-                let members = self.members.clone();
-                return Some(self.publish(members).await);
+            if self.status.moves.is_empty() || Instant::now() > deadline {
+                return None;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
