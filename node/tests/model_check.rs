@@ -113,6 +113,8 @@ struct Attempt {
     /// The node's own move driver (`driver.rs`), as `moves.rs` runs it.
     driver: SourceDriver,
     captured: Option<u64>,
+    /// Told that a newer plan came (`Event::Superseded`).
+    told: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -152,7 +154,10 @@ impl Node {
         let attempts: Vec<_> = self
             .attempts
             .iter()
-            .map(|(s, a)| (s, a.id, a.epoch, &a.to, &a.driver.machine.phase, a.captured))
+            .map(|(s, a)| {
+                let m = &a.driver.machine.phase;
+                (s, a.id, a.epoch, &a.to, m, a.captured, a.told)
+            })
             .collect();
         let _ = write!(
             out,
@@ -195,6 +200,10 @@ struct Budget {
     /// A move waits for a move slot as long as the model chooses before it starts (a plan may
     /// come meanwhile), as `moves.rs` waits for its permit (else it starts when listed).
     slots: bool,
+    /// A running move learns of a newer plan when the model chooses ([`Step::Notice`]), as
+    /// `moves.rs` carries out its effects in order and looks at the plan's watch only between
+    /// them (else at once, with the plan).
+    late_notice: bool,
 }
 
 impl Budget {
@@ -213,6 +222,7 @@ impl Budget {
             late_done: false,
             copy_round: false,
             slots: false,
+            late_notice: false,
         }
     }
 }
@@ -260,6 +270,8 @@ enum Step {
     Copied(usize, u32),
     /// A move waiting at node `n` gets its slot and starts.
     Slot(usize, u32),
+    /// A move running at node `n` learns that its node holds a newer plan.
+    Notice(usize, u32),
 }
 
 fn plans() -> Vec<PlanMessage> {
@@ -401,8 +413,10 @@ impl World {
             .filter(|(_, a)| a.epoch < fx.epoch)
             .map(|(s, _)| *s)
             .collect();
-        for s in older {
-            self.source_event(n, s, Event::Superseded);
+        if !self.budget.late_notice {
+            for s in older {
+                self.notice(n, s);
+            }
         }
         for m in &fx.recommit {
             let (driver, first) = SourceDriver::recommit(m.clone(), fx.epoch);
@@ -415,6 +429,7 @@ impl World {
                     to: m.to.clone(),
                     driver,
                     captured: None,
+                    told: false,
                 },
             );
             self.source_effects(n, m.shard, first);
@@ -477,6 +492,7 @@ impl World {
                 to: to.to_owned(),
                 driver,
                 captured: None,
+                told: false,
             },
         );
         self.source_effects(n, shard, first);
@@ -822,6 +838,9 @@ impl World {
             for s in node.waiting.keys() {
                 out.push(Step::Slot(n, *s));
             }
+            for s in self.unnoticed(n) {
+                out.push(Step::Notice(n, s));
+            }
             if self.budget.deadlines > 0 {
                 for (s, a) in &node.attempts {
                     if !a.driver.finished() {
@@ -990,6 +1009,7 @@ impl World {
             Step::OperatorReads => self.op_read = self.durable.len(),
             Step::Copied(n, s) => self.source_event(n, s, Event::Copied { actors: 0 }),
             Step::Slot(n, s) => self.slot(n, s),
+            Step::Notice(n, s) => self.notice(n, s),
             // A node's watch catches up with every `held` key (one step, like the reports).
             Step::ReadHeld(n) => {
                 for m in self.held_unread(n) {
@@ -997,6 +1017,24 @@ impl World {
                 }
             }
         }
+    }
+
+    /// The moves running at node `n` under a plan older than the one it holds, not told yet.
+    fn unnoticed(&self, n: usize) -> Vec<u32> {
+        let node = &self.nodes[n];
+        node.attempts
+            .iter()
+            .filter(|(_, a)| !a.told && a.epoch < node.own.epoch())
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    /// The move of `shard` at node `n` learns that a newer plan came.
+    fn notice(&mut self, n: usize, shard: u32) {
+        if let Some(a) = self.nodes[n].attempts.get_mut(&shard) {
+            a.told = true;
+        }
+        self.source_event(n, shard, Event::Superseded);
     }
 
     /// The move of `shard` waiting at node `n` gets its slot.
@@ -1085,6 +1123,10 @@ impl World {
                 let waiting: Vec<u32> = self.nodes[n].waiting.keys().copied().collect();
                 for s in waiting {
                     self.slot(n, s);
+                    busy = true;
+                }
+                for s in self.unnoticed(n) {
+                    self.notice(n, s);
                     busy = true;
                 }
             }
@@ -1235,6 +1277,13 @@ fn every_state_within_the_fault_budget_is_safe_and_converges() {
                 slots: true,
                 ..Budget::none()
             },
+            // ... and a running move learns of the replacement late (rule 1).
+            Budget {
+                replan: true,
+                slots: true,
+                late_notice: true,
+                ..Budget::none()
+            },
             // A crash with the operator's retry planned from the reports it has read (a plan that
             // lists a move done already), the copy round a step (the source serves meanwhile), a
             // restarted node reading the reports as the stream keeps them: issue 27 finding 3b.
@@ -1270,6 +1319,7 @@ fn every_state_within_the_fault_budget_is_safe_and_converges() {
             late_done: true,
             copy_round: true,
             slots: true,
+            late_notice: true,
         }],
         // `AETHER_MODEL_BUDGET=faults` (`make model-check`): one of each fault, the retry or the
         // replacement plan, reports delivered to nodes at once; a crash with a lost or late
@@ -1301,6 +1351,7 @@ fn every_state_within_the_fault_budget_is_safe_and_converges() {
                 replan: true,
                 lagging_operator: true,
                 slots: true,
+                late_notice: true,
                 ..Budget::none()
             },
         ],
