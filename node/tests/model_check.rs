@@ -407,14 +407,10 @@ impl World {
             node.copy.remove(s);
             node.staged.remove(s);
         }
-        let older: Vec<u32> = node
-            .attempts
-            .iter()
-            .filter(|(_, a)| a.epoch < fx.epoch)
-            .map(|(s, _)| *s)
-            .collect();
+        // Its moves of older plans learn of this one now (with `late_notice`, when the model
+        // chooses).
         if !self.budget.late_notice {
-            for s in older {
+            for s in self.unnoticed(n) {
                 self.notice(n, s);
             }
         }
