@@ -14,7 +14,7 @@ KUBECTL := $(TOOLS_DIR)/kubernetes-$(K8S_VERSION)/kubectl
 ETCD := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
 HELM := $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 
-.PHONY: all build test sdk-test lint fmt generate check-generated chart-check bench bench-scale bench-peers tools-peers chaos soak fuzz model-check demo tools clean-tools images node-tools e2e-node observability
+.PHONY: all build test sdk-test lint fmt generate check-generated chart-check bench bench-scale bench-peers tools-peers chaos soak fuzz model-check demo demo-node tools clean-tools images node-images node-tools e2e-node observability
 
 all: lint test
 
@@ -45,6 +45,14 @@ demo: tools
 	$(CARGO) build --release --bins --example demo -p aether-tests -p aether-node -p aether-operator
 	AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) $${CARGO_TARGET_DIR:-target}/release/examples/demo
 
+## demo-node: `make demo` on a real node (root): containerd, runc, a kubelet, kube-proxy and
+## CoreDNS run the images of `make images`, NATS in a pod (as `make e2e-node`). Ctrl-C tears down.
+demo-node: node-tools node-images
+	tools/node/clean.sh
+	$(CARGO) build --release --example demo -p aether-tests
+	AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) AETHER_ETCD=$(ETCD) AETHER_KUBE_APISERVER=$(KUBE_APISERVER) \
+	  $${CARGO_TARGET_DIR:-target}/release/examples/demo --real-node; status=$$?; tools/node/clean.sh; exit $$status
+
 ## images: OCI image archives of aether-node, aether-operator and the bank example under
 ## target/images/, without a container engine: each Dockerfile's last stage on a base of Debian
 ## packages (scripts/oci-image.py), then checked against its Dockerfile (scripts/check-images.py).
@@ -61,10 +69,16 @@ images:
 	python3 scripts/check-images.py docker/node.Dockerfile=$(IMAGES_DIR)/aether-node.tar docker/operator.Dockerfile=$(IMAGES_DIR)/aether-operator.tar docker/bank-example.Dockerfile=$(IMAGES_DIR)/aether-bank-example.tar
 
 ## node-tools: what a real node needs (`make e2e-node`): Debian's containerd, runc, CNI plugins,
-## iptables, conntrack and skopeo (apt-get, when missing), and the kubelet and kube-proxy of the
-## control plane's version (tools/build-k8s.sh node: ~5 min once the control plane is built).
+## iptables, conntrack and skopeo (apt-get, when missing), the kubelet and kube-proxy of the
+## control plane's version (tools/build-k8s.sh node: ~5 min once the control plane is built) and
+## CoreDNS (static, from its Go module).
 KUBELET := $(TOOLS_DIR)/kubernetes-$(K8S_VERSION)/kubelet
-node-tools: tools $(KUBELET)
+COREDNS_VERSION := v1.15.0
+COREDNS := $(TOOLS_DIR)/coredns-$(COREDNS_VERSION)/coredns
+$(COREDNS):
+	mkdir -p $(dir $@)
+	CGO_ENABLED=0 GOBIN=$(dir $@) go install -ldflags "-s -w" github.com/coredns/coredns@$(COREDNS_VERSION)
+node-tools: tools $(KUBELET) $(COREDNS)
 	@command -v containerd >/dev/null && command -v runc >/dev/null && test -x /usr/lib/cni/bridge \
 	  && command -v iptables >/dev/null && command -v conntrack >/dev/null && command -v skopeo >/dev/null \
 	  || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q containerd runc \
@@ -73,16 +87,24 @@ node-tools: tools $(KUBELET)
 $(KUBELET):
 	TOOLS_DIR=$(TOOLS_DIR) K8S_VERSION=$(K8S_VERSION) tools/build-k8s.sh node
 
-## e2e-node: the chart on a real node (root): containerd, runc and a kubelet run the images of
-## `make images` (tests/tests/e2e_node.rs). Not part of `make test`.
-e2e-node: node-tools images
-	tools/node/clean.sh
-	mkdir -p $${CARGO_TARGET_DIR:-target}/pause
+## node-images: `make images`, and the images only the real node needs: its pause image
+## (tools/node/pause.c), NATS and CoreDNS (the tools' binaries).
+node-images: images
+	mkdir -p $${CARGO_TARGET_DIR:-target}/pause $${CARGO_TARGET_DIR:-target}/node
 	gcc -static -O2 -o $${CARGO_TARGET_DIR:-target}/pause/pause tools/node/pause.c
+	cp $(NATS_SERVER) $(COREDNS) $${CARGO_TARGET_DIR:-target}/node/
 	python3 scripts/oci-image.py tools/node/pause.Dockerfile registry.k8s.io/pause:3.10 $(IMAGES_DIR)/pause.tar --base none
+	python3 scripts/oci-image.py tools/node/nats.Dockerfile aether.local/nats-server:e2e $(IMAGES_DIR)/nats-server.tar --base rust
+	python3 scripts/oci-image.py tools/node/coredns.Dockerfile aether.local/coredns:e2e $(IMAGES_DIR)/coredns.tar --base none
+
+## e2e-node: the chart on a real node (root): containerd, runc and a kubelet run the images of
+## `make images`, NATS and CoreDNS in pods of their own (tests/tests/e2e_node.rs). Not part of
+## `make test`.
+e2e-node: node-tools node-images
+	tools/node/clean.sh
 	skopeo inspect oci-archive:$(IMAGES_DIR)/aether-node.tar >/dev/null
 	PROPTEST_RNG_SEED=$(PROPTEST_RNG_SEED) AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) AETHER_ETCD=$(ETCD) AETHER_KUBE_APISERVER=$(KUBE_APISERVER) \
-	  $(CARGO) test --release -p aether-tests --features real-node --test e2e_node -- --nocapture; \
+	  $(CARGO) test --release -p aether-tests --features real-node --test e2e_node -- --nocapture --test-threads=1; \
 	  status=$$?; tools/node/clean.sh; exit $$status
 
 ## observability: the chart's dashboard and alerts proven on real data: `promtool check rules` and

@@ -5,12 +5,18 @@
 //! the README's ShardPlan, a small workload, `kubectl scale` 3 -> 5 -> 2, and shows
 //! `kubectl get shardplans -w` plus the operator's Events as they happen. Ctrl-C (or the end) tears
 //! everything down.
+//!
+//! `--real-node` (`make demo-node`, root): the same on a real node instead (containerd, runc, a
+//! kubelet, kube-proxy and CoreDNS; NATS in a pod; the images of `make images`), as
+//! `make e2e-node` runs it (`aether_tests::realnode`).
 
 use aether_core::crd::ShardPlan;
 use aether_node::client::{Client, LoadReport, run_load};
+use aether_tests::auth::{Certs, Role};
 use aether_tests::bank;
-use aether_tests::k8s::k8s_tool;
-use aether_tests::stack::{NS, Stack};
+use aether_tests::k8s::{ControlPlane, k8s_tool};
+use aether_tests::realnode::{POD_NATS_URL, RealCluster};
+use aether_tests::stack::{self, NS, Stack};
 use futures::StreamExt;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
@@ -27,7 +33,37 @@ fn step(text: &str) {
     println!("\n\x1b[1m==> {text}\x1b[0m");
 }
 
-fn run(stack: &Stack, shown: &str, args: &[&str]) -> Result<(), String> {
+/// Where the demo runs: the control plane, NATS as the pods and as this process reach it, and the
+/// chart's settings for that kind of node.
+struct Target<'a> {
+    cp: &'a ControlPlane,
+    certs: &'a Certs,
+    pods_url: String,
+    host_url: String,
+    sets: Vec<&'static str>,
+}
+
+impl Target<'_> {
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+        stack::kubectl(self.cp, args, stdin)
+    }
+
+    fn helm_install(&self, sets: &[&str]) -> (bool, String) {
+        let mut all = self.sets.clone();
+        all.extend_from_slice(sets);
+        stack::helm_install(&self.cp.kubeconfig(), &self.pods_url, &all)
+    }
+
+    fn example_shardplan(&self) -> String {
+        stack::example_shardplan(&self.pods_url)
+    }
+
+    async fn connect_as(&self, role: Role) -> async_nats::Client {
+        stack::connect_as(&self.host_url, self.certs, role).await
+    }
+}
+
+fn run(stack: &Target<'_>, shown: &str, args: &[&str]) -> Result<(), String> {
     println!("$ {shown}");
     let (ok, out) = stack.kubectl(args, None);
     print!("{out}");
@@ -45,7 +81,7 @@ async fn settled(plans: &Api<ShardPlan>, members: u32, after_epoch: u64) -> Resu
     Ok(sp.status.map_or(0, |s| s.epoch))
 }
 
-async fn demo(stack: &Stack) -> Result<(), String> {
+async fn demo(stack: &Target<'_>) -> Result<(), String> {
     let client = stack.cp.client().await;
     step(
         "helm install aether charts/aether --set example.enabled=true (operator, CRD, RBAC, a 3-pod StatefulSet with sidecars)",
@@ -109,7 +145,7 @@ async fn demo(stack: &Stack) -> Result<(), String> {
     step(&format!(
         "a workload: {ACTORS} counter actors, 8 clients adding 1 at a time through the sidecars"
     ));
-    let nc = stack.connect_as(aether_tests::auth::Role::Client).await;
+    let nc = stack.connect_as(Role::Client).await;
     let app = Client::new(nc, "actors");
     step(&format!(
         "the example app (Python, a container of every pod): {ACCOUNTS} bank accounts opened with {} each, then random transfers between them and holds (half captured, half released by their timers)",
@@ -210,24 +246,55 @@ async fn demo(stack: &Stack) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs the demo on `target` until it ends or Ctrl-C.
+async fn demo_or_interrupt(target: &Target<'_>) -> Result<(), String> {
+    tokio::select! {
+        r = demo(target) => r,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> std::process::ExitCode {
-    step(
-        "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler, nats-server and the test kubelet",
-    );
+    let real_node = std::env::args().any(|a| a == "--real-node");
     let started = Instant::now();
-    let stack = Stack::start().await;
-    println!(
-        "up in {:.1}s; pods' logs in {}",
-        started.elapsed().as_secs_f64(),
-        stack.logs.display()
-    );
-    let result = tokio::select! {
-        r = demo(&stack) => r,
-        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+    let result = if real_node {
+        step(
+            "starting etcd, kube-apiserver and the rest on the bridge, then a real node: containerd, runc, a kubelet, kube-proxy, CoreDNS; NATS in a pod",
+        );
+        let real = RealCluster::start().await;
+        println!("up in {:.1}s", started.elapsed().as_secs_f64());
+        let target = Target {
+            cp: &real.cp,
+            certs: &real.certs,
+            pods_url: POD_NATS_URL.into(),
+            host_url: RealCluster::host_nats_url(),
+            sets: vec!["image.pullPolicy=Never"],
+        };
+        let r = demo_or_interrupt(&target).await;
+        step("tearing down");
+        r
+    } else {
+        step(
+            "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler, nats-server and the test kubelet",
+        );
+        let stack = Stack::start().await;
+        println!(
+            "up in {:.1}s; pods' logs in {}",
+            started.elapsed().as_secs_f64(),
+            stack.logs.display()
+        );
+        let target = Target {
+            cp: &stack.cp,
+            certs: &stack.certs,
+            pods_url: stack.nats_url.clone(),
+            host_url: stack.nats_url.clone(),
+            sets: Vec::new(),
+        };
+        let r = demo_or_interrupt(&target).await;
+        step("tearing down");
+        r
     };
-    step("tearing down");
-    drop(stack);
     match result {
         Ok(()) => {
             println!("demo finished in {:.0}s", started.elapsed().as_secs_f64());

@@ -22,12 +22,20 @@ impl Certs {
         Self::make_for(&[])
     }
 
-    /// [`Certs::make`] with the server certificate valid for `ips` too (besides 127.0.0.1).
+    /// [`Certs::make`] with the server certificate valid for `names` too (besides 127.0.0.1 and
+    /// localhost): each an IP address or a DNS name.
     #[must_use]
-    pub fn make_for(ips: &[&str]) -> Self {
-        let san = ips.iter().fold(
+    pub fn make_for(names: &[&str]) -> Self {
+        let san = names.iter().fold(
             "subjectAltName=IP:127.0.0.1,DNS:localhost".to_owned(),
-            |s, ip| format!("{s},IP:{ip}"),
+            |s, n| {
+                let kind = if n.parse::<std::net::IpAddr>().is_ok() {
+                    "IP"
+                } else {
+                    "DNS"
+                };
+                format!("{s},{kind}:{n}")
+            },
         ) + "\n";
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let d = dir.path();

@@ -101,10 +101,7 @@ impl Stack {
     /// `kubectl -n aether-system <args>` with the admin kubeconfig; success and output.
     #[must_use]
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-        let kubeconfig = self.cp.kubeconfig();
-        let mut all = vec!["--kubeconfig", path_str(&kubeconfig), "-n", NS];
-        all.extend_from_slice(args);
-        run_tool(&k8s_tool("kubectl"), &all, stdin)
+        kubectl(&self.cp, args, stdin)
     }
 
     /// `helm install aether charts/aether` into `aether-system`, NATS set to this stack's server, the
@@ -117,26 +114,12 @@ impl Stack {
     /// The README's ShardPlan (`examples/shardplan.yaml`), pointed at this stack's NATS server.
     #[must_use]
     pub fn example_shardplan(&self) -> String {
-        std::fs::read_to_string(repo().join("examples/shardplan.yaml"))
-            .unwrap_or_else(|e| panic!("examples/shardplan.yaml: {e}"))
-            .replace("nats://nats:4222", &self.nats_url)
-            .replace(
-                "    subjectPrefix: actors\n",
-                "    subjectPrefix: actors\n    credentialsSecret: nats-operator\n",
-            )
+        example_shardplan(&self.nats_url)
     }
 
     /// A connection to NATS as `role` (TLS verified against the test CA).
     pub async fn connect_as(&self, role: Role) -> async_nats::Client {
-        let (user, password) = role.user(PREFIX);
-        async_nats::ConnectOptions::with_user_and_password(user, password)
-            .custom_inbox_prefix(role.inbox(PREFIX))
-            .add_root_certificates(self.certs.path("ca.crt"))
-            .require_tls(true)
-            .retry_on_initial_connect()
-            .connect(self.nats_url.as_str())
-            .await
-            .unwrap_or_else(|e| panic!("connect to {} as {role:?}: {e}", self.nats_url))
+        connect_as(&self.nats_url, &self.certs, role).await
     }
 
     /// The lines of the NATS server's log that say it refused something.
@@ -148,6 +131,41 @@ impl Stack {
 
 /// The example's subject prefix (the chart's `example.subjectPrefix`).
 pub const PREFIX: &str = "actors";
+
+/// `kubectl -n aether-system <args>` against `cp` with the admin kubeconfig; success and output.
+#[must_use]
+pub fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let kubeconfig = cp.kubeconfig();
+    let mut all = vec!["--kubeconfig", path_str(&kubeconfig), "-n", NS];
+    all.extend_from_slice(args);
+    run_tool(&k8s_tool("kubectl"), &all, stdin)
+}
+
+/// The README's ShardPlan (`examples/shardplan.yaml`), pointed at NATS at `nats_url` with the
+/// operator's Secret of [`create_secrets`].
+#[must_use]
+pub fn example_shardplan(nats_url: &str) -> String {
+    std::fs::read_to_string(repo().join("examples/shardplan.yaml"))
+        .unwrap_or_else(|e| panic!("examples/shardplan.yaml: {e}"))
+        .replace("nats://nats:4222", nats_url)
+        .replace(
+            "    subjectPrefix: actors\n",
+            "    subjectPrefix: actors\n    credentialsSecret: nats-operator\n",
+        )
+}
+
+/// A connection to NATS at `url` as `role` (TLS verified against `certs`' CA).
+pub async fn connect_as(url: &str, certs: &Certs, role: Role) -> async_nats::Client {
+    let (user, password) = role.user(PREFIX);
+    async_nats::ConnectOptions::with_user_and_password(user, password)
+        .custom_inbox_prefix(role.inbox(PREFIX))
+        .add_root_certificates(certs.path("ca.crt"))
+        .require_tls(true)
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url} as {role:?}: {e}"))
+}
 
 /// `helm install aether charts/aether` into `aether-system` as a user would: NATS at `nats_url`
 /// (TLS, the Secrets of [`create_secrets`]), the example StatefulSet (3 sidecar pods) and its

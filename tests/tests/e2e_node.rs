@@ -1,43 +1,37 @@
 //! The chart on a real node (issue 34; `make e2e-node`, not part of `make test`): a kubelet,
 //! containerd and runc run the images `make images` built, joined to the test control plane
-//! (`aether_tests::realnode`). As a user would: `helm install` (only the images' pull policy set),
-//! NATS with TLS and the shipped per-role users, the example StatefulSet with the bank app beside
-//! each sidecar; then `kubectl scale` 3 -> 5 -> 2 with a sidecar's container killed during the
-//! scale-in, back to 3 and a `kubectl rollout restart` under load. Asserts every pod Ready through
-//! its real probes, the runtime enforcing the chart's security context (read from the containers'
-//! processes), every counter exact after each step, and no call failed during the rollout.
+//! (`aether_tests::realnode`), with kube-proxy and CoreDNS. As a user would: NATS in a pod of its
+//! own (TLS, the shipped per-role users, the Service `nats`), `helm install` (only the images' pull
+//! policy and NATS's `tls://` set), the example StatefulSet with the bank app beside each sidecar;
+//! then `kubectl scale` 3 -> 5 -> 2 with the bank's transfers running and a sidecar's container
+//! killed during the scale-in, back to 3 and a `kubectl rollout restart` under load. Asserts every
+//! pod Ready through its real probes, the runtime enforcing the chart's security context (read from
+//! the containers' processes), every counter exact and the bank's money conserved after each step,
+//! and no call failed during the rollout. A second test runs the same scale-out on the test kubelet
+//! of `make test`, for its time beside the real node's (run one at a time: `--test-threads=1`).
 //!
 //! Needs root, `make node-tools` and `make images` (the `make e2e-node` target runs both).
 
 use aether_core::crd::ShardPlan;
 use aether_core::protocol::Outcome;
 use aether_node::client::Client;
-use aether_tests::auth::{Certs, ROLE_PASSWORDS, Role, roles_conf};
-use aether_tests::k8s::{ControlPlane, k8s_tool, run_tool};
-use aether_tests::realnode::{BRIDGE_IP, Bridge, PAUSE_IMAGE, RealNode};
+use aether_tests::auth::Role;
+use aether_tests::bank;
+use aether_tests::k8s::ControlPlane;
+use aether_tests::realnode::{POD_NATS_URL, RealCluster, RealNode};
 use aether_tests::rollout::rollout_under_load;
-use aether_tests::stack::{NS, PREFIX, brief, create_secrets, helm_install, wait_settled};
-use aether_tests::{NatsServer, wait_for};
+use aether_tests::stack::{self, NS, PREFIX, Stack, brief, helm_install, wait_settled};
+use aether_tests::wait_for;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(300);
 const COUNTERS: usize = 300;
-
-fn image(name: &str) -> PathBuf {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| aether_tests::stack::repo().join("target"), PathBuf::from);
-    let path = dir.join("images").join(format!("{name}.tar"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `make images` (and `make e2e-node` builds the pause image)",
-        path.display()
-    );
-    path
-}
+const ACCOUNTS: usize = 100;
 
 /// Uid, CapEff, NoNewPrivs and Seccomp of a process, from `/proc/<pid>/status`.
 fn status_of(pid: u32) -> BTreeMap<String, String> {
@@ -78,21 +72,8 @@ fn assert_confined(node: &RealNode, pod: &str, c: &str, uid: &str) {
     );
 }
 
-/// `kubectl -n aether-system <args>` with the admin kubeconfig: success and output.
-fn kubectl_ns(cp: &ControlPlane, args: &[&str]) -> (bool, String) {
-    let kubeconfig = cp.kubeconfig();
-    let mut all = vec![
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap_or_default(),
-        "-n",
-        NS,
-    ];
-    all.extend_from_slice(args);
-    run_tool(&k8s_tool("kubectl"), &all, None)
-}
-
 fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
-    let (ok, out) = kubectl_ns(cp, args);
+    let (ok, out) = stack::kubectl(cp, args, None);
     assert!(ok, "kubectl {}: {out}", args.join(" "));
     out
 }
@@ -132,35 +113,42 @@ async fn assert_exact(client: &Client, acked: &BTreeMap<String, i64>, step: &str
     }
 }
 
+/// Transfers between the bank's accounts (the app container's `account` kind) while `step` runs;
+/// the acknowledged ones join `done`, then every account holds exactly what they say (the money
+/// conserved, nothing applied twice).
+async fn with_transfers<F: std::future::Future>(
+    client: &Client,
+    lane: u64,
+    done: &mut Vec<bank::Transfer>,
+    step: F,
+) -> F::Output {
+    let stop = Arc::new(AtomicBool::new(false));
+    let lane = bank::transfers(client.clone(), ACCOUNTS, stop.clone(), lane, T);
+    let out = step.await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = lane
+        .await
+        .expect("transfers")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!acked.is_empty(), "transfers ran during the step");
+    done.extend(acked);
+    let expected = bank::expected(ACCOUNTS, done);
+    assert_eq!(
+        expected.iter().sum::<i64>(),
+        bank::OPENING * ACCOUNTS as i64
+    );
+    bank::settle(client, &expected, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_on_a_real_node_scales_and_survives_a_killed_sidecar() {
-    let _bridge = Bridge::up();
-    let cp = ControlPlane::start_on(BRIDGE_IP).await;
-    let images: Vec<PathBuf> = [
-        "pause",
-        "aether-node",
-        "aether-operator",
-        "aether-bank-example",
-    ]
-    .iter()
-    .map(|i| image(i))
-    .collect();
-    let t = Instant::now();
-    let node = RealNode::start(&cp, "real-0", &images).await;
-    eprintln!("node Ready in {:?} ({PAUSE_IMAGE} built here)", t.elapsed());
+    let real = RealCluster::start().await;
+    let (cp, node) = (&real.cp, &real.node);
 
-    // NATS as a user runs it: TLS, the shipped per-role users; on the bridge, where pods reach it.
-    let certs = Certs::make_for(&[BRIDGE_IP]);
-    let conf = certs.path("authorization.conf");
-    std::fs::write(&conf, roles_conf(PREFIX)).expect("authorization.conf");
-    let mut args = vec!["-c".to_owned(), conf.display().to_string()];
-    args.extend(certs.server_args(false));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let nats = NatsServer::start_on(BRIDGE_IP, &args, &ROLE_PASSWORDS);
-    let nats_url = nats.url().replace("nats://", "tls://");
-    create_secrets(&cp, &certs).await;
-
-    let (ok, out) = helm_install(&cp.kubeconfig(), &nats_url, &["image.pullPolicy=Never"]);
+    let (ok, out) = helm_install(&cp.kubeconfig(), POD_NATS_URL, &["image.pullPolicy=Never"]);
     assert!(ok, "helm install: {out}");
     let client = cp.client().await;
     let plans: Api<ShardPlan> = Api::namespaced(client.clone(), NS);
@@ -181,50 +169,62 @@ async fn the_chart_on_a_real_node_scales_and_survives_a_killed_sidecar() {
         .filter_map(|p| p.metadata.name)
         .collect();
     assert!(!operators.is_empty(), "the operator's pods");
-    assert_confined(&node, "actors-0", "aether-node", "65532");
-    assert_confined(&node, "actors-0", "app", "65534");
+    assert_confined(node, "actors-0", "aether-node", "65532");
+    assert_confined(node, "actors-0", "app", "65534");
     for op in &operators {
-        assert_confined(&node, op, "operator", "65532");
+        assert_confined(node, op, "operator", "65532");
     }
 
-    let (user, password) = Role::Client.user(PREFIX);
-    let nc = async_nats::ConnectOptions::with_user_and_password(user, password)
-        .custom_inbox_prefix(Role::Client.inbox(PREFIX))
-        .add_root_certificates(certs.path("ca.crt"))
-        .require_tls(true)
-        .connect(nats_url.as_str())
-        .await
-        .expect("the client user connects");
+    let nc = stack::connect_as(&RealCluster::host_nats_url(), &real.certs, Role::Client).await;
     let client_nats = Client::new(nc, PREFIX);
     let mut acked = BTreeMap::new();
     add_all(&client_nats, 0, &mut acked).await;
     assert_exact(&client_nats, &acked, "3 pods").await;
+    bank::open(&client_nats, ACCOUNTS, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut transfers = Vec::new();
 
-    kubectl(&cp, &["scale", "statefulset", "actors", "--replicas", "5"]);
-    let t = Instant::now();
-    let sp = settle(&plans, 5, &sp).await;
-    eprintln!("kubectl scale 3 -> 5: settled in {:?}", t.elapsed());
+    let sp = with_transfers(&client_nats, 0, &mut transfers, async {
+        kubectl(cp, &["scale", "statefulset", "actors", "--replicas", "5"]);
+        let t = Instant::now();
+        let sp = settle(&plans, 5, &sp).await;
+        eprintln!(
+            "real node: kubectl scale 3 -> 5: every new pod Ready and serving its share in {:?}",
+            t.elapsed()
+        );
+        sp
+    })
+    .await;
     add_all(&client_nats, 1, &mut acked).await;
     assert_exact(&client_nats, &acked, "5 pods").await;
 
     // Scale in, and a sidecar's container killed while its shards move.
-    kubectl(&cp, &["scale", "statefulset", "actors", "--replicas", "2"]);
-    let t = Instant::now();
-    wait_for("a move under way", T, || async {
-        plans
-            .get("actors")
-            .await
-            .is_ok_and(|sp| sp.status.unwrap_or_default().moving > 0)
+    let sp = with_transfers(&client_nats, 1, &mut transfers, async {
+        kubectl(cp, &["scale", "statefulset", "actors", "--replicas", "2"]);
+        let t = Instant::now();
+        wait_for("a move under way", T, || async {
+            plans
+                .get("actors")
+                .await
+                .is_ok_and(|sp| sp.status.unwrap_or_default().moving > 0)
+        })
+        .await;
+        assert!(
+            node.kill("actors-0", "aether-node"),
+            "actors-0's sidecar killed"
+        );
+        let sp = settle(&plans, 2, &sp).await;
+        eprintln!(
+            "real node: kubectl scale 5 -> 2 with a killed sidecar: settled in {:?}",
+            t.elapsed()
+        );
+        sp
     })
     .await;
-    assert!(
-        node.kill("actors-0", "aether-node"),
-        "actors-0's sidecar killed"
-    );
-    let sp = settle(&plans, 2, &sp).await;
     eprintln!(
-        "kubectl scale 5 -> 2 with a killed sidecar: settled in {:?}",
-        t.elapsed()
+        "bank: {} transfers acknowledged, money conserved",
+        transfers.len()
     );
     wait_for("2 pods left", T, || async {
         pods.list(&kube::api::ListParams::default().labels("app=actors"))
@@ -238,9 +238,9 @@ async fn the_chart_on_a_real_node_scales_and_survives_a_killed_sidecar() {
 
     // Back to 3, then `kubectl rollout restart` under load: every pod replaced by the real
     // kubelet (SIGTERM, the sidecar drains, a new container), no call failed, nothing lost.
-    kubectl(&cp, &["scale", "statefulset", "actors", "--replicas", "3"]);
+    kubectl(cp, &["scale", "statefulset", "actors", "--replicas", "3"]);
     settle(&plans, 3, &sp).await;
-    let rolled = rollout_under_load(|a| kubectl_ns(&cp, a), &plans, &client_nats, 1).await;
+    let rolled = rollout_under_load(|a| stack::kubectl(cp, a, None), &plans, &client_nats, 1).await;
     let o = &rolled.outage;
     eprintln!(
         "rollout restart under load on the real node: {:?}, {} calls, {} failed, per-actor unavailability p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
@@ -250,4 +250,30 @@ async fn the_chart_on_a_real_node_scales_and_survives_a_killed_sidecar() {
     assert_eq!(o.failed, 0, "calls failed during the rollout");
     assert_exact(&client_nats, &rolled.acked, "after the rollout").await;
     assert_exact(&client_nats, &acked, "after the rollout").await;
+}
+
+/// The same scale-out on the test kubelet of `make test` (pods as processes of the workspace's
+/// binaries), in the same run: its time beside the real node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_scale_out_on_the_test_kubelet() {
+    let stack = Stack::start().await;
+    let (ok, out) = stack.helm_install(&[]);
+    assert!(ok, "helm install: {out}");
+    let plans: Api<ShardPlan> = Api::namespaced(stack.cp.client().await, NS);
+    let sp = wait_settled(&plans, "actors", 3, 0, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = Client::new(stack.connect_as(Role::Client).await, PREFIX);
+    let mut acked = BTreeMap::new();
+    add_all(&client, 0, &mut acked).await;
+    let (ok, out) = stack.kubectl(&["scale", "statefulset", "actors", "--replicas", "5"], None);
+    assert!(ok, "kubectl scale: {out}");
+    let t = Instant::now();
+    settle(&plans, 5, &sp).await;
+    eprintln!(
+        "test kubelet: kubectl scale 3 -> 5: every new pod Ready and serving its share in {:?}",
+        t.elapsed()
+    );
+    add_all(&client, 1, &mut acked).await;
+    assert_exact(&client, &acked, "5 pods on the test kubelet").await;
 }
