@@ -526,6 +526,7 @@ mod operator {
     use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
     use serde_json::json;
     use std::process::Command;
+    use std::sync::{Arc, Mutex};
 
     const PREFIX: &str = "ctl";
 
@@ -580,6 +581,26 @@ mod operator {
         stored_plan(nc, PREFIX).await
     }
 
+    /// The epoch of every plan the bucket takes from now on, in the order it took them.
+    async fn plans_published(nc: &async_nats::Client) -> Arc<Mutex<Vec<u64>>> {
+        use futures::StreamExt;
+        let kv = async_nats::jetstream::new(nc.clone())
+            .get_key_value(Names::new(PREFIX).plan_bucket())
+            .await
+            .expect("the plan bucket");
+        let mut updates = kv.watch(Names::PLAN_KEY).await.expect("watch the plan");
+        let published = Arc::new(Mutex::new(Vec::new()));
+        let into = published.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(entry)) = updates.next().await {
+                if let Ok(p) = aether_core::protocol::decode::<PlanMessage>(&entry.value) {
+                    into.lock().expect("lock").push(p.epoch);
+                }
+            }
+        });
+        published
+    }
+
     async fn warnings(client: &kube::Client, reason: &str) -> Vec<String> {
         Api::<Event>::namespaced(client.clone(), "default")
             .list(&Default::default())
@@ -597,7 +618,10 @@ mod operator {
     /// moves reported while it is gone, converges once restarted without a new epoch (it read the
     /// reports, it did not time them out); a second ShardPlan on the prefix, and one with another
     /// shard count after the first is deleted, are Degraded saying what to do; a ShardPlan created
-    /// again on the prefix publishes above the epoch its bucket holds.
+    /// again on the prefix publishes above the epoch its bucket holds; a leader frozen mid-move
+    /// past its Lease is followed by a standby that converges without a new epoch, and once it
+    /// resumes (two operators both believing they lead, a pod leaving meanwhile) it stops, the
+    /// plans stay monotonic and the status names the bucket's plan.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_operator_converges_through_restarts_stale_epochs_and_shared_prefixes() {
         let api = ApiServer::start().await;
@@ -872,9 +896,12 @@ mod operator {
         .await;
 
         // Leader failover mid-rebalance: a standby waits for the Lease; the leader is frozen as
-        // soon as the plan is in NATS, its moves are reported while it is frozen, then it is
-        // killed; the standby takes the Lease when it expires, reads the reports and converges
-        // without a new epoch.
+        // soon as the plan is in NATS, its moves are reported while it is frozen; the standby
+        // takes the Lease when it expires, reads the reports and converges without a new epoch.
+        // Then the old leader resumes still believing it leads (two operators both leading until
+        // it finds the Lease taken): it stops, and the plans stay monotonic, no epoch published
+        // twice or lost, the status on the bucket's plan.
+        let published = plans_published(&nc).await;
         let _standby = spawn_operator_named(&api, free_port(), "operator-1");
         let before = status_of(&plans.get("again").await.expect("get")).epoch;
         // The sidecar first: a pod is Ready only once its sidecar is subscribed.
@@ -900,7 +927,6 @@ mod operator {
             .map(|m| (m.shard, m.from.clone().unwrap_or_default()))
             .collect();
         every_move_done(&log, next, &moves).await;
-        leader.kill();
         wait_for("the standby leads and converges", T * 2, || async {
             plans
                 .get("again")
@@ -912,6 +938,38 @@ mod operator {
             status_of(&plans.get("again").await.expect("get")).epoch,
             next,
             "the standby read the reports: no move timed out or was retried"
+        );
+        let resumed = Command::new("kill").args(["-CONT", &pid]).status();
+        assert!(resumed.is_ok_and(|s| s.success()), "SIGCONT the old leader");
+        // A change for both to see at once: a pod leaves.
+        pods.delete("app-3", &DeleteParams::default())
+            .await
+            .expect("delete app-3");
+        let deadline = std::time::Instant::now() + T;
+        while leader.child.try_wait().ok().flatten().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the old leader still runs {T:?} after it resumed without the Lease"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        wait_for("converged on 3 members", T, || async {
+            plans
+                .get("again")
+                .await
+                .is_ok_and(|sp| ready(&sp) && status_of(&sp).member_count == 3)
+        })
+        .await;
+        let epochs = published.lock().expect("lock").clone();
+        assert!(
+            epochs.windows(2).all(|w| w[0] < w[1]) && epochs.first() == Some(&next),
+            "plans published since the failover, in order: {epochs:?}"
+        );
+        let held_now = held(&nc).await.map(|p| p.epoch);
+        assert_eq!(
+            Some(status_of(&plans.get("again").await.expect("get")).epoch),
+            held_now,
+            "the status describes the bucket's plan; published: {epochs:?}"
         );
 
         // A retry never rolls back transfers in flight: app-8 takes chunks and never answers (its
@@ -925,18 +983,18 @@ mod operator {
         nc.flush().await.expect("flush");
         add_ready_pod(&pods, &sts, "app-8").await;
         add_ready_pod(&pods, &sts, "app-9").await;
-        // The operator may plan app-8 alone first (epoch next + 1) and both at next + 2: the plan
-        // under test is the first with 6 members.
+        // The operator may plan app-8 alone first and both after: the plan under test is the
+        // first with 5 members (app-0, app-1, app-2, app-8, app-9; app-3 left above).
         let deadline = std::time::Instant::now() + T;
         let planned = loop {
             let sp = plans.get("again").await.expect("get");
             let s = status_of(&sp);
-            if s.epoch > next && s.member_count == 6 {
+            if s.epoch > next && s.member_count == 5 {
                 break s;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "a plan for 6 members after epoch {next}: {s:?}"
+                "a plan for 5 members after epoch {next}: {s:?}"
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         };
