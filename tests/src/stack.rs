@@ -122,6 +122,34 @@ impl Stack {
         connect_as(&self.nats_url, &self.certs, role).await
     }
 
+    /// The last lines of the logs of every container whose pod's name starts with `pod_prefix`
+    /// (e.g. `aether-operator`), for a failure's message.
+    #[must_use]
+    pub fn log_tails(&self, pod_prefix: &str) -> String {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.logs)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|p| {
+            p.extension().is_some_and(|e| e == "log")
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(pod_prefix))
+        });
+        files.sort();
+        files
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                format!(
+                    "--- {}:\n{}",
+                    p.display(),
+                    lines[lines.len().saturating_sub(20)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The lines of the NATS server's log that say it refused something.
     #[must_use]
     pub fn nats_violations(&self) -> Vec<String> {

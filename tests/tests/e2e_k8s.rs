@@ -74,7 +74,7 @@ async fn helm_install_apply_and_scale_3_5_2_with_a_killed_node() {
     let plans: Api<ShardPlan> = Api::namespaced(client.clone(), NS);
     let first = wait_settled(&plans, "actors", 3, 0, T)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tails("aether-operator")));
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
     let holder = leases
         .get("aether-operator")
@@ -361,7 +361,7 @@ async fn rollout_restart_under_load_fails_nothing_and_loses_nothing() {
     let plans: Api<ShardPlan> = Api::namespaced(client.clone(), NS);
     wait_settled(&plans, "actors", 3, 0, T)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tails("aether-operator")));
     let app = Client::new(nc.clone(), PREFIX);
     let warm = run_load(&app, "roll", ROLL_ACTORS, ROLL_ACTORS, 16, T).await;
     assert_eq!(warm.errors, 0, "warm-up commands failed");
@@ -435,7 +435,7 @@ async fn rollout_restart_under_load_fails_nothing_and_loses_nothing() {
     assert!(ok, "the patch's rollout did not finish: {out}");
     wait_settled(&plans, "actors", 3, 0, T)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tails("aether-operator")));
     let killed = rollout_under_load(|a| stack.kubectl(a, None), &plans, &app, 2).await;
     let k = killed.outage;
     eprintln!(

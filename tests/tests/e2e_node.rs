@@ -250,6 +250,10 @@ async fn the_chart_on_a_real_node_scales_and_survives_a_killed_sidecar() {
     assert_eq!(o.failed, 0, "calls failed during the rollout");
     assert_exact(&client_nats, &rolled.acked, "after the rollout").await;
     assert_exact(&client_nats, &acked, "after the rollout").await;
+    // Every account moved twice with its shard and still holds what the transfers say.
+    bank::settle(&client_nats, &bank::expected(ACCOUNTS, &transfers), T)
+        .await
+        .unwrap_or_else(|e| panic!("after the rollout: {e}"));
 }
 
 /// The same scale-out on the test kubelet of `make test` (pods as processes of the workspace's
