@@ -89,7 +89,7 @@ $(KUBELET):
 
 ## node-images: `make images`, and the images only the real node needs: its pause image
 ## (tools/node/pause.c), NATS and CoreDNS (the tools' binaries).
-node-images: images
+node-images: images $(NATS_SERVER) $(COREDNS)
 	mkdir -p $${CARGO_TARGET_DIR:-target}/pause $${CARGO_TARGET_DIR:-target}/node
 	gcc -static -O2 -o $${CARGO_TARGET_DIR:-target}/pause/pause tools/node/pause.c
 	cp $(NATS_SERVER) $(COREDNS) $${CARGO_TARGET_DIR:-target}/node/

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Stops what an interrupted `make e2e-node` left running (its test process killed before it could
 # clean up): the real node's kubelet, kube-proxy, containerd, its containers' shims and processes,
-# the control plane and nats-server it started, their mounts, kube-proxy's iptables rules and the
-# bridge. Only processes of those runs (their paths under /tmp/aether-node-* or the bridge address).
+# the control plane it started (NATS and CoreDNS ran in its pods), their mounts, kube-proxy's
+# iptables rules and the bridge. Only processes of those runs (their paths under /tmp/aether-node-*
+# or the bridge address). net.ipv4.ip_forward, which the node set to 1 and restores when it stops
+# normally, stays 1 after an interrupted run: set it back by hand if the machine needs it off.
 set -u
 pids=$(pgrep -f '/tmp/aether-node-|--bind-address 10\.88\.0\.1|nats-server -a 10\.88\.0\.1' || true)
 for p in $pids; do

@@ -581,7 +581,8 @@ mod operator {
         stored_plan(nc, PREFIX).await
     }
 
-    /// The epoch of every plan the bucket takes from now on, in the order it took them.
+    /// The epoch of every plan the bucket takes from now on, in the order it took them (0 for a
+    /// watch error or a value that is not a plan).
     async fn plans_published(nc: &async_nats::Client) -> Arc<Mutex<Vec<u64>>> {
         use futures::StreamExt;
         let kv = async_nats::jetstream::new(nc.clone())
@@ -592,10 +593,12 @@ mod operator {
         let published = Arc::new(Mutex::new(Vec::new()));
         let into = published.clone();
         tokio::spawn(async move {
-            while let Some(Ok(entry)) = updates.next().await {
-                if let Ok(p) = aether_core::protocol::decode::<PlanMessage>(&entry.value) {
-                    into.lock().expect("lock").push(p.epoch);
-                }
+            // An error or a value that is not a plan records epoch 0, which fails the order check.
+            while let Some(entry) = updates.next().await {
+                let epoch = entry.ok().map_or(0, |e| {
+                    aether_core::protocol::decode::<PlanMessage>(&e.value).map_or(0, |p| p.epoch)
+                });
+                into.lock().expect("lock").push(epoch);
             }
         });
         published
@@ -960,12 +963,16 @@ mod operator {
                 .is_ok_and(|sp| ready(&sp) && status_of(&sp).member_count == 3)
         })
         .await;
+        let held_now = held(&nc).await.map(|p| p.epoch);
+        wait_for("the watch has seen the bucket's plan", T, || async {
+            published.lock().expect("lock").last().copied() == held_now
+        })
+        .await;
         let epochs = published.lock().expect("lock").clone();
         assert!(
             epochs.windows(2).all(|w| w[0] < w[1]) && epochs.first() == Some(&next),
             "plans published since the failover, in order: {epochs:?}"
         );
-        let held_now = held(&nc).await.map(|p| p.epoch);
         assert_eq!(
             Some(status_of(&plans.get("again").await.expect("get")).epoch),
             held_now,
