@@ -31,6 +31,19 @@ pub struct Client {
     pub deadline: Duration,
 }
 
+/// One attempt of a request: where it went and what came back.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    /// The subject it was sent to.
+    pub subject: String,
+    /// When it was sent, from the start of the call.
+    pub sent: Duration,
+    /// How long its answer took.
+    pub took: Duration,
+    /// `ok`, or the error's code and message.
+    pub answer: String,
+}
+
 /// The owners by the newest plan a client has seen.
 #[derive(Debug, Default)]
 struct Routes {
@@ -166,11 +179,36 @@ impl Client {
     /// or the deadline. Transport errors are retried too: give commands an id, so a retry of a command
     /// that did land is answered from the log, not applied twice.
     pub async fn send(&self, req: &Request) -> Result<Reply> {
+        self.send_observed(req, |_| {}).await
+    }
+
+    /// [`Client::send`], telling `seen` of each attempt as it ends (where a slow call spent its
+    /// time: which node, and what it answered).
+    pub async fn send_observed(
+        &self,
+        req: &Request,
+        mut seen: impl FnMut(Attempt),
+    ) -> Result<Reply> {
         let start = Instant::now();
         let mut subject = self.first_subject(&req.actor.id);
         let mut last = String::new();
         while start.elapsed() < self.deadline {
-            match self.request_once(subject.clone(), req).await {
+            let sent = Instant::now();
+            let answer = self.request_once(subject.clone(), req).await;
+            seen(Attempt {
+                subject: subject.clone(),
+                sent: sent - start,
+                took: sent.elapsed(),
+                answer: match &answer {
+                    Ok(Reply {
+                        outcome: Outcome::Error(e),
+                        ..
+                    }) => format!("{:?}: {}", e.code, e.message),
+                    Ok(_) => "ok".into(),
+                    Err(e) => e.to_string(),
+                },
+            });
+            match answer {
                 Ok(reply) => match &reply.outcome {
                     Outcome::Error(e) if e.code == ErrorCode::Redirect => {
                         if let Some(w) = &self.plan {

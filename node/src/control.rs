@@ -54,6 +54,7 @@ impl Shared {
         };
         self.metrics().epoch.set(fx.epoch as i64);
         self.epochs.send_replace(fx.epoch);
+        self.arrivals.send_replace(());
         tracing::info!(epoch = fx.epoch, moves = fx.start.len(), "new plan");
         let answering = stopped
             .into_iter()

@@ -48,6 +48,8 @@ label_enum!(
         Forwarded => "forwarded",
         /// Answered with a redirect.
         Redirected => "redirected",
+        /// Held for its shard's commit (the shard was on its way here), then routed again.
+        Held => "held",
         /// Answered unavailable (no plan, no members).
         Unavailable => "unavailable",
         /// Answered unavailable at once: `--max-inflight` requests were in flight.
@@ -169,6 +171,8 @@ pub struct Metrics {
     pub queued: Gauge,
     /// Move durations, seconds, for moves this node was the source of.
     pub move_seconds: Histogram,
+    /// From a moving shard's pause to its hand-off (source side): how long its callers waited.
+    pub move_pause_seconds: Histogram,
     /// Failures by reason.
     pub failures: Family<Kind, Counter>,
     /// Moves by outcome as source.
@@ -229,6 +233,8 @@ impl Default for Metrics {
         let queued = Gauge::default();
         let move_seconds =
             Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0]);
+        let move_pause_seconds =
+            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0]);
         registry.register("messages", "Requests by route", messages.clone());
         registry.register(
             "malformed",
@@ -256,6 +262,11 @@ impl Default for Metrics {
             "move_duration_seconds",
             "Shard move durations (source side)",
             move_seconds.clone(),
+        );
+        registry.register(
+            "move_pause_seconds",
+            "From a moving shard's pause to its hand-off (source side): what callers wait",
+            move_pause_seconds.clone(),
         );
         registry.register("failures", "Failures by reason", failures.clone());
         registry.register(
@@ -369,6 +380,7 @@ impl Default for Metrics {
             actors,
             queued,
             move_seconds,
+            move_pause_seconds,
             failures,
             moves,
         }

@@ -119,6 +119,9 @@ impl Shared {
         // The copy round's actors, taken while the shard is still served; `paused` once it is not.
         let mut copy = host::Lent::default();
         let mut paused = false;
+        // When the pause began (new requests queue from then, while those in hand finish): until
+        // the hand-off, callers of the shard wait.
+        let mut paused_at: Option<Instant> = None;
         let mut chunks: Vec<bytes::Bytes> = Vec::new();
         let mut sends: JoinSet<Event> = JoinSet::new();
         let mut epochs = self.epochs.subscribe();
@@ -166,6 +169,7 @@ impl Shared {
                     let copied = changed_only.then(|| copy.sequences());
                     let (tx, rx) = oneshot::channel();
                     let worker = self.state().worker(&self.host, shard);
+                    paused_at = Some(Instant::now());
                     let _ = worker.tx.send(Cmd::Pause(tx));
                     lent = rx.await.unwrap_or_default();
                     paused = true;
@@ -218,7 +222,17 @@ impl Shared {
                     Vec::new()
                 }
                 // Carried out with the hand-off, under the same lock (see `drive`).
-                Effect::StopServing => Vec::new(),
+                Effect::StopServing => {
+                    if let Some(at) = paused_at {
+                        let pause = at.elapsed();
+                        self.host
+                            .metrics
+                            .move_pause_seconds
+                            .observe(pause.as_secs_f64());
+                        tracing::debug!(shard, pause_ms = pause.as_millis() as u64, "handed off");
+                    }
+                    Vec::new()
+                }
                 Effect::Report { phase, error } => {
                     let (moved, ms) = (
                         lent.len().max(copy.len()) as u32,
@@ -469,6 +483,9 @@ impl Shared {
                 Err(e) => (Err(e), None),
             }
         };
+        if done.is_some() {
+            self.arrivals.send_replace(());
+        }
         if let Some(mv) = done {
             // Done means the destination serves the shard: stored before the commit is confirmed,
             // so whoever starts later reads it.

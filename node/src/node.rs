@@ -9,7 +9,7 @@ use crate::control::{keep_lease, publish_held, watch_held, watch_plans};
 use crate::error::{Error, Result};
 use crate::metrics::{Failure, Malformed, Metrics};
 use crate::moves::MigrationRuntime;
-use crate::requests::{Messages, finish_requests, subscribe_requests, take_request};
+use crate::requests::{Messages, finish_requests, join_any_node, subscribe_requests, take_request};
 use crate::store::EventStore;
 use aether_core::protocol::{Names, NodeEventKind, encode};
 use async_nats::jetstream;
@@ -219,6 +219,7 @@ impl Node {
 
         tokio::pin!(shutdown);
         let mut drain_deadline: Option<tokio::time::Instant> = None;
+        let mut in_queue = false;
         let mut check = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
@@ -253,6 +254,17 @@ impl Node {
                     drain_deadline = Some(tokio::time::Instant::now() + cfg.drain_timeout);
                 }
                 _ = check.tick() => {
+                    // The any-node queue group is joined once a plan is held (and not while
+                    // draining): before, this node could only answer "no plan yet".
+                    if !in_queue && drain_deadline.is_none() && shared.epoch() > 0 {
+                        match join_any_node(&shared).await {
+                            Ok(any) => {
+                                requests.push(any);
+                                in_queue = true;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "could not join the any-node queue group"),
+                        }
+                    }
                     if let Some(d) = drain_deadline {
                         if shared.drained() {
                             tracing::info!("drained: exiting");

@@ -314,7 +314,9 @@ impl Shared {
             let mut st = self.state();
             match st.own.route(&req.actor.id, MAX_HOPS) {
                 Route::Local { shard } => st.worker(&self.host, shard),
-                Route::Forward { .. } | Route::Redirect { .. } => return None,
+                Route::Forward { .. } | Route::Redirect { .. } | Route::Arriving { .. } => {
+                    return None;
+                }
                 other => {
                     return Some(Reply::error(other.error().unwrap_or_else(|| {
                         ErrorReply::unavailable("no route for the reply", 100)

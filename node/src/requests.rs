@@ -74,8 +74,14 @@ impl Answer {
 enum Target {
     Local(crate::host::ShardHandle, u32),
     Forward(String),
+    Arriving(u32, tokio::sync::watch::Receiver<()>),
     Reply(ErrorReply),
 }
+
+/// Longest a request for a shard on its way here waits for the shard's commit (`Route::Arriving`)
+/// before it is routed as if nothing were arriving: the commit is one round trip behind the last
+/// chunk; a move that fails instead rolls back to its source.
+const ARRIVAL_HOLD: Duration = Duration::from_millis(100);
 
 impl Shared {
     /// Handles a request as it came from NATS: size check, decode, the forwarding headers,
@@ -139,25 +145,34 @@ impl Shared {
             });
             return Answer::error(ErrorReply::from_decode(&e));
         }
-        self.dispatch_once(req, raw, true).await
+        self.dispatch_once(req, raw, true, None).await
     }
 
     /// Serves a decoded request: here, by forwarding, or with a redirect.
     pub async fn dispatch(self: &Arc<Self>, req: Request) -> Answer {
-        self.dispatch_once(req, None, true).await
+        self.dispatch_once(req, None, true, None).await
     }
 
+    /// `held`: the shard this request was held for as arriving (it is not held again).
     async fn dispatch_once(
         self: &Arc<Self>,
         req: Request,
         raw: Option<bytes::Bytes>,
         may_restart: bool,
+        held: Option<u32>,
     ) -> Answer {
         let target = {
             let mut st = self.state();
-            match st.own.route(&req.actor.id, req.hops) {
+            let route = match held {
+                Some(shard) => st.own.route_after_hold(shard, req.hops),
+                None => st.own.route(&req.actor.id, req.hops),
+            };
+            match route {
                 Route::Local { shard } => Target::Local(st.worker(&self.host, shard), shard),
                 Route::Forward { to, .. } => Target::Forward(to.to_owned()),
+                // Subscribed under the lock the commit changes ownership under: a commit after
+                // this routing wakes the hold.
+                Route::Arriving { shard } => Target::Arriving(shard, self.arrivals.subscribe()),
                 other => Target::Reply(other.error().unwrap_or_else(|| {
                     ErrorReply::new(ErrorCode::Internal, "no route for the request")
                 })),
@@ -211,7 +226,7 @@ impl Shared {
                     {
                         tracing::error!(shard, "shard worker ended unexpectedly: restarted");
                         self.metrics().failure(Failure::WorkerDied);
-                        return Box::pin(self.dispatch_once(req, None, false)).await;
+                        return Box::pin(self.dispatch_once(req, None, false, held)).await;
                     }
                     // Stopped between the routing and the send: route again.
                     return Answer::Reply(self.reroute(shard));
@@ -230,6 +245,18 @@ impl Shared {
             Target::Forward(to) => {
                 self.metrics().route(RouteKind::Forwarded);
                 self.relay(&to, req, raw).await
+            }
+            Target::Arriving(shard, mut arrivals) => {
+                // Until the commit (or any other change of what this node serves), at most
+                // ARRIVAL_HOLD; then routed again, never held twice.
+                self.metrics().route(RouteKind::Held);
+                if tokio::time::timeout(ARRIVAL_HOLD, arrivals.changed())
+                    .await
+                    .is_err()
+                {
+                    tracing::info!(shard, "no commit within the hold: routed as before");
+                }
+                Box::pin(self.dispatch_once(req, raw, may_restart, Some(shard))).await
             }
             Target::Reply(e) => {
                 let kind = if e.code == ErrorCode::Redirect {
@@ -532,12 +559,9 @@ pub(crate) fn request_span(
     })
 }
 
+/// The node's own request subjects (`P.node.{pod}.req` and `.send`): nobody sends there until a
+/// plan names this node. The any-node subject is joined later, by [`join_any_node`].
 pub(crate) async fn subscribe_requests(shared: &Arc<Shared>) -> Result<Messages> {
-    let any = shared
-        .client
-        .queue_subscribe(shared.names.any_node(), Names::NODE_QUEUE.to_owned())
-        .await
-        .map_err(|e| Error::Nats(e.to_string()))?;
     let mine = shared
         .client
         .subscribe(shared.names.node_requests(&shared.me))
@@ -549,10 +573,21 @@ pub(crate) async fn subscribe_requests(shared: &Arc<Shared>) -> Result<Messages>
         .await
         .map_err(|e| Error::Nats(e.to_string()))?;
     Ok(futures::stream::select_all([
-        RequestSubscription::new(any),
         RequestSubscription::new(mine),
         RequestSubscription::new(sends),
     ]))
+}
+
+/// Joins the nodes' queue group on the any-node subject (`P.req`). Called once the node holds a
+/// plan: a node that joined before would take its share of every caller's requests only to
+/// answer "no plan yet" (a pod restarted by a rolling update cost its callers 100 ms each so).
+pub(crate) async fn join_any_node(shared: &Arc<Shared>) -> Result<RequestSubscription> {
+    let any = shared
+        .client
+        .queue_subscribe(shared.names.any_node(), Names::NODE_QUEUE.to_owned())
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
+    Ok(RequestSubscription::new(any))
 }
 
 /// Stops taking requests, and answers every one NATS already sent here, so none is left for its

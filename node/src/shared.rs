@@ -118,6 +118,9 @@ pub struct Shared {
     pub epochs: tokio::sync::watch::Sender<u64>,
     /// The epoch `held.{me}` says: a plan taken once the workers it stopped have finished.
     pub held_epoch: tokio::sync::watch::Sender<u64>,
+    /// Told of each commit of a move to this node and each plan taken: wakes the requests held
+    /// for a shard on its way here (`Route::Arriving`).
+    pub arrivals: tokio::sync::watch::Sender<()>,
     /// When this node's lease on serving ends (`ownership::lease`); `None` before the first.
     lease: Mutex<Option<tokio::time::Instant>>,
     /// Replicas of the streams and buckets this node creates.
@@ -187,6 +190,7 @@ impl Shared {
             js: jetstream::new(client.clone()),
             epochs: tokio::sync::watch::Sender::new(0),
             held_epoch: tokio::sync::watch::Sender::new(0),
+            arrivals: tokio::sync::watch::Sender::new(()),
             lease: Mutex::new(None),
             replicas: cfg.stream_replicas,
             client,

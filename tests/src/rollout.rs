@@ -4,7 +4,8 @@
 use crate::measure::{Call, Outage, outage};
 use crate::stack::wait_settled;
 use aether_core::crd::ShardPlan;
-use aether_node::client::Client;
+use aether_core::protocol::{ActorRef, Op, Outcome, Reply, Request};
+use aether_node::client::{Attempt, Client};
 use kube::Api;
 use rand::{RngExt, SeedableRng};
 use std::collections::BTreeMap;
@@ -18,8 +19,14 @@ const T: Duration = Duration::from_secs(120);
 pub const ROLL_ACTORS: usize = 1000;
 const ROLL_IN_FLIGHT: usize = 16;
 
-/// What one load worker saw: each call, and the acknowledged sum per counter.
-type Recorded = (Vec<Call>, BTreeMap<String, i64>);
+/// A call slower than this (the per-actor goal) keeps its attempts, to say where the time went.
+const SLOW: Duration = Duration::from_millis(20);
+
+/// A slow call: how long it took and each attempt it made.
+pub type Slow = (Duration, Vec<Attempt>);
+
+/// What one load worker saw: each call, the acknowledged sum per counter, the slow calls.
+type Recorded = (Vec<Call>, BTreeMap<String, i64>, Vec<Slow>);
 
 /// Adds until `stop`, recording each call and the acknowledged sum per counter.
 fn recorded_load(
@@ -32,22 +39,34 @@ fn recorded_load(
             let (client, stop) = (client.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed * 1000 + w);
-                let (mut calls, mut acked) = (Vec::new(), BTreeMap::new());
+                let (mut calls, mut acked, mut slow) = (Vec::new(), BTreeMap::new(), Vec::new());
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let actor = rng.random_range(0..ROLL_ACTORS);
                     let name = format!("roll-{actor}");
+                    let req = Request::new(
+                        ActorRef::new("counter", &name),
+                        Op::Command {
+                            command: serde_json::json!({ "add": 1 }),
+                        },
+                        Some(format!("roll-{seed}-{w}-{i}")),
+                    );
                     let start = Instant::now();
+                    let mut attempts = Vec::new();
+                    let reply = client.send_observed(&req, |a| attempts.push(a)).await;
                     let ok = matches!(
-                        client.add(&name, 1, format!("roll-{seed}-{w}-{i}")).await,
-                        Ok(aether_core::protocol::Reply {
-                            outcome: aether_core::protocol::Outcome::Ok(_),
+                        reply,
+                        Ok(Reply {
+                            outcome: Outcome::Ok(_),
                             ..
                         })
                     );
                     i += 1;
                     if ok {
                         *acked.entry(name).or_default() += 1;
+                    }
+                    if start.elapsed() > SLOW {
+                        slow.push((start.elapsed(), attempts));
                     }
                     calls.push(Call {
                         actor,
@@ -56,7 +75,7 @@ fn recorded_load(
                         ok,
                     });
                 }
-                (calls, acked)
+                (calls, acked, slow)
             })
         })
         .collect()
@@ -69,6 +88,8 @@ pub struct Rollout {
     /// From `kubectl rollout restart` to the plan settled on every new pod.
     pub took: Duration,
     pub acked: BTreeMap<String, i64>,
+    /// The calls slower than 20 ms, slowest first, with their attempts.
+    pub slow: Vec<Slow>,
 }
 
 /// `kubectl rollout restart statefulset actors` under load; returns when every pod is new and the
@@ -108,17 +129,66 @@ pub async fn rollout_under_load(
     let took = start.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
-    let (mut calls, mut acked) = (Vec::new(), BTreeMap::new());
+    collect(workers, took).await
+}
+
+/// The same load for `took` with nothing changing: the baseline of [`rollout_under_load`]'s
+/// figures (how long calls take on this machine anyway).
+pub async fn steady_load(app: &Client, seed: u64, took: Duration) -> Rollout {
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = recorded_load(app, &stop, seed);
+    tokio::time::sleep(took).await;
+    stop.store(true, Ordering::Relaxed);
+    collect(workers, took).await
+}
+
+async fn collect(workers: Vec<tokio::task::JoinHandle<Recorded>>, took: Duration) -> Rollout {
+    let (mut calls, mut acked, mut slow) = (Vec::new(), BTreeMap::new(), Vec::new());
     for w in workers {
-        let (c, a) = w.await.expect("load worker");
+        let (c, a, s) = w.await.expect("load worker");
         calls.extend(c);
+        slow.extend(s);
         for (k, v) in a {
             *acked.entry(k).or_default() += v;
         }
     }
+    slow.sort_by_key(|s| std::cmp::Reverse(s.0));
     Rollout {
         outage: outage(calls, Instant::now()),
         took,
         acked,
+        slow,
     }
+}
+
+/// The slowest calls of a rollout, one line per attempt, for the test's output.
+#[must_use]
+pub fn slow_calls(slow: &[Slow], n: usize) -> String {
+    // Calls by the answers they got (digits left out: shard numbers and epochs differ).
+    let mut shapes: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, attempts) in slow {
+        let shape: Vec<String> = attempts
+            .iter()
+            .map(|a| a.answer.chars().filter(|c| !c.is_ascii_digit()).collect())
+            .collect();
+        *shapes.entry(shape.join(" -> ")).or_default() += 1;
+    }
+    let mut out = format!("{} calls over {SLOW:?}, by their answers:\n", slow.len());
+    for (shape, n) in &shapes {
+        out += &format!("  {n:>6}  {shape}\n");
+    }
+    out += "the slowest:\n";
+    for (took, attempts) in slow.iter().take(n) {
+        out += &format!("  {:.1} ms\n", took.as_secs_f64() * 1e3);
+        for a in attempts {
+            out += &format!(
+                "    +{:.1} ms {} took {:.1} ms: {}\n",
+                a.sent.as_secs_f64() * 1e3,
+                a.subject,
+                a.took.as_secs_f64() * 1e3,
+                a.answer
+            );
+        }
+    }
+    out
 }

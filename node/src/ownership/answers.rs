@@ -33,6 +33,14 @@ pub enum Route<'a> {
         /// The plan epoch that says so.
         epoch: u64,
     },
+    /// The shard is on its way here: its source paused it and sent its last actors, and the
+    /// commit is due. Held for the commit (briefly), then routed again with
+    /// [`crate::ownership::Ownership::route_after_hold`]; sent back to the source it would only
+    /// wait there or come back.
+    Arriving {
+        /// The actor's shard.
+        shard: u32,
+    },
     /// Nobody can serve it right now.
     Unavailable(Unavailable),
 }
@@ -81,7 +89,7 @@ impl Route<'_> {
         match self {
             Self::Redirect { shard, to, epoch } => Some(ErrorReply::redirect(to, epoch, shard)),
             Self::Unavailable(why) => Some(why.reply()),
-            Self::Local { .. } | Self::Forward { .. } => None,
+            Self::Local { .. } | Self::Forward { .. } | Self::Arriving { .. } => None,
         }
     }
 }

@@ -376,11 +376,22 @@ fn a_source_gives_up_at_hand_off_and_a_destination_serves_at_commit() {
         commit,
         copy: false,
     };
+    let id = (0..100_000)
+        .map(|i| format!("a{i}"))
+        .find(|id| dst.shard(id) == Some(m.shard))
+        .expect("an actor of the moving shard");
+    assert!(matches!(dst.route(&id, 0), Route::Forward { .. }));
     assert_eq!(
         dst.on_chunk(&chunk(0, false)),
         Ok(Accept::Stage { fresh: true })
     );
     assert!(!dst.serves(m.shard), "staged, not served");
+    // Its source paused it (the chunk is not a copy): a request here waits for the commit.
+    assert_eq!(dst.route(&id, 1), Route::Arriving { shard: m.shard });
+    assert!(matches!(
+        dst.route_after_hold(m.shard, 2),
+        Route::Redirect { .. }
+    ));
     src.hand_off(ps[1].epoch, m.shard, "app-2");
     assert!(!src.serves(m.shard));
     assert_eq!(
@@ -388,6 +399,7 @@ fn a_source_gives_up_at_hand_off_and_a_destination_serves_at_commit() {
         Ok(Accept::Commit { fresh: false })
     );
     assert!(dst.serves(m.shard));
+    assert!(matches!(dst.route(&id, 1), Route::Local { .. }));
     // The operator had not seen Done and lists the move again: the source commits again (it
     // does not know whether its commit arrived), the destination, which does, is done at once.
     let mut again = msg(&ps[1]);
