@@ -176,11 +176,14 @@ chart-check: $(HELM)
 	@! $(HELM) template t charts/aether --kube-version $(K8S_VERSION) --set example.enabled=true --set nats.credentialsSecret=s > /dev/null 2>&1 || { echo "the chart gave the operator the sidecars' Secret"; exit 1; }
 
 ## chaos: the long chaos runs (>= 100 faults, >= 100,000 operations each, one nats-server then a
-## 3-server cluster), their histories checked; writes RELIABILITY.md. AETHER_CHAOS_SEEDS=a,b replays.
+## 3-server cluster), then one where the operator process plans and its leader is among the 40
+## faults; their histories checked; writes RELIABILITY.md. AETHER_CHAOS_SEEDS=a,b and
+## AETHER_CHAOS_OPERATOR_SEED=c replay.
 chaos: tools
-	$(CARGO) build --release --bins -p aether-node
+	$(CARGO) build --release --bins -p aether-node -p aether-operator
 	$(CARGO) build --release --example chaos -p aether-tests
-	AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) $${CARGO_TARGET_DIR:-target}/release/examples/chaos
+	AETHER_TOOLS_DIR=$(TOOLS_DIR) AETHER_NATS_SERVER=$(NATS_SERVER) AETHER_ETCD=$(ETCD) AETHER_KUBE_APISERVER=$(KUBE_APISERVER) \
+	  $${CARGO_TARGET_DIR:-target}/release/examples/chaos
 
 ## soak: the bank on 4 node processes for an hour (AETHER_SOAK_MINUTES), a plan change every minute;
 ## memory, descriptors and p99 each minute, every account exact at the end: RELIABILITY.md "Soak".

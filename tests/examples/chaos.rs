@@ -1,6 +1,8 @@
 //! `make chaos`: the long chaos runs (one nats-server, then a 3-server cluster), each with at least
-//! 100 faults and 100,000 operations, written to RELIABILITY.md. Seeds: `AETHER_CHAOS_SEEDS=1,2`
-//! (default: the pair below); a failing seed replays the same schedule. Exits 1 when a run found
+//! 100 faults and 100,000 operations, then a run whose plans the operator process makes (two
+//! replicas on a kube-apiserver, its leader SIGKILLed, SIGSTOPped and failed over among 40 faults),
+//! written to RELIABILITY.md. Seeds: `AETHER_CHAOS_SEEDS=1,2` (default: the pair below) and
+//! `AETHER_CHAOS_OPERATOR_SEED`; a failing seed replays the same schedule. Exits 1 when a run found
 //! anything.
 
 use aether_tests::chaos::{Config, markdown, run};
@@ -13,17 +15,28 @@ async fn main() {
         .unwrap_or_else(|| vec![1_202, 1_203]);
     let out = std::env::var("AETHER_CHAOS_OUT").unwrap_or_else(|_| "RELIABILITY.md".to_owned());
     let mut reports = Vec::new();
-    for (i, seed) in seeds.iter().enumerate() {
-        let cluster = i % 2 == 1;
+    // Then the operator process planning, its leader among the faults (AETHER_CHAOS_OPERATOR_SEED).
+    let operator_seed: u64 = std::env::var("AETHER_CHAOS_OPERATOR_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1_204);
+    let mut runs: Vec<Config> = seeds
+        .iter()
+        .enumerate()
+        .map(|(i, seed)| Config::long(*seed, i % 2 == 1))
+        .collect();
+    runs.push(Config::with_operator(operator_seed));
+    for cfg in runs {
+        let seed = cfg.seed;
         eprintln!(
             "chaos: seed {seed}, {}",
-            if cluster {
-                "3-server cluster"
-            } else {
-                "one server"
+            match (cfg.cluster, cfg.operator) {
+                (true, _) => "3-server cluster",
+                (false, false) => "one server",
+                (false, true) => "one server, the operator process planning",
             }
         );
-        let r = run(Config::long(*seed, cluster)).await;
+        let r = run(cfg).await;
         for line in &r.schedule {
             eprintln!("  {line}");
         }

@@ -11,6 +11,8 @@
 //! Plans are made by the operator's own reconcile decision (`chaos/planner.rs` runs
 //! `aether_operator::decide`); after every fault the runner reconciles as the operator does until
 //! every move is done or the operator publishes a retry (a failure's backoff, a move's deadline).
+//! With `Config::operator` the operator process plans instead (`chaos/kube.rs`), and its leader is
+//! SIGKILLed, SIGSTOPped and failed over among the faults.
 
 use crate::history::{self, History, Op, OpKind, Outcome, Verdict};
 use crate::{NatsCluster, NatsServer, Process, free_port, workspace_binary};
@@ -52,6 +54,8 @@ pub struct Config {
     pub timer_actors: usize,
     /// Bank accounts moving money by sends through the run (0: no app, no sends).
     pub accounts: usize,
+    /// Plans by the operator process on a kube-apiserver, from pods' readiness (`chaos/kube.rs`).
+    pub operator: bool,
 }
 
 /// JetStream's duplicate window of the run's event stream (the node's default is 120 s): short, so
@@ -79,6 +83,7 @@ impl Config {
             kinds: &Fault::ALL,
             timer_actors: 8,
             accounts: 8,
+            operator: false,
         }
     }
 
@@ -98,64 +103,19 @@ impl Config {
             kinds: &Fault::ALL,
             timer_actors: 32,
             accounts: 32,
+            operator: false,
         }
     }
-}
 
-/// A kind of fault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Fault {
-    /// SIGKILL a node, start it again after a while.
-    KillNode,
-    /// SIGSTOP a node, SIGCONT it after a while.
-    StopNode,
-    /// A new plan, then SIGKILL a source of its moves at once.
-    KillSourceMidMove,
-    /// A new plan, then SIGSTOP a source of its moves at once.
-    StopSourceMidMove,
-    /// A new plan, then SIGKILL a destination of its moves.
-    KillDestinationMidMove,
-    /// SIGSTOP a node, then a plan that moves shards away from it, then SIGCONT.
-    StopThenReplan,
-    /// A nats-server killed and started again (one of the cluster's).
-    RestartNats,
-    /// A plan with a member added or removed while the previous plan's moves run.
-    PlanChange,
-    /// A member removed and added back at once.
-    Flap,
-    /// Every node and every nats-server killed, started again after longer than [`WINDOW`].
-    StopAll,
-}
-
-impl Fault {
-    /// Every kind.
-    pub const ALL: [Self; 10] = [
-        Self::KillNode,
-        Self::StopNode,
-        Self::KillSourceMidMove,
-        Self::StopSourceMidMove,
-        Self::KillDestinationMidMove,
-        Self::StopThenReplan,
-        Self::RestartNats,
-        Self::PlanChange,
-        Self::Flap,
-        Self::StopAll,
-    ];
-
-    /// Its name in the report.
+    /// `make chaos`'s third run: the operator process plans, and is itself among the faults.
     #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::KillNode => "node SIGKILL",
-            Self::StopNode => "node SIGSTOP",
-            Self::KillSourceMidMove => "source SIGKILL mid-move",
-            Self::StopSourceMidMove => "source SIGSTOP mid-move",
-            Self::KillDestinationMidMove => "destination SIGKILL mid-move",
-            Self::StopThenReplan => "owner SIGSTOP, shards moved away",
-            Self::RestartNats => "nats-server restart",
-            Self::PlanChange => "plan change mid-move",
-            Self::Flap => "member flap",
-            Self::StopAll => "every process stopped past every window",
+    pub fn with_operator(seed: u64) -> Self {
+        Self {
+            faults: 40,
+            min_ops: 40_000,
+            kinds: &Fault::WITH_OPERATOR,
+            operator: true,
+            ..Self::long(seed, false)
         }
     }
 }
@@ -289,8 +249,15 @@ pub async fn run(cfg: Config) -> Report {
         p.start(&url, &prefix, replicas);
     }
     let first: Vec<String> = pods.iter().take(3).map(|p| p.name.clone()).collect();
-    let (mut planner, _) =
-        Planner::start(first.clone(), cfg.shards, bucket, js.clone(), names.clone()).await;
+    let mut planner = if cfg.operator {
+        let all: Vec<String> = pods.iter().map(|p| p.name.clone()).collect();
+        let (k, _) = KubePlanner::start(first.clone(), &all, cfg.shards, &url, &prefix).await;
+        Plans::Kube(Box::new(k))
+    } else {
+        let (p, _) =
+            Planner::start(first.clone(), cfg.shards, bucket, js.clone(), names.clone()).await;
+        Plans::Own(Box::new(p))
+    };
     let mut client = Client::new(nc.clone(), &prefix);
     // A client retries a command with its id within the duplicate window, as PROTOCOL.md asks
     // ("retry with the same id, soon"); after it, the outcome stays unknown to the history.
@@ -383,7 +350,7 @@ pub async fn run(cfg: Config) -> Report {
     report.verdict = history::check(&history.ops());
     report.timers = timers::finish(&client, &js, &prefix, cfg.shards, &timed).await;
     report.sends = sends::finish(&client, &js, &prefix, cfg.shards, transfers).await;
-    report.plans = planner.published;
+    report.plans = planner.published().await;
     report.elapsed = started.elapsed();
     for p in &mut pods {
         p.kill();
@@ -397,7 +364,7 @@ async fn inject(
     rng: &mut StdRng,
     pods: &mut [Pod],
     nats: &mut Nats,
-    planner: &mut Planner,
+    planner: &mut Plans,
     url: &str,
     prefix: &str,
     replicas: &str,
@@ -405,7 +372,7 @@ async fn inject(
     let pause = Duration::from_millis(rng.random_range(300..3000));
     let victim = rng.random_range(0..pods.len());
     let all: Vec<String> = pods.iter().map(|p| p.name.clone()).collect();
-    let changed = |rng: &mut StdRng, planner: &Planner| changed(rng, &planner.members, &all);
+    let changed = |rng: &mut StdRng, planner: &Plans| changed(rng, planner.members(), &all);
     match fault {
         Fault::KillNode => {
             pods[victim].kill();
@@ -455,7 +422,7 @@ async fn inject(
         Fault::StopThenReplan => {
             let name = pods[victim].name.clone();
             pods[victim].signal("-STOP");
-            let mut members = planner.members.clone();
+            let mut members = planner.members().to_vec();
             members.retain(|m| m != &name);
             if members.len() < 2 {
                 members = changed(rng, planner);
@@ -514,8 +481,12 @@ async fn inject(
                 b.moves.len()
             )
         }
+        Fault::KillOperator | Fault::StopOperator | Fault::OperatorFailover => {
+            let what = planner.operator_fault(fault, pause).await;
+            format!("{}: {what}", fault.name())
+        }
         Fault::Flap => {
-            let before = planner.members.clone();
+            let before = planner.members().to_vec();
             let members = changed(rng, planner);
             planner.publish(members).await;
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..500))).await;
@@ -662,11 +633,15 @@ async fn worker(
     }
 }
 
+mod fault;
+mod kube;
 pub mod planner;
 mod report;
 mod sends;
 mod timers;
-use planner::Planner;
+pub use fault::Fault;
+use kube::KubePlanner;
+use planner::{Planner, Plans};
 pub use report::{Report, markdown};
 pub use sends::SendVerdict;
 pub use timers::TimerVerdict;

@@ -4,6 +4,7 @@
 //! not done kept from their actual owners, and retries (after a failure's backoff, or a move's
 //! deadline) are the operator's, not a copy of them.
 
+use super::kube::KubePlanner;
 use aether_core::crd::{ShardPlanSpec, ShardPlanStatus};
 use aether_core::plan::{MemberInput, Plan};
 use aether_core::protocol::{self, Names, PlanMessage, Progress};
@@ -156,6 +157,63 @@ impl Planner {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Who makes a chaos run's plans: the operator's `decide` in the runner, or the operator process
+/// on a kube-apiserver (`Config::operator`).
+#[derive(Debug)]
+pub enum Plans {
+    /// [`Planner`].
+    Own(Box<Planner>),
+    /// [`KubePlanner`].
+    Kube(Box<KubePlanner>),
+}
+
+impl Plans {
+    /// The members asked for last.
+    #[must_use]
+    pub fn members(&self) -> &[String] {
+        match self {
+            Self::Own(p) => &p.members,
+            Self::Kube(k) => &k.members,
+        }
+    }
+
+    /// The plan for `members`.
+    pub async fn publish(&mut self, members: Vec<String>) -> Plan {
+        match self {
+            Self::Own(p) => p.publish(members).await,
+            Self::Kube(k) => k.publish(members).await,
+        }
+    }
+
+    /// Until every move is done or a retry is published, at most `limit`.
+    pub async fn retry(&mut self, limit: Duration) -> Option<Plan> {
+        match self {
+            Self::Own(p) => p.retry(limit).await,
+            Self::Kube(k) => k.retry(limit).await,
+        }
+    }
+
+    /// Plans published: counted by the runner, or the operator's epoch.
+    pub async fn published(&self) -> u64 {
+        match self {
+            Self::Own(p) => p.published,
+            Self::Kube(k) => k.epoch().await,
+        }
+    }
+
+    /// A fault of the operator process (`kind`: kill, stop or failover); none without one.
+    pub async fn operator_fault(&mut self, kind: super::Fault, pause: Duration) -> String {
+        let Self::Kube(k) = self else {
+            return "no operator process in this run".into();
+        };
+        match kind {
+            super::Fault::KillOperator => k.kill_leader(pause).await,
+            super::Fault::StopOperator => k.stop_leader(pause).await,
+            _ => k.fail_over().await,
         }
     }
 }

@@ -78,10 +78,11 @@ pub fn markdown(reports: &[Report], command: &str) -> String {
             s,
             "### Seed {} on {}\n",
             r.config.seed,
-            if r.config.cluster {
-                "a 3-server NATS cluster, 3 replicas"
-            } else {
-                "one nats-server"
+            match (r.config.cluster, r.config.operator) {
+                (true, _) => "a 3-server NATS cluster, 3 replicas",
+                (false, false) => "one nats-server",
+                (false, true) =>
+                    "one nats-server, the operator process planning (two replicas, a kube-apiserver)",
             }
         );
         let _ = writeln!(s, "| figure | value |\n|---|---|");
