@@ -68,7 +68,12 @@ pub fn markdown(reports: &[Report], command: &str) -> String {
          actor-to-actor sends through the run and each must hold exactly what the transfers applied \
          say (acknowledged, or unanswered and found in the log; a send applied twice or lost is a \
          balance off). The event stream's \
-         duplicate window is {} s, and the fault \"{}\" outlasts it.\n",
+         duplicate window is {} s, and the fault \"{}\" outlasts it. In a run with the operator \
+         process planning (`tests/src/chaos/kube.rs`), a kube-apiserver holds a Pod object per node \
+         process and two operator replicas elect a leader by their Lease; a membership change is a \
+         pod's Ready condition turned off or on, the operator plans and retries on its own, and its \
+         leader is SIGKILLed (started again 0.3-3 s later), SIGSTOPped (0.3-3 s) or failed over \
+         (SIGKILLed until the standby holds the Lease) among the other faults.\n",
         super::WINDOW.as_secs(),
         super::Fault::StopAll.name()
     );
