@@ -130,6 +130,25 @@ impl Shared {
     }
 }
 
+/// Takes the plan the bucket holds now, if any (a node that starts takes it before it joins the
+/// any-node queue group); `watch_plans` then finds it held.
+pub(crate) async fn take_published_plan(
+    shared: &Arc<Shared>,
+    js: &jetstream::Context,
+    names: &Names,
+    replicas: usize,
+) {
+    let Ok(bucket) = aether_nats::plans::open_bucket(js, names, replicas).await else {
+        return;
+    };
+    if let Ok(Some(entry)) = bucket.entry(Names::PLAN_KEY).await
+        && entry.operation == jetstream::kv::Operation::Put
+        && let Ok(plan) = decode::<PlanMessage>(&entry.value).and_then(|p| p.validate().map(|()| p))
+    {
+        shared.on_plan(plan, Some(held::stamp_ms(&entry)));
+    }
+}
+
 pub(crate) async fn watch_plans(
     shared: Arc<Shared>,
     js: jetstream::Context,

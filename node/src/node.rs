@@ -5,7 +5,7 @@
 use crate::app::AppClient;
 use crate::behaviour::Registry;
 use crate::config::NodeConfig;
-use crate::control::{keep_lease, publish_held, watch_held, watch_plans};
+use crate::control::{keep_lease, publish_held, take_published_plan, watch_held, watch_plans};
 use crate::error::{Error, Result};
 use crate::metrics::{Failure, Malformed, Metrics};
 use crate::moves::MigrationRuntime;
@@ -45,6 +45,8 @@ pub struct Node {
     shared: Arc<Shared>,
     js: jetstream::Context,
     requests: Messages,
+    /// The app API's server (`--api-addr`).
+    api_task: Option<tokio::task::JoinHandle<()>>,
     transfers: async_nats::Subscriber,
     progress: jetstream::consumer::pull::Ordered,
 }
@@ -122,7 +124,7 @@ impl Node {
             metrics,
             health.clone(),
         );
-        let requests = subscribe_requests(&shared).await?;
+        let mut requests = subscribe_requests(&shared).await?;
         let transfers = bulk
             .subscribe(names.node_migrate(&shared.me))
             .await
@@ -153,6 +155,16 @@ impl Node {
             }
         }
         tracing::debug!(read, "progress read");
+        // The plan published now is taken before this node joins the any-node queue group: a
+        // restarted pod takes no request it could only answer "no plan yet" (callers of a
+        // ShardPlan with no plan published yet still hear that).
+        take_published_plan(&shared, &js, &names, cfg.stream_replicas).await;
+        requests.push(join_any_node(&shared).await?);
+        // The app API listens once the plan is taken, as the NATS subjects do.
+        let api_task = match cfg.api_addr.0 {
+            Some(addr) => Some(crate::api::serve(addr, shared.clone()).await?),
+            None => None,
+        };
         Ok(Self {
             moves,
             cfg,
@@ -160,6 +172,7 @@ impl Node {
             shared,
             js,
             requests,
+            api_task,
             transfers,
             progress,
         })
@@ -181,6 +194,7 @@ impl Node {
             shared,
             js,
             mut requests,
+            api_task,
             mut transfers,
             mut progress,
         } = self;
@@ -208,10 +222,6 @@ impl Node {
             .take_deliveries()
             .map(|rx| tokio::spawn(crate::outbox::run(shared.clone(), rx)));
         let resume_task = tokio::spawn(crate::outbox::resume_pending(shared.clone()));
-        let api_task = match cfg.api_addr.0 {
-            Some(addr) => Some(crate::api::serve(addr, shared.clone()).await?),
-            None => None,
-        };
         if let Err(e) = shared.announce(NodeEventKind::Up).await {
             tracing::warn!(error = %e, "could not announce up");
         }
@@ -219,7 +229,6 @@ impl Node {
 
         tokio::pin!(shutdown);
         let mut drain_deadline: Option<tokio::time::Instant> = None;
-        let mut in_queue = false;
         let mut check = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
@@ -254,17 +263,6 @@ impl Node {
                     drain_deadline = Some(tokio::time::Instant::now() + cfg.drain_timeout);
                 }
                 _ = check.tick() => {
-                    // The any-node queue group is joined once a plan is held (and not while
-                    // draining): before, this node could only answer "no plan yet".
-                    if !in_queue && drain_deadline.is_none() && shared.epoch() > 0 {
-                        match join_any_node(&shared).await {
-                            Ok(any) => {
-                                requests.push(any);
-                                in_queue = true;
-                            }
-                            Err(e) => tracing::warn!(error = %e, "could not join the any-node queue group"),
-                        }
-                    }
                     if let Some(d) = drain_deadline {
                         if shared.drained() {
                             tracing::info!("drained: exiting");

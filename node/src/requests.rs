@@ -559,8 +559,8 @@ pub(crate) fn request_span(
     })
 }
 
-/// The node's own request subjects (`P.node.{pod}.req` and `.send`): nobody sends there until a
-/// plan names this node. The any-node subject is joined later, by [`join_any_node`].
+/// The node's own request subjects (`P.node.{pod}.req` and `.send`); the any-node subject is
+/// joined later, by [`join_any_node`].
 pub(crate) async fn subscribe_requests(shared: &Arc<Shared>) -> Result<Messages> {
     let mine = shared
         .client
@@ -578,9 +578,10 @@ pub(crate) async fn subscribe_requests(shared: &Arc<Shared>) -> Result<Messages>
     ]))
 }
 
-/// Joins the nodes' queue group on the any-node subject (`P.req`). Called once the node holds a
-/// plan: a node that joined before would take its share of every caller's requests only to
-/// answer "no plan yet" (a pod restarted by a rolling update cost its callers 100 ms each so).
+/// Joins the nodes' queue group on the any-node subject (`P.req`). Called once the node took the
+/// plan published when it started: a node that joined before would take its share of every
+/// caller's requests only to answer "no plan yet" (a pod restarted by a rolling update cost its
+/// callers 100 ms each so).
 pub(crate) async fn join_any_node(shared: &Arc<Shared>) -> Result<RequestSubscription> {
     let any = shared
         .client

@@ -425,13 +425,20 @@ pub async fn ask(
     prefix: &str,
     req: &aether_core::protocol::Request,
 ) -> aether_core::protocol::Reply {
-    let msg = tokio::time::timeout(
-        Duration::from_secs(20),
-        nc.request(
-            Names::new(prefix).any_node(),
-            aether_core::protocol::encode(req).expect("encodes").into(),
-        ),
-    )
+    // "No responders" (no node in the queue group: none started yet, or one restarting) is
+    // retried, as PROTOCOL.md tells a client to.
+    let body: bytes::Bytes = aether_core::protocol::encode(req).expect("encodes").into();
+    let subject = Names::new(prefix).any_node();
+    let msg = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match nc.request(subject.clone(), body.clone()).await {
+                Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    })
     .await
     .expect("answered in time")
     .expect("a reply, not silence");
