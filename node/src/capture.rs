@@ -8,13 +8,21 @@
 
 use crate::error::{Error, Result};
 use crate::store::{Inbound, Outgoing, Snapshot};
+use aether_core::protocol::SharedJson;
 use aether_core::timers::Timer;
 use serde_json::Value;
 
 /// What is written, borrowed from the live actor (no copy).
 #[derive(serde::Serialize)]
 struct CapturedRef<'a> {
-    state: &'a Value,
+    /// The state, when the actor holds it parsed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'a Value>,
+    /// The state's JSON text, when the actor holds it as text: copied as it is, and kept as
+    /// text by the destination (a node of an earlier version, which reads only `state`, replays
+    /// the actor's log instead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_json: Option<&'a str>,
     recent: &'a [String],
     #[serde(skip_serializing_if = "<[u64]>::is_empty")]
     recent_at: &'a [u64],
@@ -34,7 +42,10 @@ struct CapturedRef<'a> {
 /// What is read back.
 #[derive(serde::Deserialize)]
 struct Captured {
-    state: Value,
+    #[serde(default)]
+    state: Option<Value>,
+    #[serde(default)]
+    state_json: Option<String>,
     #[serde(default)]
     recent: Vec<String>,
     #[serde(default)]
@@ -55,8 +66,10 @@ struct Captured {
 /// When the state cannot be written (a map key that is not a string cannot come from JSON, so in
 /// practice never); `out` may then hold part of it, and the caller drops the actor's entry.
 pub fn write(out: &mut Vec<u8>, snapshot: &Snapshot, base: u64) -> Result<()> {
+    let text = snapshot.state.text();
     let captured = CapturedRef {
-        state: &snapshot.state,
+        state: text.is_none().then(|| &*snapshot.state),
+        state_json: text,
         recent: &snapshot.recent,
         recent_at: &snapshot.recent_at,
         base,
@@ -82,6 +95,7 @@ pub fn read(bytes: &[u8]) -> Result<(Snapshot, u64)> {
     };
     let Captured {
         state,
+        state_json,
         recent,
         recent_at,
         base,
@@ -89,9 +103,15 @@ pub fn read(bytes: &[u8]) -> Result<(Snapshot, u64)> {
         inbox,
         timers,
     } = captured;
+    // A `null` state reads as no `state` field.
+    let state = match state_json {
+        Some(text) => SharedJson::from_text(text)
+            .map_err(|e| Error::Corrupt(format!("captured state's JSON: {e}")))?,
+        None => state.unwrap_or(Value::Null).into(),
+    };
     Ok((
         Snapshot {
-            state: state.into(),
+            state,
             recent,
             recent_at,
             outbox,
@@ -132,8 +152,12 @@ mod tests {
             state in value(),
             recent in prop::collection::vec(".{0,20}", 0..5),
             base in any::<u64>(),
+            as_text in any::<bool>(),
         ) {
-            let snapshot = Snapshot { recent, ..Snapshot::initial(state) };
+            let mut snapshot = Snapshot { recent, ..Snapshot::initial(state) };
+            if as_text {
+                snapshot.state.compact();
+            }
             let mut out = vec![0xAE];
             write(&mut out, &snapshot, base).expect("writable");
             prop_assert_ne!(out[1], b'{');

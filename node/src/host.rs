@@ -185,7 +185,9 @@ pub fn spawn(ctx: &Arc<HostContext>, shard: u32) -> ShardHandle {
 struct Worker {
     ctx: Arc<HostContext>,
     shard: u32,
-    actors: HashMap<ActorRef, Actor>,
+    /// Boxed: the table holds a key and a pointer per actor, so its growth (to twice its
+    /// length at worst) copies and reserves 56 bytes per actor, not 256.
+    actors: HashMap<ActorRef, Box<Actor>>,
     /// Migrated actors not used since they arrived (never also in `actors`).
     packed: HashMap<ActorRef, Packed>,
     paused: bool,
@@ -387,19 +389,27 @@ impl Worker {
             base,
             unfolded,
         } = self.ctx.store.load(&subject, kind.initial()).await?;
-        fold(
-            &kind,
-            actor,
-            snapshot.state.make_mut(),
-            unfolded,
-            self.ctx.max_state_bytes,
-        )
-        .await?;
+        if !unfolded.is_empty() {
+            fold(
+                &kind,
+                actor,
+                snapshot.state.make_mut(),
+                unfolded,
+                self.ctx.max_state_bytes,
+            )
+            .await?;
+        }
+        // Kept as text until a command needs it: a state read from a snapshot record is text
+        // already, one folded from events is written once.
+        snapshot.state.compact();
+        // Grown one id at a time by the records folded: held at their length from now on.
+        snapshot.recent.shrink_to_fit();
+        snapshot.recent_at.shrink_to_fit();
         self.resend(actor, &snapshot.outbox);
         let window = self.ctx.store.duplicate_window();
         self.actors.insert(
             actor.clone(),
-            Actor {
+            Box::new(Actor {
                 forgotten: Actor::forgotten_at_load(&kind, snapshot.recent.len(), window),
                 kind,
                 marker: snapshot.has_pending().then_some(marker::UNKNOWN),
@@ -408,7 +418,7 @@ impl Worker {
                 seq,
                 base,
                 last_used: Instant::now(),
-            },
+            }),
         );
         self.ctx.metrics.actors.inc();
         self.index_timers(actor);

@@ -9,6 +9,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long `send` and `load` wait for the plan before sending through any node.
 const PLAN_WAIT: Duration = Duration::from_secs(1);
 

@@ -131,7 +131,9 @@ pub struct Inbound {
 /// Folded state inside a record, and inside migration transfers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
-    /// The behaviour's state, shared with the replies that carry it.
+    /// The behaviour's state, shared with the replies that carry it; read from a record as its
+    /// text (parsed when first used).
+    #[serde(deserialize_with = "aether_core::protocol::SharedJson::deserialize_text")]
     pub state: aether_core::protocol::SharedJson,
     /// Recent command ids, oldest first.
     #[serde(default)]
@@ -667,6 +669,27 @@ fn is_full(error: &str) -> bool {
     ]
     .iter()
     .any(|m| e.contains(m))
+}
+
+/// States of at most this many bytes of JSON are kept as their text between commands
+/// ([`aether_core::protocol::SharedJson::compact`]): writing it costs less than a microsecond,
+/// and a parsed small object takes many times its size. Larger ones stay parsed while in use
+/// and are kept as text when loaded or moved.
+pub const COMPACT_STATE_BYTES: usize = 2 * 1024;
+
+/// Bytes of a state's JSON: its text's length when kept as text, else counted.
+#[must_use]
+pub fn state_size(state: &aether_core::protocol::SharedJson) -> usize {
+    state.text().map_or_else(|| json_size(state), str::len)
+}
+
+/// Keeps a state as its text when it is small ([`COMPACT_STATE_BYTES`]); returns its size.
+pub fn compact_small(state: &mut aether_core::protocol::SharedJson) -> usize {
+    let size = state_size(state);
+    if size <= COMPACT_STATE_BYTES {
+        state.compact();
+    }
+    size
 }
 
 /// Bytes of a value's JSON, counted without building it.

@@ -122,6 +122,10 @@ async fn main() {
         nodes.push(node);
     }
     let first = members_at(1);
+    let events = js
+        .get_stream(names.event_stream())
+        .await
+        .expect("the event stream");
     let (mut planner, _) = Planner::start(first, SHARDS, bucket, js, names).await;
     let client = Client::new(nc.clone(), PREFIX);
     bank::open(&client, ACCOUNTS, T)
@@ -177,6 +181,12 @@ async fn main() {
                 json!({"process": name, "rss": rss, "fds": fds})
             })
             .collect();
+        // What nats-server stores, beside its memory.
+        let stored = events
+            .get_info()
+            .await
+            .expect("the event stream's info")
+            .state;
         let (count, late) = {
             let mut l = latencies.lock().expect("lock");
             let v = &mut l[m];
@@ -188,8 +198,10 @@ async fn main() {
             "minute {}: {count} transfers, p99 {late:.1} ms, members {members:?}",
             m + 1
         );
-        samples
-            .push(json!({"minute": m + 1, "transfers": count, "p99_ms": late, "processes": procs}));
+        samples.push(
+            json!({"minute": m + 1, "transfers": count, "p99_ms": late, "processes": procs,
+                "stream_bytes": stored.bytes, "stream_messages": stored.messages}),
+        );
     }
     stop.store(true, Ordering::Relaxed);
     let mut acknowledged = Vec::new();

@@ -445,6 +445,30 @@ pub async fn ask(
     aether_core::protocol::decode(&msg.payload).expect("a protocol reply")
 }
 
+/// [`ask`], with `unavailable` answers retried after their `retryAfterMs` as PROTOCOL.md tells a
+/// client to (a node on a loaded machine may have let its lease lapse for a moment): the first
+/// other answer, within 20 s.
+pub async fn ask_served(
+    nc: &async_nats::Client,
+    prefix: &str,
+    req: &aether_core::protocol::Request,
+) -> aether_core::protocol::Reply {
+    let start = std::time::Instant::now();
+    loop {
+        let r = ask(nc, prefix, req).await;
+        match &r.outcome {
+            Outcome::Error(e)
+                if e.code == aether_core::protocol::ErrorCode::Unavailable
+                    && start.elapsed() < Duration::from_secs(20) =>
+            {
+                let wait = e.retry_after_ms.unwrap_or(100);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            _ => return r,
+        }
+    }
+}
+
 /// A counter's (value, version) from a reply; panics on an error reply.
 #[must_use]
 pub fn counter_value(reply: &aether_core::protocol::Reply) -> (i64, u64) {

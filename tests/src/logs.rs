@@ -26,11 +26,23 @@ pub async fn template(
     command: Value,
     undo: Option<Value>,
 ) -> (Value, Option<String>) {
+    template_of(nats, prefix, shards, "counter", command, undo).await
+}
+
+/// [`template`] for an actor of the built-in `kind`.
+pub async fn template_of(
+    nats: &NatsServer,
+    prefix: &str,
+    shards: u32,
+    kind: &str,
+    command: Value,
+    undo: Option<Value>,
+) -> (Value, Option<String>) {
     let nc = nats.connect().await;
     let mut node = node_process(nats, prefix, "app-0", free_port(), &[]);
     publish(&nc, prefix, &next_plan(None, &["app-0"], shards, 4), 10).await;
     let client = Client::new(nc.clone(), prefix);
-    let actor = ActorRef::new("counter", "template");
+    let actor = ActorRef::new(kind, "template");
     let req = Request::new(actor.clone(), Op::Command { command }, Some("set".into()));
     wait_for("the template written", Duration::from_secs(60), || async {
         client
@@ -87,6 +99,19 @@ pub async fn write_logs(
     nc: &async_nats::Client,
     prefix: &str,
     shards: u32,
+    actors: (&str, usize),
+    record: &Value,
+    marker: Option<&str>,
+) -> f64 {
+    write_logs_of(nc, prefix, shards, "counter", actors, record, marker).await
+}
+
+/// [`write_logs`] for actors of `kind`.
+pub async fn write_logs_of(
+    nc: &async_nats::Client,
+    prefix: &str,
+    shards: u32,
+    kind: &str,
     (tag, n): (&str, usize),
     record: &Value,
     marker: Option<&str>,
@@ -98,7 +123,7 @@ pub async fn write_logs(
     let started = Instant::now();
     let mut acks = futures::stream::FuturesUnordered::new();
     for i in 0..n {
-        let actor = ActorRef::new("counter", format!("{tag}{i}"));
+        let actor = ActorRef::new(kind, format!("{tag}{i}"));
         let shard = shard_of(&actor.id, shards);
         let mut writes = vec![(names.actor_subject(shard, &actor), record.clone())];
         if let Some(m) = &marker {

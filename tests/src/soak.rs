@@ -117,6 +117,22 @@ pub fn section(r: &Value) -> String {
         GROWTH * 100.0,
         if worst <= GROWTH { "met" } else { "**missed**" },
     );
+    let stored: Vec<f64> = r["samples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| num(&s["stream_bytes"]))
+        .collect();
+    if let (Some(mid), Some(end)) = (stored.get(stored.len() / 2), stored.last()) {
+        let _ = write!(
+            out,
+            "\nThe event stream nats-server stores (every transfer's records, none purged): {:.1} MB \
+             at the middle, {:.1} MB at the end ({:+.1}% over the second half).\n",
+            mid / 1e6,
+            end / 1e6,
+            growth(&stored) * 100.0,
+        );
+    }
     if minutes < 60.0 {
         let _ = write!(
             out,

@@ -12,7 +12,7 @@ use super::{Delivery, Pending, Worker};
 use crate::behaviour::{Decided, Kind};
 use crate::error::Error;
 use crate::metrics::Failure;
-use crate::store::{Record, json_size};
+use crate::store::{Record, compact_small};
 use aether_core::protocol::app::is_send_id;
 use aether_core::protocol::{ActorRef, ErrorCode, ErrorReply, Op, Reply, Request, SharedJson};
 use aether_core::timers;
@@ -352,7 +352,7 @@ impl Worker {
             behaviour.apply(next.make_mut(), e);
         }
         let extras = a.snapshot.extras_bytes() + inbound_bytes(req, None);
-        if let Some(e) = over_limit(json_size(&next), extras, self.ctx.max_state_bytes) {
+        if let Some(e) = over_limit(compact_small(&mut next), extras, self.ctx.max_state_bytes) {
             // Refused before anything is appended: a state this large would not fit a reply, a
             // snapshot record or a transfer chunk.
             return Ok(Step::Reply(Reply::error(e)));

@@ -8,7 +8,7 @@ use super::marker::{self, Marker};
 use crate::behaviour::AppKind;
 use crate::error::Error;
 use crate::metrics::AppFault;
-use crate::store::{Outgoing, Record, Snapshot, json_size};
+use crate::store::{Outgoing, Record, Snapshot, compact_small, json_size, state_size};
 use aether_core::protocol::app::{DecideCall, Decision, is_send_id, send_id};
 use aether_core::protocol::{Op, Reply, Request, SharedJson};
 use aether_core::timers::{self, Timer};
@@ -133,7 +133,7 @@ pub(super) async fn decide_and_append(
         (events, state, send)
     } else {
         let sent: usize = send.iter().map(|s| json_size(&s.command) + 160).sum();
-        match over_limit(json_size(&state), d.extras + sent, ctx.max_state_bytes) {
+        match over_limit(state_size(&state), d.extras + sent, ctx.max_state_bytes) {
             None => (events, state, send),
             Some(e) => {
                 // The answer to a send is recorded whatever: what the app decided on it would
@@ -152,7 +152,8 @@ pub(super) async fn decide_and_append(
         // Nothing to record: the state stays as it was, whatever the answer says.
         return done;
     }
-    let size = json_size(&state);
+    let mut state = state;
+    let size = compact_small(&mut state);
     if size > ctx.max_state_bytes {
         done.result = Err(d.kind.app.fault(
             AppFault::TooLarge,

@@ -21,7 +21,7 @@ pub const YIELD_EVERY: usize = 16;
 /// after the hand-off.
 #[derive(Debug, Default)]
 pub struct Lent {
-    pub(super) actors: Vec<(ActorRef, Actor)>,
+    pub(super) actors: Vec<(ActorRef, Box<Actor>)>,
     pub(super) packed: Vec<(ActorRef, Packed)>,
     pub(super) next: usize,
     /// Only the first `send.0` actors and `send.1` packed ones are sent (after a copy round: those
@@ -187,9 +187,10 @@ pub struct Packed {
 
 impl Packed {
     /// The live actor, or why its state does not read.
-    pub(super) fn unpack(self, window: std::time::Duration) -> Result<Actor, Error> {
-        let (snapshot, base) = capture::read(&self.state)?;
-        Ok(Actor {
+    pub(super) fn unpack(self, window: std::time::Duration) -> Result<Box<Actor>, Error> {
+        let (mut snapshot, base) = capture::read(&self.state)?;
+        snapshot.state.compact();
+        Ok(Box::new(Actor {
             forgotten: Actor::forgotten_at_load(&self.kind, snapshot.recent.len(), window),
             kind: self.kind,
             marker: snapshot.has_pending().then_some(super::marker::UNKNOWN),
@@ -198,7 +199,7 @@ impl Packed {
             seq: self.seq,
             base,
             last_used: Instant::now(),
-        })
+        }))
     }
 }
 

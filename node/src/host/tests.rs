@@ -1,7 +1,7 @@
 use super::*;
 use aether_core::protocol::{TransferWriter, decode_transfer};
 
-fn actor(id: &str, seq: u64) -> (ActorRef, Actor) {
+fn actor(id: &str, seq: u64) -> (ActorRef, Box<Actor>) {
     let kind = Registry::builtin()
         .get("counter")
         .cloned()
@@ -16,7 +16,7 @@ fn actor(id: &str, seq: u64) -> (ActorRef, Actor) {
         last_used: Instant::now(),
         forgotten: None,
     };
-    (ActorRef::new("counter", id), a)
+    (ActorRef::new("counter", id), Box::new(a))
 }
 
 fn sent(lent: &mut Lent) -> Vec<(String, u64, bool)> {

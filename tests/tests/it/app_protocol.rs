@@ -7,7 +7,9 @@ use aether_node::config::ApiAddr;
 use aether_node::metrics::{AppFault, Failure};
 use aether_node::node::Health;
 use aether_tests::app::{App, http};
-use aether_tests::cluster::{TestNode, ask, next_plan, node_config, publish, spawn_process_with};
+use aether_tests::cluster::{
+    TestNode, ask, ask_served, next_plan, node_config, publish, spawn_process_with,
+};
 use aether_tests::{NatsServer, free_port, wait_for, workspace_binary};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -609,7 +611,7 @@ async fn a_reply_over_the_servers_max_payload_is_answered_too_large() {
         json!({"answer": "bigReply", "bytes": 100_000}),
         "big",
     );
-    let r = ask(&nc, "payload", &big).await;
+    let r = ask_served(&nc, "payload", &big).await;
     assert_eq!(error_code(&r), ErrorCode::TooLarge, "{r:?}");
     match &r.outcome {
         Outcome::Error(e) => assert!(e.message.contains("max payload of 65536"), "{e:?}"),
