@@ -14,7 +14,9 @@ use serde_json::Value;
 use std::time::Duration;
 
 mod markers;
+mod size;
 pub use markers::MARKER_BATCH;
+pub use size::{COMPACT_STATE_BYTES, compact_small, json_size, state_size};
 
 /// A record carries a snapshot of the state every this many records (unless an app kind says
 /// otherwise).
@@ -669,44 +671,4 @@ fn is_full(error: &str) -> bool {
     ]
     .iter()
     .any(|m| e.contains(m))
-}
-
-/// States of at most this many bytes of JSON are kept as their text between commands
-/// ([`aether_core::protocol::SharedJson::compact`]): writing it costs less than a microsecond,
-/// and a parsed small object takes many times its size. Larger ones stay parsed while in use
-/// and are kept as text when loaded or moved.
-pub const COMPACT_STATE_BYTES: usize = 2 * 1024;
-
-/// Bytes of a state's JSON: its text's length when kept as text, else counted.
-#[must_use]
-pub fn state_size(state: &aether_core::protocol::SharedJson) -> usize {
-    state.text().map_or_else(|| json_size(state), str::len)
-}
-
-/// Keeps a state as its text when it is small ([`COMPACT_STATE_BYTES`]); returns its size.
-pub fn compact_small(state: &mut aether_core::protocol::SharedJson) -> usize {
-    let size = state_size(state);
-    if size <= COMPACT_STATE_BYTES {
-        state.compact();
-    }
-    size
-}
-
-/// Bytes of a value's JSON, counted without building it.
-pub fn json_size(v: &serde_json::Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut c = Count(0);
-    match serde_json::to_writer(&mut c, v) {
-        Ok(()) => c.0,
-        Err(_) => usize::MAX,
-    }
 }
