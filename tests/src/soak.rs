@@ -28,6 +28,16 @@ fn series(report: &Value, field: &str) -> Vec<(String, Vec<f64>)> {
     out
 }
 
+/// A field of every minute's sample, in order.
+fn per_minute(r: &Value, field: &str) -> Vec<f64> {
+    r["samples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| num(&s[field]))
+        .collect()
+}
+
 /// Growth from the middle sample to the last one.
 fn growth(v: &[f64]) -> f64 {
     match (v.get(v.len() / 2), v.last()) {
@@ -48,12 +58,7 @@ fn mean(v: &[f64]) -> f64 {
 #[must_use]
 pub fn section(r: &Value) -> String {
     let minutes = num(&r["minutes"]);
-    let p99: Vec<f64> = r["samples"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| num(&s["p99_ms"]))
-        .collect();
+    let p99 = per_minute(r, "p99_ms");
     let half = p99.len() / 2;
     let (first, second) = (mean(&p99[..half]), mean(&p99[half..]));
     let mut out = format!(
@@ -117,12 +122,7 @@ pub fn section(r: &Value) -> String {
         GROWTH * 100.0,
         if worst <= GROWTH { "met" } else { "**missed**" },
     );
-    let stored: Vec<f64> = r["samples"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| num(&s["stream_bytes"]))
-        .collect();
+    let stored = per_minute(r, "stream_bytes");
     if let (Some(mid), Some(end)) = (stored.get(stored.len() / 2), stored.last()) {
         let _ = write!(
             out,

@@ -50,12 +50,14 @@ impl SharedJson {
     /// # Errors
     /// When `text` is not one JSON value.
     pub fn from_text(text: String) -> serde_json::Result<Self> {
-        RawValue::from_string(text).map(|raw| {
-            Self(Arc::new(Inner {
-                text: Some(raw),
-                value: OnceLock::new(),
-            }))
-        })
+        RawValue::from_string(text).map(Self::of_text)
+    }
+
+    fn of_text(raw: Box<RawValue>) -> Self {
+        Self(Arc::new(Inner {
+            text: Some(raw),
+            value: OnceLock::new(),
+        }))
     }
 
     /// The value to change: copied first only while a reply or record still holds it; the text,
@@ -86,10 +88,7 @@ impl SharedJson {
                 Err(_) => return,
             },
         };
-        self.0 = Arc::new(Inner {
-            text: Some(text),
-            value: OnceLock::new(),
-        });
+        *self = Self::of_text(text);
     }
 
     /// The JSON text, when it is kept as text.
@@ -173,12 +172,7 @@ impl SharedJson {
     /// When the input is not one JSON value.
     pub fn deserialize_text<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if d.is_human_readable() {
-            Box::<RawValue>::deserialize(d).map(|raw| {
-                Self(Arc::new(Inner {
-                    text: Some(raw),
-                    value: OnceLock::new(),
-                }))
-            })
+            Box::<RawValue>::deserialize(d).map(Self::of_text)
         } else {
             Value::deserialize(d).map(Self::from)
         }
