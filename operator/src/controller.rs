@@ -1,7 +1,8 @@
 //! The kube-rs Controller: observe (ShardPlan, StatefulSet, pods, NATS, progress reports), decide
-//! (`decide.rs`), apply: the status first (server-side apply on the status subresource), then the plan
-//! to the NATS KV bucket, then Kubernetes Events. A plan in the status but not in NATS (a crash or NATS
-//! outage between the two writes) is published on the next reconcile, so status always leads.
+//! (`decide.rs`), apply: the status first (server-side apply on the status subresource, only over
+//! the version it was decided from), then the plan to the NATS KV bucket, then Kubernetes Events. A
+//! plan in the status but not in NATS (a crash or NATS outage between the two writes) is published
+//! on the next reconcile, so status always leads.
 
 use crate::decide::{Decision, Held, Note, Observed, decide};
 pub use crate::error::{Error, Result};
@@ -232,10 +233,24 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
         .plan_seconds
         .observe(started.elapsed().as_secs_f64());
 
-    if let Err(e) = write_status(&ctx.client, &ns, &name, &status).await {
+    // Written only over the version decided from: an operator that read the ShardPlan before it
+    // was paused (a leader frozen mid-reconcile, resumed after a standby took over) gets a conflict
+    // instead of putting an older status back over the new leader's.
+    let version = sp.metadata.resource_version.clone();
+    if let Err(e) = write_status(&ctx.client, &ns, &name, version, &status).await {
         // Nothing was decided for good: hand the reports back for the next attempt.
         if let Some(c) = &nats {
             c.restore(progress);
+        }
+        // Changed since it was read (a spec edit, another writer): decide again from the new one.
+        if let Error::Kube(kube::Error::Api(status)) = &e
+            && status.code == 409
+        {
+            ctx.metrics
+                .errors
+                .get_or_create(&Reason { reason: e.reason() })
+                .inc();
+            return Ok(Action::requeue(Duration::from_millis(200)));
         }
         // Deleted while this reconcile ran: nothing to write, nothing wrong.
         if let Error::Kube(kube::Error::Api(status)) = &e
@@ -358,18 +373,25 @@ async fn list_pods(client: &Client, ns: &str, sts: &StatefulSet) -> Result<Vec<P
         .collect())
 }
 
-async fn write_status(
+/// Writes a ShardPlan's status by server-side apply, only over `resource_version` when given (the
+/// version it was decided from; else 409 Conflict and nothing written).
+pub async fn write_status(
     client: &Client,
     ns: &str,
     name: &str,
+    resource_version: Option<String>,
     status: &ShardPlanStatus,
 ) -> Result<()> {
     let api = Api::<ShardPlan>::namespaced(client.clone(), ns);
-    let patch = serde_json::json!({
+    // A resourceVersion in an applied object is a precondition: 409 Conflict if it has changed.
+    let mut patch = serde_json::json!({
         "apiVersion": ShardPlan::api_version(&()),
         "kind": ShardPlan::kind(&()),
         "status": status,
     });
+    if let Some(v) = resource_version {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": v });
+    }
     api.patch_status(
         name,
         &PatchParams::apply(MANAGER).force(),

@@ -624,7 +624,8 @@ mod operator {
     /// again on the prefix publishes above the epoch its bucket holds; a leader frozen mid-move
     /// past its Lease is followed by a standby that converges without a new epoch, and once it
     /// resumes (two operators both believing they lead, a pod leaving meanwhile) it stops, the
-    /// plans stay monotonic and the status names the bucket's plan.
+    /// plans stay monotonic and the status names the bucket's plan (a status decided from an older
+    /// read conflicts instead of being written back over the new leader's).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_operator_converges_through_restarts_stale_epochs_and_shared_prefixes() {
         let api = ApiServer::start().await;
@@ -682,6 +683,35 @@ mod operator {
                 .any(|n| n.contains("epoch 50"))
         })
         .await;
+        // A status decided from an older read (an operator paused mid-reconcile) is refused, not
+        // written over the newer one.
+        let read = plans.get("actors").await.expect("get");
+        let mut older = status_of(&read);
+        older.epoch = 1;
+        plans
+            .patch_metadata(
+                "actors",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+            )
+            .await
+            .expect("label");
+        let refused = aether_operator::controller::write_status(
+            &client,
+            "default",
+            "actors",
+            read.metadata.resource_version.clone(),
+            &older,
+        )
+        .await;
+        assert!(
+            matches!(&refused, Err(aether_operator::controller::Error::Kube(kube::Error::Api(s))) if s.code == 409),
+            "a stale status write conflicts: {refused:?}"
+        );
+        assert_eq!(
+            status_of(&plans.get("actors").await.expect("get")).epoch,
+            51
+        );
 
         // A scale-up; the operator is frozen as soon as the plan is in NATS (its status lists the
         // moves, nothing more), the moves finish while it is frozen, then it is killed.
