@@ -160,17 +160,17 @@ def nats_sections(path):
         "request/replies between two plain clients, run after each move, median. Then "
         f"{m0['loaded_moves']} moves while 8 readers keep reading the moving actors and 4 read actors of other "
         "shards: `under readers` is their median move time, and the read latencies during those moves are the "
-        "unavailability (`max` is the longest any read waited). Goals: >= 0.5x raw bytes/s; p99 "
-        "unavailability <= 50 ms for 1,000 actors.\n"
+        "unavailability (`max` is the longest any read waited). Goals (issue 33): >= 0.9x raw bytes/s; "
+        "unavailability p99 <= 5 ms and max <= 20 ms.\n"
     )
     out.append("| actors | move | actors/s | MB/s | raw MB/s | bytes/s / raw | bytes goal | under readers | read p50 | read p99 | read max | unavailability goal |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m in r["migrations"]:
         ratio = m["bytes_per_s"] / m["raw_bytes_per_s"]
-        unavailable = verdict(m["read_during_move_p99_us"] <= 50_000) if m["actors"] <= 5000 else "(no goal)"
+        unavailable = verdict(m["read_during_move_p99_us"] <= 5_000 and m["read_during_move_max_us"] <= 20_000)
         out.append(
             f"| {m['actors']} | {m['move_ms']:.0f} ms | {m['actors_per_s']:.0f} | {m['bytes_per_s'] / 1e6:.1f} | "
-            f"{m['raw_bytes_per_s'] / 1e6:.1f} | {ratio:.2f}x | {verdict(ratio >= 0.5)} | {m['loaded_move_ms']:.0f} ms | "
+            f"{m['raw_bytes_per_s'] / 1e6:.1f} | {ratio:.2f}x | {verdict(ratio >= 0.9)} | {m['loaded_move_ms']:.0f} ms | "
             f"{m['read_during_move_p50_us'] / 1000:.1f} ms | {m['read_during_move_p99_us'] / 1000:.1f} ms | "
             f"{m['read_during_move_max_us'] / 1000:.1f} ms | {unavailable} |"
         )
@@ -236,10 +236,10 @@ def missed(r):
             "bare relay. Appends of different actors of a shard already overlap (one in flight per actor).")
     for m in r["migrations"]:
         ratio = m["bytes_per_s"] / m["raw_bytes_per_s"]
-        if ratio < 0.5:
+        if ratio < 0.9:
             rows.append(
-                f"- Migration of {m['actors']} actors: {ratio:.2f}x raw bytes/s, {100 * (1 - ratio / 0.5):.0f}% short of "
-                "0.5x. Since 2026-12-03 a shard of 256 actors or more is copied while it is still served and then "
+                f"- Migration of {m['actors']} actors: {ratio:.2f}x raw bytes/s, {100 * (1 - ratio / 0.9):.0f}% short of "
+                "0.9x. Since 2026-12-03 a shard of 256 actors or more is copied while it is still served and then "
                 "paused only for what changed meanwhile: a copy round plus the pause, more work than the "
                 "whole-shard pause these figures were measured with before (0.63x on 2026-11-26), for a far "
                 "shorter pause. Chunks are binary, each actor's state MessagePack written straight from the actor "

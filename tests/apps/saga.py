@@ -15,6 +15,7 @@ Usage: saga.py --port P [--hold FILE]
 import argparse
 import json
 import os
+import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -90,6 +91,16 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # The sidecar gave up on a held decide (its app timeout) and closed the connection: expected.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
+
 def main():
     global HOLD
     p = argparse.ArgumentParser()
@@ -97,7 +108,7 @@ def main():
     p.add_argument("--hold")
     a = p.parse_args()
     HOLD = a.hold
-    ThreadingHTTPServer(("127.0.0.1", a.port), Handler).serve_forever()
+    Server(("127.0.0.1", a.port), Handler).serve_forever()
 
 
 if __name__ == "__main__":

@@ -264,7 +264,7 @@ fn section(r: &Value) -> String {
          append, and a node makes at most 16 such loads at once so that requests keep their latency \
          (with no bound, measured while choosing it: 15.8 s, but reads p99 121 ms). It is the machine's \
          2 cores that run out: sampled with `top` during the catch-up, nats-server used 95% of a core and \
-         the node 77%, with 10% idle; from run to run the catch-up took 13.9-18.5 s.\n",
+         the node 77%, with 10% idle; the catch-up took 13.9-18.5 s in the runs before this one (2026-12-05).\n",
         shards = SHARDS,
         write = f(&p["write_s"]),
         timers = p["timers"],

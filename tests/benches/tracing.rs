@@ -188,7 +188,7 @@ fn section(r: &serde_json::Value) -> String {
         "## Tracing overhead\n\n\
          Command: `cargo bench -p aether-tests --bench tracing` (part of `make bench`): one node process \
          and a nats-server on loopback, {shards} shards, {actors} built-in counters loaded, {n} routed `add` \
-         commands {inflight} in flight per round, {rounds} rounds of each mode interleaved, the middle \
+         commands {inflight} in flight per round, {rounds} rounds of each mode interleaved, the median \
          round shown. Traced nodes export over OTLP/HTTP to a receiver that discards what it gets \
          ({reqs} export requests in the traced rounds). The baseline is the same node with traces off.\n\n\
          | traces | routed command | vs off |\n|---|---|---|\n{off}{all}{tenth}\n\
@@ -197,8 +197,20 @@ fn section(r: &serde_json::Value) -> String {
          the 10% figure is close to the 100% one: a span is made for every request and the sampler decides \
          only when it ends, so sampling saves the export, not the span; making no span for a request \
          the sampler will drop (deciding at the root, and passing the decision on in `traceparent`) is \
-         what is left to do. The rounds of one mode differ by up to 20% on these 2 shared cores (the \
-         runs column), as much as the modes differ: the figures are the middle round of each.\n",
+         what is left to do. The rounds of one mode differ by up to {spread:.0}% on these 2 shared cores \
+         (fastest over slowest, the runs column), more than the modes differ: the figures are the \
+         median round of each.\n",
+        spread = ["off_runs", "all_runs", "tenth_runs"]
+            .iter()
+            .filter_map(|k| r[*k].as_array())
+            .map(|runs| {
+                let each: Vec<f64> = runs.iter().filter_map(serde_json::Value::as_f64).collect();
+                let (lo, hi) = each
+                    .iter()
+                    .fold((f64::MAX, 0.0_f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                (hi / lo.max(1.0) - 1.0) * 100.0
+            })
+            .fold(0.0_f64, f64::max),
         shards = SHARDS,
         actors = ACTORS,
         n = r["commands"],

@@ -181,23 +181,29 @@ pub fn env_size(var: &str, default: usize) -> usize {
 
 /// Runs a benchmark's `run` on a multi-threaded runtime; writes its report to
 /// `target/{name}-bench.json` and standard output, and, with `section`, the report's section of
-/// BENCHMARKS.md (between the markers `name`, see [`with_section`]).
+/// BENCHMARKS.md (between the markers `name`, see [`with_section`]). With
+/// `AETHER_BENCH_FROM_REPORT` set it runs nothing: the section is written again from the last run's
+/// report (after its text changed).
 pub fn run_bench<F: std::future::Future<Output = serde_json::Value>>(
     name: &str,
     run: F,
     section: Option<fn(&serde_json::Value) -> String>,
 ) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let report = rt.block_on(run);
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    std::fs::write(
-        format!("{root}/target/{name}-bench.json"),
-        serde_json::to_vec_pretty(&report).expect("json"),
-    )
-    .expect("write report");
+    let saved = format!("{root}/target/{name}-bench.json");
+    let report = if std::env::var_os("AETHER_BENCH_FROM_REPORT").is_some() {
+        let text = std::fs::read(&saved).unwrap_or_else(|e| panic!("{saved}: {e}"));
+        serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{saved}: {e}"))
+    } else {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let report = rt.block_on(run);
+        std::fs::write(&saved, serde_json::to_vec_pretty(&report).expect("json"))
+            .expect("write report");
+        report
+    };
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
     if let Some(section) = section {
         let path = format!("{root}/BENCHMARKS.md");
