@@ -203,15 +203,16 @@ model-check:
 
 ## bench: every benchmark; writes BENCHMARKS.md.
 # Criterion writes under the cargo target directory (CARGO_TARGET_DIR when set); the rest under target/.
+# The node's binary first: benches start node processes (a fresh clone has none).
 bench: tools
 	mkdir -p target
+	$(CARGO) build --release --bins -p aether-node
 	$(CARGO) bench -p aether-core --bench placement
 	$(CARGO) run -q --release -p aether-core --example balance_report > target/balance.md
 	$(CARGO) bench -p aether-node --bench routing
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench nats
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench app
 	python3 scripts/bench-report.py $${CARGO_TARGET_DIR:-target}/criterion target/balance.md BENCHMARKS.md target/nats-bench.json target/app-bench.json
-	$(CARGO) build --release --bins -p aether-node
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench recovery
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench timers
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench timer_scale
@@ -224,11 +225,11 @@ bench: tools
 ## sections "How cost grows", "Node loss", "Stream size per actor", "Members at 65,536 shards" and
 ## "kubectl aether at scale" of BENCHMARKS.md. Its own target: about 22 minutes.
 bench-scale: tools
+	$(CARGO) build --release --bins -p aether-node
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench scale
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench node_loss
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench stream_size
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench members
-	$(CARGO) build --release --bins -p aether-node
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench inspect
 
 ## bench-peers: aether beside Dapr v1.14.0 actors (placement, daprd per pod, Redis), the same workload
