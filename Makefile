@@ -223,7 +223,8 @@ bench: tools
 ## actors; a node joining 3 and one lost, 1,000,000 counters; the event stream's size per actor; 3, 10 and 30
 ## members at 65,536 shards; kubectl aether's where, get and actors at 1,000,000 actors); writes the
 ## sections "How cost grows", "Node loss", "Stream size per actor", "Members at 65,536 shards" and
-## "kubectl aether at scale" of BENCHMARKS.md. Its own target: about 22 minutes.
+## "kubectl aether at scale" of BENCHMARKS.md. Its own target: 24 minutes on a fresh clone (its build
+## included), 18 once built.
 bench-scale: tools
 	$(CARGO) build --release --bins -p aether-node
 	AETHER_NATS_SERVER=$(NATS_SERVER) $(CARGO) bench -p aether-tests --bench scale
