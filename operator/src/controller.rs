@@ -235,22 +235,13 @@ pub async fn reconcile(sp: Arc<ShardPlan>, ctx: Arc<Context>) -> Result<Action> 
 
     // Written only over the version decided from: an operator that read the ShardPlan before it
     // was paused (a leader frozen mid-reconcile, resumed after a standby took over) gets a conflict
-    // instead of putting an older status back over the new leader's.
+    // instead of putting an older status back over the new leader's (an error, counted as
+    // `reason="conflict"`; the next reconcile decides from the ShardPlan as it is then).
     let version = sp.metadata.resource_version.clone();
     if let Err(e) = write_status(&ctx.client, &ns, &name, version, &status).await {
         // Nothing was decided for good: hand the reports back for the next attempt.
         if let Some(c) = &nats {
             c.restore(progress);
-        }
-        // Changed since it was read (a spec edit, another writer): decide again from the new one.
-        if let Error::Kube(kube::Error::Api(status)) = &e
-            && status.code == 409
-        {
-            ctx.metrics
-                .errors
-                .get_or_create(&Reason { reason: e.reason() })
-                .inc();
-            return Ok(Action::requeue(Duration::from_millis(200)));
         }
         // Deleted while this reconcile ran: nothing to write, nothing wrong.
         if let Error::Kube(kube::Error::Api(status)) = &e
