@@ -114,6 +114,16 @@ async fn lose(
     (plan, waits)
 }
 
+/// The ids of the `n` counters whose shards `plan` gives to `node`.
+fn counters_of(plan: &Plan, node: &str, n: usize) -> Arc<Vec<String>> {
+    Arc::new(
+        (0..n)
+            .map(|i| format!("c{i}"))
+            .filter(|id| plan.owner(shard_of(id, SHARDS)) == Some(node))
+            .collect(),
+    )
+}
+
 /// p99 of the calls' latencies, ms.
 fn p99(mut lat: Vec<Duration>) -> f64 {
     lat.sort_unstable();
@@ -304,24 +314,13 @@ async fn run() -> Value {
     apply(&nc, &progress_log(&nc, PREFIX).await, &left, 4).await;
     // A moved actor stays packed as it came until its first use: each is read once, so that the
     // second join moves live actors as the first did.
-    let back: Arc<Vec<String>> = Arc::new(
-        (0..n)
-            .map(|i| format!("c{i}"))
-            .filter(|id| joined.owner(shard_of(id, SHARDS)) == Some(NODES[3]))
-            .collect(),
-    );
-    let reread = read_all(&client, back).await;
+    let reread = read_all(&client, counters_of(&joined, NODES[3], n)).await;
     eprintln!("the handed-back counters read again: {reread:?}");
     let (p1, one) = scale_out(&nats.url(), &nc, &client, &mut nodes, (&left, 1), n).await;
     eprintln!("scale-out, one move at a time per source: {one}");
 
     let (p2, at_once) = lose(&nc, &client, &mut nodes, (&p1, 2, Duration::ZERO), n).await;
-    let lost: Arc<Vec<String>> = Arc::new(
-        (0..n)
-            .map(|i| format!("c{i}"))
-            .filter(|id| p1.owner(shard_of(id, SHARDS)) == Some("app-2"))
-            .collect(),
-    );
+    let lost = counters_of(&p1, NODES[2], n);
     let rebuilt = read_all(&client, lost.clone()).await;
     let raw = raw_reads(&nc, lost.clone()).await;
     let (_, detected) = lose(&nc, &client, &mut nodes, (&p2, 1, DETECTED_AFTER), n).await;
